@@ -1,0 +1,75 @@
+// The one place where sgdf_erd's operators are declared. Each domain folder registers its CPU and CUDA kernels
+// for these schemas with TORCH_LIBRARY_IMPL; Python reaches them as torch.ops.sgdf_erd.<name>.
+#include <Python.h>
+#include <torch/library.h>
+
+#include <string>
+
+namespace {
+
+// Schemas of every operator. A CPU-only build registers a CUDA stub for each, so a CUDA tensor gets an error that
+// names the fix instead of the dispatcher's generic "could not run" message.
+constexpr const char* kOperatorSchemas[] = {
+    // SGDF: one fused step over a group of same-device, same-dtype tensors (csrc/sgdf).
+    "fused_sgdf_(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] exp_avgs, Tensor(d!)[] exp_vars, "
+    "Tensor(e!)[] updates, Tensor[] steps, float lr, Tensor? lr_tensor, float beta1, float beta2, float eps, "
+    "float gamma, float weight_decay, bool decoupled_weight_decay, bool sign, bool maximize, "
+    "Tensor? grad_scale, Tensor? found_inf) -> ()",
+};
+
+bool compiled_with_cuda() {
+#ifdef SGDF_ERD_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+std::string cuda_arch_list() {
+#ifdef SGDF_ERD_CUDA_ARCHS
+  return SGDF_ERD_CUDA_ARCHS;
+#else
+  return "";
+#endif
+}
+
+std::string version() { return SGDF_ERD_VERSION; }
+
+#ifndef SGDF_ERD_WITH_CUDA
+void cuda_kernels_missing(const c10::OperatorHandle& op, torch::jit::Stack*) {
+  TORCH_CHECK(false, op.schema().name(),
+              ": this sgdf_erd build has no CUDA kernels (it was compiled against CPU-only torch or without nvcc). "
+              "Reinstall with a CUDA build of torch and the CUDA toolkit on PATH: "
+              "pip install --no-build-isolation --force-reinstall sgdf-erd (or `pip install --no-build-isolation .` "
+              "in the source tree); sgdf_erd.build_info() shows what was compiled in.");
+}
+#endif
+
+std::string op_name(const char* schema) {
+  const std::string s(schema);
+  return s.substr(0, s.find('('));
+}
+
+}  // namespace
+
+TORCH_LIBRARY(sgdf_erd, m) {
+  for (const char* schema : kOperatorSchemas) m.def(schema);
+  m.def("compiled_with_cuda() -> bool", &compiled_with_cuda);
+  m.def("cuda_arch_list() -> str", &cuda_arch_list);
+  m.def("version() -> str", &version);
+}
+
+#ifndef SGDF_ERD_WITH_CUDA
+TORCH_LIBRARY_IMPL(sgdf_erd, CUDA, m) {
+  for (const char* schema : kOperatorSchemas) {
+    m.impl(op_name(schema).c_str(), torch::CppFunction::makeFromBoxedFunction<&cuda_kernels_missing>());
+  }
+}
+#endif
+
+// Importing sgdf_erd._C loads this library, which runs the registrations above.
+extern "C" PyObject* PyInit__C(void) {
+  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "sgdf_erd native operators (see torch.ops.sgdf_erd)",
+                               -1, nullptr};
+  return PyModule_Create(&module);
+}

@@ -1,0 +1,73 @@
+// The SGDF update for one element, shared by the CPU and CUDA kernels (see ../shared/spec/sgdf.md).
+// Only maths lives here: launching, chunking and dtype dispatch are in csrc/common.
+#pragma once
+
+#include <cmath>
+
+#include "common/math_ops.h"
+
+namespace sgdf_erd::sgdf {
+
+// Hyperparameters of one launch, in the arithmetic type (float, or double for float64 parameters).
+template <typename acc_t>
+struct Hyper {
+  acc_t beta1, beta2, eps, gamma, weight_decay;
+  bool decoupled_weight_decay, sign, maximize;
+};
+
+template <typename acc_t>
+C10_HOST_DEVICE inline Hyper<acc_t> cast_hyper(const Hyper<double>& h) {
+  return {static_cast<acc_t>(h.beta1), static_cast<acc_t>(h.beta2), static_cast<acc_t>(h.eps),
+          static_cast<acc_t>(h.gamma), static_cast<acc_t>(h.weight_decay), h.decoupled_weight_decay, h.sign,
+          h.maximize};
+}
+
+// Per-tensor values that depend on its step count t.
+template <typename acc_t>
+struct StepCoeffs {
+  acc_t inv_bias_correction1;  // 1 / (1 - b1^t)
+  acc_t bias_correction2;      // (1 + b1)(1 - b2^t) / ((1 - b1)(1 - b1^(2t)))
+};
+
+// Computed in double whatever the parameter dtype: it is one evaluation per tensor (per CUDA block), and it keeps
+// 1 - b^t accurate for b near 1 at small t.
+template <typename acc_t>
+C10_HOST_DEVICE inline StepCoeffs<acc_t> step_coeffs(double beta1, double beta2, double step) {
+  const double b1t = ::pow(beta1, step);
+  const double bc1 = 1.0 - b1t;
+  const double bc2 = (1.0 + beta1) * (1.0 - ::pow(beta2, step)) / ((1.0 - beta1) * (1.0 - b1t * b1t));
+  return {static_cast<acc_t>(1.0 / bc1), static_cast<acc_t>(bc2)};
+}
+
+// One element (or one vector of lanes, V = Vectorized<acc_t>). Inputs: param p, gradient g (already unscaled),
+// state m (exp_avg) and s (exp_var). Returns the filtered update u; p is decayed in place when the decay is
+// decoupled, and the caller applies p -= lr * u (or hands u to the orthogonalisation).
+template <typename V, typename acc_t>
+C10_HOST_DEVICE inline V filtered_update(V& p, V g, V& m, V& s, acc_t lr, const Hyper<acc_t>& h,
+                                         const StepCoeffs<acc_t>& c) {
+  if (h.maximize) g = V(acc_t(0)) - g;
+  if (h.weight_decay != acc_t(0)) {
+    if (h.decoupled_weight_decay) {
+      p = p * V(acc_t(1) - lr * h.weight_decay);
+    } else {
+      g = g + V(h.weight_decay) * p;
+    }
+  }
+  m = V(h.beta1) * m + V(acc_t(1) - h.beta1) * g;
+  const V residual_new_mean = g - m;  // the variance is taken around the updated mean
+  s = V(h.beta2) * s + V(acc_t(1) - h.beta2) * residual_new_mean * residual_new_mean;
+  const V m_hat = m * V(c.inv_bias_correction1);
+  const V r = g - m_hat;
+  // eps sits outside the bc2 scaling, as in the authors' latest SGDF.py
+  V gain = s / (V(c.bias_correction2) * r * r + s + V(h.eps));
+  if (h.gamma == acc_t(0.5)) {
+    gain = op_sqrt(gain);
+  } else if (h.gamma != acc_t(1)) {
+    gain = op_pow(gain, h.gamma);
+  }
+  V u = m_hat + gain * r;
+  if (h.sign) u = op_sign(u);
+  return u;
+}
+
+}  // namespace sgdf_erd::sgdf

@@ -1,0 +1,5 @@
+"""Optimizers."""
+
+from .sgdf import SGDF
+
+__all__ = ["SGDF"]

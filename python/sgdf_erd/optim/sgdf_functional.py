@@ -1,0 +1,168 @@
+"""The three SGDF execution paths over flat lists of tensors of one param group.
+
+- fused: the compiled multi-tensor kernel (``torch.ops.sgdf_erd.fused_sgdf_``), one call per (device, dtype);
+- foreach: the same update written once with ``torch._foreach_*`` ops over the whole list;
+- single-tensor: that foreach code applied to one tensor at a time (lowest peak memory, torch.compile friendly).
+
+All three share one behaviour: arithmetic in float32 (float64 for float64 tensors), state in the parameter's
+dtype, complex tensors treated as their real views, and the Newton-Schulz orthogonalisation of matrix-shaped
+updates applied after the filter (taking precedence over the sign option for those tensors, as in the release).
+"""
+
+from collections import defaultdict
+from typing import List, Optional, Union
+
+import torch
+from torch import Tensor
+
+from .._native import ops
+from .newton_schulz import is_matrix_shaped, orthogonalize
+
+_REDUCED = (torch.float16, torch.bfloat16)
+
+
+def _real(tensors: List[Tensor]) -> List[Tensor]:
+    return [torch.view_as_real(t) if t.is_complex() else t for t in tensors]
+
+
+def _bias_corrections(steps: List[Tensor], beta1: float, beta2: float, on_device: bool):
+    """1 / bc1 and bc2 per tensor: python floats from CPU steps, or device tensors when capturable."""
+    if not on_device:
+        values = [float(s) for s in steps]
+        inv_bc1 = [1.0 / (1.0 - beta1**t) for t in values]
+        bc2 = [(1 + beta1) * (1 - beta2**t) / ((1 - beta1) * (1 - beta1 ** (2 * t))) for t in values]
+        return inv_bc1, bc2
+    b1t = torch._foreach_pow(beta1, steps)
+    b2t = torch._foreach_pow(beta2, steps)
+    inv_bc1 = torch._foreach_reciprocal(torch._foreach_sub(torch._foreach_neg(b1t), -1.0))
+    b1_2t = torch._foreach_mul(b1t, b1t)
+    # bc2 = (1 + b1)(1 - b2^t) / ((1 - b1)(1 - b1^2t))
+    numer = torch._foreach_mul(torch._foreach_sub(torch._foreach_neg(b2t), -1.0), (1 + beta1) / (1 - beta1))
+    bc2 = torch._foreach_div(numer, torch._foreach_sub(torch._foreach_neg(b1_2t), -1.0))
+    return inv_bc1, bc2
+
+
+def _apply_update(params, updates, lr, sign, orthogonalize_matrices, ns_steps, matrix_mask):
+    """Optional sign / orthogonalisation of the filtered update, then p -= lr * u."""
+    for i, u in enumerate(updates):
+        if orthogonalize_matrices and matrix_mask[i]:
+            updates[i] = orthogonalize(u, ns_steps)
+        elif sign:
+            updates[i] = u.sign_()
+    if isinstance(lr, Tensor):
+        torch._foreach_sub_(params, torch._foreach_mul(updates, lr.to(params[0].device)))
+    else:
+        torch._foreach_add_(params, updates, alpha=-lr)
+
+
+def foreach_sgdf(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor], exp_vars: List[Tensor],
+                 steps: List[Tensor], *, lr: Union[float, Tensor], beta1: float, beta2: float, eps: float,
+                 gamma: float, weight_decay: float, decoupled_weight_decay: bool, sign: bool,
+                 orthogonalize_matrices: bool, ns_steps: int, maximize: bool, capturable: bool) -> None:
+    """One SGDF step with foreach ops; steps are incremented here."""
+    if not params:
+        return
+    matrix_mask = [is_matrix_shaped(p) for p in params]
+    params, grads, exp_avgs, exp_vars = map(_real, (params, grads, exp_avgs, exp_vars))
+    torch._foreach_add_(steps, 1)
+    if isinstance(lr, Tensor) and not capturable:
+        lr = lr.item()
+
+    # Reduced-precision tensors compute in float32 copies that are written back at the end.
+    reduced = params[0].dtype in _REDUCED
+    p, m, s = ([t.float() for t in ts] if reduced else ts for ts in (params, exp_avgs, exp_vars))
+    g = [t.float() for t in grads] if reduced else list(grads)
+
+    if maximize:
+        g = torch._foreach_neg(g)
+    if weight_decay != 0:
+        if decoupled_weight_decay:
+            torch._foreach_mul_(p, 1 - lr * weight_decay)
+        else:
+            g = torch._foreach_add(g, p, alpha=weight_decay)
+    torch._foreach_mul_(m, beta1)
+    torch._foreach_add_(m, g, alpha=1 - beta1)
+    residual_new_mean = torch._foreach_sub(g, m)
+    torch._foreach_mul_(s, beta2)
+    torch._foreach_addcmul_(s, residual_new_mean, residual_new_mean, value=1 - beta2)
+
+    inv_bc1, bc2 = _bias_corrections(steps, beta1, beta2, on_device=capturable)
+    m_hat = torch._foreach_mul(m, inv_bc1)
+    r = torch._foreach_sub(g, m_hat)
+    denom = torch._foreach_mul(torch._foreach_mul(r, r), bc2)
+    torch._foreach_add_(denom, s)
+    torch._foreach_add_(denom, eps)
+    gain = torch._foreach_div(s, denom)
+    if gamma == 0.5:
+        torch._foreach_sqrt_(gain)
+    elif gamma != 1:
+        torch._foreach_pow_(gain, gamma)
+    torch._foreach_mul_(gain, r)
+    updates = torch._foreach_add(m_hat, gain)
+
+    _apply_update(p, updates, lr, sign, orthogonalize_matrices, ns_steps, matrix_mask)
+    if reduced:
+        torch._foreach_copy_(params, p)
+        torch._foreach_copy_(exp_avgs, m)
+        torch._foreach_copy_(exp_vars, s)
+
+
+def single_tensor_sgdf(params, grads, exp_avgs, exp_vars, steps, **hyper) -> None:
+    """One SGDF step, tensor by tensor (the foreach code on one-element lists)."""
+    for i in range(len(params)):
+        foreach_sgdf([params[i]], [grads[i]], [exp_avgs[i]], [exp_vars[i]], [steps[i]], **hyper)
+
+
+def _matching_layout(grad: Tensor, param: Tensor) -> Tensor:
+    """The fused kernel walks p, g and the states as one flat buffer each; a gradient with other strides is
+    copied into the parameter's layout (it then is not unscaled in place)."""
+    if grad.stride() == param.stride():
+        return grad
+    return torch.empty_like(param).copy_(grad)
+
+
+def fused_sgdf(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor], exp_vars: List[Tensor],
+               steps: List[Tensor], *, lr: Union[float, Tensor], beta1: float, beta2: float, eps: float,
+               gamma: float, weight_decay: float, decoupled_weight_decay: bool, sign: bool,
+               orthogonalize_matrices: bool, ns_steps: int, maximize: bool, capturable: bool,
+               grad_scale: Optional[Tensor] = None, found_inf: Optional[Tensor] = None) -> None:
+    """One SGDF step with the compiled kernel: one launch per (device, dtype) and update mode."""
+    if not params:
+        return
+    groups = defaultdict(lambda: defaultdict(list))
+    for i, p in enumerate(params):
+        orth = orthogonalize_matrices and is_matrix_shaped(p)
+        key = (p.device, p.dtype, orth)
+        real_p = _real([p])[0]
+        groups[key]["params"].append(real_p)
+        groups[key]["grads"].append(_matching_layout(_real([grads[i]])[0], real_p))
+        groups[key]["exp_avgs"].append(_real([exp_avgs[i]])[0])
+        groups[key]["exp_vars"].append(_real([exp_vars[i]])[0])
+        groups[key]["steps"].append(steps[i])
+
+    per_device = {}  # grad_scale / found_inf moved once per device
+
+    def on(device, t):
+        if t is None:
+            return None
+        if (device, id(t)) not in per_device:
+            per_device[(device, id(t))] = t.to(device=device, dtype=torch.float32, non_blocking=True).reshape(1)
+        return per_device[(device, id(t))]
+
+    for (device, _, orth), g in groups.items():
+        device_found_inf = on(device, found_inf)
+        lr_tensor = on(device, lr) if isinstance(lr, Tensor) else None
+        lr_float = 0.0 if lr_tensor is not None else float(lr)
+        torch._foreach_add_(g["steps"], 1)
+        # zero-filled so that a step skipped for inf/NaN gradients orthogonalises to a zero update
+        updates = [torch.zeros_like(p) for p in g["params"]] if orth else []
+        ops.fused_sgdf_(g["params"], g["grads"], g["exp_avgs"], g["exp_vars"], updates, g["steps"], lr_float,
+                        lr_tensor, beta1, beta2, eps, gamma, weight_decay, decoupled_weight_decay,
+                        sign and not orth, maximize, on(device, grad_scale), device_found_inf)
+        if device_found_inf is not None:
+            # the kernel skipped the update; take the step count back without a host synchronisation
+            torch._foreach_sub_(g["steps"], [device_found_inf.reshape(())] * len(g["steps"]))
+        if orth:  # orthogonalisation is refused for complex parameters, so g["params"] are the originals
+            directions = [orthogonalize(u, ns_steps) for u in updates]
+            lr_value = lr_tensor.reshape(()) if lr_tensor is not None else lr_float
+            torch._foreach_sub_(g["params"], torch._foreach_mul(directions, lr_value))

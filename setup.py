@@ -1,0 +1,115 @@
+"""Build script for sgdf-erd.
+
+The single source of truth for what is compiled is the folder layout: every ``*.cpp`` under ``csrc/`` is built
+into ``sgdf_erd._C``, and every ``*.cu`` as well when CUDA kernels are enabled. CMakeLists.txt globs the same
+folder for C++-side work. Flags live in :func:`compile_flags` only.
+
+Environment knobs
+  SGDF_ERD_CUDA=0|1       force a CPU-only build (0) or fail loudly when CUDA cannot be built (1);
+                          default: build CUDA kernels when torch has CUDA and nvcc is found.
+  TORCH_CUDA_ARCH_LIST    CUDA architectures (default "8.0;9.0", i.e. sm_80 and sm_90).
+  SGDF_ERD_CPU_ISA        x86-64 only: "avx2" (default: AVX2+FMA+F16C kernels) or "generic".
+  MAX_JOBS                parallel compile jobs (torch's ninja builder reads it).
+"""
+
+import glob
+import os
+import platform
+import re
+import site
+import sys
+
+from setuptools import find_packages, setup
+
+import torch
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+CSRC = os.path.join(ROOT, "csrc")
+DEFAULT_CUDA_ARCHS = "8.0;9.0"
+
+
+def read_version():
+    with open(os.path.join(ROOT, "python", "sgdf_erd", "_version.py")) as f:
+        return re.search(r'__version__ = "([^"]+)"', f.read()).group(1)
+
+
+def want_cuda():
+    forced = os.environ.get("SGDF_ERD_CUDA")
+    possible = torch.version.cuda is not None and CUDA_HOME is not None and os.path.exists(
+        os.path.join(CUDA_HOME, "bin", "nvcc"))
+    if forced == "0":
+        return False
+    if forced == "1" and not possible:
+        sys.exit("SGDF_ERD_CUDA=1 but CUDA kernels cannot be built: install a CUDA build of torch and the CUDA "
+                 f"toolkit (nvcc), or set CUDA_HOME (torch.version.cuda={torch.version.cuda}, CUDA_HOME={CUDA_HOME})")
+    return possible
+
+
+def cuda_library_include_dirs():
+    """torch's CUDA headers include cuBLAS/cuSPARSE/cuSOLVER headers; a bare toolkit may lack them, while CUDA
+    torch's own ``nvidia-*`` pip packages ship them. Return those include folders when the toolkit has none."""
+    if os.path.exists(os.path.join(CUDA_HOME, "include", "cublas_v2.h")):
+        return []
+    roots = site.getsitepackages() + [site.getusersitepackages(), os.path.dirname(os.path.dirname(torch.__file__))]
+    found = []
+    for root in roots:
+        for header in glob.glob(os.path.join(root, "nvidia", "*", "include", "cublas_v2.h")):
+            folder = os.path.dirname(header)
+            if folder not in found:
+                found.append(folder)
+    if not found:
+        sys.exit("CUDA build: cublas_v2.h is neither in the CUDA toolkit nor in torch's nvidia-* pip packages; "
+                 "install the toolkit's math libraries or build CPU-only with SGDF_ERD_CUDA=0")
+    # the other math-library headers (cusparse, cusolver) sit beside cublas in the same package layout
+    return found
+
+
+def compile_flags(with_cuda, arch_list):
+    defines = [f'-DSGDF_ERD_VERSION="{read_version()}"']
+    if with_cuda:
+        defines += ["-DSGDF_ERD_WITH_CUDA", f'-DSGDF_ERD_CUDA_ARCHS="{arch_list}"']
+    cxx = ["-O3"] + defines
+    isa = os.environ.get("SGDF_ERD_CPU_ISA", "avx2")
+    if platform.machine() in ("x86_64", "AMD64") and isa == "avx2":
+        # ATen's Vectorized<T> picks its AVX2 implementation from these macros, as in torch's own kernels.
+        cxx += ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY_AVX2", "-DCPU_CAPABILITY=AVX2"]
+    nvcc = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"] + defines
+    return {"cxx": cxx, "nvcc": nvcc}
+
+
+def make_extension():
+    with_cuda = want_cuda()
+    sources = sorted(glob.glob(os.path.join("csrc", "**", "*.cpp"), recursive=True))
+    include_dirs = [CSRC]
+    arch_list = ""
+    if with_cuda:
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
+        arch_list = os.environ["TORCH_CUDA_ARCH_LIST"]
+        sources += sorted(glob.glob(os.path.join("csrc", "**", "*.cu"), recursive=True))
+        include_dirs += cuda_library_include_dirs()
+    builder = CUDAExtension if with_cuda else CppExtension
+    print(f"sgdf-erd: building {'CPU+CUDA (archs ' + arch_list + ')' if with_cuda else 'CPU-only'} "
+          f"from {len(sources)} sources", flush=True)
+    return builder(name="sgdf_erd._C", sources=sources, include_dirs=include_dirs,
+                   extra_compile_args=compile_flags(with_cuda, arch_list))
+
+
+setup(
+    name="sgdf-erd",
+    version=read_version(),
+    description="Fused SGDF optimizer and ERD diffusion loss for PyTorch (C++/CUDA kernels)",
+    long_description=open(os.path.join(ROOT, "README.md")).read() if os.path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.9",
+    package_dir={"": "python"},
+    packages=find_packages("python"),
+    ext_modules=[make_extension()],
+    cmdclass={"build_ext": BuildExtension},
+    install_requires=["torch>=2.4", "numpy"],
+    extras_require={
+        "test": ["pytest", "hypothesis", "scipy"],
+        "demo": ["scikit-learn", "matplotlib", "tqdm"],
+    },
+)
