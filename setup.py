@@ -16,13 +16,36 @@ import glob
 import os
 import platform
 import re
+import shutil
 import site
 import sys
 
 from setuptools import find_packages, setup
 
-import torch
-from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+
+def _find_cuda_toolkit():
+    """torch takes CUDA_HOME as the parent of `which nvcc`; where nvcc on PATH is a wrapper or a link outside the
+    toolkit (e.g. /usr/local/bin/nvcc), that folder has no CUDA headers or libcudart. Pick a folder that has them."""
+    nvcc = shutil.which("nvcc")
+    candidates = [os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))] if nvcc else []
+    candidates += ["/usr/local/cuda"]
+    for root in candidates:
+        if os.path.exists(os.path.join(root, "include", "cuda_runtime.h")) and os.path.exists(
+                os.path.join(root, "bin", "nvcc")):
+            return root
+    return None
+
+
+if "CUDA_HOME" not in os.environ and "CUDA_PATH" not in os.environ and _find_cuda_toolkit():
+    os.environ["CUDA_HOME"] = _find_cuda_toolkit()
+
+try:
+    import torch  # noqa: E402
+except ImportError:
+    sys.exit("sgdf-erd compiles against the installed torch: install torch first (pip install torch), then build "
+             "with `pip install --no-build-isolation .` so the build sees it")
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 CSRC = os.path.join(ROOT, "csrc")
@@ -69,7 +92,7 @@ def compile_flags(with_cuda, arch_list):
     defines = [f'-DSGDF_ERD_VERSION="{read_version()}"']
     if with_cuda:
         defines += ["-DSGDF_ERD_WITH_CUDA", f'-DSGDF_ERD_CUDA_ARCHS="{arch_list}"']
-    cxx = ["-O3"] + defines
+    cxx = ["-O3", "-Wno-unknown-pragmas"] + defines
     isa = os.environ.get("SGDF_ERD_CPU_ISA", "avx2")
     if platform.machine() in ("x86_64", "AMD64") and isa == "avx2":
         # ATen's Vectorized<T> picks its AVX2 implementation from these macros, as in torch's own kernels.

@@ -43,12 +43,12 @@ void cuda_kernels_missing(const c10::OperatorHandle& op, torch::jit::Stack*) {
               "pip install --no-build-isolation --force-reinstall sgdf-erd (or `pip install --no-build-isolation .` "
               "in the source tree); sgdf_erd.build_info() shows what was compiled in.");
 }
-#endif
 
 std::string op_name(const char* schema) {
   const std::string s(schema);
   return s.substr(0, s.find('('));
 }
+#endif
 
 }  // namespace
 
