@@ -3,6 +3,7 @@
 import copy
 import io
 import itertools
+import os
 
 import pytest
 import torch
@@ -340,3 +341,15 @@ def test_build_info():
     assert {"version", "torch", "cuda", "cuda_arch_list"} <= set(info)
     assert info["version"] == sgdf_erd.__version__ == info["native_version"]
     assert isinstance(info["cuda"], bool) and (info["cuda"] == bool(info["cuda_arch_list"]))
+
+
+@pytest.mark.skipif(os.environ.get("SGDF_ERD_BIGMEM") != "1", reason="set SGDF_ERD_BIGMEM=1 (needs ~20 GB of RAM)")
+def test_tensor_over_2_pow_31_elements_cpu():
+    n = 2**31 + 4099
+    p = torch.nn.Parameter(torch.zeros(n, dtype=torch.bfloat16))
+    p.grad = torch.ones_like(p)
+    p.grad[-5:] = torch.arange(1, 6, dtype=torch.bfloat16)
+    SGDF([p], lr=0.5, fused=True).step()
+    # at step 1 the update is the raw gradient, so p = -lr * g
+    torch.testing.assert_close(p[-5:].float(), -0.5 * torch.arange(1, 6, dtype=torch.float32))
+    assert float(p[0]) == -0.5
