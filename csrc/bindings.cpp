@@ -15,6 +15,8 @@ constexpr const char* kOperatorSchemas[] = {
     "Tensor(e!)[] updates, Tensor[] steps, float lr, Tensor? lr_tensor, float beta1, float beta2, float eps, "
     "float gamma, float weight_decay, bool decoupled_weight_decay, bool sign, bool maximize, "
     "Tensor? grad_scale, Tensor? found_inf) -> ()",
+    // NTK spectrum: per-bin eigenvalues of the Gram matrix of the rows of `features` in each bin (csrc/ntk).
+    "binned_gram_eigvalsh(Tensor features, Tensor bin_ids, int num_bins) -> (Tensor eigenvalues, Tensor counts)",
 };
 
 bool compiled_with_cuda() {
