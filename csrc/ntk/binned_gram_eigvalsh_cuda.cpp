@@ -16,7 +16,7 @@
 #include <ATen/ops/where.h>
 #include <ATen/ops/zeros.h>
 #include <ATen/ops/zeros_like.h>
-#include <c10/cuda/CUDAGuard.h>
+#include <c10/core/DeviceGuard.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -44,7 +44,7 @@ void solve_with_library(const at::Tensor& f, const at::Tensor& order, int64_t st
 std::tuple<at::Tensor, at::Tensor> binned_gram_eigvalsh_cuda(const at::Tensor& features, const at::Tensor& bin_ids,
                                                              int64_t num_bins) {
   check_binned_gram_args(features, bin_ids, num_bins);
-  const c10::cuda::CUDAGuard guard(features.device());
+  const c10::DeviceGuard guard(features.device());  // generic guard: this file needs no CUDA headers
   const at::Tensor f = features.contiguous();
   const at::Tensor ids = bin_ids.to(at::kLong).contiguous();
   const int64_t n = f.size(0), k = f.size(1);
@@ -62,7 +62,7 @@ std::tuple<at::Tensor, at::Tensor> binned_gram_eigvalsh_cuda(const at::Tensor& f
   at::Tensor eig = at::zeros({num_bins, max_count}, f.options());
   if (k == 0) return {eig, counts};
   const at::Tensor order = std::get<1>(at::sort(ids, /*stable=*/true, /*dim=*/0, /*descending=*/false));
-  const at::Tensor starts = at::cumsum(counts, 0) - counts;
+  const at::Tensor starts = at::cumsum(counts, 0).sub_(counts);
 
   const int64_t max_dim = jacobi_max_dim(f.scalar_type());
   int64_t launch_dim = 0;
