@@ -24,6 +24,8 @@ constexpr const char* kOperatorSchemas[] = {
     "float logsnr_min, float logsnr_max) -> (Tensor loss, Tensor mse, Tensor weight, Tensor bin_sums)",
     "erd_loss_backward(Tensor grad, Tensor output, Tensor target, Tensor weight, bool target_requires_grad) "
     "-> Tensor[]",
+    // NTK spectrum: per-bin eigenvalues of the Gram matrix of the rows of `features` in each bin (csrc/ntk).
+    "binned_gram_eigvalsh(Tensor features, Tensor bin_ids, int num_bins) -> (Tensor eigenvalues, Tensor counts)",
 };
 
 bool compiled_with_cuda() {
