@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from reference import erd_reference as ref
+from tests.reference import erd_reference as ref
 
 NUM_BINS, DECAY, STEPS = 6, 0.7, 3
 

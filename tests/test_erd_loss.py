@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from reference import erd_reference as ref
+from tests.reference import erd_reference as ref
 from sgdf_erd.erd import ERDLoss, erd_loss, schedules
 
 PREDICTIONS = ("eps", "x0", "v", "flow")

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from reference import erd_reference as ref
+from tests.reference import erd_reference as ref
 from sgdf_erd.erd import ERDLoss, erd_loss, schedules
 
 KEYS = ("count", "mse_mean", "mse_var", "loss_mean", "loss_share")

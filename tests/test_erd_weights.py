@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reference import erd_reference as ref
+from tests.reference import erd_reference as ref
 from sgdf_erd.erd import erd_weight, loss_weight, schedules
 
 PREDICTIONS = ("eps", "x0", "v", "flow")

@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reference.ntk_reference import binned_gram_eigvalsh_reference
+from tests.reference.ntk_reference import binned_gram_eigvalsh_reference
 from sgdf_erd.ops import binned_gram_eigvalsh
 
 DTYPES = [torch.float32, torch.float64]

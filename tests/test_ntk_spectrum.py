@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from reference.ntk_reference import (logsnr_bins_reference, per_sample_jacobians, spectrum_statistics_reference)
+from tests.reference.ntk_reference import (logsnr_bins_reference, per_sample_jacobians, spectrum_statistics_reference)
 from sgdf_erd.diagnostics import ntk, ntk_spectrum, spectrum_statistics
 
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
