@@ -46,11 +46,12 @@ def _grads(params, gen, scale=1.0):
 
 
 def _run_against_reference(params, opt, ref, steps, seed=1):
+    """`steps` optimizer steps on random gradients (drawn on the CPU, moved to each parameter's device)."""
     gen = torch.Generator().manual_seed(seed)
     for _ in range(steps):
         grads = _grads(params, gen)
         for p, g in zip(params, grads):
-            p.grad = g.clone()
+            p.grad = g.to(p.device, copy=True)
         opt.step()
         ref.step(grads)
 

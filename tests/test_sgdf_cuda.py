@@ -13,7 +13,7 @@ import torch
 import sgdf_erd
 from sgdf_erd import SGDF
 from tests.reference.sgdf_reference import ReferenceSGDF
-from tests.test_sgdf import OPTION_SETS, PATHS, TOL, _assert_close, _grads, _make_params
+from tests.test_sgdf import OPTION_SETS, PATHS, TOL, _assert_close, _grads, _make_params, _run_against_reference
 
 HAS_GPU = torch.cuda.is_available()
 CUDA_BUILD = sgdf_erd.build_info()["cuda"]
@@ -42,13 +42,7 @@ def test_cuda_matches_reference(path, dtype, options):
     opt = SGDF(params, lr=0.05, **options, **PATHS[path])
     reduced = dtype in (torch.float16, torch.bfloat16)
     ref = ReferenceSGDF(cpu_params, lr=0.05, **options, round_to=dtype if reduced else None)
-    gen = torch.Generator().manual_seed(1)
-    for _ in range(30):
-        grads = _grads(cpu_params, gen)
-        for p, g in zip(params, grads):
-            p.grad = g.cuda()
-        opt.step()
-        ref.step(grads)
+    _run_against_reference(params, opt, ref, steps=30)
     _assert_close([p.cpu() for p in params], ref, dtype, sign=options.get("sign", False))
 
 
@@ -60,13 +54,7 @@ def test_many_tensors_span_several_launches():
     params = _to_cuda(cpu_params)
     opt = SGDF(params, lr=0.05, fused=True)
     ref = ReferenceSGDF(cpu_params, lr=0.05)
-    gen = torch.Generator().manual_seed(3)
-    for _ in range(3):
-        grads = _grads(cpu_params, gen)
-        for p, g in zip(params, grads):
-            p.grad = g.cuda()
-        opt.step()
-        ref.step(grads)
+    _run_against_reference(params, opt, ref, steps=3)
     _assert_close([p.cpu() for p in params], ref, torch.float32)
 
 
