@@ -16,13 +16,36 @@ import glob
 import os
 import platform
 import re
+import shutil
 import site
 import sys
 
 from setuptools import find_packages, setup
 
-import torch
-from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+
+def _find_cuda_toolkit():
+    """torch takes CUDA_HOME as the parent of `which nvcc`; where nvcc on PATH is a wrapper or a link outside the
+    toolkit (e.g. /usr/local/bin/nvcc), that folder has no CUDA headers or libcudart. Pick a folder that has them."""
+    nvcc = shutil.which("nvcc")
+    candidates = [os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))] if nvcc else []
+    candidates += ["/usr/local/cuda"]
+    for root in candidates:
+        if os.path.exists(os.path.join(root, "include", "cuda_runtime.h")) and os.path.exists(
+                os.path.join(root, "bin", "nvcc")):
+            return root
+    return None
+
+
+if "CUDA_HOME" not in os.environ and "CUDA_PATH" not in os.environ and _find_cuda_toolkit():
+    os.environ["CUDA_HOME"] = _find_cuda_toolkit()
+
+try:
+    import torch  # noqa: E402
+except ImportError:
+    sys.exit("sgdf-erd compiles against the installed torch: install torch first (pip install torch), then build "
+             "with `pip install --no-build-isolation .` so the build sees it")
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 CSRC = os.path.join(ROOT, "csrc")
@@ -65,22 +88,45 @@ def cuda_library_include_dirs():
     return found
 
 
-def compile_flags(with_cuda, arch_list):
-    defines = [f'-DSGDF_ERD_VERSION="{read_version()}"']
+def definitions(with_cuda, arch_list):
+    """Preprocessor definitions, as name -> value (None for a bare flag)."""
+    defs = {"SGDF_ERD_VERSION": f'"{read_version()}"'}
     if with_cuda:
-        defines += ["-DSGDF_ERD_WITH_CUDA", f'-DSGDF_ERD_CUDA_ARCHS="{arch_list}"']
-    cxx = ["-O3"] + defines
-    isa = os.environ.get("SGDF_ERD_CPU_ISA", "avx2")
-    if platform.machine() in ("x86_64", "AMD64") and isa == "avx2":
+        defs.update({"SGDF_ERD_WITH_CUDA": None, "SGDF_ERD_CUDA_ARCHS": f'"{arch_list}"'})
+    if cpu_isa_avx2():
         # ATen's Vectorized<T> picks its AVX2 implementation from these macros, as in torch's own kernels.
-        cxx += ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY_AVX2", "-DCPU_CAPABILITY=AVX2"]
-    nvcc = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"] + defines
-    return {"cxx": cxx, "nvcc": nvcc}
+        defs.update({"CPU_CAPABILITY_AVX2": None, "CPU_CAPABILITY": "AVX2"})
+    return defs
+
+
+def cpu_isa_avx2():
+    return platform.machine() in ("x86_64", "AMD64") and os.environ.get("SGDF_ERD_CPU_ISA", "avx2") == "avx2"
+
+
+def compile_flags(with_cuda, arch_list):
+    defines = [f"-D{k}" if v is None else f"-D{k}={v}" for k, v in definitions(with_cuda, arch_list).items()]
+    cxx = ["-O3", "-Wno-unknown-pragmas"] + (["-mavx2", "-mfma", "-mf16c"] if cpu_isa_avx2() else [])
+    nvcc = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
+    # the AVX2 macros only concern host-side ATen vector code, which CUDA sources do not include
+    nvcc_defines = [d for d in defines if "CPU_CAPABILITY" not in d]
+    return {"cxx": cxx + defines, "nvcc": nvcc + nvcc_defines}
+
+
+def cpu_sources():
+    return sorted(glob.glob(os.path.join("csrc", "**", "*.cpp"), recursive=True))
+
+
+def print_cmake_config():
+    """`python setup.py --cmake-config`: what CMakeLists.txt builds (CPU sources, flags), one `KEY=a;b` a line."""
+    defs = definitions(False, "")
+    print("SOURCES=" + ";".join(cpu_sources()))
+    print("CXX_FLAGS=" + ";".join(f for f in compile_flags(False, "")["cxx"] if not f.startswith("-D")))
+    print("DEFINITIONS=" + ";".join(k if v is None else f"{k}={v}" for k, v in defs.items()))
 
 
 def make_extension():
     with_cuda = want_cuda()
-    sources = sorted(glob.glob(os.path.join("csrc", "**", "*.cpp"), recursive=True))
+    sources = cpu_sources()
     include_dirs = [CSRC]
     arch_list = ""
     if with_cuda:
@@ -94,6 +140,10 @@ def make_extension():
     return builder(name="sgdf_erd._C", sources=sources, include_dirs=include_dirs,
                    extra_compile_args=compile_flags(with_cuda, arch_list))
 
+
+if len(sys.argv) > 1 and sys.argv[1] == "--cmake-config":
+    print_cmake_config()
+    sys.exit(0)
 
 setup(
     name="sgdf-erd",

@@ -15,6 +15,17 @@ constexpr const char* kOperatorSchemas[] = {
     "Tensor(e!)[] updates, Tensor[] steps, float lr, Tensor? lr_tensor, float beta1, float beta2, float eps, "
     "float gamma, float weight_decay, bool decoupled_weight_decay, bool sign, bool maximize, "
     "Tensor? grad_scale, Tensor? found_inf) -> ()",
+    // ERD loss (csrc/erd): per-sample weights; the fused loss forward (per-sample MSE, weights, batch loss and
+    // per-log-SNR-bin sums [count, sum mse, sum mse^2, sum loss] x num_bins) and its backward.
+    "erd_weights(Tensor alpha, Tensor sigma, Tensor? alpha_prime, Tensor? sigma_prime, str prediction, "
+    "str weighting, float k, float gamma) -> Tensor",
+    "erd_loss_forward(Tensor output, Tensor target, Tensor alpha, Tensor sigma, Tensor? alpha_prime, "
+    "Tensor? sigma_prime, Tensor? weights, str prediction, str weighting, float k, float gamma, int num_bins, "
+    "float logsnr_min, float logsnr_max) -> (Tensor loss, Tensor mse, Tensor weight, Tensor bin_sums)",
+    "erd_loss_backward(Tensor grad, Tensor output, Tensor target, Tensor weight, bool target_requires_grad) "
+    "-> Tensor[]",
+    // NTK spectrum: per-bin eigenvalues of the Gram matrix of the rows of `features` in each bin (csrc/ntk).
+    "binned_gram_eigvalsh(Tensor features, Tensor bin_ids, int num_bins) -> (Tensor eigenvalues, Tensor counts)",
 };
 
 bool compiled_with_cuda() {
@@ -43,12 +54,12 @@ void cuda_kernels_missing(const c10::OperatorHandle& op, torch::jit::Stack*) {
               "pip install --no-build-isolation --force-reinstall sgdf-erd (or `pip install --no-build-isolation .` "
               "in the source tree); sgdf_erd.build_info() shows what was compiled in.");
 }
-#endif
 
 std::string op_name(const char* schema) {
   const std::string s(schema);
   return s.substr(0, s.find('('));
 }
+#endif
 
 }  // namespace
 

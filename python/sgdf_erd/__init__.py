@@ -1,7 +1,15 @@
-"""sgdf-erd: fused SGDF optimizer and ERD diffusion loss for PyTorch."""
+"""sgdf-erd: fused SGDF optimizer and ERD diffusion loss for PyTorch.
+
+- :class:`SGDF`: the optimizer (fused CPU/CUDA kernels, foreach and single-tensor paths);
+- :class:`ERDLoss`, :func:`erd_weight`, :mod:`schedules`: the recoverability-weighted diffusion loss;
+- :mod:`diagnostics`: per-noise-level NTK spectrum; :mod:`ops`: functional operators.
+"""
 
 from ._version import __version__
 from ._build import build_info
+from . import diagnostics, ops
+from .erd import ERDLoss, erd_loss, erd_weight, loss_weight, schedules
 from .optim import SGDF
 
-__all__ = ["SGDF", "build_info", "__version__"]
+__all__ = ["SGDF", "ERDLoss", "erd_loss", "erd_weight", "loss_weight", "schedules", "diagnostics", "ops",
+           "build_info", "__version__"]

@@ -44,6 +44,7 @@ def _bias_corrections(steps: List[Tensor], beta1: float, beta2: float, on_device
 
 def _apply_update(params, updates, lr, sign, orthogonalize_matrices, ns_steps, matrix_mask):
     """Optional sign / orthogonalisation of the filtered update, then p -= lr * u."""
+    updates = list(updates)
     for i, u in enumerate(updates):
         if orthogonalize_matrices and matrix_mask[i]:
             updates[i] = orthogonalize(u, ns_steps)

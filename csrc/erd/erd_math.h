@@ -1,0 +1,127 @@
+// The ERD loss maths shared by the CPU and CUDA kernels (see ../shared/spec/erd.md): per-sample weights, the
+// log-SNR bin of a sample, and the elementwise terms of the loss and its gradient. Only maths lives here.
+//
+// Per-sample quantities (alpha, sigma, weights, bins) are computed in double on every backend: they are B-sized,
+// so the cost is nil, and CPU and CUDA then agree on them bit for bit up to libm's log/pow.
+#pragma once
+
+#include <c10/macros/Macros.h>
+#include <cmath>
+#include <cstdint>
+
+namespace sgdf_erd::erd {
+
+// What the network predicts: y = c_x * x0 + c_e * eps (spec table).
+enum class Prediction : int { kEps = 0, kX0 = 1, kV = 2, kFlow = 3 };
+
+// kGiven: weights computed in Python (a user callable) and passed in.
+enum class Weighting : int { kErd = 0, kConstant = 1, kMinSnr = 2, kP2 = 3, kDebias = 4, kGiven = 5 };
+
+// The parameters of the built-in weightings.
+struct WeightParams {
+  Prediction prediction;
+  Weighting weighting;
+  double k;      // Min-SNR clip k, P2 offset k
+  double gamma;  // P2 exponent
+};
+
+// Host code takes the std:: overloads, device code CUDA's global ones.
+#ifdef __CUDA_ARCH__
+C10_HOST_DEVICE inline bool is_finite(double x) { return ::isfinite(x); }
+C10_HOST_DEVICE inline bool is_nan(double x) { return ::isnan(x); }
+C10_HOST_DEVICE inline bool is_inf(double x) { return ::isinf(x); }
+#else
+inline bool is_finite(double x) { return std::isfinite(x); }
+inline bool is_nan(double x) { return std::isnan(x); }
+inline bool is_inf(double x) { return std::isinf(x); }
+#endif
+
+// Weight of one sample with corruption x_t = alpha * x0 + sigma * eps. alpha enters only through |alpha| (a
+// cosine schedule evaluated in float32 gives alpha = -4e-8 at t = 1). alpha_prime, sigma_prime are the time
+// derivatives, read by the flow prediction only.
+//
+// ERD:     w = sqrt((c_x alpha)^2 + (c_e sigma)^2) / sqrt(alpha^2 + sigma^2), i.e.
+//          eps: sigma / n,  x0: |alpha| / n,  v: |alpha| sigma / n (sqrt(2) dropped, as the authors do),
+//          flow: sqrt((alpha' alpha)^2 + (sigma' sigma)^2) / n,  with n = sqrt(alpha^2 + sigma^2).
+// Min-SNR: eps: min(snr, k) / snr,  x0: min(snr, k),  v: min(snr, k) / (snr + 1).
+// P2:      eps: (k + snr)^-gamma.      debias: eps: sigma / |alpha|.      constant: 1.
+// Where snr = alpha^2 / sigma^2 is 0 or infinite the weight is pinned to 1, as in the authors' code; NaN alpha or
+// sigma give a NaN weight (the loss then shows it). Unsupported (prediction, weighting) pairs are rejected by
+// the argument checks before any kernel runs; here they return NaN.
+C10_HOST_DEVICE inline double sample_weight(double alpha, double sigma, double alpha_prime, double sigma_prime,
+                                            const WeightParams& p) {
+  if (p.weighting == Weighting::kConstant) return 1.0;
+  const double a = ::fabs(alpha);
+  const double s = sigma;
+  if (is_nan(a) || is_nan(s)) return NAN;
+  const double snr = (a * a) / (s * s);
+  if (snr == 0.0 || is_inf(snr)) return 1.0;
+  switch (p.weighting) {
+    case Weighting::kErd: {
+      const double n = ::hypot(a, s);
+      switch (p.prediction) {
+        case Prediction::kEps: return s / n;
+        case Prediction::kX0: return a / n;
+        case Prediction::kV: return a * s / n;
+        case Prediction::kFlow: return ::hypot(alpha_prime * a, sigma_prime * s) / n;
+      }
+      return NAN;
+    }
+    case Weighting::kMinSnr: {
+      const double clipped = snr < p.k ? snr : p.k;
+      switch (p.prediction) {
+        case Prediction::kEps: return clipped / snr;
+        case Prediction::kX0: return clipped;
+        case Prediction::kV: return clipped / (snr + 1.0);
+        default: return NAN;
+      }
+    }
+    case Weighting::kP2:
+      return p.prediction == Prediction::kEps ? 1.0 / ::pow(p.k + snr, p.gamma) : NAN;
+    case Weighting::kDebias:
+      return p.prediction == Prediction::kEps ? s / a : NAN;
+    default:
+      return NAN;
+  }
+}
+
+// Uniform log-SNR bins over [lo, hi); samples below (above) the range fall into the first (last) bin, including
+// log-SNR = -inf (alpha = 0) and +inf (sigma = 0). Returns -1 for an undefined log-SNR (NaN alpha or sigma,
+// alpha = sigma = 0): such samples stay out of the statistics.
+C10_HOST_DEVICE inline int64_t logsnr_bin(double alpha, double sigma, double lo, double hi, int64_t num_bins) {
+  const double logsnr = ::log((alpha * alpha) / (sigma * sigma));
+  if (is_nan(logsnr)) return -1;
+  const double x = (logsnr - lo) / (hi - lo) * static_cast<double>(num_bins);
+  if (!(x >= 0.0)) return 0;
+  if (x >= static_cast<double>(num_bins)) return num_bins - 1;
+  return static_cast<int64_t>(x);
+}
+
+// Per-bin sums a step reports, in this order: [count, sum mse, sum mse^2, sum weighted loss] x num_bins.
+constexpr int kNumBinSums = 4;
+
+// A sample enters the statistics only when all it contributes is finite, so one bad sample never poisons the
+// running statistics.
+C10_HOST_DEVICE inline bool counts_in_statistics(double mse, double loss) {
+  return is_finite(mse) && is_finite(mse * mse) && is_finite(loss);
+}
+
+// Gradient of mean_i(w_i * mean_j (o_ij - t_ij)^2) with respect to o_ij is coef_i * (o_ij - t_ij),
+// coef_i = 2 * g * w_i / (numel_per_sample * batch); with respect to t_ij it is the negation.
+C10_HOST_DEVICE inline double grad_coefficient(double grad, double weight, int64_t numel_per_sample,
+                                               int64_t batch) {
+  return 2.0 * grad * weight / (static_cast<double>(numel_per_sample) * static_cast<double>(batch));
+}
+
+}  // namespace sgdf_erd::erd
+
+namespace sgdf_erd::erd {
+
+// The statistics bin a sample lands in, or -1 when it stays out (undefined log-SNR, non-finite values).
+C10_HOST_DEVICE inline int64_t statistics_bin(double mse, double loss, double alpha, double sigma, double lo,
+                                              double hi, int64_t num_bins) {
+  if (!counts_in_statistics(mse, loss)) return -1;
+  return logsnr_bin(alpha, sigma, lo, hi, num_bins);
+}
+
+}  // namespace sgdf_erd::erd

@@ -1,0 +1,13 @@
+"""ERD: recoverability-weighted diffusion loss (spec: shared/spec/erd.md).
+
+- :func:`erd_weight` / :func:`loss_weight`: per-sample weights (ERD and the baseline weightings);
+- :class:`ERDLoss`: the fused loss module with per-log-SNR-bin statistics; :func:`erd_loss` its functional form;
+- :mod:`schedules`: the noise schedules the authors train with, and helpers building x_t and targets.
+"""
+
+from . import _fake  # noqa: F401  (shape functions for torch.compile)
+from . import schedules
+from .loss import ERDLoss, erd_loss
+from .weights import PREDICTIONS, WEIGHTINGS, erd_weight, loss_weight
+
+__all__ = ["ERDLoss", "erd_loss", "erd_weight", "loss_weight", "schedules", "PREDICTIONS", "WEIGHTINGS"]

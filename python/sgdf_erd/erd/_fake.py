@@ -1,0 +1,31 @@
+"""Fake (meta) implementations of the ERD ops: output shapes and dtypes without data, for torch.compile."""
+
+import torch
+
+from .._native import ops  # noqa: F401  (the ops must be registered first)
+
+
+def _acc_dtype(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+@torch.library.register_fake("sgdf_erd::erd_weights")
+def _erd_weights_fake(alpha, sigma, alpha_prime, sigma_prime, prediction, weighting, k, gamma):
+    return torch.empty_like(alpha, dtype=torch.promote_types(alpha.dtype, sigma.dtype))
+
+
+@torch.library.register_fake("sgdf_erd::erd_loss_forward")
+def _erd_loss_forward_fake(output, target, alpha, sigma, alpha_prime, sigma_prime, weights, prediction, weighting,
+                           k, gamma, num_bins, logsnr_min, logsnr_max):
+    batch = output.shape[0]
+    acc = _acc_dtype(output.dtype)
+    return (output.new_empty(()), output.new_empty((batch,), dtype=acc), output.new_empty((batch,), dtype=acc),
+            output.new_empty((4, num_bins), dtype=torch.float64))
+
+
+@torch.library.register_fake("sgdf_erd::erd_loss_backward")
+def _erd_loss_backward_fake(grad, output, target, weight, target_requires_grad):
+    grads = [torch.empty_like(output, memory_format=torch.contiguous_format)]
+    if target_requires_grad:
+        grads.append(torch.empty_like(target, memory_format=torch.contiguous_format))
+    return grads

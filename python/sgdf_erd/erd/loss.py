@@ -1,0 +1,216 @@
+"""ERDLoss: the recoverability-weighted diffusion loss, computed by one fused kernel that also reports which
+noise levels dominate the loss (per log-SNR bin statistics)."""
+
+import math
+from typing import Callable, Dict, Optional, Tuple, Union
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+
+from .._native import ops, require
+from .weights import check_weighting
+
+__all__ = ["ERDLoss", "erd_loss"]
+
+WeightFn = Callable[[Tensor, Tensor], Tensor]
+
+
+class _FusedERDLoss(torch.autograd.Function):
+    """loss = mean_i w_i * mean_j (target_ij - output_ij)^2, with the kernel's side outputs (per-sample MSE,
+    weights, per-bin sums). Weights are constants: alpha, sigma and given weights get no gradient."""
+
+    @staticmethod
+    def forward(ctx, output, target, alpha, sigma, alpha_prime, sigma_prime, weights, prediction, weighting, k,
+                gamma, num_bins, logsnr_min, logsnr_max):
+        loss, mse, weight, bin_sums = ops.erd_loss_forward(
+            output, target, alpha, sigma, alpha_prime, sigma_prime, weights, prediction, weighting, k, gamma,
+            num_bins, logsnr_min, logsnr_max)
+        ctx.save_for_backward(output, target, weight)
+        ctx.mark_non_differentiable(mse, weight, bin_sums)
+        return loss, mse, weight, bin_sums
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_loss, *unused):
+        output, target, weight = ctx.saved_tensors
+        need_output, need_target = ctx.needs_input_grad[:2]
+        grads = ops.erd_loss_backward(grad_loss.to(output.dtype), output, target, weight, need_target)
+        grad_output = grads[0] if need_output else None
+        grad_target = grads[1] if need_target else None
+        return (grad_output, grad_target) + (None,) * 12
+
+
+def _promote(output: Tensor, target: Tensor) -> Tuple[Tensor, Tensor]:
+    """Casts output and target to their promoted dtype, as F.mse_loss does (e.g. bf16 output, fp32 target)."""
+    if output.dtype == target.dtype:
+        return output, target
+    dtype = torch.promote_types(output.dtype, target.dtype)
+    return output.to(dtype), target.to(dtype)
+
+
+def erd_loss(output: Tensor, target: Tensor, alpha: Tensor, sigma: Tensor, prediction: str = "eps",
+             weighting: Union[str, WeightFn] = "erd", *, alpha_prime: Optional[Tensor] = None,
+             sigma_prime: Optional[Tensor] = None, k: float = 5.0, gamma: float = 1.0, num_bins: int = 16,
+             logsnr_range: Tuple[float, float] = (-10.0, 10.0)):
+    """Functional form of :class:`ERDLoss` without running statistics.
+
+    Returns ``(loss, mse, weight, bin_sums)``: the batch loss (differentiable, output's dtype), the per-sample raw
+    MSE and weights ([B], float32; float64 for float64 operands) and this batch's per-bin sums ([4, num_bins]
+    float64: count, sum of MSE, sum of MSE^2, sum of weighted loss).
+    """
+    if not isinstance(output, Tensor) or not isinstance(target, Tensor):
+        raise TypeError("erd_loss: output and target must be tensors")
+    output, target = _promote(output, target)
+    require(output.device, "sgdf_erd ERD loss")
+    weights = None
+    if callable(weighting):
+        weights = _call_weight_fn(weighting, alpha, sigma, output)
+        weighting = "given"
+    else:
+        check_weighting(prediction, weighting)
+    return _FusedERDLoss.apply(output, target, alpha, sigma, alpha_prime, sigma_prime, weights, prediction,
+                               weighting, float(k), float(gamma), int(num_bins), float(logsnr_range[0]),
+                               float(logsnr_range[1]))
+
+
+def _call_weight_fn(fn: WeightFn, alpha: Tensor, sigma: Tensor, output: Tensor) -> Tensor:
+    weights = fn(alpha, sigma)
+    if not isinstance(weights, Tensor):
+        weights = torch.as_tensor(weights, dtype=torch.float32, device=output.device)
+    batch = output.shape[0] if output.dim() else 0
+    if weights.shape != (batch,):
+        raise ValueError(f"the weighting callable must return one weight per sample, shape [{batch}], got "
+                         f"{tuple(weights.shape)}")
+    return weights.detach()
+
+
+class ERDLoss(nn.Module):
+    r"""Recoverability-weighted diffusion loss (ERD) with per-noise-level diagnostics.
+
+    ``loss = loss_fn(output, target, alpha, sigma)`` returns ``mean_i w_i * mean((target_i - output_i)^2)`` over
+    the batch, where alpha, sigma (shape [B]) define each sample's corruption x_t = alpha x0 + sigma eps. For
+    ``prediction="flow"`` pass ``alpha_prime, sigma_prime`` too unless the path is the linear one.
+
+    Args:
+        prediction: what the network predicts, "eps", "x0", "v" or "flow".
+        weighting: "erd" (see :func:`sgdf_erd.erd.erd_weight`), "constant", "min_snr" (parameter k), "p2" (k,
+            p2_gamma), "debias", or a callable ``(alpha, sigma) -> weights [B]`` (treated as constants).
+            min_snr is defined for eps, x0 and v; p2 and debias for eps only.
+        num_bins, logsnr_range: statistics bins, uniform in log-SNR over the range; samples outside fall into the
+            end bins.
+        ema_decay: decay of the running statistics.
+        sync_statistics: when torch.distributed is initialised, sum the per-bin sums over all ranks (one
+            all-reduce of a [4, num_bins] tensor) before using them, so every rank holds the same statistics.
+        k, p2_gamma: Min-SNR k / P2 offset k, and the P2 exponent.
+
+    Statistics (see :meth:`statistics`) are updated in training mode only (as BatchNorm's running stats), under
+    no_grad. The per-bin sums of a step are the count, sum of raw MSE, sum of MSE^2 and sum of weighted loss of
+    the samples in each bin. A sample whose MSE, MSE^2 or weighted loss is not finite, or whose log-SNR is
+    undefined, is left out of the statistics, so bad values never reach them; the loss itself propagates NaN/inf
+    as F.mse_loss does. Sigma must be >= 0: on CPU a negative value raises ValueError; on CUDA the check would
+    synchronise each step, so a negative sigma there gives a NaN weight (hence a NaN loss) instead.
+
+    The running statistics are moving averages of the per-bin sums, ``S <- d S + (1 - d) S_step``. Means are
+    ratios of those averages (mean MSE = avg sum MSE / avg count), i.e. sample-weighted: an empty bin contributes
+    zero to both, so its running mean keeps its value while its running count decays. Counts are bias-corrected
+    by 1 / (1 - d^steps); ratios need no correction.
+    """
+
+    def __init__(self, prediction: str = "eps", weighting: Union[str, WeightFn] = "erd", num_bins: int = 16,
+                 logsnr_range: Tuple[float, float] = (-10.0, 10.0), ema_decay: float = 0.99,
+                 sync_statistics: bool = True, k: float = 5.0, p2_gamma: float = 1.0):
+        super().__init__()
+        if callable(weighting):
+            if prediction not in ("eps", "x0", "v", "flow"):
+                check_weighting(prediction, "erd")  # raises the unknown-prediction error
+        elif isinstance(weighting, str):
+            check_weighting(prediction, weighting)
+        else:
+            raise TypeError(f"weighting must be a name or a callable (alpha, sigma) -> weights, got {weighting!r}")
+        if not (isinstance(num_bins, int) and num_bins >= 1):
+            raise ValueError(f"num_bins must be a positive int, got {num_bins!r}")
+        lo, hi = (float(v) for v in logsnr_range)
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise ValueError(f"logsnr_range must be finite with min < max, got {logsnr_range!r}")
+        if not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"ema_decay must lie in [0, 1), got {ema_decay}")
+        if weighting == "min_snr" and not k > 0:
+            raise ValueError(f"min_snr needs k > 0, got {k}")
+        if weighting == "p2" and not k >= 0:
+            raise ValueError(f"p2 needs k >= 0, got {k}")
+        self.prediction = prediction
+        self.weighting = weighting
+        self.num_bins = num_bins
+        self.logsnr_range = (lo, hi)
+        self.ema_decay = float(ema_decay)
+        self.sync_statistics = bool(sync_statistics)
+        self.k = float(k)
+        self.p2_gamma = float(p2_gamma)
+        # derived from the constructor arguments, so not part of the state_dict
+        edges = torch.linspace(lo, hi, num_bins + 1, dtype=torch.float64)
+        self.register_buffer("bin_edges", edges, persistent=False)
+        self.register_buffer("batch_sums", torch.zeros(4, num_bins, dtype=torch.float64))
+        self.register_buffer("running_sums", torch.zeros(4, num_bins, dtype=torch.float64))
+        self.register_buffer("num_batches_tracked", torch.zeros((), dtype=torch.long))
+
+    def forward(self, output: Tensor, target: Tensor, alpha: Tensor, sigma: Tensor,
+                alpha_prime: Optional[Tensor] = None, sigma_prime: Optional[Tensor] = None) -> Tensor:
+        loss, _, _, bin_sums = erd_loss(
+            output, target, alpha, sigma, self.prediction, self.weighting, alpha_prime=alpha_prime,
+            sigma_prime=sigma_prime, k=self.k, gamma=self.p2_gamma, num_bins=self.num_bins,
+            logsnr_range=self.logsnr_range)
+        if self.training:
+            self._update_statistics(bin_sums)
+        return loss
+
+    @torch.no_grad()
+    def _update_statistics(self, bin_sums: Tensor) -> None:
+        if self.running_sums.device != bin_sums.device:
+            self.to(bin_sums.device)  # the module has buffers only; keep them beside the data
+        if self.sync_statistics and dist.is_available() and dist.is_initialized():
+            dist.all_reduce(bin_sums)  # one packed [4, num_bins] tensor: counts and sums of every bin
+        self.batch_sums.copy_(bin_sums)
+        self.running_sums.mul_(self.ema_decay).add_(bin_sums, alpha=1.0 - self.ema_decay)
+        self.num_batches_tracked.add_(1)
+
+    @torch.no_grad()
+    def statistics(self, ema: bool = False) -> Dict[str, Tensor]:
+        """Per-bin statistics of the last training step (``ema=False``) or their moving averages (``ema=True``).
+
+        Returns float64 tensors of length num_bins: ``count`` (samples; for ema the average per step),
+        ``mse_mean`` and ``mse_var`` (mean and population variance of the raw per-sample MSE), ``loss_mean``
+        (mean weighted loss w * mse), ``loss_share`` (the bin's share of the summed weighted loss), and
+        ``bin_edges`` (num_bins + 1). Bins without samples give NaN means and variances (share 0); all NaN
+        before the first step.
+        """
+        if ema:
+            steps = int(self.num_batches_tracked)
+            correction = 1.0 - self.ema_decay**steps if steps > 0 else 1.0
+            sums = self.running_sums
+        else:
+            correction = 1.0
+            sums = self.batch_sums
+        count, sum_mse, sum_sq, sum_loss = sums.unbind(0)
+        mse_mean = sum_mse / count
+        return {
+            "count": count / correction,
+            "mse_mean": mse_mean,
+            "mse_var": (sum_sq / count - mse_mean.square()).clamp_min(0),
+            "loss_mean": sum_loss / count,
+            "loss_share": sum_loss / sum_loss.sum(),
+            "bin_edges": self.bin_edges.clone(),
+        }
+
+    def reset_statistics(self) -> None:
+        self.batch_sums.zero_()
+        self.running_sums.zero_()
+        self.num_batches_tracked.zero_()
+
+    def extra_repr(self) -> str:
+        weighting = self.weighting if isinstance(self.weighting, str) else getattr(self.weighting, "__name__",
+                                                                                   "callable")
+        return (f"prediction={self.prediction!r}, weighting={weighting!r}, num_bins={self.num_bins}, "
+                f"logsnr_range={self.logsnr_range}, ema_decay={self.ema_decay}, k={self.k}, "
+                f"p2_gamma={self.p2_gamma}")

@@ -1,0 +1,246 @@
+"""Noise schedules the ERD authors train with, each mapping t to (alpha, sigma), their time derivatives and
+the log-SNR, for corruptions x_t = alpha * x0 + sigma * eps.
+
+- :class:`DiscreteVP`: variance-preserving, ``alpha = sqrt(alphas_cumprod[t])``, ``sigma = sqrt(1 - ...)``, for
+  integer timesteps ``t`` in ``[0, num_steps)``. Built from betas (:func:`linear_betas`, :func:`cosine_betas`) or
+  straight from an ``alphas_cumprod`` tensor, so a diffusers scheduler plugs in:
+  ``DiscreteVP(scheduler.alphas_cumprod)``.
+- :class:`ContinuousCosine`: ``alpha = cos(pi t / 2)``, ``sigma = sin(pi t / 2)``, t in [0, 1].
+- :class:`LinearLogSNR`: log-SNR ``lambda = lambda_max + t (lambda_min - lambda_max)`` (+10 -> -10),
+  ``alpha = sigmoid(lambda / 2)``, ``sigma = sigmoid(-lambda / 2)`` (so alpha + sigma = 1, the authors' flow path).
+- :class:`LinearFlow`: ``alpha = 1 - t``, ``sigma = t``.
+
+Plus :func:`make_noisy` (builds x_t) and :func:`make_target` (the regression target of a prediction type).
+"""
+
+import math
+from typing import NamedTuple, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "ScheduleValues", "NoiseSchedule", "DiscreteVP", "ContinuousCosine", "LinearLogSNR", "LinearFlow",
+    "linear_betas", "cosine_betas", "make_noisy", "make_target", "PREDICTIONS",
+]
+
+PREDICTIONS = ("eps", "x0", "v", "flow")
+
+
+class ScheduleValues(NamedTuple):
+    """What a schedule gives for a batch of times: all tensors of t's shape."""
+
+    alpha: Tensor
+    sigma: Tensor
+    alpha_prime: Tensor  # d alpha / dt
+    sigma_prime: Tensor  # d sigma / dt
+    logsnr: Tensor  # log(alpha^2 / sigma^2)
+
+
+class NoiseSchedule:
+    """Base class: subclasses define :meth:`alpha_sigma` and :meth:`derivatives`; :meth:`logsnr` and
+    :meth:`__call__` follow."""
+
+    def alpha_sigma(self, t: Tensor) -> Tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def derivatives(self, t: Tensor) -> Tuple[Tensor, Tensor]:
+        """(d alpha / dt, d sigma / dt) at t."""
+        raise NotImplementedError
+
+    def logsnr(self, t: Tensor) -> Tensor:
+        alpha, sigma = self.alpha_sigma(t)
+        return torch.log(alpha.square() / sigma.square())
+
+    def sample_t(self, batch_size: int, *, device=None, generator: Optional[torch.Generator] = None) -> Tensor:
+        """Times drawn uniformly, as the authors train (continuous: U(0, 1); discrete: uniform integers)."""
+        return torch.rand(batch_size, device=device, generator=generator)
+
+    def __repr__(self):
+        return f"{type(self).__name__}()"
+
+    def __call__(self, t: Tensor) -> ScheduleValues:
+        alpha, sigma = self.alpha_sigma(t)
+        alpha_prime, sigma_prime = self.derivatives(t)
+        return ScheduleValues(alpha, sigma, alpha_prime, sigma_prime, self.logsnr(t))
+
+
+def _float_times(t, name: str) -> Tensor:
+    t = torch.as_tensor(t)
+    if not t.is_floating_point():
+        raise TypeError(f"{name}: t must be floating point in [0, 1], got {t.dtype}")
+    return t
+
+
+class ContinuousCosine(NoiseSchedule):
+    """alpha = cos(pi t / 2), sigma = sin(pi t / 2) for t in [0, 1]; alpha is clamped at 0 (float rounding
+    makes cos(pi / 2) slightly negative)."""
+
+    def alpha_sigma(self, t):
+        t = _float_times(t, "ContinuousCosine")
+        return torch.cos(t * (math.pi / 2)).clamp_min(0), torch.sin(t * (math.pi / 2))
+
+    def derivatives(self, t):
+        t = _float_times(t, "ContinuousCosine")
+        return -(math.pi / 2) * torch.sin(t * (math.pi / 2)), (math.pi / 2) * torch.cos(t * (math.pi / 2))
+
+
+class LinearLogSNR(NoiseSchedule):
+    """log-SNR linear in t from ``logsnr_max`` (t = 0) to ``logsnr_min`` (t = 1), with alpha = sigmoid(lambda / 2)
+    and sigma = sigmoid(-lambda / 2): log(alpha^2 / sigma^2) = lambda exactly, and alpha + sigma = 1."""
+
+    def __init__(self, logsnr_max: float = 10.0, logsnr_min: float = -10.0):
+        if not logsnr_min < logsnr_max:
+            raise ValueError(f"LinearLogSNR: need logsnr_min < logsnr_max, got {logsnr_min}, {logsnr_max}")
+        self.logsnr_max, self.logsnr_min = float(logsnr_max), float(logsnr_min)
+
+    def logsnr(self, t):
+        t = _float_times(t, "LinearLogSNR")
+        return self.logsnr_max + t * (self.logsnr_min - self.logsnr_max)
+
+    def alpha_sigma(self, t):
+        lam = self.logsnr(t)
+        return torch.sigmoid(lam / 2), torch.sigmoid(-lam / 2)
+
+    def derivatives(self, t):
+        alpha, sigma = self.alpha_sigma(t)
+        # d sigmoid(lambda / 2) / dt = sigmoid' * lambda' / 2, sigmoid' = alpha * sigma
+        alpha_prime = (self.logsnr_min - self.logsnr_max) / 2 * alpha * sigma
+        return alpha_prime, -alpha_prime
+
+    def __repr__(self):
+        return f"LinearLogSNR(logsnr_max={self.logsnr_max}, logsnr_min={self.logsnr_min})"
+
+
+class LinearFlow(NoiseSchedule):
+    """The rectified-flow path alpha = 1 - t, sigma = t (alpha' = -1, sigma' = 1)."""
+
+    def alpha_sigma(self, t):
+        t = _float_times(t, "LinearFlow")
+        return 1 - t, t.clone()
+
+    def derivatives(self, t):
+        t = _float_times(t, "LinearFlow")
+        return torch.full_like(t, -1.0), torch.ones_like(t)
+
+
+def linear_betas(num_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> Tensor:
+    """Ho et al.'s linear betas (float64). As in the authors' code, the end points scale by 1000 / num_steps so
+    other step counts keep the same overall noise."""
+    scale = 1000 / num_steps
+    return torch.linspace(scale * beta_start, scale * beta_end, num_steps, dtype=torch.float64)
+
+
+def cosine_betas(num_steps: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> Tensor:
+    """Nichol and Dhariwal's cosine betas (float64): alpha_bar(u) = cos((u + s) / (1 + s) * pi / 2)^2,
+    beta_i = min(1 - alpha_bar((i + 1) / T) / alpha_bar(i / T), max_beta)."""
+    u = torch.arange(num_steps + 1, dtype=torch.float64) / num_steps
+    alpha_bar = torch.cos((u + s) / (1 + s) * math.pi / 2).square()
+    return (1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(max=max_beta)
+
+
+class DiscreteVP(NoiseSchedule):
+    """Variance-preserving schedule over ``num_steps`` integer timesteps, from its ``alphas_cumprod`` table.
+
+    ``t`` must be an integer tensor of timesteps. Values come out in torch's default dtype (the table is kept in
+    float64). The time derivatives are taken with respect to the timestep index, by central differences of the
+    table (one-sided at both ends), as a discrete schedule has no continuous time.
+    """
+
+    def __init__(self, alphas_cumprod):
+        table = torch.as_tensor(alphas_cumprod).detach().to("cpu", torch.float64).flatten()
+        if table.numel() < 2:
+            raise ValueError("DiscreteVP: alphas_cumprod needs at least 2 timesteps")
+        if not bool(((table >= 0) & (table <= 1)).all()):
+            raise ValueError("DiscreteVP: alphas_cumprod must lie in [0, 1]")
+        self.alphas_cumprod = table
+        alpha, sigma = table.sqrt(), (1 - table).sqrt()
+        self._tables = {"alpha": alpha, "sigma": sigma, "alpha_prime": torch.gradient(alpha)[0],
+                        "sigma_prime": torch.gradient(sigma)[0], "logsnr": torch.log(table / (1 - table))}
+        self._on_device = {}
+
+    @classmethod
+    def from_betas(cls, betas) -> "DiscreteVP":
+        betas = torch.as_tensor(betas, dtype=torch.float64)
+        if not bool(((betas >= 0) & (betas <= 1)).all()):
+            raise ValueError("DiscreteVP.from_betas: betas must lie in [0, 1]")
+        return cls(torch.cumprod(1 - betas, dim=0))
+
+    @classmethod
+    def linear(cls, num_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> "DiscreteVP":
+        return cls.from_betas(linear_betas(num_steps, beta_start, beta_end))
+
+    @classmethod
+    def cosine(cls, num_steps: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> "DiscreteVP":
+        return cls.from_betas(cosine_betas(num_steps, s, max_beta))
+
+    @property
+    def num_steps(self) -> int:
+        return self.alphas_cumprod.numel()
+
+    def _lookup(self, name: str, t) -> Tensor:
+        t = torch.as_tensor(t)
+        if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+            raise TypeError(f"DiscreteVP: t must be an integer tensor of timesteps, got {t.dtype}")
+        key = (name, t.device)
+        if key not in self._on_device:
+            self._on_device[key] = self._tables[name].to(device=t.device, dtype=torch.get_default_dtype())
+        # checked on CPU only: on CUDA it would synchronise, and an out-of-range index fails there anyway
+        if t.device.type == "cpu" and t.numel() and (int(t.min()) < 0 or int(t.max()) >= self.num_steps):
+            raise ValueError(f"DiscreteVP: timesteps must lie in [0, {self.num_steps}), got "
+                             f"[{int(t.min())}, {int(t.max())}]")
+        return self._on_device[key][t]
+
+    def alpha_sigma(self, t):
+        return self._lookup("alpha", t), self._lookup("sigma", t)
+
+    def derivatives(self, t):
+        return self._lookup("alpha_prime", t), self._lookup("sigma_prime", t)
+
+    def logsnr(self, t):
+        return self._lookup("logsnr", t)
+
+    def sample_t(self, batch_size, *, device=None, generator=None):
+        return torch.randint(0, self.num_steps, (batch_size,), device=device, generator=generator)
+
+    def __repr__(self):
+        return f"DiscreteVP(num_steps={self.num_steps})"
+
+
+def _per_sample(value, like: Tensor, name: str) -> Tensor:
+    """A [B] tensor (or a scalar) as [B, 1, ...] in like's dtype and device, to broadcast over samples."""
+    value = torch.as_tensor(value, device=like.device)
+    if value.dim() == 0:
+        return value.to(like.dtype)
+    if value.dim() != 1 or value.shape[0] != like.shape[0]:
+        raise ValueError(f"{name} must be a scalar or have shape [{like.shape[0]}], got {tuple(value.shape)}")
+    return value.to(like.dtype).reshape(-1, *([1] * (like.dim() - 1)))
+
+
+def make_noisy(x0: Tensor, noise: Tensor, alpha, sigma) -> Tensor:
+    """x_t = alpha * x0 + sigma * noise, with alpha, sigma of shape [B] (or scalars)."""
+    if x0.shape != noise.shape:
+        raise ValueError(f"make_noisy: x0 {tuple(x0.shape)} and noise {tuple(noise.shape)} must have one shape")
+    return _per_sample(alpha, x0, "alpha") * x0 + _per_sample(sigma, x0, "sigma") * noise
+
+
+def make_target(x0: Tensor, noise: Tensor, alpha, sigma, prediction: str, alpha_prime=None,
+                sigma_prime=None) -> Tensor:
+    """The regression target y = c_x * x0 + c_e * noise of a prediction type:
+    eps -> noise, x0 -> x0, v -> alpha * noise - sigma * x0, flow -> alpha' * x0 + sigma' * noise (alpha' = -1,
+    sigma' = 1, the linear path, unless given)."""
+    if x0.shape != noise.shape:
+        raise ValueError(f"make_target: x0 {tuple(x0.shape)} and noise {tuple(noise.shape)} must have one shape")
+    if prediction == "eps":
+        return noise
+    if prediction == "x0":
+        return x0
+    if prediction == "v":
+        return _per_sample(alpha, x0, "alpha") * noise - _per_sample(sigma, x0, "sigma") * x0
+    if prediction == "flow":
+        if (alpha_prime is None) != (sigma_prime is None):
+            raise ValueError("make_target: pass both alpha_prime and sigma_prime, or neither (linear path)")
+        if alpha_prime is None:
+            return noise - x0
+        return _per_sample(alpha_prime, x0, "alpha_prime") * x0 + _per_sample(sigma_prime, x0, "sigma_prime") * noise
+    raise ValueError(f"make_target: unknown prediction {prediction!r}; use one of {PREDICTIONS}")

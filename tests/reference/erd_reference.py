@@ -1,0 +1,136 @@
+"""Float64 reference for the ERD loss, written from shared/spec/erd.md with plain torch ops. It never calls
+sgdf_erd, so the tests compare the library against an independent reading of the spec."""
+
+import math
+
+import torch
+
+F64 = torch.float64
+
+
+def _f64(x):
+    return torch.as_tensor(x).to(F64)
+
+
+def target_coefficients(alpha, sigma, prediction, alpha_prime=None, sigma_prime=None):
+    """(c_x, c_e) of the spec's table: the target is y = c_x * x0 + c_e * eps."""
+    alpha, sigma = _f64(alpha), _f64(sigma)
+    one, zero = torch.ones_like(alpha), torch.zeros_like(alpha)
+    if prediction == "eps":
+        return zero, one
+    if prediction == "x0":
+        return one, zero
+    if prediction == "v":
+        return -sigma, alpha
+    if prediction == "flow":
+        ap = -one if alpha_prime is None else _f64(alpha_prime)
+        sp = one if sigma_prime is None else _f64(sigma_prime)
+        return ap, sp
+    raise ValueError(prediction)
+
+
+def _pin(weight, alpha, sigma):
+    snr = alpha.square() / sigma.square()
+    return torch.where((snr == 0) | torch.isinf(snr), torch.ones_like(weight), weight)
+
+
+def erd_weight(alpha, sigma, prediction, alpha_prime=None, sigma_prime=None):
+    """w = sqrt((c_x alpha)^2 + (c_e sigma)^2) / sqrt(alpha^2 + sigma^2); for v the constant sqrt(2) is dropped;
+    pinned to 1 where the SNR is 0 or infinite."""
+    alpha, sigma = _f64(alpha), _f64(sigma)
+    cx, ce = target_coefficients(alpha, sigma, prediction, alpha_prime, sigma_prime)
+    w = torch.sqrt((cx * alpha) ** 2 + (ce * sigma) ** 2) / torch.sqrt(alpha**2 + sigma**2)
+    if prediction == "v":
+        w = w / math.sqrt(2.0)
+    return _pin(w, alpha, sigma)
+
+
+def baseline_weight(alpha, sigma, prediction, weighting, k=5.0, gamma=1.0):
+    """The spec's baselines: constant; Min-SNR-k (eps: min(snr, k)/snr, x0: min(snr, k), v: min(snr, k)/(snr+1));
+    P2 (eps: 1/(k + snr)^gamma); debias (eps: sigma/alpha)."""
+    alpha, sigma = _f64(alpha), _f64(sigma)
+    snr = alpha**2 / sigma**2
+    if weighting == "constant":
+        return torch.ones_like(snr)
+    if weighting == "erd":
+        return erd_weight(alpha, sigma, prediction)
+    if weighting == "min_snr":
+        clipped = torch.minimum(snr, torch.full_like(snr, k))
+        w = {"eps": lambda: clipped / snr, "x0": lambda: clipped, "v": lambda: clipped / (snr + 1)}[prediction]()
+    elif weighting == "p2" and prediction == "eps":
+        w = 1.0 / (k + snr) ** gamma
+    elif weighting == "debias" and prediction == "eps":
+        w = sigma / alpha.abs()
+    else:
+        raise ValueError((prediction, weighting))
+    return _pin(w, alpha, sigma)
+
+
+def per_sample_mse(output, target):
+    d = (_f64(target) - _f64(output)).reshape(output.shape[0], -1)
+    return (d * d).mean(dim=1)
+
+
+def loss(output, target, weights):
+    """Batch mean of w_i * mean((target_i - output_i)^2)."""
+    return (_f64(weights) * per_sample_mse(output, target)).mean()
+
+
+def bin_index(alpha, sigma, num_bins, lo, hi):
+    """Uniform bins over [lo, hi) in log-SNR; out-of-range samples clamp into the end bins."""
+    logsnr = torch.log(_f64(alpha) ** 2 / _f64(sigma) ** 2)
+    idx = torch.floor((logsnr - lo) / (hi - lo) * num_bins)
+    idx = torch.nan_to_num(idx, nan=0.0, posinf=num_bins - 1, neginf=0.0)
+    return idx.clamp(0, num_bins - 1).long()
+
+
+def batch_statistics(mse, weights, alpha, sigma, num_bins, lo, hi):
+    """Per-bin statistics of one batch, straight from the per-sample values: count, mean and population
+    variance of the MSE, mean weighted loss, share of the total weighted loss. Empty bins: NaN (share 0)."""
+    mse, w = _f64(mse), _f64(weights)
+    loss_i = w * mse
+    idx = bin_index(alpha, sigma, num_bins, lo, hi)
+    out = {key: torch.full((num_bins,), float("nan"), dtype=F64) for key in ("mse_mean", "mse_var", "loss_mean")}
+    out["count"] = torch.zeros(num_bins, dtype=F64)
+    out["loss_share"] = torch.zeros(num_bins, dtype=F64)
+    for b in range(num_bins):
+        sel = idx == b
+        if not bool(sel.any()):
+            continue
+        out["count"][b] = float(sel.sum())
+        out["mse_mean"][b] = mse[sel].mean()
+        out["mse_var"][b] = mse[sel].var(unbiased=False)
+        out["loss_mean"][b] = loss_i[sel].mean()
+        out["loss_share"][b] = loss_i[sel].sum() / loss_i.sum()
+    out["bin_edges"] = torch.linspace(lo, hi, num_bins + 1, dtype=F64)
+    return out
+
+
+def running_statistics(history, decay, num_bins, lo, hi):
+    """Moving-average statistics after the steps in `history` (a list of (mse, weights, alpha, sigma)).
+
+    Step s of n gets weight c_s = (1 - decay) decay^(n - s). The running count is sum_s c_s count_s / sum_s c_s;
+    running means are sample-weighted: sum_s c_s (sum of the values in the bin at step s) / sum_s c_s count_s;
+    the variance is the running mean of mse^2 minus the squared running mean; the share is the bin's running
+    loss sum over all bins' running loss sums."""
+    n = len(history)
+    c = torch.tensor([(1 - decay) * decay ** (n - 1 - s) for s in range(n)], dtype=F64)
+    count = torch.zeros(num_bins, dtype=F64)
+    s_mse, s_sq, s_loss = (torch.zeros(num_bins, dtype=F64) for _ in range(3))
+    for cs, (mse, w, alpha, sigma) in zip(c, history):
+        mse, w = _f64(mse), _f64(w)
+        idx = bin_index(alpha, sigma, num_bins, lo, hi)
+        for b in range(num_bins):
+            sel = idx == b
+            count[b] += cs * sel.sum()
+            s_mse[b] += cs * mse[sel].sum()
+            s_sq[b] += cs * (mse[sel] ** 2).sum()
+            s_loss[b] += cs * (w[sel] * mse[sel]).sum()
+    mean = s_mse / count
+    return {
+        "count": count / c.sum(),
+        "mse_mean": mean,
+        "mse_var": s_sq / count - mean**2,
+        "loss_mean": s_loss / count,
+        "loss_share": s_loss / s_loss.sum(),
+    }

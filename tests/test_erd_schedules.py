@@ -1,0 +1,134 @@
+"""Noise schedules (values, derivatives, log-SNR) and the x_t / target helpers."""
+
+import math
+
+import pytest
+import torch
+
+from sgdf_erd.erd import schedules
+
+F64 = torch.float64
+CONTINUOUS = [schedules.ContinuousCosine(), schedules.LinearLogSNR(), schedules.LinearLogSNR(5.0, -7.0),
+              schedules.LinearFlow()]
+
+
+@pytest.mark.parametrize("schedule", CONTINUOUS, ids=repr)
+def test_continuous_derivatives_match_autograd(schedule):
+    t = (torch.rand(50, dtype=F64) * 0.98 + 0.01).requires_grad_(True)
+    alpha, sigma = schedule.alpha_sigma(t)
+    d_alpha, = torch.autograd.grad(alpha.sum(), t, retain_graph=True)
+    d_sigma, = torch.autograd.grad(sigma.sum(), t)
+    values = schedule(t.detach())
+    torch.testing.assert_close(values.alpha_prime, d_alpha)
+    torch.testing.assert_close(values.sigma_prime, d_sigma)
+    torch.testing.assert_close(values.logsnr, torch.log(alpha.detach() ** 2 / sigma.detach() ** 2))
+
+
+def test_continuous_cosine_values():
+    t = torch.linspace(0, 1, 11, dtype=F64)
+    alpha, sigma = schedules.ContinuousCosine().alpha_sigma(t)
+    torch.testing.assert_close(alpha, torch.cos(math.pi * t / 2).clamp_min(0))
+    torch.testing.assert_close(alpha**2 + sigma**2, torch.ones_like(t))
+    assert float(alpha[-1]) >= 0 and float(schedules.ContinuousCosine().alpha_sigma(torch.ones(1))[0]) >= 0
+
+
+def test_linear_logsnr_end_points_and_path():
+    s = schedules.LinearLogSNR()
+    t = torch.tensor([0.0, 0.5, 1.0], dtype=F64)
+    torch.testing.assert_close(s.logsnr(t), torch.tensor([10.0, 0.0, -10.0], dtype=F64))
+    alpha, sigma = s.alpha_sigma(t)
+    torch.testing.assert_close(alpha, torch.sigmoid(torch.tensor([5.0, 0.0, -5.0], dtype=F64)))
+    torch.testing.assert_close(alpha + sigma, torch.ones(3, dtype=F64))
+    with pytest.raises(ValueError):
+        schedules.LinearLogSNR(-1.0, 1.0)
+
+
+def test_linear_flow():
+    t = torch.rand(7)
+    v = schedules.LinearFlow()(t)
+    assert torch.equal(v.alpha, 1 - t) and torch.equal(v.sigma, t)
+    assert torch.equal(v.alpha_prime, -torch.ones(7)) and torch.equal(v.sigma_prime, torch.ones(7))
+
+
+def test_linear_betas_match_ho_et_al():
+    betas = schedules.linear_betas()
+    assert betas.shape == (1000,) and betas.dtype == F64
+    assert math.isclose(float(betas[0]), 1e-4) and math.isclose(float(betas[-1]), 0.02)
+    assert torch.allclose(schedules.linear_betas(500)[[0, -1]], torch.tensor([2e-4, 0.04], dtype=F64))
+
+
+def test_cosine_betas():
+    betas = schedules.cosine_betas()
+    assert betas.shape == (1000,) and float(betas.max()) == 0.999
+    # alpha_bar of the product follows the cosine law away from the clipped end
+    ac = torch.cumprod(1 - betas, 0)
+    u = torch.arange(1, 1001, dtype=F64) / 1000
+    law = torch.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2 / math.cos(0.008 / 1.008 * math.pi / 2) ** 2
+    torch.testing.assert_close(ac[:990], law[:990], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("schedule", [schedules.DiscreteVP.linear(), schedules.DiscreteVP.cosine()], ids=repr)
+def test_discrete_vp(schedule):
+    t = torch.randint(0, 1000, (40,))
+    alpha, sigma = schedule.alpha_sigma(t)
+    assert alpha.dtype == torch.get_default_dtype()
+    torch.testing.assert_close(alpha**2 + sigma**2, torch.ones(40))
+    torch.testing.assert_close(alpha.double() ** 2, schedule.alphas_cumprod[t], rtol=1e-6, atol=1e-7)
+    lam = schedule.logsnr(t)
+    torch.testing.assert_close(lam, torch.log(alpha.double() ** 2 / sigma.double() ** 2).float(), rtol=1e-4,
+                               atol=1e-4)
+    # derivatives: per-timestep central differences
+    mid = torch.tensor([500])
+    d_alpha, _ = schedule.derivatives(mid)
+    a_next, a_prev = schedule.alpha_sigma(mid + 1)[0], schedule.alpha_sigma(mid - 1)[0]
+    torch.testing.assert_close(d_alpha, (a_next - a_prev) / 2)
+    assert schedule.sample_t(16).dtype == torch.long
+
+
+def test_discrete_vp_from_alphas_cumprod_like_diffusers():
+    betas = torch.linspace(1e-4 ** 0.5, 0.012 ** 0.5, 1000) ** 2  # diffusers' scaled_linear, float32
+    alphas_cumprod = torch.cumprod(1 - betas, 0)
+    schedule = schedules.DiscreteVP(alphas_cumprod)
+    assert schedule.num_steps == 1000
+    t = torch.tensor([0, 10, 999])
+    torch.testing.assert_close(schedule.alpha_sigma(t)[0], alphas_cumprod[t].sqrt())
+    torch.testing.assert_close(schedules.DiscreteVP.from_betas(betas).alphas_cumprod,
+                               torch.cumprod(1 - betas.double(), 0))
+
+
+def test_discrete_vp_bad_input():
+    s = schedules.DiscreteVP.linear(100)
+    with pytest.raises(TypeError, match="integer"):
+        s.alpha_sigma(torch.rand(3))
+    with pytest.raises(ValueError, match="timesteps"):
+        s.alpha_sigma(torch.tensor([100]))
+    with pytest.raises(ValueError):
+        schedules.DiscreteVP(torch.tensor([1.5, 0.5]))
+    with pytest.raises(TypeError):
+        schedules.ContinuousCosine().alpha_sigma(torch.tensor([1, 2]))
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v", "flow"])
+def test_make_noisy_and_target(prediction):
+    x0, noise = torch.randn(5, 3, 4), torch.randn(5, 3, 4)
+    schedule = schedules.ContinuousCosine()
+    v = schedule(torch.rand(5, dtype=F64))
+    a, s = v.alpha.float()[:, None, None], v.sigma.float()[:, None, None]
+    x_t = schedules.make_noisy(x0, noise, v.alpha, v.sigma)
+    assert x_t.dtype == torch.float32
+    torch.testing.assert_close(x_t, a * x0 + s * noise)
+    expected = {"eps": noise, "x0": x0, "v": a * noise - s * x0,
+                "flow": v.alpha_prime.float()[:, None, None] * x0 + v.sigma_prime.float()[:, None, None] * noise}
+    kw = dict(alpha_prime=v.alpha_prime, sigma_prime=v.sigma_prime) if prediction == "flow" else {}
+    torch.testing.assert_close(schedules.make_target(x0, noise, v.alpha, v.sigma, prediction, **kw),
+                               expected[prediction])
+
+
+def test_make_target_flow_defaults_to_linear_path_and_errors():
+    x0, noise = torch.randn(4, 2), torch.randn(4, 2)
+    t = torch.rand(4)
+    torch.testing.assert_close(schedules.make_target(x0, noise, 1 - t, t, "flow"), noise - x0)
+    with pytest.raises(ValueError, match="unknown prediction"):
+        schedules.make_target(x0, noise, 1 - t, t, "score")
+    with pytest.raises(ValueError, match="shape"):
+        schedules.make_noisy(x0, noise, torch.rand(3), t)

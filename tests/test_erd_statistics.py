@@ -1,0 +1,137 @@
+"""ERDLoss per-log-SNR-bin statistics and their moving averages against the float64 reference."""
+
+import pytest
+import torch
+
+from tests.reference import erd_reference as ref
+from sgdf_erd.erd import ERDLoss, erd_loss, schedules
+
+KEYS = ("count", "mse_mean", "mse_var", "loss_mean", "loss_share")
+
+
+def random_step(seed, batch=64, shape=(3, 6, 6)):
+    g = torch.Generator().manual_seed(seed)
+    output = torch.randn(batch, *shape, generator=g)
+    target = torch.randn(batch, *shape, generator=g) * (1 + torch.rand(batch, 1, 1, 1, generator=g))
+    # log-SNR beyond both ends of [-10, 10) too, so the end bins collect the out-of-range samples
+    logsnr = torch.rand(batch, generator=g, dtype=torch.float64) * 30 - 15
+    alpha = torch.sigmoid(logsnr).sqrt()
+    sigma = torch.sigmoid(-logsnr).sqrt()
+    return output, target, alpha, sigma
+
+
+def assert_stats_close(stats, expected, keys=KEYS):
+    for key in keys:
+        # MSE values are float32, so the variance's absolute accuracy is ~1e-7 of the squared mean
+        atol = 1e-6 if key == "mse_var" else 1e-12
+        torch.testing.assert_close(stats[key], expected[key], rtol=1e-5, atol=atol, equal_nan=True, msg=key)
+
+
+@pytest.mark.parametrize("prediction,weighting", [("eps", "erd"), ("x0", "min_snr"), ("v", "erd")])
+@pytest.mark.parametrize("num_bins,logsnr_range", [(16, (-10.0, 10.0)), (5, (-3.0, 7.0)), (1, (-1.0, 1.0))])
+def test_batch_statistics_match_reference(prediction, weighting, num_bins, logsnr_range):
+    output, target, alpha, sigma = random_step(0)
+    loss_fn = ERDLoss(prediction, weighting, num_bins=num_bins, logsnr_range=logsnr_range)
+    loss_fn(output, target, alpha, sigma)
+    w = ref.baseline_weight(alpha, sigma, prediction, weighting)
+    expected = ref.batch_statistics(ref.per_sample_mse(output, target), w, alpha, sigma, num_bins, *logsnr_range)
+    stats = loss_fn.statistics()
+    assert_stats_close(stats, expected)
+    assert torch.equal(stats["bin_edges"], expected["bin_edges"])
+    assert stats["count"].sum() == output.shape[0]
+    assert torch.isclose(stats["loss_share"].sum(), torch.tensor(1.0, dtype=torch.float64))
+
+
+def test_end_bins_take_zero_and_infinite_snr():
+    output, target, _, _ = random_step(1, batch=4)
+    alpha = torch.tensor([0.0, 1.0, 0.6, 1e-9])
+    sigma = torch.tensor([1.0, 0.0, 0.8, 1.0])
+    _, _, _, sums = erd_loss(output, target, alpha, sigma, num_bins=4)
+    # alpha = 0 (log-SNR -inf) and 1e-9 (about -41) -> bin 0; sigma = 0 (+inf) -> bin 3; log-SNR(0.6, 0.8) -> bin 1
+    assert sums[0].tolist() == [2.0, 1.0, 0.0, 1.0]
+
+
+def test_undefined_logsnr_is_left_out():
+    output, target, _, _ = random_step(2, batch=3)
+    alpha = torch.tensor([0.0, 0.5, float("nan")])
+    sigma = torch.tensor([0.0, 0.5, 0.5])
+    loss, _, _, sums = erd_loss(output, target, alpha, sigma, num_bins=4)
+    assert torch.isnan(loss)  # NaN weights show in the loss
+    assert sums[0].sum() == 1.0 and torch.isfinite(sums).all()
+
+
+def test_running_statistics_match_reference():
+    decay = 0.9
+    loss_fn = ERDLoss("eps", num_bins=8, ema_decay=decay)
+    history = []
+    for step in range(6):
+        output, target, alpha, sigma = random_step(10 + step, batch=24 + step)
+        if step == 3:  # a step whose samples all fall in one bin: the others' running means must not move
+            alpha = torch.full_like(alpha, 0.6)
+            sigma = torch.full_like(sigma, 0.8)
+        loss_fn(output, target, alpha, sigma)
+        history.append((ref.per_sample_mse(output, target), ref.erd_weight(alpha, sigma, "eps"), alpha, sigma))
+        expected = ref.running_statistics(history, decay, 8, -10.0, 10.0)
+        assert_stats_close(loss_fn.statistics(ema=True), expected)
+    assert int(loss_fn.num_batches_tracked) == 6
+
+
+def test_empty_bin_keeps_running_mean():
+    loss_fn = ERDLoss(num_bins=2, logsnr_range=(-1.0, 1.0), ema_decay=0.5)
+    output, target, _, _ = random_step(3, batch=2)
+    loss_fn(output, target, torch.tensor([0.1, 0.9]), torch.tensor([0.9, 0.1]))  # one sample per bin
+    before = loss_fn.statistics(ema=True)
+    loss_fn(output, target, torch.tensor([0.9, 0.9]), torch.tensor([0.1, 0.1]))  # bin 0 empty
+    after = loss_fn.statistics(ema=True)
+    assert after["mse_mean"][0] == before["mse_mean"][0]
+    assert after["count"][0] < before["count"][0]
+    assert torch.isnan(loss_fn.statistics()["mse_mean"][0])  # the last step itself had none
+
+
+def test_statistics_before_any_step_and_reset():
+    loss_fn = ERDLoss(num_bins=3)
+    for ema in (False, True):
+        stats = loss_fn.statistics(ema=ema)
+        assert torch.equal(stats["count"], torch.zeros(3, dtype=torch.float64))
+        assert torch.isnan(stats["mse_mean"]).all()
+    output, target, alpha, sigma = random_step(4, batch=8)
+    loss_fn(output, target, alpha, sigma)
+    loss_fn.reset_statistics()
+    assert int(loss_fn.num_batches_tracked) == 0 and not loss_fn.running_sums.any()
+
+
+def test_eval_mode_does_not_update():
+    loss_fn = ERDLoss().eval()
+    output, target, alpha, sigma = random_step(5)
+    loss_fn(output, target, alpha, sigma)
+    assert int(loss_fn.num_batches_tracked) == 0 and not loss_fn.batch_sums.any()
+
+
+def test_state_dict_round_trip():
+    loss_fn = ERDLoss("v", num_bins=6, ema_decay=0.8)
+    for step in range(3):
+        loss_fn(*random_step(20 + step))
+    state = loss_fn.state_dict()
+    assert set(state) == {"batch_sums", "running_sums", "num_batches_tracked"}
+    restored = ERDLoss("v", num_bins=6, ema_decay=0.8)
+    restored.load_state_dict(state)
+    for ema in (False, True):
+        a, b = loss_fn.statistics(ema), restored.statistics(ema)
+        for key in a:
+            assert torch.equal(a[key].nan_to_num(-1), b[key].nan_to_num(-1)), key
+    # both continue identically
+    step = random_step(30)
+    loss_fn(*step)
+    restored(*step)
+    assert torch.equal(loss_fn.running_sums, restored.running_sums)
+
+
+def test_statistics_with_discrete_schedule_timesteps():
+    schedule = schedules.DiscreteVP.linear()
+    t = torch.arange(0, 1000, 8)
+    alpha, sigma = schedule.alpha_sigma(t)
+    output = torch.randn(len(t), 2, 4)
+    loss_fn = ERDLoss(num_bins=10)
+    loss_fn(output, torch.randn_like(output), alpha, sigma)
+    expected = ref.bin_index(alpha, sigma, 10, -10.0, 10.0).bincount(minlength=10).double()
+    assert torch.equal(loss_fn.statistics()["count"], expected)

@@ -1,0 +1,144 @@
+"""ERD weights and baseline weightings against the float64 reference, and the authors' parity table."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.reference import erd_reference as ref
+from sgdf_erd.erd import erd_weight, loss_weight, schedules
+
+PREDICTIONS = ("eps", "x0", "v", "flow")
+BASELINE_PAIRS = [("min_snr", "eps"), ("min_snr", "x0"), ("min_snr", "v"), ("p2", "eps"), ("debias", "eps")]
+UNDEFINED_PAIRS = [("min_snr", "flow"), ("p2", "x0"), ("p2", "v"), ("p2", "flow"), ("debias", "x0"),
+                   ("debias", "v"), ("debias", "flow")]
+
+
+def schedule_cases():
+    """(name, schedule, t) for every schedule, times chosen away from the pinned end points."""
+    g = torch.Generator().manual_seed(0)
+    cont = torch.rand(64, generator=g, dtype=torch.float64) * 0.98 + 0.01
+    disc = torch.randint(1, 999, (64,), generator=g)
+    return [
+        ("vp_linear", schedules.DiscreteVP.linear(), disc),
+        ("vp_cosine", schedules.DiscreteVP.cosine(), disc),
+        ("cosine", schedules.ContinuousCosine(), cont),
+        ("linear_logsnr", schedules.LinearLogSNR(), cont),
+        ("flow", schedules.LinearFlow(), cont),
+    ]
+
+
+def assert_close(actual, expected, rtol=1e-12, atol=1e-12):
+    torch.testing.assert_close(actual.double(), expected.double(), rtol=rtol, atol=atol, equal_nan=True)
+
+
+@pytest.mark.parametrize("name,schedule,t", [c for c in schedule_cases() if c[0] != "linear_logsnr"])
+def test_parity_with_authors(name, schedule, t):
+    """The authors' values: VP eps -> sigma, x0 -> alpha, v -> alpha*sigma; linear flow -> 1."""
+    with torch.autograd.set_grad_enabled(False):
+        torch.set_default_dtype(torch.float64)
+        try:
+            alpha, sigma = schedule.alpha_sigma(t)
+        finally:
+            torch.set_default_dtype(torch.float32)
+    if name == "flow":
+        assert_close(erd_weight(alpha, sigma, "flow"), torch.ones_like(alpha))
+        return
+    assert_close(erd_weight(alpha, sigma, "eps"), sigma)
+    assert_close(erd_weight(alpha, sigma, "x0"), alpha)
+    assert_close(erd_weight(alpha, sigma, "v"), alpha * sigma)
+
+
+@pytest.mark.parametrize("name,schedule,t", schedule_cases())
+@pytest.mark.parametrize("prediction", PREDICTIONS)
+def test_weight_matches_reference_on_schedules(name, schedule, t, prediction):
+    values = schedule(t)
+    kwargs = {}
+    if prediction == "flow":
+        kwargs = dict(alpha_prime=values.alpha_prime, sigma_prime=values.sigma_prime)
+    got = erd_weight(values.alpha, values.sigma, prediction, **kwargs)
+    expected = ref.erd_weight(values.alpha, values.sigma, prediction, **kwargs)
+    assert got.dtype == values.alpha.dtype
+    tol = 1e-12 if values.alpha.dtype == torch.float64 else 1e-6
+    assert_close(got, expected.to(got.dtype), rtol=tol, atol=tol)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.one_of(st.just(0.0), st.floats(1e-30, 3), st.floats(-3, -1e-30)),
+                          st.one_of(st.just(0.0), st.floats(1e-30, 3)), st.floats(-4, 4), st.floats(-4, 4)),
+                min_size=1, max_size=20),
+       st.sampled_from(PREDICTIONS))
+def test_weight_random_general_rule(rows, prediction):
+    # magnitudes above 1e-30 keep the reference's squares from underflowing (the kernel uses hypot)
+    alpha, sigma, ap, sp = (torch.tensor(col, dtype=torch.float64) for col in zip(*rows))
+    kwargs = dict(alpha_prime=ap, sigma_prime=sp) if prediction == "flow" else {}
+    got = erd_weight(alpha, sigma, prediction, **kwargs)
+    assert_close(got, ref.erd_weight(alpha, sigma, prediction, **kwargs))
+
+
+@pytest.mark.parametrize("prediction", PREDICTIONS)
+def test_weight_pinned_where_snr_is_zero_or_infinite(prediction):
+    alpha = torch.tensor([0.0, 0.7, 0.0, 1.0], dtype=torch.float64)
+    sigma = torch.tensor([1.0, 0.0, 0.3, 0.0], dtype=torch.float64)
+    assert torch.equal(erd_weight(alpha, sigma, prediction), torch.ones(4, dtype=torch.float64))
+
+
+def test_weight_nan_propagates():
+    w = erd_weight(torch.tensor([float("nan"), 0.5]), torch.tensor([0.5, float("nan")]), "eps")
+    assert torch.isnan(w).all()
+
+
+def test_weight_broadcasts_and_accepts_numbers():
+    sigma = torch.linspace(0.1, 0.9, 5)
+    w = erd_weight(torch.tensor(1.0), sigma, "eps")
+    assert w.shape == (5,)
+    assert_close(w, ref.erd_weight(torch.ones(5), sigma, "eps").float(), rtol=1e-6, atol=1e-7)
+    grid = erd_weight(torch.rand(3, 4), torch.rand(3, 4) + 0.1, "v")
+    assert grid.shape == (3, 4)
+    assert math.isclose(float(erd_weight(0.6, 0.8, "eps")), 0.8, rel_tol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_weight_keeps_dtype(dtype):
+    alpha = torch.rand(16, dtype=torch.float64)
+    sigma = (1 - alpha**2).sqrt()
+    w = erd_weight(alpha.to(dtype), sigma.to(dtype), "v")
+    assert w.dtype == dtype
+    expected = ref.erd_weight(alpha.to(dtype), sigma.to(dtype), "v")
+    tol = {torch.float16: 1e-3, torch.bfloat16: 1e-2}.get(dtype, 1e-6)
+    assert_close(w, expected, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("weighting,prediction", BASELINE_PAIRS + [("constant", p) for p in PREDICTIONS])
+@pytest.mark.parametrize("k,gamma", [(5.0, 1.0), (1.0, 0.5)])
+def test_baseline_weights_match_reference(weighting, prediction, k, gamma):
+    g = torch.Generator().manual_seed(1)
+    alpha = torch.rand(200, generator=g, dtype=torch.float64) * 2
+    sigma = torch.rand(200, generator=g, dtype=torch.float64) * 2
+    alpha[:3] = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)  # snr 0, inf, inf
+    sigma[:3] = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
+    got = loss_weight(alpha, sigma, prediction, weighting, k=k, gamma=gamma)
+    assert_close(got, ref.baseline_weight(alpha, sigma, prediction, weighting, k=k, gamma=gamma))
+
+
+@pytest.mark.parametrize("weighting,prediction", UNDEFINED_PAIRS)
+def test_undefined_baseline_raises(weighting, prediction):
+    with pytest.raises(ValueError, match="not defined|defined for"):
+        loss_weight(torch.rand(3), torch.rand(3), prediction, weighting)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="unknown prediction"):
+        erd_weight(torch.rand(3), torch.rand(3), "score")
+    with pytest.raises(ValueError, match="unknown weighting"):
+        loss_weight(torch.rand(3), torch.rand(3), "eps", "snr")
+    with pytest.raises(ValueError, match="sigma must be >= 0"):
+        erd_weight(torch.rand(3), -torch.rand(3) - 0.1, "eps")
+    with pytest.raises(ValueError, match="flow"):
+        erd_weight(torch.rand(3), torch.rand(3), "eps", alpha_prime=torch.ones(3), sigma_prime=torch.ones(3))
+    with pytest.raises(ValueError, match="both"):
+        erd_weight(torch.rand(3), torch.rand(3), "flow", alpha_prime=torch.ones(3))
+    with pytest.raises(RuntimeError):  # shapes that do not broadcast
+        erd_weight(torch.rand(3), torch.rand(4), "eps")

@@ -1,0 +1,356 @@
+"""SGDF optimizer against the float64 reference written from the spec (tests/reference/sgdf_reference.py)."""
+
+import copy
+import io
+import itertools
+import os
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import sgdf_erd
+from sgdf_erd import SGDF
+from tests.reference.sgdf_reference import ReferenceSGDF
+
+PATHS = {
+    "fused": dict(fused=True),
+    "foreach": dict(foreach=True),
+    "single": dict(foreach=False, fused=False),
+}
+# Tolerances per parameter dtype after 30+ steps; reduced dtypes are compared against a reference that rounds
+# p, m, s to that dtype after every step, so the remainder is float32-vs-float64 arithmetic.
+TOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 2e-2, torch.bfloat16: 6e-2}
+SHAPES = [(7,), (3, 5), (4, 3, 2, 2), (1,), (130, 257)]
+
+OPTION_SETS = [
+    dict(),
+    dict(weight_decay=5e-3),
+    dict(weight_decay=1e-2, decoupled_weight_decay=True),
+    dict(sign=True),
+    dict(maximize=True, gamma=1.0),
+    dict(gamma=0.7, betas=(0.5, 0.99), eps=1e-6),
+    dict(orthogonalize=True, ns_steps=5),
+    dict(orthogonalize=True, sign=True, ns_steps=3, weight_decay=1e-3, decoupled_weight_decay=True),
+]
+
+
+def _make_params(dtype, shapes=SHAPES, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.nn.Parameter(torch.randn(s, generator=gen, dtype=torch.float64).to(dtype)) for s in shapes]
+
+
+def _grads(params, gen, scale=1.0):
+    return [(scale * torch.randn(p.shape, generator=gen, dtype=torch.float64)).to(p.dtype) for p in params]
+
+
+def _run_against_reference(params, opt, ref, steps, seed=1):
+    """`steps` optimizer steps on random gradients (drawn on the CPU, moved to each parameter's device)."""
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        grads = _grads(params, gen)
+        for p, g in zip(params, grads):
+            p.grad = g.to(p.device, copy=True)
+        opt.step()
+        ref.step(grads)
+
+
+def _assert_close(params, ref, dtype, sign=False):
+    """With the sign option an update within rounding of zero may take the other sign (a jump of 2 lr in that
+    element), so there a few elements in a thousand may differ; everything else must match."""
+    tol = TOL[dtype]
+    for p, q in zip(params, ref.p):
+        actual, expected = p.detach().double(), q.to(torch.float64)
+        if sign:
+            far = ~torch.isclose(actual, expected, rtol=tol, atol=tol)
+            assert int(far.sum()) <= max(1, 3e-3 * far.numel()), f"{int(far.sum())} of {far.numel()} differ"
+        else:
+            torch.testing.assert_close(actual, expected, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("options", OPTION_SETS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "default")
+def test_matches_reference(path, dtype, options):
+    params = _make_params(dtype)
+    lr = 0.05
+    opt = SGDF(params, lr=lr, **options, **PATHS[path])
+    reduced = dtype in (torch.float16, torch.bfloat16)
+    ref = ReferenceSGDF(params, lr=lr, **options, round_to=dtype if reduced else None)
+    _run_against_reference(params, opt, ref, steps=30)
+    _assert_close(params, ref, dtype, sign=options.get("sign", False))
+    for p, m in zip(params, ref.m):
+        assert opt.state[p]["exp_avg"].dtype == dtype
+        assert float(opt.state[p]["step"]) == 30
+        torch.testing.assert_close(opt.state[p]["exp_avg"].double(), m, rtol=TOL[dtype], atol=TOL[dtype])
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_param_groups_with_different_hyperparameters(path):
+    params = _make_params(torch.float32, seed=3)
+    groups = [
+        dict(params=params[:2], lr=0.1, gamma=1.0),
+        dict(params=params[2:4], lr=0.02, weight_decay=1e-2, sign=True),
+        dict(params=params[4:], betas=(0.8, 0.95), decoupled_weight_decay=True, weight_decay=0.1),
+    ]
+    opt = SGDF(groups, lr=0.05, **PATHS[path])
+    refs = [ReferenceSGDF(params[:2], lr=0.1, gamma=1.0),
+            ReferenceSGDF(params[2:4], lr=0.02, weight_decay=1e-2, sign=True),
+            ReferenceSGDF(params[4:], lr=0.05, betas=(0.8, 0.95), decoupled_weight_decay=True, weight_decay=0.1)]
+    gen = torch.Generator().manual_seed(5)
+    for _ in range(35):
+        grads = _grads(params, gen)
+        for p, g in zip(params, grads):
+            p.grad = g.clone()
+        opt.step()
+        refs[0].step(grads[:2])
+        refs[1].step(grads[2:4])
+        refs[2].step(grads[4:])
+    _assert_close(params[:2], refs[0], torch.float32)
+    _assert_close(params[2:4], refs[1], torch.float32, sign=True)
+    _assert_close(params[4:], refs[2], torch.float32)
+
+
+def test_default_path_is_fused_and_paths_agree():
+    params = [_make_params(torch.float32, seed=7) for _ in PATHS]
+    opts = [SGDF(ps, lr=0.1, weight_decay=1e-3, **PATHS[k]) for ps, k in zip(params, PATHS)]
+    assert SGDF(_make_params(torch.float32)).param_groups[0]["fused"] is True
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        grads = _grads(params[0], gen)
+        for ps, opt in zip(params, opts):
+            for p, g in zip(ps, grads):
+                p.grad = g.clone()
+            opt.step()
+    for ps in params[1:]:
+        for a, b in zip(params[0], ps):
+            torch.testing.assert_close(a, b, rtol=TOL[torch.float32], atol=TOL[torch.float32])
+
+
+@given(shape=st.lists(st.integers(0, 70), min_size=1, max_size=3), lr=st.floats(1e-4, 1.0),
+       b1=st.floats(0.0, 0.99), b2=st.floats(0.5, 0.9999), gamma=st.floats(0.1, 2.0),
+       seed=st.integers(0, 2**16))
+@settings(max_examples=40, deadline=None)
+def test_fused_random_hyperparameters_and_shapes(shape, lr, b1, b2, gamma, seed):
+    params = _make_params(torch.float64, shapes=[tuple(shape), (3,)], seed=seed)
+    opt = SGDF(params, lr=lr, betas=(b1, b2), gamma=gamma, fused=True)
+    ref = ReferenceSGDF(params, lr=lr, betas=(b1, b2), gamma=gamma)
+    _run_against_reference(params, opt, ref, steps=4, seed=seed)
+    _assert_close(params, ref, torch.float64)
+
+
+def test_closure_and_none_grads_and_zero_size():
+    w = torch.nn.Parameter(torch.randn(4, 3))
+    frozen = torch.nn.Parameter(torch.randn(3))
+    empty = torch.nn.Parameter(torch.randn(0, 5))
+    x = torch.randn(8, 3)
+    opt = SGDF([w, frozen, empty], lr=0.1)
+    ref = ReferenceSGDF([w], lr=0.1)
+
+    def closure():
+        opt.zero_grad()
+        loss = (x @ w.T).pow(2).mean() + empty.sum()
+        loss.backward()
+        return loss
+
+    for _ in range(5):
+        before = frozen.detach().clone()
+        loss = opt.step(closure)
+        assert isinstance(loss, torch.Tensor)
+        ref_grad = torch.autograd.functional.jacobian(lambda v: (x.double() @ v.T).pow(2).mean(), ref.p[0])
+        ref.step([ref_grad])
+        assert torch.equal(frozen, before)
+    torch.testing.assert_close(w.detach().double(), ref.p[0], rtol=1e-4, atol=1e-5)
+    assert frozen not in opt.state
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_complex_parameters_are_real_views(path):
+    gen = torch.Generator().manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(6, 4, dtype=torch.complex64, generator=gen))
+    opt = SGDF([p], lr=0.1, weight_decay=1e-2, **PATHS[path])
+    ref = ReferenceSGDF([p], lr=0.1, weight_decay=1e-2)
+    for _ in range(10):
+        g = torch.randn(6, 4, dtype=torch.complex64, generator=gen)
+        p.grad = g.clone()
+        opt.step()
+        ref.step([g])
+    torch.testing.assert_close(p.detach().to(torch.complex128), ref.p[0], rtol=2e-5, atol=2e-5)
+
+
+# ----------------------------------------------------------------------------------------- checkpoints
+@pytest.mark.parametrize("saved_path,loaded_path", list(itertools.product(PATHS, PATHS)))
+def test_state_dict_round_trip_across_paths(saved_path, loaded_path):
+    params = _make_params(torch.float32, seed=11)
+    opt = SGDF(params, lr=0.05, weight_decay=1e-3, **PATHS[saved_path])
+    twin = copy.deepcopy(params)
+    twin_opt = SGDF(twin, lr=0.05, weight_decay=1e-3, **PATHS[saved_path])
+    gen = torch.Generator().manual_seed(2)
+    grads_seq = [_grads(params, gen) for _ in range(20)]
+    for grads in grads_seq[:10]:
+        for ps, o in ((params, opt), (twin, twin_opt)):
+            for p, g in zip(ps, grads):
+                p.grad = g.clone()
+            o.step()
+    buffer = io.BytesIO()
+    torch.save(opt.state_dict(), buffer)
+    buffer.seek(0)
+    resumed = SGDF(params, lr=0.05, weight_decay=1e-3, **PATHS[loaded_path])
+    resumed.load_state_dict(torch.load(buffer, map_location="cpu"))
+    assert resumed.param_groups[0]["fused"] == PATHS[loaded_path].get("fused", False)
+    for grads in grads_seq[10:]:
+        for ps, o in ((params, resumed), (twin, twin_opt)):
+            for p, g in zip(ps, grads):
+                p.grad = g.clone()
+            o.step()
+    for a, b in zip(params, twin):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert all(float(resumed.state[p]["step"]) == 20 for p in params)
+
+
+def test_loads_authors_release_checkpoint():
+    """A state dict in the release's layout: int step, option names weight_decouple/use_sign/use_muon."""
+    params = _make_params(torch.float32, shapes=[(5, 4), (6,)], seed=4)
+    gen = torch.Generator().manual_seed(9)
+    exp_avg = [torch.randn(p.shape, generator=gen) * 0.1 for p in params]
+    exp_var = [torch.rand(p.shape, generator=gen) * 0.01 for p in params]
+    release_state = {
+        "state": {i: {"step": 7, "exp_avg": exp_avg[i].clone(), "exp_var": exp_var[i].clone()} for i in range(2)},
+        "param_groups": [{"lr": 0.05, "betas": (0.9, 0.999), "eps": 1e-8, "gamma": 0.5, "weight_decay": 1e-3,
+                          "weight_decouple": True, "use_sign": False, "use_muon": False, "ns_steps": 5,
+                          "params": [0, 1]}],
+    }
+    opt = SGDF(params, lr=1.0)
+    opt.load_state_dict(release_state)
+    group = opt.param_groups[0]
+    assert group["decoupled_weight_decay"] is True and group["lr"] == 0.05 and group["fused"] is True
+    ref = ReferenceSGDF(params, lr=0.05, weight_decay=1e-3, decoupled_weight_decay=True)
+    for i in range(2):
+        ref.m[i], ref.s[i], ref.t[i] = exp_avg[i].double(), exp_var[i].double(), 7
+    _run_against_reference(params, opt, ref, steps=5)
+    _assert_close(params, ref, torch.float32)
+    assert float(opt.state[params[0]]["step"]) == 12
+
+
+# ----------------------------------------------------------------------------------------- AMP
+def test_grad_scaler_with_planted_inf_skips_and_unscales():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(6, 3)
+    opt = SGDF(model.parameters(), lr=0.05, fused=True)
+    assert opt._step_supports_amp_scaling
+    ref = ReferenceSGDF(list(model.parameters()), lr=0.05)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8, growth_interval=1000)
+    x = torch.randn(16, 6)
+    skipped = 0
+    for step in range(12):
+        opt.zero_grad()
+        loss = model(x).pow(2).mean()
+        scaler.scale(loss).backward()
+        true_grads = [p.grad.double() / scaler.get_scale() for p in model.parameters()]
+        before = [p.detach().clone() for p in model.parameters()]
+        if step in (3, 7):
+            model.weight.grad[0, 0] = float("inf") if step == 3 else float("nan")
+        scaler.step(opt)
+        scaler.update()
+        if step in (3, 7):
+            skipped += 1
+            assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+        else:
+            ref.step(true_grads)
+            # the kernel unscaled the gradients in place
+            torch.testing.assert_close(model.bias.grad.double(), true_grads[1], rtol=1e-6, atol=1e-7)
+    assert float(opt.state[model.weight]["step"]) == 12 - skipped
+    _assert_close(list(model.parameters()), ref, torch.float32)
+
+
+# ----------------------------------------------------------------------------------------- options
+def test_capturable_and_tensor_lr_on_cpu():
+    params = _make_params(torch.float32, seed=8)
+    lr = torch.tensor(0.05)
+    for path in ("fused", "foreach"):
+        ps = copy.deepcopy(params)
+        opt = SGDF(ps, lr=lr, capturable=True, **PATHS[path])
+        ref = ReferenceSGDF(ps, lr=0.05, weight_decay=0.0)
+        _run_against_reference(ps, opt, ref, steps=10)
+        _assert_close(ps, ref, torch.float32)
+
+
+def test_add_param_group_joins_the_path():
+    a, b = _make_params(torch.float32, shapes=[(3,), (4,)])
+    opt = SGDF([a], lr=0.1)
+    opt.add_param_group({"params": [b], "lr": 0.01})
+    assert opt.param_groups[1]["fused"] is True
+    b.grad = torch.ones(4)
+    opt.step()
+    assert float(opt.state[b]["step"]) == 1
+
+
+# ----------------------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize("kwargs,exc,match", [
+    (dict(lr=-0.1), ValueError, "lr"),
+    (dict(lr="0.1"), TypeError, "lr"),
+    (dict(betas=(1.0, 0.999)), ValueError, "betas"),
+    (dict(betas=(0.9, -0.1)), ValueError, "betas"),
+    (dict(betas=(0.9,)), ValueError, "betas"),
+    (dict(gamma=0.0), ValueError, "gamma"),
+    (dict(eps=-1e-8), ValueError, "eps"),
+    (dict(weight_decay=-1.0), ValueError, "weight_decay"),
+    (dict(orthogonalize=True, ns_steps=1), ValueError, "ns_steps"),
+    (dict(fused=True, foreach=True), RuntimeError, "fused"),
+])
+def test_invalid_hyperparameters(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        SGDF(_make_params(torch.float32), **kwargs)
+
+
+def test_invalid_parameter_kinds():
+    with pytest.raises(TypeError, match="floating point"):
+        SGDF([torch.zeros(3, dtype=torch.int64)])
+    with pytest.raises(ValueError, match="complex"):
+        SGDF([torch.nn.Parameter(torch.zeros(3, 3, dtype=torch.complex64))], orthogonalize=True)
+    with pytest.raises(RuntimeError, match="fused"):
+        SGDF([torch.nn.Parameter(torch.zeros(3, dtype=torch.float8_e4m3fn))], fused=True)
+
+
+def test_sparse_gradient_leaves_nothing_half_updated():
+    dense = torch.nn.Parameter(torch.randn(4))
+    emb = torch.nn.Embedding(10, 3, sparse=True)
+    opt = SGDF([{"params": [dense]}, {"params": emb.parameters()}], lr=0.1)
+    dense.grad = torch.ones(4)
+    emb(torch.tensor([1, 2])).sum().backward()
+    before = dense.detach().clone()
+    with pytest.raises(RuntimeError, match="sparse"):
+        opt.step()
+    assert torch.equal(dense, before)
+
+
+def test_native_op_checks_name_the_argument():
+    p = [torch.zeros(4)]
+    with pytest.raises(RuntimeError, match="grads"):
+        sgdf_erd._native.ops.fused_sgdf_(p, [torch.zeros(5)], [torch.zeros(4)], [torch.zeros(4)], [],
+                                         [torch.zeros(())], 0.1, None, 0.9, 0.999, 1e-8, 0.5, 0.0, False, False,
+                                         False, None, None)
+    with pytest.raises(RuntimeError, match="steps"):
+        sgdf_erd._native.ops.fused_sgdf_(p, [torch.zeros(4)], [torch.zeros(4)], [torch.zeros(4)], [],
+                                         [torch.zeros((), dtype=torch.int64)], 0.1, None, 0.9, 0.999, 1e-8, 0.5,
+                                         0.0, False, False, False, None, None)
+
+
+def test_build_info():
+    info = sgdf_erd.build_info()
+    assert {"version", "torch", "cuda", "cuda_arch_list"} <= set(info)
+    assert info["version"] == sgdf_erd.__version__ == info["native_version"]
+    assert isinstance(info["cuda"], bool) and (info["cuda"] == bool(info["cuda_arch_list"]))
+
+
+@pytest.mark.skipif(os.environ.get("SGDF_ERD_BIGMEM") != "1", reason="set SGDF_ERD_BIGMEM=1 (needs ~20 GB of RAM)")
+def test_tensor_over_2_pow_31_elements_cpu():
+    n = 2**31 + 4099
+    p = torch.nn.Parameter(torch.zeros(n, dtype=torch.bfloat16))
+    p.grad = torch.ones_like(p)
+    p.grad[-5:] = torch.arange(1, 6, dtype=torch.bfloat16)
+    SGDF([p], lr=0.5, fused=True).step()
+    # at step 1 the update is the raw gradient, so p = -lr * g
+    torch.testing.assert_close(p[-5:].float(), -0.5 * torch.arange(1, 6, dtype=torch.float32))
+    assert float(p[0]) == -0.5
