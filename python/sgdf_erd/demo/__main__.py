@@ -3,6 +3,7 @@ weighting (fused SGDF; AdamW as the reference optimizer), score the samples and 
 
 import argparse
 import datetime
+import os
 import platform
 import shlex
 import sys
@@ -20,11 +21,12 @@ from .report import summarize, write_json, write_report
 from .sample import ddim_sample
 from .timing import time_optimizer_steps
 from .train import HeldOutProbe, Method, TrainConfig, train
-from .ntk import ntk_probe, ntk_spectrum_or_none
+from .ntk import PER_BIN, ntk_probe, ntk_spectrum_or_none
 from .weighting import make_loss, weight_curve
 
 # Chosen by the short sweep in benchmarks/demo_lr_sweep.py (held-out eps-MSE after the default budget).
 DEFAULT_LR = {"sgdf": 0.05, "adamw": 2e-3}
+SMOKE_STEPS = 100
 DEFAULT_METHODS = "erd+sgdf,constant+sgdf,min_snr+sgdf,erd+adamw,constant+adamw"
 
 
@@ -35,6 +37,10 @@ def _parse_methods(text: str, lrs: dict) -> List[Method]:
         if opt not in lrs:
             raise SystemExit(f"--methods: {item!r} must look like WEIGHTING+OPTIMIZER with OPTIMIZER in "
                              f"{sorted(lrs)} (for example erd+sgdf)")
+        try:
+            make_loss(weighting)  # fail now, not after minutes of training
+        except ValueError as exc:
+            raise SystemExit(f"--methods: {item!r}: {exc}") from None
         methods.append(Method(weighting, opt, lrs[opt]))
     if not methods:
         raise SystemExit("--methods: give at least one method, for example erd+sgdf")
@@ -44,7 +50,7 @@ def _parse_methods(text: str, lrs: dict) -> List[Method]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m sgdf_erd.demo", description=__doc__,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--steps", type=int, default=1200, help="training steps per method (small = smoke run)")
+    p.add_argument("--steps", type=int, default=600, help="training steps per method (small = smoke run)")
     p.add_argument("--out", default="demo_out", help="output folder for report.md, PNGs and results.json")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--seed", type=int, default=0)
@@ -58,7 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr-adamw", type=float, default=DEFAULT_LR["adamw"])
     p.add_argument("--num-samples", type=int, default=500, help="generated samples per method for scoring")
     p.add_argument("--sample-steps", type=int, default=40, help="DDIM steps")
-    p.add_argument("--channels", type=int, default=32, help="U-Net base width (32: ~0.44 M parameters)")
+    p.add_argument("--channels", type=int, default=24, help="U-Net base width (24: ~0.28 M parameters)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0: torch's default, lowered when "
+                                                          "other processes already keep the cores busy")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars (for logs)")
     return p
 
@@ -72,6 +80,7 @@ def main(argv: Optional[List[str]] = None) -> Path:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is visible to torch; use --device cpu")
     start = time.perf_counter()
+    torch.set_num_threads(args.threads if args.threads > 0 else _auto_threads())
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     progress = not args.no_progress
@@ -80,14 +89,21 @@ def main(argv: Optional[List[str]] = None) -> Path:
     def log(msg: str) -> None:
         print(f"[demo {time.perf_counter() - start:6.1f}s] {msg}", flush=True)
 
-    data = load_data(args.data, size=args.size, seed=args.seed)
+    try:
+        data = load_data(args.data, size=args.size, seed=args.seed)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"error: {exc}") from None
     log(f"data: {data.source}; {len(data.train_x)} train / {len(data.test_x)} held-out")
     process = NoiseProcess()
-    config = TrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed, device=args.device)
+    smoke = args.steps < SMOKE_STEPS  # a quick check that everything runs: every other stage shrinks too
+    config = TrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed, device=args.device,
+                         eval_points=1 if smoke else 10, eval_repeats=1 if smoke else 2)
     model_factory = lambda: UNet(channels=args.channels)  # noqa: E731
     image_shape = tuple(data.train_x.shape[1:])
 
-    scorer = train_scorer(data, seed=args.seed)
+    if smoke:
+        log(f"smoke run (--steps < {SMOKE_STEPS}): tiny classifier, NTK probe and timing; numbers are meaningless")
+    scorer = train_scorer(data, seed=args.seed, epochs=2 if smoke else 20)
     log(f"scoring classifier: held-out accuracy {100 * scorer.test_accuracy:.1f}%")
     gen = torch.Generator().manual_seed(args.seed + 3)
     references = [
@@ -97,7 +113,7 @@ def main(argv: Optional[List[str]] = None) -> Path:
     ]
 
     probe = HeldOutProbe(data, process, config.eval_repeats, args.seed, torch.device(args.device))
-    ntk_inputs = ntk_probe(data, process, args.seed, args.device)
+    ntk_inputs = ntk_probe(data, args.seed, args.device, per_bin=2 if smoke else PER_BIN)
     torch.manual_seed(args.seed)
     ntk_start, ntk_note = ntk_spectrum_or_none(model_factory().to(args.device), ntk_inputs)
 
@@ -121,8 +137,8 @@ def main(argv: Optional[List[str]] = None) -> Path:
             f"held-out eps-MSE {result.eval_mse[-1]:.4f}")
 
     log("timing optimizer steps (fused vs unfused)")
-    timing = time_optimizer_steps(model_factory, args.device, rounds=5 if args.steps >= 100 else 2,
-                                  steps_per_round=20 if args.steps >= 100 else 3, seed=args.seed)
+    timing = time_optimizer_steps(model_factory, args.device, rounds=1 if smoke else 5,
+                                  steps_per_round=2 if smoke else 20, seed=args.seed)
 
     torch.manual_seed(args.seed)
     params = count_parameters(model_factory())
@@ -132,6 +148,7 @@ def main(argv: Optional[List[str]] = None) -> Path:
                                                                                    else sys.argv[1:])),
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "device_name": _device_name(args.device), "torch": torch.__version__,
+        "smoke": smoke,
         "config": {"steps": args.steps, "batch_size": args.batch_size, "seed": args.seed, "size": args.size,
                    "grad_clip": config.grad_clip, "ema_decay": config.ema_decay, "logsnr_max": process.logsnr_max,
                    "sample_steps": args.sample_steps, "num_samples": args.num_samples, "channels": args.channels},
@@ -154,6 +171,18 @@ def main(argv: Optional[List[str]] = None) -> Path:
     log(f"done in {results['wall_s']:.0f} s")
     print(f"Report: {report.resolve()}")
     return report
+
+
+def _auto_threads() -> int:
+    """torch's default thread count, minus the cores other processes keep busy (1-minute load average):
+    oversubscribed threads stall torch's parallel regions, which on a shared 2-core machine costs several x."""
+    threads = torch.get_num_threads()
+    try:
+        busy = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return threads
+    free = (os.cpu_count() or threads) - busy
+    return max(1, min(threads, int(free + 0.5)))
 
 
 def _device_name(device: str) -> str:

@@ -64,7 +64,7 @@ class Scorer:
         }
 
 
-def train_scorer(data: ImageData, seed: int = 0, epochs: int = 30, batch_size: int = 64) -> Scorer:
+def train_scorer(data: ImageData, seed: int = 0, epochs: int = 20, batch_size: int = 128) -> Scorer:
     """Train the classifier on the training split (CPU, a few seconds) and report its held-out accuracy."""
     torch.manual_seed(seed + 101)
     clf = DigitClassifier(data.num_classes)

@@ -45,10 +45,10 @@ class ResBlock(nn.Module):
 class UNet(nn.Module):
     """Two resolution levels (H and H/2) plus a middle block; ``forward(x, logsnr)`` predicts the noise.
 
-    With the default ``channels=32`` it has about 0.4 M parameters; it works for any even image size.
+    ``channels=24`` (the demo's default) gives about 0.28 M parameters, 32 about 0.44 M; any even image size.
     """
 
-    def __init__(self, in_channels: int = 1, channels: int = 32, emb_dim: int = 128):
+    def __init__(self, in_channels: int = 1, channels: int = 24, emb_dim: int = 128):
         super().__init__()
         c1, c2 = channels, 2 * channels
         self.emb_dim = emb_dim

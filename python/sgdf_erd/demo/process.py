@@ -9,7 +9,7 @@ from typing import Tuple
 
 import torch
 
-from ._interim import cosine_alpha_sigma
+from ..erd import schedules
 
 
 class NoiseProcess:
@@ -18,13 +18,14 @@ class NoiseProcess:
     def __init__(self, logsnr_max: float = 15.0):
         if logsnr_max <= 0:
             raise ValueError(f"logsnr_max must be > 0, got {logsnr_max}")
+        self.schedule = schedules.ContinuousCosine()
         self.logsnr_max = float(logsnr_max)
         # cosine: logsnr(t) = -2 log tan(pi t / 2)  =>  t = (2 / pi) atan(exp(-logsnr / 2))
         self.t_min = 2.0 / math.pi * math.atan(math.exp(-self.logsnr_max / 2))
         self.t_max = 2.0 / math.pi * math.atan(math.exp(self.logsnr_max / 2))
 
     def alpha_sigma(self, t: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        return cosine_alpha_sigma(t)
+        return self.schedule.alpha_sigma(t)
 
     @staticmethod
     def logsnr(alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -37,6 +38,6 @@ class NoiseProcess:
     def corrupt(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor):
         """Return ``x_t, target, alpha, sigma, logsnr`` for clean images ``x0`` at times ``t``."""
         alpha, sigma = self.alpha_sigma(t)
-        shape = (-1,) + (1,) * (x0.dim() - 1)
-        x_t = alpha.view(shape) * x0 + sigma.view(shape) * noise
-        return x_t, noise, alpha, sigma, self.logsnr(alpha, sigma)
+        x_t = schedules.make_noisy(x0, noise, alpha, sigma)
+        target = schedules.make_target(x0, noise, alpha, sigma, self.prediction)
+        return x_t, target, alpha, sigma, self.logsnr(alpha, sigma)
