@@ -200,7 +200,7 @@ def write_report(out: Path, results: dict) -> Path:
               "constant weighting emphasises). Single seed: differences of a few percent are within noise.")
     md.append("")
     header = ["method", "FD (lower better)", "confidence", "coverage", "class entropy", "held-out eps-MSE",
-              "final train loss", "step ms (median)", "train s"]
+              "final train loss (own weighting)", "step ms (median)", "train s"]
     rows = []
     for run in runs:
         q = run["quality"]
