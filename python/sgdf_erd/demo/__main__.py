@@ -195,7 +195,8 @@ def _device_name(device: str) -> str:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return f"CPU {cpu}, {torch.get_num_threads()} threads"
+    n = torch.get_num_threads()
+    return f"CPU {cpu}, {n} thread{'s' if n > 1 else ''}"
 
 
 if __name__ == "__main__":
