@@ -40,7 +40,7 @@ class CompositeERD:
         self.running = torch.zeros(4, NUM_BINS, dtype=torch.float64, device=device)
 
     def __call__(self, output, target, alpha, sigma):
-        mse = (target.float() - output.float()).square().mean(dim=tuple(range(1, output.dim())))
+        mse = (target.float() - output.float()).square().reshape(output.shape[0], -1).mean(dim=1)
         weight = sigma / torch.sqrt(alpha.square() + sigma.square())
         loss = (weight * mse).mean().to(output.dtype)
         with torch.no_grad():
@@ -120,7 +120,7 @@ def device_name(device):
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip() + f" ({torch.get_num_threads()} torch threads)"
+                    return line.split(":", 1)[1].strip() + f" ({os.cpu_count()} cores)"
     except OSError:
         pass
     return platform.processor() or platform.machine()
@@ -132,6 +132,9 @@ def main():
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--inner", type=int, default=0, help="steps per sample (default: 5 on CPU, 50 on CUDA)")
+    parser.add_argument("--threads", default="1",
+                        help="CPU: comma-separated torch thread counts to run (default 1: on a shared, loaded "
+                             "machine OpenMP reductions with more threads than free cores time the scheduler)")
     parser.add_argument("--quick", action="store_true", help="small shapes, few repeats: a smoke run")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = parser.parse_args()
@@ -144,17 +147,20 @@ def main():
     dtypes = [getattr(torch, d) for d in args.dtypes.split(",")]
     check_agreement(device)
 
+    threads = [int(n) for n in args.threads.split(",")] if device.type == "cpu" else [torch.get_num_threads()]
     rows = []
-    for shape in shapes:
-        for dtype in dtypes:
-            med, samples = time_peers(shape, dtype, device, repeats, inner, warmup)
-            rows.append({"shape": list(shape), "dtype": str(dtype).replace("torch.", ""), "median_us": med,
-                         "composite_over_fused": med["composite"] / med["fused"],
-                         "fused_over_mse_loss": med["fused"] / med["mse_loss"], "samples_us": samples})
-            print(f"{str(shape):20s} {rows[-1]['dtype']:9s} fused {med['fused']:9.1f} us  composite "
-                  f"{med['composite']:9.1f} us  mse_loss {med['mse_loss']:9.1f} us  composite/fused "
-                  f"{rows[-1]['composite_over_fused']:.2f}x  fused/mse_loss {rows[-1]['fused_over_mse_loss']:.2f}x",
-                  flush=True)
+    for n_threads in threads:
+        torch.set_num_threads(n_threads)
+        for shape in shapes:
+            for dtype in dtypes:
+                med, samples = time_peers(shape, dtype, device, repeats, inner, warmup)
+                rows.append({"threads": n_threads, "shape": list(shape), "dtype": str(dtype).replace("torch.", ""),
+                             "median_us": med, "composite_over_fused": med["composite"] / med["fused"],
+                             "fused_over_mse_loss": med["fused"] / med["mse_loss"], "samples_us": samples})
+                print(f"{n_threads} thr {str(shape):20s} {rows[-1]['dtype']:9s} fused {med['fused']:9.1f} us  composite "
+                      f"{med['composite']:9.1f} us  mse_loss {med['mse_loss']:9.1f} us  composite/fused "
+                      f"{rows[-1]['composite_over_fused']:.2f}x  fused/mse_loss {rows[-1]['fused_over_mse_loss']:.2f}x",
+                      flush=True)
 
     meta = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -176,11 +182,12 @@ def main():
              f"- command: `{meta['command']}`",
              f"- forward + backward per step, median of {repeats} interleaved samples of {inner} steps each; "
              "fused and composite also update 16-bin running statistics", "",
-             "| shape | dtype | fused (us) | composite (us) | F.mse_loss (us) | composite / fused | fused / mse_loss |",
-             "|---|---|---|---|---|---|---|"]
+             "| threads | shape | dtype | fused (us) | composite (us) | F.mse_loss (us) | composite / fused "
+             "| fused / mse_loss |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         m = r["median_us"]
-        lines.append(f"| {tuple(r['shape'])} | {r['dtype']} | {m['fused']:.1f} | {m['composite']:.1f} | "
+        lines.append(f"| {r['threads']} | {tuple(r['shape'])} | {r['dtype']} | {m['fused']:.1f} | {m['composite']:.1f} | "
                      f"{m['mse_loss']:.1f} | {r['composite_over_fused']:.2f}x | {r['fused_over_mse_loss']:.2f}x |")
     with open(stem + ".md", "w") as f:
         f.write("\n".join(lines) + "\n")

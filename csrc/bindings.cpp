@@ -24,6 +24,10 @@ constexpr const char* kOperatorSchemas[] = {
     "float logsnr_min, float logsnr_max) -> (Tensor loss, Tensor mse, Tensor weight, Tensor bin_sums)",
     "erd_loss_backward(Tensor grad, Tensor output, Tensor target, Tensor weight, bool target_requires_grad) "
     "-> Tensor[]",
+    // erd_loss_forward with erd_loss_backward attached as its autograd (gradients for output and target only).
+    "erd_loss(Tensor output, Tensor target, Tensor alpha, Tensor sigma, Tensor? alpha_prime, Tensor? sigma_prime, "
+    "Tensor? weights, str prediction, str weighting, float k, float gamma, int num_bins, float logsnr_min, "
+    "float logsnr_max) -> (Tensor loss, Tensor mse, Tensor weight, Tensor bin_sums)",
 };
 
 bool compiled_with_cuda() {
