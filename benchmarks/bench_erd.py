@@ -6,8 +6,9 @@ Peers, timed interleaved in one run on the same tensors:
              mean, and bucketize + index_add_ per-bin sums with the moving-average update
   mse_loss   torch.nn.functional.mse_loss (unweighted, no statistics): the floor any fused loss aims at
 
-Each sample times `inner` consecutive steps; the table reports the median over `repeats` samples, and
-ratios of medians. Writes benchmarks/results/erd_<device>.md and .json.
+Each sample times `inner` consecutive steps; the table reports the median over `repeats` samples (and the
+minimum, the sample least disturbed by other processes on a shared machine), and ratios of medians.
+Writes benchmarks/results/erd_<device>.md and .json.
 
     python benchmarks/bench_erd.py                 # CPU, default shapes
     python benchmarks/bench_erd.py --device cuda   # on a GPU
@@ -146,6 +147,7 @@ def main():
         shapes, repeats, inner, warmup = [(32, 4, 16, 16)], 3, 2, 1
     dtypes = [getattr(torch, d) for d in args.dtypes.split(",")]
     check_agreement(device)
+    load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 
     threads = [int(n) for n in args.threads.split(",")] if device.type == "cpu" else [torch.get_num_threads()]
     rows = []
@@ -157,10 +159,11 @@ def main():
                 rows.append({"threads": n_threads, "shape": list(shape), "dtype": str(dtype).replace("torch.", ""),
                              "median_us": med, "composite_over_fused": med["composite"] / med["fused"],
                              "fused_over_mse_loss": med["fused"] / med["mse_loss"], "samples_us": samples})
-                print(f"{n_threads} thr {str(shape):20s} {rows[-1]['dtype']:9s} fused {med['fused']:9.1f} us  composite "
-                      f"{med['composite']:9.1f} us  mse_loss {med['mse_loss']:9.1f} us  composite/fused "
-                      f"{rows[-1]['composite_over_fused']:.2f}x  fused/mse_loss {rows[-1]['fused_over_mse_loss']:.2f}x",
-                      flush=True)
+                r = rows[-1]
+                print(f"{n_threads} thr {str(shape):20s} {r['dtype']:9s} fused {med['fused']:9.1f} us  "
+                      f"composite {med['composite']:9.1f} us  mse_loss {med['mse_loss']:9.1f} us  "
+                      f"composite/fused {r['composite_over_fused']:.2f}x  fused/mse_loss "
+                      f"{r['fused_over_mse_loss']:.2f}x", flush=True)
 
     meta = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -170,6 +173,8 @@ def main():
         "repeats": repeats, "inner": inner, "warmup": warmup,
         "note": "forward + backward per step; fused and composite also update 16-bin running statistics",
     }
+    if hasattr(os, "getloadavg"):
+        meta["load_average_1min_start_end"] = [load_start, os.getloadavg()[0]]
     if args.quick:
         print("quick run: results not written")
         return
@@ -180,15 +185,20 @@ def main():
     lines = [f"# ERD loss benchmark ({device.type})", "",
              f"- date: {meta['date']}", f"- device: {meta['device']}", f"- torch: {meta['torch']}",
              f"- command: `{meta['command']}`",
+             f"- 1-minute load average at start / end: {meta.get('load_average_1min_start_end')} "
+             f"(on {os.cpu_count()} cores; other processes share this machine, so times are noisy)",
              f"- forward + backward per step, median of {repeats} interleaved samples of {inner} steps each; "
              "fused and composite also update 16-bin running statistics", "",
              "| threads | shape | dtype | fused (us) | composite (us) | F.mse_loss (us) | composite / fused "
-             "| fused / mse_loss |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| fused / mse_loss | min: fused / composite / mse_loss (us) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         m = r["median_us"]
-        lines.append(f"| {r['threads']} | {tuple(r['shape'])} | {r['dtype']} | {m['fused']:.1f} | {m['composite']:.1f} | "
-                     f"{m['mse_loss']:.1f} | {r['composite_over_fused']:.2f}x | {r['fused_over_mse_loss']:.2f}x |")
+        lines.append(f"| {r['threads']} | {tuple(r['shape'])} | {r['dtype']} | {m['fused']:.1f} | "
+                     f"{m['composite']:.1f} | "
+                     f"{m['mse_loss']:.1f} | {r['composite_over_fused']:.2f}x | {r['fused_over_mse_loss']:.2f}x | "
+                     + " / ".join(f"{min(r['samples_us'][k]):.0f}" for k in ("fused", "composite", "mse_loss"))
+                     + " |")
     with open(stem + ".md", "w") as f:
         f.write("\n".join(lines) + "\n")
     print(f"wrote {stem}.md and .json")
