@@ -26,6 +26,10 @@ constexpr const char* kOperatorSchemas[] = {
     "-> Tensor[]",
     // NTK spectrum: per-bin eigenvalues of the Gram matrix of the rows of `features` in each bin (csrc/ntk).
     "binned_gram_eigvalsh(Tensor features, Tensor bin_ids, int num_bins) -> (Tensor eigenvalues, Tensor counts)",
+    // erd_loss_forward with erd_loss_backward attached as its autograd (gradients for output and target only).
+    "erd_loss(Tensor output, Tensor target, Tensor alpha, Tensor sigma, Tensor? alpha_prime, Tensor? sigma_prime, "
+    "Tensor? weights, str prediction, str weighting, float k, float gamma, int num_bins, float logsnr_min, "
+    "float logsnr_max) -> (Tensor loss, Tensor mse, Tensor weight, Tensor bin_sums)",
 };
 
 bool compiled_with_cuda() {
