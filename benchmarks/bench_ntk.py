@@ -8,7 +8,8 @@ Peers (same inputs, same output: per-bin eigenvalues of F_b F_b^T, descending, z
 Each size is timed in interleaved rounds (op, loop, batched, op, loop, ...); the table gives medians and each
 peer's time divided by the op's (above 1: the op is faster). Writes benchmarks/results/ntk_<device>.md and .json.
 
-    python benchmarks/bench_ntk.py [--device cpu|cuda] [--dtype float32|float64] [--repeats N] [--quick]
+    python benchmarks/bench_ntk.py [--device cpu|cuda] [--dtype float32|float64] [--repeats N] [--threads N]
+                                   [--quick]
 """
 
 import argparse
@@ -105,9 +106,12 @@ def main():
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (results file gets a suffix)")
     parser.add_argument("--quick", action="store_true", help="two sizes, 3 repeats (smoke run)")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
     sizes = QUICK_SIZES if args.quick else SIZES
@@ -151,7 +155,8 @@ def main():
     if args.no_write:
         return
     os.makedirs(RESULTS, exist_ok=True)
-    stem = os.path.join(RESULTS, f"ntk_{device.type}")
+    suffix = f"_{args.threads}thread" if args.threads else ""
+    stem = os.path.join(RESULTS, f"ntk_{device.type}{suffix}")
     with open(stem + ".json", "w") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=2)
     with open(stem + ".md", "w") as f:
