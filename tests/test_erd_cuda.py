@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from reference import erd_reference as ref
+from tests.reference import erd_reference as ref
 from sgdf_erd._native import CUDA_COMPILED
 from sgdf_erd.erd import ERDLoss, erd_loss, erd_weight
 
