@@ -16,21 +16,22 @@ Writes benchmarks/results/erd_<device>.md and .json.
 """
 
 import argparse
-import datetime
-import json
+import functools
 import os
-import platform
 import statistics
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import RESULTS, device_name, header, load_average, markdown_table, time_interleaved_samples  # noqa: E402
+from common import write_results  # noqa: E402
+
 from sgdf_erd.erd import ERDLoss  # noqa: E402
 
 NUM_BINS, LOGSNR_RANGE, DECAY = 16, (-10.0, 10.0), 0.99
+PEERS = ("fused", "composite", "mse_loss")
 
 
 class CompositeERD:
@@ -67,11 +68,6 @@ def make_inputs(shape, dtype, device, seed=0):
     return output, target, alpha, sigma
 
 
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def step_fn(name, device):
     if name == "fused":
         fn = ERDLoss().to(device)
@@ -89,20 +85,9 @@ def step_fn(name, device):
 
 def time_peers(shape, dtype, device, repeats, inner, warmup):
     inputs = make_inputs(shape, dtype, device)
-    peers = {name: step_fn(name, device) for name in ("fused", "composite", "mse_loss")}
-    for step in peers.values():
-        for _ in range(warmup):
-            step(*inputs)
-    sync(device)
-    samples = {name: [] for name in peers}
-    for _ in range(repeats):
-        for name, step in peers.items():  # interleaved: every repeat times every peer
-            sync(device)
-            start = time.perf_counter()
-            for _ in range(inner):
-                step(*inputs)
-            sync(device)
-            samples[name].append((time.perf_counter() - start) / inner * 1e6)
+    peers = {name: functools.partial(step_fn(name, device), *inputs) for name in PEERS}
+    seconds = time_interleaved_samples(peers, device, rounds=repeats, iters=inner, warmup=warmup)
+    samples = {name: [t * 1e6 for t in v] for name, v in seconds.items()}
     return {name: statistics.median(v) for name, v in samples.items()}, samples
 
 
@@ -112,19 +97,6 @@ def check_agreement(device):
     fused = ERDLoss().to(device)(*inputs)
     composite = CompositeERD(device)(*inputs)
     torch.testing.assert_close(fused, composite, rtol=1e-5, atol=0)
-
-
-def device_name(device):
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip() + f" ({os.cpu_count()} cores)"
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main():
@@ -137,7 +109,7 @@ def main():
                         help="CPU: comma-separated torch thread counts to run (default 1: on a shared, loaded "
                              "machine OpenMP reductions with more threads than free cores time the scheduler)")
     parser.add_argument("--quick", action="store_true", help="small shapes, few repeats: a smoke run")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    parser.add_argument("--out", default=RESULTS)
     args = parser.parse_args()
     device = torch.device(args.device)
     inner = args.inner or (50 if device.type == "cuda" else 5)
@@ -147,7 +119,7 @@ def main():
         shapes, repeats, inner, warmup = [(32, 4, 16, 16)], 3, 2, 1
     dtypes = [getattr(torch, d) for d in args.dtypes.split(",")]
     check_agreement(device)
-    load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    load_start = load_average()
 
     threads = [int(n) for n in args.threads.split(",")] if device.type == "cpu" else [torch.get_num_threads()]
     rows = []
@@ -166,42 +138,26 @@ def main():
                       f"{r['fused_over_mse_loss']:.2f}x", flush=True)
 
     meta = {
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "device": device_name(device),
-        "torch": torch.__version__,
-        "command": "python " + " ".join(sys.argv),
-        "repeats": repeats, "inner": inner, "warmup": warmup,
-        "note": "forward + backward per step; fused and composite also update 16-bin running statistics",
+        **header(device),
+        "device": device_name(device, threads=False),  # the thread count is per row
+        "1-minute load average at start / end": [load_start, load_average()],
+        "timing": f"forward + backward per step, median of {repeats} interleaved samples of {inner} steps each "
+                  f"({warmup} warm-up steps); other processes share this machine, so times are noisy",
+        "note": "fused and composite also update 16-bin running statistics",
     }
-    if hasattr(os, "getloadavg"):
-        meta["load_average_1min_start_end"] = [load_start, os.getloadavg()[0]]
+    headers = ["threads", "shape", "dtype", "fused (us)", "composite (us)", "F.mse_loss (us)", "composite / fused",
+               "fused / mse_loss", "min: fused / composite / mse_loss (us)"]
+    table = markdown_table(headers, [
+        [r["threads"], tuple(r["shape"]), r["dtype"], *(f"{r['median_us'][k]:.1f}" for k in PEERS),
+         f"{r['composite_over_fused']:.2f}x", f"{r['fused_over_mse_loss']:.2f}x",
+         " / ".join(f"{min(r['samples_us'][k]):.0f}" for k in PEERS)]
+        for r in rows])
     if args.quick:
         print("quick run: results not written")
         return
-    os.makedirs(args.out, exist_ok=True)
-    stem = os.path.join(args.out, f"erd_{device.type}")
-    with open(stem + ".json", "w") as f:
-        json.dump({**meta, "rows": rows}, f, indent=1)
-    lines = [f"# ERD loss benchmark ({device.type})", "",
-             f"- date: {meta['date']}", f"- device: {meta['device']}", f"- torch: {meta['torch']}",
-             f"- command: `{meta['command']}`",
-             f"- 1-minute load average at start / end: {meta.get('load_average_1min_start_end')} "
-             f"(on {os.cpu_count()} cores; other processes share this machine, so times are noisy)",
-             f"- forward + backward per step, median of {repeats} interleaved samples of {inner} steps each; "
-             "fused and composite also update 16-bin running statistics", "",
-             "| threads | shape | dtype | fused (us) | composite (us) | F.mse_loss (us) | composite / fused "
-             "| fused / mse_loss | min: fused / composite / mse_loss (us) |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        m = r["median_us"]
-        lines.append(f"| {r['threads']} | {tuple(r['shape'])} | {r['dtype']} | {m['fused']:.1f} | "
-                     f"{m['composite']:.1f} | "
-                     f"{m['mse_loss']:.1f} | {r['composite_over_fused']:.2f}x | {r['fused_over_mse_loss']:.2f}x | "
-                     + " / ".join(f"{min(r['samples_us'][k]):.0f}" for k in ("fused", "composite", "mse_loss"))
-                     + " |")
-    with open(stem + ".md", "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print(f"wrote {stem}.md and .json")
+    path = write_results("erd", device, meta, table, {"repeats": repeats, "inner": inner, "warmup": warmup,
+                                                      "rows": rows}, title="ERD loss benchmark", out_dir=args.out)
+    print("wrote", path, "and .json")
 
 
 if __name__ == "__main__":

@@ -6,27 +6,24 @@ Peers (same inputs, same output: per-bin eigenvalues of F_b F_b^T, descending, z
   batched  rows scattered into a zero-padded [num_bins, max_count, k] tensor, one bmm, one batched eigvalsh
 
 Each size is timed in interleaved rounds (op, loop, batched, op, loop, ...); the table gives medians and each
-peer's time divided by the op's (above 1: the op is faster). Writes benchmarks/results/ntk_<device>.md and .json.
+peer's time divided by the op's (above 1: the op is faster). Writes benchmarks/results/ntk_<device>.md and .json
+(ntk_<device>_<N>thread.* with --threads N; nothing with --quick or --no-write).
 
     python benchmarks/bench_ntk.py [--device cpu|cuda] [--dtype float32|float64] [--repeats N] [--threads N]
                                    [--quick]
 """
 
 import argparse
-import datetime
-import json
+import functools
 import os
-import platform
-import statistics
 import sys
-import time
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
-from sgdf_erd.ops import binned_gram_eigvalsh  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import header, load_average, markdown_table, time_interleaved, write_results  # noqa: E402
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+from sgdf_erd.ops import binned_gram_eigvalsh  # noqa: E402
 
 # (label, num_bins, samples per bin, sketch dim, skewed): skewed draws bin sizes from a geometric-like profile
 SIZES = [
@@ -78,29 +75,6 @@ def torch_batched(features, bin_ids, num_bins):
 PEERS = {"op": binned_gram_eigvalsh, "loop": torch_loop, "batched": torch_batched}
 
 
-def timed(fn, args, device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn(*args)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
-
-
-def device_name(device):
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -117,6 +91,7 @@ def main():
     sizes = QUICK_SIZES if args.quick else SIZES
     repeats = 3 if args.quick else args.repeats
 
+    load_start = load_average()
     rows = []
     for label, num_bins, per_bin, k, skewed in sizes:
         features, bin_ids = make_inputs(num_bins, per_bin, k, skewed, device, dtype)
@@ -127,11 +102,10 @@ def main():
             assert torch.equal(other_counts.cpu(), counts.cpu())
             tol = (1e-4 if dtype == torch.float32 else 1e-10) * reference.abs().max().item()
             assert (other - reference).abs().max().item() <= tol, f"{name} disagrees with the op on {label}"
-        times = {name: [] for name in PEERS}
-        for _ in range(repeats):
-            for name, fn in PEERS.items():
-                times[name].append(timed(fn, call_args, device))
-        med = {name: statistics.median(t) * 1e3 for name, t in times.items()}
+        # The agreement check above ran every peer once on these inputs: that is the warm-up.
+        seconds = time_interleaved({name: functools.partial(fn, *call_args) for name, fn in PEERS.items()}, device,
+                                   rounds=repeats, iters=1, warmup=0)
+        med = {name: t * 1e3 for name, t in seconds.items()}
         best_torch = min(med["loop"], med["batched"])
         row = {"size": label, "num_bins": num_bins, "rows": int(features.shape[0]), "k": k,
                "max_count": int(counts.max()), "op_ms": med["op"], "loop_ms": med["loop"],
@@ -141,35 +115,21 @@ def main():
         print(f"{label:34s} op {med['op']:8.2f} ms  loop {med['loop']:8.2f} ms ({row['loop_over_op']:5.2f}x)  "
               f"batched {med['batched']:8.2f} ms ({row['batched_over_op']:5.2f}x)", flush=True)
 
-    meta = {
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "device": device_name(device),
-        "device_type": device.type,
-        "dtype": args.dtype,
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
-        "repeats": repeats,
-        "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
-    }
-    if args.no_write:
+    meta = {**header(device), "dtype": args.dtype, "1-minute load average at start / end": [load_start, load_average()],
+           
+            "repeats": repeats}
+    table = markdown_table(
+        ["size", "rows", "max count", "op ms", "loop ms", "loop/op", "batched ms", "batched/op"],
+        [[r["size"], r["rows"], r["max_count"], f"{r['op_ms']:.2f}", f"{r['loop_ms']:.2f}", f"{r['loop_over_op']:.2f}",
+          f"{r['batched_ms']:.2f}", f"{r['batched_over_op']:.2f}"] for r in rows])
+    table = ("Median ms over interleaved repeats; ratio = peer time / op time (above 1: op faster).\n\n" + table)
+    if args.quick or args.no_write:
+        print("results not written (--quick or --no-write)")
         return
-    os.makedirs(RESULTS, exist_ok=True)
     suffix = f"_{args.threads}thread" if args.threads else ""
-    stem = os.path.join(RESULTS, f"ntk_{device.type}{suffix}")
-    with open(stem + ".json", "w") as f:
-        json.dump({"meta": meta, "rows": rows}, f, indent=2)
-    with open(stem + ".md", "w") as f:
-        f.write(f"# binned_gram_eigvalsh benchmark ({device.type})\n\n")
-        for key, value in meta.items():
-            f.write(f"- {key}: {value}\n")
-        f.write("\nMedian ms over interleaved repeats; ratio = peer time / op time (above 1: op faster).\n\n")
-        f.write("| size | rows | max count | op ms | loop ms | loop/op | batched ms | batched/op |\n")
-        f.write("|---|---|---|---|---|---|---|---|\n")
-        for r in rows:
-            f.write(f"| {r['size']} | {r['rows']} | {r['max_count']} | {r['op_ms']:.2f} | {r['loop_ms']:.2f} | "
-                    f"{r['loop_over_op']:.2f} | {r['batched_ms']:.2f} | {r['batched_over_op']:.2f} |\n")
-    print(f"wrote {stem}.md and .json")
+    path = write_results("ntk", device, meta, table, {"threads": torch.get_num_threads(), "rows": rows},
+                         suffix=suffix, title="binned_gram_eigvalsh benchmark")
+    print("wrote", path, "and .json")
 
 
 if __name__ == "__main__":

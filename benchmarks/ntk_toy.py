@@ -15,8 +15,6 @@ Writes benchmarks/results/ntk_toy.png, ntk_toy.json and ntk_toy.md.
 """
 
 import argparse
-import datetime
-import json
 import math
 import os
 import sys
@@ -25,10 +23,11 @@ import time
 import torch
 from torch import nn
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import RESULTS, header, markdown_table, write_report  # noqa: E402
+
 from sgdf_erd.diagnostics import ntk_spectrum  # noqa: E402
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 LOGSNR_RANGE = (-10.0, 10.0)
 
 
@@ -155,11 +154,11 @@ def main():
     parser.add_argument("--per-bin", type=int, default=64)
     parser.add_argument("--sketch-dim", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true", help="300 steps, small probe (smoke run)")
+    parser.add_argument("--quick", action="store_true", help="40 steps, 8 probe samples per bin (smoke run)")
     parser.add_argument("--out", default=RESULTS)
     args = parser.parse_args()
     if args.quick:
-        args.steps, args.per_bin = 300, 16
+        args.steps, args.per_bin = 40, 8
     torch.set_num_threads(min(2, torch.get_num_threads()))
     checkpoints = sorted({0, args.steps // 20, args.steps // 4, args.steps})
     probe = probe_batch(args.bins, args.per_bin, seed=1234)
@@ -176,37 +175,25 @@ def main():
         print(f"{weighting:8s} {results[weighting]['seconds']:.1f}s  final effective rank per bin (high noise "
               f"-> low noise): {[round(v, 1) for v in final['effective_rank']]}", flush=True)
 
-    os.makedirs(args.out, exist_ok=True)
     stem = "ntk_toy_quick" if args.quick else "ntk_toy"
+    os.makedirs(args.out, exist_ok=True)
     plot(results, checkpoints, centers, os.path.join(args.out, stem + ".png"))
-    meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "torch": torch.__version__,
-            "command": " ".join([os.path.basename(sys.executable)] + sys.argv), "seconds": time.perf_counter() - start,
-            "args": vars(args), "checkpoints": checkpoints, "bin_centers": centers}
-    with open(os.path.join(args.out, stem + ".json"), "w") as f:
-        json.dump({"meta": meta, "results": results}, f, indent=1)
-    with open(os.path.join(args.out, stem + ".md"), "w") as f:
-        f.write("# NTK spectrum toy (2-D Gaussian mixture, eps prediction, VP)\n\n")
-        for key in ("date", "torch", "command", "seconds"):
-            f.write(f"- {key}: {meta[key]}\n")
-        f.write(f"- probe: {args.bins} log-SNR bins x {args.per_bin} samples, sketch {args.sketch_dim}; "
-                f"plot: {stem}.png\n")
-        for metric in ("effective_rank", "trace"):
-            f.write(f"\n## {metric} per log-SNR bin (columns: bin centre; high noise on the left)\n\n")
-            f.write("| run | step | " + " | ".join(f"{c:.2f}" for c in centers) + " |\n")
-            f.write("|---|---|" + "---|" * len(centers) + "\n")
-            for weighting in results:
-                for step in checkpoints:
-                    vals = results[weighting]["spectra"][step][metric]
-                    fmt = "{:.1f}" if metric == "effective_rank" else "{:.3g}"
-                    f.write(f"| {weighting} | {step} | " + " | ".join(fmt.format(v) for v in vals) + " |\n")
-        f.write("\n## unweighted eps-MSE per bin, averaged over the steps before each checkpoint\n\n")
-        f.write("| run | step | " + " | ".join(f"{c:.2f}" for c in centers) + " |\n")
-        f.write("|---|---|" + "---|" * len(centers) + "\n")
-        for weighting in results:
-            for step in checkpoints[1:]:
-                vals = results[weighting]["bin_mse"][step]
-                f.write(f"| {weighting} | {step} | " + " | ".join(f"{v:.3f}" for v in vals) + " |\n")
-    print(f"wrote {os.path.join(args.out, stem)}.png/.json/.md in {meta['seconds']:.0f}s")
+    seconds = time.perf_counter() - start
+    meta = {**header(torch.device("cpu")), "seconds": round(seconds, 1),
+            "probe": f"{args.bins} log-SNR bins x {args.per_bin} samples, sketch {args.sketch_dim}; plot: {stem}.png"}
+    columns = ["run", "step"] + [f"{c:.2f}" for c in centers]
+    sections = []
+    for metric, fmt in (("effective_rank", "{:.1f}"), ("trace", "{:.3g}")):
+        table = markdown_table(columns, [[w, step] + [fmt.format(v) for v in results[w]["spectra"][step][metric]]
+                                         for w in results for step in checkpoints])
+        sections.append(f"## {metric} per log-SNR bin (columns: bin centre; high noise on the left)\n\n{table}")
+    table = markdown_table(columns, [[w, step] + [f"{v:.3f}" for v in results[w]["bin_mse"][step]]
+                                     for w in results for step in checkpoints[1:]])
+    sections.append(f"## unweighted eps-MSE per bin, averaged over the steps before each checkpoint\n\n{table}")
+    data = {"args": vars(args), "checkpoints": checkpoints, "bin_centers": centers, "results": results}
+    title = "NTK spectrum toy (2-D Gaussian mixture, eps prediction, VP)"
+    path = write_report(stem, title, meta, "\n\n".join(sections), data, out_dir=args.out)
+    print(f"wrote {path} (and .json, .png) in {seconds:.0f}s")
 
 
 if __name__ == "__main__":
