@@ -10,7 +10,9 @@ namespace {
 // Schemas of every operator. A CPU-only build registers a CUDA stub for each, so a CUDA tensor gets an error that
 // names the fix instead of the dispatcher's generic "could not run" message.
 constexpr const char* kOperatorSchemas[] = {
-    // SGDF: one fused step over a group of same-device, same-dtype tensors (csrc/sgdf).
+    // SGDF: one fused step over a group of same-device, same-dtype tensors (csrc/sgdf); advances each step count
+    // by one, except when found_inf is nonzero (then nothing changes). With `updates` non-empty the filtered update
+    // is written there instead of being applied to the parameters.
     "fused_sgdf_(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] exp_avgs, Tensor(d!)[] exp_vars, "
     "Tensor(e!)[] updates, Tensor[] steps, float lr, Tensor? lr_tensor, float beta1, float beta2, float eps, "
     "float gamma, float weight_decay, bool decoupled_weight_decay, bool sign, bool maximize, "
