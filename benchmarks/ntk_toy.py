@@ -26,6 +26,7 @@ from torch import nn
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import RESULTS, header, markdown_table, write_report  # noqa: E402
 
+from sgdf_erd import ERDLoss  # noqa: E402
 from sgdf_erd.diagnostics import ntk_spectrum  # noqa: E402
 
 LOGSNR_RANGE = (-10.0, 10.0)
@@ -54,13 +55,6 @@ class Denoiser(nn.Module):
         angle = logsnr[:, None] * self.freqs[None, :]
         return self.net(torch.cat([x, angle.sin(), angle.cos()], dim=1))
 
-
-def loss_weight(weighting, alpha, sigma):
-    if weighting == "constant":
-        return torch.ones_like(sigma)
-    # ERD weight for eps prediction on a VP schedule: sqrt((0 * alpha)^2 + (1 * sigma)^2) / sqrt(alpha^2 + sigma^2)
-    # = sigma. Inline until sgdf_erd.ERDLoss is merged into this branch; then use ERDLoss(prediction="eps").
-    return sigma
 
 
 def probe_batch(num_bins, per_bin, seed):
@@ -92,8 +86,10 @@ def train(weighting, steps, checkpoints, probe, args):
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     g = torch.Generator().manual_seed(args.seed + 1)  # same data and noise stream for both weightings
     spectra, losses = {}, {}
-    bin_loss = torch.zeros(args.bins)
-    bin_n = torch.zeros(args.bins)
+    # the loss module also bins the unweighted per-sample MSE by log-SNR (same bins as the spectra)
+    loss_fn = ERDLoss("eps", weighting=weighting, num_bins=args.bins, logsnr_range=LOGSNR_RANGE)
+    bin_loss = torch.zeros(args.bins, dtype=torch.float64)
+    bin_n = torch.zeros(args.bins, dtype=torch.float64)
     for step in range(steps + 1):
         if step in checkpoints:
             spectra[step] = measure(model, probe, args.bins, args.sketch_dim)
@@ -107,16 +103,13 @@ def train(weighting, steps, checkpoints, probe, args):
         eps = torch.randn(args.batch, 2, generator=g)
         alpha, sigma = vp_alpha_sigma(logsnr)
         pred = model(alpha[:, None] * x0 + sigma[:, None] * eps, logsnr)
-        mse = ((pred - eps) ** 2).mean(dim=1)
-        loss = (loss_weight(weighting, alpha, sigma) * mse).mean()
+        loss = loss_fn(pred, eps, alpha, sigma)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        with torch.no_grad():  # unweighted eps-MSE per bin since the last checkpoint
-            b = ((logsnr - LOGSNR_RANGE[0]) / (LOGSNR_RANGE[1] - LOGSNR_RANGE[0]) * args.bins).floor().clamp(
-                0, args.bins - 1).long()
-            bin_loss.index_add_(0, b, mse.detach())
-            bin_n.index_add_(0, b, torch.ones_like(mse))
+        stats = loss_fn.statistics()  # unweighted eps-MSE per bin since the last checkpoint
+        bin_loss += (stats["mse_mean"] * stats["count"]).nan_to_num(0.0)
+        bin_n += stats["count"]
     return spectra, losses
 
 
