@@ -133,7 +133,8 @@ def make_extension():
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
         arch_list = os.environ["TORCH_CUDA_ARCH_LIST"]
         sources += sorted(glob.glob(os.path.join("csrc", "**", "*.cu"), recursive=True))
-        include_dirs += cuda_library_include_dirs()
+        # the toolkit's own headers first: torch's nvidia-* pip packages also ship partial copies of them
+        include_dirs += [os.path.join(CUDA_HOME, "include")] + cuda_library_include_dirs()
     builder = CUDAExtension if with_cuda else CppExtension
     print(f"sgdf-erd: building {'CPU+CUDA (archs ' + arch_list + ')' if with_cuda else 'CPU-only'} "
           f"from {len(sources)} sources", flush=True)

@@ -16,7 +16,8 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import header, markdown_table, synchronize, time_interleaved, write_results  # noqa: E402
+from common import (device_name, header, load_average, markdown_table, synchronize, time_interleaved,  # noqa: E402
+                    write_results)
 
 from sgdf_erd import SGDF  # noqa: E402
 from sgdf_erd.optim.sgdf_functional import foreach_sgdf  # noqa: E402
@@ -60,11 +61,49 @@ def make_params(numel: int, n_tensors: int, device, seed=0):
     return params
 
 
+def build_candidates(numel, n_tensors, device, with_compile):
+    """Each candidate owns its parameters and state (same sizes, same gradients), so none warms another's cache."""
+    candidates = {}
+    for name, make in {
+        "sgdf fused": lambda ps: SGDF(ps, lr=1e-3, fused=True),
+        "sgdf foreach": lambda ps: SGDF(ps, lr=1e-3, foreach=True),
+        "sgdf single-tensor": lambda ps: SGDF(ps, lr=1e-3, foreach=False, fused=False),
+        "authors-style loop": lambda ps: AuthorsStyleSGDF(ps, lr=1e-3),
+        "torch AdamW fused": lambda ps: torch.optim.AdamW(ps, lr=1e-3, fused=True),
+    }.items():
+        candidates[name] = make(make_params(numel, n_tensors, device)).step
+    if not with_compile:
+        return candidates, "skipped (--no-compile)"
+    # Dynamo does not trace a custom Optimizer's step; compile the functional foreach step over the state.
+    params = make_params(numel, n_tensors, device)
+    opt = SGDF(params, lr=1e-3, foreach=True, capturable=True)
+    opt.step()
+    state = [[opt.state[p][k] for p in params] for k in ("exp_avg", "exp_var", "step")]
+    grads = [p.grad for p in params]
+    hyper = dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, gamma=0.5, weight_decay=0.0,
+                 decoupled_weight_decay=False, sign=False, orthogonalize_matrices=False, ns_steps=5,
+                 maximize=False, capturable=True)
+    step_fn = torch.compile(lambda: foreach_sgdf(params, grads, *state, **hyper))
+
+    def compiled():
+        with torch.no_grad():
+            step_fn()
+
+    try:
+        compiled()  # compile now so that compile time is not timed
+        synchronize(device)
+    except Exception as exc:  # report, do not hide: the table says why the row is missing
+        return candidates, f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+    candidates["sgdf foreach torch.compile"] = compiled
+    return candidates, "ok"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--numel", type=float, default=None, help="total elements (default 8e6 CPU, 1e8 CUDA)")
     parser.add_argument("--tensors", type=int, default=160)
+    parser.add_argument("--threads", default="1,2", help="CPU: comma-separated torch thread counts to sweep")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--iters", type=int, default=None)
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile candidate")
@@ -75,74 +114,43 @@ def main():
     if args.quick:
         numel, args.rounds = min(numel, 500_000), 2
     iters = args.iters or (3 if device.type == "cpu" else 10)
+    threads = [int(n) for n in args.threads.split(",")] if device.type == "cpu" else [torch.get_num_threads()]
+    load_start = load_average()
 
-    optimizers = {}
-    total = 0
-    for name, make in {
-        "sgdf fused": lambda ps: SGDF(ps, lr=1e-3, fused=True),
-        "sgdf foreach": lambda ps: SGDF(ps, lr=1e-3, foreach=True),
-        "sgdf single-tensor": lambda ps: SGDF(ps, lr=1e-3, foreach=False, fused=False),
-        "authors-style loop": lambda ps: AuthorsStyleSGDF(ps, lr=1e-3),
-        "torch AdamW fused": lambda ps: torch.optim.AdamW(ps, lr=1e-3, fused=True),
-    }.items():
-        params = make_params(numel, args.tensors, device)
-        total = sum(p.numel() for p in params)
-        optimizers[name] = make(params).step
-    compile_note = "skipped (--no-compile)"
-    if not args.no_compile:
-        # Dynamo does not trace a custom Optimizer's step; compile the functional foreach step over the state.
-        params = make_params(numel, args.tensors, device)
-        opt = SGDF(params, lr=1e-3, foreach=True, capturable=True)
-        opt.step()
-        state = [[opt.state[p][k] for p in params] for k in ("exp_avg", "exp_var", "step")]
-        grads = [p.grad for p in params]
-        hyper = dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, gamma=0.5, weight_decay=0.0,
-                     decoupled_weight_decay=False, sign=False, orthogonalize_matrices=False, ns_steps=5,
-                     maximize=False, capturable=True)
-        step_fn = torch.compile(lambda: foreach_sgdf(params, grads, *state, **hyper))
-
-        def compiled():
-            with torch.no_grad():
-                step_fn()
-
-        try:
-            compiled()  # compile now so that compile time is not timed
-            synchronize(device)
-            optimizers["sgdf foreach torch.compile"] = compiled
-            compile_note = "ok"
-        except Exception as exc:  # report, do not hide: the table says why the row is missing
-            compile_note = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-
-    times = time_interleaved(optimizers, device, rounds=args.rounds, iters=iters)
-    rows, data = [], {"numel": total, "tensors": args.tensors, "seconds": times, "compile": compile_note}
-    copy_time = None
+    candidates, compile_note = build_candidates(numel, args.tensors, device, not args.no_compile)
+    total = sum(p.numel() for p in make_params(numel, args.tensors, "cpu"))
+    copy_gbps = None
     if device.type == "cuda":
-        src = torch.empty(total * 7 // 2, dtype=torch.float32, device=device)  # 28 B/elt = copy of 14 B read+write
+        src = torch.empty(total * 7 // 2, dtype=torch.float32, device=device)  # copy of 14 B/elt = 28 B moved
         dst = torch.empty_like(src)
         copy_time = time_interleaved({"copy": lambda: dst.copy_(src)}, device, rounds=args.rounds, iters=iters)["copy"]
-        data["copy_bandwidth_GBps"] = 2 * src.numel() * 4 / copy_time / 1e9
-    fused = times["sgdf fused"]
-    for name, t in times.items():
-        gbps = BYTES_PER_ELEMENT * total / t / 1e9
-        row = [name, f"{t * 1e3:.2f}", f"{gbps:.1f}", f"{t / fused:.2f}x"]
-        if copy_time is not None:
-            row.append(f"{100 * gbps / data['copy_bandwidth_GBps']:.0f}%")
-        rows.append(row)
-    headers = ["candidate", "ms / step", "GB/s (28 B/elt)", "time vs fused"]
-    if copy_time is not None:
-        headers.append("of copy bandwidth")
-    table = markdown_table(headers, rows)
-    meta = {**header(device), "elements": f"{total:,} float32 in {args.tensors} tensors",
-            "torch.compile": compile_note}
-    summary = [
-        f"fused speed-up over the authors-style loop: {times['authors-style loop'] / fused:.2f}x",
-        f"fused time / torch AdamW(fused=True) time: {fused / times['torch AdamW fused']:.2f}",
-        f"fused speed-up over foreach: {times['sgdf foreach'] / fused:.2f}x",
-    ]
-    if copy_time is not None:
-        summary.append(f"device copy bandwidth: {data['copy_bandwidth_GBps']:.0f} GB/s")
+        copy_gbps = 2 * src.numel() * 4 / copy_time / 1e9
+
+    rows, summary, data = [], [], {"numel": total, "tensors": args.tensors, "seconds": {}, "compile": compile_note}
+    for n_threads in threads:
+        torch.set_num_threads(n_threads)
+        times = time_interleaved(candidates, device, rounds=args.rounds, iters=iters)
+        data["seconds"][n_threads] = times
+        fused = times["sgdf fused"]
+        for name, t in times.items():
+            gbps = BYTES_PER_ELEMENT * total / t / 1e9
+            row = [n_threads, name, f"{t * 1e3:.2f}", f"{gbps:.1f}", f"{t / fused:.2f}x"]
+            rows.append(row + ([f"{100 * gbps / copy_gbps:.0f}%"] if copy_gbps else []))
+        summary += [
+            f"{n_threads} thread(s): fused is {times['authors-style loop'] / fused:.2f}x faster than the authors-style "
+            f"loop, {times['sgdf foreach'] / fused:.2f}x faster than foreach, and takes "
+            f"{fused / times['torch AdamW fused']:.2f}x the time of torch AdamW(fused=True)",
+        ]
+    headers = ["threads", "candidate", "ms / step", "GB/s (28 B/elt)", "time vs fused"]
+    headers += ["of copy bandwidth"] if copy_gbps else []
+    if copy_gbps:
+        summary.append(f"device copy bandwidth: {copy_gbps:.0f} GB/s")
+        data["copy_bandwidth_GBps"] = copy_gbps
     summary.append(f"torch.compile candidate: {compile_note}")
-    table += "\n\n" + "\n".join(f"- {s}" for s in summary)
+    table = markdown_table(headers, rows) + "\n\n" + "\n".join(f"- {s}" for s in summary)
+    meta = {**header(device), "device": device_name(device, threads=False),
+            "elements": f"{total:,} float32 in {args.tensors} tensors",
+            "1-minute load average at start / end": [load_start, load_average()]}
     print(table)
     if not args.quick:
         print("wrote", write_results("sgdf", device, meta, table, data))

@@ -10,19 +10,36 @@ import time
 
 import torch
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS = os.path.join(HERE, "results")
+# Import sgdf_erd from this checkout (in-place build) even without PYTHONPATH=python.
+sys.path.insert(0, os.path.join(HERE, "..", "python"))
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
+def cpu_model() -> str:
     model = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
             model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return f"{model} ({torch.get_num_threads()} threads)"
+    return model
+
+
+def device_name(device: torch.device, threads: bool = True) -> str:
+    """GPU name, or CPU model with torch's current thread count (threads=False: the machine's core count, for a
+    run that sweeps thread counts and reports them per row)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if threads:
+        return f"{cpu_model()} ({torch.get_num_threads()} threads)"
+    return f"{cpu_model()} ({os.cpu_count()} cores)"
+
+
+def load_average():
+    """1-minute load average, or None where the OS does not report it: on a shared machine it says how noisy a
+    run's times are."""
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 
 
 def synchronize(device: torch.device) -> None:
@@ -30,9 +47,11 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_interleaved(candidates: dict, device: torch.device, rounds: int, iters: int, warmup: int = 2) -> dict:
-    """Median seconds per call of each candidate (name -> zero-arg callable). Rounds interleave the candidates so
-    that drifts in clock speed or machine load hit all of them alike."""
+def time_interleaved_samples(candidates: dict, device: torch.device, rounds: int, iters: int,
+                             warmup: int = 2) -> dict:
+    """Seconds per call of each candidate (name -> zero-arg callable), one sample per round (the mean of `iters`
+    consecutive calls). Rounds interleave the candidates so that drifts in clock speed or machine load hit all of
+    them alike."""
     for fn in candidates.values():
         for _ in range(warmup):
             fn()
@@ -46,6 +65,12 @@ def time_interleaved(candidates: dict, device: torch.device, rounds: int, iters:
                 fn()
             synchronize(device)
             samples[name].append((time.perf_counter() - start) / iters)
+    return samples
+
+
+def time_interleaved(candidates: dict, device: torch.device, rounds: int, iters: int, warmup: int = 2) -> dict:
+    """Median over interleaved rounds of each candidate's seconds per call (see time_interleaved_samples)."""
+    samples = time_interleaved_samples(candidates, device, rounds, iters, warmup)
     return {name: statistics.median(s) for name, s in samples.items()}
 
 
@@ -58,16 +83,23 @@ def header(device: torch.device) -> dict:
     }
 
 
-def write_results(name: str, device: torch.device, meta: dict, table_md: str, data: dict) -> str:
-    """Write results/<name>_<cpu|cuda>.md and .json; return the markdown path."""
-    os.makedirs(RESULTS, exist_ok=True)
-    stem = os.path.join(RESULTS, f"{name}_{device.type}")
-    lines = [f"# {name} ({device.type})", ""] + [f"- {k}: `{v}`" for k, v in meta.items()] + ["", table_md, ""]
-    with open(stem + ".md", "w") as f:
+def write_report(stem: str, title: str, meta: dict, body_md: str, data: dict, out_dir: str = RESULTS) -> str:
+    """Write <out_dir>/<stem>.md (title, meta as a list, body) and <stem>.json (meta and data); return the .md path."""
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, stem)
+    lines = [f"# {title}", ""] + [f"- {k}: `{v}`" for k, v in meta.items()] + ["", body_md, ""]
+    with open(path + ".md", "w") as f:
         f.write("\n".join(lines))
-    with open(stem + ".json", "w") as f:
+    with open(path + ".json", "w") as f:
         json.dump({**meta, **data}, f, indent=2)
-    return stem + ".md"
+    return path + ".md"
+
+
+def write_results(name: str, device: torch.device, meta: dict, table_md: str, data: dict, suffix: str = "",
+                  title: str = None, out_dir: str = RESULTS) -> str:
+    """Write results/<name>_<cpu|cuda><suffix>.md and .json; return the markdown path."""
+    return write_report(f"{name}_{device.type}{suffix}", f"{title or name} ({device.type})", meta, table_md, data,
+                        out_dir)
 
 
 def markdown_table(headers, rows) -> str:

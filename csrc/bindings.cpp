@@ -10,7 +10,9 @@ namespace {
 // Schemas of every operator. A CPU-only build registers a CUDA stub for each, so a CUDA tensor gets an error that
 // names the fix instead of the dispatcher's generic "could not run" message.
 constexpr const char* kOperatorSchemas[] = {
-    // SGDF: one fused step over a group of same-device, same-dtype tensors (csrc/sgdf).
+    // SGDF: one fused step over a group of same-device, same-dtype tensors (csrc/sgdf); advances each step count
+    // by one, except when found_inf is nonzero (then nothing changes). With `updates` non-empty the filtered update
+    // is written there instead of being applied to the parameters.
     "fused_sgdf_(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] exp_avgs, Tensor(d!)[] exp_vars, "
     "Tensor(e!)[] updates, Tensor[] steps, float lr, Tensor? lr_tensor, float beta1, float beta2, float eps, "
     "float gamma, float weight_decay, bool decoupled_weight_decay, bool sign, bool maximize, "
@@ -26,6 +28,10 @@ constexpr const char* kOperatorSchemas[] = {
     "-> Tensor[]",
     // NTK spectrum: per-bin eigenvalues of the Gram matrix of the rows of `features` in each bin (csrc/ntk).
     "binned_gram_eigvalsh(Tensor features, Tensor bin_ids, int num_bins) -> (Tensor eigenvalues, Tensor counts)",
+    // erd_loss_forward with erd_loss_backward attached as its autograd (gradients for output and target only).
+    "erd_loss(Tensor output, Tensor target, Tensor alpha, Tensor sigma, Tensor? alpha_prime, Tensor? sigma_prime, "
+    "Tensor? weights, str prediction, str weighting, float k, float gamma, int num_bins, float logsnr_min, "
+    "float logsnr_max) -> (Tensor loss, Tensor mse, Tensor weight, Tensor bin_sums)",
 };
 
 bool compiled_with_cuda() {

@@ -91,6 +91,24 @@ def test_gradcheck_float64(weighting, prediction):
     assert torch.autograd.gradcheck(fn, (output, target))
 
 
+def test_double_backward_float64():
+    output, target, v = make_batch(shape=(3, 4), dtype=torch.float64, seed=6)
+    output.requires_grad_(True)
+    target.requires_grad_(True)
+    alpha, sigma = v.alpha.double(), v.sigma.double()
+    fn = lambda o, t: erd_loss(o, t, alpha, sigma, "v")[0]  # noqa: E731
+    assert torch.autograd.gradgradcheck(fn, (output, target))
+
+
+def test_inference_mode_and_no_grad():
+    output, target, v = make_batch()
+    expected = ERDLoss()(output, target, v.alpha, v.sigma)
+    with torch.inference_mode():
+        assert torch.equal(ERDLoss()(output, target, v.alpha, v.sigma), expected)
+    with torch.no_grad():
+        assert torch.equal(ERDLoss()(output.requires_grad_(True), target, v.alpha, v.sigma), expected)
+
+
 def test_gradient_only_for_output():
     output, target, v = make_batch()
     output.requires_grad_(True)
@@ -210,3 +228,5 @@ def test_fake_tensor_registrations():
     weight = torch.rand(4)
     torch.library.opcheck(ops.erd_loss_backward.default, (torch.tensor(1.0), output, target, weight, True))
     torch.library.opcheck(ops.erd_weights.default, (v.alpha, v.sigma, None, None, "v", "erd", 5.0, 1.0))
+    torch.library.opcheck(ops.erd_loss.default, (output.requires_grad_(True), target, v.alpha, v.sigma, None, None,
+                                                 None, "v", "min_snr", 5.0, 1.0, 8, -10.0, 10.0))

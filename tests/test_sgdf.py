@@ -354,3 +354,24 @@ def test_tensor_over_2_pow_31_elements_cpu():
     # at step 1 the update is the raw gradient, so p = -lr * g
     torch.testing.assert_close(p[-5:].float(), -0.5 * torch.arange(1, 6, dtype=torch.float32))
     assert float(p[0]) == -0.5
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_mixed_dtypes_in_one_group(path):
+    """A group mixing dtypes is split per (device, dtype); each part matches its own reference."""
+    parts = {dtype: _make_params(dtype, shapes=[(9, 4), (33,)], seed=i)
+             for i, dtype in enumerate((torch.float32, torch.float64, torch.bfloat16))}
+    params = [p for ps in parts.values() for p in ps]
+    opt = SGDF(params, lr=0.05, weight_decay=1e-3, **PATHS[path])
+    refs = {d: ReferenceSGDF(ps, lr=0.05, weight_decay=1e-3, round_to=torch.bfloat16 if d == torch.bfloat16 else None)
+            for d, ps in parts.items()}
+    gen = torch.Generator().manual_seed(6)
+    for _ in range(30):
+        grads = _grads(params, gen)
+        for p, g in zip(params, grads):
+            p.grad = g.clone()
+        opt.step()
+        for i, (d, ref) in enumerate(refs.items()):
+            ref.step(grads[2 * i:2 * i + 2])
+    for d, ps in parts.items():
+        _assert_close(ps, refs[d], d)

@@ -1,6 +1,7 @@
 #include "erd/erd_checks.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
 #include <c10/util/Exception.h>
 
 #include <cmath>
@@ -99,8 +100,14 @@ SampleInputs prepare_sample_inputs(const at::Tensor& alpha, const at::Tensor& si
     if (t->defined()) *t = t->to(dtype).contiguous();
   }
   if (device.is_cpu()) {
-    TORCH_CHECK_VALUE(!in.sigma.lt(0).any().item<bool>(), op,
-                      ": sigma must be >= 0 (x_t = alpha * x0 + sigma * eps); got a negative value");
+    // a plain loop: B values, and no tensor ops on the per-step path
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.sigma.scalar_type(), "erd_check_sigma", [&] {
+      const scalar_t* s = in.sigma.const_data_ptr<scalar_t>();
+      for (int64_t i = 0; i < batch; ++i) {
+        TORCH_CHECK_VALUE(!(static_cast<double>(s[i]) < 0.0), op, ": sigma must be >= 0 (x_t = alpha * x0 + ",
+                          "sigma * eps); got sigma[", i, "] = ", static_cast<double>(s[i]));
+      }
+    });
   }
   return in;
 }

@@ -1,15 +1,14 @@
 // CPU implementation of sgdf_erd::binned_gram_eigvalsh: rows are grouped by bin (stable counting sort), then the
 // bins are solved in parallel, largest first, each worker pulling the next bin from a shared counter (one thread
-// per bin; skewed bins still balance). Per bin: the smaller of F_b F_b^T and F_b^T F_b (see binned_gram.h) by GEMM,
-// scaled
-// to unit max entry, Householder + QL (symmetric_eigvals_cpu.h), sorted descending. Round-off below zero is
-// clamped to 0: a Gram matrix is positive semidefinite. A bin holding a non-finite feature gets NaN eigenvalues.
+// per bin; skewed bins still balance). Per bin: the smaller of F_b F_b^T and F_b^T F_b (binned_gram.h; formed by
+// gram_cpu.h, no BLAS call inside the parallel region), scaled to unit max entry, Householder + QL
+// (symmetric_eigvals_cpu.h), sorted descending. Round-off below zero is clamped to 0: a Gram matrix is positive
+// semidefinite. A bin holding a non-finite feature gets NaN eigenvalues.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/from_blob.h>
 #include <ATen/ops/index_select.h>
-#include <ATen/ops/mm.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
@@ -22,6 +21,7 @@
 #include <vector>
 
 #include "ntk/binned_gram.h"
+#include "ntk/gram_cpu.h"
 #include "ntk/symmetric_eigvals_cpu.h"
 
 namespace sgdf_erd::ntk {
@@ -58,28 +58,30 @@ Groups group_rows(const at::Tensor& ids, int64_t num_bins) {
 
 template <typename T>
 struct Workspace {
-  std::vector<T> gram, d, e, p;
+  std::vector<T> gram, d, e, p, xt;  // xt: F_b^T, only for bins with more rows than features
   explicit Workspace(int64_t m) : gram(m * m), d(m), e(m), p(m) {}
 };
 
-// X X^T with X = F_b (count <= k) or F_b^T (count > k), F_b = rows [offset, offset + count) of the bin-sorted
-// features. One small GEMM; called inside the bin-parallel region, where BLAS runs on the calling thread.
+// X X^T with X = F_b (count <= k) or F_b^T (count > k); F_b = rows [offset, offset + count) of the bin-sorted
+// features.
 template <typename T>
-void form_gram(const at::Tensor& sorted, int64_t offset, int64_t count, int64_t m, Workspace<T>& ws) {
-  const at::Tensor fb = sorted.narrow(0, offset, count);
-  at::Tensor g = at::from_blob(ws.gram.data(), {m, m}, sorted.options());
-  if (count <= sorted.size(1)) {
-    at::mm_out(g, fb, fb.t());
-  } else {
-    at::mm_out(g, fb.t(), fb);
+void form_gram(const T* sorted, int64_t k, int64_t offset, int64_t count, int64_t m, Workspace<T>& ws) {
+  const T* fb = sorted + offset * k;
+  if (count <= k) {
+    cpu::gram_matrix(fb, m, k, k, ws.gram.data());
+    return;
   }
+  ws.xt.resize(k * count);
+  for (int64_t r = 0; r < count; ++r)
+    for (int64_t c = 0; c < k; ++c) ws.xt[c * count + r] = fb[r * k + c];
+  cpu::gram_matrix(ws.xt.data(), m, count, count, ws.gram.data());
 }
 
 template <typename T>
-void solve_bin(const at::Tensor& sorted, int64_t offset, int64_t count, T* out, Workspace<T>& ws) {
-  const int64_t m = gram_dim(count, sorted.size(1));
+void solve_bin(const T* sorted, int64_t k, int64_t offset, int64_t count, T* out, Workspace<T>& ws) {
+  const int64_t m = gram_dim(count, k);
   if (m == 0) return;  // k == 0: all eigenvalues are zero (out is pre-zeroed)
-  form_gram(sorted, offset, count, m, ws);
+  form_gram(sorted, k, offset, count, m, ws);
   T* g = ws.gram.data();
   T scale = 0;
   bool finite = true;
@@ -122,7 +124,7 @@ void solve_all(const at::Tensor& sorted, const Groups& g, int64_t num_bins, at::
     for (int64_t w = begin; w < end; ++w) {
       for (int64_t i = next++; i < busy; i = next++) {
         const int64_t b = order[i];
-        solve_bin<T>(sorted, g.offsets[b], count(b), out + b * stride, ws);
+        solve_bin<T>(sorted.const_data_ptr<T>(), sorted.size(1), g.offsets[b], count(b), out + b * stride, ws);
       }
     }
   });

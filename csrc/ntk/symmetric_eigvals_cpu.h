@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cmath>
+#include <algorithm>
 #include <cstdint>
 #include <limits>
 
@@ -66,13 +67,19 @@ template <typename T>
 bool tridiagonal_ql(T* d, T* e, int64_t n) {
   constexpr int kMaxIter = 60;
   constexpr T eps = std::numeric_limits<T>::epsilon();
+  // An off-diagonal element is negligible below eps times its diagonal neighbours or eps times the matrix norm
+  // (EISPACK tql1's absolute test). The local test alone never passes on a strongly graded spectrum: eigenvalues
+  // far below eps * ||T|| carry absolute round-off of that size, so they cannot converge to relative accuracy.
+  T norm = 0;
+  for (int64_t i = 0; i < n; ++i) norm = std::max(norm, std::abs(d[i]) + std::abs(e[i]));
+  const T floor = eps * norm;
   for (int64_t l = 0; l < n; ++l) {
     int iter = 0;
     int64_t m;
     do {
       for (m = l; m < n - 1; ++m) {  // find a negligible off-diagonal element: the matrix splits there
         const T dd = std::abs(d[m]) + std::abs(d[m + 1]);
-        if (std::abs(e[m]) <= eps * dd) break;
+        if (std::abs(e[m]) <= std::max(eps * dd, floor)) break;
       }
       if (m == l) break;
       if (++iter > kMaxIter) return false;

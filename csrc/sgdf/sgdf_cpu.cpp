@@ -25,7 +25,9 @@ void run_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_avg
   std::vector<StepCoeffs<acc_t>> coeffs;
   for (size_t i = 0; i < params.size(); ++i) {
     numels.push_back(params[i].numel());
-    coeffs.push_back(step_coeffs<acc_t>(hyper_d.beta1, hyper_d.beta2, *steps[i].const_data_ptr<float>()));
+    float& step = *steps[i].mutable_data_ptr<float>();
+    step += 1.f;
+    coeffs.push_back(step_coeffs<acc_t>(hyper_d.beta1, hyper_d.beta2, step));
   }
   cpu::parallel_over_ranges(numels, [&](int64_t t, int64_t begin, int64_t end) {
     std::array<scalar_t*, Depth> ptr;
@@ -34,8 +36,10 @@ void run_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_avg
     ptr[kExpAvg] = exp_avgs[t].data_ptr<scalar_t>() + begin;
     ptr[kExpVar] = exp_vars[t].data_ptr<scalar_t>() + begin;
     if constexpr (Depth == 5) ptr[kUpdate] = updates[t].data_ptr<scalar_t>() + begin;
+    // By-value copies: the loop stores through float pointers, which the compiler must otherwise assume may
+    // alias hyperparameters reached through references, reloading them for every vector.
     const StepCoeffs<acc_t> c = coeffs[t];
-    cpu::apply_elementwise<scalar_t, acc_t, Depth>(ptr, end - begin, mask, [&](auto& v) {
+    cpu::apply_elementwise<scalar_t, acc_t, Depth>(ptr, end - begin, mask, [=](auto& v) {
       using V = std::decay_t<decltype(v[0])>;
       if (unscale) v[kGrad] = v[kGrad] / V(scale);
       const V u = filtered_update(v[kParam], v[kGrad], v[kExpAvg], v[kExpVar], lr_acc, hyper, c);

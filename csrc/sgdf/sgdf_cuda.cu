@@ -2,6 +2,8 @@
 // Step counts, lr (capturable), grad_scale and found_inf are read on the device: no host synchronisation.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
+#include <ATen/ops/_foreach_add.h>
+#include <ATen/ops/_foreach_sub.h>
 #include <torch/library.h>
 
 #include "common/cuda/multi_tensor_apply.cuh"
@@ -57,6 +59,9 @@ void fused_sgdf_cuda(at::TensorList params, at::TensorList grads, at::TensorList
   const Hyper<double> hyper{beta1, beta2, eps, gamma, weight_decay, decoupled_weight_decay, sign, maximize};
   auto ptr = [](const std::optional<at::Tensor>& t) { return t.has_value() ? t->const_data_ptr<float>() : nullptr; };
   const unsigned mask = write_mask(grad_scale.has_value(), !updates.empty());
+  // Blocks of one tensor read its step concurrently, so the increment is a launch of its own before the update;
+  // an overflowed step takes it back on the device, without a host synchronisation.
+  at::_foreach_add_(steps, 1);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "fused_sgdf_cuda", [&] {
     if (updates.empty()) {
       SgdfFunctor<scalar_t, 4> f{hyper, lr, ptr(lr_tensor), ptr(grad_scale), ptr(found_inf), mask};
@@ -66,6 +71,9 @@ void fused_sgdf_cuda(at::TensorList params, at::TensorList grads, at::TensorList
       cuda::multi_tensor_apply<5>({params, grads, exp_avgs, exp_vars, updates}, steps, f);
     }
   });
+  if (found_inf.has_value()) {
+    at::_foreach_sub_(steps, std::vector<at::Tensor>(steps.size(), found_inf->reshape({})));
+  }
 }
 
 }  // namespace

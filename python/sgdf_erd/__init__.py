@@ -8,8 +8,9 @@
 from ._version import __version__
 from ._build import build_info
 from . import diagnostics, ops
+from .diagnostics import ntk_spectrum
 from .erd import ERDLoss, erd_loss, erd_weight, loss_weight, schedules
 from .optim import SGDF
 
-__all__ = ["SGDF", "ERDLoss", "erd_loss", "erd_weight", "loss_weight", "schedules", "diagnostics", "ops",
+__all__ = ["SGDF", "ERDLoss", "erd_loss", "erd_weight", "loss_weight", "schedules", "diagnostics", "ntk_spectrum", "ops",
            "build_info", "__version__"]

@@ -30,8 +30,8 @@ def binned_gram_eigvalsh(features: Tensor, bin_ids: Tensor, num_bins: int) -> Tu
     Each bin is solved through the smaller of ``F_b F_b^T`` (``c x c``) and ``F_b^T F_b`` (``k x k``), which share
     their nonzero eigenvalues; so the cost per bin is ``O(c k min(c, k) + min(c, k)^3)``.
 
-    - CPU: bins run in parallel (``torch.get_num_threads()`` workers, largest bins first); each bin is one GEMM then
-      a Householder tridiagonalisation and QL iteration.
+    - CPU: bins run in parallel (``torch.get_num_threads()`` workers, largest bins first); per bin a vectorised
+      Gram product, a Householder tridiagonalisation and QL iteration, all on the worker's thread.
     - CUDA: one thread block per bin builds the Gram matrix in shared memory and diagonalises it there by cyclic
       Jacobi (parallel ordering) when ``min(c, k) <= 128`` and the matrix fits the GPU's shared memory (float32 and
       float64 up to 128 on sm_80/sm_90; a smaller bound on GPUs with less shared memory). Larger bins go through

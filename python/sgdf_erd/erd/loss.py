@@ -7,7 +7,6 @@ from typing import Callable, Dict, Optional, Tuple, Union
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 
 from .._native import ops, require
 from .weights import check_weighting
@@ -15,31 +14,6 @@ from .weights import check_weighting
 __all__ = ["ERDLoss", "erd_loss"]
 
 WeightFn = Callable[[Tensor, Tensor], Tensor]
-
-
-class _FusedERDLoss(torch.autograd.Function):
-    """loss = mean_i w_i * mean_j (target_ij - output_ij)^2, with the kernel's side outputs (per-sample MSE,
-    weights, per-bin sums). Weights are constants: alpha, sigma and given weights get no gradient."""
-
-    @staticmethod
-    def forward(ctx, output, target, alpha, sigma, alpha_prime, sigma_prime, weights, prediction, weighting, k,
-                gamma, num_bins, logsnr_min, logsnr_max):
-        loss, mse, weight, bin_sums = ops.erd_loss_forward(
-            output, target, alpha, sigma, alpha_prime, sigma_prime, weights, prediction, weighting, k, gamma,
-            num_bins, logsnr_min, logsnr_max)
-        ctx.save_for_backward(output, target, weight)
-        ctx.mark_non_differentiable(mse, weight, bin_sums)
-        return loss, mse, weight, bin_sums
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_loss, *unused):
-        output, target, weight = ctx.saved_tensors
-        need_output, need_target = ctx.needs_input_grad[:2]
-        grads = ops.erd_loss_backward(grad_loss.to(output.dtype), output, target, weight, need_target)
-        grad_output = grads[0] if need_output else None
-        grad_target = grads[1] if need_target else None
-        return (grad_output, grad_target) + (None,) * 12
 
 
 def _promote(output: Tensor, target: Tensor) -> Tuple[Tensor, Tensor]:
@@ -70,9 +44,9 @@ def erd_loss(output: Tensor, target: Tensor, alpha: Tensor, sigma: Tensor, predi
         weighting = "given"
     else:
         check_weighting(prediction, weighting)
-    return _FusedERDLoss.apply(output, target, alpha, sigma, alpha_prime, sigma_prime, weights, prediction,
-                               weighting, float(k), float(gamma), int(num_bins), float(logsnr_range[0]),
-                               float(logsnr_range[1]))
+    # the op carries its own (C++) autograd: gradients for output and target; weights are constants
+    return ops.erd_loss(output, target, alpha, sigma, alpha_prime, sigma_prime, weights, prediction, weighting,
+                        float(k), float(gamma), int(num_bins), float(logsnr_range[0]), float(logsnr_range[1]))
 
 
 def _call_weight_fn(fn: WeightFn, alpha: Tensor, sigma: Tensor, output: Tensor) -> Tensor:
@@ -171,8 +145,8 @@ class ERDLoss(nn.Module):
             self.to(bin_sums.device)  # the module has buffers only; keep them beside the data
         if self.sync_statistics and dist.is_available() and dist.is_initialized():
             dist.all_reduce(bin_sums)  # one packed [4, num_bins] tensor: counts and sums of every bin
-        self.batch_sums.copy_(bin_sums)
-        self.running_sums.mul_(self.ema_decay).add_(bin_sums, alpha=1.0 - self.ema_decay)
+        self.batch_sums = bin_sums  # a fresh tensor each step: keep it rather than copy it
+        self.running_sums.lerp_(bin_sums, 1.0 - self.ema_decay)  # d * S + (1 - d) * S_step
         self.num_batches_tracked.add_(1)
 
     @torch.no_grad()

@@ -130,16 +130,13 @@ def fused_sgdf(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor]
     """One SGDF step with the compiled kernel: one launch per (device, dtype) and update mode."""
     if not params:
         return
-    groups = defaultdict(lambda: defaultdict(list))
-    for i, p in enumerate(params):
-        orth = orthogonalize_matrices and is_matrix_shaped(p)
-        key = (p.device, p.dtype, orth)
-        real_p = _real([p])[0]
-        groups[key]["params"].append(real_p)
-        groups[key]["grads"].append(_matching_layout(_real([grads[i]])[0], real_p))
-        groups[key]["exp_avgs"].append(_real([exp_avgs[i]])[0])
-        groups[key]["exp_vars"].append(_real([exp_vars[i]])[0])
-        groups[key]["steps"].append(steps[i])
+    if any(p.is_complex() for p in params):
+        params, grads, exp_avgs, exp_vars = map(_real, (params, grads, exp_avgs, exp_vars))
+    groups = defaultdict(lambda: ([], [], [], [], []))  # params, grads, exp_avgs, exp_vars, steps
+    for p, g, m, s, t in zip(params, grads, exp_avgs, exp_vars, steps):
+        group = groups[(p.device, p.dtype, orthogonalize_matrices and is_matrix_shaped(p))]
+        for bucket, tensor in zip(group, (p, _matching_layout(g, p), m, s, t)):
+            bucket.append(tensor)
 
     per_device = {}  # grad_scale / found_inf moved once per device
 
@@ -150,20 +147,16 @@ def fused_sgdf(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor]
             per_device[(device, id(t))] = t.to(device=device, dtype=torch.float32, non_blocking=True).reshape(1)
         return per_device[(device, id(t))]
 
-    for (device, _, orth), g in groups.items():
-        device_found_inf = on(device, found_inf)
+    for (device, _, orth), (g_params, g_grads, g_exp_avgs, g_exp_vars, g_steps) in groups.items():
         lr_tensor = on(device, lr) if isinstance(lr, Tensor) else None
         lr_float = 0.0 if lr_tensor is not None else float(lr)
-        torch._foreach_add_(g["steps"], 1)
         # zero-filled so that a step skipped for inf/NaN gradients orthogonalises to a zero update
-        updates = [torch.zeros_like(p) for p in g["params"]] if orth else []
-        ops.fused_sgdf_(g["params"], g["grads"], g["exp_avgs"], g["exp_vars"], updates, g["steps"], lr_float,
-                        lr_tensor, beta1, beta2, eps, gamma, weight_decay, decoupled_weight_decay,
-                        sign and not orth, maximize, on(device, grad_scale), device_found_inf)
-        if device_found_inf is not None:
-            # the kernel skipped the update; take the step count back without a host synchronisation
-            torch._foreach_sub_(g["steps"], [device_found_inf.reshape(())] * len(g["steps"]))
-        if orth:  # orthogonalisation is refused for complex parameters, so g["params"] are the originals
+        updates = [torch.zeros_like(p) for p in g_params] if orth else []
+        # the kernel also advances the step counts, unless found_inf is set (then it changes nothing)
+        ops.fused_sgdf_(g_params, g_grads, g_exp_avgs, g_exp_vars, updates, g_steps, lr_float, lr_tensor, beta1,
+                        beta2, eps, gamma, weight_decay, decoupled_weight_decay, sign and not orth, maximize,
+                        on(device, grad_scale), on(device, found_inf))
+        if orth:  # orthogonalisation is refused for complex parameters, so g_params are the originals
             directions = [orthogonalize(u, ns_steps) for u in updates]
             lr_value = lr_tensor.reshape(()) if lr_tensor is not None else lr_float
-            torch._foreach_sub_(g["params"], torch._foreach_mul(directions, lr_value))
+            torch._foreach_sub_(g_params, torch._foreach_mul(directions, lr_value))
