@@ -161,6 +161,6 @@ setup(
     install_requires=["torch>=2.4", "numpy"],
     extras_require={
         "test": ["pytest", "hypothesis", "scipy"],
-        "demo": ["scikit-learn", "matplotlib", "tqdm"],
+        "demo": ["scikit-learn", "scipy", "matplotlib", "pillow", "tqdm"],
     },
 )
