@@ -106,10 +106,17 @@ def cpu_isa_avx2():
 def compile_flags(with_cuda, arch_list):
     defines = [f"-D{k}" if v is None else f"-D{k}={v}" for k, v in definitions(with_cuda, arch_list).items()]
     cxx = ["-O3", "-Wno-unknown-pragmas"] + (["-mavx2", "-mfma", "-mf16c"] if cpu_isa_avx2() else [])
+    cxx += openmp_flags()
     nvcc = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
     # the AVX2 macros only concern host-side ATen vector code, which CUDA sources do not include
     nvcc_defines = [d for d in defines if "CPU_CAPABILITY" not in d]
     return {"cxx": cxx + defines, "nvcc": nvcc + nvcc_defines}
+
+
+def openmp_flags():
+    """at::parallel_for is a header template that runs serially unless the including file is compiled with
+    OpenMP, so the CPU kernels need it to use torch's intra-op threads (torch's own libgomp serves them)."""
+    return ["-fopenmp"] if torch.backends.openmp.is_available() and platform.system() == "Linux" else []
 
 
 def cpu_sources():
@@ -122,6 +129,7 @@ def print_cmake_config():
     print("SOURCES=" + ";".join(cpu_sources()))
     print("CXX_FLAGS=" + ";".join(f for f in compile_flags(False, "")["cxx"] if not f.startswith("-D")))
     print("DEFINITIONS=" + ";".join(k if v is None else f"{k}={v}" for k, v in defs.items()))
+    print("LINK_FLAGS=" + ";".join(openmp_flags()))
 
 
 def make_extension():
@@ -139,7 +147,7 @@ def make_extension():
     print(f"sgdf-erd: building {'CPU+CUDA (archs ' + arch_list + ')' if with_cuda else 'CPU-only'} "
           f"from {len(sources)} sources", flush=True)
     return builder(name="sgdf_erd._C", sources=sources, include_dirs=include_dirs,
-                   extra_compile_args=compile_flags(with_cuda, arch_list))
+                   extra_compile_args=compile_flags(with_cuda, arch_list), extra_link_args=openmp_flags())
 
 
 if len(sys.argv) > 1 and sys.argv[1] == "--cmake-config":
