@@ -3,7 +3,6 @@
 import datetime
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -14,16 +13,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
 # Import sgdf_erd from this checkout (in-place build) even without PYTHONPATH=python.
 sys.path.insert(0, os.path.join(HERE, "..", "python"))
-
-
-def cpu_model() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return model
+from sgdf_erd._platform import cpu_model  # noqa: E402
 
 
 def device_name(device: torch.device, threads: bool = True) -> str:

@@ -45,15 +45,21 @@ def _grads(params, gen, scale=1.0):
     return [(scale * torch.randn(p.shape, generator=gen, dtype=torch.float64)).to(p.dtype) for p in params]
 
 
-def _run_against_reference(params, opt, ref, steps, seed=1):
-    """`steps` optimizer steps on random gradients (drawn on the CPU, moved to each parameter's device)."""
+def _run_against_references(params, opt, refs, steps, seed=1):
+    """`steps` optimizer steps on random gradients (drawn on the CPU, moved to each parameter's device); `refs`
+    pairs each reference with the slice of `params` it follows."""
     gen = torch.Generator().manual_seed(seed)
     for _ in range(steps):
         grads = _grads(params, gen)
         for p, g in zip(params, grads):
             p.grad = g.to(p.device, copy=True)
         opt.step()
-        ref.step(grads)
+        for ref, part in refs:
+            ref.step(grads[part])
+
+
+def _run_against_reference(params, opt, ref, steps, seed=1):
+    _run_against_references(params, opt, [(ref, slice(None))], steps, seed)
 
 
 def _assert_close(params, ref, dtype, sign=False):
@@ -98,15 +104,8 @@ def test_param_groups_with_different_hyperparameters(path):
     refs = [ReferenceSGDF(params[:2], lr=0.1, gamma=1.0),
             ReferenceSGDF(params[2:4], lr=0.02, weight_decay=1e-2, sign=True),
             ReferenceSGDF(params[4:], lr=0.05, betas=(0.8, 0.95), decoupled_weight_decay=True, weight_decay=0.1)]
-    gen = torch.Generator().manual_seed(5)
-    for _ in range(35):
-        grads = _grads(params, gen)
-        for p, g in zip(params, grads):
-            p.grad = g.clone()
-        opt.step()
-        refs[0].step(grads[:2])
-        refs[1].step(grads[2:4])
-        refs[2].step(grads[4:])
+    _run_against_references(params, opt, list(zip(refs, (slice(0, 2), slice(2, 4), slice(4, None)))), steps=35,
+                            seed=5)
     _assert_close(params[:2], refs[0], torch.float32)
     _assert_close(params[2:4], refs[1], torch.float32, sign=True)
     _assert_close(params[4:], refs[2], torch.float32)
@@ -365,13 +364,7 @@ def test_mixed_dtypes_in_one_group(path):
     opt = SGDF(params, lr=0.05, weight_decay=1e-3, **PATHS[path])
     refs = {d: ReferenceSGDF(ps, lr=0.05, weight_decay=1e-3, round_to=torch.bfloat16 if d == torch.bfloat16 else None)
             for d, ps in parts.items()}
-    gen = torch.Generator().manual_seed(6)
-    for _ in range(30):
-        grads = _grads(params, gen)
-        for p, g in zip(params, grads):
-            p.grad = g.clone()
-        opt.step()
-        for i, (d, ref) in enumerate(refs.items()):
-            ref.step(grads[2 * i:2 * i + 2])
+    _run_against_references(params, opt, [(ref, slice(2 * i, 2 * i + 2)) for i, ref in enumerate(refs.values())],
+                            steps=30, seed=6)
     for d, ps in parts.items():
         _assert_close(ps, refs[d], d)

@@ -4,7 +4,6 @@ weighting (fused SGDF; AdamW as the reference optimizer), score the samples and 
 import argparse
 import datetime
 import os
-import platform
 import shlex
 import sys
 import time
@@ -13,6 +12,7 @@ from typing import List, Optional
 
 import torch
 
+from .._platform import cpu_model
 from .data import load_data
 from .metrics import train_scorer
 from .model import UNet, count_parameters
@@ -189,12 +189,7 @@ def _auto_threads() -> int:
 def _device_name(device: str) -> str:
     if device == "cuda":
         return torch.cuda.get_device_name()
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_model()
     n = torch.get_num_threads()
     return f"CPU {cpu}, {n} thread{'s' if n > 1 else ''}"
 
