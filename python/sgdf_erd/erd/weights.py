@@ -3,7 +3,6 @@
 The formulas live once, in the native kernels (csrc/erd/erd_math.h); this module checks arguments and calls them.
 """
 
-from typing import Optional
 
 import torch
 from torch import Tensor
