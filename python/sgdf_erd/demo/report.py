@@ -25,39 +25,40 @@ def _style(name: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------- figures
-def save_grid(images: torch.Tensor, path: Path, title: str, nrow: int = 10) -> None:
+def _tile(images: torch.Tensor, nrow: int) -> np.ndarray:
+    """Up to nrow x nrow images [N, 1, H, W] in [-1, 1] laid out row-major on a canvas with 1-pixel gutters."""
     images = images[: nrow * nrow].squeeze(1).float().cpu().numpy()
-    n = len(images)
-    rows = max(1, math.ceil(n / nrow))
+    rows = max(1, math.ceil(len(images) / nrow))
     size = images.shape[-1]
     canvas = np.full((rows * (size + 1) + 1, nrow * (size + 1) + 1), -1.0)
     for i, img in enumerate(images):
         r, c = divmod(i, nrow)
         canvas[1 + r * (size + 1): 1 + r * (size + 1) + size, 1 + c * (size + 1): 1 + c * (size + 1) + size] = img
-    fig, ax = plt.subplots(figsize=(4, 4 * rows / nrow + 0.4))
-    ax.imshow(canvas, cmap="gray_r", vmin=-1, vmax=1, interpolation="nearest")
-    ax.set_title(title, fontsize=9)
-    ax.axis("off")
+    return canvas
+
+
+def _save(fig, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def save_grid(images: torch.Tensor, path: Path, title: str, nrow: int = 10) -> None:
+    rows = max(1, math.ceil(min(len(images), nrow * nrow) / nrow))
+    fig, ax = plt.subplots(figsize=(4, 4 * rows / nrow + 0.4))
+    ax.imshow(_tile(images, nrow), cmap="gray_r", vmin=-1, vmax=1, interpolation="nearest")
+    ax.set_title(title, fontsize=9)
+    ax.axis("off")
+    _save(fig, path)
 
 
 def save_overview(grids: Dict[str, torch.Tensor], path: Path, nrow: int = 8) -> None:
     fig, axes = plt.subplots(1, len(grids), figsize=(2.6 * len(grids), 2.9))
     for ax, (name, images) in zip(np.atleast_1d(axes), grids.items()):
-        imgs = images[: nrow * nrow].squeeze(1).float().cpu().numpy()
-        size = imgs.shape[-1]
-        canvas = np.full((nrow * (size + 1) + 1,) * 2, -1.0)
-        for i, img in enumerate(imgs):
-            r, c = divmod(i, nrow)
-            canvas[1 + r * (size + 1): 1 + r * (size + 1) + size, 1 + c * (size + 1): 1 + c * (size + 1) + size] = img
-        ax.imshow(canvas, cmap="gray_r", vmin=-1, vmax=1, interpolation="nearest")
+        ax.imshow(_tile(images, nrow), cmap="gray_r", vmin=-1, vmax=1, interpolation="nearest")
         ax.set_title(name, fontsize=9)
         ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def save_weights_and_share(weight_curves: Dict[str, Dict[str, list]], runs: List[dict], path: Path) -> None:
@@ -80,9 +81,7 @@ def save_weights_and_share(weight_curves: Dict[str, Dict[str, list]], runs: List
     ax2.set_title("Which noise levels dominate the loss")
     ax2.legend(fontsize=8)
     ax2.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def save_ntk(ntk_start: Optional[dict], runs: List[dict], path: Path) -> bool:
@@ -106,9 +105,7 @@ def save_ntk(ntk_start: Optional[dict], runs: List[dict], path: Path) -> bool:
     ax.set_title("Empirical NTK effective rank vs noise level")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
     return True
 
 
@@ -133,9 +130,7 @@ def save_curves(runs: List[dict], path: Path) -> None:
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------------- tables

@@ -60,7 +60,6 @@ class SGDF(Optimizer):
         defaults = dict(lr=lr, betas=betas, eps=eps, gamma=gamma, weight_decay=weight_decay,
                         decoupled_weight_decay=decoupled_weight_decay, sign=sign, orthogonalize=orthogonalize,
                         ns_steps=ns_steps, maximize=maximize, foreach=foreach, fused=fused, capturable=capturable)
-        _check_hyperparameters(defaults)
         if fused and foreach:
             raise RuntimeError("SGDF: `fused` and `foreach` cannot both be True; choose one")
         super().__init__(params, defaults)
