@@ -21,7 +21,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import header, load_average, markdown_table, time_interleaved, write_results  # noqa: E402
+from common import RESULTS, header, load_average, markdown_table, time_interleaved, write_results  # noqa: E402
 
 from sgdf_erd.ops import binned_gram_eigvalsh  # noqa: E402
 
@@ -83,6 +83,7 @@ def main():
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (results file gets a suffix)")
     parser.add_argument("--quick", action="store_true", help="two sizes, 3 repeats (smoke run)")
     parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument("--out", default=RESULTS, help="folder for the results files")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -128,7 +129,7 @@ def main():
         return
     suffix = f"_{args.threads}thread" if args.threads else ""
     path = write_results("ntk", device, meta, table, {"threads": torch.get_num_threads(), "rows": rows},
-                         suffix=suffix, title="binned_gram_eigvalsh benchmark")
+                         suffix=suffix, title="binned_gram_eigvalsh benchmark", out_dir=args.out)
     print("wrote", path, "and .json")
 
 

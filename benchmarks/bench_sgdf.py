@@ -16,8 +16,8 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (device_name, header, load_average, markdown_table, synchronize, time_interleaved,  # noqa: E402
-                    write_results)
+from common import (RESULTS, device_name, header, load_average, markdown_table, synchronize,  # noqa: E402
+                    time_interleaved, write_results)
 
 from sgdf_erd import SGDF  # noqa: E402
 from sgdf_erd.optim.sgdf_functional import foreach_sgdf  # noqa: E402
@@ -108,6 +108,8 @@ def main():
     parser.add_argument("--iters", type=int, default=None)
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile candidate")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", default=RESULTS, help="folder for the results files")
+    parser.add_argument("--suffix", default="", help="appended to the results file name, e.g. _small")
     args = parser.parse_args()
     device = torch.device(args.device)
     numel = int(args.numel or (8e6 if device.type == "cpu" else 1e8))
@@ -153,7 +155,7 @@ def main():
             "1-minute load average at start / end": [load_start, load_average()]}
     print(table)
     if not args.quick:
-        print("wrote", write_results("sgdf", device, meta, table, data))
+        print("wrote", write_results("sgdf", device, meta, table, data, suffix=args.suffix, out_dir=args.out))
 
 
 if __name__ == "__main__":
