@@ -28,6 +28,11 @@ if ! python -c "import torch" 2>/dev/null; then
   python -m pip install -q "$TORCH_SPEC"
 fi
 python -m pip install -q numpy pytest hypothesis scipy scikit-learn matplotlib tqdm ninja setuptools wheel
+cmd=${1:-test}
+if [ "$cmd" = test ]; then
+  # tests/test_integrations.py runs SGDF inside Hugging Face Trainer
+  python -m pip install -q transformers accelerate
+fi
 
 stamp="$VENV/.sgdf_erd_build_stamp"
 want=$( (find csrc -type f -print0 | sort -z | xargs -0 sha1sum; sha1sum setup.py; echo "cuda=${SGDF_ERD_CUDA:-auto}") | sha1sum)
@@ -38,7 +43,6 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! python -c "import 
 fi
 python -m sgdf_erd.info
 
-cmd=${1:-test}
 shift || true
 case "$cmd" in
   demo) exec python -m sgdf_erd.demo "$@" ;;
