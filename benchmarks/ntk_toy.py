@@ -5,7 +5,7 @@ Setup: 8 Gaussians on the unit circle (std 0.05); VP corruption x_t = alpha x0 +
 sigmoid(lambda), sigma^2 = sigmoid(-lambda), log-SNR lambda ~ U(-10, 10); an MLP (3 x 128 SiLU, Fourier features
 of lambda) predicts eps. Both runs start from the same initial weights and see the same data and noise; only the
 per-sample weight differs: constant (1) or ERD, which for eps prediction on a VP schedule is w = sigma (the RMS
-amplitude of the eps component the input carries; shared/spec/erd.md).
+amplitude of the eps component the input carries; docs/erd.md).
 At several steps, sgdf_erd.diagnostics.ntk_spectrum measures the NTK on a fixed probe batch (16 log-SNR bins x
 64 samples, sketch 256) and we record each bin's effective rank and trace.
 
