@@ -2,7 +2,7 @@
 # Builds the CPU library with AddressSanitizer + UndefinedBehaviorSanitizer (CMake, -DSGDF_ERD_SANITIZE=ON) and runs
 # the CPU tests against it; any sanitizer report fails the run.
 #
-#   bash scripts/sanitize_cpu.sh                  # the whole CPU suite (slow: ~3x the plain run)
+#   bash scripts/sanitize_cpu.sh                  # the whole CPU suite (slow: sanitized kernels, many minutes)
 #   bash scripts/sanitize_cpu.sh tests/test_sgdf.py -x   # pytest arguments pass through
 #
 # Needs torch, pytest and hypothesis in the active Python (bash scripts/run.sh shell sets that up) and cmake.
