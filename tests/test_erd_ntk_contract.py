@@ -40,7 +40,8 @@ def make_env():
     bad_model.load_state_dict(model.state_dict())
     frozen_model = NormedModel().requires_grad_(False)
     return dict(output=output, target=target, alpha=alpha, sigma=sigma, t=t, loss_fn=loss_fn, model=model,
-                bad_model=bad_model, frozen_model=frozen_model, x=torch.randn(6, 1, 4, 4, generator=g), logsnr=torch.linspace(-5, 5, 6),
+                bad_model=bad_model, frozen_model=frozen_model, x=torch.randn(6, 1, 4, 4, generator=g),
+                logsnr=torch.linspace(-5, 5, 6),
                 features=torch.randn(10, 4, generator=g), bin_ids=torch.arange(10) % 3)
 
 
