@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from tests.devices import requires_cuda
 from sgdf_erd.erd import schedules
 
 F64 = torch.float64
@@ -132,3 +133,54 @@ def test_make_target_flow_defaults_to_linear_path_and_errors():
         schedules.make_target(x0, noise, 1 - t, t, "score")
     with pytest.raises(ValueError, match="shape"):
         schedules.make_noisy(x0, noise, torch.rand(3), t)
+
+
+@pytest.mark.parametrize("schedule", CONTINUOUS, ids=repr)
+@pytest.mark.parametrize("t", [-0.1, 1.5, [0.5, 2.0]])
+def test_continuous_times_outside_unit_interval(schedule, t):
+    # on the CPU a time outside [0, 1] raises (cosine would give sigma < 0)
+    with pytest.raises(ValueError, match=r"t must lie in \[0, 1\]"):
+        schedule(torch.tensor(t))
+
+
+@requires_cuda
+@pytest.mark.parametrize("schedule", CONTINUOUS, ids=repr)
+def test_continuous_times_outside_give_nan_on_cuda(schedule):
+    # on CUDA the check would synchronise: a time outside [0, 1] gives NaN values, never wrong numbers
+    values = schedule(torch.tensor([0.25, -0.5, 1.5, 1.0], device="cuda"))
+    expected = schedule(torch.tensor([0.25, 1.0]))
+    for got, want in zip(values, expected):
+        assert torch.isnan(got[1:3]).all()
+        torch.testing.assert_close(got[[0, 3]].cpu(), want)
+
+
+@pytest.mark.parametrize("schedule", CONTINUOUS, ids=repr)
+def test_continuous_values_on_device(device, schedule):
+    t = torch.linspace(0, 1, 11, dtype=F64)
+    for got, want in zip(schedule(t.to(device)), schedule(t)):
+        assert got.device.type == device.type
+        torch.testing.assert_close(got.cpu(), want)
+
+
+@pytest.mark.parametrize("num_steps,error,match", [
+    (0, ValueError, "num_steps"), (1, ValueError, "num_steps"), (10, ValueError, "num_steps >= 20"),
+    (19, ValueError, "num_steps >= 20"), (True, TypeError, "num_steps"), (100.0, TypeError, "num_steps"),
+])
+def test_discrete_vp_linear_small_num_steps(num_steps, error, match):
+    with pytest.raises(error, match=match):
+        schedules.DiscreteVP.linear(num_steps)
+
+
+def test_discrete_vp_small_valid_num_steps():
+    assert schedules.DiscreteVP.linear(20).num_steps == 20
+    assert schedules.DiscreteVP.cosine(2).num_steps == 2
+    with pytest.raises(ValueError, match="num_steps"):
+        schedules.DiscreteVP.cosine(1)
+
+
+def test_make_noisy_and_target_need_a_batch_dimension():
+    for fn in (schedules.make_noisy, lambda x, n, a, s: schedules.make_target(x, n, a, s, "v")):
+        with pytest.raises(ValueError, match="batch dimension"):
+            fn(torch.tensor(1.0), torch.tensor(2.0), 0.6, 0.8)
+        with pytest.raises(TypeError, match="tensors"):
+            fn([1.0], torch.ones(1), 0.6, 0.8)

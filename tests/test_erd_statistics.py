@@ -1,4 +1,5 @@
-"""ERDLoss per-log-SNR-bin statistics and their moving averages against the float64 reference."""
+"""ERDLoss per-log-SNR-bin statistics and their moving averages against the float64 reference, on every device
+(tests/devices.py; the reference runs on the CPU)."""
 
 import pytest
 import torch
@@ -24,52 +25,52 @@ def assert_stats_close(stats, expected, keys=KEYS):
     for key in keys:
         # MSE values are float32, so the variance's absolute accuracy is ~1e-7 of the squared mean
         atol = 1e-6 if key == "mse_var" else 1e-12
-        torch.testing.assert_close(stats[key], expected[key], rtol=1e-5, atol=atol, equal_nan=True, msg=key)
+        torch.testing.assert_close(stats[key].cpu(), expected[key], rtol=1e-5, atol=atol, equal_nan=True, msg=key)
 
 
 @pytest.mark.parametrize("prediction,weighting", [("eps", "erd"), ("x0", "min_snr"), ("v", "erd")])
 @pytest.mark.parametrize("num_bins,logsnr_range", [(16, (-10.0, 10.0)), (5, (-3.0, 7.0)), (1, (-1.0, 1.0))])
-def test_batch_statistics_match_reference(prediction, weighting, num_bins, logsnr_range):
+def test_batch_statistics_match_reference(device, prediction, weighting, num_bins, logsnr_range):
     output, target, alpha, sigma = random_step(0)
-    loss_fn = ERDLoss(prediction, weighting, num_bins=num_bins, logsnr_range=logsnr_range)
-    loss_fn(output, target, alpha, sigma)
+    loss_fn = ERDLoss(prediction, weighting, num_bins=num_bins, logsnr_range=logsnr_range).to(device)
+    loss_fn(*(t.to(device) for t in (output, target, alpha, sigma)))
     w = ref.baseline_weight(alpha, sigma, prediction, weighting)
     expected = ref.batch_statistics(ref.per_sample_mse(output, target), w, alpha, sigma, num_bins, *logsnr_range)
     stats = loss_fn.statistics()
     assert_stats_close(stats, expected)
-    assert torch.equal(stats["bin_edges"], expected["bin_edges"])
+    assert torch.equal(stats["bin_edges"].cpu(), expected["bin_edges"])
     assert stats["count"].sum() == output.shape[0]
     assert torch.isclose(stats["loss_share"].sum(), torch.tensor(1.0, dtype=torch.float64))
 
 
-def test_end_bins_take_zero_and_infinite_snr():
+def test_end_bins_take_zero_and_infinite_snr(device):
     output, target, _, _ = random_step(1, batch=4)
     alpha = torch.tensor([0.0, 1.0, 0.6, 1e-9])
     sigma = torch.tensor([1.0, 0.0, 0.8, 1.0])
-    _, _, _, sums = erd_loss(output, target, alpha, sigma, num_bins=4)
+    _, _, _, sums = erd_loss(*(t.to(device) for t in (output, target, alpha, sigma)), num_bins=4)
     # alpha = 0 (log-SNR -inf) and 1e-9 (about -41) -> bin 0; sigma = 0 (+inf) -> bin 3; log-SNR(0.6, 0.8) -> bin 1
     assert sums[0].tolist() == [2.0, 1.0, 0.0, 1.0]
 
 
-def test_undefined_logsnr_is_left_out():
+def test_undefined_logsnr_is_left_out(device):
     output, target, _, _ = random_step(2, batch=3)
     alpha = torch.tensor([0.0, 0.5, float("nan")])
     sigma = torch.tensor([0.0, 0.5, 0.5])
-    loss, _, _, sums = erd_loss(output, target, alpha, sigma, num_bins=4)
+    loss, _, _, sums = erd_loss(*(t.to(device) for t in (output, target, alpha, sigma)), num_bins=4)
     assert torch.isnan(loss)  # NaN weights show in the loss
     assert sums[0].sum() == 1.0 and torch.isfinite(sums).all()
 
 
-def test_running_statistics_match_reference():
+def test_running_statistics_match_reference(device):
     decay = 0.9
-    loss_fn = ERDLoss("eps", num_bins=8, ema_decay=decay)
+    loss_fn = ERDLoss("eps", num_bins=8, ema_decay=decay).to(device)
     history = []
     for step in range(6):
         output, target, alpha, sigma = random_step(10 + step, batch=24 + step)
         if step == 3:  # a step whose samples all fall in one bin: the others' running means must not move
             alpha = torch.full_like(alpha, 0.6)
             sigma = torch.full_like(sigma, 0.8)
-        loss_fn(output, target, alpha, sigma)
+        loss_fn(*(t.to(device) for t in (output, target, alpha, sigma)))
         history.append((ref.per_sample_mse(output, target), ref.erd_weight(alpha, sigma, "eps"), alpha, sigma))
         expected = ref.running_statistics(history, decay, 8, -10.0, 10.0)
         assert_stats_close(loss_fn.statistics(ema=True), expected)

@@ -1,4 +1,5 @@
-"""ERD weights and baseline weightings against the float64 reference, and the authors' parity table."""
+"""ERD weights and baseline weightings against the float64 reference (on every device, tests/devices.py), and the
+authors' parity table."""
 
 import math
 
@@ -7,6 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.devices import DEVICES
 from tests.reference import erd_reference as ref
 from sgdf_erd.erd import erd_weight, loss_weight, schedules
 
@@ -31,7 +33,7 @@ def schedule_cases():
 
 
 def assert_close(actual, expected, rtol=1e-12, atol=1e-12):
-    torch.testing.assert_close(actual.double(), expected.double(), rtol=rtol, atol=atol, equal_nan=True)
+    torch.testing.assert_close(actual.cpu().double(), expected.cpu().double(), rtol=rtol, atol=atol, equal_nan=True)
 
 
 @pytest.mark.parametrize("name,schedule,t", [c for c in schedule_cases() if c[0] != "linear_logsnr"])
@@ -53,40 +55,44 @@ def test_parity_with_authors(name, schedule, t):
 
 @pytest.mark.parametrize("name,schedule,t", schedule_cases())
 @pytest.mark.parametrize("prediction", PREDICTIONS)
-def test_weight_matches_reference_on_schedules(name, schedule, t, prediction):
+def test_weight_matches_reference_on_schedules(device, name, schedule, t, prediction):
     values = schedule(t)
+    assert schedule(t.to(device)).alpha.device == torch.device(device)
     kwargs = {}
     if prediction == "flow":
         kwargs = dict(alpha_prime=values.alpha_prime, sigma_prime=values.sigma_prime)
-    got = erd_weight(values.alpha, values.sigma, prediction, **kwargs)
+    got = erd_weight(values.alpha.to(device), values.sigma.to(device), prediction,
+                     **{k: v.to(device) for k, v in kwargs.items()})
     expected = ref.erd_weight(values.alpha, values.sigma, prediction, **kwargs)
     assert got.dtype == values.alpha.dtype
     tol = 1e-12 if values.alpha.dtype == torch.float64 else 1e-6
     assert_close(got, expected.to(got.dtype), rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(st.one_of(st.just(0.0), st.floats(1e-30, 3), st.floats(-3, -1e-30)),
                           st.one_of(st.just(0.0), st.floats(1e-30, 3)), st.floats(-4, 4), st.floats(-4, 4)),
                 min_size=1, max_size=20),
        st.sampled_from(PREDICTIONS))
-def test_weight_random_general_rule(rows, prediction):
+def test_weight_random_general_rule(device, rows, prediction):
     # magnitudes above 1e-30 keep the reference's squares from underflowing (the kernel uses hypot)
     alpha, sigma, ap, sp = (torch.tensor(col, dtype=torch.float64) for col in zip(*rows))
     kwargs = dict(alpha_prime=ap, sigma_prime=sp) if prediction == "flow" else {}
-    got = erd_weight(alpha, sigma, prediction, **kwargs)
+    got = erd_weight(alpha.to(device), sigma.to(device), prediction, **{k: v.to(device) for k, v in kwargs.items()})
     assert_close(got, ref.erd_weight(alpha, sigma, prediction, **kwargs))
 
 
 @pytest.mark.parametrize("prediction", PREDICTIONS)
-def test_weight_pinned_where_snr_is_zero_or_infinite(prediction):
-    alpha = torch.tensor([0.0, 0.7, 0.0, 1.0], dtype=torch.float64)
-    sigma = torch.tensor([1.0, 0.0, 0.3, 0.0], dtype=torch.float64)
-    assert torch.equal(erd_weight(alpha, sigma, prediction), torch.ones(4, dtype=torch.float64))
+def test_weight_pinned_where_snr_is_zero_or_infinite(device, prediction):
+    alpha = torch.tensor([0.0, 0.7, 0.0, 1.0], dtype=torch.float64, device=device)
+    sigma = torch.tensor([1.0, 0.0, 0.3, 0.0], dtype=torch.float64, device=device)
+    assert torch.equal(erd_weight(alpha, sigma, prediction), torch.ones(4, dtype=torch.float64, device=device))
 
 
-def test_weight_nan_propagates():
-    w = erd_weight(torch.tensor([float("nan"), 0.5]), torch.tensor([0.5, float("nan")]), "eps")
+def test_weight_nan_propagates(device):
+    w = erd_weight(torch.tensor([float("nan"), 0.5], device=device), torch.tensor([0.5, float("nan")],
+                                                                                  device=device), "eps")
     assert torch.isnan(w).all()
 
 
@@ -101,10 +107,10 @@ def test_weight_broadcasts_and_accepts_numbers():
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
-def test_weight_keeps_dtype(dtype):
+def test_weight_keeps_dtype(device, dtype):
     alpha = torch.rand(16, dtype=torch.float64)
     sigma = (1 - alpha**2).sqrt()
-    w = erd_weight(alpha.to(dtype), sigma.to(dtype), "v")
+    w = erd_weight(alpha.to(device, dtype), sigma.to(device, dtype), "v")
     assert w.dtype == dtype
     expected = ref.erd_weight(alpha.to(dtype), sigma.to(dtype), "v")
     tol = {torch.float16: 1e-3, torch.bfloat16: 1e-2}.get(dtype, 1e-6)
@@ -113,13 +119,13 @@ def test_weight_keeps_dtype(dtype):
 
 @pytest.mark.parametrize("weighting,prediction", BASELINE_PAIRS + [("constant", p) for p in PREDICTIONS])
 @pytest.mark.parametrize("k,gamma", [(5.0, 1.0), (1.0, 0.5)])
-def test_baseline_weights_match_reference(weighting, prediction, k, gamma):
+def test_baseline_weights_match_reference(device, weighting, prediction, k, gamma):
     g = torch.Generator().manual_seed(1)
     alpha = torch.rand(200, generator=g, dtype=torch.float64) * 2
     sigma = torch.rand(200, generator=g, dtype=torch.float64) * 2
     alpha[:3] = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)  # snr 0, inf, inf
     sigma[:3] = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
-    got = loss_weight(alpha, sigma, prediction, weighting, k=k, gamma=gamma)
+    got = loss_weight(alpha.to(device), sigma.to(device), prediction, weighting, k=k, gamma=gamma)
     assert_close(got, ref.baseline_weight(alpha, sigma, prediction, weighting, k=k, gamma=gamma))
 
 
@@ -142,3 +148,5 @@ def test_bad_arguments():
         erd_weight(torch.rand(3), torch.rand(3), "flow", alpha_prime=torch.ones(3))
     with pytest.raises(RuntimeError):  # shapes that do not broadcast
         erd_weight(torch.rand(3), torch.rand(4), "eps")
+    with pytest.raises(TypeError, match="must be real"):  # not silently the real part
+        erd_weight(torch.rand(3, dtype=torch.complex64), torch.rand(3), "eps")

@@ -1,5 +1,7 @@
-"""sgdf_erd.diagnostics.ntk_spectrum against a brute-force NTK (one autograd backward per sample, no sketch)."""
+"""sgdf_erd.diagnostics.ntk_spectrum against a brute-force NTK (one autograd backward per sample, no sketch), on
+every device (tests/devices.py); the references run on the CPU."""
 
+import copy
 import math
 
 import numpy as np
@@ -10,7 +12,14 @@ from torch import nn
 from tests.reference.ntk_reference import (logsnr_bins_reference, per_sample_jacobians, spectrum_statistics_reference)
 from sgdf_erd.diagnostics import ntk, ntk_spectrum, spectrum_statistics
 
-cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+def on(device, model, *tensors):
+    """A copy of model and the tensors on device (the CPU originals stay for the references)."""
+    return (copy.deepcopy(model).to(device),) + tuple(t.to(device) for t in tensors)
+
+
+def cpu_numpy(t):
+    return t.cpu().numpy()
 
 
 class TinyDenoiser(nn.Module):
@@ -47,11 +56,12 @@ def exact_reference(model, x, logsnr, num_bins, lo, hi, seed, **kwargs):
     return theta, bins, spectra
 
 
-def test_exact_matches_brute_force_ntk():
+def test_exact_matches_brute_force_ntk(device):
     torch.manual_seed(0)
     model = TinyDenoiser()
     x, logsnr = make_batch()
-    out = ntk_spectrum(model, x, logsnr, num_bins=5, sketch_dim=None, seed=3, logsnr=logsnr)
+    m, xd, ld = on(device, model, x, logsnr)
+    out = {k: v.cpu() for k, v in ntk_spectrum(m, xd, ld, num_bins=5, sketch_dim=None, seed=3, logsnr=ld).items()}
     _, bins, spectra = exact_reference(model, x, logsnr, 5, -10.0, 10.0, 3, per_sample={"logsnr": logsnr})
     assert out["count"].tolist() == [len(s) for s in spectra]
     for b, spectrum in enumerate(spectra):
@@ -99,37 +109,38 @@ def test_sketch_is_unbiased_over_seeds():
     assert abs(rel.item()) < 0.2
 
 
-def test_per_sample_and_shared_kwargs_and_chunking():
+def test_per_sample_and_shared_kwargs_and_chunking(device):
     torch.manual_seed(3)
     model = TinyDenoiser()
     x, logsnr = make_batch(n=25, seed=3)
-    results = [ntk_spectrum(model, x, logsnr, num_bins=4, sketch_dim=None, seed=1, chunk_size=c, logsnr=logsnr,
-                            scale=0.5) for c in (1, 7, None)]
+    m, xd, ld = on(device, model, x, logsnr)
+    results = [ntk_spectrum(m, xd, ld, num_bins=4, sketch_dim=None, seed=1, chunk_size=c, logsnr=ld, scale=0.5)
+               for c in (1, 7, None)]
     _, _, spectra = exact_reference(model, x, logsnr, 4, -10.0, 10.0, 1, per_sample={"logsnr": logsnr},
                                     shared={"scale": 0.5})
     for res in results:
         for b, spectrum in enumerate(spectra):
-            got = res["eigenvalues"][b, :len(spectrum)].numpy()
+            got = cpu_numpy(res["eigenvalues"][b, :len(spectrum)])
             np.testing.assert_allclose(got, np.clip(spectrum, 0, None), rtol=0,
                                        atol=1e-10 * max(spectrum.max(initial=0), 1e-300))
 
 
-def test_binning_rule_and_range():
-    model = TinyDenoiser(dtype=torch.float32)
+def test_binning_rule_and_range(device):
+    model = TinyDenoiser(dtype=torch.float32).to(device)
     logsnr = torch.tensor([-50.0, -3.0, -2.0, -1.0 + 1e-9, 0.0, 0.999, 1.0, 2.5, 3.0, 50.0], dtype=torch.float64)
-    x = torch.randn(len(logsnr), 2)
-    out = ntk_spectrum(model, x, logsnr, num_bins=6, logsnr_range=(-3.0, 3.0), sketch_dim=8)
+    x = torch.randn(len(logsnr), 2, device=device)
+    out = ntk_spectrum(model, x, logsnr.to(device), num_bins=6, logsnr_range=(-3.0, 3.0), sketch_dim=8)
     bins = logsnr_bins_reference(logsnr.numpy(), 6, -3.0, 3.0)
     assert out["count"].tolist() == np.bincount(bins, minlength=6).tolist()
     assert ntk.logsnr_bin_ids(logsnr, 6, (-3.0, 3.0)).tolist() == bins.tolist()
-    np.testing.assert_allclose(out["bin_edges"].numpy(), np.linspace(-3, 3, 7), rtol=1e-6)
+    np.testing.assert_allclose(cpu_numpy(out["bin_edges"]), np.linspace(-3, 3, 7), rtol=1e-6)
     scalar = ntk_spectrum(model, x, 9.5, num_bins=4, sketch_dim=8)  # one log-SNR for all -> last bin
     assert scalar["count"].tolist() == [0, 0, 0, len(logsnr)]
 
 
-def test_seeded_reproducibility():
-    model = TinyDenoiser(dtype=torch.float32)
-    x, logsnr = make_batch(n=20, dtype=torch.float32)
+def test_seeded_reproducibility(device):
+    model = TinyDenoiser(dtype=torch.float32).to(device)
+    x, logsnr = (t.to(device) for t in make_batch(n=20, dtype=torch.float32))
     a = ntk_spectrum(model, x, logsnr, num_bins=2, sketch_dim=32, seed=7)
     b = ntk_spectrum(model, x, logsnr, num_bins=2, sketch_dim=32, seed=7)
     c = ntk_spectrum(model, x, logsnr, num_bins=2, sketch_dim=32, seed=8)
@@ -162,9 +173,10 @@ def test_frozen_parameters_are_excluded():
     np.testing.assert_allclose(out["eigenvalues"][0].numpy(), np.clip(expected, 0, None), atol=1e-10 * expected[0])
 
 
-def test_empty_batch():
-    model = TinyDenoiser()
-    out = ntk_spectrum(model, torch.zeros(0, 2, dtype=torch.float64), torch.zeros(0), num_bins=3)
+def test_empty_batch(device):
+    model = TinyDenoiser().to(device)
+    out = ntk_spectrum(model, torch.zeros(0, 2, dtype=torch.float64, device=device), torch.zeros(0, device=device),
+                       num_bins=3)
     assert out["count"].tolist() == [0, 0, 0] and out["eigenvalues"].shape == (3, 0)
     for key in ("trace", "max_eigenvalue", "effective_rank", "participation_ratio"):
         assert torch.all(out[key] == 0)
@@ -187,6 +199,9 @@ def test_spectrum_statistics_known_values():
     (dict(logsnr=torch.zeros(3)), ValueError, r"shape \[n\]"),
     (dict(logsnr=torch.tensor([0.0, float("inf"), 0.0, 0.0])), ValueError, "non-finite"),
     (dict(num_bins=0), ValueError, "num_bins"),
+    (dict(num_bins=2**62), ValueError, r"num_bins.*2\*\*24"),
+    (dict(num_bins=True), ValueError, "num_bins"),
+    (dict(logsnr_range=(1.0,)), ValueError, "logsnr_range"),
     (dict(logsnr_range=(1.0, -1.0)), ValueError, "logsnr_range"),
     (dict(sketch_dim=0), ValueError, "sketch_dim"),
     (dict(chunk_size=0), ValueError, "chunk_size"),
@@ -204,12 +219,48 @@ def test_model_without_trainable_parameters():
         ntk_spectrum(model, torch.randn(3, 2, dtype=torch.float64), torch.zeros(3))
 
 
-@cuda_only
-def test_cuda_matches_cpu_exact():
+class NormedDenoiser(nn.Module):
+    """With batch norm and dropout: train mode would update running statistics (and fail on one sample)."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(2, 8), nn.BatchNorm1d(8), nn.SiLU(), nn.Dropout(0.5), nn.Linear(8, 2))
+        self.net.double()
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def test_train_mode_model_runs_in_eval_mode_and_is_left_as_it_was(device):
+    torch.manual_seed(7)
+    model = NormedDenoiser()
+    model(torch.randn(64, 2, dtype=torch.float64))  # non-trivial running statistics
+    model.net[3].eval()  # mixed training flags must come back as they were
+    model, x, logsnr = on(device, model, *make_batch(n=16, seed=7))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    flags = [m.training for m in model.modules()]
+    out = ntk_spectrum(model, x, logsnr, num_bins=2, sketch_dim=None)
+    assert [m.training for m in model.modules()] == flags
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    expected = ntk_spectrum(copy.deepcopy(model).eval(), x, logsnr, num_bins=2, sketch_dim=None)
+    for key in out:
+        assert torch.equal(out[key], expected[key]), key
+    # a failing call restores the flags too
+    with pytest.raises(ValueError, match="one tensor"):
+        ntk_spectrum(nn.Sequential(model, nn.Flatten(0)), x, logsnr, num_bins=2)
+    assert [m.training for m in model.modules()] == flags
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_device_matches_cpu_exact(device, dtype):
     torch.manual_seed(6)
-    model = TinyDenoiser()
-    x, logsnr = make_batch(n=30, seed=6)
+    model = TinyDenoiser(dtype=dtype)
+    x, logsnr = make_batch(n=30, seed=6, dtype=dtype)
     cpu = ntk_spectrum(model, x, logsnr, num_bins=3, sketch_dim=None, logsnr=logsnr)
-    gpu = ntk_spectrum(model.cuda(), x.cuda(), logsnr.cuda(), num_bins=3, sketch_dim=None, logsnr=logsnr.cuda())
+    m, xd, ld = on(device, model, x, logsnr)
+    got = ntk_spectrum(m, xd, ld, num_bins=3, sketch_dim=None, logsnr=ld)
+    rtol = 1e-9 if dtype == torch.float64 else 1e-4
     for key in cpu:
-        torch.testing.assert_close(gpu[key].cpu(), cpu[key], rtol=1e-9, atol=1e-9 * cpu["trace"].max().item())
+        assert got[key].device == xd.device
+        torch.testing.assert_close(got[key].cpu(), cpu[key], rtol=rtol, atol=rtol * cpu["trace"].max().item())

@@ -128,7 +128,9 @@ void check_loss_operands(const at::Tensor& output, const at::Tensor& target, con
 }
 
 void check_bins(int64_t num_bins, double logsnr_min, double logsnr_max, const char* op) {
-  TORCH_CHECK_VALUE(num_bins >= 1, op, ": num_bins must be >= 1, got ", num_bins);
+  TORCH_CHECK_VALUE(num_bins >= 1 && num_bins <= kMaxNumBins, op, ": num_bins must lie in [1, ", kMaxNumBins,
+                    "] (the statistics form a log-SNR histogram of [4, num_bins] float64 sums per step), got ",
+                    num_bins);
   TORCH_CHECK_VALUE(std::isfinite(logsnr_min) && std::isfinite(logsnr_max) && logsnr_min < logsnr_max, op,
                     ": logsnr range must be finite with min < max, got (", logsnr_min, ", ", logsnr_max, ")");
 }

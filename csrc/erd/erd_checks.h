@@ -34,7 +34,11 @@ SampleInputs prepare_sample_inputs(const at::Tensor& alpha, const at::Tensor& si
 // output and target: same shape, dtype and device, floating, at least one dimension, no empty sample.
 void check_loss_operands(const at::Tensor& output, const at::Tensor& target, const char* op);
 
-// num_bins >= 1 and a finite, non-empty log-SNR range.
+// Most statistics bins a loss accepts: a log-SNR histogram needs far fewer, and every step allocates and reduces
+// [4, num_bins] float64 sums (python/sgdf_erd/erd/loss.py states the same bound).
+constexpr int64_t kMaxNumBins = int64_t{1} << 16;
+
+// num_bins in [1, kMaxNumBins] and a finite, non-empty log-SNR range.
 void check_bins(int64_t num_bins, double logsnr_min, double logsnr_max, const char* op);
 
 // grad (a one-element tensor on output's device), and weight ([batch], the forward's weight output).

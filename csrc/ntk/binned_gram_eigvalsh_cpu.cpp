@@ -1,7 +1,8 @@
 // CPU implementation of sgdf_erd::binned_gram_eigvalsh: rows are grouped by bin (stable counting sort), then the
 // bins are solved in parallel, largest first, each worker pulling the next bin from a shared counter (one thread
 // per bin; skewed bins still balance). Per bin: the smaller of F_b F_b^T and F_b^T F_b (binned_gram.h; formed by
-// gram_cpu.h, no BLAS call inside the parallel region), scaled to unit max entry, Householder + QL
+// gram_cpu.h, no BLAS call inside the parallel region) of the bin's features scaled by a power of two (exact; see
+// binned_gram.h), scaled again to unit max entry, Householder + QL
 // (symmetric_eigvals_cpu.h), sorted descending. Round-off below zero is clamped to 0: a Gram matrix is positive
 // semidefinite. A bin holding a non-finite feature gets NaN eigenvalues.
 #include <ATen/Dispatch.h>
@@ -62,11 +63,9 @@ struct Workspace {
   explicit Workspace(int64_t m) : gram(m * m), d(m), e(m), p(m) {}
 };
 
-// X X^T with X = F_b (count <= k) or F_b^T (count > k); F_b = rows [offset, offset + count) of the bin-sorted
-// features.
+// X X^T with X = F_b (count <= k) or F_b^T (count > k); fb: the bin's [count, k] rows.
 template <typename T>
-void form_gram(const T* sorted, int64_t k, int64_t offset, int64_t count, int64_t m, Workspace<T>& ws) {
-  const T* fb = sorted + offset * k;
+void form_gram(const T* fb, int64_t k, int64_t count, int64_t m, Workspace<T>& ws) {
   if (count <= k) {
     cpu::gram_matrix(fb, m, k, k, ws.gram.data());
     return;
@@ -77,35 +76,44 @@ void form_gram(const T* sorted, int64_t k, int64_t offset, int64_t count, int64_
   cpu::gram_matrix(ws.xt.data(), m, count, count, ws.gram.data());
 }
 
+// Solves bin b in place: its rows [offset, offset + count) of the bin-sorted copy are scaled by a power of two
+// first (binned_gram.h), so the Gram matrix is finite for any finite features.
 template <typename T>
-void solve_bin(const T* sorted, int64_t k, int64_t offset, int64_t count, T* out, Workspace<T>& ws) {
+void solve_bin(T* sorted, int64_t k, int64_t offset, int64_t count, T* out, Workspace<T>& ws) {
   const int64_t m = gram_dim(count, k);
   if (m == 0) return;  // k == 0: all eigenvalues are zero (out is pre-zeroed)
-  form_gram(sorted, k, offset, count, m, ws);
-  T* g = ws.gram.data();
-  T scale = 0;
+  T* fb = sorted + offset * k;
+  T max_abs = 0;
   bool finite = true;
-  for (int64_t i = 0; i < m * m; ++i) {
-    finite = finite && std::isfinite(g[i]);
-    scale = std::max(scale, std::abs(g[i]));
+  for (int64_t i = 0; i < count * k; ++i) {
+    finite = finite && std::isfinite(fb[i]);
+    max_abs = std::max(max_abs, std::abs(fb[i]));
   }
   if (!finite) {
     std::fill(out, out + count, std::numeric_limits<T>::quiet_NaN());
     return;
   }
-  if (scale == T(0)) return;  // all-zero rows
-  const T inv = T(1) / scale;  // unit max entry: no overflow/underflow inside the reduction
+  if (max_abs == T(0)) return;  // all-zero rows
+  const int exponent = bin_scale_exponent(max_abs);
+  const T factor = std::ldexp(T(1), -exponent);
+  for (int64_t i = 0; i < count * k; ++i) fb[i] *= factor;
+  form_gram(fb, k, count, m, ws);
+  T* g = ws.gram.data();
+  T scale = 0;
+  for (int64_t i = 0; i < m * m; ++i) scale = std::max(scale, std::abs(g[i]));
+  if (scale == T(0)) return;  // rows that underflowed to zero (subnormal features)
+  const T inv = T(1) / scale;  // unit max entry: no underflow inside the reduction
   for (int64_t i = 0; i < m * m; ++i) g[i] *= inv;
   cpu::householder_tridiagonalize(g, m, ws.d.data(), ws.e.data(), ws.p.data());
   const bool converged = cpu::tridiagonal_ql(ws.d.data(), ws.e.data(), m);
   TORCH_CHECK(converged, kOpName, ": the QL eigenvalue iteration did not converge on a ", m, "x", m,
               " Gram matrix; please report this input");
   std::sort(ws.d.begin(), ws.d.begin() + m, std::greater<T>());
-  for (int64_t i = 0; i < m; ++i) out[i] = std::max(ws.d[i], T(0)) * scale;
+  for (int64_t i = 0; i < m; ++i) out[i] = std::ldexp(std::max(ws.d[i], T(0)) * scale, 2 * exponent);
 }
 
 template <typename T>
-void solve_all(const at::Tensor& sorted, const Groups& g, int64_t num_bins, at::Tensor& eig) {
+void solve_all(at::Tensor& sorted, const Groups& g, int64_t num_bins, at::Tensor& eig) {
   T* out = eig.data_ptr<T>();
   const int64_t stride = eig.size(1);
   std::vector<int64_t> order(num_bins);  // largest bins first, so the last ones to finish are cheap
@@ -124,7 +132,7 @@ void solve_all(const at::Tensor& sorted, const Groups& g, int64_t num_bins, at::
     for (int64_t w = begin; w < end; ++w) {
       for (int64_t i = next++; i < busy; i = next++) {
         const int64_t b = order[i];
-        solve_bin<T>(sorted.const_data_ptr<T>(), sorted.size(1), g.offsets[b], count(b), out + b * stride, ws);
+        solve_bin<T>(sorted.mutable_data_ptr<T>(), sorted.size(1), g.offsets[b], count(b), out + b * stride, ws);
       }
     }
   });
@@ -139,7 +147,7 @@ std::tuple<at::Tensor, at::Tensor> binned_gram_eigvalsh_cpu(const at::Tensor& fe
   int64_t* c = counts.data_ptr<int64_t>();
   for (int64_t b = 0; b < num_bins; ++b) c[b] = g.offsets[b + 1] - g.offsets[b];
   // Bin-contiguous copy of the features, so that each bin is one dense [count, k] block.
-  const at::Tensor sorted = features.index_select(0, at::from_blob(const_cast<int64_t*>(g.rows.data()),
+  at::Tensor sorted = features.index_select(0, at::from_blob(const_cast<int64_t*>(g.rows.data()),
                                                                    {static_cast<int64_t>(g.rows.size())},
                                                                    bin_ids.options().dtype(at::kLong)))
                                 .contiguous();

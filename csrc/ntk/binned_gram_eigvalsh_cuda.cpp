@@ -2,24 +2,21 @@
 // the per-bin counts back in one synchronisation (the output width depends on them), groups rows by bin with a
 // stable sort, launches the on-chip Jacobi kernel (binned_gram_jacobi.cu) for bins of Gram order <= its limit, and
 // solves any larger bin with cuSOLVER through torch.linalg.eigvalsh, one bin at a time (each is then a big
-// matrix, where a library solver is efficient).
+// matrix, where a library solver is efficient), from a Gram matrix formed in float64.
 #ifdef SGDF_ERD_WITH_CUDA
 
 #include <ATen/ops/cat.h>
 #include <ATen/ops/cumsum.h>
-#include <ATen/ops/full_like.h>
-#include <ATen/ops/isfinite.h>
 #include <ATen/ops/linalg_eigvalsh.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/ones_like.h>
 #include <ATen/ops/sort.h>
-#include <ATen/ops/where.h>
 #include <ATen/ops/zeros.h>
-#include <ATen/ops/zeros_like.h>
 #include <c10/core/DeviceGuard.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <tuple>
 #include <vector>
@@ -30,15 +27,25 @@
 namespace sgdf_erd::ntk::cuda {
 namespace {
 
+// A bin too big for the on-chip kernel. Its Gram matrix is formed in float64 from the features scaled by a power
+// of two (binned_gram.h): TF32, which torch.backends.cuda.matmul.allow_tf32 applies to float32 matmuls, never
+// touches it, and no entry overflows. Then torch.linalg.eigvalsh (cuSOLVER) in the features' dtype.
 void solve_with_library(const at::Tensor& f, const at::Tensor& order, int64_t start, int64_t count, at::Tensor row) {
-  const at::Tensor fb = f.index_select(0, order.narrow(0, start, count));
-  at::Tensor g = count <= f.size(1) ? at::mm(fb, fb.t()) : at::mm(fb.t(), fb);
-  const at::Tensor finite = at::isfinite(g).all();  // stays on the device: no synchronisation
-  g = at::where(finite, g, at::zeros_like(g));
-  const at::Tensor e = at::linalg_eigvalsh(g).flip(0).clamp_min(0);
-  row.narrow(0, 0, e.size(0)).copy_(e);
-  at::Tensor head = row.narrow(0, 0, count);
-  head.copy_(at::where(finite, head, at::full_like(head, std::numeric_limits<double>::quiet_NaN())));
+  const at::Tensor fb = f.index_select(0, order.narrow(0, start, count)).to(at::kDouble);
+  // one synchronisation per big bin (its eigensolver synchronises anyway)
+  const double max_abs = fb.abs().amax().item<double>();
+  if (!std::isfinite(max_abs)) {
+    row.narrow(0, 0, count).fill_(std::numeric_limits<double>::quiet_NaN());
+    return;
+  }
+  if (max_abs == 0) return;  // all-zero rows: row is pre-zeroed
+  const int exponent = f.scalar_type() == at::kDouble ? bin_scale_exponent(max_abs)
+                                                       : bin_scale_exponent(static_cast<float>(max_abs));
+  const at::Tensor x = fb.mul(std::ldexp(1.0, -exponent));
+  const at::Tensor g = count <= f.size(1) ? at::mm(x, x.t()) : at::mm(x.t(), x);
+  const double unscale = std::ldexp(1.0, exponent);
+  const at::Tensor e = at::linalg_eigvalsh(g.to(f.scalar_type())).to(at::kDouble).flip(0).clamp_min(0);
+  row.narrow(0, 0, e.size(0)).copy_(e.mul(unscale).mul_(unscale));
 }
 
 std::tuple<at::Tensor, at::Tensor> binned_gram_eigvalsh_cuda(const at::Tensor& features, const at::Tensor& bin_ids,

@@ -1,7 +1,8 @@
 // CUDA kernel of sgdf_erd::binned_gram_eigvalsh: one thread block per bin forms the bin's Gram matrix in shared
-// memory (tiles of the features staged through shared memory) and diagonalises it there by cyclic Jacobi with the
-// round-robin ordering (jacobi_math.h). Per round: rotation angles of mp/2 disjoint pairs, all row updates, all
-// column updates, then the exact 2x2 results on the rotated diagonal (more accurate than the updated entries).
+// memory (tiles of the features, scaled by a power of two, staged through shared memory) and diagonalises it there
+// by cyclic Jacobi with the round-robin ordering (jacobi_math.h). Per round: rotation angles of mp/2 disjoint
+// pairs, all row updates, all column updates, then the exact 2x2 results on the rotated diagonal (more accurate
+// than the updated entries).
 // Sweeps stop when the off-diagonal Frobenius norm is below eps * ||A||_F (typically 6-12 sweeps), at most 30.
 //
 // Limits: Gram order m = min(count, k) <= kMaxDim = 128, and the block's shared memory, about
@@ -98,6 +99,24 @@ __global__ void __launch_bounds__(kThreads)
   int* pair_p = reinterpret_cast<int*>(diag + kMaxDim);
   int* pair_q = pair_p + kMaxPairs;
 
+  // The bin's largest |feature| fixes its power-of-two scale (binned_gram.h): the Gram matrix of the scaled
+  // features is finite for any finite features, and the eigenvalues scale back exactly.
+  T max_abs = T(0), bad = T(0);
+  for (int64_t e = tid; e < count * k; e += kThreads) {
+    const T v = ::fabs(features[rows[e / k] * k + e % k]);
+    if (!(v <= std::numeric_limits<T>::max())) bad = T(1);  // NaN or infinity
+    max_abs = ::fmax(max_abs, v);
+  }
+  bad = block_max(bad, scratch);
+  max_abs = block_max(max_abs, scratch);
+  if (bad != T(0)) {
+    for (int64_t i = tid; i < count; i += kThreads) out[i] = std::numeric_limits<T>::quiet_NaN();
+    return;
+  }
+  if (max_abs == T(0)) return;  // all-zero rows: eig is pre-zeroed
+  const int exponent = bin_scale_exponent(max_abs);
+  const T factor = ::ldexp(T(1), -exponent);
+
   // Gram matrix A = X X^T. Both triangles are summed in the same order, so A is exactly symmetric.
   for (int e = tid; e < mp * lda; e += kThreads) a[e] = T(0);
   for (int64_t l0 = 0; l0 < length; l0 += kTile) {
@@ -108,7 +127,7 @@ __global__ void __launch_bounds__(kThreads)
       const int i = rows_of_f ? e / kTile : e % m;
       const int l = rows_of_f ? e % kTile : e / m;
       T v = T(0);
-      if (l < width) v = rows_of_f ? features[rows[i] * k + l0 + l] : features[rows[l0 + l] * k + i];
+      if (l < width) v = factor * (rows_of_f ? features[rows[i] * k + l0 + l] : features[rows[l0 + l] * k + i]);
       tile[i * (kTile + 1) + l] = v;
     }
     __syncthreads();
@@ -125,20 +144,10 @@ __global__ void __launch_bounds__(kThreads)
   __syncthreads();
 
   // Scale to unit max entry (rotation angles and the stopping test are then free of overflow and underflow).
-  T amax = T(0), bad = T(0);
-  for (int e = tid; e < m * m; e += kThreads) {
-    const T v = a[(e / m) * lda + e % m];
-    const T av = ::fabs(v);
-    if (!(av <= std::numeric_limits<T>::max())) bad = T(1);  // NaN or infinity
-    amax = ::fmax(amax, av);
-  }
-  bad = block_max(bad, scratch);
+  T amax = T(0);
+  for (int e = tid; e < m * m; e += kThreads) amax = ::fmax(amax, ::fabs(a[(e / m) * lda + e % m]));
   amax = block_max(amax, scratch);
-  if (bad != T(0)) {
-    for (int64_t i = tid; i < count; i += kThreads) out[i] = std::numeric_limits<T>::quiet_NaN();
-    return;
-  }
-  if (amax == T(0)) return;  // all-zero rows: eig is pre-zeroed
+  if (amax == T(0)) return;  // rows that underflowed to zero (subnormal features)
   const T inv = T(1) / amax;
   T fro = T(0);
   for (int e = tid; e < m * m; e += kThreads) {
@@ -210,7 +219,7 @@ __global__ void __launch_bounds__(kThreads)
     const T v = diag[i];
     int rank = 0;
     for (int j = 0; j < m; ++j) rank += (diag[j] > v) || (diag[j] == v && j < i);
-    out[rank] = ::fmax(v, T(0)) * amax;
+    out[rank] = ::ldexp(::fmax(v, T(0)) * amax, 2 * exponent);
   }
 }
 

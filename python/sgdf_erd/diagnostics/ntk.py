@@ -6,13 +6,14 @@ Theta restricted to each bin is summarised (trace, top eigenvalue, effective ran
 reports the spectrum weakening and the effective rank collapsing as noise rises under uniform loss weighting.
 """
 
+import contextlib
 import math
-from typing import Dict, Optional, Sequence
+from typing import Dict, Iterator, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from ..ops import binned_gram_eigvalsh
+from ..ops import MAX_NUM_BINS, binned_gram_eigvalsh
 
 __all__ = ["ntk_spectrum", "spectrum_statistics", "logsnr_bin_ids"]
 
@@ -124,8 +125,9 @@ def _check_args(model, inputs, logsnr, num_bins, logsnr_range, sketch_dim, chunk
     if not torch.isfinite(logsnr).all():
         raise ValueError("ntk_spectrum: 'logsnr' holds non-finite values; clip infinite log-SNR (t = 0 or 1) to a "
                          "finite range first")
-    if isinstance(num_bins, bool) or not isinstance(num_bins, int) or num_bins < 1:
-        raise ValueError(f"ntk_spectrum: 'num_bins' must be an int >= 1, got {num_bins!r}")
+    if isinstance(num_bins, bool) or not isinstance(num_bins, int) or not 1 <= num_bins <= MAX_NUM_BINS:
+        raise ValueError(f"ntk_spectrum: 'num_bins' must be an int in [1, 2**24] (each bin is a row of the "
+                         f"eigenvalue output), got {num_bins!r}")
     if len(logsnr_range) != 2 or not float(logsnr_range[0]) < float(logsnr_range[1]) or not all(
             math.isfinite(float(v)) for v in logsnr_range):
         raise ValueError(f"ntk_spectrum: 'logsnr_range' must be finite (lo, hi) with lo < hi, got {logsnr_range!r}")
@@ -134,6 +136,19 @@ def _check_args(model, inputs, logsnr, num_bins, logsnr_range, sketch_dim, chunk
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"ntk_spectrum: 'chunk_size' must be an int >= 1 or None (automatic), got {chunk_size!r}")
     return logsnr
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Every submodule in eval mode for the block, then each one's own training flag back: batch norm then reads
+    its running statistics instead of updating them (and needs no batch), dropout is off."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 def ntk_spectrum(model: nn.Module, inputs: Tensor, logsnr, /, num_bins: int = 16,
@@ -154,8 +169,9 @@ def ntk_spectrum(model: nn.Module, inputs: Tensor, logsnr, /, num_bins: int = 16
 
     Args:
         model: module called as ``model(x, **kwargs)`` with a batch ``x`` ``[b, ...]``, returning a tensor
-            ``[b, ...]``. Put it in eval mode if it has dropout or batch norm (per-sample gradients run each sample
-            separately under ``torch.func.vmap``). Its parameters and buffers are not modified.
+            ``[b, ...]``. It runs in eval mode whatever its mode (per-sample gradients run each sample separately
+            under ``torch.func.vmap``, so batch norm uses its running statistics and dropout is off); its
+            training flags, parameters and buffers are left as they were.
         inputs: ``[n, ...]`` noisy inputs.
         logsnr: ``[n]`` log-SNR of each input (or one number for all); used for binning only.
         num_bins, logsnr_range: uniform log-SNR bins over ``(lo, hi)``.
@@ -182,6 +198,21 @@ def ntk_spectrum(model: nn.Module, inputs: Tensor, logsnr, /, num_bins: int = 16
     the eigenvalues, sets the cost; a larger ``chunk_size`` (if memory allows) cuts the regeneration.
     """
     logsnr = _check_args(model, inputs, logsnr, num_bins, logsnr_range, sketch_dim, chunk_size)
+    with _eval_mode(model):
+        features = _ntk_features(model, inputs, sketch_dim, seed, chunk_size, model_kwargs)
+    device = inputs.device
+    bin_ids = logsnr_bin_ids(logsnr, num_bins, logsnr_range).to(device)
+    eigenvalues, counts = binned_gram_eigvalsh(features, bin_ids, num_bins)
+    result = {"count": counts, "eigenvalues": eigenvalues}
+    result.update(spectrum_statistics(eigenvalues, counts))
+    lo, hi = float(logsnr_range[0]), float(logsnr_range[1])
+    result["bin_edges"] = torch.linspace(lo, hi, num_bins + 1, dtype=features.dtype, device=device)
+    return result
+
+
+def _ntk_features(model: nn.Module, inputs: Tensor, sketch_dim: Optional[int], seed: int,
+                  chunk_size: Optional[int], model_kwargs) -> Tensor:
+    """[n, sketch_dim] sketched (or [n, P] exact) per-sample gradients of the projected output."""
     from torch.func import functional_call, grad, vmap
 
     n = inputs.shape[0]
@@ -201,10 +232,6 @@ def ntk_spectrum(model: nn.Module, inputs: Tensor, logsnr, /, num_bins: int = 16
     if chunk_size is None:
         per_sample_bytes = total * torch.finfo(first.dtype).bits // 8
         chunk_size = int(max(1, min(_MAX_AUTO_CHUNK, _GRAD_CHUNK_BYTES // max(per_sample_bytes, 1))))
-
-    bin_ids = logsnr_bin_ids(logsnr, num_bins, logsnr_range).to(device)
-    lo, hi = float(logsnr_range[0]), float(logsnr_range[1])
-    bin_edges = torch.linspace(lo, hi, num_bins + 1, dtype=work_dtype, device=device)
 
     if n == 0:
         features = torch.zeros(0, sketch_dim or total, dtype=work_dtype, device=device)
@@ -234,9 +261,4 @@ def ntk_spectrum(model: nn.Module, inputs: Tensor, logsnr, /, num_bins: int = 16
             chunks.append(torch.cat(flat, dim=1) if sketch is None else sketch.project(flat))
             del flat
         features = torch.cat(chunks, dim=0)
-
-    eigenvalues, counts = binned_gram_eigvalsh(features, bin_ids, num_bins)
-    result = {"count": counts, "eigenvalues": eigenvalues}
-    result.update(spectrum_statistics(eigenvalues, counts))
-    result["bin_edges"] = bin_edges
-    return result
+    return features

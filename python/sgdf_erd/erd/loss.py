@@ -15,6 +15,26 @@ __all__ = ["ERDLoss", "erd_loss"]
 
 WeightFn = Callable[[Tensor, Tensor], Tensor]
 
+# Most statistics bins (the kernels' bound, csrc/erd/erd_checks.h): a log-SNR histogram needs far fewer, and every
+# step allocates and reduces [4, num_bins] float64 sums.
+MAX_NUM_BINS = 1 << 16
+
+
+def _check_bins(num_bins, logsnr_range, where: str) -> Tuple[float, float]:
+    """TypeError/ValueError for a bad num_bins or logsnr_range; returns the range as two floats."""
+    if isinstance(num_bins, bool) or not isinstance(num_bins, int):
+        raise TypeError(f"{where}: 'num_bins' must be an int, got {type(num_bins).__name__}")
+    if not 1 <= num_bins <= MAX_NUM_BINS:
+        raise ValueError(f"{where}: 'num_bins' must lie in [1, {MAX_NUM_BINS}] (the statistics form a log-SNR "
+                         f"histogram of [4, num_bins] float64 sums per step), got {num_bins}")
+    try:
+        lo, hi = (float(v) for v in logsnr_range)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: 'logsnr_range' must be two numbers (min, max), got {logsnr_range!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ValueError(f"{where}: 'logsnr_range' must be finite with min < max, got {logsnr_range!r}")
+    return lo, hi
+
 
 def _promote(output: Tensor, target: Tensor) -> Tuple[Tensor, Tensor]:
     """Casts output and target to their promoted dtype, as F.mse_loss does (e.g. bf16 output, fp32 target)."""
@@ -36,6 +56,7 @@ def erd_loss(output: Tensor, target: Tensor, alpha: Tensor, sigma: Tensor, predi
     """
     if not isinstance(output, Tensor) or not isinstance(target, Tensor):
         raise TypeError("erd_loss: output and target must be tensors")
+    lo, hi = _check_bins(num_bins, logsnr_range, "erd_loss")
     output, target = _promote(output, target)
     require(output.device, "sgdf_erd ERD loss")
     weights = None
@@ -46,7 +67,7 @@ def erd_loss(output: Tensor, target: Tensor, alpha: Tensor, sigma: Tensor, predi
         check_weighting(prediction, weighting)
     # the op carries its own (C++) autograd: gradients for output and target; weights are constants
     return ops.erd_loss(output, target, alpha, sigma, alpha_prime, sigma_prime, weights, prediction, weighting,
-                        float(k), float(gamma), int(num_bins), float(logsnr_range[0]), float(logsnr_range[1]))
+                        float(k), float(gamma), num_bins, lo, hi)
 
 
 def _call_weight_fn(fn: WeightFn, alpha: Tensor, sigma: Tensor, output: Tensor) -> Tensor:
@@ -72,8 +93,8 @@ class ERDLoss(nn.Module):
         weighting: "erd" (see :func:`sgdf_erd.erd.erd_weight`), "constant", "min_snr" (parameter k), "p2" (k,
             p2_gamma), "debias", or a callable ``(alpha, sigma) -> weights [B]`` (treated as constants).
             min_snr is defined for eps, x0 and v; p2 and debias for eps only.
-        num_bins, logsnr_range: statistics bins, uniform in log-SNR over the range; samples outside fall into the
-            end bins.
+        num_bins, logsnr_range: statistics bins (at most 2**16), uniform in log-SNR over the range; samples
+            outside fall into the end bins.
         ema_decay: decay of the running statistics.
         sync_statistics: when torch.distributed is initialised, sum the per-bin sums over all ranks (one
             all-reduce of a [4, num_bins] tensor) before using them, so every rank holds the same statistics.
@@ -103,11 +124,7 @@ class ERDLoss(nn.Module):
             check_weighting(prediction, weighting)
         else:
             raise TypeError(f"weighting must be a name or a callable (alpha, sigma) -> weights, got {weighting!r}")
-        if not (isinstance(num_bins, int) and num_bins >= 1):
-            raise ValueError(f"num_bins must be a positive int, got {num_bins!r}")
-        lo, hi = (float(v) for v in logsnr_range)
-        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-            raise ValueError(f"logsnr_range must be finite with min < max, got {logsnr_range!r}")
+        lo, hi = _check_bins(num_bins, logsnr_range, "ERDLoss")
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"ema_decay must lie in [0, 1), got {ema_decay}")
         if weighting == "min_snr" and not k > 0:

@@ -66,9 +66,18 @@ class NoiseSchedule:
 
 
 def _float_times(t, name: str) -> Tensor:
+    """t as a floating tensor in [0, 1]: ValueError outside on the CPU; elsewhere the check would synchronise every
+    step, so a time outside gives NaN values instead of the formula's silently wrong ones (e.g. sigma < 0)."""
     t = torch.as_tensor(t)
     if not t.is_floating_point():
         raise TypeError(f"{name}: t must be floating point in [0, 1], got {t.dtype}")
+    inside = (t >= 0) & (t <= 1)
+    if t.device.type != "cpu":
+        return torch.where(inside | t.isnan(), t, torch.nan)
+    if not bool(inside.logical_or(t.isnan()).all()):
+        outside = t.detach()[~inside & ~t.isnan()]
+        raise ValueError(f"{name}: t must lie in [0, 1] (0: clean data, 1: pure noise), got values in "
+                         f"[{float(outside.min())}, {float(outside.max())}] outside it")
     return t
 
 
@@ -124,16 +133,31 @@ class LinearFlow(NoiseSchedule):
         return torch.full_like(t, -1.0), torch.ones_like(t)
 
 
+def _check_num_steps(num_steps, where: str) -> None:
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int):
+        raise TypeError(f"{where}: 'num_steps' must be an int, got {type(num_steps).__name__}")
+    if num_steps < 2:
+        raise ValueError(f"{where}: 'num_steps' must be >= 2 (a schedule needs two timesteps), got {num_steps}")
+
+
 def linear_betas(num_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> Tensor:
     """Ho et al.'s linear betas (float64). As in the authors' code, the end points scale by 1000 / num_steps so
-    other step counts keep the same overall noise."""
+    other step counts keep the same overall noise; so num_steps must be at least 1000 * beta_end (20 by default)
+    for the scaled betas to stay in [0, 1]."""
+    _check_num_steps(num_steps, "linear_betas")
+    if not 0 <= beta_start <= beta_end:
+        raise ValueError(f"linear_betas: need 0 <= beta_start <= beta_end, got {beta_start}, {beta_end}")
     scale = 1000 / num_steps
+    if scale * beta_end > 1:
+        raise ValueError(f"linear_betas: 'num_steps'={num_steps} scales beta_end to {scale * beta_end:g} > 1 (the "
+                         f"end points scale by 1000 / num_steps); use num_steps >= {math.ceil(1000 * beta_end)}")
     return torch.linspace(scale * beta_start, scale * beta_end, num_steps, dtype=torch.float64)
 
 
 def cosine_betas(num_steps: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> Tensor:
     """Nichol and Dhariwal's cosine betas (float64): alpha_bar(u) = cos((u + s) / (1 + s) * pi / 2)^2,
     beta_i = min(1 - alpha_bar((i + 1) / T) / alpha_bar(i / T), max_beta)."""
+    _check_num_steps(num_steps, "cosine_betas")
     u = torch.arange(num_steps + 1, dtype=torch.float64) / num_steps
     alpha_bar = torch.cos((u + s) / (1 + s) * math.pi / 2).square()
     return (1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(max=max_beta)
@@ -217,10 +241,18 @@ def _per_sample(value, like: Tensor, name: str) -> Tensor:
     return value.to(like.dtype).reshape(-1, *([1] * (like.dim() - 1)))
 
 
-def make_noisy(x0: Tensor, noise: Tensor, alpha, sigma) -> Tensor:
-    """x_t = alpha * x0 + sigma * noise, with alpha, sigma of shape [B] (or scalars)."""
+def _check_samples(x0, noise, where: str) -> None:
+    if not isinstance(x0, Tensor) or not isinstance(noise, Tensor):
+        raise TypeError(f"{where}: x0 and noise must be tensors, got {type(x0).__name__}, {type(noise).__name__}")
+    if x0.dim() == 0:
+        raise ValueError(f"{where}: x0 must have a batch dimension [B, ...], got a 0-dim tensor; use x0.reshape(1)")
     if x0.shape != noise.shape:
-        raise ValueError(f"make_noisy: x0 {tuple(x0.shape)} and noise {tuple(noise.shape)} must have one shape")
+        raise ValueError(f"{where}: x0 {tuple(x0.shape)} and noise {tuple(noise.shape)} must have one shape")
+
+
+def make_noisy(x0: Tensor, noise: Tensor, alpha, sigma) -> Tensor:
+    """x_t = alpha * x0 + sigma * noise, with x0 and noise [B, ...], alpha, sigma of shape [B] (or scalars)."""
+    _check_samples(x0, noise, "make_noisy")
     return _per_sample(alpha, x0, "alpha") * x0 + _per_sample(sigma, x0, "sigma") * noise
 
 
@@ -229,8 +261,7 @@ def make_target(x0: Tensor, noise: Tensor, alpha, sigma, prediction: str, alpha_
     """The regression target y = c_x * x0 + c_e * noise of a prediction type:
     eps -> noise, x0 -> x0, v -> alpha * noise - sigma * x0, flow -> alpha' * x0 + sigma' * noise (alpha' = -1,
     sigma' = 1, the linear path, unless given)."""
-    if x0.shape != noise.shape:
-        raise ValueError(f"make_target: x0 {tuple(x0.shape)} and noise {tuple(noise.shape)} must have one shape")
+    _check_samples(x0, noise, "make_target")
     if prediction == "eps":
         return noise
     if prediction == "x0":

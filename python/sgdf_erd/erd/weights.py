@@ -59,6 +59,9 @@ def loss_weight(alpha, sigma, prediction: str = "eps", weighting: str = "erd", *
     dtype = tensors[0].dtype
     for t in tensors[1:]:
         dtype = torch.promote_types(dtype, t.dtype)
+    if dtype.is_complex:
+        raise TypeError(f"loss_weight: alpha, sigma (and alpha_prime, sigma_prime) must be real, got {dtype}; a "
+                        "schedule's coefficients are real numbers")
     if not dtype.is_floating_point:
         dtype = torch.get_default_dtype()
     tensors = [t.detach().to(dtype) for t in torch.broadcast_tensors(*tensors)]
