@@ -1,4 +1,4 @@
-// The ERD loss maths shared by the CPU and CUDA kernels (see ../shared/spec/erd.md): per-sample weights, the
+// The ERD loss maths shared by the CPU and CUDA kernels (see docs/erd.md): per-sample weights, the
 // log-SNR bin of a sample, and the elementwise terms of the loss and its gradient. Only maths lives here.
 //
 // Per-sample quantities (alpha, sigma, weights, bins) are computed in double on every backend: they are B-sized,

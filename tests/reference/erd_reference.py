@@ -1,4 +1,4 @@
-"""Float64 reference for the ERD loss, written from shared/spec/erd.md with plain torch ops. It never calls
+"""Float64 reference for the ERD loss, written from docs/erd.md with plain torch ops. It never calls
 sgdf_erd, so the tests compare the library against an independent reading of the spec."""
 
 import math

@@ -1,4 +1,4 @@
-"""float64 references for the NTK-spectrum op and diagnostic, written from the spec (shared/spec/erd.md, "Per-noise-
+"""float64 references for the NTK-spectrum op and diagnostic, written from the spec (docs/erd.md, "Per-noise-
 level NTK spectrum") with numpy and plain torch.autograd; they never call sgdf_erd."""
 
 import math

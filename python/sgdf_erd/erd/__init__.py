@@ -1,4 +1,4 @@
-"""ERD: recoverability-weighted diffusion loss (spec: shared/spec/erd.md).
+"""ERD: recoverability-weighted diffusion loss (maths: docs/erd.md).
 
 - :func:`erd_weight` / :func:`loss_weight`: per-sample weights (ERD and the baseline weightings);
 - :class:`ERDLoss`: the fused loss module with per-log-SNR-bin statistics; :func:`erd_loss` its functional form;
