@@ -11,6 +11,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from sgdf_erd import SGDF
 from tests.reference.sgdf_reference import ReferenceSGDF
@@ -241,6 +243,7 @@ BAD_GROUPS = {
     "complex_orthogonalized": (dict(params=[torch.zeros(3, 3, dtype=torch.complex64)], orthogonalize=True),
                                ValueError, "complex"),
     "no_params": (dict(params=None), TypeError, "params"),
+    "non_leaf": (dict(params=[torch.ones(2, requires_grad=True) * 2]), ValueError, "leaf"),
     "params_missing": ("drop", ValueError, "params"),
 }
 
@@ -318,6 +321,10 @@ def _no_groups(sd):
     del sd["param_groups"]
 
 
+def _group_without_params(sd):
+    del sd["param_groups"][0]["params"]
+
+
 BAD_CHECKPOINTS = {
     "betas_one": (_set_group("betas", (1.0, 0.999)), ValueError, "betas"),
     "lr_negative": (_set_group("lr", -5.0), ValueError, "lr"),
@@ -334,6 +341,7 @@ BAD_CHECKPOINTS = {
     "group_count": (_one_group, ValueError, "param groups"),
     "group_size": (_group_size, ValueError, "group 1"),
     "no_param_groups": (_no_groups, ValueError, "param_groups"),
+    "group_without_params": (_group_without_params, ValueError, "'params'"),
 }
 
 
@@ -384,6 +392,28 @@ def test_non_dense_params_work_on_every_non_explicit_path(device, path):
     for p, q in zip(params, ref.p):
         torch.testing.assert_close(p.detach().cpu().double(), q, rtol=2e-5, atol=2e-5)
     assert all(float(opt.state[p]["step"]) == 5 for p in params)
+
+
+@given(shape=st.lists(st.integers(1, 5), min_size=1, max_size=3), data=st.data(),
+       dtype=st.sampled_from([torch.float32, torch.float64]), seed=st.integers(0, 2**16))
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_random_views_step_like_the_reference_on_the_default_path(device, shape, data, dtype, seed):
+    every = data.draw(st.lists(st.integers(1, 3), min_size=len(shape), max_size=len(shape)), label="every")
+    gen = torch.Generator().manual_seed(seed)
+    base = torch.randn([n * k for n, k in zip(shape, every)], generator=gen, dtype=torch.float64)
+    view = base.to(dtype).to(device)[tuple(slice(None, None, k) for k in every)]
+    if data.draw(st.booleans(), label="transpose"):
+        view = view.transpose(0, -1)
+    params = [torch.nn.Parameter(view), torch.nn.Parameter(torch.randn(4, generator=gen).to(dtype).to(device))]
+    opt = SGDF(params, lr=0.05, weight_decay=1e-3)
+    ref = ReferenceSGDF(params, lr=0.05, weight_decay=1e-3)
+    for i in range(3):
+        _fill_grads(params, seed=seed + i)
+        opt.step()
+        ref.step([p.grad.cpu() for p in params])
+    tol = 2e-5 if dtype == torch.float32 else 1e-10
+    for p, q in zip(params, ref.p):
+        torch.testing.assert_close(p.detach().cpu().double(), q, rtol=tol, atol=tol)
 
 
 def test_explicit_fused_refuses_non_dense_params_at_construction(device):

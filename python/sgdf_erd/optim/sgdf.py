@@ -135,38 +135,41 @@ class SGDF(Optimizer):
                     state[key] = torch.empty_like(p, memory_format=torch.preserve_format).copy_(state[key])
 
     # ------------------------------------------------------------------ step
-    def _params_to_step(self, group_index: int, group: dict) -> List[Tensor]:
-        """The params of a group that step now, after checking everything the paths would refuse."""
+    def _checked_work(self, group_index: int, group: dict):
+        """The params of a group that step now, their grads and their states (None before the first step),
+        after checking everything the paths would refuse; nothing changes here."""
         checks.check_hyperparameters(group, f"param group {group_index}", read_device_lr=False)
         if group["orthogonalize"]:
             checks.check_param_kinds(group["params"], group, f"param group {group_index}")
-        params = []
+        params, grads, states = [], [], []
         for i, p in enumerate(group["params"]):
-            if p.grad is None or p.numel() == 0:
+            grad = p.grad
+            if grad is None or p.numel() == 0:
                 continue
-            checks.check_grad(p, p.grad, group_index, i)
+            checks.check_grad(p, grad, group_index, i)
             state = self.state.get(p)
             if state:
                 checks.check_state(p, state, group_index, i)
             params.append(p)
-        return params
+            grads.append(grad)
+            states.append(state)
+        return params, grads, states
 
-    def _init_group(self, group: dict, params: List[Tensor]):
-        grads, exp_avgs, exp_vars, steps = [], [], [], []
+    def _init_states(self, group: dict, params: List[Tensor], states: list):
+        exp_avgs, exp_vars, steps = [], [], []
         on_device = group["fused"] or group["capturable"]
-        for p in params:
-            state = self.state[p]
-            if len(state) == 0:
+        for p, state in zip(params, states):
+            if not state:
+                state = self.state[p]
                 state["step"] = torch.zeros((), dtype=torch.float32, device=p.device if on_device else "cpu")
                 state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["exp_var"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             elif group["fused"]:
                 _match_layout(p, state)
-            grads.append(p.grad)
             exp_avgs.append(state["exp_avg"])
             exp_vars.append(state["exp_var"])
             steps.append(state["step"])
-        return grads, exp_avgs, exp_vars, steps
+        return exp_avgs, exp_vars, steps
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -179,13 +182,13 @@ class SGDF(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         # Check every group before any tensor or state changes, so a bad input leaves nothing half-updated.
-        work = [(group, self._params_to_step(gi, group)) for gi, group in enumerate(self.param_groups)]
+        work = [(group, *self._checked_work(gi, group)) for gi, group in enumerate(self.param_groups)]
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
-        for group, params in work:
+        for group, params, grads, states in work:
             if not params:
                 continue
-            grads, exp_avgs, exp_vars, steps = self._init_group(group, params)
+            exp_avgs, exp_vars, steps = self._init_states(group, params, states)
             beta1, beta2 = group["betas"]
             hyper = dict(lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"], gamma=group["gamma"],
                          weight_decay=group["weight_decay"], decoupled_weight_decay=group["decoupled_weight_decay"],
@@ -220,12 +223,13 @@ def _fused_step(params, grads, exp_avgs, exp_vars, steps, hyper, grad_scale, fou
 
 def _match_layout(p: Tensor, state: dict) -> None:
     """The fused kernel needs the state in the param's layout (dense for a view with gaps); a model converted
-    after its first steps (e.g. to channels_last) gets its state converted likewise, values unchanged."""
-    dense = checks.is_dense(p)
+    after its first steps (e.g. to channels_last) gets its state converted likewise, values unchanged. exp_avg
+    and exp_var are created and converted together, so exp_avg speaks for both."""
+    exp_avg = state["exp_avg"]
+    if exp_avg.stride() == p.stride() or (not checks.is_dense(p) and checks.is_dense(exp_avg)):
+        return
     for key in ("exp_avg", "exp_var"):
-        t = state[key]
-        if (t.stride() != p.stride()) if dense else not checks.is_dense(t):
-            state[key] = torch.empty_like(p, memory_format=torch.preserve_format).copy_(t)
+        state[key] = torch.empty_like(p, memory_format=torch.preserve_format).copy_(state[key])
 
 
 def _as_list(params) -> list:

@@ -84,6 +84,9 @@ def check_param_kinds(params: Sequence, group: dict, where: str) -> None:
     for i, p in enumerate(params):
         if not isinstance(p, Tensor):
             raise TypeError(f"SGDF ({where}): params must be tensors, got {type(p).__name__} at position {i}")
+        if not (p.is_leaf or p.retains_grad):
+            raise ValueError(f"SGDF ({where}): parameter {i} is not a leaf tensor (it is computed from other "
+                             "tensors, so its .grad is never filled); optimize the tensors it is computed from")
         if not (p.is_floating_point() or p.is_complex()):
             raise TypeError(f"SGDF ({where}): parameters must be floating point or complex, got {p.dtype} at "
                             f"position {i}")
@@ -139,10 +142,11 @@ def choose_path(params: Sequence[Tensor], fused, foreach) -> Tuple[bool, bool]:
 
 # ------------------------------------------------------------------------------------------ step inputs
 def check_grad(p: Tensor, grad: Tensor, group_index: int, index: int) -> None:
+    """Run at every step for every parameter, so it reads as few attributes as it can."""
     if grad.layout != torch.strided:
         raise RuntimeError("SGDF does not support sparse gradients; use a dense gradient (for example "
                            "nn.Embedding(sparse=False)) or torch.optim.SparseAdam for that parameter")
-    if grad.shape != p.shape or grad.dtype != p.dtype or grad.device != p.device:
+    if grad.dtype != p.dtype or grad.shape != p.shape or grad.device != p.device:
         raise ValueError(f"SGDF: the gradient of parameter {index} of param group {group_index} is "
                          f"{_describe(grad)} but the parameter is {_describe(p)}; a gradient must match its "
                          "parameter (was the parameter's .data replaced after backward? zero_grad() and run "
@@ -154,19 +158,15 @@ def check_grad(p: Tensor, grad: Tensor, group_index: int, index: int) -> None:
 
 
 def check_state(p: Tensor, state: dict, group_index: int, index: int) -> None:
-    """The state of a parameter that stepped before still fits it."""
-    for key in STATE_KEYS:
-        if key not in state:
-            raise ValueError(f"SGDF: the state of parameter {index} of param group {group_index} lacks '{key}'; "
-                             "it holds step, exp_avg and exp_var once a parameter has stepped: do not edit it, "
-                             "load a complete state_dict instead")
-    for key in ("exp_avg", "exp_var"):
-        t = state[key]
-        if t.shape != p.shape or t.dtype != p.dtype or t.device != p.device:
-            raise ValueError(f"SGDF: the state '{key}' of parameter {index} of param group {group_index} is "
-                             f"{_describe(t)} but the parameter is now {_describe(p)}; the parameter changed after "
-                             "the optimizer stepped. Cast or move the model before building the optimizer, or save "
-                             "and load the optimizer's state_dict, which casts the state to the parameters")
+    """The state of a parameter that stepped before still fits it (its .data may have been replaced since).
+    State comes complete from step() and load_state_dict(), and exp_avg and exp_var change together, so exp_avg
+    speaks for both."""
+    exp_avg = state["exp_avg"]
+    if exp_avg.dtype != p.dtype or exp_avg.shape != p.shape or exp_avg.device != p.device:
+        raise ValueError(f"SGDF: the state of parameter {index} of param group {group_index} is "
+                         f"{_describe(exp_avg)} but the parameter is now {_describe(p)}; the parameter changed "
+                         "after the optimizer stepped. Cast or move the model before building the optimizer, or "
+                         "save and load the optimizer's state_dict, which casts the state to the parameters")
 
 
 # ------------------------------------------------------------------------------------------ checkpoints
@@ -184,6 +184,9 @@ def check_checkpoint_layout(state_dict, groups: List[dict]) -> None:
         raise ValueError(f"SGDF.load_state_dict: the checkpoint has {len(saved)} param groups but this optimizer "
                          f"has {len(groups)}; build the optimizer with the param groups of the one that saved it")
     for gi, (s, g) in enumerate(zip(saved, groups)):
+        if not (isinstance(s, dict) and "params" in s):
+            raise ValueError(f"SGDF.load_state_dict: param group {gi} of the checkpoint is not a dict with a "
+                             "'params' entry; pass the dict returned by state_dict()")
         if len(s["params"]) != len(g["params"]):
             raise ValueError(f"SGDF.load_state_dict: param group {gi} has {len(s['params'])} parameters in the "
                              f"checkpoint but {len(g['params'])} here; build the optimizer with the param groups of "
