@@ -31,6 +31,15 @@ def is_dense(t: Tensor) -> bool:
     return True
 
 
+def _address(t: Tensor, of_storage: bool = False) -> int:
+    """The data (or storage) address, 0 where there is none: meta tensors and subclasses without storage (e.g.
+    DTensor) are left to their own checks."""
+    try:
+        return t.untyped_storage().data_ptr() if of_storage else t.data_ptr()
+    except (RuntimeError, NotImplementedError):
+        return 0
+
+
 def _describe(t: Tensor) -> str:
     return f"{t.dtype} on {t.device} with shape {tuple(t.shape)}"
 
@@ -107,9 +116,10 @@ def check_distinct(groups: Sequence[Sequence[Tensor]]) -> None:
                                  f"param group {gj}; each parameter may appear only once (it would be stepped twice "
                                  "per call): remove the repeat")
             seen[id(p)] = (gi, i)
-            if p.numel() and p.data_ptr():
+            start = _address(p) if p.numel() else 0
+            if start:
                 extent = 1 + sum((size - 1) * stride for size, stride in zip(p.shape, p.stride()))
-                spans.append((str(p.device), p.data_ptr(), p.data_ptr() + extent * p.element_size(), gi, i))
+                spans.append((str(p.device), start, start + extent * p.element_size(), gi, i))
     spans.sort()
     for (dev_a, _, end_a, ga, a), (dev_b, start_b, _, gb, b) in zip(spans, spans[1:]):
         if dev_a == dev_b and start_b < end_a:
@@ -151,8 +161,8 @@ def check_grad(p: Tensor, grad: Tensor, group_index: int, index: int) -> None:
                          f"{_describe(grad)} but the parameter is {_describe(p)}; a gradient must match its "
                          "parameter (was the parameter's .data replaced after backward? zero_grad() and run "
                          "backward again)")
-    storage = grad.untyped_storage().data_ptr()
-    if storage and storage == p.untyped_storage().data_ptr():
+    storage = _address(grad, of_storage=True)
+    if storage and storage == _address(p, of_storage=True):
         raise ValueError(f"SGDF: the gradient of parameter {index} of param group {group_index} shares memory "
                          "with the parameter (p.grad = p or a view of it); give it a gradient tensor of its own")
 
