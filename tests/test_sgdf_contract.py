@@ -157,6 +157,17 @@ def test_bad_step_changes_nothing(device, path, case):
     _assert_unchanged(opt, before)
 
 
+def test_one_grad_shared_by_two_fused_params_is_refused(device):
+    """The fused kernel unscales gradients in place, so a shared one would be unscaled twice."""
+    a, b = (torch.nn.Parameter(torch.randn(4, device=device)) for _ in range(2))
+    opt = SGDF([{"params": [a]}, {"params": [b]}], fused=True)
+    a.grad = b.grad = torch.ones(4, device=device)
+    before = _snapshot(opt)
+    with pytest.raises(ValueError, match="same gradient"):
+        opt.step()
+    _assert_unchanged(opt, before)
+
+
 def test_ns_steps_checked_at_step(device):
     params, opt = _stepped(device)
     opt.param_groups[-1].update(orthogonalize=True, ns_steps=1)
@@ -470,6 +481,23 @@ def test_channels_last_state_resumes_into_a_contiguous_model(device, path):
     contiguous(torch.randn(2, 3, 6, 6, device=device)).sum().backward()
     resumed.step()
     assert float(resumed.state[contiguous.weight]["step"]) == 2
+
+
+def test_model_converted_to_channels_last_after_stepping_keeps_stepping(device):
+    conv = torch.nn.Conv2d(3, 4, 3).to(device)
+    opt = SGDF(conv.parameters(), lr=0.05, fused=True)
+    x = torch.randn(2, 3, 6, 6, device=device)
+    conv(x).sum().backward()
+    opt.step()
+    conv.to(memory_format=torch.channels_last)
+    assert not conv.weight.is_contiguous()
+    expected = opt.state[conv.weight]["exp_avg"].clone()
+    conv.zero_grad()
+    conv(x.to(memory_format=torch.channels_last)).sum().backward()
+    opt.step()
+    assert opt.state[conv.weight]["exp_avg"].stride() == conv.weight.stride()
+    assert float(opt.state[conv.weight]["step"]) == 2
+    assert not torch.equal(opt.state[conv.weight]["exp_avg"], expected)
 
 
 def test_foreach_false_means_single_tensor(device):

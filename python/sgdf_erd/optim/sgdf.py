@@ -183,6 +183,7 @@ class SGDF(Optimizer):
                 loss = closure()
         # Check every group before any tensor or state changes, so a bad input leaves nothing half-updated.
         work = [(group, *self._checked_work(gi, group)) for gi, group in enumerate(self.param_groups)]
+        checks.check_fused_grads_distinct([grads for group, _, grads, _ in work if group["fused"]])
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
         for group, params, grads, states in work:

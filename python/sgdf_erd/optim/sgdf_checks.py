@@ -167,6 +167,19 @@ def check_grad(p: Tensor, grad: Tensor, group_index: int, index: int) -> None:
                          "with the parameter (p.grad = p or a view of it); give it a gradient tensor of its own")
 
 
+def check_fused_grads_distinct(grad_lists: Sequence[Sequence[Tensor]]) -> None:
+    """The fused kernel unscales gradients in place (AMP), so one gradient shared by two params would be
+    unscaled twice."""
+    seen = set()
+    for grads in grad_lists:
+        for grad in grads:
+            if id(grad) in seen:
+                raise ValueError("SGDF: two parameters of fused param groups have the same gradient tensor (one "
+                                 "was assigned to both); give each parameter a gradient of its own, e.g. "
+                                 "p.grad = g.clone()")
+            seen.add(id(grad))
+
+
 def check_state(p: Tensor, state: dict, group_index: int, index: int) -> None:
     """The state of a parameter that stepped before still fits it (its .data may have been replaced since).
     State comes complete from step() and load_state_dict(), and exp_avg and exp_var change together, so exp_avg
