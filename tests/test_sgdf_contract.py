@@ -115,6 +115,13 @@ def _grad_is_param(params, opt):
     params[-1].grad = params[-1].detach()
 
 
+def _grad_overlaps_param(params, opt):
+    p = params[-1]
+    buf = torch.zeros(2 * p.numel(), device=p.device)
+    p.data = buf[: p.numel()].view(p.shape)
+    p.grad = buf[p.numel() // 2: p.numel() // 2 + p.numel()].view(p.shape)
+
+
 def _complex_orthogonalized(params, opt):
     opt.param_groups[-1]["params"].append(torch.nn.Parameter(torch.zeros(3, 3, dtype=torch.complex64,
                                                                          device=params[0].device)))
@@ -138,6 +145,7 @@ BAD_STEPS = {
     "grad_shape": (_reshape_data, ValueError, "gradient"),
     "grad_dtype": (_retype_data, ValueError, "gradient"),
     "grad_is_param": (_grad_is_param, ValueError, "gradient"),
+    "grad_overlaps_param": (_grad_overlaps_param, ValueError, "gradient"),
     "complex_orthogonalized": (_complex_orthogonalized, ValueError, "complex"),
 }
 
@@ -187,6 +195,17 @@ def test_sparse_grad_in_a_later_group_changes_nothing(device, path):
     with pytest.raises(RuntimeError, match="sparse"):
         opt.step()
     _assert_unchanged(opt, before)
+
+
+def test_param_and_grad_in_one_buffer_without_overlap_step(device):
+    """Memory shared is not memory overlapping: a flat buffer holding a param and, after it, its gradient."""
+    buf = torch.zeros(8, device=device)
+    p = torch.nn.Parameter(buf[:4])
+    opt = SGDF([p], lr=0.5)
+    p.grad = buf[4:]
+    p.grad.fill_(1.0)
+    opt.step()
+    assert torch.equal(p.detach().cpu(), torch.full((4,), -0.5))  # the first update is the raw gradient
 
 
 def test_state_of_a_param_changed_after_stepping_is_refused(device):

@@ -40,6 +40,19 @@ def _address(t: Tensor, of_storage: bool = False) -> int:
         return 0
 
 
+def _span(t: Tensor):
+    """[first byte, one past the last byte) of `t`'s elements, or None where it has no memory."""
+    start = _address(t) if t.numel() else 0
+    if not start:
+        return None
+    extent = 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
+    return start, start + extent * t.element_size()
+
+
+def _overlap(a, b) -> bool:
+    return a is not None and b is not None and a[0] < b[1] and b[0] < a[1]
+
+
 def _describe(t: Tensor) -> str:
     return f"{t.dtype} on {t.device} with shape {tuple(t.shape)}"
 
@@ -116,10 +129,9 @@ def check_distinct(groups: Sequence[Sequence[Tensor]]) -> None:
                                  f"param group {gj}; each parameter may appear only once (it would be stepped twice "
                                  "per call): remove the repeat")
             seen[id(p)] = (gi, i)
-            start = _address(p) if p.numel() else 0
-            if start:
-                extent = 1 + sum((size - 1) * stride for size, stride in zip(p.shape, p.stride()))
-                spans.append((str(p.device), start, start + extent * p.element_size(), gi, i))
+            span = _span(p)
+            if span:
+                spans.append((str(p.device), *span, gi, i))
     spans.sort()
     for (dev_a, _, end_a, ga, a), (dev_b, start_b, _, gb, b) in zip(spans, spans[1:]):
         if dev_a == dev_b and start_b < end_a:
@@ -162,9 +174,10 @@ def check_grad(p: Tensor, grad: Tensor, group_index: int, index: int) -> None:
                          "parameter (was the parameter's .data replaced after backward? zero_grad() and run "
                          "backward again)")
     storage = _address(grad, of_storage=True)
-    if storage and storage == _address(p, of_storage=True):
+    if storage and storage == _address(p, of_storage=True) and _overlap(_span(grad), _span(p)):
         raise ValueError(f"SGDF: the gradient of parameter {index} of param group {group_index} shares memory "
-                         "with the parameter (p.grad = p or a view of it); give it a gradient tensor of its own")
+                         "with the parameter (p.grad = p or an overlapping view of it); give it a gradient tensor "
+                         "of its own")
 
 
 def check_fused_grads_distinct(grad_lists: Sequence[Sequence[Tensor]]) -> None:
