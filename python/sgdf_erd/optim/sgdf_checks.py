@@ -166,7 +166,8 @@ def choose_path(params: Sequence[Tensor], fused, foreach) -> Tuple[bool, bool]:
 def check_grad(p: Tensor, grad: Tensor, group_index: int, index: int) -> None:
     """Run at every step for every parameter, so it reads as few attributes as it can."""
     if grad.layout != torch.strided:
-        raise RuntimeError("SGDF does not support sparse gradients; use a dense gradient (for example "
+        raise RuntimeError(f"SGDF: the gradient of parameter {index} of param group {group_index} is {grad.layout}; "
+                           "SGDF does not support sparse gradients: use a dense gradient (for example "
                            "nn.Embedding(sparse=False)) or torch.optim.SparseAdam for that parameter")
     if grad.dtype != p.dtype or grad.shape != p.shape or grad.device != p.device:
         raise ValueError(f"SGDF: the gradient of parameter {index} of param group {group_index} is "
