@@ -32,8 +32,8 @@ def is_dense(t: Tensor) -> bool:
 
 
 def _address(t: Tensor, of_storage: bool = False) -> int:
-    """The data (or storage) address, 0 where there is none: meta tensors and subclasses without storage (e.g.
-    DTensor) are left to their own checks."""
+    """The data (or storage) address, 0 where there is none: meta tensors and tensor subclasses without storage
+    are left to their own checks."""
     try:
         return t.untyped_storage().data_ptr() if of_storage else t.data_ptr()
     except (RuntimeError, NotImplementedError):
