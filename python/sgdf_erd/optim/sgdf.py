@@ -1,12 +1,12 @@
 """SGDF: SGD with a Wiener-filtered first moment, as a drop-in ``torch.optim.Optimizer``."""
 
-from typing import Iterable, Optional, Tuple, Union
+from typing import Iterable, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer
 
-from .. import _native
+from . import sgdf_checks as checks
 from .sgdf_functional import foreach_sgdf, fused_sgdf, single_tensor_sgdf
 
 # Path settings belong to the optimizer that runs, not to the checkpoint it loads.
@@ -30,8 +30,10 @@ class SGDF(Optimizer):
 
     Args:
         params: parameters or param groups.
-        lr: learning rate (float, or a tensor; a CUDA tensor with ``capturable=True`` or ``fused=True`` keeps
-            the step free of host synchronisation). Release default 0.5.
+        lr: learning rate, finite and >= 0 (float, or a one-element tensor; a CUDA tensor with
+            ``capturable=True`` or ``fused=True`` keeps the step free of host synchronisation). Release default
+            0.5. A CPU tensor is checked at every step; a CUDA tensor only at construction, ``add_param_group`` and
+            ``load_state_dict``, since reading it in ``step()`` would synchronise with the device.
         betas: (b1, b2), each in [0, 1).
         eps: added to the gain's denominator (>= 0).
         gamma: exponent of the gain, > 0 (0.5: square root, the release default; 1: plain Wiener gain).
@@ -42,14 +44,21 @@ class SGDF(Optimizer):
             (conv weights flattened to [out, -1]), ``ns_steps`` iterations; takes precedence over ``sign`` for
             those tensors (the release's ``use_muon``).
         maximize: maximise the objective instead of minimising.
-        foreach: use the ``torch._foreach_*`` implementation.
+        foreach: True: the ``torch._foreach_*`` implementation; False: one tensor at a time (as in torch.optim).
         fused: use the compiled multi-tensor kernel (CPU and, when built with CUDA, CUDA; float32, float64,
-            float16 and bfloat16). Default: fused where the build supports every parameter, else foreach.
+            float16 and bfloat16). ``fused=True`` refuses parameters the kernel cannot walk in place (views with
+            gaps). Default (both None): per param group, fused where the build supports every parameter, else
+            foreach; views with gaps then step on a dense copy within the same launch.
         capturable: keep step counts (and a tensor ``lr``) on the device so a step can be captured in a CUDA graph.
 
     State per parameter: ``step`` (float32 tensor), ``exp_avg``, ``exp_var`` (the release's names). Checkpoints of
     the authors' release (int ``step``, ``use_*`` option names) load, and so do checkpoints of any of the paths.
-    With fused kernels the optimizer works with ``torch.amp.GradScaler`` as torch's fused optimizers do.
+    ``load_state_dict`` gives the state each parameter's device, dtype and memory layout. With fused kernels the
+    optimizer works with ``torch.amp.GradScaler`` as torch's fused optimizers do.
+
+    Zero-size parameters are skipped. A parameter may appear only once. Every check runs before anything changes:
+    a ``step``, ``add_param_group`` or ``load_state_dict`` that raises leaves params, grads, state and param
+    groups as they were.
     """
 
     def __init__(self, params: Iterable, lr: Union[float, Tensor] = 0.5, betas: Tuple[float, float] = (0.9, 0.999),
@@ -60,36 +69,28 @@ class SGDF(Optimizer):
         defaults = dict(lr=lr, betas=betas, eps=eps, gamma=gamma, weight_decay=weight_decay,
                         decoupled_weight_decay=decoupled_weight_decay, sign=sign, orthogonalize=orthogonalize,
                         ns_steps=ns_steps, maximize=maximize, foreach=foreach, fused=fused, capturable=capturable)
-        if fused and foreach:
-            raise RuntimeError("SGDF: `fused` and `foreach` cannot both be True; choose one")
         super().__init__(params, defaults)
-        self._resolve_paths(fused, foreach)
 
     def add_param_group(self, param_group: dict) -> None:
-        super().add_param_group(param_group)
-        _check_hyperparameters(self.param_groups[-1])
-        _check_group_params(self.param_groups[-1])
-        if hasattr(self, "_step_supports_amp_scaling"):  # after __init__: the new params join the path choice
-            self._resolve_paths(self.defaults["fused"], self.defaults["foreach"])
-
-    # ------------------------------------------------------------------ paths
-    def _resolve_paths(self, fused: Optional[bool], foreach: Optional[bool]) -> None:
-        params = [p for g in self.param_groups for p in g["params"]]
-        if fused:
-            for p in params:
-                _native.require(p.device, "SGDF(fused=True)")
-                if not _native.supports(p.device, _real_dtype(p)):
-                    raise RuntimeError(f"SGDF(fused=True): no fused kernel for {p.dtype} on {p.device.type}; the "
-                                       "fused kernels take float32, float64, float16 and bfloat16 (and complex "
-                                       "as real views); use foreach=True for other dtypes")
-        elif fused is None and not foreach:
-            fused = bool(params) and all(_native.supports(p.device, _real_dtype(p)) for p in params)
-        fused = bool(fused)
-        foreach = not fused if foreach is None else bool(foreach)
-        for group in self.param_groups:
-            group["fused"], group["foreach"] = fused, foreach and not fused
+        """Add a group; it is checked whole (hyperparameters, params, repeats, path) before it joins."""
+        if not isinstance(param_group, dict):
+            raise TypeError(f"SGDF: a param group must be a dict with a 'params' entry, got "
+                            f"{type(param_group).__name__}")
+        if "params" not in param_group:
+            raise ValueError("SGDF: a param group needs a 'params' entry (the tensors to optimize)")
+        group = dict(param_group)  # the caller's dict stays as it was
+        group["params"] = _as_list(group["params"])
+        for key, value in self.defaults.items():
+            group.setdefault(key, value)
+        params = [p[1] if isinstance(p, tuple) else p for p in group["params"]]  # (name, tensor) pairs too
+        where = f"param group {len(self.param_groups)}"
+        checks.check_param_kinds(params, group, where)
+        checks.check_hyperparameters(group, where)
+        checks.check_distinct([g["params"] for g in self.param_groups] + [params])
+        group["fused"], group["foreach"] = checks.choose_path(params, group["fused"], group["foreach"])
+        super().add_param_group(group)
         # torch.amp.GradScaler hands grad_scale / found_inf to step() instead of unscaling with a host sync.
-        self._step_supports_amp_scaling = fused
+        self._step_supports_amp_scaling = all(g["fused"] for g in self.param_groups)
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
@@ -101,43 +102,74 @@ class SGDF(Optimizer):
                 group.setdefault(key, value)
 
     def load_state_dict(self, state_dict: dict) -> None:
+        """Load a checkpoint of any path or of the authors' release; it is checked whole (hyperparameters, state
+        shapes against the params, step counts) and on error nothing changes."""
+        checks.check_checkpoint_layout(state_dict, self.param_groups)
+        kept = self.state, self.param_groups  # torch's load builds new state and groups; these stay untouched
         paths = [{k: g[k] for k in _PATH_KEYS} for g in self.param_groups]
-        super().load_state_dict(state_dict)
-        for group, path in zip(self.param_groups, paths):
-            group.update(path)
-            _check_hyperparameters(group)
+        try:
+            super().load_state_dict(state_dict)
+            for group, path in zip(self.param_groups, paths):
+                group.update(path)
+            self._adopt_loaded_state()
+        except BaseException:
+            self.state, self.param_groups = kept
+            raise
+
+    def _adopt_loaded_state(self) -> None:
+        """Check the freshly loaded groups and state, and give the state the layout the paths need."""
+        checks.check_state_keys(self.state, (p for g in self.param_groups for p in g["params"]))
+        for gi, group in enumerate(self.param_groups):
+            where = f"param group {gi} of the checkpoint"
+            checks.check_hyperparameters(group, where)
+            checks.check_param_kinds(group["params"], group, where)
             on_device = group["fused"] or group["capturable"]
-            for p in group["params"]:
+            for i, p in enumerate(group["params"]):
                 state = self.state.get(p)
-                if not state or "step" not in state:
+                if not state:
                     continue
+                step = checks.checked_loaded_step(p, state, f"parameter {i} of param group {gi}")
                 # the release stores an int step; a checkpoint of another path may hold it on another device
-                step = torch.as_tensor(state["step"], dtype=torch.float32)
-                state["step"] = step.to(p.device if on_device else "cpu").reshape(())
-                for key in ("exp_avg", "exp_var"):
-                    state[key] = state[key].to(device=p.device, dtype=p.dtype)
+                state["step"] = torch.tensor(step, dtype=torch.float32, device=p.device if on_device else "cpu")
+                for key in ("exp_avg", "exp_var"):  # own copies in the parameter's layout (e.g. channels_last)
+                    state[key] = torch.empty_like(p, memory_format=torch.preserve_format).copy_(state[key])
 
     # ------------------------------------------------------------------ step
-    def _init_group(self, group: dict):
-        params, grads, exp_avgs, exp_vars, steps = [], [], [], [], []
-        on_device = group["fused"] or group["capturable"]
-        for p in group["params"]:
-            if p.grad is None:
+    def _checked_work(self, group_index: int, group: dict):
+        """The params of a group that step now, their grads and their states (None before the first step),
+        after checking everything the paths would refuse; nothing changes here."""
+        checks.check_hyperparameters(group, f"param group {group_index}", read_device_lr=False)
+        if group["orthogonalize"]:
+            checks.check_param_kinds(group["params"], group, f"param group {group_index}")
+        params, grads, states = [], [], []
+        for i, p in enumerate(group["params"]):
+            grad = p.grad
+            if grad is None or p.numel() == 0:
                 continue
-            if p.grad.is_sparse:
-                raise RuntimeError("SGDF does not support sparse gradients; use a dense gradient (for example "
-                                   "nn.Embedding(sparse=False)) or torch.optim.SparseAdam for that parameter")
-            state = self.state[p]
-            if len(state) == 0:
+            checks.check_grad(p, grad, group_index, i)
+            state = self.state.get(p)
+            if state:
+                checks.check_state(p, state, group_index, i)
+            params.append(p)
+            grads.append(grad)
+            states.append(state)
+        return params, grads, states
+
+    def _init_states(self, group: dict, params: List[Tensor], states: list):
+        exp_avgs, exp_vars, steps = [], [], []
+        on_device = group["fused"] or group["capturable"]
+        for p, state in zip(params, states):
+            if not state:
+                state = self.state[p]
                 state["step"] = torch.zeros((), dtype=torch.float32, device=p.device if on_device else "cpu")
                 state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["exp_var"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            params.append(p)
-            grads.append(p.grad)
+            elif group["fused"]:
+                _match_layout(p, state)
             exp_avgs.append(state["exp_avg"])
             exp_vars.append(state["exp_var"])
             steps.append(state["step"])
-        return params, grads, exp_avgs, exp_vars, steps
+        return exp_avgs, exp_vars, steps
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -149,21 +181,22 @@ class SGDF(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        # Gather (and validate) every group before any tensor changes, so a bad group leaves nothing half-updated.
-        work = [(group, self._init_group(group)) for group in self.param_groups]
+        # Check every group before any tensor or state changes, so a bad input leaves nothing half-updated.
+        work = [(group, *self._checked_work(gi, group)) for gi, group in enumerate(self.param_groups)]
+        checks.check_fused_grads_distinct([grads for group, _, grads, _ in work if group["fused"]])
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
-        for group, (params, grads, exp_avgs, exp_vars, steps) in work:
+        for group, params, grads, states in work:
             if not params:
                 continue
+            exp_avgs, exp_vars, steps = self._init_states(group, params, states)
             beta1, beta2 = group["betas"]
             hyper = dict(lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"], gamma=group["gamma"],
                          weight_decay=group["weight_decay"], decoupled_weight_decay=group["decoupled_weight_decay"],
                          sign=group["sign"], orthogonalize_matrices=group["orthogonalize"],
                          ns_steps=group["ns_steps"], maximize=group["maximize"], capturable=group["capturable"])
             if group["fused"]:
-                fused_sgdf(params, grads, exp_avgs, exp_vars, steps, grad_scale=grad_scale, found_inf=found_inf,
-                           **hyper)
+                _fused_step(params, grads, exp_avgs, exp_vars, steps, hyper, grad_scale, found_inf)
             elif group["foreach"]:
                 foreach_sgdf(params, grads, exp_avgs, exp_vars, steps, **hyper)
             else:
@@ -171,46 +204,47 @@ class SGDF(Optimizer):
         return loss
 
 
-def _real_dtype(p: Tensor) -> torch.dtype:
-    return p.real.dtype if p.is_complex() else p.dtype
+def _fused_step(params, grads, exp_avgs, exp_vars, steps, hyper, grad_scale, found_inf) -> None:
+    """The fused kernel walks each tensor as one flat buffer: a param that is a view with gaps steps on a dense
+    copy in its state's layout, written back afterwards (with its unscaled gradient)."""
+    params, grads = list(params), list(grads)
+    copies = []
+    for i, p in enumerate(params):
+        if not checks.is_dense(p):
+            dense_param = torch.empty_like(exp_avgs[i]).copy_(p)
+            dense_grad = torch.empty_like(exp_avgs[i]).copy_(grads[i])
+            copies.append((p, dense_param, grads[i], dense_grad))
+            params[i], grads[i] = dense_param, dense_grad
+    fused_sgdf(params, grads, exp_avgs, exp_vars, steps, grad_scale=grad_scale, found_inf=found_inf, **hyper)
+    for p, dense_param, grad, dense_grad in copies:
+        p.copy_(dense_param)
+        if grad_scale is not None:
+            grad.copy_(dense_grad)
+
+
+def _match_layout(p: Tensor, state: dict) -> None:
+    """The fused kernel needs the state in the param's layout (dense for a view with gaps); a model converted
+    after its first steps (e.g. to channels_last) gets its state converted likewise, values unchanged. exp_avg
+    and exp_var are created and converted together, so exp_avg speaks for both."""
+    exp_avg = state["exp_avg"]
+    if exp_avg.stride() == p.stride() or (not checks.is_dense(p) and checks.is_dense(exp_avg)):
+        return
+    for key in ("exp_avg", "exp_var"):
+        state[key] = torch.empty_like(p, memory_format=torch.preserve_format).copy_(state[key])
+
+
+def _as_list(params) -> list:
+    if isinstance(params, Tensor):
+        return [params]
+    if isinstance(params, set):
+        raise TypeError("SGDF: optimizer params must be an ordered collection (a list or a generator such as "
+                        "model.parameters()), not a set, whose order changes between runs")
+    try:
+        return list(params)
+    except TypeError:
+        raise TypeError(f"SGDF: 'params' must be a tensor or an iterable of tensors, got "
+                        f"{type(params).__name__}") from None
 
 
 def _is_capturing() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
-
-
-def _check_hyperparameters(h: dict) -> None:
-    lr = h["lr"]
-    if isinstance(lr, Tensor):
-        if lr.numel() != 1:
-            raise ValueError(f"SGDF: a tensor `lr` must hold one element, got shape {tuple(lr.shape)}")
-        if not lr.is_floating_point():
-            raise TypeError(f"SGDF: a tensor `lr` must be floating point, got {lr.dtype}")
-    elif not isinstance(lr, (int, float)) or isinstance(lr, bool):
-        raise TypeError(f"SGDF: `lr` must be a float or a one-element tensor, got {type(lr).__name__}")
-    elif not lr >= 0.0:
-        raise ValueError(f"SGDF: invalid learning rate lr={lr}; it must be >= 0")
-    betas = h["betas"]
-    if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
-        raise ValueError(f"SGDF: `betas` must be a pair (beta1, beta2), got {betas!r}")
-    for i, b in enumerate(betas):
-        if isinstance(b, Tensor) or not isinstance(b, (int, float)) or not 0.0 <= b < 1.0:
-            raise ValueError(f"SGDF: invalid betas[{i}]={b!r}; each beta must be a float in [0, 1)")
-    if not (isinstance(h["eps"], (int, float)) and h["eps"] >= 0.0):
-        raise ValueError(f"SGDF: invalid eps={h['eps']!r}; it must be >= 0")
-    if not (isinstance(h["gamma"], (int, float)) and h["gamma"] > 0.0):
-        raise ValueError(f"SGDF: invalid gamma={h['gamma']!r}; it must be > 0 (0.5 is the release default)")
-    if not (isinstance(h["weight_decay"], (int, float)) and h["weight_decay"] >= 0.0):
-        raise ValueError(f"SGDF: invalid weight_decay={h['weight_decay']!r}; it must be >= 0")
-    ns = h["ns_steps"]
-    if not isinstance(ns, int) or isinstance(ns, bool) or (h["orthogonalize"] and ns < 2):
-        raise ValueError(f"SGDF: invalid ns_steps={ns!r}; it must be an int >= 2 when orthogonalize=True")
-
-
-def _check_group_params(group: dict) -> None:
-    for p in group["params"]:
-        if not (p.is_floating_point() or p.is_complex()):
-            raise TypeError(f"SGDF: parameters must be floating point or complex, got {p.dtype}")
-        if p.is_complex() and group["orthogonalize"]:
-            raise ValueError("SGDF: orthogonalize=True is not defined for complex parameters; put them in a "
-                             "param group with orthogonalize=False")

@@ -1,0 +1,268 @@
+"""Checks of what the SGDF optimizer is given: hyperparameters, params, gradients, state and checkpoints.
+
+Each raises a clear exception that names the argument and the fix, and none changes anything, so the optimizer can
+run them all before it touches a tensor.
+"""
+
+import math
+from typing import Iterable, List, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from .. import _native
+
+STATE_KEYS = ("step", "exp_avg", "exp_var")
+
+
+def real_dtype(p: Tensor) -> torch.dtype:
+    return p.real.dtype if p.is_complex() else p.dtype
+
+
+def is_dense(t: Tensor) -> bool:
+    """Whether `t` covers its memory without gaps or overlaps (what the fused kernel walks as one flat buffer)."""
+    if t.is_contiguous():
+        return True
+    expected = 1
+    for stride, size in sorted((st, sz) for sz, st in zip(t.shape, t.stride()) if sz != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def _address(t: Tensor, of_storage: bool = False) -> int:
+    """The data (or storage) address, 0 where there is none: meta tensors and tensor subclasses without storage
+    are left to their own checks."""
+    try:
+        return t.untyped_storage().data_ptr() if of_storage else t.data_ptr()
+    except (RuntimeError, NotImplementedError):
+        return 0
+
+
+def _span(t: Tensor):
+    """[first byte, one past the last byte) of `t`'s elements, or None where it has no memory."""
+    start = _address(t) if t.numel() else 0
+    if not start:
+        return None
+    extent = 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
+    return start, start + extent * t.element_size()
+
+
+def _overlap(a, b) -> bool:
+    return a is not None and b is not None and a[0] < b[1] and b[0] < a[1]
+
+
+def _describe(t: Tensor) -> str:
+    return f"{t.dtype} on {t.device} with shape {tuple(t.shape)}"
+
+
+# ------------------------------------------------------------------------------------------ hyperparameters
+def check_hyperparameters(group: dict, where: str, read_device_lr: bool = True) -> None:
+    """`read_device_lr=False` (inside step()) leaves a tensor `lr` on an accelerator unread: that would sync."""
+    lr = group["lr"]
+    if isinstance(lr, Tensor):
+        if lr.numel() != 1:
+            raise ValueError(f"SGDF ({where}): a tensor `lr` must hold one element, got shape {tuple(lr.shape)}; "
+                             "pass a 0-dim tensor or a float")
+        if not lr.is_floating_point():
+            raise TypeError(f"SGDF ({where}): a tensor `lr` must be floating point, got {lr.dtype}")
+        if lr.device.type == "cpu" or (read_device_lr and lr.device.type != "meta"):
+            _check_lr_value(float(lr), where)
+    elif not isinstance(lr, (int, float)) or isinstance(lr, bool):
+        raise TypeError(f"SGDF ({where}): `lr` must be a float or a one-element tensor, got {type(lr).__name__}")
+    else:
+        _check_lr_value(lr, where)
+    betas = group["betas"]
+    if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+        raise ValueError(f"SGDF ({where}): `betas` must be a pair (beta1, beta2), got {betas!r}")
+    for i, b in enumerate(betas):
+        if isinstance(b, (bool, Tensor)) or not isinstance(b, (int, float)) or not 0.0 <= b < 1.0:
+            raise ValueError(f"SGDF ({where}): invalid betas[{i}]={b!r}; each beta must be a float in [0, 1)")
+    _check_number(group, "eps", where, lambda v: v >= 0.0, "a finite float >= 0")
+    _check_number(group, "gamma", where, lambda v: v > 0.0, "a finite float > 0 (0.5 is the release default)")
+    _check_number(group, "weight_decay", where, lambda v: v >= 0.0, "a finite float >= 0")
+    for key in ("decoupled_weight_decay", "sign", "orthogonalize", "maximize", "capturable"):
+        if not isinstance(group[key], bool):
+            raise TypeError(f"SGDF ({where}): `{key}` must be True or False, got {group[key]!r}")
+    ns = group["ns_steps"]
+    if not isinstance(ns, int) or isinstance(ns, bool) or (group["orthogonalize"] and ns < 2):
+        raise ValueError(f"SGDF ({where}): invalid ns_steps={ns!r}; it must be an int >= 2 when orthogonalize=True")
+
+
+def _check_lr_value(lr: float, where: str) -> None:
+    if not (math.isfinite(lr) and lr >= 0.0):
+        raise ValueError(f"SGDF ({where}): invalid learning rate lr={lr}; it must be finite and >= 0")
+
+
+def _check_number(group: dict, key: str, where: str, valid, requirement: str) -> None:
+    value = group[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not valid(value):
+        raise ValueError(f"SGDF ({where}): invalid {key}={value!r}; it must be {requirement}")
+
+
+# ------------------------------------------------------------------------------------------ params and paths
+def check_param_kinds(params: Sequence, group: dict, where: str) -> None:
+    for i, p in enumerate(params):
+        if not isinstance(p, Tensor):
+            raise TypeError(f"SGDF ({where}): params must be tensors, got {type(p).__name__} at position {i}")
+        if not (p.is_leaf or p.retains_grad):
+            raise ValueError(f"SGDF ({where}): parameter {i} is not a leaf tensor (it is computed from other "
+                             "tensors, so its .grad is never filled); optimize the tensors it is computed from")
+        if not (p.is_floating_point() or p.is_complex()):
+            raise TypeError(f"SGDF ({where}): parameters must be floating point or complex, got {p.dtype} at "
+                            f"position {i}")
+        if p.is_complex() and group["orthogonalize"]:
+            raise ValueError(f"SGDF ({where}): orthogonalize=True is not defined for complex parameters; put them "
+                             "in a param group with orthogonalize=False")
+
+
+def check_distinct(groups: Sequence[Sequence[Tensor]]) -> None:
+    """Each parameter once, and no two parameters sharing memory: either would be stepped twice per call."""
+    seen = {}
+    spans = []
+    for gi, params in enumerate(groups):
+        for i, p in enumerate(params):
+            if id(p) in seen:
+                gj, j = seen[id(p)]
+                raise ValueError(f"SGDF: parameter {i} of param group {gi} is the same tensor as parameter {j} of "
+                                 f"param group {gj}; each parameter may appear only once (it would be stepped twice "
+                                 "per call): remove the repeat")
+            seen[id(p)] = (gi, i)
+            span = _span(p)
+            if span:
+                spans.append((str(p.device), *span, gi, i))
+    spans.sort()
+    for (dev_a, _, end_a, ga, a), (dev_b, start_b, _, gb, b) in zip(spans, spans[1:]):
+        if dev_a == dev_b and start_b < end_a:
+            raise ValueError(f"SGDF: parameter {a} of param group {ga} and parameter {b} of param group {gb} share "
+                             "memory (overlapping views of one tensor); optimize the tensor they view once instead")
+
+
+def choose_path(params: Sequence[Tensor], fused, foreach) -> Tuple[bool, bool]:
+    """(fused, foreach) for a group: an explicit choice is checked here, None picks fused where it is built."""
+    if fused and foreach:
+        raise RuntimeError("SGDF: `fused` and `foreach` cannot both be True; choose one")
+    if fused:
+        for i, p in enumerate(params):
+            _native.require(p.device, "SGDF(fused=True)")
+            if not _native.supports(p.device, real_dtype(p)):
+                raise RuntimeError(f"SGDF(fused=True): no fused kernel for {p.dtype} on {p.device.type}; the "
+                                   "fused kernels take float32, float64, float16 and bfloat16 (and complex as real "
+                                   "views); use foreach=True for other dtypes")
+            if p.numel() and not is_dense(p):
+                raise ValueError(f"SGDF(fused=True): parameter {i} is a view with gaps or overlaps (shape "
+                                 f"{tuple(p.shape)}, strides {p.stride()}), which the fused kernel cannot walk "
+                                 "in place; leave `fused` unset (the default steps such tensors on a dense copy) "
+                                 "or pass foreach=True")
+        return True, False
+    if fused is None and foreach is None:
+        fused = all(_native.supports(p.device, real_dtype(p)) for p in params)
+        return fused, not fused
+    return False, True if foreach is None else bool(foreach)
+
+
+# ------------------------------------------------------------------------------------------ step inputs
+def check_grad(p: Tensor, grad: Tensor, group_index: int, index: int) -> None:
+    """Run at every step for every parameter, so it reads as few attributes as it can."""
+    if grad.layout != torch.strided:
+        raise RuntimeError(f"SGDF: the gradient of parameter {index} of param group {group_index} is {grad.layout}; "
+                           "SGDF does not support sparse gradients: use a dense gradient (for example "
+                           "nn.Embedding(sparse=False)) or torch.optim.SparseAdam for that parameter")
+    if grad.dtype != p.dtype or grad.shape != p.shape or grad.device != p.device:
+        raise ValueError(f"SGDF: the gradient of parameter {index} of param group {group_index} is "
+                         f"{_describe(grad)} but the parameter is {_describe(p)}; a gradient must match its "
+                         "parameter (was the parameter's .data replaced after backward? zero_grad() and run "
+                         "backward again)")
+    storage = _address(grad, of_storage=True)
+    if storage and storage == _address(p, of_storage=True) and _overlap(_span(grad), _span(p)):
+        raise ValueError(f"SGDF: the gradient of parameter {index} of param group {group_index} shares memory "
+                         "with the parameter (p.grad = p or an overlapping view of it); give it a gradient tensor "
+                         "of its own")
+
+
+def check_fused_grads_distinct(grad_lists: Sequence[Sequence[Tensor]]) -> None:
+    """The fused kernel unscales gradients in place (AMP), so one gradient shared by two params would be
+    unscaled twice."""
+    seen = set()
+    for grads in grad_lists:
+        for grad in grads:
+            if id(grad) in seen:
+                raise ValueError("SGDF: two parameters of fused param groups have the same gradient tensor (one "
+                                 "was assigned to both); give each parameter a gradient of its own, e.g. "
+                                 "p.grad = g.clone()")
+            seen.add(id(grad))
+
+
+def check_state(p: Tensor, state: dict, group_index: int, index: int) -> None:
+    """The state of a parameter that stepped before still fits it (its .data may have been replaced since).
+    State comes complete from step() and load_state_dict(), and exp_avg and exp_var change together, so exp_avg
+    speaks for both."""
+    exp_avg = state["exp_avg"]
+    if exp_avg.dtype != p.dtype or exp_avg.shape != p.shape or exp_avg.device != p.device:
+        raise ValueError(f"SGDF: the state of parameter {index} of param group {group_index} is "
+                         f"{_describe(exp_avg)} but the parameter is now {_describe(p)}; the parameter changed "
+                         "after the optimizer stepped. Cast or move the model before building the optimizer, or "
+                         "save and load the optimizer's state_dict, which casts the state to the parameters")
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+def check_checkpoint_layout(state_dict, groups: List[dict]) -> None:
+    """The parts torch.optim would otherwise reject with a bare KeyError or an unclear message."""
+    if not isinstance(state_dict, dict):
+        raise TypeError(f"SGDF.load_state_dict: expected the dict returned by state_dict(), got "
+                        f"{type(state_dict).__name__}")
+    for key in ("state", "param_groups"):
+        if key not in state_dict:
+            raise ValueError(f"SGDF.load_state_dict: the checkpoint lacks '{key}'; pass the dict returned by "
+                             "state_dict()")
+    saved = state_dict["param_groups"]
+    if len(saved) != len(groups):
+        raise ValueError(f"SGDF.load_state_dict: the checkpoint has {len(saved)} param groups but this optimizer "
+                         f"has {len(groups)}; build the optimizer with the param groups of the one that saved it")
+    for gi, (s, g) in enumerate(zip(saved, groups)):
+        if not (isinstance(s, dict) and "params" in s):
+            raise ValueError(f"SGDF.load_state_dict: param group {gi} of the checkpoint is not a dict with a "
+                             "'params' entry; pass the dict returned by state_dict()")
+        if len(s["params"]) != len(g["params"]):
+            raise ValueError(f"SGDF.load_state_dict: param group {gi} has {len(s['params'])} parameters in the "
+                             f"checkpoint but {len(g['params'])} here; build the optimizer with the param groups of "
+                             "the one that saved it")
+
+
+def checked_loaded_step(p: Tensor, state: dict, where: str) -> float:
+    """Check one parameter's loaded state against the parameter; returns its step count."""
+    missing = [key for key in STATE_KEYS if key not in state]
+    if missing:
+        raise ValueError(f"SGDF.load_state_dict: the state of {where} lacks {', '.join(missing)}; the checkpoint "
+                         "is incomplete or not from SGDF (each parameter needs step, exp_avg and exp_var)")
+    step = state["step"]
+    if isinstance(step, Tensor) and step.numel() == 1 and not step.is_complex():
+        value = float(step)
+    elif isinstance(step, (int, float)) and not isinstance(step, bool):
+        value = float(step)
+    elif isinstance(step, Tensor):
+        raise ValueError(f"SGDF.load_state_dict: 'step' of {where} must be a one-element tensor or a number, got "
+                         f"shape {tuple(step.shape)}")
+    else:
+        raise TypeError(f"SGDF.load_state_dict: 'step' of {where} must be a number or a one-element tensor, got "
+                        f"{type(step).__name__}")
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"SGDF.load_state_dict: 'step' of {where} is {value}; a step count is finite and >= 0")
+    for key in ("exp_avg", "exp_var"):
+        t = state[key]
+        if not isinstance(t, Tensor):
+            raise TypeError(f"SGDF.load_state_dict: '{key}' of {where} must be a tensor, got {type(t).__name__}")
+        if t.shape != p.shape:
+            raise ValueError(f"SGDF.load_state_dict: '{key}' of {where} has shape {tuple(t.shape)} but the "
+                             f"parameter has shape {tuple(p.shape)}; the checkpoint's parameters are in another "
+                             "order or belong to another model")
+    return value
+
+
+def check_state_keys(state: Iterable, params: Iterable[Tensor]) -> None:
+    known = {id(p) for p in params}
+    for key in state:
+        if not isinstance(key, Tensor) or id(key) not in known:
+            raise ValueError(f"SGDF.load_state_dict: the checkpoint holds state for parameter id {key!r}, which no "
+                             "param group lists; the checkpoint belongs to another optimizer or model")

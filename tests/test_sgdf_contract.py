@@ -1,0 +1,540 @@
+"""The SGDF optimizer's contract for bad and edge input.
+
+Every bad input gets a clear exception (type and a fragment naming the argument), and a call that raises leaves the
+optimizer exactly as it was: params, grads, every state tensor bit for bit (step counts included), param_groups and
+the optimizer's attributes. Edge inputs that are valid (zero-size params, non-dense views on the default path,
+state saved from a channels_last model) must work and match the float64 reference.
+"""
+
+import copy
+import math
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sgdf_erd import SGDF
+from tests.reference.sgdf_reference import ReferenceSGDF
+
+PATHS = {
+    "default": dict(),
+    "fused": dict(fused=True),
+    "foreach": dict(foreach=True),
+    "single": dict(foreach=False),
+}
+
+
+# ----------------------------------------------------------------------------------------- snapshots
+def _bits(t: torch.Tensor):
+    """Everything that identifies a tensor's contents: metadata and the raw bytes (NaN-safe)."""
+    dense = t.detach().to_dense() if t.layout != torch.strided else t.detach()
+    raw = dense.cpu().contiguous().reshape(-1).view(torch.uint8).clone()
+    return (t.dtype, tuple(t.shape), t.stride(), t.device, raw)
+
+
+def _value(v):
+    if isinstance(v, torch.Tensor):
+        return ("tensor", id(v), _bits(v))
+    if isinstance(v, (list, tuple)):
+        return (type(v).__name__, tuple(_value(x) for x in v))
+    if isinstance(v, float) and math.isnan(v):
+        return ("nan",)
+    return ("value", v)
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return torch.equal(a, b)
+    return a == b
+
+
+def _snapshot(opt: SGDF):
+    params = [p for g in opt.param_groups for p in g["params"]]
+    return dict(
+        attributes=sorted(opt.__dict__),
+        amp=getattr(opt, "_step_supports_amp_scaling", None),
+        params=[(id(p), _bits(p), None if p.grad is None else (id(p.grad), _bits(p.grad))) for p in params],
+        groups=[(id(g), [id(p) for p in g["params"]], {k: _value(v) for k, v in g.items() if k != "params"})
+                for g in opt.param_groups],
+        state=sorted(((id(p), {k: _value(v) for k, v in s.items()}) for p, s in opt.state.items()),
+                     key=lambda item: item[0]),
+    )
+
+
+def _assert_unchanged(opt: SGDF, before) -> None:
+    after = _snapshot(opt)
+    for key in before:
+        assert _same(before[key], after[key]), f"the failed call changed the optimizer's {key}"
+
+
+def _model(device, dtype=torch.float32, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    shapes = [(5, 4), (6,), (3, 2, 2)]
+    return [torch.nn.Parameter(torch.randn(s, generator=gen, dtype=torch.float64).to(dtype).to(device))
+            for s in shapes]
+
+
+def _fill_grads(params, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p.dtype).to(p.device)
+
+
+def _stepped(device, path="default", steps=2, **options):
+    """An optimizer with two groups that has taken `steps` steps, and fresh grads for the next one."""
+    params = _model(device)
+    opt = SGDF([{"params": params[:1]}, {"params": params[1:], "lr": 0.02}], lr=0.05, **options, **PATHS[path])
+    for i in range(steps):
+        _fill_grads(params, seed=i)
+        opt.step()
+    _fill_grads(params, seed=99)
+    return params, opt
+
+
+# ----------------------------------------------------------------------------------------- step is atomic
+def _set_later_group(key, value):
+    def change(params, opt):
+        opt.param_groups[-1][key] = value(params[0].device) if callable(value) else value
+    return change
+
+
+def _reshape_data(params, opt):  # a param replaced by a tensor of another shape after its grad was set
+    params[-1].data = torch.zeros(7, device=params[-1].device)
+
+
+def _retype_data(params, opt):
+    params[-1].data = params[-1].data.double()
+
+
+def _grad_is_param(params, opt):
+    params[-1].grad = params[-1].detach()
+
+
+def _grad_overlaps_param(params, opt):
+    p = params[-1]
+    buf = torch.zeros(2 * p.numel(), device=p.device)
+    p.data = buf[: p.numel()].view(p.shape)
+    p.grad = buf[p.numel() // 2: p.numel() // 2 + p.numel()].view(p.shape)
+
+
+def _complex_orthogonalized(params, opt):
+    opt.param_groups[-1]["params"].append(torch.nn.Parameter(torch.zeros(3, 3, dtype=torch.complex64,
+                                                                         device=params[0].device)))
+    opt.param_groups[-1]["params"][-1].grad = torch.ones(3, 3, dtype=torch.complex64, device=params[0].device)
+    opt.param_groups[-1]["orthogonalize"] = True
+
+
+BAD_STEPS = {
+    "lr_two_elements": (_set_later_group("lr", lambda d: torch.tensor([0.1, 0.2], device=d)), ValueError, "lr"),
+    "lr_negative": (_set_later_group("lr", -1.0), ValueError, "lr"),
+    "lr_nan": (_set_later_group("lr", float("nan")), ValueError, "lr"),
+    "lr_inf": (_set_later_group("lr", float("inf")), ValueError, "lr"),
+    "lr_cpu_tensor_nan": (_set_later_group("lr", lambda d: torch.tensor(float("nan"))), ValueError, "lr"),
+    "lr_cpu_tensor_negative": (_set_later_group("lr", lambda d: torch.tensor(-0.1)), ValueError, "lr"),
+    "lr_int_tensor": (_set_later_group("lr", lambda d: torch.tensor(1, device=d)), TypeError, "lr"),
+    "beta1_one": (_set_later_group("betas", (1.0, 0.999)), ValueError, "betas"),
+    "eps_nan": (_set_later_group("eps", float("nan")), ValueError, "eps"),
+    "gamma_zero": (_set_later_group("gamma", 0.0), ValueError, "gamma"),
+    "weight_decay_inf": (_set_later_group("weight_decay", float("inf")), ValueError, "weight_decay"),
+    "ns_steps_one": (_set_later_group("orthogonalize", True), None, None),  # valid: ns_steps stays 5
+    "grad_shape": (_reshape_data, ValueError, "gradient"),
+    "grad_dtype": (_retype_data, ValueError, "gradient"),
+    "grad_is_param": (_grad_is_param, ValueError, "gradient"),
+    "grad_overlaps_param": (_grad_overlaps_param, ValueError, "gradient"),
+    "complex_orthogonalized": (_complex_orthogonalized, ValueError, "complex"),
+}
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("case", list(BAD_STEPS))
+def test_bad_step_changes_nothing(device, path, case):
+    change, exc, match = BAD_STEPS[case]
+    params, opt = _stepped(device, path)
+    change(params, opt)
+    if exc is None:
+        opt.step()
+        return
+    before = _snapshot(opt)
+    with pytest.raises(exc, match=match):
+        opt.step()
+    _assert_unchanged(opt, before)
+
+
+def test_one_grad_shared_by_two_fused_params_is_refused(device):
+    """The fused kernel unscales gradients in place, so a shared one would be unscaled twice."""
+    a, b = (torch.nn.Parameter(torch.randn(4, device=device)) for _ in range(2))
+    opt = SGDF([{"params": [a]}, {"params": [b]}], fused=True)
+    a.grad = b.grad = torch.ones(4, device=device)
+    before = _snapshot(opt)
+    with pytest.raises(ValueError, match="same gradient"):
+        opt.step()
+    _assert_unchanged(opt, before)
+
+
+def test_ns_steps_checked_at_step(device):
+    params, opt = _stepped(device)
+    opt.param_groups[-1].update(orthogonalize=True, ns_steps=1)
+    before = _snapshot(opt)
+    with pytest.raises(ValueError, match="ns_steps"):
+        opt.step()
+    _assert_unchanged(opt, before)
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_sparse_grad_in_a_later_group_changes_nothing(device, path):
+    params, opt = _stepped(device, path)
+    emb = torch.nn.Embedding(10, 3, sparse=True).to(device)
+    opt.add_param_group({"params": emb.parameters()})
+    emb(torch.tensor([1, 2], device=device)).sum().backward()
+    before = _snapshot(opt)
+    with pytest.raises(RuntimeError, match="sparse"):
+        opt.step()
+    _assert_unchanged(opt, before)
+
+
+def test_param_and_grad_in_one_buffer_without_overlap_step(device):
+    """Memory shared is not memory overlapping: a flat buffer holding a param and, after it, its gradient."""
+    buf = torch.zeros(8, device=device)
+    p = torch.nn.Parameter(buf[:4])
+    opt = SGDF([p], lr=0.5)
+    p.grad = buf[4:]
+    p.grad.fill_(1.0)
+    opt.step()
+    assert torch.equal(p.detach().cpu(), torch.full((4,), -0.5))  # the first update is the raw gradient
+
+
+def test_state_of_a_param_changed_after_stepping_is_refused(device):
+    params, opt = _stepped(device)
+    params[-1].data = params[-1].data.double()
+    params[-1].grad = torch.ones_like(params[-1])
+    before = _snapshot(opt)
+    with pytest.raises(ValueError, match="state"):
+        opt.step()
+    _assert_unchanged(opt, before)
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_zero_size_params_are_skipped(device, path):
+    """orthogonalize=True used to divide by zero on a (0, n) matrix after the other params had stepped."""
+    params = _model(device) + [torch.nn.Parameter(torch.zeros(0, 4, device=device)),
+                               torch.nn.Parameter(torch.zeros(3, 0, device=device))]
+    opt = SGDF(params, lr=0.05, orthogonalize=True, **PATHS[path])
+    ref = ReferenceSGDF(params[:3], lr=0.05, orthogonalize=True)
+    for i in range(3):
+        _fill_grads(params, seed=i)
+        opt.step()
+        ref.step([p.grad.cpu() for p in params[:3]])
+    for p, q in zip(params[:3], ref.p):
+        torch.testing.assert_close(p.detach().cpu().double(), q, rtol=2e-5, atol=2e-5)
+    assert params[3] not in opt.state and params[4] not in opt.state
+
+
+# ----------------------------------------------------------------------------------------- duplicates
+def test_duplicate_param_in_one_group_is_refused(device):
+    p = _model(device)[0]
+    with pytest.raises(ValueError, match="only once"):
+        SGDF([p, p])
+
+
+def test_duplicate_param_across_groups_is_refused(device):
+    p, q, _ = _model(device)
+    with pytest.raises(ValueError, match="only once"):
+        SGDF([{"params": [p, q]}, {"params": [p]}])
+
+
+def test_overlapping_views_are_refused(device):
+    base = torch.zeros(10, device=device)
+    with pytest.raises(ValueError, match="share memory"):
+        SGDF([base[:6], base[4:]])
+
+
+def test_add_param_group_with_a_present_param_changes_nothing(device):
+    params, opt = _stepped(device)
+    before = _snapshot(opt)
+    with pytest.raises(ValueError, match="only once"):
+        opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(2, device=device)), params[1]]})
+    _assert_unchanged(opt, before)
+
+
+# ----------------------------------------------------------------------------------------- add_param_group
+BAD_GROUPS = {
+    "lr_negative": (dict(lr=-5.0), ValueError, "lr"),
+    "lr_tensor_nan": (dict(lr=torch.tensor(float("nan"))), ValueError, "lr"),
+    "lr_tensor_negative": (dict(lr=torch.tensor(-1.0)), ValueError, "lr"),
+    "betas_one": (dict(betas=(1.0, 0.999)), ValueError, "betas"),
+    "gamma_negative": (dict(gamma=-1.0), ValueError, "gamma"),
+    "fused_and_foreach": (dict(fused=True, foreach=True), RuntimeError, "fused"),
+    "int_param": (dict(params=[torch.zeros(3, dtype=torch.int64)]), TypeError, "floating point"),
+    "complex_orthogonalized": (dict(params=[torch.zeros(3, 3, dtype=torch.complex64)], orthogonalize=True),
+                               ValueError, "complex"),
+    "no_params": (dict(params=None), TypeError, "params"),
+    "non_leaf": (dict(params=[torch.ones(2, requires_grad=True) * 2]), ValueError, "leaf"),
+    "params_missing": ("drop", ValueError, "params"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_GROUPS))
+def test_rejected_group_changes_nothing_and_is_not_stepped(device, case):
+    options, exc, match = BAD_GROUPS[case]
+    params, opt = _stepped(device)
+    new = torch.nn.Parameter(torch.ones(4, device=device))
+    group = {"params": [new]}
+    if options == "drop":
+        group = {"lr": 0.1}
+    else:
+        group.update({k: v.to(device) if isinstance(v, torch.Tensor) and k != "lr" else v
+                      for k, v in options.items()})
+        group["params"] = [p.to(device) for p in group["params"]] if group["params"] is not None else None
+    before = _snapshot(opt)
+    with pytest.raises(exc, match=match):
+        opt.add_param_group(group)
+    _assert_unchanged(opt, before)
+    new.grad = torch.ones_like(new)
+    opt.step()
+    assert torch.equal(new, torch.ones_like(new)) and new not in opt.state
+
+
+@pytest.mark.parametrize("lr", [float("nan"), -0.1], ids=["nan", "negative"])
+def test_tensor_lr_checked_at_construction(device, lr):
+    with pytest.raises(ValueError, match="lr"):
+        SGDF(_model(device), lr=torch.tensor(lr, device=device))
+
+
+# ----------------------------------------------------------------------------------------- load_state_dict
+def _saved(device, path="default"):
+    params, opt = _stepped(device, path)
+    return params, opt, copy.deepcopy(opt.state_dict())
+
+
+def _drop_exp_var(sd):
+    del sd["state"][1]["exp_var"]
+
+
+def _reverse_state(sd):  # params in another order
+    sd["state"] = {i: sd["state"][2 - i] for i in range(3)}
+
+
+def _set_step(value):
+    def change(sd):
+        sd["state"][0]["step"] = value
+    return change
+
+
+def _set_group(key, value):
+    def change(sd):
+        sd["param_groups"][1][key] = value
+    return change
+
+
+def _unknown_param(sd):
+    sd["state"][17] = copy.deepcopy(sd["state"][0])
+
+
+def _state_not_tensor(sd):
+    sd["state"][0]["exp_avg"] = [0.0] * 20
+
+
+def _one_group(sd):
+    sd["param_groups"] = sd["param_groups"][:1]
+
+
+def _group_size(sd):
+    sd["param_groups"][1]["params"] = sd["param_groups"][1]["params"][:1]
+
+
+def _no_groups(sd):
+    del sd["param_groups"]
+
+
+def _group_without_params(sd):
+    del sd["param_groups"][0]["params"]
+
+
+BAD_CHECKPOINTS = {
+    "betas_one": (_set_group("betas", (1.0, 0.999)), ValueError, "betas"),
+    "lr_negative": (_set_group("lr", -5.0), ValueError, "lr"),
+    "lr_tensor_nan": (_set_group("lr", torch.tensor(float("nan"))), ValueError, "lr"),
+    "exp_var_missing": (_drop_exp_var, ValueError, "exp_var"),
+    "params_reordered": (_reverse_state, ValueError, "shape"),
+    "step_negative": (_set_step(torch.tensor(-1.0)), ValueError, "step"),
+    "step_nan": (_set_step(float("nan")), ValueError, "step"),
+    "step_inf": (_set_step(torch.tensor(float("inf"))), ValueError, "step"),
+    "step_two_elements": (_set_step(torch.tensor([1.0, 2.0])), ValueError, "step"),
+    "step_string": (_set_step("3"), TypeError, "step"),
+    "unknown_param": (_unknown_param, ValueError, "17"),
+    "state_not_tensor": (_state_not_tensor, TypeError, "exp_avg"),
+    "group_count": (_one_group, ValueError, "param groups"),
+    "group_size": (_group_size, ValueError, "group 1"),
+    "no_param_groups": (_no_groups, ValueError, "param_groups"),
+    "group_without_params": (_group_without_params, ValueError, "'params'"),
+}
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("case", list(BAD_CHECKPOINTS))
+def test_bad_checkpoint_changes_nothing(device, path, case):
+    change, exc, match = BAD_CHECKPOINTS[case]
+    params, opt, sd = _saved(device, path)
+    change(sd)
+    before = _snapshot(opt)
+    with pytest.raises(exc, match=match):
+        opt.load_state_dict(sd)
+    _assert_unchanged(opt, before)
+    opt.step()  # still works, and gives finite numbers
+    assert all(torch.isfinite(p).all() for p in params)
+
+
+def test_loaded_state_is_owned_by_the_optimizer(device):
+    """Stepping after a load does not write into the checkpoint's tensors."""
+    params, opt, sd = _saved(device)
+    kept = copy.deepcopy(sd)
+    opt.load_state_dict(sd)
+    opt.step()
+    assert _same(_value(sd["state"][0]["exp_avg"])[2], _value(kept["state"][0]["exp_avg"])[2])
+
+
+# ----------------------------------------------------------------------------------------- valid setups
+def _non_dense_model(device):
+    gen = torch.Generator().manual_seed(5)
+    dense = torch.nn.Parameter(torch.randn(5, 4, generator=gen).to(device))
+    base32 = torch.randn(6, 8, generator=gen).to(device)
+    base64 = torch.randn(9, 6, generator=gen, dtype=torch.float64).to(device)
+    return [dense, torch.nn.Parameter(base32[:, ::2]), torch.nn.Parameter(base64.T[1:, ::3])]
+
+
+@pytest.mark.parametrize("path", ["default", "foreach", "single"])
+def test_non_dense_params_work_on_every_non_explicit_path(device, path):
+    params = _non_dense_model(device)
+    assert not params[1].is_contiguous() and not params[2].is_contiguous()
+    opt = SGDF([{"params": params[:1]}, {"params": params[1:]}], lr=0.05, weight_decay=1e-3, **PATHS[path])
+    if path == "default":
+        assert all(g["fused"] for g in opt.param_groups)
+    ref = ReferenceSGDF(params, lr=0.05, weight_decay=1e-3)
+    for i in range(5):
+        _fill_grads(params, seed=i)
+        opt.step()
+        ref.step([p.grad.cpu() for p in params])
+    for p, q in zip(params, ref.p):
+        torch.testing.assert_close(p.detach().cpu().double(), q, rtol=2e-5, atol=2e-5)
+    assert all(float(opt.state[p]["step"]) == 5 for p in params)
+
+
+@given(shape=st.lists(st.integers(1, 5), min_size=1, max_size=3), data=st.data(),
+       dtype=st.sampled_from([torch.float32, torch.float64]), seed=st.integers(0, 2**16))
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_random_views_step_like_the_reference_on_the_default_path(device, shape, data, dtype, seed):
+    every = data.draw(st.lists(st.integers(1, 3), min_size=len(shape), max_size=len(shape)), label="every")
+    gen = torch.Generator().manual_seed(seed)
+    base = torch.randn([n * k for n, k in zip(shape, every)], generator=gen, dtype=torch.float64)
+    view = base.to(dtype).to(device)[tuple(slice(None, None, k) for k in every)]
+    if data.draw(st.booleans(), label="transpose"):
+        view = view.transpose(0, -1)
+    params = [torch.nn.Parameter(view), torch.nn.Parameter(torch.randn(4, generator=gen).to(dtype).to(device))]
+    opt = SGDF(params, lr=0.05, weight_decay=1e-3)
+    ref = ReferenceSGDF(params, lr=0.05, weight_decay=1e-3)
+    for i in range(3):
+        _fill_grads(params, seed=seed + i)
+        opt.step()
+        ref.step([p.grad.cpu() for p in params])
+    tol = 2e-5 if dtype == torch.float32 else 1e-10
+    for p, q in zip(params, ref.p):
+        torch.testing.assert_close(p.detach().cpu().double(), q, rtol=tol, atol=tol)
+
+
+def test_explicit_fused_refuses_non_dense_params_at_construction(device):
+    params = _non_dense_model(device)
+    with pytest.raises(ValueError, match="foreach=True"):
+        SGDF(params, fused=True)
+    opt = SGDF(params[:1], fused=True)
+    before = _snapshot(opt)
+    with pytest.raises(ValueError, match="dense"):
+        opt.add_param_group({"params": params[1:]})
+    _assert_unchanged(opt, before)
+
+
+def test_non_dense_param_with_grad_scaler_skips_and_unscales(device):
+    params = _non_dense_model(device)[:2]
+    opt = SGDF(params, lr=0.05)
+    assert opt._step_supports_amp_scaling
+    ref = ReferenceSGDF(params, lr=0.05)
+    scaler = torch.amp.GradScaler(device.type, init_scale=2.0**4, growth_interval=1000)
+    for i in range(4):
+        _fill_grads(params, seed=i)
+        true_grads = [p.grad.cpu().double() for p in params]
+        for p in params:
+            p.grad = scaler.scale(p.grad)
+        if i == 2:
+            params[1].grad[0, 0] = float("inf")
+            before = _snapshot(opt)
+        scaler.step(opt)
+        scaler.update()
+        if i == 2:
+            for p, (_, bits, _) in zip(params, before["params"]):
+                assert _same(_bits(p), bits)
+            assert float(opt.state[params[1]]["step"]) == 2
+        else:
+            ref.step(true_grads)
+    for p, q in zip(params, ref.p):
+        torch.testing.assert_close(p.detach().cpu().double(), q, rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("path", ["default", "fused"])
+def test_channels_last_state_resumes_into_a_contiguous_model(device, path):
+    conv = torch.nn.Conv2d(3, 4, 3).to(device).to(memory_format=torch.channels_last)
+    opt = SGDF(conv.parameters(), lr=0.05, **PATHS[path])
+    conv(torch.randn(2, 3, 6, 6, device=device).to(memory_format=torch.channels_last)).sum().backward()
+    opt.step()
+    assert opt.state[conv.weight]["exp_avg"].stride() == conv.weight.stride()
+    contiguous = copy.deepcopy(conv).to(memory_format=torch.contiguous_format)
+    assert contiguous.weight.is_contiguous()
+    resumed = SGDF(contiguous.parameters(), lr=0.05, **PATHS[path])
+    resumed.load_state_dict(opt.state_dict())
+    for p in contiguous.parameters():
+        for key in ("exp_avg", "exp_var"):
+            assert resumed.state[p][key].stride() == p.stride()
+    contiguous(torch.randn(2, 3, 6, 6, device=device)).sum().backward()
+    resumed.step()
+    assert float(resumed.state[contiguous.weight]["step"]) == 2
+
+
+def test_model_converted_to_channels_last_after_stepping_keeps_stepping(device):
+    conv = torch.nn.Conv2d(3, 4, 3).to(device)
+    opt = SGDF(conv.parameters(), lr=0.05, fused=True)
+    x = torch.randn(2, 3, 6, 6, device=device)
+    conv(x).sum().backward()
+    opt.step()
+    conv.to(memory_format=torch.channels_last)
+    assert not conv.weight.is_contiguous()
+    expected = opt.state[conv.weight]["exp_avg"].clone()
+    conv.zero_grad()
+    conv(x.to(memory_format=torch.channels_last)).sum().backward()
+    opt.step()
+    assert opt.state[conv.weight]["exp_avg"].stride() == conv.weight.stride()
+    assert float(opt.state[conv.weight]["step"]) == 2
+    assert not torch.equal(opt.state[conv.weight]["exp_avg"], expected)
+
+
+def test_foreach_false_means_single_tensor(device):
+    opt = SGDF(_model(device), foreach=False)
+    assert opt.param_groups[0]["fused"] is False and opt.param_groups[0]["foreach"] is False
+    default = SGDF(_model(device))
+    assert default.param_groups[0]["fused"] is True
+
+
+def test_release_checkpoint_with_int_step_still_loads(device):
+    params = _model(device)
+    opt = SGDF(params, lr=1.0)
+    sd = {"state": {i: {"step": 3, "exp_avg": torch.zeros(p.shape), "exp_var": torch.zeros(p.shape)}
+                    for i, p in enumerate(params)},
+          "param_groups": [{"lr": 0.05, "betas": (0.9, 0.999), "eps": 1e-8, "gamma": 0.5, "weight_decay": 0.0,
+                            "weight_decouple": False, "use_sign": False, "use_muon": False, "ns_steps": 5,
+                            "params": [0, 1, 2]}]}
+    opt.load_state_dict(sd)
+    _fill_grads(params)
+    opt.step()
+    assert all(float(opt.state[p]["step"]) == 4 for p in params)
