@@ -13,7 +13,6 @@ import sgdf_erd  # noqa: F401  (registers the ops and their fake implementations
 from tests.devices import requires_cuda
 
 op = torch.ops.sgdf_erd.fused_sgdf_
-HYPER = dict(lr=0.1, beta1=0.9, beta2=0.999, eps=1e-8, gamma=0.5, weight_decay=0.0)
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 SHAPES = [(5, 4), (7,), (0, 3), (2, 3, 3)]
 
@@ -75,7 +74,7 @@ def assert_bit_identical(args, before):
 
 
 # --------------------------------------------------------------------------------------------- schema and fake
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
 @pytest.mark.parametrize("updates", [False, True], ids=["apply", "updates"])
 @pytest.mark.parametrize("scalars", [False, True], ids=["floats", "lr_tensor,grad_scale,found_inf"])
 def test_opcheck(device, dtype, updates, scalars):

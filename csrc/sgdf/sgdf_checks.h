@@ -12,8 +12,8 @@
 
 namespace sgdf_erd::sgdf {
 
-// The optimizer's own rules (SGDF's documented ranges), so the op refuses what SGDF refuses. NaN fails every
-// comparison, hence the `!(x >= 0)` form.
+// The optimizer's own rules (SGDF's documented ranges), so the op refuses what SGDF refuses. Each condition is
+// written so that NaN fails it.
 inline void check_hyperparameters(double lr, const Hyper<double>& h, const char* op) {
   TORCH_CHECK(lr >= 0.0, op, ": invalid lr=", lr, "; the learning rate must be >= 0 (and not NaN)");
   TORCH_CHECK(h.beta1 >= 0.0 && h.beta1 < 1.0, op, ": invalid beta1=", h.beta1, "; it must be in [0, 1)");
@@ -64,8 +64,8 @@ inline void check_fused_args(at::TensorList params, at::TensorList grads, at::Te
   check_scalar(lr_tensor, "lr_tensor");
   check_scalar(grad_scale, "grad_scale");
   check_scalar(found_inf, "found_inf");
-  // A CPU lr tensor is read for free; a CUDA one would need a host synchronisation, so its value is the caller's
-  // responsibility (SGDF checks it where it is set).
+  // A CPU lr tensor is read for free; reading a CUDA one would need a host synchronisation, so there its value is
+  // the caller's to check.
   if (lr_tensor.has_value() && lr_tensor->device().is_cpu()) {
     const float value = lr_tensor->item<float>();
     TORCH_CHECK(value >= 0.f, op, ": invalid lr_tensor=", value, "; the learning rate must be >= 0 (and not NaN)");
