@@ -12,9 +12,13 @@ namespace {
 constexpr const char* kOperatorSchemas[] = {
     // SGDF: one fused step over a group of same-device, same-dtype tensors (csrc/sgdf); advances each step count
     // by one, except when found_inf is nonzero (then nothing changes). With `updates` non-empty the filtered update
-    // is written there instead of being applied to the parameters.
+    // is written there instead of being applied to the parameters. The step counts are written by the op (so that
+    // a skipped step is decided in one place and a raising call changes nothing), hence `steps` is mutable.
+    // Every argument is checked before anything is written: hyperparameters in SGDF's ranges, dtypes, layouts,
+    // and no two tensors sharing memory. The value of `lr_tensor` is checked (>= 0) only on the CPU: reading a CUDA
+    // one would need a host synchronisation, so there it is the caller's to check.
     "fused_sgdf_(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] exp_avgs, Tensor(d!)[] exp_vars, "
-    "Tensor(e!)[] updates, Tensor[] steps, float lr, Tensor? lr_tensor, float beta1, float beta2, float eps, "
+    "Tensor(e!)[] updates, Tensor(f!)[] steps, float lr, Tensor? lr_tensor, float beta1, float beta2, float eps, "
     "float gamma, float weight_decay, bool decoupled_weight_decay, bool sign, bool maximize, "
     "Tensor? grad_scale, Tensor? found_inf) -> ()",
     // ERD loss (csrc/erd): per-sample weights; the fused loss forward (per-sample MSE, weights, batch loss and

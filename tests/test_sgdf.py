@@ -1,4 +1,6 @@
-"""SGDF optimizer against the float64 reference written from the spec (tests/reference/sgdf_reference.py)."""
+"""SGDF optimizer against the float64 reference written from the spec (tests/reference/sgdf_reference.py), on every
+device (the `device` fixture / DEVICES of tests/devices.py): parameters live on the device, gradients are drawn on
+the CPU, and the float64 reference runs on the CPU."""
 
 import copy
 import io
@@ -12,6 +14,7 @@ from hypothesis import strategies as st
 
 import sgdf_erd
 from sgdf_erd import SGDF
+from tests.devices import DEVICES
 from tests.reference.sgdf_reference import ReferenceSGDF
 
 PATHS = {
@@ -36,9 +39,10 @@ OPTION_SETS = [
 ]
 
 
-def _make_params(dtype, shapes=SHAPES, seed=0):
+def _make_params(dtype, shapes=SHAPES, seed=0, device="cpu"):
     gen = torch.Generator().manual_seed(seed)
-    return [torch.nn.Parameter(torch.randn(s, generator=gen, dtype=torch.float64).to(dtype)) for s in shapes]
+    return [torch.nn.Parameter(torch.randn(s, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype))
+            for s in shapes]
 
 
 def _grads(params, gen, scale=1.0):
@@ -67,7 +71,7 @@ def _assert_close(params, ref, dtype, sign=False):
     element), so there a few elements in a thousand may differ; everything else must match."""
     tol = TOL[dtype]
     for p, q in zip(params, ref.p):
-        actual, expected = p.detach().double(), q.to(torch.float64)
+        actual, expected = p.detach().cpu().double(), q.to(torch.float64)
         if sign:
             far = ~torch.isclose(actual, expected, rtol=tol, atol=tol)
             assert int(far.sum()) <= max(1, 3e-3 * far.numel()), f"{int(far.sum())} of {far.numel()} differ"
@@ -78,8 +82,8 @@ def _assert_close(params, ref, dtype, sign=False):
 @pytest.mark.parametrize("path", list(PATHS))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("options", OPTION_SETS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "default")
-def test_matches_reference(path, dtype, options):
-    params = _make_params(dtype)
+def test_matches_reference(device, path, dtype, options):
+    params = _make_params(dtype, device=device)
     lr = 0.05
     opt = SGDF(params, lr=lr, **options, **PATHS[path])
     reduced = dtype in (torch.float16, torch.bfloat16)
@@ -89,12 +93,12 @@ def test_matches_reference(path, dtype, options):
     for p, m in zip(params, ref.m):
         assert opt.state[p]["exp_avg"].dtype == dtype
         assert float(opt.state[p]["step"]) == 30
-        torch.testing.assert_close(opt.state[p]["exp_avg"].double(), m, rtol=TOL[dtype], atol=TOL[dtype])
+        torch.testing.assert_close(opt.state[p]["exp_avg"].cpu().double(), m, rtol=TOL[dtype], atol=TOL[dtype])
 
 
 @pytest.mark.parametrize("path", list(PATHS))
-def test_param_groups_with_different_hyperparameters(path):
-    params = _make_params(torch.float32, seed=3)
+def test_param_groups_with_different_hyperparameters(device, path):
+    params = _make_params(torch.float32, seed=3, device=device)
     groups = [
         dict(params=params[:2], lr=0.1, gamma=1.0),
         dict(params=params[2:4], lr=0.02, weight_decay=1e-2, sign=True),
@@ -111,16 +115,16 @@ def test_param_groups_with_different_hyperparameters(path):
     _assert_close(params[4:], refs[2], torch.float32)
 
 
-def test_default_path_is_fused_and_paths_agree():
-    params = [_make_params(torch.float32, seed=7) for _ in PATHS]
+def test_default_path_is_fused_and_paths_agree(device):
+    params = [_make_params(torch.float32, seed=7, device=device) for _ in PATHS]
     opts = [SGDF(ps, lr=0.1, weight_decay=1e-3, **PATHS[k]) for ps, k in zip(params, PATHS)]
-    assert SGDF(_make_params(torch.float32)).param_groups[0]["fused"] is True
+    assert SGDF(_make_params(torch.float32, device=device)).param_groups[0]["fused"] is True
     gen = torch.Generator().manual_seed(0)
     for _ in range(20):
         grads = _grads(params[0], gen)
         for ps, opt in zip(params, opts):
             for p, g in zip(ps, grads):
-                p.grad = g.clone()
+                p.grad = g.to(device, copy=True)
             opt.step()
     for ps in params[1:]:
         for a, b in zip(params[0], ps):
@@ -131,20 +135,22 @@ def test_default_path_is_fused_and_paths_agree():
        b1=st.floats(0.0, 0.99), b2=st.floats(0.5, 0.9999), gamma=st.floats(0.1, 2.0),
        seed=st.integers(0, 2**16))
 @settings(max_examples=40, deadline=None)
-def test_fused_random_hyperparameters_and_shapes(shape, lr, b1, b2, gamma, seed):
-    params = _make_params(torch.float64, shapes=[tuple(shape), (3,)], seed=seed)
+@pytest.mark.parametrize("device", DEVICES)  # not the fixture: hypothesis reruns the body, not the fixture
+def test_fused_random_hyperparameters_and_shapes(device, shape, lr, b1, b2, gamma, seed):
+    params = _make_params(torch.float64, shapes=[tuple(shape), (3,)], seed=seed, device=device)
     opt = SGDF(params, lr=lr, betas=(b1, b2), gamma=gamma, fused=True)
     ref = ReferenceSGDF(params, lr=lr, betas=(b1, b2), gamma=gamma)
     _run_against_reference(params, opt, ref, steps=4, seed=seed)
     _assert_close(params, ref, torch.float64)
 
 
-def test_closure_and_none_grads_and_zero_size():
-    w = torch.nn.Parameter(torch.randn(4, 3))
-    frozen = torch.nn.Parameter(torch.randn(3))
-    empty = torch.nn.Parameter(torch.randn(0, 5))
-    x = torch.randn(8, 3)
-    opt = SGDF([w, frozen, empty], lr=0.1)
+@pytest.mark.parametrize("path", list(PATHS))
+def test_closure_and_none_grads_and_zero_size(device, path):
+    w = torch.nn.Parameter(torch.randn(4, 3, device=device))
+    frozen = torch.nn.Parameter(torch.randn(3, device=device))
+    empty = torch.nn.Parameter(torch.randn(0, 5, device=device))
+    x = torch.randn(8, 3, device=device)
+    opt = SGDF([w, frozen, empty], lr=0.1, **PATHS[path])
     ref = ReferenceSGDF([w], lr=0.1)
 
     def closure():
@@ -157,31 +163,31 @@ def test_closure_and_none_grads_and_zero_size():
         before = frozen.detach().clone()
         loss = opt.step(closure)
         assert isinstance(loss, torch.Tensor)
-        ref_grad = torch.autograd.functional.jacobian(lambda v: (x.double() @ v.T).pow(2).mean(), ref.p[0])
+        ref_grad = torch.autograd.functional.jacobian(lambda v: (x.cpu().double() @ v.T).pow(2).mean(), ref.p[0])
         ref.step([ref_grad])
         assert torch.equal(frozen, before)
-    torch.testing.assert_close(w.detach().double(), ref.p[0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(w.detach().cpu().double(), ref.p[0], rtol=1e-4, atol=1e-5)
     assert frozen not in opt.state
 
 
 @pytest.mark.parametrize("path", list(PATHS))
-def test_complex_parameters_are_real_views(path):
+def test_complex_parameters_are_real_views(device, path):
     gen = torch.Generator().manual_seed(0)
-    p = torch.nn.Parameter(torch.randn(6, 4, dtype=torch.complex64, generator=gen))
+    p = torch.nn.Parameter(torch.randn(6, 4, dtype=torch.complex64, generator=gen).to(device))
     opt = SGDF([p], lr=0.1, weight_decay=1e-2, **PATHS[path])
     ref = ReferenceSGDF([p], lr=0.1, weight_decay=1e-2)
     for _ in range(10):
         g = torch.randn(6, 4, dtype=torch.complex64, generator=gen)
-        p.grad = g.clone()
+        p.grad = g.to(device)
         opt.step()
         ref.step([g])
-    torch.testing.assert_close(p.detach().to(torch.complex128), ref.p[0], rtol=2e-5, atol=2e-5)
+    torch.testing.assert_close(p.detach().cpu().to(torch.complex128), ref.p[0], rtol=2e-5, atol=2e-5)
 
 
 # ----------------------------------------------------------------------------------------- checkpoints
 @pytest.mark.parametrize("saved_path,loaded_path", list(itertools.product(PATHS, PATHS)))
-def test_state_dict_round_trip_across_paths(saved_path, loaded_path):
-    params = _make_params(torch.float32, seed=11)
+def test_state_dict_round_trip_across_paths(device, saved_path, loaded_path):
+    params = _make_params(torch.float32, seed=11, device=device)
     opt = SGDF(params, lr=0.05, weight_decay=1e-3, **PATHS[saved_path])
     twin = copy.deepcopy(params)
     twin_opt = SGDF(twin, lr=0.05, weight_decay=1e-3, **PATHS[saved_path])
@@ -190,7 +196,7 @@ def test_state_dict_round_trip_across_paths(saved_path, loaded_path):
     for grads in grads_seq[:10]:
         for ps, o in ((params, opt), (twin, twin_opt)):
             for p, g in zip(ps, grads):
-                p.grad = g.clone()
+                p.grad = g.to(device, copy=True)
             o.step()
     buffer = io.BytesIO()
     torch.save(opt.state_dict(), buffer)
@@ -201,16 +207,16 @@ def test_state_dict_round_trip_across_paths(saved_path, loaded_path):
     for grads in grads_seq[10:]:
         for ps, o in ((params, resumed), (twin, twin_opt)):
             for p, g in zip(ps, grads):
-                p.grad = g.clone()
+                p.grad = g.to(device, copy=True)
             o.step()
     for a, b in zip(params, twin):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert all(float(resumed.state[p]["step"]) == 20 for p in params)
 
 
-def test_loads_authors_release_checkpoint():
-    """A state dict in the release's layout: int step, option names weight_decouple/use_sign/use_muon."""
-    params = _make_params(torch.float32, shapes=[(5, 4), (6,)], seed=4)
+def test_loads_authors_release_checkpoint(device):
+    """A state dict in the release's layout (CPU tensors): int step, option names weight_decouple/use_sign/use_muon."""
+    params = _make_params(torch.float32, shapes=[(5, 4), (6,)], seed=4, device=device)
     gen = torch.Generator().manual_seed(9)
     exp_avg = [torch.randn(p.shape, generator=gen) * 0.1 for p in params]
     exp_var = [torch.rand(p.shape, generator=gen) * 0.01 for p in params]
@@ -233,20 +239,20 @@ def test_loads_authors_release_checkpoint():
 
 
 # ----------------------------------------------------------------------------------------- AMP
-def test_grad_scaler_with_planted_inf_skips_and_unscales():
+def test_grad_scaler_with_planted_inf_skips_and_unscales(device):
     torch.manual_seed(0)
-    model = torch.nn.Linear(6, 3)
+    model = torch.nn.Linear(6, 3).to(device)
     opt = SGDF(model.parameters(), lr=0.05, fused=True)
     assert opt._step_supports_amp_scaling
     ref = ReferenceSGDF(list(model.parameters()), lr=0.05)
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8, growth_interval=1000)
-    x = torch.randn(16, 6)
+    scaler = torch.amp.GradScaler(device.type, init_scale=2.0**8, growth_interval=1000)
+    x = torch.randn(16, 6).to(device)
     skipped = 0
     for step in range(12):
         opt.zero_grad()
         loss = model(x).pow(2).mean()
         scaler.scale(loss).backward()
-        true_grads = [p.grad.double() / scaler.get_scale() for p in model.parameters()]
+        true_grads = [p.grad.cpu().double() / scaler.get_scale() for p in model.parameters()]
         before = [p.detach().clone() for p in model.parameters()]
         if step in (3, 7):
             model.weight.grad[0, 0] = float("inf") if step == 3 else float("nan")
@@ -258,15 +264,15 @@ def test_grad_scaler_with_planted_inf_skips_and_unscales():
         else:
             ref.step(true_grads)
             # the kernel unscaled the gradients in place
-            torch.testing.assert_close(model.bias.grad.double(), true_grads[1], rtol=1e-6, atol=1e-7)
+            torch.testing.assert_close(model.bias.grad.cpu().double(), true_grads[1], rtol=1e-6, atol=1e-7)
     assert float(opt.state[model.weight]["step"]) == 12 - skipped
     _assert_close(list(model.parameters()), ref, torch.float32)
 
 
 # ----------------------------------------------------------------------------------------- options
-def test_capturable_and_tensor_lr_on_cpu():
-    params = _make_params(torch.float32, seed=8)
-    lr = torch.tensor(0.05)
+def test_capturable_and_tensor_lr(device):
+    params = _make_params(torch.float32, seed=8, device=device)
+    lr = torch.tensor(0.05, device=device)
     for path in ("fused", "foreach"):
         ps = copy.deepcopy(params)
         opt = SGDF(ps, lr=lr, capturable=True, **PATHS[path])
@@ -275,12 +281,12 @@ def test_capturable_and_tensor_lr_on_cpu():
         _assert_close(ps, ref, torch.float32)
 
 
-def test_add_param_group_joins_the_path():
-    a, b = _make_params(torch.float32, shapes=[(3,), (4,)])
+def test_add_param_group_joins_the_path(device):
+    a, b = _make_params(torch.float32, shapes=[(3,), (4,)], device=device)
     opt = SGDF([a], lr=0.1)
     opt.add_param_group({"params": [b], "lr": 0.01})
     assert opt.param_groups[1]["fused"] is True
-    b.grad = torch.ones(4)
+    b.grad = torch.ones(4, device=device)
     opt.step()
     assert float(opt.state[b]["step"]) == 1
 
@@ -312,28 +318,16 @@ def test_invalid_parameter_kinds():
         SGDF([torch.nn.Parameter(torch.zeros(3, dtype=torch.float8_e4m3fn))], fused=True)
 
 
-def test_sparse_gradient_leaves_nothing_half_updated():
-    dense = torch.nn.Parameter(torch.randn(4))
-    emb = torch.nn.Embedding(10, 3, sparse=True)
+def test_sparse_gradient_leaves_nothing_half_updated(device):
+    dense = torch.nn.Parameter(torch.randn(4, device=device))
+    emb = torch.nn.Embedding(10, 3, sparse=True, device=device)
     opt = SGDF([{"params": [dense]}, {"params": emb.parameters()}], lr=0.1)
-    dense.grad = torch.ones(4)
-    emb(torch.tensor([1, 2])).sum().backward()
+    dense.grad = torch.ones(4, device=device)
+    emb(torch.tensor([1, 2], device=device)).sum().backward()
     before = dense.detach().clone()
     with pytest.raises(RuntimeError, match="sparse"):
         opt.step()
     assert torch.equal(dense, before)
-
-
-def test_native_op_checks_name_the_argument():
-    p = [torch.zeros(4)]
-    with pytest.raises(RuntimeError, match="grads"):
-        sgdf_erd._native.ops.fused_sgdf_(p, [torch.zeros(5)], [torch.zeros(4)], [torch.zeros(4)], [],
-                                         [torch.zeros(())], 0.1, None, 0.9, 0.999, 1e-8, 0.5, 0.0, False, False,
-                                         False, None, None)
-    with pytest.raises(RuntimeError, match="steps"):
-        sgdf_erd._native.ops.fused_sgdf_(p, [torch.zeros(4)], [torch.zeros(4)], [torch.zeros(4)], [],
-                                         [torch.zeros((), dtype=torch.int64)], 0.1, None, 0.9, 0.999, 1e-8, 0.5,
-                                         0.0, False, False, False, None, None)
 
 
 def test_build_info():
@@ -356,9 +350,9 @@ def test_tensor_over_2_pow_31_elements_cpu():
 
 
 @pytest.mark.parametrize("path", list(PATHS))
-def test_mixed_dtypes_in_one_group(path):
+def test_mixed_dtypes_in_one_group(device, path):
     """A group mixing dtypes is split per (device, dtype); each part matches its own reference."""
-    parts = {dtype: _make_params(dtype, shapes=[(9, 4), (33,)], seed=i)
+    parts = {dtype: _make_params(dtype, shapes=[(9, 4), (33,)], seed=i, device=device)
              for i, dtype in enumerate((torch.float32, torch.float64, torch.bfloat16))}
     params = [p for ps in parts.values() for p in ps]
     opt = SGDF(params, lr=0.05, weight_decay=1e-3, **PATHS[path])
@@ -368,3 +362,51 @@ def test_mixed_dtypes_in_one_group(path):
                             steps=30, seed=6)
     for d, ps in parts.items():
         _assert_close(ps, refs[d], d)
+
+
+# ----------------------------------------------------------------------------------------- memory layouts
+@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_misaligned_views_match_reference(device, path, dtype):
+    """Parameters and gradients at odd storage offsets (buf[1:]) cannot use the CUDA kernel's vector loads; the
+    element-wise fallback must give the same numbers."""
+    shapes = [(33, 7), (130,), (5,)]
+    source = _make_params(dtype, shapes=shapes, seed=12)
+    params = []
+    for p in source:
+        buf = torch.zeros(p.numel() + 1, dtype=dtype, device=device)
+        buf[1:].copy_(p.detach().reshape(-1))
+        params.append(torch.nn.Parameter(buf[1:].view(p.shape)))
+    assert all(p.storage_offset() == 1 for p in params)
+    opt = SGDF(params, lr=0.05, weight_decay=1e-3, **PATHS[path])
+    reduced = dtype != torch.float32
+    ref = ReferenceSGDF(source, lr=0.05, weight_decay=1e-3, round_to=dtype if reduced else None)
+    gen = torch.Generator().manual_seed(13)
+    for _ in range(12):
+        grads = _grads(params, gen)
+        for p, g in zip(params, grads):
+            buf = torch.zeros(g.numel() + 1, dtype=dtype, device=device)
+            p.grad = buf[1:].view(g.shape).copy_(g)
+        opt.step()
+        ref.step(grads)
+    _assert_close(params, ref, dtype)
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_channels_last_params_match_reference(device, path):
+    """A channels_last conv weight keeps its layout (state too); a contiguous gradient is taken in either layout."""
+    source = _make_params(torch.float32, shapes=[(8, 3, 3, 3), (4, 8, 1, 1)], seed=14)
+    params = [torch.nn.Parameter(p.detach().to(device, memory_format=torch.channels_last)) for p in source]
+    opt = SGDF(params, lr=0.05, weight_decay=1e-3, **PATHS[path])
+    ref = ReferenceSGDF(source, lr=0.05, weight_decay=1e-3)
+    gen = torch.Generator().manual_seed(15)
+    for step in range(12):
+        grads = _grads(params, gen)
+        for p, g in zip(params, grads):  # alternate gradient layouts
+            p.grad = g.to(device, memory_format=torch.channels_last if step % 2 else torch.contiguous_format)
+        opt.step()
+        ref.step(grads)
+    _assert_close(params, ref, torch.float32)
+    for p in params:
+        assert p.is_contiguous(memory_format=torch.channels_last)
+        assert opt.state[p]["exp_avg"].is_contiguous(memory_format=torch.channels_last)

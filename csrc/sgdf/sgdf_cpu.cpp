@@ -57,12 +57,13 @@ void fused_sgdf_cpu(at::TensorList params, at::TensorList grads, at::TensorList 
                     const std::optional<at::Tensor>& lr_tensor, double beta1, double beta2, double eps, double gamma,
                     double weight_decay, bool decoupled_weight_decay, bool sign, bool maximize,
                     const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
-  check_fused_args(params, grads, exp_avgs, exp_vars, updates, steps, lr_tensor, grad_scale, found_inf);
+  const Hyper<double> hyper{beta1, beta2, eps, gamma, weight_decay, decoupled_weight_decay, sign, maximize};
+  check_fused_args(params, grads, exp_avgs, exp_vars, updates, steps, lr, lr_tensor, hyper, grad_scale, found_inf);
   if (params.empty()) return;
-  // A CPU tensor is read without any device synchronisation; an overflowed step is skipped whole.
+  // A CPU tensor is read without any device synchronisation; an overflowed step is skipped whole (GradScaler
+  // passes the sum of found_inf over devices: any nonzero value means skip).
   if (found_inf.has_value() && found_inf->item<float>() != 0.f) return;
   if (lr_tensor.has_value()) lr = lr_tensor->item<float>();
-  const Hyper<double> hyper{beta1, beta2, eps, gamma, weight_decay, decoupled_weight_decay, sign, maximize};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "fused_sgdf_cpu", [&] {
     if (updates.empty()) {
       run_cpu<scalar_t, 4>(params, grads, exp_avgs, exp_vars, updates, steps, lr, hyper, grad_scale);
@@ -75,5 +76,7 @@ void fused_sgdf_cpu(at::TensorList params, at::TensorList grads, at::TensorList 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(sgdf_erd, CPU, m) { m.impl("fused_sgdf_", &fused_sgdf_cpu); }
+// Sparse tensors reach the same checks, which name the argument, instead of the dispatcher's "could not run".
+TORCH_LIBRARY_IMPL(sgdf_erd, SparseCPU, m) { m.impl("fused_sgdf_", &fused_sgdf_cpu); }
 
 }  // namespace sgdf_erd::sgdf

@@ -2,8 +2,6 @@
 // Step counts, lr (capturable), grad_scale and found_inf are read on the device: no host synchronisation.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include <ATen/ops/_foreach_add.h>
-#include <ATen/ops/_foreach_sub.h>
 #include <torch/library.h>
 
 #include "common/cuda/multi_tensor_apply.cuh"
@@ -49,19 +47,31 @@ struct SgdfFunctor {
   }
 };
 
+// Advances each step count by one, unless the step is skipped: GradScaler passes the sum of found_inf over devices,
+// so any nonzero value means skip. Adding nothing (rather than adding one, then subtracting found_inf) keeps a
+// skipped count bit-identical, also where float32 can no longer represent count + 1 (from 2^24).
+struct AdvanceStepFunctor {
+  const float* found_inf;  // null without AMP
+
+  __device__ void operator()(const cuda::TensorListMetadata<1>& meta, int tensor, int64_t chunk) const {
+    if (found_inf != nullptr && *found_inf != 0.f) return;
+    cuda::for_each_element<float, 1>(meta, tensor, chunk, 1u, [](float(&step)[1]) { step[0] += 1.f; });
+  }
+};
+
 void fused_sgdf_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_vars,
                      at::TensorList updates, at::TensorList steps, double lr,
                      const std::optional<at::Tensor>& lr_tensor, double beta1, double beta2, double eps,
                      double gamma, double weight_decay, bool decoupled_weight_decay, bool sign, bool maximize,
                      const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
-  check_fused_args(params, grads, exp_avgs, exp_vars, updates, steps, lr_tensor, grad_scale, found_inf);
-  if (params.empty()) return;
   const Hyper<double> hyper{beta1, beta2, eps, gamma, weight_decay, decoupled_weight_decay, sign, maximize};
+  check_fused_args(params, grads, exp_avgs, exp_vars, updates, steps, lr, lr_tensor, hyper, grad_scale, found_inf);
+  if (params.empty()) return;
   auto ptr = [](const std::optional<at::Tensor>& t) { return t.has_value() ? t->const_data_ptr<float>() : nullptr; };
   const unsigned mask = write_mask(grad_scale.has_value(), !updates.empty());
   // Blocks of one tensor read its step concurrently, so the increment is a launch of its own before the update;
-  // an overflowed step takes it back on the device, without a host synchronisation.
-  at::_foreach_add_(steps, 1);
+  // both read found_inf on the device, without a host synchronisation.
+  cuda::multi_tensor_apply<1>({steps}, {}, AdvanceStepFunctor{ptr(found_inf)});
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "fused_sgdf_cuda", [&] {
     if (updates.empty()) {
       SgdfFunctor<scalar_t, 4> f{hyper, lr, ptr(lr_tensor), ptr(grad_scale), ptr(found_inf), mask};
@@ -71,13 +81,12 @@ void fused_sgdf_cuda(at::TensorList params, at::TensorList grads, at::TensorList
       cuda::multi_tensor_apply<5>({params, grads, exp_avgs, exp_vars, updates}, steps, f);
     }
   });
-  if (found_inf.has_value()) {
-    at::_foreach_sub_(steps, std::vector<at::Tensor>(steps.size(), found_inf->reshape({})));
-  }
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(sgdf_erd, CUDA, m) { m.impl("fused_sgdf_", &fused_sgdf_cuda); }
+// Sparse tensors reach the same checks, which name the argument, instead of the dispatcher's "could not run".
+TORCH_LIBRARY_IMPL(sgdf_erd, SparseCUDA, m) { m.impl("fused_sgdf_", &fused_sgdf_cuda); }
 
 }  // namespace sgdf_erd::sgdf

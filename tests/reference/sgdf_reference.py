@@ -1,6 +1,6 @@
 """Float64 SGDF written from ../shared/spec/sgdf.md, one tensor at a time, for tests only.
 
-It never calls sgdf_erd. `round_to` emulates keeping parameters and state in a reduced dtype: after every step
+It never calls sgdf_erd, and it always runs on the CPU (parameters and gradients from any device are copied). `round_to` emulates keeping parameters and state in a reduced dtype: after every step
 p, m and s are rounded to that dtype (the optimizer under test stores them so).
 """
 
@@ -28,7 +28,8 @@ class ReferenceSGDF:
     def __init__(self, params, lr=0.5, betas=(0.9, 0.999), eps=1e-8, gamma=0.5, weight_decay=0.0,
                  decoupled_weight_decay=False, sign=False, orthogonalize=False, ns_steps=5, maximize=False,
                  round_to=None):
-        self.p = [p.detach().clone().to(torch.complex128 if p.is_complex() else torch.float64) for p in params]
+        self.p = [p.detach().to("cpu", torch.complex128 if p.is_complex() else torch.float64, copy=True)
+                  for p in params]
         self.m = [torch.zeros_like(p) for p in self.p]
         self.s = [torch.zeros_like(p) for p in self.p]
         self.t = [0 for _ in self.p]
@@ -47,6 +48,7 @@ class ReferenceSGDF:
         for i, g in enumerate(grads):
             if g is None:
                 continue
+            g = g.cpu()
             if self.p[i].is_complex():  # complex tensors are real pairs
                 p, m, s = (torch.view_as_real(x[i]) for x in (self.p, self.m, self.s))
                 g = torch.view_as_real(g.to(torch.complex128))

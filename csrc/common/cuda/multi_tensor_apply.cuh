@@ -23,7 +23,7 @@ constexpr int kMaxBlocksPerLaunch = 320;
 // Kernel-argument budget is 4 KiB; the tensor count shrinks as the depth grows.
 template <int Depth>
 constexpr int max_tensors_per_launch() {
-  return Depth <= 4 ? 36 : 30;
+  return Depth == 1 ? 96 : Depth <= 4 ? 36 : 30;
 }
 
 template <int Depth>
@@ -45,6 +45,7 @@ __global__ void __launch_bounds__(kBlockSize)
 // Launches functor over lists[d][i] (d < Depth), with scalars[i] (or none) as the per-tuple scalar.
 template <int Depth, typename Functor>
 void multi_tensor_apply(const std::vector<at::TensorList>& lists, at::TensorList scalars, const Functor& functor) {
+  static_assert(sizeof(TensorListMetadata<Depth>) + sizeof(Functor) <= 4096, "kernel arguments exceed 4 KiB");
   TORCH_INTERNAL_ASSERT(lists.size() == Depth);
   const auto n_tensors = lists[0].size();
   if (n_tensors == 0) return;

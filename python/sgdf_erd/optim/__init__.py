@@ -1,5 +1,6 @@
 """Optimizers."""
 
+from . import _fake  # noqa: F401  (shape functions for torch.compile)
 from .sgdf import SGDF
 
 __all__ = ["SGDF"]

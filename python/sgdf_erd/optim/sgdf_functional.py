@@ -138,13 +138,16 @@ def fused_sgdf(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor]
         for bucket, tensor in zip(group, (p, _matching_layout(g, p), m, s, t)):
             bucket.append(tensor)
 
-    per_device = {}  # grad_scale / found_inf moved once per device
+    per_device = {}  # lr / grad_scale / found_inf moved once per device
 
     def on(device, t):
         if t is None:
             return None
         if (device, id(t)) not in per_device:
-            per_device[(device, id(t))] = t.to(device=device, dtype=torch.float32, non_blocking=True).reshape(1)
+            # Only a copy *to* a CUDA device may be non-blocking (it is ordered on the stream before the kernel);
+            # a non-blocking copy to the CPU returns before the value has arrived, and the CPU kernel reads it at once.
+            per_device[(device, id(t))] = t.to(device=device, dtype=torch.float32,
+                                               non_blocking=device.type == "cuda").reshape(1)
         return per_device[(device, id(t))]
 
     for (device, _, orth), (g_params, g_grads, g_exp_avgs, g_exp_vars, g_steps) in groups.items():
