@@ -1,4 +1,4 @@
-// The SGDF update for one element, shared by the CPU and CUDA kernels (see ../shared/spec/sgdf.md).
+// The SGDF update for one element, shared by the CPU and CUDA kernels (see docs/sgdf.md).
 // Only maths lives here: launching, chunking and dtype dispatch are in csrc/common.
 #pragma once
 

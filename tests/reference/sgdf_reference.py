@@ -1,4 +1,4 @@
-"""Float64 SGDF written from ../shared/spec/sgdf.md, one tensor at a time, for tests only.
+"""Float64 SGDF written from docs/sgdf.md, one tensor at a time, for tests only.
 
 It never calls sgdf_erd, and it always runs on the CPU (parameters and gradients from any device are copied). `round_to` emulates keeping parameters and state in a reduced dtype: after every step
 p, m and s are rounded to that dtype (the optimizer under test stores them so).
