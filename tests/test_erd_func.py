@@ -1,9 +1,9 @@
-"""The ERD loss under torch.func transforms (grad, vjp, vmap, per-sample gradients, second derivatives) and
+"""The ERD loss under torch.func transforms (grad, vjp, jvp, vmap, per-sample gradients, second derivatives) and
 torch.compile, against the float64 reference (tests/reference/erd_reference.py) on every device."""
 
 import pytest
 import torch
-from torch.func import functional_call, grad, jacrev, vjp, vmap
+from torch.func import functional_call, grad, hessian, jacrev, jvp, vjp, vmap
 
 from tests.reference import erd_reference as ref
 from sgdf_erd.erd import ERDLoss, erd_loss, schedules
@@ -108,6 +108,19 @@ def test_second_derivatives_under_func(device):
     # mixed derivative d^2 loss / d output d target = -Hessian
     mixed = jacrev(grad(lambda o, t: erd_loss(o, t, alpha, sigma, "v")[0]), argnums=1)(output, target)
     torch.testing.assert_close(mixed.cpu(), -expected, rtol=1e-12, atol=1e-15)
+
+
+def test_forward_mode_jvp_and_hessian(device):
+    # forward mode (jvp) and torch.func.hessian (jacfwd over jacrev), the backward op's jvp included
+    output, target, alpha, sigma = make_batch(device, shape=(3, 2), seed=10)
+    w = ref.erd_weight(alpha.cpu(), sigma.cpu(), "eps")
+    tangents = (torch.randn_like(output), torch.randn_like(target))
+    _, got = jvp(lambda o, t: erd_loss(o, t, alpha, sigma, "eps")[0], (output, target), tangents)
+    _, expected = jvp(lambda o, t: ref.loss(o, t, w), (output.cpu(), target.cpu()), tuple(t.cpu() for t in tangents))
+    torch.testing.assert_close(got.cpu(), expected, rtol=1e-12, atol=1e-15)
+    got = hessian(lambda o: erd_loss(o, target, alpha, sigma, "eps")[0])(output)
+    expected = torch.autograd.functional.hessian(lambda o: ref.loss(o, target.cpu(), w), output.cpu())
+    torch.testing.assert_close(got.cpu(), expected, rtol=1e-12, atol=1e-15)
 
 
 def test_create_graph_gradient_of_gradient_norm(device):

@@ -1,11 +1,11 @@
-"""Derivatives and batching rules of the ERD loss ops, so that autograd, torch.func transforms (grad, vjp, vmap,
-hessian) and torch.compile all see them; the maths stays in the fused kernels.
+"""Derivatives and batching rules of the ERD loss ops, so that autograd, torch.func transforms (grad, vjp, jvp,
+vmap, hessian) and torch.compile all see them; the maths stays in the fused kernels.
 
 - ``erd_loss_forward``: gradients for ``output`` and ``target`` only (alpha, sigma and given weights are constants
   of the loss); ``mse``, ``weight`` and ``bin_sums`` are not differentiable.
 - ``erd_loss_backward``: its outputs are ``d`` and (for the target) ``-d`` with ``d = (output - target) * grad * c``
   (``c_i = 2 w_i / numel``), linear in ``output - target`` and in ``grad``, so its own derivatives are calls of
-  itself: derivatives of any order (``create_graph=True``) run the fused kernel too.
+  itself: derivatives of any order (``create_graph=True``, forward mode) run the fused kernel too.
 
 The rules are registered twice from one definition: on the ops with ``torch.library.register_autograd`` (plain
 autograd, opcheck, torch.compile of a direct op call) and as :class:`LossForward` / :class:`LossBackward`
@@ -28,9 +28,17 @@ _FORWARD = ops.erd_loss_forward.default
 _BACKWARD = ops.erd_loss_backward.default
 
 
+def _difference(u_plus, u_minus):
+    """u_plus - u_minus, either possibly None (zero); None when both are."""
+    if u_plus is None:
+        return None if u_minus is None else -u_minus
+    return u_plus if u_minus is None else u_plus - u_minus
+
+
 def _setup_forward(ctx, inputs, output):
     _, mse, weight, bin_sums = output
     ctx.save_for_backward(inputs[0], inputs[1], weight)
+    ctx.save_for_forward(inputs[0], inputs[1], weight)
     ctx.mark_non_differentiable(mse, weight, bin_sums)
     ctx.set_materialize_grads(False)
 
@@ -47,9 +55,22 @@ def _forward_backward(ctx, grad_loss, *_):
     return tuple(grads)
 
 
+def _forward_jvp(ctx, output_tangent, target_tangent, *_):
+    # d loss = sum(d loss / d output * (output_tangent - target_tangent)), the gradient at grad_loss = 1
+    output, target, weight = ctx.saved_tensors
+    u = _difference(output_tangent, target_tangent)
+    if u is None:
+        return None, None, None, None
+    per_unit = LossBackward.apply(torch.ones((), dtype=output.dtype, device=output.device), output, target,
+                                  weight, False)[0]
+    return (per_unit * u).sum(), None, None, None
+
+
 def _setup_backward(ctx, inputs, output):
-    grad, out, target, weight, _ = inputs
+    grad, out, target, weight, target_requires_grad = inputs
     ctx.save_for_backward(grad, out, target, weight)
+    ctx.save_for_forward(grad, out, target, weight)
+    ctx.target_requires_grad = target_requires_grad
     ctx.set_materialize_grads(False)
 
 
@@ -57,11 +78,9 @@ def _backward_backward(ctx, *cotangents):
     grad, output, target, weight = ctx.saved_tensors
     need_grad, need_output, need_target = ctx.needs_input_grad[:3]
     # only u = u_d - u_(-d) matters
-    u_d = cotangents[0]
-    u_neg = cotangents[1] if len(cotangents) > 1 else None
-    if (u_d is None and u_neg is None) or not (need_grad or need_output or need_target):
+    u = _difference(cotangents[0], cotangents[1] if len(cotangents) > 1 else None)
+    if u is None or not (need_grad or need_output or need_target):
         return None, None, None, None, None
-    u = -u_neg if u_d is None else u_d if u_neg is None else u_d - u_neg
     d_output = d_target = d_grad = None
     if need_output or need_target:
         d_output = LossBackward.apply(grad, u, torch.zeros_like(u), weight, False)[0]
@@ -72,6 +91,18 @@ def _backward_backward(ctx, *cotangents):
     return d_grad, d_output if need_output else None, d_target, None, None
 
 
+def _backward_jvp(ctx, grad_tangent, output_tangent, target_tangent, *_):
+    grad, output, target, weight = ctx.saved_tensors
+    u = _difference(output_tangent, target_tangent)
+    d = None if u is None else LossBackward.apply(grad, u, torch.zeros_like(u), weight, False)[0]
+    if grad_tangent is not None:
+        from_grad = LossBackward.apply(grad_tangent, output, target, weight, False)[0]
+        d = from_grad if d is None else d + from_grad
+    if not ctx.target_requires_grad:
+        return (d,)
+    return d, None if d is None else -d
+
+
 class LossForward(torch.autograd.Function):
     """``erd_loss_forward`` with its derivative, usable under torch.func transforms."""
 
@@ -79,6 +110,7 @@ class LossForward(torch.autograd.Function):
     forward = staticmethod(_FORWARD)
     setup_context = staticmethod(_setup_forward)
     backward = staticmethod(_forward_backward)
+    jvp = staticmethod(_forward_jvp)
 
 
 class LossBackward(torch.autograd.Function):
@@ -92,6 +124,7 @@ class LossBackward(torch.autograd.Function):
 
     setup_context = staticmethod(_setup_backward)
     backward = staticmethod(_backward_backward)
+    jvp = staticmethod(_backward_jvp)
 
 
 torch.library.register_autograd(_FORWARD, _forward_backward, setup_context=_setup_forward)

@@ -68,8 +68,11 @@ def erd_loss(output: Tensor, target: Tensor, alpha: Tensor, sigma: Tensor, predi
         weighting = "given"
     else:
         check_weighting(prediction, weighting)
-    # the op with its derivative (output and target; weights are constants), for autograd and torch.func alike
-    return LossForward.apply(output, target, alpha, sigma, alpha_prime, sigma_prime, weights, prediction, weighting,
+    # the op with its derivative (output and target; weights are constants), for autograd and torch.func alike;
+    # Dynamo cannot trace an autograd.Function with a jvp, so compiled code calls the op, which has the same
+    # derivative registered (erd/_autograd.py)
+    loss_forward = ops.erd_loss_forward if torch.compiler.is_compiling() else LossForward.apply
+    return loss_forward(output, target, alpha, sigma, alpha_prime, sigma_prime, weights, prediction, weighting,
                         float(k), float(gamma), num_bins, lo, hi)
 
 
