@@ -6,6 +6,8 @@ the scheduler's own alphas_cumprod / sigmas, and Min-SNR equals diffusers' snr_g
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 diffusers = pytest.importorskip("diffusers", reason="diffusers is not installed (scripts/run.sh installs it)")
 from diffusers import (DDIMScheduler, DDPMScheduler, EulerDiscreteScheduler,  # noqa: E402
@@ -136,6 +138,15 @@ def test_flow_match_schedule_reproduces_scale_noise(shift):
     scheduler.set_timesteps(10)
     _, sigma = schedule.alpha_sigma(scheduler.timesteps)
     torch.testing.assert_close(sigma, scheduler.sigmas[:10], rtol=1e-6, atol=1e-7)
+
+
+@settings(max_examples=20, deadline=None)
+@given(shift=st.floats(0.2, 8.0), num_train_timesteps=st.integers(2, 2000), data=st.data())
+def test_flow_match_timesteps_map_to_the_scheduler_sigmas_drawn(shift, num_train_timesteps, data):
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=num_train_timesteps, shift=shift)
+    indices = torch.tensor(data.draw(st.lists(st.integers(0, num_train_timesteps - 1), min_size=1, max_size=8)))
+    _, sigma = schedules.from_diffusers(scheduler).alpha_sigma(scheduler.timesteps[indices])
+    torch.testing.assert_close(sigma, scheduler.sigmas[indices], rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("scheduler_cls", [DDPMScheduler, DDIMScheduler])

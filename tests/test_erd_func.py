@@ -3,6 +3,8 @@ torch.compile, against the float64 reference (tests/reference/erd_reference.py) 
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch.func import functional_call, grad, hessian, jacrev, jvp, vjp, vmap
 
 from tests.reference import erd_reference as ref
@@ -73,6 +75,20 @@ def test_vmap_forward_equals_one_call_per_slice(device):
     # an argument not vmapped (in_dims None) is shared by every slice
     shared = vmap(lambda o: erd_loss(o, target[0], alpha[0], sigma[0], "eps")[0])(output)
     assert torch.equal(shared[1], erd_loss(output[1], target[0], alpha[0], sigma[0], "eps")[0])
+
+
+@settings(max_examples=25, deadline=None)
+@given(batch=st.integers(1, 5), features=st.integers(1, 7), prediction=st.sampled_from(["eps", "x0", "v", "flow"]),
+       seed=st.integers(0, 2**16))
+def test_per_sample_gradients_match_reference_drawn(batch, features, prediction, seed):
+    # vmap(grad) over drawn batches: sample i's gradient is the gradient of its own batch-of-one loss
+    output, target, alpha, sigma = make_batch("cpu", shape=(batch, features), seed=seed)
+    sample_loss = lambda o, t, a, s: erd_loss(o[None], t[None], a[None], s[None], prediction)[0]  # noqa: E731
+    d_output, d_target = vmap(grad(sample_loss, argnums=(0, 1)))(output, target, alpha, sigma)
+    for i in range(batch):
+        expected = reference_grads(output[i:i + 1], target[i:i + 1], alpha[i:i + 1], sigma[i:i + 1], prediction)
+        torch.testing.assert_close(d_output[i], expected[0][0], rtol=1e-12, atol=1e-15)
+        torch.testing.assert_close(d_target[i], expected[1][0], rtol=1e-12, atol=1e-15)
 
 
 def test_per_sample_gradients_of_a_model(device):

@@ -42,11 +42,15 @@ class FlowMatchTimesteps(LinearFlow):
             raise TypeError(f"FlowMatchTimesteps: timesteps must be real numbers, got {t.dtype}")
         if not t.is_floating_point():
             t = t.to(torch.get_default_dtype())
+        sigma = t / self.num_train_timesteps
+        # diffusers' float32 product sigmas * N can round just above N: that is sigma = 1
+        rounded_up = (sigma > 1) & (sigma <= 1 + 4 * torch.finfo(sigma.dtype).eps)
+        sigma = torch.where(rounded_up, torch.ones_like(sigma), sigma)
         # checked on the CPU only: elsewhere it would synchronise (LinearFlow then gives NaN outside)
-        if t.device.type == "cpu" and t.numel() and not bool(((t >= 0) & (t <= self.num_train_timesteps)).all()):
+        if sigma.device.type == "cpu" and sigma.numel() and not bool(((sigma >= 0) & (sigma <= 1)).all()):
             raise ValueError(f"FlowMatchTimesteps: timesteps must lie in [0, {self.num_train_timesteps}] "
                              f"(diffusers' sigma * num_train_timesteps), got [{float(t.min())}, {float(t.max())}]")
-        return t / self.num_train_timesteps
+        return sigma
 
     def alpha_sigma(self, t):
         return super().alpha_sigma(self._sigma(t))

@@ -55,6 +55,11 @@ def erd_loss(output: Tensor, target: Tensor, alpha: Tensor, sigma: Tensor, predi
     Returns ``(loss, mse, weight, bin_sums)``: the batch loss (differentiable, output's dtype), the per-sample raw
     MSE and weights ([B], float32; float64 for float64 operands) and this batch's per-bin sums ([4, num_bins]
     float64: count, sum of MSE, sum of MSE^2, sum of weighted loss).
+
+    Differentiable in output and target to any order, under autograd, torch.func (``grad``, ``vjp``, ``jvp``,
+    ``hessian``, and ``vmap``, e.g. per-sample gradients ``vmap(grad(f))``: one kernel call per vmapped slice) and
+    torch.compile. ``prediction`` also takes diffusers' names ("epsilon", "sample", "v_prediction",
+    "flow_prediction").
     """
     if not isinstance(output, Tensor) or not isinstance(target, Tensor):
         raise TypeError("erd_loss: output and target must be tensors")
