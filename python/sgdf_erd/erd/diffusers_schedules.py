@@ -94,4 +94,5 @@ def from_diffusers(scheduler) -> NoiseSchedule:
         return FlowMatchTimesteps(num_train_timesteps)
     raise TypeError(f"from_diffusers: no schedule known for {type(scheduler).__name__}; supported: "
                     f"{', '.join(VP_SCHEDULERS + FLOW_MATCH_SCHEDULERS)}. For another variance-preserving scheduler "
-                    "use schedules.DiscreteVP(scheduler.alphas_cumprod)")
+                    "use schedules.DiscreteVP(scheduler.alphas_cumprod); ERDLoss(schedule=...) takes any "
+                    "sgdf_erd.schedules.NoiseSchedule")
