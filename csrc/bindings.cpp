@@ -22,7 +22,8 @@ constexpr const char* kOperatorSchemas[] = {
     "float gamma, float weight_decay, bool decoupled_weight_decay, bool sign, bool maximize, "
     "Tensor? grad_scale, Tensor? found_inf) -> ()",
     // ERD loss (csrc/erd): per-sample weights; the fused loss forward (per-sample MSE, weights, batch loss and
-    // per-log-SNR-bin sums [count, sum mse, sum mse^2, sum loss] x num_bins) and its backward.
+    // per-log-SNR-bin sums [count, sum mse, sum mse^2, sum loss] x num_bins) and its backward. Their autograd and
+    // batching rules are registered from Python (python/sgdf_erd/erd/), so torch.func transforms see them.
     "erd_weights(Tensor alpha, Tensor sigma, Tensor? alpha_prime, Tensor? sigma_prime, str prediction, "
     "str weighting, float k, float gamma) -> Tensor",
     "erd_loss_forward(Tensor output, Tensor target, Tensor alpha, Tensor sigma, Tensor? alpha_prime, "
@@ -32,10 +33,6 @@ constexpr const char* kOperatorSchemas[] = {
     "-> Tensor[]",
     // NTK spectrum: per-bin eigenvalues of the Gram matrix of the rows of `features` in each bin (csrc/ntk).
     "binned_gram_eigvalsh(Tensor features, Tensor bin_ids, int num_bins) -> (Tensor eigenvalues, Tensor counts)",
-    // erd_loss_forward with erd_loss_backward attached as its autograd (gradients for output and target only).
-    "erd_loss(Tensor output, Tensor target, Tensor alpha, Tensor sigma, Tensor? alpha_prime, Tensor? sigma_prime, "
-    "Tensor? weights, str prediction, str weighting, float k, float gamma, int num_bins, float logsnr_min, "
-    "float logsnr_max) -> (Tensor loss, Tensor mse, Tensor weight, Tensor bin_sums)",
 };
 
 bool compiled_with_cuda() {

@@ -30,8 +30,8 @@ fi
 python -m pip install -q numpy pytest hypothesis scipy scikit-learn matplotlib tqdm ninja setuptools wheel
 cmd=${1:-test}
 if [ "$cmd" = test ]; then
-  # tests/test_integrations.py runs SGDF inside Hugging Face Trainer
-  python -m pip install -q transformers accelerate
+  # tests/test_integrations.py runs SGDF inside Hugging Face Trainer; tests/test_diffusers.py inside diffusers
+  python -m pip install -q transformers accelerate diffusers
 fi
 
 stamp="$VENV/.sgdf_erd_build_stamp"

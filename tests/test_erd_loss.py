@@ -379,12 +379,16 @@ def test_opcheck(device, dtype, prediction, weighting, derivatives, test_utils):
     opcheck(ops.erd_loss_forward.default, (output, target, *args), test_utils)
     if weighting != "given":
         opcheck(ops.erd_weights.default, (alpha, sigma, *prime, prediction, weighting, 3.0, 0.7), test_utils)
-    if test_utils is None:  # the autograd op and its backward: once per dtype and optional
-        torch.library.opcheck(ops.erd_loss.default, (output.clone().requires_grad_(True),
-                                                     target.clone().requires_grad_(weighting == "given"), *args))
+    if test_utils is None:  # with inputs requiring grad (the ops' autograd registrations): once per dtype
+        torch.library.opcheck(ops.erd_loss_forward.default, (output.clone().requires_grad_(True),
+                                                             target.clone().requires_grad_(weighting == "given"),
+                                                             *args))
         if prediction == "eps":
             weight = torch.rand(4, dtype=torch.float64 if dtype == torch.float64 else torch.float32, device=device)
             grad = torch.tensor(1.5, dtype=dtype, device=device)
             for target_requires_grad in (False, True):
                 torch.library.opcheck(ops.erd_loss_backward.default,
                                       (grad, output, target, weight, target_requires_grad))
+                torch.library.opcheck(ops.erd_loss_backward.default,
+                                      (grad.clone().requires_grad_(True), output.clone().requires_grad_(True),
+                                       target.clone().requires_grad_(True), weight, target_requires_grad))

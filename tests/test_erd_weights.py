@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from tests.devices import DEVICES
 from tests.reference import erd_reference as ref
-from sgdf_erd.erd import erd_weight, loss_weight, schedules
+from sgdf_erd.erd import ERDLoss, erd_weight, loss_weight, schedules
 
 PREDICTIONS = ("eps", "x0", "v", "flow")
 BASELINE_PAIRS = [("min_snr", "eps"), ("min_snr", "x0"), ("min_snr", "v"), ("p2", "eps"), ("debias", "eps")]
@@ -88,6 +88,34 @@ def test_weight_pinned_where_snr_is_zero_or_infinite(device, prediction):
     alpha = torch.tensor([0.0, 0.7, 0.0, 1.0], dtype=torch.float64, device=device)
     sigma = torch.tensor([1.0, 0.0, 0.3, 0.0], dtype=torch.float64, device=device)
     assert torch.equal(erd_weight(alpha, sigma, prediction), torch.ones(4, dtype=torch.float64, device=device))
+
+
+@pytest.mark.parametrize("prediction,limit", [("eps", 1.0), ("x0", 0.0), ("v", 0.0)])
+def test_min_snr_takes_its_limit_at_zero_snr(device, prediction, limit):
+    # zero-terminal-SNR schedules: Min-SNR's value as snr -> 0 (diffusers' snr_gamma value for x0 and v), while
+    # snr = inf stays pinned to 1; the loss sees the same weight
+    alpha = torch.tensor([0.0, 1e-7, 0.5, 1.0], dtype=torch.float64, device=device)
+    sigma = torch.tensor([1.0, 1.0, 0.8, 0.0], dtype=torch.float64, device=device)
+    got = loss_weight(alpha, sigma, prediction, "min_snr", k=2.0)
+    assert got[0] == limit and got[3] == 1.0
+    assert abs(float(got[1]) - limit) < 1e-12  # continuous at snr -> 0
+    assert_close(got, ref.baseline_weight(alpha.cpu(), sigma.cpu(), prediction, "min_snr", k=2.0))
+    output, target = torch.randn(4, 3, device=device), torch.zeros(4, 3, device=device)
+    loss = ERDLoss(prediction, "min_snr", k=2.0)(output, target, alpha.float(), sigma.float())
+    torch.testing.assert_close(loss.double().cpu(), ref.loss(output.cpu(), target.cpu(), got.cpu()), rtol=1e-6,
+                               atol=0)
+
+
+@pytest.mark.parametrize("diffusers_name,name", [("epsilon", "eps"), ("sample", "x0"), ("v_prediction", "v"),
+                                                 ("flow_prediction", "flow")])
+def test_diffusers_prediction_names(device, diffusers_name, name):
+    alpha = torch.tensor([0.6, 0.8], device=device)
+    sigma = torch.tensor([0.8, 0.6], device=device)
+    assert torch.equal(erd_weight(alpha, sigma, diffusers_name), erd_weight(alpha, sigma, name))
+    loss_fn = ERDLoss(diffusers_name)
+    assert loss_fn.prediction == name
+    output, target = torch.randn(2, 5, device=device), torch.randn(2, 5, device=device)
+    assert torch.equal(loss_fn(output, target, alpha, sigma), ERDLoss(name)(output, target, alpha, sigma))
 
 
 def test_weight_nan_propagates(device):

@@ -45,9 +45,11 @@ inline bool is_inf(double x) { return std::isinf(x); }
 //          flow: sqrt((alpha' alpha)^2 + (sigma' sigma)^2) / n,  with n = sqrt(alpha^2 + sigma^2).
 // Min-SNR: eps: min(snr, k) / snr,  x0: min(snr, k),  v: min(snr, k) / (snr + 1).
 // P2:      eps: (k + snr)^-gamma.      debias: eps: sigma / |alpha|.      constant: 1.
-// Where snr = alpha^2 / sigma^2 is 0 or infinite the weight is pinned to 1, as in the authors' code; NaN alpha or
-// sigma give a NaN weight (the loss then shows it). Unsupported (prediction, weighting) pairs are rejected by
-// the argument checks before any kernel runs; here they return NaN.
+// Where snr = alpha^2 / sigma^2 is 0 or infinite the weight is pinned to 1, as in the authors' code, except Min-SNR
+// at snr = 0 (zero-terminal-SNR schedules), which takes its formulas' limits, eps 1, x0 0, v 0: diffusers'
+// snr_gamma loss gives 0 for x0 and v there (for eps its bare formula is 0 / 0). NaN alpha or sigma give a NaN
+// weight (the loss then shows it). Unsupported (prediction, weighting) pairs are rejected by the argument checks
+// before any kernel runs; here they return NaN.
 C10_HOST_DEVICE inline double sample_weight(double alpha, double sigma, double alpha_prime, double sigma_prime,
                                             const WeightParams& p) {
   if (p.weighting == Weighting::kConstant) return 1.0;
@@ -55,6 +57,7 @@ C10_HOST_DEVICE inline double sample_weight(double alpha, double sigma, double a
   const double s = sigma;
   if (is_nan(a) || is_nan(s)) return NAN;
   const double snr = (a * a) / (s * s);
+  if (snr == 0.0 && p.weighting == Weighting::kMinSnr) return p.prediction == Prediction::kEps ? 1.0 : 0.0;
   if (snr == 0.0 || is_inf(snr)) return 1.0;
   switch (p.weighting) {
     case Weighting::kErd: {

@@ -47,7 +47,8 @@ def erd_weight(alpha, sigma, prediction, alpha_prime=None, sigma_prime=None):
 
 def baseline_weight(alpha, sigma, prediction, weighting, k=5.0, gamma=1.0):
     """The spec's baselines: constant; Min-SNR-k (eps: min(snr, k)/snr, x0: min(snr, k), v: min(snr, k)/(snr+1));
-    P2 (eps: 1/(k + snr)^gamma); debias (eps: sigma/alpha)."""
+    P2 (eps: 1/(k + snr)^gamma); debias (eps: sigma/alpha). Pinned to 1 where snr is 0 or infinite, except Min-SNR
+    at snr = 0, which takes its formulas' limits (docs/erd.md)."""
     alpha, sigma = _f64(alpha), _f64(sigma)
     snr = alpha**2 / sigma**2
     if weighting == "constant":
@@ -63,7 +64,10 @@ def baseline_weight(alpha, sigma, prediction, weighting, k=5.0, gamma=1.0):
         w = sigma / alpha.abs()
     else:
         raise ValueError((prediction, weighting))
-    return _pin(w, alpha, sigma)
+    w = _pin(w, alpha, sigma)
+    if weighting == "min_snr":  # at snr = 0 the formulas' limits: eps 1, x0 0, v 0
+        w = torch.where(snr == 0, torch.full_like(w, 1.0 if prediction == "eps" else 0.0), w)
+    return w
 
 
 def per_sample_mse(output, target):

@@ -9,7 +9,9 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from .._native import ops, require
-from .weights import check_weighting
+from ._autograd import LossForward
+from .schedules import NoiseSchedule, from_diffusers
+from .weights import check_weighting, prediction_name
 
 __all__ = ["ERDLoss", "erd_loss"]
 
@@ -53,9 +55,15 @@ def erd_loss(output: Tensor, target: Tensor, alpha: Tensor, sigma: Tensor, predi
     Returns ``(loss, mse, weight, bin_sums)``: the batch loss (differentiable, output's dtype), the per-sample raw
     MSE and weights ([B], float32; float64 for float64 operands) and this batch's per-bin sums ([4, num_bins]
     float64: count, sum of MSE, sum of MSE^2, sum of weighted loss).
+
+    Differentiable in output and target to any order, under autograd, torch.func (``grad``, ``vjp``, ``jvp``,
+    ``hessian``, and ``vmap``, e.g. per-sample gradients ``vmap(grad(f))``: one kernel call per vmapped slice) and
+    torch.compile. ``prediction`` also takes diffusers' names ("epsilon", "sample", "v_prediction",
+    "flow_prediction").
     """
     if not isinstance(output, Tensor) or not isinstance(target, Tensor):
         raise TypeError("erd_loss: output and target must be tensors")
+    prediction = prediction_name(prediction)
     lo, hi = _check_bins(num_bins, logsnr_range, "erd_loss")
     output, target = _promote(output, target)
     require(output.device, "sgdf_erd ERD loss")
@@ -65,8 +73,11 @@ def erd_loss(output: Tensor, target: Tensor, alpha: Tensor, sigma: Tensor, predi
         weighting = "given"
     else:
         check_weighting(prediction, weighting)
-    # the op carries its own (C++) autograd: gradients for output and target; weights are constants
-    return ops.erd_loss(output, target, alpha, sigma, alpha_prime, sigma_prime, weights, prediction, weighting,
+    # the op with its derivative (output and target; weights are constants), for autograd and torch.func alike;
+    # Dynamo cannot trace an autograd.Function with a jvp, so compiled code calls the op, which has the same
+    # derivative registered (erd/_autograd.py)
+    loss_forward = ops.erd_loss_forward if torch.compiler.is_compiling() else LossForward.apply
+    return loss_forward(output, target, alpha, sigma, alpha_prime, sigma_prime, weights, prediction, weighting,
                         float(k), float(gamma), num_bins, lo, hi)
 
 
@@ -86,10 +97,13 @@ class ERDLoss(nn.Module):
 
     ``loss = loss_fn(output, target, alpha, sigma)`` returns ``mean_i w_i * mean((target_i - output_i)^2)`` over
     the batch, where alpha, sigma (shape [B]) define each sample's corruption x_t = alpha x0 + sigma eps. For
-    ``prediction="flow"`` pass ``alpha_prime, sigma_prime`` too unless the path is the linear one.
+    ``prediction="flow"`` pass ``alpha_prime, sigma_prime`` too unless the path is the linear one. With a
+    ``schedule``, ``loss_fn(output, target, timesteps=t)`` looks alpha, sigma (and for flow their derivatives) up
+    from the batch's timesteps instead.
 
     Args:
-        prediction: what the network predicts, "eps", "x0", "v" or "flow".
+        prediction: what the network predicts, "eps", "x0", "v" or "flow", or diffusers' name of it
+            (``scheduler.config.prediction_type``: "epsilon", "sample", "v_prediction", "flow_prediction").
         weighting: "erd" (see :func:`sgdf_erd.erd.erd_weight`), "constant", "min_snr" (parameter k), "p2" (k,
             p2_gamma), "debias", or a callable ``(alpha, sigma) -> weights [B]`` (treated as constants).
             min_snr is defined for eps, x0 and v; p2 and debias for eps only.
@@ -99,9 +113,12 @@ class ERDLoss(nn.Module):
         sync_statistics: when torch.distributed is initialised, sum the per-bin sums over all ranks (one
             all-reduce of a [4, num_bins] tensor) before using them, so every rank holds the same statistics.
         k, p2_gamma: Min-SNR k / P2 offset k, and the P2 exponent.
+        schedule: a :class:`~sgdf_erd.erd.schedules.NoiseSchedule`, or a diffusers scheduler (converted by
+            :func:`~sgdf_erd.erd.schedules.from_diffusers`), for ``timesteps=``.
 
     Statistics (see :meth:`statistics`) are updated in training mode only (as BatchNorm's running stats), under
-    no_grad. The per-bin sums of a step are the count, sum of raw MSE, sum of MSE^2 and sum of weighted loss of
+    no_grad, and not by calls inside torch.func transforms (``grad``, ``vmap``: e.g. per-sample gradients), which
+    cannot write to the module's buffers. The per-bin sums of a step are the count, sum of raw MSE, sum of MSE^2 and sum of weighted loss of
     the samples in each bin. A sample whose MSE, MSE^2 or weighted loss is not finite, or whose log-SNR is
     undefined, is left out of the statistics, so bad values never reach them; the loss itself propagates NaN/inf
     as F.mse_loss does. Sigma must be >= 0: on CPU a negative value raises ValueError; on CUDA the check would
@@ -115,14 +132,13 @@ class ERDLoss(nn.Module):
 
     def __init__(self, prediction: str = "eps", weighting: Union[str, WeightFn] = "erd", num_bins: int = 16,
                  logsnr_range: Tuple[float, float] = (-10.0, 10.0), ema_decay: float = 0.99,
-                 sync_statistics: bool = True, k: float = 5.0, p2_gamma: float = 1.0):
+                 sync_statistics: bool = True, k: float = 5.0, p2_gamma: float = 1.0,
+                 schedule: Optional[NoiseSchedule] = None):
         super().__init__()
-        if callable(weighting):
-            if prediction not in ("eps", "x0", "v", "flow"):
-                check_weighting(prediction, "erd")  # raises the unknown-prediction error
-        elif isinstance(weighting, str):
+        prediction = prediction_name(prediction)
+        if isinstance(weighting, str):
             check_weighting(prediction, weighting)
-        else:
+        elif not callable(weighting):
             raise TypeError(f"weighting must be a name or a callable (alpha, sigma) -> weights, got {weighting!r}")
         lo, hi = _check_bins(num_bins, logsnr_range, "ERDLoss")
         if not 0.0 <= ema_decay < 1.0:
@@ -131,7 +147,10 @@ class ERDLoss(nn.Module):
             raise ValueError(f"min_snr needs k > 0, got {k}")
         if weighting == "p2" and not k >= 0:
             raise ValueError(f"p2 needs k >= 0, got {k}")
+        if schedule is not None and not isinstance(schedule, NoiseSchedule):
+            schedule = from_diffusers(schedule)  # TypeError naming the supported schedulers
         self.prediction = prediction
+        self.schedule = schedule
         self.weighting = weighting
         self.num_bins = num_bins
         self.logsnr_range = (lo, hi)
@@ -146,15 +165,34 @@ class ERDLoss(nn.Module):
         self.register_buffer("running_sums", torch.zeros(4, num_bins, dtype=torch.float64))
         self.register_buffer("num_batches_tracked", torch.zeros((), dtype=torch.long))
 
-    def forward(self, output: Tensor, target: Tensor, alpha: Tensor, sigma: Tensor,
-                alpha_prime: Optional[Tensor] = None, sigma_prime: Optional[Tensor] = None) -> Tensor:
+    def forward(self, output: Tensor, target: Tensor, alpha: Optional[Tensor] = None, sigma: Optional[Tensor] = None,
+                alpha_prime: Optional[Tensor] = None, sigma_prime: Optional[Tensor] = None, *,
+                timesteps: Optional[Tensor] = None) -> Tensor:
+        if timesteps is not None:
+            alpha, sigma, alpha_prime, sigma_prime = self._schedule_values(timesteps, alpha, sigma, alpha_prime,
+                                                                           sigma_prime)
+        elif alpha is None or sigma is None:
+            raise ValueError("ERDLoss: pass alpha and sigma, or timesteps= with ERDLoss(..., schedule=...)")
         loss, _, _, bin_sums = erd_loss(
             output, target, alpha, sigma, self.prediction, self.weighting, alpha_prime=alpha_prime,
             sigma_prime=sigma_prime, k=self.k, gamma=self.p2_gamma, num_bins=self.num_bins,
             logsnr_range=self.logsnr_range)
-        if self.training:
+        # torch.func transforms (grad, vmap) forbid writes to captured buffers, and under vmap each slice has its
+        # own sums: the statistics are kept by ordinary calls only
+        if self.training and not torch._C._are_functorch_transforms_active():
             self._update_statistics(bin_sums)
         return loss
+
+    def _schedule_values(self, timesteps, *given):
+        if self.schedule is None:
+            raise ValueError("ERDLoss: timesteps= needs a schedule: ERDLoss(..., schedule=from_diffusers(scheduler)) "
+                             "or another sgdf_erd.schedules schedule; or pass alpha and sigma instead")
+        if any(v is not None for v in given):
+            raise ValueError("ERDLoss: pass timesteps= or alpha, sigma (alpha_prime, sigma_prime), not both")
+        alpha, sigma = self.schedule.alpha_sigma(timesteps)
+        # flow targets are alpha' x0 + sigma' eps: the schedule's derivatives
+        alpha_prime, sigma_prime = self.schedule.derivatives(timesteps) if self.prediction == "flow" else (None, None)
+        return alpha, sigma, alpha_prime, sigma_prime
 
     @torch.no_grad()
     def _update_statistics(self, bin_sums: Tensor) -> None:
@@ -204,4 +242,4 @@ class ERDLoss(nn.Module):
                                                                                    "callable")
         return (f"prediction={self.prediction!r}, weighting={weighting!r}, num_bins={self.num_bins}, "
                 f"logsnr_range={self.logsnr_range}, ema_decay={self.ema_decay}, k={self.k}, "
-                f"p2_gamma={self.p2_gamma}")
+                f"p2_gamma={self.p2_gamma}" + ("" if self.schedule is None else f", schedule={self.schedule!r}"))

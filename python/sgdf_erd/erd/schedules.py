@@ -10,7 +10,8 @@ the log-SNR, for corruptions x_t = alpha * x0 + sigma * eps.
   ``alpha = sigmoid(lambda / 2)``, ``sigma = sigmoid(-lambda / 2)`` (so alpha + sigma = 1, the authors' flow path).
 - :class:`LinearFlow`: ``alpha = 1 - t``, ``sigma = t``.
 
-Plus :func:`make_noisy` (builds x_t) and :func:`make_target` (the regression target of a prediction type).
+Plus :func:`make_noisy` (builds x_t) and :func:`make_target` (the regression target of a prediction type), and
+:func:`from_diffusers` (the schedule of a diffusers scheduler, from its own tables; module diffusers_schedules).
 """
 
 import math
@@ -21,7 +22,7 @@ from torch import Tensor
 
 __all__ = [
     "ScheduleValues", "NoiseSchedule", "DiscreteVP", "ContinuousCosine", "LinearLogSNR", "LinearFlow",
-    "linear_betas", "cosine_betas", "make_noisy", "make_target", "PREDICTIONS",
+    "linear_betas", "cosine_betas", "make_noisy", "make_target", "PREDICTIONS", "from_diffusers", "FlowMatchTimesteps",
 ]
 
 PREDICTIONS = ("eps", "x0", "v", "flow")
@@ -275,3 +276,7 @@ def make_target(x0: Tensor, noise: Tensor, alpha, sigma, prediction: str, alpha_
             return noise - x0
         return _per_sample(alpha_prime, x0, "alpha_prime") * x0 + _per_sample(sigma_prime, x0, "sigma_prime") * noise
     raise ValueError(f"make_target: unknown prediction {prediction!r}; use one of {PREDICTIONS}")
+
+
+# re-exported last: the adapter builds on the classes above
+from .diffusers_schedules import FlowMatchTimesteps, from_diffusers  # noqa: E402

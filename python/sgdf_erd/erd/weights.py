@@ -9,19 +9,31 @@ from torch import Tensor
 
 from .._native import ops, require
 
-__all__ = ["erd_weight", "loss_weight", "PREDICTIONS", "WEIGHTINGS"]
+__all__ = ["erd_weight", "loss_weight", "PREDICTIONS", "WEIGHTINGS", "DIFFUSERS_PREDICTIONS"]
 
 PREDICTIONS = ("eps", "x0", "v", "flow")
+# diffusers' names (scheduler.config.prediction_type; "flow_prediction" is its flow-matching target, noise - x0)
+DIFFUSERS_PREDICTIONS = {"epsilon": "eps", "sample": "x0", "v_prediction": "v", "flow_prediction": "flow"}
 WEIGHTINGS = ("erd", "constant", "min_snr", "p2", "debias")
 
 # The (prediction, weighting) pairs the spec defines besides erd and constant, which take every prediction.
 _BASELINE_PREDICTIONS = {"min_snr": ("eps", "x0", "v"), "p2": ("eps",), "debias": ("eps",)}
 
 
+def prediction_name(prediction) -> str:
+    """Our name of a prediction type given by ours or by diffusers' (``"epsilon"`` -> ``"eps"``); ValueError for
+    an unknown one."""
+    if isinstance(prediction, str):
+        prediction = DIFFUSERS_PREDICTIONS.get(prediction, prediction)
+        if prediction in PREDICTIONS:
+            return prediction
+    raise ValueError(f"unknown prediction {prediction!r}; use one of {PREDICTIONS} or diffusers' "
+                     f"{tuple(DIFFUSERS_PREDICTIONS)}")
+
+
 def check_weighting(prediction: str, weighting: str) -> None:
     """ValueError for an unknown prediction or weighting, or a pair the spec does not define."""
-    if prediction not in PREDICTIONS:
-        raise ValueError(f"unknown prediction {prediction!r}; use one of {PREDICTIONS}")
+    prediction = prediction_name(prediction)
     if weighting not in WEIGHTINGS:
         raise ValueError(f"unknown weighting {weighting!r}; use one of {WEIGHTINGS} or a callable "
                          "(alpha, sigma) -> weights")
@@ -41,10 +53,14 @@ def loss_weight(alpha, sigma, prediction: str = "eps", weighting: str = "erd", *
     - ``"debias"``: eps: sigma / |alpha|;
     - ``"constant"``: 1.
 
-    Where snr is 0 or infinite the weight is 1 (as in the authors' code). alpha and sigma broadcast against each
+    Where snr is 0 or infinite the weight is 1 (as in the authors' code), except Min-SNR at snr = 0
+    (zero-terminal-SNR schedules), which takes its formulas' limits: eps 1, x0 0, v 0, the values of diffusers'
+    ``snr_gamma`` loss for x0 ("sample") and v (for eps its bare formula is 0 / 0). ``prediction`` also takes
+    diffusers' names ("epsilon", "sample", "v_prediction", "flow_prediction"). alpha and sigma broadcast against each
     other; the result has their broadcast shape and promoted floating dtype. Weights carry no gradient: they are
     functions of the schedule, constants of the loss.
     """
+    prediction = prediction_name(prediction)
     check_weighting(prediction, weighting)
     alpha = torch.as_tensor(alpha)
     sigma = torch.as_tensor(sigma, device=alpha.device)
