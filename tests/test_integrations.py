@@ -9,6 +9,15 @@ from tests.reference.sgdf_reference import ReferenceSGDF
 from tests.test_sgdf import PATHS, TOL, _assert_close, _grads, _make_params
 
 
+def _step_both(params, opt, ref, gen):
+    """One step of the optimizer and of the reference on the same random gradients (drawn on the CPU)."""
+    grads = _grads(params, gen)
+    for p, g in zip(params, grads):
+        p.grad = g.to(p.device)
+    opt.step()
+    ref.step(grads)
+
+
 @pytest.mark.parametrize("path", list(PATHS))
 def test_one_cycle_lr_cycles_lr_and_beta1(path, device):
     """OneCycleLR with cycle_momentum drives (lr, betas[0]) every step; the step must use the values in force."""
@@ -25,11 +34,7 @@ def test_one_cycle_lr_cycles_lr_and_beta1(path, device):
         group = opt.param_groups[0]
         ref.h["lr"], ref.h["b1"] = group["lr"], group["betas"][0]
         seen_beta1.add(round(group["betas"][0], 6))
-        grads = _grads(cpu_params, gen)
-        for p, g in zip(params, grads):
-            p.grad = g.to(device)
-        opt.step()
-        ref.step(grads)
+        _step_both(params, opt, ref, gen)
         sched.step()
     assert len(seen_beta1) > 3  # beta1 really cycled
     _assert_close([p.detach().cpu() for p in params], ref, torch.float32)
@@ -48,11 +53,7 @@ def test_scheduler_with_tensor_lr_writes_in_place(path, device):
     gen = torch.Generator().manual_seed(4)
     for _ in range(6):
         ref.h["lr"] = float(opt.param_groups[0]["lr"])
-        grads = _grads(cpu_params, gen)
-        for p, g in zip(params, grads):
-            p.grad = g.to(device)
-        opt.step()
-        ref.step(grads)
+        _step_both(params, opt, ref, gen)
         sched.step()
     assert opt.param_groups[0]["lr"] is lr and float(lr) == pytest.approx(0.1 * 0.5**3)
     _assert_close([p.detach().cpu() for p in params], ref, torch.float32)
