@@ -25,9 +25,10 @@ def _real(tensors: List[Tensor]) -> List[Tensor]:
     return [torch.view_as_real(t) if t.is_complex() else t for t in tensors]
 
 
-def _bias_corrections(steps: List[Tensor], beta1: float, beta2: float, on_device: bool):
-    """1 / bc1 and bc2 per tensor: python floats from CPU steps, or device tensors when capturable."""
-    if not on_device:
+def _bias_corrections(steps: List[Tensor], beta1: float, beta2: float, as_tensors: bool):
+    """1 / bc1 and bc2 per tensor: python floats read from the steps, or tensors computed from them (capturable:
+    no host sync; torch.compile: no specialisation on the step's value)."""
+    if not as_tensors:
         values = [float(s) for s in steps]
         inv_bc1 = [1.0 / (1.0 - beta1**t) for t in values]
         bc2 = [(1 + beta1) * (1 - beta2**t) / ((1 - beta1) * (1 - beta1 ** (2 * t))) for t in values]
@@ -66,7 +67,8 @@ def foreach_sgdf(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tenso
     matrix_mask = [is_matrix_shaped(p) for p in params]
     params, grads, exp_avgs, exp_vars = map(_real, (params, grads, exp_avgs, exp_vars))
     torch._foreach_add_(steps, 1)
-    if isinstance(lr, Tensor) and not capturable:
+    compiling = torch.compiler.is_compiling()
+    if isinstance(lr, Tensor) and not (capturable or compiling):
         lr = lr.item()
 
     # Reduced-precision tensors compute in float32 copies that are written back at the end.
@@ -87,7 +89,7 @@ def foreach_sgdf(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tenso
     torch._foreach_mul_(s, beta2)
     torch._foreach_addcmul_(s, residual_new_mean, residual_new_mean, value=1 - beta2)
 
-    inv_bc1, bc2 = _bias_corrections(steps, beta1, beta2, on_device=capturable)
+    inv_bc1, bc2 = _bias_corrections(steps, beta1, beta2, as_tensors=capturable or compiling)
     m_hat = torch._foreach_mul(m, inv_bc1)
     r = torch._foreach_sub(g, m_hat)
     denom = torch._foreach_mul(torch._foreach_mul(r, r), bc2)
