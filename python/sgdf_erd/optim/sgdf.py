@@ -56,6 +56,10 @@ class SGDF(Optimizer):
     ``load_state_dict`` gives the state each parameter's device, dtype and memory layout. With fused kernels the
     optimizer works with ``torch.amp.GradScaler`` as torch's fused optimizers do.
 
+    ``torch.compile`` traces ``step`` whole (pass a tensor ``lr`` so that a scheduler changing it compiles nothing
+    new). DTensor parameters (FSDP2's ``fully_shard``) work on every path: the fused kernel steps each rank's shards,
+    and orthogonalisation acts on the whole matrix.
+
     Zero-size parameters are skipped. A parameter may appear only once. Every check runs before anything changes:
     a ``step``, ``add_param_group`` or ``load_state_dict`` that raises leaves params, grads, state and param
     groups as they were.
