@@ -56,6 +56,10 @@ class SGDF(Optimizer):
     ``load_state_dict`` gives the state each parameter's device, dtype and memory layout. With fused kernels the
     optimizer works with ``torch.amp.GradScaler`` as torch's fused optimizers do.
 
+    ``torch.compile`` traces ``step`` whole (pass a tensor ``lr`` so that a scheduler changing it compiles nothing
+    new). DTensor parameters (FSDP2's ``fully_shard``) work on every path: the fused kernel steps each rank's shards,
+    and orthogonalisation acts on the whole matrix.
+
     Zero-size parameters are skipped. A parameter may appear only once. Every check runs before anything changes:
     a ``step``, ``add_param_group`` or ``load_state_dict`` that raises leaves params, grads, state and param
     groups as they were.
@@ -135,61 +139,75 @@ class SGDF(Optimizer):
                     state[key] = torch.empty_like(p, memory_format=torch.preserve_format).copy_(state[key])
 
     # ------------------------------------------------------------------ step
-    def _checked_work(self, group_index: int, group: dict):
-        """The params of a group that step now, their grads and their states (None before the first step),
-        after checking everything the paths would refuse; nothing changes here."""
-        checks.check_hyperparameters(group, f"param group {group_index}", read_device_lr=False)
-        if group["orthogonalize"]:
-            checks.check_param_kinds(group["params"], group, f"param group {group_index}")
-        params, grads, states = [], [], []
-        for i, p in enumerate(group["params"]):
-            grad = p.grad
-            if grad is None or p.numel() == 0:
-                continue
-            checks.check_grad(p, grad, group_index, i)
-            state = self.state.get(p)
-            if state:
-                checks.check_state(p, state, group_index, i)
-            params.append(p)
-            grads.append(grad)
-            states.append(state)
-        return params, grads, states
+    def _check_step_inputs(self) -> None:
+        """Check every group (hyperparameters, params, grads, state) against what the paths would refuse; nothing
+        changes here, so step() can run it before any tensor or state does."""
+        fused_grads = []
+        for gi, group in enumerate(self.param_groups):
+            where = f"param group {gi}"
+            checks.check_hyperparameters(group, where, read_device_lr=False)
+            if group["orthogonalize"]:
+                checks.check_param_kinds(group["params"], group, where)
+            for i, p in enumerate(group["params"]):
+                if p.grad is None or p.numel() == 0:
+                    continue
+                checks.check_grad(p, p.grad, gi, i)
+                state = self.state.get(p)
+                if state:
+                    checks.check_state(p, state, gi, i)
+                if group["fused"]:
+                    fused_grads.append(p.grad)
+        checks.check_fused_grads_distinct([fused_grads])
 
-    def _init_states(self, group: dict, params: List[Tensor], states: list):
-        exp_avgs, exp_vars, steps = [], [], []
+    def _init_group(self, group: dict, params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor],
+                    exp_vars: List[Tensor], steps: List[Tensor], check_all_groups: bool = False) -> None:
+        """torch.optim's convention, which torch.compile relies on (Dynamo runs this eagerly while it traces and
+        expects the lists filled in and a constant returned): collects the group's params that step now, their
+        grads and states, creating missing state.
+
+        `check_all_groups` runs the step's checks here, where they cost the compiled step nothing."""
+        if check_all_groups:
+            self._check_step_inputs()
         on_device = group["fused"] or group["capturable"]
-        for p, state in zip(params, states):
+        for p in group["params"]:
+            if p.grad is None or p.numel() == 0:
+                continue
+            state = self.state[p]
             if not state:
-                state = self.state[p]
                 state["step"] = torch.zeros((), dtype=torch.float32, device=p.device if on_device else "cpu")
                 state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["exp_var"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             elif group["fused"]:
                 _match_layout(p, state)
+            params.append(p)
+            grads.append(p.grad)
             exp_avgs.append(state["exp_avg"])
             exp_vars.append(state["exp_var"])
             steps.append(state["step"])
-        return exp_avgs, exp_vars, steps
 
     @torch.no_grad()
     def step(self, closure=None):
         """Perform one optimisation step; `closure` re-evaluates the model and returns the loss."""
-        if not any(g["capturable"] or g["fused"] for g in self.param_groups) and _is_capturing():
+        compiling = torch.compiler.is_compiling()
+        if not compiling and _is_capturing() and not any(g["capturable"] or g["fused"] for g in self.param_groups):
             raise RuntimeError("SGDF: a step is being captured in a CUDA graph but neither capturable=True nor "
                                "fused=True was set; construct SGDF(..., capturable=True)")
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        # Check every group before any tensor or state changes, so a bad input leaves nothing half-updated.
-        work = [(group, *self._checked_work(gi, group)) for gi, group in enumerate(self.param_groups)]
-        checks.check_fused_grads_distinct([grads for group, _, grads, _ in work if group["fused"]])
+        # Check every group before any tensor or state changes, so a bad input leaves nothing half-updated. Under
+        # torch.compile the checks run in _init_group, which Dynamo runs eagerly while tracing: reading data
+        # pointers or a CPU `lr` there would break the graph.
+        if not compiling:
+            self._check_step_inputs()
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
-        for group, params, grads, states in work:
+        for gi, group in enumerate(self.param_groups):
+            params, grads, exp_avgs, exp_vars, steps = [], [], [], [], []
+            self._init_group(group, params, grads, exp_avgs, exp_vars, steps, check_all_groups=compiling and gi == 0)
             if not params:
                 continue
-            exp_avgs, exp_vars, steps = self._init_states(group, params, states)
             beta1, beta2 = group["betas"]
             hyper = dict(lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"], gamma=group["gamma"],
                          weight_decay=group["weight_decay"], decoupled_weight_decay=group["decoupled_weight_decay"],

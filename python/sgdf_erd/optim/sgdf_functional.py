@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from .._native import ops
+from . import _dtensor
 from .newton_schulz import is_matrix_shaped, orthogonalize
 
 _REDUCED = (torch.float16, torch.bfloat16)
@@ -25,9 +26,10 @@ def _real(tensors: List[Tensor]) -> List[Tensor]:
     return [torch.view_as_real(t) if t.is_complex() else t for t in tensors]
 
 
-def _bias_corrections(steps: List[Tensor], beta1: float, beta2: float, on_device: bool):
-    """1 / bc1 and bc2 per tensor: python floats from CPU steps, or device tensors when capturable."""
-    if not on_device:
+def _bias_corrections(steps: List[Tensor], beta1: float, beta2: float, as_tensors: bool):
+    """1 / bc1 and bc2 per tensor: python floats read from the steps, or tensors computed from them (capturable:
+    no host sync; torch.compile: no specialisation on the step's value)."""
+    if not as_tensors:
         values = [float(s) for s in steps]
         inv_bc1 = [1.0 / (1.0 - beta1**t) for t in values]
         bc2 = [(1 + beta1) * (1 - beta2**t) / ((1 - beta1) * (1 - beta1 ** (2 * t))) for t in values]
@@ -66,7 +68,8 @@ def foreach_sgdf(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tenso
     matrix_mask = [is_matrix_shaped(p) for p in params]
     params, grads, exp_avgs, exp_vars = map(_real, (params, grads, exp_avgs, exp_vars))
     torch._foreach_add_(steps, 1)
-    if isinstance(lr, Tensor) and not capturable:
+    compiling = torch.compiler.is_compiling()
+    if isinstance(lr, Tensor) and not (capturable or compiling):
         lr = lr.item()
 
     # Reduced-precision tensors compute in float32 copies that are written back at the end.
@@ -87,7 +90,7 @@ def foreach_sgdf(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tenso
     torch._foreach_mul_(s, beta2)
     torch._foreach_addcmul_(s, residual_new_mean, residual_new_mean, value=1 - beta2)
 
-    inv_bc1, bc2 = _bias_corrections(steps, beta1, beta2, on_device=capturable)
+    inv_bc1, bc2 = _bias_corrections(steps, beta1, beta2, as_tensors=capturable or compiling)
     m_hat = torch._foreach_mul(m, inv_bc1)
     r = torch._foreach_sub(g, m_hat)
     denom = torch._foreach_mul(torch._foreach_mul(r, r), bc2)
@@ -132,10 +135,14 @@ def fused_sgdf(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor]
         return
     if any(p.is_complex() for p in params):
         params, grads, exp_avgs, exp_vars = map(_real, (params, grads, exp_avgs, exp_vars))
-    groups = defaultdict(lambda: ([], [], [], [], []))  # params, grads, exp_avgs, exp_vars, steps
+    # params, grads, exp_avgs, exp_vars, steps, and the DTensor each param is a shard of (else None)
+    groups = defaultdict(lambda: ([], [], [], [], [], []))
     for p, g, m, s, t in zip(params, grads, exp_avgs, exp_vars, steps):
         group = groups[(p.device, p.dtype, orthogonalize_matrices and is_matrix_shaped(p))]
-        for bucket, tensor in zip(group, (p, _matching_layout(g, p), m, s, t)):
+        sharded = p if _dtensor.is_dtensor(p) else None
+        if sharded is not None:  # the kernel is elementwise: it steps each rank's shards
+            p, g, m, s = (_dtensor.local_shard(x, sharded) for x in (p, g, m, s))
+        for bucket, tensor in zip(group, (p, _matching_layout(g, p), m, s, t, sharded)):
             bucket.append(tensor)
 
     per_device = {}  # lr / grad_scale / found_inf moved once per device
@@ -150,7 +157,7 @@ def fused_sgdf(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor]
                                                non_blocking=device.type == "cuda").reshape(1)
         return per_device[(device, id(t))]
 
-    for (device, _, orth), (g_params, g_grads, g_exp_avgs, g_exp_vars, g_steps) in groups.items():
+    for (device, _, orth), (g_params, g_grads, g_exp_avgs, g_exp_vars, g_steps, g_sharded) in groups.items():
         lr_tensor = on(device, lr) if isinstance(lr, Tensor) else None
         lr_float = 0.0 if lr_tensor is not None else float(lr)
         # zero-filled so that a step skipped for inf/NaN gradients orthogonalises to a zero update
@@ -160,6 +167,7 @@ def fused_sgdf(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor]
                         beta2, eps, gamma, weight_decay, decoupled_weight_decay, sign and not orth, maximize,
                         on(device, grad_scale), on(device, found_inf))
         if orth:  # orthogonalisation is refused for complex parameters, so g_params are the originals
-            directions = [orthogonalize(u, ns_steps) for u in updates]
+            directions = [orthogonalize(u, ns_steps) if sharded is None else
+                          _dtensor.orthogonalize_shard(u, sharded, ns_steps) for u, sharded in zip(updates, g_sharded)]
             lr_value = lr_tensor.reshape(()) if lr_tensor is not None else lr_float
             torch._foreach_sub_(g_params, torch._foreach_mul(directions, lr_value))

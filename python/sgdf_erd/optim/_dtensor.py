@@ -1,0 +1,43 @@
+"""DTensor parameters (FSDP2's ``fully_shard``, tensor parallelism) on the fused path.
+
+The fused kernel is elementwise, so it runs on each rank's local shards; Newton-Schulz orthogonalisation is not, so
+a sharded update is gathered, orthogonalised whole (every rank the same) and each rank keeps its own shard.
+"""
+
+import sys
+from typing import Optional, Type
+
+from torch import Tensor
+
+from .newton_schulz import orthogonalize
+
+
+def _dtensor_type() -> Optional[Type[Tensor]]:
+    # A DTensor can exist only once torch.distributed.tensor is imported; importing it here would slow every
+    # `import sgdf_erd` by most of a second.
+    module = sys.modules.get("torch.distributed.tensor")
+    return module.DTensor if module is not None else None
+
+
+def is_dtensor(t: Tensor) -> bool:
+    dtensor = _dtensor_type()
+    return dtensor is not None and isinstance(t, dtensor)
+
+
+def local_shard(t: Tensor, like: Tensor) -> Tensor:
+    """The part of DTensor `t` held on this rank, laid out as `like`'s shard (a gradient may be placed otherwise
+    than its parameter); the same tensor memory where the placements agree, so in-place updates reach `t`."""
+    if t.placements != like.placements:
+        t = t.redistribute(like.device_mesh, like.placements)
+    return t.to_local()
+
+
+def orthogonalize_shard(update: Tensor, like: Tensor, ns_steps: int) -> Tensor:
+    """Orthogonalise the matrix whose local shard is `update` (placed as DTensor `like`); returns this rank's
+    shard of the result."""
+    from torch.distributed.tensor import DTensor, Replicate
+
+    mesh = like.device_mesh
+    full = DTensor.from_local(update, mesh, like.placements, shape=like.shape, stride=like.stride()).full_tensor()
+    whole = DTensor.from_local(orthogonalize(full, ns_steps), mesh, [Replicate()] * mesh.ndim, run_check=False)
+    return whole.redistribute(mesh, like.placements).to_local()

@@ -1,0 +1,143 @@
+"""SGDF in two CPU processes (gloo): under DDP and under FSDP2 (DTensor parameters, sharded unevenly) every path gives
+what one process gets from the union of the ranks' batches, and a torch.distributed.checkpoint of an FSDP2 model
+and its optimizer, loaded into fresh ones, resumes bit for bit. The processes are spawned once for the module."""
+
+import os
+import socket
+import sys
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
+                                reason="needs torch.distributed with gloo")
+
+WORLD_SIZE, STEPS = 2, 3
+PATHS = {
+    "default": dict(),
+    "fused": dict(fused=True),
+    "foreach": dict(foreach=True),
+    "single": dict(foreach=False),
+    "orthogonalize": dict(orthogonalize=True),  # the default (fused) path
+    "orthogonalize-foreach": dict(foreach=True, orthogonalize=True),
+}
+OPTIONS = dict(lr=0.05, weight_decay=1e-2)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_model():
+    torch.manual_seed(0)  # Linear(4, 5): a 5x4 weight sharded 3 + 2 rows over two ranks
+    return torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
+
+
+def rank_batch(rank, step):
+    return torch.randn(4, 4, generator=torch.Generator().manual_seed(100 * step + rank))
+
+
+def train(model, opt, rank, steps):
+    for step in steps:
+        opt.zero_grad()
+        model(rank_batch(rank, step)).square().mean().backward()
+        opt.step()
+
+
+def full_params(model):
+    return [p.full_tensor() if hasattr(p, "full_tensor") else p.detach().clone() for p in model.parameters()]
+
+
+def worker(rank, port, out_dir, tests_dir):
+    sys.path.insert(0, tests_dir)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD_SIZE)
+    try:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+        from torch.distributed.fsdp import fully_shard
+        from torch.nn.parallel import DistributedDataParallel
+
+        from sgdf_erd import SGDF
+
+        torch.set_num_threads(1)
+        results = {}
+        for name, path in PATHS.items():
+            ddp = DistributedDataParallel(make_model())
+            train(ddp, SGDF(ddp.parameters(), **OPTIONS, **path), rank, range(STEPS))
+            results["ddp", name] = full_params(ddp.module)
+            sharded = fully_shard(make_model())
+            train(sharded, SGDF(sharded.parameters(), **OPTIONS, **path), rank, range(STEPS))
+            results["fsdp", name] = full_params(sharded)
+
+        # DCP: save after STEPS steps, go on for STEPS more; a fresh model and optimizer loaded from the checkpoint
+        # must take the same STEPS more steps bit for bit.
+        checkpoint = os.path.join(out_dir, "checkpoint")
+        model = fully_shard(make_model())
+        opt = SGDF(model.parameters(), **OPTIONS)
+        train(model, opt, rank, range(STEPS))
+        model_state, optim_state = get_state_dict(model, opt)
+        dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=checkpoint)
+        train(model, opt, rank, range(STEPS, 2 * STEPS))
+        fresh = fully_shard(make_model())
+        fresh_opt = SGDF(fresh.parameters(), **OPTIONS)
+        model_state, optim_state = get_state_dict(fresh, fresh_opt)
+        loaded = {"model": model_state, "optim": optim_state}
+        dcp.load(loaded, checkpoint_id=checkpoint)
+        set_state_dict(fresh, fresh_opt, model_state_dict=loaded["model"], optim_state_dict=loaded["optim"])
+        train(fresh, fresh_opt, rank, range(STEPS, 2 * STEPS))
+        results["resumed"] = full_params(fresh), full_params(model)
+        results["resumed_state"] = [
+            [(s["step"], s["exp_avg"].full_tensor(), s["exp_var"].full_tensor()) for s in o.state.values()]
+            for o in (fresh_opt, opt)]
+        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp("sgdf_distributed")
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    mp.spawn(worker, args=(free_port(), str(out_dir), tests_dir), nprocs=WORLD_SIZE, join=True)
+    return [torch.load(out_dir / f"rank{r}.pt") for r in range(WORLD_SIZE)]
+
+
+def single_process(path):
+    """One process on the union of the ranks' batches (DDP and FSDP2 average the ranks' gradients)."""
+    from sgdf_erd import SGDF
+
+    model = make_model()
+    opt = SGDF(model.parameters(), **OPTIONS, **path)
+    for step in range(STEPS):
+        opt.zero_grad()
+        model(torch.cat([rank_batch(r, step) for r in range(WORLD_SIZE)])).square().mean().backward()
+        opt.step()
+    return [p.detach() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("wrapper", ["ddp", "fsdp"])
+@pytest.mark.parametrize("path", PATHS)
+def test_matches_single_process(ranks, wrapper, path):
+    expected = single_process(PATHS[path])
+    for rank in ranks:
+        for got, want in zip(rank[wrapper, path], expected):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    for got0, got1 in zip(ranks[0][wrapper, path], ranks[1][wrapper, path]):
+        assert torch.equal(got0, got1)  # both ranks hold the same model
+
+
+def test_dcp_checkpoint_resumes_bit_identically(ranks):
+    for rank in ranks:
+        resumed, continued = rank["resumed"]
+        for got, want in zip(resumed, continued):
+            assert torch.equal(got, want)
+        resumed_state, continued_state = rank["resumed_state"]
+        assert len(resumed_state) == len(continued_state) == 4
+        for got, want in zip(resumed_state, continued_state):
+            for a, b in zip(got, want):
+                assert torch.equal(a, b)
