@@ -132,7 +132,16 @@ def print_cmake_config():
     print("LINK_FLAGS=" + ";".join(openmp_flags()))
 
 
+def record_torch_version():
+    """python/sgdf_erd/_built_with.py: the torch this build compiles against, so that a library that fails to load
+    next to another torch can say so (sgdf_erd/_native.py)."""
+    with open(os.path.join(ROOT, "python", "sgdf_erd", "_built_with.py"), "w") as f:
+        f.write("# Written by setup.py at build time: the torch the native library was compiled against.\n"
+                f'TORCH_VERSION = "{torch.__version__}"\n')
+
+
 def make_extension():
+    record_torch_version()
     with_cuda = want_cuda()
     sources = cpu_sources()
     include_dirs = [CSRC]

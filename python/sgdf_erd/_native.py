@@ -1,14 +1,32 @@
 """Loads the compiled operators (``torch.ops.sgdf_erd``) and says what the build can serve."""
 
+import importlib
+
 import torch
 
+
+def _load_error(exc: ImportError) -> ImportError:
+    """An ImportError that says why the native library did not load and what fixes it."""
+    if isinstance(exc, ModuleNotFoundError) and exc.name == f"{__package__}._C":
+        return ImportError(
+            "sgdf_erd's compiled extension is missing (no _C library beside the Python files). Build it with "
+            "`pip install --no-build-isolation .` in the source tree (add -e for development); torch must be "
+            "installed first.")
+    try:
+        from ._built_with import TORCH_VERSION as built_with
+    except ImportError:
+        built_with = "an unrecorded version"
+    return ImportError(
+        f"sgdf_erd's native library failed to load: {exc}. It was built against torch {built_with}; this Python "
+        f"runs torch {torch.__version__}. A library built for one torch usually fails to load with another "
+        "(undefined symbols): rebuild it against this torch with `pip install --no-build-isolation "
+        f"--force-reinstall --no-deps .` in the source tree, or install the torch it was built for.")
+
+
 try:
-    from . import _C  # noqa: F401  (loading the library registers the operators)
-except ImportError as exc:  # pragma: no cover - only without a build
-    raise ImportError(
-        "sgdf_erd's compiled extension is missing. Build it with `pip install --no-build-isolation .` in the "
-        "source tree (add -e for development); torch must be installed first."
-    ) from exc
+    importlib.import_module(f"{__package__}._C")  # loading the library registers the operators
+except ImportError as exc:
+    raise _load_error(exc) from exc
 
 ops = torch.ops.sgdf_erd
 

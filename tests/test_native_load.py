@@ -1,0 +1,45 @@
+"""When the native library cannot load, `import sgdf_erd` says why (the loader's message, the torch it was built
+against and the one running) and how to fix it. Each case imports a copy of the package in a fresh process."""
+
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+
+import pytest
+import torch
+
+import sgdf_erd
+
+PACKAGE = os.path.dirname(sgdf_erd.__file__)
+
+
+def _import_copy(tmp_path, library_bytes):
+    """Copy the Python package to tmp_path, with `library_bytes` as its _C library (None: no library), and
+    import it in a fresh interpreter; returns that interpreter's stderr."""
+    copy = tmp_path / "sgdf_erd"
+    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("_C*", "__pycache__"))
+    if library_bytes is not None:
+        (copy / f"_C{sysconfig.get_config_var('EXT_SUFFIX')}").write_bytes(library_bytes)
+    (copy / "_built_with.py").write_text('TORCH_VERSION = "2.99.0"\n')
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-c", "import sgdf_erd"], env=env, capture_output=True, text=True,
+                            timeout=300, cwd=tmp_path)
+    assert result.returncode != 0
+    return result.stderr
+
+
+def test_a_library_that_fails_to_load_says_why(tmp_path):
+    stderr = _import_copy(tmp_path, b"not a shared library")
+    assert "native library failed to load" in stderr
+    assert "2.99.0" in stderr and torch.__version__ in stderr  # built for, running
+    assert "--force-reinstall" in stderr  # the fix
+    # the loader's own message, which names the library file
+    assert f"_C{sysconfig.get_config_var('EXT_SUFFIX')}: file too short" in stderr
+
+
+def test_a_missing_library_names_the_build_command(tmp_path):
+    stderr = _import_copy(tmp_path, None)
+    assert "compiled extension is missing" in stderr
+    assert "pip install --no-build-isolation ." in stderr
