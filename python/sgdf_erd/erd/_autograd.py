@@ -22,7 +22,7 @@ import torch
 
 from .._native import ops
 
-__all__ = ["LossForward", "LossBackward"]
+__all__ = ["LossForward", "LossBackward", "EagerLossForward", "EagerLossBackward"]
 
 _FORWARD = ops.erd_loss_forward.default
 _BACKWARD = ops.erd_loss_backward.default
@@ -49,7 +49,7 @@ def _forward_backward(ctx, grad_loss, *_):
     if grad_loss is None or not (need_output or need_target):
         return tuple(grads)
     output, target, weight = ctx.saved_tensors
-    result = LossBackward.apply(grad_loss, output, target, weight, need_target)
+    result = _loss_backward(grad_loss, output, target, weight, need_target)
     grads[0] = result[0] if need_output else None
     grads[1] = result[1] if need_target else None
     return tuple(grads)
@@ -61,9 +61,17 @@ def _forward_jvp(ctx, output_tangent, target_tangent, *_):
     u = _difference(output_tangent, target_tangent)
     if u is None:
         return None, None, None, None
-    per_unit = LossBackward.apply(torch.ones((), dtype=output.dtype, device=output.device), output, target,
+    per_unit = _loss_backward(torch.ones((), dtype=output.dtype, device=output.device), output, target,
                                   weight, False)[0]
     return (per_unit * u).sum(), None, None, None
+
+
+def _loss_backward(*args):
+    """erd_loss_backward with its derivative: the Function torch.func needs inside a transform, the cheaper
+    eager one elsewhere (see EagerLossForward)."""
+    if torch._C._are_functorch_transforms_active():
+        return LossBackward.apply(*args)
+    return EagerLossBackward.apply(*args)
 
 
 def _setup_backward(ctx, inputs, output):
@@ -83,10 +91,10 @@ def _backward_backward(ctx, *cotangents):
         return None, None, None, None, None
     d_output = d_target = d_grad = None
     if need_output or need_target:
-        d_output = LossBackward.apply(grad, u, torch.zeros_like(u), weight, False)[0]
+        d_output = _loss_backward(grad, u, torch.zeros_like(u), weight, False)[0]
         d_target = -d_output if need_target else None
     if need_grad:
-        d_per_unit_grad = LossBackward.apply(torch.ones_like(grad), output, target, weight, False)[0]
+        d_per_unit_grad = _loss_backward(torch.ones_like(grad), output, target, weight, False)[0]
         d_grad = (d_per_unit_grad * u).sum().reshape(grad.shape).to(grad.dtype)
     return d_grad, d_output if need_output else None, d_target, None, None
 
@@ -94,9 +102,9 @@ def _backward_backward(ctx, *cotangents):
 def _backward_jvp(ctx, grad_tangent, output_tangent, target_tangent, *_):
     grad, output, target, weight = ctx.saved_tensors
     u = _difference(output_tangent, target_tangent)
-    d = None if u is None else LossBackward.apply(grad, u, torch.zeros_like(u), weight, False)[0]
+    d = None if u is None else _loss_backward(grad, u, torch.zeros_like(u), weight, False)[0]
     if grad_tangent is not None:
-        from_grad = LossBackward.apply(grad_tangent, output, target, weight, False)[0]
+        from_grad = _loss_backward(grad_tangent, output, target, weight, False)[0]
         d = from_grad if d is None else d + from_grad
     if not ctx.target_requires_grad:
         return (d,)
@@ -107,8 +115,30 @@ class LossForward(torch.autograd.Function):
     """``erd_loss_forward`` with its derivative, usable under torch.func transforms."""
 
     generate_vmap_rule = True  # vmap runs forward and backward on batched tensors: the ops' rules below
-    forward = staticmethod(_FORWARD)
+
+    @staticmethod
+    def forward(*args):
+        # This Function is the derivative: the op's own registered autograd below would only re-check and
+        # re-dispatch (binding the schema in Python, ~2/3 of a small batch's loss time).
+        with torch._C._AutoDispatchBelowAutograd():
+            return _FORWARD(*args)
     setup_context = staticmethod(_setup_forward)
+    backward = staticmethod(_forward_backward)
+    jvp = staticmethod(_forward_jvp)
+
+
+class EagerLossForward(torch.autograd.Function):
+    """LossForward in the older ctx-in-forward style, for plain autograd outside torch.func: torch binds a
+    setup_context-style Function's arguments through Python signature inspection on every call, which costs more
+    than the kernels on small batches. Same derivatives (its backward and jvp are LossForward's)."""
+
+    @staticmethod
+    def forward(ctx, *args):
+        with torch._C._AutoDispatchBelowAutograd():
+            result = _FORWARD(*args)
+        _setup_forward(ctx, args, result)
+        return result
+
     backward = staticmethod(_forward_backward)
     jvp = staticmethod(_forward_jvp)
 
@@ -120,9 +150,23 @@ class LossBackward(torch.autograd.Function):
 
     @staticmethod
     def forward(grad, output, target, weight, target_requires_grad):
-        return tuple(_BACKWARD(grad, output, target, weight, target_requires_grad))
+        with torch._C._AutoDispatchBelowAutograd():  # as in LossForward
+            return tuple(_BACKWARD(grad, output, target, weight, target_requires_grad))
 
     setup_context = staticmethod(_setup_backward)
+    backward = staticmethod(_backward_backward)
+    jvp = staticmethod(_backward_jvp)
+
+
+class EagerLossBackward(torch.autograd.Function):
+    """LossBackward in the ctx-in-forward style (see EagerLossForward)."""
+
+    @staticmethod
+    def forward(ctx, *args):
+        result = LossBackward.forward(*args)
+        _setup_backward(ctx, args, result)
+        return result
+
     backward = staticmethod(_backward_backward)
     jvp = staticmethod(_backward_jvp)
 

@@ -9,7 +9,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from .._native import ops, require
-from ._autograd import LossForward
+from ._autograd import EagerLossForward, LossForward
 from .schedules import NoiseSchedule, from_diffusers
 from .weights import check_weighting, prediction_name
 
@@ -73,10 +73,15 @@ def erd_loss(output: Tensor, target: Tensor, alpha: Tensor, sigma: Tensor, predi
         weighting = "given"
     else:
         check_weighting(prediction, weighting)
-    # the op with its derivative (output and target; weights are constants), for autograd and torch.func alike;
-    # Dynamo cannot trace an autograd.Function with a jvp, so compiled code calls the op, which has the same
-    # derivative registered (erd/_autograd.py)
-    loss_forward = ops.erd_loss_forward if torch.compiler.is_compiling() else LossForward.apply
+    # the op with its derivative (output and target; weights are constants), erd/_autograd.py: Dynamo cannot trace
+    # an autograd.Function with a jvp, so compiled code calls the op, which has the same derivative registered;
+    # torch.func needs the setup_context-style Function; plain autograd takes the cheaper-to-call eager one
+    if torch.compiler.is_compiling():
+        loss_forward = ops.erd_loss_forward
+    elif torch._C._are_functorch_transforms_active():
+        loss_forward = LossForward.apply
+    else:
+        loss_forward = EagerLossForward.apply
     return loss_forward(output, target, alpha, sigma, alpha_prime, sigma_prime, weights, prediction, weighting,
                         float(k), float(gamma), num_bins, lo, hi)
 
