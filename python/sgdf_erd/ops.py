@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from . import _native
+from ._fake_checks import check_one_device
 
 __all__ = ["binned_gram_eigvalsh", "MAX_NUM_BINS"]
 
@@ -88,10 +89,7 @@ def binned_gram_eigvalsh(features: Tensor, bin_ids: Tensor, num_bins: int) -> Tu
 
 @torch.library.register_fake("sgdf_erd::binned_gram_eigvalsh")
 def _binned_gram_eigvalsh_fake(features: Tensor, bin_ids: Tensor, num_bins: int) -> Tuple[Tensor, Tensor]:
-    # Also the op's Meta kernel: a real call with one input on `meta` must raise as the kernels do. The width
-    # (the largest bin's count) is data-dependent, so only fake tensors (torch.compile) get a result.
-    if bin_ids.device != features.device:
-        raise ValueError(f"sgdf_erd::binned_gram_eigvalsh: 'bin_ids' is on {bin_ids.device} but 'features' is on "
-                         f"{features.device}; move them to one device")
+    # The width (the largest bin's count) is data-dependent, so only fake tensors (torch.compile) get a result.
+    check_one_device("binned_gram_eigvalsh", [("features", features), ("bin_ids", bin_ids)])
     max_count = torch.library.get_ctx().new_dynamic_size()
     return features.new_empty((num_bins, max_count)), bin_ids.new_empty((num_bins,), dtype=torch.long)

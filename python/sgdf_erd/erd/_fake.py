@@ -1,26 +1,15 @@
 """Fake (meta) implementations of the ERD ops: output shapes and dtypes without data, for torch.compile.
-
-torch also runs them as the ops' Meta kernels, so a real call with one input on the ``meta`` device lands here:
-such a call must raise, as the CPU and CUDA kernels do for mixed devices, instead of returning uninitialised
-memory. Only all-meta inputs (shape propagation) and fake tensors on one device get a result.
+Each first refuses inputs on mixed devices (see sgdf_erd/_fake_checks.py).
 """
 
 import torch
 
+from .._fake_checks import check_one_device
 from .._native import ops  # noqa: F401  (the ops must be registered first)
 
 
 def _acc_dtype(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def check_same_device(op: str, reference_name: str, reference, **tensors) -> None:
-    """ValueError naming the first tensor (None: absent) not on ``reference``'s device."""
-    for name, t in tensors.items():
-        if t is not None and t.device != reference.device:
-            raise ValueError(f"sgdf_erd::{op}: '{name}' is on {t.device} but '{reference_name}' is on "
-                             f"{reference.device}; move every input to one device (only all-meta inputs trace "
-                             "shapes without data)")
 
 
 def _promoted(*tensors):
@@ -33,7 +22,8 @@ def _promoted(*tensors):
 
 @torch.library.register_fake("sgdf_erd::erd_weights")
 def _erd_weights_fake(alpha, sigma, alpha_prime, sigma_prime, prediction, weighting, k, gamma):
-    check_same_device("erd_weights", "alpha", alpha, sigma=sigma, alpha_prime=alpha_prime, sigma_prime=sigma_prime)
+    check_one_device("erd_weights", [("alpha", alpha), ("sigma", sigma), ("alpha_prime", alpha_prime),
+                                      ("sigma_prime", sigma_prime)])
     return torch.empty_like(alpha, dtype=_promoted(alpha, sigma, alpha_prime, sigma_prime),
                             memory_format=torch.contiguous_format)
 
@@ -41,8 +31,9 @@ def _erd_weights_fake(alpha, sigma, alpha_prime, sigma_prime, prediction, weight
 @torch.library.register_fake("sgdf_erd::erd_loss_forward")
 def _erd_loss_forward_fake(output, target, alpha, sigma, alpha_prime, sigma_prime, weights, prediction, weighting,
                            k, gamma, num_bins, logsnr_min, logsnr_max):
-    check_same_device("erd_loss_forward", "output", output, target=target, alpha=alpha, sigma=sigma,
-                      alpha_prime=alpha_prime, sigma_prime=sigma_prime, weights=weights)
+    check_one_device("erd_loss_forward", [("output", output), ("target", target), ("alpha", alpha),
+                                          ("sigma", sigma), ("alpha_prime", alpha_prime),
+                                          ("sigma_prime", sigma_prime), ("weights", weights)])
     batch = output.shape[0]
     acc = _acc_dtype(output.dtype)
     return (output.new_empty(()), output.new_empty((batch,), dtype=acc), output.new_empty((batch,), dtype=acc),
@@ -51,7 +42,8 @@ def _erd_loss_forward_fake(output, target, alpha, sigma, alpha_prime, sigma_prim
 
 @torch.library.register_fake("sgdf_erd::erd_loss_backward")
 def _erd_loss_backward_fake(grad, output, target, weight, target_requires_grad):
-    check_same_device("erd_loss_backward", "output", output, grad=grad, target=target, weight=weight)
+    check_one_device("erd_loss_backward", [("output", output), ("grad", grad), ("target", target),
+                                           ("weight", weight)])
     grads = [torch.empty_like(output, memory_format=torch.contiguous_format)]
     if target_requires_grad:
         grads.append(torch.empty_like(target, memory_format=torch.contiguous_format))
