@@ -15,7 +15,7 @@ from typing import List, Optional, Union
 import torch
 from torch import Tensor
 
-from .._native import ops
+from .. import ops
 from . import _dtensor
 from .newton_schulz import is_matrix_shaped, orthogonalize
 
