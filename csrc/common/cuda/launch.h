@@ -8,6 +8,11 @@
 
 #include "common/stable.h"
 
+// Part of torch's stable C shim, but shim.h declares it only under USE_CUDA, whose effect would depend on include
+// order; declared here instead (same signature).
+extern "C" AOTI_TORCH_EXPORT AOTITorchError aoti_torch_get_current_cuda_stream(int32_t device_index,
+                                                                              void** ret_stream);
+
 namespace sgdf_erd::cuda {
 
 // torch's current CUDA stream on the device (the one torch's own kernels and CUDA graph capture use).
