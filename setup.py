@@ -180,11 +180,13 @@ def print_cmake_config():
 
 
 def record_torch_version():
-    """python/sgdf_erd/_built_with.py: the torch this build compiles against, so that a library that fails to load
-    next to another torch can say so (sgdf_erd/_native.py)."""
+    """python/sgdf_erd/_built_with.py: the torch this build compiles against and the oldest it runs with, so that a
+    library that fails to load can say so (sgdf_erd/_native.py)."""
     with open(os.path.join(ROOT, "python", "sgdf_erd", "_built_with.py"), "w") as f:
         f.write("# Written by setup.py at build time: the torch the native library was compiled against.\n"
-                f'TORCH_VERSION = "{torch.__version__}"\n')
+                f'TORCH_VERSION = "{torch.__version__}"\n'
+                "# The oldest torch it runs with (its stable-ABI target); every later torch loads it too.\n"
+                f'TORCH_MIN = "{TARGET_TORCH[0]}.{TARGET_TORCH[1]}"\n')
 
 
 def make_extension():
