@@ -14,6 +14,7 @@
 #include <torch/headeronly/util/Half.h>
 
 #include "common/stable.h"
+#include "erd/check_type.h"
 #include "erd/erd_math.h"
 
 namespace sgdf_erd::erd {
@@ -83,7 +84,7 @@ void dispatch_floating(torch::headeronly::ScalarType dtype, const Fn& fn) {
     case ScalarType::Float: return fn(float{});
     case ScalarType::Half: return fn(torch::headeronly::Half{});
     case ScalarType::BFloat16: return fn(torch::headeronly::BFloat16{});
-    default: SGDF_CHECK(false, "sgdf_erd: no ERD kernel for dtype ", dtype_name(dtype));
+    default: SGDF_ERD_CHECK(false, "sgdf_erd: no ERD kernel for dtype ", dtype);
   }
 }
 

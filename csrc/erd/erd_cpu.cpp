@@ -7,6 +7,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "common/cpu/parallel.h"
 #include "common/cpu/vec.h"
 #include "erd/erd_checks.h"
 #include "erd/erd_math.h"
@@ -18,67 +19,27 @@ using torch::headeronly::ScalarType;
 
 constexpr int64_t kChunk = 1 << 14;  // elements per parallel work item
 
-
-
 using cpu::fmadd;
+using cpu::load_as;
+using cpu::store_as;
 using cpu::Vec;
-
-template <typename T>
-constexpr bool is_reduced_floating = std::is_same_v<T, torch::headeronly::Half> ||
-                                     std::is_same_v<T, torch::headeronly::BFloat16>;
-
-// Loads and stores of kStep elements of scalar_t as kParts vectors of the accumulation type (two float vectors
-// per 16 float16/bfloat16 elements).
-template <typename scalar_t, typename = void>
-struct VecIO {
-  using Acc = Vec<scalar_t>;
-  static constexpr int kParts = 1;
-  static constexpr int64_t kStep = Acc::size();
-  static void load(const scalar_t* p, Acc* v) { v[0] = Acc::loadu(p); }
-  static void store(scalar_t* p, const Acc* v) { v[0].store(p); }
-};
-
-template <typename scalar_t>
-struct VecIO<scalar_t, std::enable_if_t<is_reduced_floating<scalar_t>>> {
-  using Acc = Vec<float>;
-  static constexpr int kParts = 2;
-  static constexpr int64_t kStep = 2 * Acc::size();
-  static void load(const scalar_t* p, Acc* v) {
-    v[0] = cpu::load_float(p);
-    v[1] = cpu::load_float(p + Acc::size());
-  }
-  static void store(scalar_t* p, const Acc* v) {
-    cpu::store_float(p, v[0]);
-    cpu::store_float(p + Acc::size(), v[1]);
-  }
-};
 
 // sum_j (o_j - t_j)^2 over n elements in acc_t, with kUnroll independent vector accumulators.
 template <typename scalar_t, typename acc_t>
 acc_t sum_squared_difference(const scalar_t* o, const scalar_t* t, int64_t n) {
-  using IO = VecIO<scalar_t>;
-  using Acc = typename IO::Acc;
-  constexpr int kUnroll = 4 / IO::kParts;
-  constexpr int kAcc = kUnroll * IO::kParts;
-  Acc acc[kAcc];
-  for (auto& a : acc) a = Acc(acc_t(0));
+  using V = Vec<acc_t>;
+  constexpr int kUnroll = 4;
+  constexpr int64_t kStep = V::size();
+  V acc[kUnroll];
+  for (auto& a : acc) a = V(acc_t(0));
   int64_t j = 0;
-  for (; j + kUnroll * IO::kStep <= n; j += kUnroll * IO::kStep) {
+  for (; j + kUnroll * kStep <= n; j += kUnroll * kStep) {
     for (int u = 0; u < kUnroll; ++u) {
-      Acc vo[IO::kParts], vt[IO::kParts];
-      IO::load(o + j + u * IO::kStep, vo);
-      IO::load(t + j + u * IO::kStep, vt);
-      for (int q = 0; q < IO::kParts; ++q) {
-        const Acc d = vo[q] - vt[q];
-        acc[u * IO::kParts + q] = fmadd(d, d, acc[u * IO::kParts + q]);
-      }
+      const V d = load_as(o + j + u * kStep) - load_as(t + j + u * kStep);
+      acc[u] = fmadd(d, d, acc[u]);
     }
   }
-  for (int a = 1; a < kAcc; ++a) acc[0] = acc[0] + acc[a];
-  alignas(64) acc_t lanes[Acc::size()];
-  acc[0].store(lanes);
-  acc_t sum = 0;
-  for (int64_t l = 0; l < Acc::size(); ++l) sum += lanes[l];
+  acc_t sum = ((acc[0] + acc[1]) + (acc[2] + acc[3])).sum();
   for (; j < n; ++j) {
     const acc_t d = static_cast<acc_t>(o[j]) - static_cast<acc_t>(t[j]);
     sum += d * d;
@@ -89,20 +50,14 @@ acc_t sum_squared_difference(const scalar_t* o, const scalar_t* t, int64_t n) {
 // go_j = coef * (o_j - t_j), and gt_j = -go_j when gt is given.
 template <typename scalar_t, typename acc_t>
 void scaled_difference(const scalar_t* o, const scalar_t* t, scalar_t* go, scalar_t* gt, acc_t coef, int64_t n) {
-  using IO = VecIO<scalar_t>;
-  using Acc = typename IO::Acc;
-  const Acc c(coef), neg_c(-coef);
+  using V = Vec<acc_t>;
+  constexpr int64_t kStep = V::size();
+  const V c(coef), neg_c(-coef);
   int64_t j = 0;
-  for (; j + IO::kStep <= n; j += IO::kStep) {
-    Acc vo[IO::kParts], vt[IO::kParts], r[IO::kParts];
-    IO::load(o + j, vo);
-    IO::load(t + j, vt);
-    for (int q = 0; q < IO::kParts; ++q) r[q] = (vo[q] - vt[q]) * c;
-    IO::store(go + j, r);
-    if (gt != nullptr) {
-      for (int q = 0; q < IO::kParts; ++q) r[q] = (vo[q] - vt[q]) * neg_c;
-      IO::store(gt + j, r);
-    }
+  for (; j + kStep <= n; j += kStep) {
+    const V d = load_as(o + j) - load_as(t + j);
+    store_as(go + j, d * c);
+    if (gt != nullptr) store_as(gt + j, d * neg_c);
   }
   for (; j < n; ++j) {
     const acc_t d = static_cast<acc_t>(o[j]) - static_cast<acc_t>(t[j]);
@@ -111,16 +66,13 @@ void scaled_difference(const scalar_t* o, const scalar_t* t, scalar_t* go, scala
   }
 }
 
-// Calls fn(sample, work_item, element_begin, element_end) for every kChunk-range of every sample, in parallel.
+// Calls fn(sample, work_item, element_begin, element_end) for every kChunk-range of every sample, in parallel;
+// work items are numbered sample by sample.
 template <typename Fn>
 void parallel_over_chunks(int64_t batch, int64_t numel_per_sample, const Fn& fn) {
   const int64_t chunks = (numel_per_sample + kChunk - 1) / kChunk;
-  torch::stable::parallel_for(0, batch * chunks, 1, [&](int64_t lo, int64_t hi) {
-    for (int64_t w = lo; w < hi; ++w) {
-      const int64_t b = w / chunks, begin = (w % chunks) * kChunk;
-      fn(b, w, begin, std::min(numel_per_sample, begin + kChunk));
-    }
-  });
+  cpu::parallel_over_ranges(std::vector<int64_t>(batch, numel_per_sample), kChunk,
+                            [&](int64_t b, int64_t begin, int64_t end) { fn(b, b * chunks + begin / kChunk, begin, end); });
 }
 
 // Per-sample values as double (the optional ones fall back to the linear path's derivatives).
@@ -137,7 +89,6 @@ struct SampleValues {
   }
   static const param_t* ptr(const Tensor& t) { return t.defined() ? t.const_data_ptr<param_t>() : nullptr; }
 };
-
 
 Tensor weights_cpu(const Tensor& alpha, const Tensor& sigma, const std::optional<Tensor>& alpha_prime,
                    const std::optional<Tensor>& sigma_prime, std::string prediction, std::string weighting, double k,

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "common/stable.h"
+#include "erd/check_type.h"
 
 namespace sgdf_erd::ntk {
 

@@ -12,6 +12,7 @@
 #include <tuple>
 #include <vector>
 
+#include "common/cpu/parallel.h"
 #include "ntk/binned_gram.h"
 #include "ntk/gram_cpu.h"
 #include "ntk/symmetric_eigvals_cpu.h"
@@ -88,9 +89,9 @@ int64_t solve_all(const Tensor& sorted, const BinGroups& g, Tensor& eig) {
   const int64_t max_m = gram_dim(g.max_count, k);
   std::atomic<int64_t> next{0};
   std::atomic<int64_t> failed{0};  // no exception may cross the parallel-for's C interface
-  const int64_t workers = std::min<int64_t>(busy, torch::stable::get_num_threads());
+  const int64_t workers = std::min<int64_t>(busy, sgdf_erd::cpu::num_threads());
   // One task per worker; inside another parallel region this runs inline on the caller's thread.
-  torch::stable::parallel_for(0, workers, 1, [&](int64_t begin, int64_t end) {
+  sgdf_erd::cpu::parallel_for(0, workers, 1, [&](int64_t begin, int64_t end) {
     Workspace<T> ws(max_m);
     for (int64_t w = begin; w < end; ++w) {
       for (int64_t i = next++; i < busy; i = next++) {
@@ -116,7 +117,7 @@ std::tuple<Tensor, Tensor> binned_gram_eigvalsh_cpu(const Tensor& features, cons
   const int64_t failed = call.features.scalar_type() == torch::headeronly::ScalarType::Double
                              ? solve_all<double>(sorted, g, call.eig)
                              : solve_all<float>(sorted, g, call.eig);
-  SGDF_CHECK(failed == 0, kOpName, ": the QL eigenvalue iteration did not converge on a ", failed, "x", failed,
+  SGDF_ERD_CHECK(failed == 0, kOpName, ": the QL eigenvalue iteration did not converge on a ", failed, "x", failed,
              " Gram matrix; please report this input");
   return {call.eig, call.counts};
 }

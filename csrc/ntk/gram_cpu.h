@@ -10,15 +10,6 @@
 
 namespace sgdf_erd::ntk::cpu {
 
-template <typename T>
-inline T horizontal_sum(const sgdf_erd::cpu::Vec<T>& v) {
-  T lanes[sgdf_erd::cpu::Vec<T>::size()];
-  v.store(lanes);
-  T s = 0;
-  for (int i = 0; i < sgdf_erd::cpu::Vec<T>::size(); ++i) s += lanes[i];
-  return s;
-}
-
 // Dots of rows r[0..R) with rows c[0..C) over `len` entries: out[a][b] = <r_a, c_b>. R x C accumulators stay in
 // registers (R = 2, C = 4: 8 accumulators + 3 operands of the 16 AVX2 registers).
 template <typename T, int R, int C>
@@ -39,7 +30,7 @@ inline void dot_block(const T* const* r, const T* const* c, int64_t len, T out[R
   }
   for (int a = 0; a < R; ++a) {
     for (int b = 0; b < C; ++b) {
-      T s = horizontal_sum(acc[a][b]);
+      T s = acc[a][b].sum();
       for (int64_t t = l; t < len; ++t) s += r[a][t] * c[b][t];
       out[a][b] = s;
     }

@@ -35,8 +35,6 @@ using sgdf_erd::cuda::pack_size;
 using sgdf_erd::cuda::store_pack;
 using torch::headeronly::ScalarType;
 
-
-
 template <typename scalar_t, typename acc_t, bool kPacked>
 __global__ void __launch_bounds__(kThreads)
     squared_error_kernel(const scalar_t* __restrict__ output, const scalar_t* __restrict__ target,
@@ -213,11 +211,10 @@ SamplePtrs<param_t> sample_ptrs(const SampleInputs& in) {
 }
 
 unsigned int grid_size(int64_t blocks, const char* op) {
-  SGDF_CHECK_VALUE(blocks <= int64_t(0x7fffffff), op, ": the input needs ", blocks,
+  SGDF_ERD_CHECK_VALUE(blocks <= int64_t(0x7fffffff), op, ": the input needs ", blocks,
                    " blocks, more than one CUDA launch holds; split the batch");
   return static_cast<unsigned int>(blocks);
 }
-
 
 Tensor weights_cuda(const Tensor& alpha, const Tensor& sigma, const std::optional<Tensor>& alpha_prime,
                     const std::optional<Tensor>& sigma_prime, std::string prediction, std::string weighting,

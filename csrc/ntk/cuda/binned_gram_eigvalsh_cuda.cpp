@@ -27,7 +27,7 @@ const torch::stable::Device kCpu(torch::headeronly::DeviceType::CPU);
 template <typename... Args>
 Tensor call_aten(const char* name, const char* overload, const Args&... args) {
   std::array<StableIValue, sizeof...(Args)> stack{torch::stable::detail::from(args)...};
-  SGDF_CHECK(torch_call_dispatcher(name, overload, stack.data(), TORCH_ABI_VERSION) == AOTI_TORCH_SUCCESS, kOpName,
+  SGDF_ERD_CHECK(torch_call_dispatcher(name, overload, stack.data(), TORCH_ABI_VERSION) == AOTI_TORCH_SUCCESS, kOpName,
              ": ", name, " failed");
   return torch::stable::detail::to<Tensor>(stack[0]);
 }

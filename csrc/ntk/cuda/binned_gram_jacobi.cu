@@ -199,7 +199,7 @@ __global__ void __launch_bounds__(kThreads)
 
 // CUDA runtime errors here (no device, a failed attribute query) surface as RuntimeError.
 void check_cuda(cudaError_t status, const char* what) {
-  SGDF_CHECK(status == cudaSuccess, kOpName, ": ", what, " failed: ", cudaGetErrorString(status));
+  SGDF_ERD_CHECK(status == cudaSuccess, kOpName, ": ", what, " failed: ", cudaGetErrorString(status));
 }
 
 template <typename T>
@@ -235,7 +235,7 @@ int64_t jacobi_max_dim(torch::headeronly::ScalarType dtype) {
 
 void launch_binned_jacobi(const Tensor& features, const Tensor& order, const Tensor& starts, const Tensor& counts,
                           int64_t max_dim, int64_t launch_dim, Tensor& eig) {
-  SGDF_CHECK(launch_dim >= 1 && launch_dim <= max_dim && max_dim <= kMaxDim, kOpName, ": bad Jacobi launch size");
+  SGDF_ERD_CHECK(launch_dim >= 1 && launch_dim <= max_dim && max_dim <= kMaxDim, kOpName, ": bad Jacobi launch size");
   if (features.scalar_type() == torch::headeronly::ScalarType::Double) {
     launch<double>(features, order, starts, counts, max_dim, launch_dim, eig);
   } else {
