@@ -54,19 +54,19 @@ WeightParams parse_weight_params(const std::string& prediction, const std::strin
     p.weighting = Weighting::kGiven;
   } else {
     SGDF_ERD_CHECK_VALUE(false, op, ": unknown weighting '", weighting,
-                     "'; use one of 'erd', 'constant', 'min_snr', 'p2', 'debias', or pass your own weights");
+                         "'; use one of 'erd', 'constant', 'min_snr', 'p2', 'debias', or pass your own weights");
   }
   SGDF_ERD_CHECK_VALUE(weights_given == (p.weighting == Weighting::kGiven), op,
-                   weights_given ? ": 'weights' were passed, so weighting must be 'given'"
-                                 : ": weighting 'given' needs the 'weights' tensor");
+                       weights_given ? ": 'weights' were passed, so weighting must be 'given'"
+                                     : ": weighting 'given' needs the 'weights' tensor");
   const bool defined = p.weighting == Weighting::kErd || p.weighting == Weighting::kConstant ||
                        p.weighting == Weighting::kGiven ||
                        (p.weighting == Weighting::kMinSnr && p.prediction != Prediction::kFlow) ||
                        (p.weighting != Weighting::kMinSnr && p.prediction == Prediction::kEps);
   SGDF_ERD_CHECK_VALUE(defined, op, ": weighting '", weighting, "' is not defined for prediction '", prediction,
-                   "' (min_snr: eps, x0, v; p2 and debias: eps only); use 'erd', 'constant' or a callable");
+                       "' (min_snr: eps, x0, v; p2 and debias: eps only); use 'erd', 'constant' or a callable");
   SGDF_ERD_CHECK_VALUE(std::isfinite(k) && std::isfinite(gamma), op, ": k and gamma must be finite, got k=", k,
-                   ", gamma=", gamma);
+                       ", gamma=", gamma);
   if (p.weighting == Weighting::kMinSnr) SGDF_ERD_CHECK_VALUE(k > 0, op, ": min_snr needs k > 0, got ", k);
   if (p.weighting == Weighting::kP2) SGDF_ERD_CHECK_VALUE(k >= 0, op, ": p2 needs k >= 0, got ", k);
   p.k = k;
@@ -77,13 +77,13 @@ WeightParams parse_weight_params(const std::string& prediction, const std::strin
 void check_per_sample(const Tensor& t, const char* name, int64_t batch, const torch::stable::Device& device,
                       const char* op) {
   SGDF_ERD_CHECK_TYPE(is_floating(t.scalar_type()), op, ": '", name, "' must be a floating-point tensor, got ",
-                  t.scalar_type());
+                      t.scalar_type());
   SGDF_ERD_CHECK_VALUE(t.dim() == 1 && t.size(0) == batch, op, ": '", name, "' must have shape [", batch,
-                   "] (one value per sample), got ", Shape{t.sizes()},
-                   "; index your schedule with the batch's timesteps");
+                       "] (one value per sample), got ", Shape{t.sizes()},
+                       "; index your schedule with the batch's timesteps");
   SGDF_ERD_CHECK_VALUE(t.device() == device, op, ": '", name, "' is on ", DeviceName{t.device()},
-                   " but the loss operands are on ", DeviceName{device}, "; move it with .to(", DeviceName{device},
-                   ")");
+                       " but the loss operands are on ", DeviceName{device}, "; move it with .to(", DeviceName{device},
+                       ")");
 }
 
 // Checks shapes ([batch] each), dtypes and devices; on CPU also that sigma >= 0 (on CUDA that check would cost a
@@ -97,11 +97,11 @@ SampleInputs prepare_sample_inputs(const Tensor& alpha, const Tensor& sigma, con
   check_per_sample(sigma, "sigma", batch, device, op);
   ScalarType dtype = promote_floating(alpha.scalar_type(), sigma.scalar_type());
   SGDF_ERD_CHECK_VALUE(alpha_prime.has_value() == sigma_prime.has_value(), op,
-                   ": pass both alpha_prime and sigma_prime, or neither (the linear path's -1 and 1)");
+                       ": pass both alpha_prime and sigma_prime, or neither (the linear path's -1 and 1)");
   SampleInputs in{alpha, sigma, Tensor(), Tensor(), Tensor()};
   if (alpha_prime.has_value()) {
     SGDF_ERD_CHECK_VALUE(params.prediction == Prediction::kFlow, op,
-                     ": alpha_prime/sigma_prime are read by prediction 'flow' only; drop them");
+                         ": alpha_prime/sigma_prime are read by prediction 'flow' only; drop them");
     check_per_sample(*alpha_prime, "alpha_prime", batch, device, op);
     check_per_sample(*sigma_prime, "sigma_prime", batch, device, op);
     dtype = promote_floating(dtype, promote_floating(alpha_prime->scalar_type(), sigma_prime->scalar_type()));
@@ -125,7 +125,7 @@ SampleInputs prepare_sample_inputs(const Tensor& alpha, const Tensor& sigma, con
     auto check = [&](const auto* s) {
       for (int64_t i = 0; i < batch; ++i) {
         SGDF_ERD_CHECK_VALUE(!(static_cast<double>(s[i]) < 0.0), op, ": sigma must be >= 0 (x_t = alpha * x0 + ",
-                         "sigma * eps); got sigma[", i, "] = ", static_cast<double>(s[i]));
+                             "sigma * eps); got sigma[", i, "] = ", static_cast<double>(s[i]));
       }
     };
     if (compute == ScalarType::Double) {
@@ -140,29 +140,29 @@ SampleInputs prepare_sample_inputs(const Tensor& alpha, const Tensor& sigma, con
 // output and target: same shape, dtype and device, floating, at least one dimension, no empty sample.
 void check_loss_operands(const Tensor& output, const Tensor& target, const char* op) {
   SGDF_ERD_CHECK_TYPE(is_floating(output.scalar_type()), op, ": 'output' must be floating point, got ",
-                  output.scalar_type());
+                      output.scalar_type());
   SGDF_ERD_CHECK_TYPE(output.scalar_type() == target.scalar_type(), op, ": 'output' (", output.scalar_type(),
-                  ") and 'target' (", target.scalar_type(), ") must share a dtype");
+                      ") and 'target' (", target.scalar_type(), ") must share a dtype");
   bool same_shape = output.dim() == target.dim();
   for (int64_t d = 0; same_shape && d < output.dim(); ++d) same_shape = output.size(d) == target.size(d);
   SGDF_ERD_CHECK_VALUE(same_shape, op, ": 'output' has shape ", Shape{output.sizes()}, " but 'target' has shape ",
-                   Shape{target.sizes()}, "; they must match exactly (no broadcasting)");
+                       Shape{target.sizes()}, "; they must match exactly (no broadcasting)");
   SGDF_ERD_CHECK_VALUE(output.device() == target.device(), op, ": 'output' is on ", DeviceName{output.device()},
-                   " but 'target' is on ", DeviceName{target.device()});
+                       " but 'target' is on ", DeviceName{target.device()});
   SGDF_ERD_CHECK_VALUE(output.dim() >= 1 && output.size(0) >= 1, op,
-                   ": 'output' must have a batch dimension with at least one sample, got shape ",
-                   Shape{output.sizes()});
+                       ": 'output' must have a batch dimension with at least one sample, got shape ",
+                       Shape{output.sizes()});
   SGDF_ERD_CHECK_VALUE(output.numel() > 0, op, ": every sample is empty (shape ", Shape{output.sizes()},
-                   "); the per-sample mean is undefined");
+                       "); the per-sample mean is undefined");
 }
 
 // num_bins in [1, kMaxNumBins] and a finite, non-empty log-SNR range.
 void check_bins(int64_t num_bins, double logsnr_min, double logsnr_max, const char* op) {
   SGDF_ERD_CHECK_VALUE(num_bins >= 1 && num_bins <= kMaxNumBins, op, ": num_bins must lie in [1, ", kMaxNumBins,
-                   "] (the statistics form a log-SNR histogram of [4, num_bins] float64 sums per step), got ",
-                   num_bins);
+                       "] (the statistics form a log-SNR histogram of [4, num_bins] float64 sums per step), got ",
+                       num_bins);
   SGDF_ERD_CHECK_VALUE(std::isfinite(logsnr_min) && std::isfinite(logsnr_max) && logsnr_min < logsnr_max, op,
-                   ": logsnr range must be finite with min < max, got (", logsnr_min, ", ", logsnr_max, ")");
+                       ": logsnr range must be finite with min < max, got (", logsnr_min, ", ", logsnr_max, ")");
 }
 
 Tensor as_contiguous(const Tensor& t) { return t.is_contiguous() ? t : torch::stable::contiguous(t); }
@@ -220,14 +220,14 @@ LossBackwardCall prepare_loss_backward(const Tensor& grad, const Tensor& output,
   constexpr const char* op = "sgdf_erd::erd_loss_backward";
   check_loss_operands(output, target, op);
   SGDF_ERD_CHECK_VALUE(grad.numel() == 1 && grad.device() == output.device(), op,
-                   ": 'grad' must be a one-element tensor on ", DeviceName{output.device()}, ", got ", grad.numel(),
-                   " elements on ", DeviceName{grad.device()});
+                       ": 'grad' must be a one-element tensor on ", DeviceName{output.device()}, ", got ", grad.numel(),
+                       " elements on ", DeviceName{grad.device()});
   SGDF_ERD_CHECK_VALUE(weight.dim() == 1 && weight.size(0) == output.size(0) && weight.device() == output.device() &&
-                       weight.is_contiguous(),
-                   op, ": 'weight' must be the forward's contiguous [", output.size(0), "] weight output");
+                           weight.is_contiguous(),
+                       op, ": 'weight' must be the forward's contiguous [", output.size(0), "] weight output");
   const ScalarType acc = accumulate_dtype(output.scalar_type());
   SGDF_ERD_CHECK_TYPE(weight.scalar_type() == acc, op, ": 'weight' must be ", acc, " for ",
-                  output.scalar_type(), " operands, got ", weight.scalar_type());
+                      output.scalar_type(), " operands, got ", weight.scalar_type());
   LossBackwardCall call;
   call.grad = grad;
   call.output = as_contiguous(output);

@@ -71,8 +71,10 @@ void scaled_difference(const scalar_t* o, const scalar_t* t, scalar_t* go, scala
 template <typename Fn>
 void parallel_over_chunks(int64_t batch, int64_t numel_per_sample, const Fn& fn) {
   const int64_t chunks = (numel_per_sample + kChunk - 1) / kChunk;
-  cpu::parallel_over_ranges(std::vector<int64_t>(batch, numel_per_sample), kChunk,
-                            [&](int64_t b, int64_t begin, int64_t end) { fn(b, b * chunks + begin / kChunk, begin, end); });
+  cpu::parallel_over_ranges(std::vector<int64_t>(batch, numel_per_sample), kChunk, [&](int64_t b, int64_t begin,
+                                                                                      int64_t end) {
+    fn(b, b * chunks + begin / kChunk, begin, end);
+  });
 }
 
 // Per-sample values as double (the optional ones fall back to the linear path's derivatives).

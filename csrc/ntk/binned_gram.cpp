@@ -14,24 +14,24 @@ bool is_integral(ScalarType t) {
 
 void check_args(const Tensor& features, const Tensor& bin_ids, int64_t num_bins) {
   SGDF_ERD_CHECK_VALUE(num_bins >= 1 && num_bins <= kMaxNumBins, kOpName, ": 'num_bins' must lie in [1, ", kMaxNumBins,
-                   "] (each bin is a row of the output), got ", num_bins);
+                       "] (each bin is a row of the output), got ", num_bins);
   SGDF_ERD_CHECK_VALUE(features.dim() == 2, kOpName, ": 'features' must be 2-D [n, k], got shape ",
-                   Shape{features.sizes()});
+                       Shape{features.sizes()});
   SGDF_ERD_CHECK_TYPE(features.scalar_type() == ScalarType::Float || features.scalar_type() == ScalarType::Double,
-                  kOpName, ": 'features' must be float32 or float64, got ", features.scalar_type(),
-                  "; convert with .float() or .double()");
+                      kOpName, ": 'features' must be float32 or float64, got ", features.scalar_type(),
+                      "; convert with .float() or .double()");
   SGDF_ERD_CHECK_VALUE(bin_ids.dim() == 1, kOpName, ": 'bin_ids' must be 1-D [n], got shape ",
-                   Shape{bin_ids.sizes()});
+                       Shape{bin_ids.sizes()});
   SGDF_ERD_CHECK_TYPE(is_integral(bin_ids.scalar_type()), kOpName, ": 'bin_ids' must be an integer tensor, got ",
-                  bin_ids.scalar_type(), "; convert with .long()");
+                      bin_ids.scalar_type(), "; convert with .long()");
   SGDF_ERD_CHECK_VALUE(bin_ids.size(0) == features.size(0), kOpName, ": 'bin_ids' has ", bin_ids.size(0),
-                   " entries but 'features' has ", features.size(0), " rows; pass one bin id per row");
+                       " entries but 'features' has ", features.size(0), " rows; pass one bin id per row");
   SGDF_ERD_CHECK_VALUE(bin_ids.device() == features.device(), kOpName, ": 'bin_ids' is on ",
-                   DeviceName{bin_ids.device()}, " but 'features' is on ", DeviceName{features.device()},
-                   "; move them to one device");
+                       DeviceName{bin_ids.device()}, " but 'features' is on ", DeviceName{features.device()},
+                       "; move them to one device");
   SGDF_ERD_CHECK(features.layout() == torch::headeronly::Layout::Strided &&
                  bin_ids.layout() == torch::headeronly::Layout::Strided,
-             kOpName, ": sparse tensors are not supported; pass dense tensors");
+                 kOpName, ": sparse tensors are not supported; pass dense tensors");
 }
 
 BinGroups group_rows(const Tensor& ids, int64_t num_bins) {
@@ -47,7 +47,7 @@ BinGroups group_rows(const Tensor& ids, int64_t num_bins) {
     if (b >= 0 && b < num_bins) ++g.offsets[b + 1];
   }
   SGDF_ERD_CHECK_VALUE(lowest >= 0 && highest < num_bins, kOpName, ": 'bin_ids' must lie in [0, num_bins) = [0, ",
-                   num_bins, "), found values in [", lowest, ", ", highest, "]");
+                       num_bins, "), found values in [", lowest, ", ", highest, "]");
   for (int64_t b = 0; b < num_bins; ++b) {
     g.max_count = std::max(g.max_count, g.offsets[b + 1]);
     g.offsets[b + 1] += g.offsets[b];

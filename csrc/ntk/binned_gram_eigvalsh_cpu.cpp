@@ -118,7 +118,7 @@ std::tuple<Tensor, Tensor> binned_gram_eigvalsh_cpu(const Tensor& features, cons
                              ? solve_all<double>(sorted, g, call.eig)
                              : solve_all<float>(sorted, g, call.eig);
   SGDF_ERD_CHECK(failed == 0, kOpName, ": the QL eigenvalue iteration did not converge on a ", failed, "x", failed,
-             " Gram matrix; please report this input");
+                 " Gram matrix; please report this input");
   return {call.eig, call.counts};
 }
 

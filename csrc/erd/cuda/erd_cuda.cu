@@ -212,7 +212,7 @@ SamplePtrs<param_t> sample_ptrs(const SampleInputs& in) {
 
 unsigned int grid_size(int64_t blocks, const char* op) {
   SGDF_ERD_CHECK_VALUE(blocks <= int64_t(0x7fffffff), op, ": the input needs ", blocks,
-                   " blocks, more than one CUDA launch holds; split the batch");
+                       " blocks, more than one CUDA launch holds; split the batch");
   return static_cast<unsigned int>(blocks);
 }
 

@@ -28,7 +28,7 @@ template <typename... Args>
 Tensor call_aten(const char* name, const char* overload, const Args&... args) {
   std::array<StableIValue, sizeof...(Args)> stack{torch::stable::detail::from(args)...};
   SGDF_ERD_CHECK(torch_call_dispatcher(name, overload, stack.data(), TORCH_ABI_VERSION) == AOTI_TORCH_SUCCESS, kOpName,
-             ": ", name, " failed");
+                 ": ", name, " failed");
   return torch::stable::detail::to<Tensor>(stack[0]);
 }
 
