@@ -3,9 +3,10 @@
 #include <ATen/OpMathType.h>
 #include <torch/library.h>
 
-#include "common/cpu/multi_tensor_apply.h"
 #include "sgdf/sgdf_checks.h"
 #include "sgdf/sgdf_math.h"
+// last: it pulls in the stable headers, which forbid ATen from here on (until this file is ported)
+#include "common/cpu/multi_tensor_apply.h"
 
 namespace sgdf_erd::sgdf {
 namespace {
@@ -29,7 +30,7 @@ void run_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_avg
     step += 1.f;
     coeffs.push_back(step_coeffs<acc_t>(hyper_d.beta1, hyper_d.beta2, step));
   }
-  cpu::parallel_over_ranges(numels, [&](int64_t t, int64_t begin, int64_t end) {
+  cpu::parallel_over_ranges(numels, cpu::kRangeSize, [&](int64_t t, int64_t begin, int64_t end) {
     std::array<scalar_t*, Depth> ptr;
     ptr[kParam] = params[t].data_ptr<scalar_t>() + begin;
     ptr[kGrad] = grads[t].data_ptr<scalar_t>() + begin;
