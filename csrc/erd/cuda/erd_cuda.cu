@@ -16,8 +16,8 @@
 #include <vector>
 
 #include "common/cuda/block_reduce.cuh"
-#include "common/cuda/launch.h"
 #include "common/cuda/vector_access.cuh"
+#include "erd/cuda/launch.h"
 #include "erd/erd_checks.h"
 #include "erd/erd_math.h"
 
