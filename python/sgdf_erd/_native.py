@@ -53,6 +53,34 @@ ops = _operators("sgdf_erd")
 
 CUDA_COMPILED: bool = bool(ops.compiled_with_cuda())
 
+_CUDA_MISSING = (
+    "this sgdf_erd build has no CUDA kernels (it was compiled without CUDA: no NVIDIA GPU or nvcc at build time, "
+    "or SGDF_ERD_CUDA=0). Rebuild with the CUDA toolkit on PATH and SGDF_ERD_CUDA=1: "
+    "`SGDF_ERD_CUDA=1 pip install --no-build-isolation --force-reinstall --no-deps .` in the source tree; "
+    "sgdf_erd.build_info() shows what was compiled in.")
+
+
+def _register_cuda_stubs() -> "torch.library.Library":
+    """A CPU-only build answers CUDA tensors given to any of its operators (also called directly through
+    torch.ops.sgdf_erd) with an error that names the fix, instead of the dispatcher's generic "could not run"."""
+    library = torch.library.Library("sgdf_erd", "IMPL")
+    names = {n.split("::", 1)[1] for n in torch._C._dispatch_get_all_op_names() if n.startswith("sgdf_erd::")}
+    for name in sorted(names):
+        schema = getattr(ops, name).default._schema
+        if not any(isinstance(a.type, (torch.TensorType, torch.OptionalType, torch.ListType))
+                   for a in schema.arguments):
+            continue  # build facts: no tensor, no device
+
+        def stub(*args, _name=name, **kwargs):
+            raise RuntimeError(f"sgdf_erd::{_name}: {_CUDA_MISSING}")
+
+        library.impl(name, stub, "CUDA")
+    return library
+
+
+if not CUDA_COMPILED:
+    _cuda_stubs = _register_cuda_stubs()  # kept alive: the registrations last as long as the Library object
+
 _NATIVE_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
@@ -68,10 +96,6 @@ def supports(device: torch.device, dtype: torch.dtype = torch.float32) -> bool:
 def require(device: torch.device, what: str) -> None:
     """Raise a clear error when `what` needs kernels this build lacks for `device`."""
     if device.type == "cuda" and not CUDA_COMPILED:
-        raise RuntimeError(
-            f"{what}: this sgdf_erd build has no CUDA kernels (built against CPU-only torch or without nvcc). "
-            "Reinstall with a CUDA build of torch and nvcc on PATH: `pip install --no-build-isolation .`; "
-            "sgdf_erd.build_info() shows what was compiled in."
-        )
+        raise RuntimeError(f"{what}: {_CUDA_MISSING}")
     if device.type not in ("cpu", "cuda"):
         raise RuntimeError(f"{what}: device type '{device.type}' has no sgdf_erd kernels; use cpu or cuda tensors")

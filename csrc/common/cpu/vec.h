@@ -4,9 +4,6 @@
 // float16/bfloat16 data is computed in float: load_as/store_as convert whole vectors, convert() whole arrays.
 #pragma once
 
-#include <torch/headeronly/util/BFloat16.h>
-#include <torch/headeronly/util/Half.h>
-
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -17,17 +14,14 @@
 #define SGDF_ERD_VEC_AVX2 1
 #endif
 
+#include "common/scalar_types.h"
+
 namespace sgdf_erd::cpu {
 
-using Half = torch::headeronly::Half;
-using BFloat16 = torch::headeronly::BFloat16;
-
-template <typename T>
-inline constexpr bool is_reduced_floating_point_v = std::is_same_v<T, Half> || std::is_same_v<T, BFloat16>;
-
-// The type a kernel computes in for data of type T: float for the 16-bit types, T itself otherwise.
-template <typename T>
-using opmath_t = std::conditional_t<is_reduced_floating_point_v<T>, float, T>;
+using sgdf_erd::BFloat16;
+using sgdf_erd::Half;
+using sgdf_erd::is_reduced_floating_point_v;
+using sgdf_erd::opmath_t;
 
 // Lanes of T in 32 bytes. Comparisons (gt, lt) give 1 or 0 per lane, so that they can enter arithmetic.
 template <typename T>
