@@ -1,8 +1,11 @@
 """Loads the compiled operators (``torch.ops.sgdf_erd``) and says what the build can serve."""
 
 import importlib
+import types
 
 import torch
+
+from ._type_errors import raising_type_errors
 
 
 def _load_error(exc: ImportError) -> ImportError:
@@ -33,7 +36,25 @@ try:
 except ImportError as exc:
     raise _load_error(exc) from exc
 
-ops = torch.ops.sgdf_erd
+def _operators(namespace: str) -> types.ModuleType:
+    """torch.ops.<namespace> with every operator's wrong-type errors raised as TypeError (_type_errors.py). Each
+    attribute calls the op; its ``.default`` and other overloads are the real ``OpOverload`` objects (for
+    opcheck, torch.library registrations and torch.compile)."""
+    packets = getattr(torch.ops, namespace)
+    operators = types.ModuleType(f"{__package__}.ops")
+    for qualified in torch._C._dispatch_get_all_op_names():
+        if not qualified.startswith(namespace + "::"):
+            continue
+        name = qualified.split("::", 1)[1].split(".", 1)[0]
+        packet = getattr(packets, name)
+        call = raising_type_errors(packet)
+        for overload in packet.overloads():
+            setattr(call, overload, getattr(packet, overload))
+        setattr(operators, name, call)
+    return operators
+
+
+ops = _operators("sgdf_erd")
 
 CUDA_COMPILED: bool = bool(ops.compiled_with_cuda())
 

@@ -21,11 +21,15 @@ batch would need them recomputed outside the kernels; the loop gives exactly the
 import torch
 
 from .._native import ops
+from .._type_errors import raising_type_errors
 
 __all__ = ["LossForward", "LossBackward", "EagerLossForward", "EagerLossBackward"]
 
 _FORWARD = ops.erd_loss_forward.default
 _BACKWARD = ops.erd_loss_backward.default
+# the calls inside the Functions below, with the kernels' type errors as TypeError
+_forward = raising_type_errors(_FORWARD)
+_backward = raising_type_errors(_BACKWARD)
 
 
 def _difference(u_plus, u_minus):
@@ -121,7 +125,7 @@ class LossForward(torch.autograd.Function):
         # This Function is the derivative: the op's own registered autograd below would only re-check and
         # re-dispatch (binding the schema in Python, ~2/3 of a small batch's loss time).
         with torch._C._AutoDispatchBelowAutograd():
-            return _FORWARD(*args)
+            return _forward(*args)
     setup_context = staticmethod(_setup_forward)
     backward = staticmethod(_forward_backward)
     jvp = staticmethod(_forward_jvp)
@@ -135,7 +139,7 @@ class EagerLossForward(torch.autograd.Function):
     @staticmethod
     def forward(ctx, *args):
         with torch._C._AutoDispatchBelowAutograd():
-            result = _FORWARD(*args)
+            result = _forward(*args)
         _setup_forward(ctx, args, result)
         return result
 
@@ -151,7 +155,7 @@ class LossBackward(torch.autograd.Function):
     @staticmethod
     def forward(grad, output, target, weight, target_requires_grad):
         with torch._C._AutoDispatchBelowAutograd():  # as in LossForward
-            return tuple(_BACKWARD(grad, output, target, weight, target_requires_grad))
+            return tuple(_backward(grad, output, target, weight, target_requires_grad))
 
     setup_context = staticmethod(_setup_backward)
     backward = staticmethod(_backward_backward)
