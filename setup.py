@@ -22,7 +22,6 @@ import os
 import platform
 import re
 import shutil
-import site
 import subprocess
 import sys
 
@@ -94,25 +93,6 @@ def want_cuda():
         return True
     # Unset: compiling CUDA kernels takes minutes per file; skip them where no GPU could run them.
     return possible and nvidia_gpu_present()
-
-
-def cuda_library_include_dirs():
-    """torch's CUDA headers include cuBLAS/cuSPARSE/cuSOLVER headers; a bare toolkit may lack them, while CUDA
-    torch's own ``nvidia-*`` pip packages ship them. Return those include folders when the toolkit has none."""
-    if os.path.exists(os.path.join(CUDA_HOME, "include", "cublas_v2.h")):
-        return []
-    roots = site.getsitepackages() + [site.getusersitepackages(), os.path.dirname(os.path.dirname(torch.__file__))]
-    found = []
-    for root in roots:
-        for header in glob.glob(os.path.join(root, "nvidia", "*", "include", "cublas_v2.h")):
-            folder = os.path.dirname(header)
-            if folder not in found:
-                found.append(folder)
-    if not found:
-        sys.exit("CUDA build: cublas_v2.h is neither in the CUDA toolkit nor in torch's nvidia-* pip packages; "
-                 "install the toolkit's math libraries or build CPU-only with SGDF_ERD_CUDA=0")
-    # the other math-library headers (cusparse, cusolver) sit beside cublas in the same package layout
-    return found
 
 
 def definitions(with_cuda, arch_list):
@@ -195,8 +175,9 @@ def make_extension():
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
         arch_list = os.environ["TORCH_CUDA_ARCH_LIST"]
         sources += cuda_sources()
-        # the toolkit's own headers first: torch's nvidia-* pip packages also ship partial copies of them
-        include_dirs += [os.path.join(CUDA_HOME, "include")] + cuda_library_include_dirs()
+        # the toolkit's own headers first: torch's nvidia-* pip packages also ship partial copies of them (only the
+        # CUDA runtime's are needed: the stable ABI pulls in none of torch's CUDA library headers)
+        include_dirs += [os.path.join(CUDA_HOME, "include")]
     builder = CUDAExtension if with_cuda else CppExtension
     print(f"sgdf-erd: building {'CPU+CUDA (archs ' + arch_list + ')' if with_cuda else 'CPU-only'} "
           f"from {len(sources)} sources", flush=True)
