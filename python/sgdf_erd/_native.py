@@ -31,6 +31,7 @@ try:
 except ImportError as exc:
     raise _load_error(exc) from exc
 
+
 def _operators(namespace: str) -> types.ModuleType:
     """torch.ops.<namespace> with every operator's wrong-type errors raised as TypeError (_type_errors.py). Each
     attribute calls the op; its ``.default`` and other overloads are the real ``OpOverload`` objects (for
