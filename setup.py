@@ -117,12 +117,16 @@ def cuda_library_include_dirs():
 
 def definitions(with_cuda, arch_list):
     """Preprocessor definitions, as name -> value (None for a bare flag)."""
-    defs = {"SGDF_ERD_VERSION": f'"{read_version()}"', "Py_LIMITED_API": MIN_PYTHON_HEX}
+    major, minor = TARGET_TORCH
+    defs = {
+        "SGDF_ERD_VERSION": f'"{read_version()}"',
+        # Only the stable ABI of torch TARGET_TORCH: newer stable features are hidden and torch's non-stable headers
+        # (ATen, c10) refuse to compile, so nothing else can creep in.
+        "TORCH_TARGET_VERSION": f"0x{major:02x}{minor:02x}000000000000",
+        "Py_LIMITED_API": MIN_PYTHON_HEX,
+    }
     if with_cuda:
         defs.update({"SGDF_ERD_WITH_CUDA": None, "SGDF_ERD_CUDA_ARCHS": f'"{arch_list}"'})
-    if cpu_isa_avx2():
-        # for the ATen vector code of files not yet on the stable ABI (csrc/common/cpu/vec.h needs none of this)
-        defs.update({"CPU_CAPABILITY_AVX2": None, "CPU_CAPABILITY": "AVX2"})
     return defs
 
 
@@ -136,22 +140,14 @@ def compile_flags(with_cuda, arch_list):
     # extension's (and the stable ABI's hidden-visibility types may be members of ours)
     cxx = ["-O3", "-Wno-unknown-pragmas", "-fvisibility=hidden"]
     cxx += ["-mavx2", "-mfma", "-mf16c"] if cpu_isa_avx2() else []
-    cxx += openmp_flags()
     nvcc = ["-O3", "--expt-relaxed-constexpr", "-lineinfo", "-Xcompiler=-fvisibility=hidden"]
-    # the AVX2 macros only concern host-side ATen vector code, which CUDA sources do not include
-    nvcc_defines = [d for d in defines if "CPU_CAPABILITY" not in d]
-    return {"cxx": cxx + defines, "nvcc": nvcc + nvcc_defines}
-
-
-def openmp_flags():
-    """at::parallel_for is a header template that runs serially unless the including file is compiled with
-    OpenMP, so the CPU kernels need it to use torch's intra-op threads (torch's own libgomp serves them)."""
-    return ["-fopenmp"] if torch.backends.openmp.is_available() and platform.system() == "Linux" else []
+    return {"cxx": cxx + defines, "nvcc": nvcc + defines}
 
 
 def link_flags():
-    """--as-needed: the library records only the torch libraries it refers to (the stable C shim in torch_cpu)."""
-    return ["-Wl,--as-needed"] + openmp_flags()
+    """--as-needed: the library records only the torch libraries it refers to (the stable C shim in torch_cpu).
+    No OpenMP: CPU kernels run on torch's own thread pool through torch::stable::parallel_for."""
+    return ["-Wl,--as-needed"]
 
 
 def _in_cuda_folder(path):
@@ -180,11 +176,13 @@ def print_cmake_config():
 
 
 def record_torch_version():
-    """python/sgdf_erd/_built_with.py: the torch this build compiles against, so that a library that fails to load
-    next to another torch can say so (sgdf_erd/_native.py)."""
+    """python/sgdf_erd/_built_with.py: the torch this build compiles against and the oldest it runs with, so that a
+    library that fails to load can say so (sgdf_erd/_native.py)."""
     with open(os.path.join(ROOT, "python", "sgdf_erd", "_built_with.py"), "w") as f:
         f.write("# Written by setup.py at build time: the torch the native library was compiled against.\n"
-                f'TORCH_VERSION = "{torch.__version__}"\n')
+                f'TORCH_VERSION = "{torch.__version__}"\n'
+                "# The oldest torch it runs with (its stable-ABI target); every later torch loads it too.\n"
+                f'TORCH_MIN = "{TARGET_TORCH[0]}.{TARGET_TORCH[1]}"\n')
 
 
 def make_extension():
@@ -203,8 +201,12 @@ def make_extension():
     print(f"sgdf-erd: building {'CPU+CUDA (archs ' + arch_list + ')' if with_cuda else 'CPU-only'} "
           f"from {len(sources)} sources", flush=True)
     # py_limited_api tags the module abi3 (torch also defines Py_LIMITED_API, to the same 3.10).
-    return builder(name="sgdf_erd._C", sources=sources, include_dirs=include_dirs, py_limited_api=True,
-                   extra_compile_args=compile_flags(with_cuda, arch_list), extra_link_args=link_flags())
+    extension = builder(name="sgdf_erd._C", sources=sources, include_dirs=include_dirs, py_limited_api=True,
+                        extra_compile_args=compile_flags(with_cuda, arch_list), extra_link_args=link_flags())
+    # Only what the stable ABI needs, instead of all of torch's libraries: its C shim (torch_cpu), and in CUDA
+    # builds the CUDA part of the shim (the current stream) and the CUDA runtime.
+    extension.libraries = ["torch_cpu"] + (["torch_cuda", "cudart"] if with_cuda else [])
+    return extension
 
 
 if len(sys.argv) > 1 and sys.argv[1] == "--cmake-config":

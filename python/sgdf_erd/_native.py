@@ -19,11 +19,16 @@ def _load_error(exc: ImportError) -> ImportError:
         from ._built_with import TORCH_VERSION as built_with
     except ImportError:
         built_with = "an unrecorded version"
+    try:
+        from ._built_with import TORCH_MIN as torch_min
+    except ImportError:
+        torch_min = "an unrecorded version"
     return ImportError(
-        f"sgdf_erd's native library failed to load: {exc}. It was built against torch {built_with}; this Python "
-        f"runs torch {torch.__version__}. A library built for one torch usually fails to load with another "
-        "(undefined symbols): rebuild it against this torch with `pip install --no-build-isolation "
-        f"--force-reinstall --no-deps .` in the source tree, or install the torch it was built for.")
+        f"sgdf_erd's native library failed to load: {exc}. It was built against torch {built_with} and runs with "
+        f"torch {torch_min} or later (LibTorch stable ABI); this Python runs torch {torch.__version__}. With an "
+        f"older torch, upgrade it (pip install 'torch>={torch_min}'); otherwise the library itself is damaged or "
+        "built for another platform: rebuild it with `pip install --no-build-isolation --force-reinstall --no-deps .` "
+        "in the source tree.")
 
 
 try:
