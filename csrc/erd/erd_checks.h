@@ -10,9 +10,7 @@
 #include <type_traits>
 #include <vector>
 
-#include <torch/headeronly/util/BFloat16.h>
-#include <torch/headeronly/util/Half.h>
-
+#include "common/scalar_types.h"
 #include "common/stable.h"
 #include "erd/check_type.h"
 #include "erd/erd_math.h"
@@ -74,20 +72,6 @@ LossBackwardCall prepare_loss_backward(const Tensor& grad, const Tensor& output,
 // [4, num_bins] float64 sums (python/sgdf_erd/erd/loss.py states the same bound).
 constexpr int64_t kMaxNumBins = int64_t{1} << 16;
 
-// Calls fn(scalar_t{}) with scalar_t the C++ type of a floating dtype (float32/64, float16, bfloat16); the checks
-// have rejected every other dtype.
-template <typename Fn>
-void dispatch_floating(torch::headeronly::ScalarType dtype, const Fn& fn) {
-  using torch::headeronly::ScalarType;
-  switch (dtype) {
-    case ScalarType::Double: return fn(double{});
-    case ScalarType::Float: return fn(float{});
-    case ScalarType::Half: return fn(torch::headeronly::Half{});
-    case ScalarType::BFloat16: return fn(torch::headeronly::BFloat16{});
-    default: SGDF_ERD_CHECK(false, "sgdf_erd: no ERD kernel for dtype ", dtype);
-  }
-}
-
 // Calls fn(param_t{}) for the compute dtype of the per-sample inputs (float32 or float64; see SampleInputs).
 template <typename Fn>
 void dispatch_sample_dtype(const SampleInputs& in, const Fn& fn) {
@@ -97,10 +81,6 @@ void dispatch_sample_dtype(const SampleInputs& in, const Fn& fn) {
     fn(float{});
   }
 }
-
-// float32 arithmetic for float32/16/bfloat16 elements, float64 for float64
-template <typename scalar_t>
-using acc_type = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
 
 // The accumulation dtype of per-sample sums for operands of `dtype`.
 inline torch::headeronly::ScalarType accumulate_dtype(torch::headeronly::ScalarType dtype) {

@@ -98,8 +98,8 @@ Tensor weights_cpu(const Tensor& alpha, const Tensor& sigma, const std::optional
   const WeightsCall call = prepare_weights(alpha, sigma, alpha_prime, sigma_prime, prediction, weighting, k, gamma);
   dispatch_sample_dtype(call.in, [&](auto param) {
     const SampleValues<decltype(param)> v(call.in);
-    dispatch_floating(call.out.scalar_type(), [&](auto tag) {
-      using scalar_t = decltype(tag);
+    dispatch_floating_types(call.out.scalar_type(), "sgdf_erd::erd_weights", [&](auto tag) {
+      using scalar_t = typename decltype(tag)::type;
       scalar_t* w = call.out.mutable_data_ptr<scalar_t>();
       for (int64_t i = 0; i < call.out.numel(); ++i) w[i] = static_cast<scalar_t>(v.weight(i, call.params));
     });
@@ -117,9 +117,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> loss_forward_cpu(
                                                     logsnr_max);
   const int64_t batch = call.batch, per_sample = call.per_sample;
   const int64_t chunks = (per_sample + kChunk - 1) / kChunk;
-  dispatch_floating(call.output.scalar_type(), [&](auto tag) {
-    using scalar_t = decltype(tag);
-    using acc_t = acc_type<scalar_t>;
+  dispatch_floating_types(call.output.scalar_type(), "sgdf_erd::erd_loss_forward", [&](auto tag) {
+    using scalar_t = typename decltype(tag)::type;
+    using acc_t = opmath_t<scalar_t>;
     const scalar_t* o = call.output.const_data_ptr<scalar_t>();
     const scalar_t* t = call.target.const_data_ptr<scalar_t>();
     std::vector<acc_t> partial(batch * chunks);
@@ -162,13 +162,13 @@ std::vector<Tensor> loss_backward_cpu(const Tensor& grad, const Tensor& output, 
   const LossBackwardCall call = prepare_loss_backward(grad, output, target, weight, target_requires_grad);
   const int64_t batch = call.batch, per_sample = call.per_sample;
   double g = 0;
-  dispatch_floating(call.grad.scalar_type(), [&](auto tag) {
-    using scalar_t = decltype(tag);
+  dispatch_floating_types(call.grad.scalar_type(), "sgdf_erd::erd_loss_backward", [&](auto tag) {
+    using scalar_t = typename decltype(tag)::type;
     g = static_cast<double>(*call.grad.const_data_ptr<scalar_t>());
   });
-  dispatch_floating(call.output.scalar_type(), [&](auto tag) {
-    using scalar_t = decltype(tag);
-    using acc_t = acc_type<scalar_t>;
+  dispatch_floating_types(call.output.scalar_type(), "sgdf_erd::erd_loss_backward", [&](auto tag) {
+    using scalar_t = typename decltype(tag)::type;
+    using acc_t = opmath_t<scalar_t>;
     const scalar_t* o = call.output.const_data_ptr<scalar_t>();
     const scalar_t* t = call.target.const_data_ptr<scalar_t>();
     scalar_t* go = call.grad_output.mutable_data_ptr<scalar_t>();

@@ -17,7 +17,7 @@
 
 #include "common/cuda/block_reduce.cuh"
 #include "common/cuda/vector_access.cuh"
-#include "erd/cuda/launch.h"
+#include "common/cuda/launch.h"
 #include "erd/erd_checks.h"
 #include "erd/erd_math.h"
 
@@ -227,8 +227,8 @@ Tensor weights_cuda(const Tensor& alpha, const Tensor& sigma, const std::optiona
   const unsigned int blocks = grid_size((n + 255) / 256, "sgdf_erd::erd_weights");
   dispatch_sample_dtype(call.in, [&](auto param) {
     using param_t = decltype(param);
-    dispatch_floating(call.out.scalar_type(), [&](auto tag) {
-      using scalar_t = decltype(tag);
+    dispatch_floating_types(call.out.scalar_type(), "sgdf_erd::erd_weights", [&](auto tag) {
+      using scalar_t = typename decltype(tag)::type;
       weights_kernel<param_t, scalar_t><<<blocks, 256, 0, stream>>>(sample_ptrs<param_t>(call.in), call.params,
                                                                     call.out.mutable_data_ptr<scalar_t>(), n);
     });
@@ -252,9 +252,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> loss_forward_cuda(
   const Tensor partial = torch::stable::new_empty(call.output, {call.batch * chunks}, call.mse.scalar_type());
   const Tensor scratch = torch::stable::new_empty(call.output, {kNumBinSums * num_bins * segments}, ScalarType::Double);
   const unsigned int blocks = grid_size(call.batch * chunks, op);
-  dispatch_floating(call.output.scalar_type(), [&](auto tag) {
-    using scalar_t = decltype(tag);
-    using acc_t = acc_type<scalar_t>;
+  dispatch_floating_types(call.output.scalar_type(), "sgdf_erd::erd_loss_forward", [&](auto tag) {
+    using scalar_t = typename decltype(tag)::type;
+    using acc_t = opmath_t<scalar_t>;
     const scalar_t* o = call.output.const_data_ptr<scalar_t>();
     const scalar_t* t = call.target.const_data_ptr<scalar_t>();
     acc_t* part = partial.mutable_data_ptr<acc_t>();
@@ -299,9 +299,9 @@ std::vector<Tensor> loss_backward_cuda(const Tensor& grad, const Tensor& output,
   const int64_t chunks = (call.per_sample + kChunk - 1) / kChunk;
   const unsigned int blocks = grid_size(call.batch * chunks, op);
   const bool with_target = call.grad_target.defined();
-  dispatch_floating(call.output.scalar_type(), [&](auto tag) {
-    using scalar_t = decltype(tag);
-    using acc_t = acc_type<scalar_t>;
+  dispatch_floating_types(call.output.scalar_type(), "sgdf_erd::erd_loss_backward", [&](auto tag) {
+    using scalar_t = typename decltype(tag)::type;
+    using acc_t = opmath_t<scalar_t>;
     const scalar_t* gp = g.const_data_ptr<scalar_t>();
     const bool packed = sgdf_erd::cuda::can_use_packs<scalar_t>(
         {call.output.const_data_ptr(), call.target.const_data_ptr(), call.grad_output.const_data_ptr(),

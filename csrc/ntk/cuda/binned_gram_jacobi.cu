@@ -14,7 +14,7 @@
 #include <limits>
 
 #include "common/cuda/block_reduce.cuh"
-#include "erd/cuda/launch.h"
+#include "common/cuda/launch.h"
 #include "ntk/binned_gram.h"
 #include "ntk/cuda/binned_gram_jacobi.h"
 #include "ntk/jacobi_math.h"
