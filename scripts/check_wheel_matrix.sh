@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# Installs one built wheel next to each supported torch, each in a fresh venv, and runs the whole test suite
+# against the installed package; writes a report (OUTFILE.md and OUTFILE.json, default
+# benchmarks/results/wheel_matrix) and exits non-zero when any install or test fails.
+#
+#   bash scripts/check_wheel_matrix.sh dist/sgdf_erd-*.whl [OUTFILE]
+#
+# Environment:
+#   TORCH_SPECS   the torch requirements, one venv each (default: "torch===2.11.0 torch===2.13.0 torch===2.14.1";
+#                 `===` matches the version exactly, so pip takes PyPI's build and not a local "+cpu" one; spell
+#                 "torch===2.13.0+cpu" to test a CPU build of torch)
+#   WHEEL_CACHE   a folder of pre-downloaded wheels pip may take from first (default /work/wheelcache when present)
+#   PYTHON        the interpreter the venvs are made from (default python3)
+#   WORK          where the venvs and test copies live (default a temporary folder, removed at the end)
+#
+# Nothing is compiled: pip installs with PATH stripped of the CUDA toolkit and CC=false CXX=false, and the tests
+# run the same way, except that CXX stays for the torch.compile tests (Inductor compiles its own generated C++ on
+# the CPU; that compiler belongs to torch, sgdf_erd never builds anything at run time). The tests run from a
+# copy of tests/ in a folder outside the source tree, so `import sgdf_erd` finds the installed wheel; each run
+# records the path it imported from.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+[ $# -ge 1 ] || { echo "usage: bash scripts/check_wheel_matrix.sh WHEEL [OUTFILE]" >&2; exit 2; }
+WHEEL=$(cd "$(dirname "$1")" && pwd)/$(basename "$1")
+[ -f "$WHEEL" ] || { echo "no such wheel: $1" >&2; exit 2; }
+OUTFILE=${2:-$ROOT/benchmarks/results/wheel_matrix}
+OUTFILE=${OUTFILE%.md}; OUTFILE=${OUTFILE%.json}
+read -r -a SPECS <<< "${TORCH_SPECS:-torch===2.11.0 torch===2.13.0 torch===2.14.1}"
+PYTHON=${PYTHON:-python3}
+[ -n "${WHEEL_CACHE:-}" ] || { [ -d /work/wheelcache ] && WHEEL_CACHE=/work/wheelcache || WHEEL_CACHE=; }
+FIND_LINKS=(); [ -n "$WHEEL_CACHE" ] && FIND_LINKS=(--find-links "$WHEEL_CACHE")
+# the package's own test and demo extras (the demo's tests need the latter), and the libraries the integration
+# tests drive (Hugging Face Trainer, diffusers)
+EXTRAS="[test,demo]"
+TEST_DEPS=(transformers accelerate diffusers)
+
+if [ -z "${WORK:-}" ]; then
+  WORK=$(mktemp -d "${TMPDIR:-/tmp}/sgdf_erd_matrix.XXXXXX")
+  trap 'rm -rf "$WORK"' EXIT
+fi
+mkdir -p "$WORK"
+# no CUDA toolkit, no C/C++ compiler for pip: a wheel that would need building fails instead of compiling
+CLEAN_PATH=$(printf '%s' "$PATH" | tr ':' '\n' | grep -v -E '(^|/)cuda[^/]*/bin$' | paste -sd: -)
+started=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+results=()
+status=0
+for spec in "${SPECS[@]}"; do
+  name=$(printf '%s' "$spec" | tr -c 'A-Za-z0-9.+-' '_')
+  venv=$WORK/venv-$name run=$WORK/run-$name
+  rm -rf "$venv" "$run"; mkdir -p "$run"
+  cp -r "$ROOT/tests" "$run/tests"; cp "$ROOT/pytest.ini" "$run/" 2>/dev/null || true
+  echo "== $spec: venv $venv"
+  t0=$(date +%s)
+  "$PYTHON" -m venv "$venv"
+  install_ok=1
+  env PATH="$CLEAN_PATH" CC=false CXX=false "$venv/bin/python" -m pip install -q --only-binary :all: \
+    "${FIND_LINKS[@]}" "$spec" "$WHEEL$EXTRAS" "${TEST_DEPS[@]}" > "$run/install.log" 2>&1 || install_ok=0
+  t1=$(date +%s)
+  if [ $install_ok = 1 ]; then
+    (cd "$run" && env PATH="$CLEAN_PATH" CC=false "$venv/bin/python" -m pytest tests -q -p no:cacheprovider \
+      --junitxml="$run/junit.xml" > "$run/pytest.log" 2>&1) || true
+  else
+    echo "   install failed:"; tail -5 "$run/install.log"
+  fi
+  t2=$(date +%s)
+  result=$(cd "$run" && env PATH="$CLEAN_PATH" "$venv/bin/python" - "$spec" "$WHEEL" "$install_ok" $((t1 - t0)) \
+           $((t2 - t1)) <<'EOF'
+import json, os, platform, sys, xml.etree.ElementTree as ET
+spec, wheel, install_ok, install_s, test_s = sys.argv[1:]
+r = {"torch_spec": spec, "wheel": os.path.basename(wheel), "python": platform.python_version(),
+     "install_ok": install_ok == "1", "install_s": int(install_s), "tests_s": int(test_s)}
+try:
+    import torch
+    r["torch"] = torch.__version__
+    import sgdf_erd
+    r["sgdf_erd_imported_from"] = os.path.dirname(sgdf_erd.__file__)
+    r["build_info"] = {k: str(v) for k, v in sgdf_erd.build_info().items()}
+except Exception as exc:  # recorded, and the counts below show the failure
+    r["import_error"] = f"{type(exc).__name__}: {exc}"
+counts = {"passed": 0, "failed": 0, "errors": 0, "skipped": 0}
+skip_reasons = {}
+if os.path.exists("junit.xml"):
+    root = ET.parse("junit.xml").getroot()
+    for suite in ([root] if root.tag == "testsuite" else root.iter("testsuite")):
+        n, f, e, s = (int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped"))
+        counts["passed"] += n - f - e - s; counts["failed"] += f; counts["errors"] += e; counts["skipped"] += s
+    for skip in root.iter("skipped"):
+        reason = skip.get("message", "").split(" (")[0][:90]
+        skip_reasons[reason] = skip_reasons.get(reason, 0) + 1
+r.update(counts)
+r["skip_reasons"] = dict(sorted(skip_reasons.items(), key=lambda kv: -kv[1]))
+r["ok"] = r["install_ok"] and "import_error" not in r and counts["passed"] > 0 and not (counts["failed"] or counts["errors"])
+print(json.dumps(r))
+EOF
+)
+  echo "   $result"
+  results+=("$result")
+  case "$result" in *'"ok": true'*) ;; *) status=1; tail -15 "$run/pytest.log" 2>/dev/null || true ;; esac
+done
+
+mkdir -p "$(dirname "$OUTFILE")"
+printf '%s\n' "${results[@]}" | "$PYTHON" - "$OUTFILE" "$WHEEL" "$started" "$*" <<'EOF'
+import json, os, platform, subprocess, sys
+out, wheel, started, args = sys.argv[1:]
+runs = [json.loads(line) for line in sys.stdin if line.strip()]
+gpu = subprocess.run(["sh", "-c", "nvidia-smi -L 2>/dev/null"], capture_output=True, text=True).stdout.strip()
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
+report = {
+    "date": started, "command": f"bash scripts/check_wheel_matrix.sh {args}",
+    "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores ({cpu}), glibc "
+               f"{platform.libc_ver()[1]}, GPU: {gpu or 'none'}",
+    "load_average": open("/proc/loadavg").read().split()[:3],
+    "wheel": os.path.basename(wheel), "wheel_bytes": os.path.getsize(wheel), "runs": runs,
+    "all_passed": all(r["ok"] for r in runs),
+}
+with open(out + ".json", "w") as f:
+    json.dump(report, f, indent=2)
+    f.write("\n")
+lines = [f"# Wheel matrix: one wheel, several torch versions", "",
+         f"- date: {report['date']}", f"- command: `{report['command']}`", f"- machine: {report['machine']}",
+         f"- load average at the end: {' '.join(report['load_average'])}",
+         f"- wheel: `{report['wheel']}` ({report['wheel_bytes'] / 2**20:.1f} MiB)",
+         f"- result: {'all passed' if report['all_passed'] else 'FAILURES'}", "",
+         "Each row: a fresh venv, the wheel and the torch installed with no compiler on PATH, the whole test suite "
+         "run from a copy of tests/ outside the source tree (so the installed package is imported).", "",
+         "| torch | python | passed | failed | errors | skipped | install (s) | tests (s) | imported from |",
+         "|---|---|---|---|---|---|---|---|---|"]
+for r in runs:
+    lines.append(f"| {r.get('torch', r['torch_spec'])} | {r['python']} | {r['passed']} | {r['failed']} | {r['errors']} | "
+                 f"{r['skipped']} | {r['install_s']} | {r['tests_s']} | {r.get('sgdf_erd_imported_from', r.get('import_error', '?'))} |")
+info = next((r["build_info"] for r in runs if "build_info" in r), None)
+if info:
+    lines += ["", "build_info() of the installed wheel:", "", "```"] + [f"{k}: {v}" for k, v in info.items()] + ["```"]
+for r in runs:
+    if r.get("skip_reasons"):
+        lines += ["", f"Skip reasons with torch {r.get('torch', r['torch_spec'])}:", ""]
+        lines += [f"- {n} x {reason}" for reason, n in r["skip_reasons"].items()]
+with open(out + ".md", "w") as f:
+    f.write("\n".join(lines) + "\n")
+print("\n".join(lines))
+EOF
+exit $status
