@@ -12,6 +12,7 @@
 #   WHEEL_CACHE   a folder of pre-downloaded wheels pip may take from first (default /work/wheelcache when present)
 #   PYTHON        the interpreter the venvs are made from (default python3)
 #   WORK          where the venvs and test copies live (default a temporary folder, removed at the end)
+#   PYTEST_ARGS   what pytest runs (default "tests", the whole suite; the report records it)
 #
 # Nothing is compiled: pip installs with PATH stripped of the CUDA toolkit and CC=false CXX=false, and the tests
 # run the same way, except that CXX stays for the torch.compile tests (Inductor compiles its own generated C++ on
@@ -27,6 +28,7 @@ OUTFILE=${2:-$ROOT/benchmarks/results/wheel_matrix}
 OUTFILE=${OUTFILE%.md}; OUTFILE=${OUTFILE%.json}
 read -r -a SPECS <<< "${TORCH_SPECS:-torch===2.11.0 torch===2.13.0 torch===2.14.1}"
 PYTHON=${PYTHON:-python3}
+read -r -a PYTEST_ARGS <<< "${PYTEST_ARGS:-tests}"
 [ -n "${WHEEL_CACHE:-}" ] || { [ -d /work/wheelcache ] && WHEEL_CACHE=/work/wheelcache || WHEEL_CACHE=; }
 FIND_LINKS=(); [ -n "$WHEEL_CACHE" ] && FIND_LINKS=(--find-links "$WHEEL_CACHE")
 # the package's own test and demo extras (the demo's tests need the latter), and the libraries the integration
@@ -42,12 +44,13 @@ mkdir -p "$WORK"
 # no CUDA toolkit, no C/C++ compiler for pip: a wheel that would need building fails instead of compiling
 CLEAN_PATH=$(printf '%s' "$PATH" | tr ':' '\n' | grep -v -E '(^|/)cuda[^/]*/bin$' | paste -sd: -)
 started=$(date -u +%Y-%m-%dT%H:%M:%SZ)
-results=()
-status=0
-for spec in "${SPECS[@]}"; do
-  name=$(printf '%s' "$spec" | tr -c 'A-Za-z0-9.+-' '_')
-  venv=$WORK/venv-$name run=$WORK/run-$name
-  rm -rf "$venv" "$run"; mkdir -p "$run"
+run_dir() { printf '%s/run-%s' "$WORK" "$(printf '%s' "$1" | tr -c 'A-Za-z0-9.+-' '_')"; }
+
+# one torch: venv, install, tests; writes its result as one JSON line to its run folder's result.json
+check_one() {
+  local spec=$1 venv run t0 t1 t2 install_ok
+  run=$(run_dir "$spec"); venv=$run/venv
+  rm -rf "$run"; mkdir -p "$run"
   cp -r "$ROOT/tests" "$run/tests"; cp "$ROOT/pytest.ini" "$run/" 2>/dev/null || true
   echo "== $spec: venv $venv"
   t0=$(date +%s)
@@ -57,14 +60,14 @@ for spec in "${SPECS[@]}"; do
     "${FIND_LINKS[@]}" "$spec" "$WHEEL$EXTRAS" "${TEST_DEPS[@]}" > "$run/install.log" 2>&1 || install_ok=0
   t1=$(date +%s)
   if [ $install_ok = 1 ]; then
-    (cd "$run" && env PATH="$CLEAN_PATH" CC=false "$venv/bin/python" -m pytest tests -q -p no:cacheprovider \
+    (cd "$run" && env PATH="$CLEAN_PATH" CC=false "$venv/bin/python" -m pytest "${PYTEST_ARGS[@]}" -q -p no:cacheprovider \
       --junitxml="$run/junit.xml" > "$run/pytest.log" 2>&1) || true
   else
     echo "   install failed:"; tail -5 "$run/install.log"
   fi
   t2=$(date +%s)
-  result=$(cd "$run" && env PATH="$CLEAN_PATH" "$venv/bin/python" - "$spec" "$WHEEL" "$install_ok" $((t1 - t0)) \
-           $((t2 - t1)) <<'EOF'
+  (cd "$run" && env PATH="$CLEAN_PATH" "$venv/bin/python" - "$spec" "$WHEEL" "$install_ok" $((t1 - t0)) \
+     $((t2 - t1)) > "$run/result.json" <<'EOF'
 import json, os, platform, sys, xml.etree.ElementTree as ET
 spec, wheel, install_ok, install_s, test_s = sys.argv[1:]
 r = {"torch_spec": spec, "wheel": os.path.basename(wheel), "python": platform.python_version(),
@@ -93,25 +96,42 @@ r["ok"] = r["install_ok"] and "import_error" not in r and counts["passed"] > 0 a
 print(json.dumps(r))
 EOF
 )
-  echo "   $result"
+  echo "== $spec: $(cat "$run/result.json")"
+  case "$(cat "$run/result.json")" in *'"ok": true'*) ;; *) tail -15 "$run/pytest.log" 2>/dev/null || true ;; esac
+}
+
+# JOBS=n checks n torch versions at a time (default 1: each has the machine to itself, so wall times compare)
+JOBS=${JOBS:-1}
+for spec in "${SPECS[@]}"; do
+  while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do sleep 5; done
+  check_one "$spec" &
+done
+wait
+status=0
+results=()
+for spec in "${SPECS[@]}"; do
+  result=$(cat "$(run_dir "$spec")/result.json" 2>/dev/null || true)
+  [ -n "$result" ] || result="{\"torch_spec\": \"$spec\", \"ok\": false, \"install_ok\": false, \"python\": \"?\", \"passed\": 0, \"failed\": 0, \"errors\": 0, \"skipped\": 0, \"install_s\": 0, \"tests_s\": 0, \"wheel\": \"\"}"
+  case "$result" in *'"ok": true'*) ;; *) status=1 ;; esac
   results+=("$result")
-  case "$result" in *'"ok": true'*) ;; *) status=1; tail -15 "$run/pytest.log" 2>/dev/null || true ;; esac
 done
 
 mkdir -p "$(dirname "$OUTFILE")"
-printf '%s\n' "${results[@]}" | "$PYTHON" - "$OUTFILE" "$WHEEL" "$started" "$*" <<'EOF'
+printf '%s\n' "${results[@]}" > "$WORK/results.jsonl"
+"$PYTHON" - "$OUTFILE" "$WHEEL" "$started" "$*" "${PYTEST_ARGS[*]}" "$JOBS" "$WORK/results.jsonl" <<'EOF'
 import json, os, platform, subprocess, sys
-out, wheel, started, args = sys.argv[1:]
-runs = [json.loads(line) for line in sys.stdin if line.strip()]
+out, wheel, started, args, pytest_args, jobs, results = sys.argv[1:]
+runs = [json.loads(line) for line in open(results) if line.strip()]
 gpu = subprocess.run(["sh", "-c", "nvidia-smi -L 2>/dev/null"], capture_output=True, text=True).stdout.strip()
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
 report = {
-    "date": started, "command": f"bash scripts/check_wheel_matrix.sh {args}",
+    "date": started, "command": f"JOBS={jobs} bash scripts/check_wheel_matrix.sh {args}",
     "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores ({cpu}), glibc "
                f"{platform.libc_ver()[1]}, GPU: {gpu or 'none'}",
     "load_average": open("/proc/loadavg").read().split()[:3],
+    "pytest": f"python -m pytest {pytest_args}", "concurrent_runs": int(jobs),
     "wheel": os.path.basename(wheel), "wheel_bytes": os.path.getsize(wheel), "runs": runs,
-    "all_passed": all(r["ok"] for r in runs),
+    "all_passed": bool(runs) and all(r["ok"] for r in runs),
 }
 with open(out + ".json", "w") as f:
     json.dump(report, f, indent=2)
@@ -120,14 +140,16 @@ lines = [f"# Wheel matrix: one wheel, several torch versions", "",
          f"- date: {report['date']}", f"- command: `{report['command']}`", f"- machine: {report['machine']}",
          f"- load average at the end: {' '.join(report['load_average'])}",
          f"- wheel: `{report['wheel']}` ({report['wheel_bytes'] / 2**20:.1f} MiB)",
+         f"- tests: `{report['pytest']}`; torch versions checked {report['concurrent_runs']} at a time",
          f"- result: {'all passed' if report['all_passed'] else 'FAILURES'}", "",
-         "Each row: a fresh venv, the wheel and the torch installed with no compiler on PATH, the whole test suite "
-         "run from a copy of tests/ outside the source tree (so the installed package is imported).", "",
+         "Each row: a fresh venv, the wheel (with its test and demo extras) and the torch installed with no "
+         "compiler on PATH, the tests run from a copy of tests/ outside the source tree (so the installed package "
+         "is imported).", "",
          "| torch | python | passed | failed | errors | skipped | install (s) | tests (s) | imported from |",
          "|---|---|---|---|---|---|---|---|---|"]
 for r in runs:
     lines.append(f"| {r.get('torch', r['torch_spec'])} | {r['python']} | {r['passed']} | {r['failed']} | {r['errors']} | "
-                 f"{r['skipped']} | {r['install_s']} | {r['tests_s']} | {r.get('sgdf_erd_imported_from', r.get('import_error', '?'))} |")
+                 f"{r['skipped']} | {r['install_s']} | {r['tests_s']} | {r.get('sgdf_erd_imported_from', r.get('import_error', '?')[:300])} |")
 info = next((r["build_info"] for r in runs if "build_info" in r), None)
 if info:
     lines += ["", "build_info() of the installed wheel:", "", "```"] + [f"{k}: {v}" for k, v in info.items()] + ["```"]
