@@ -13,6 +13,8 @@
 #   PYTHON        the interpreter the venvs are made from (default python3)
 #   WORK          where the venvs and test copies live (default a temporary folder, removed at the end)
 #   PYTEST_ARGS   what pytest runs (default "tests", the whole suite; the report records it)
+#   REUSE_VENVS=1 with a WORK kept from an earlier run: keep each torch's venv (torch and the test dependencies
+#                 already in it) and only replace the wheel; the report says so
 #
 # Nothing is compiled: pip installs with PATH stripped of the CUDA toolkit and CC=false CXX=false, and the tests
 # run the same way, except that CXX stays for the torch.compile tests (Inductor compiles its own generated C++ on
@@ -48,16 +50,25 @@ run_dir() { printf '%s/run-%s' "$WORK" "$(printf '%s' "$1" | tr -c 'A-Za-z0-9.+-
 
 # one torch: venv, install, tests; writes its result as one JSON line to its run folder's result.json
 check_one() {
-  local spec=$1 venv run t0 t1 t2 install_ok
+  local spec=$1 venv run t0 t1 t2 install_ok reused=0
   run=$(run_dir "$spec"); venv=$run/venv
-  rm -rf "$run"; mkdir -p "$run"
+  if [ "${REUSE_VENVS:-0}" = 1 ] && [ -x "$venv/bin/python" ]; then
+    reused=1
+    find "$run" -mindepth 1 -maxdepth 1 ! -name venv -exec rm -rf {} +
+  else
+    rm -rf "$run"; mkdir -p "$run"
+  fi
   cp -r "$ROOT/tests" "$run/tests"; cp "$ROOT/pytest.ini" "$run/" 2>/dev/null || true
-  echo "== $spec: venv $venv"
+  echo "== $spec: venv $venv$([ $reused = 1 ] && echo ' (reused)')"
   t0=$(date +%s)
-  "$PYTHON" -m venv "$venv"
+  [ $reused = 1 ] || "$PYTHON" -m venv "$venv"
   install_ok=1
+  if [ $reused = 1 ]; then
+    env PATH="$CLEAN_PATH" CC=false CXX=false "$venv/bin/python" -m pip install -q --no-deps --force-reinstall \
+      "$WHEEL" > "$run/install.log" 2>&1 || install_ok=0
+  fi
   env PATH="$CLEAN_PATH" CC=false CXX=false "$venv/bin/python" -m pip install -q --only-binary :all: \
-    "${FIND_LINKS[@]}" "$spec" "$WHEEL$EXTRAS" "${TEST_DEPS[@]}" > "$run/install.log" 2>&1 || install_ok=0
+    "${FIND_LINKS[@]}" "$spec" "$WHEEL$EXTRAS" "${TEST_DEPS[@]}" >> "$run/install.log" 2>&1 || install_ok=0
   t1=$(date +%s)
   if [ $install_ok = 1 ]; then
     (cd "$run" && env PATH="$CLEAN_PATH" CC=false "$venv/bin/python" -m pytest "${PYTEST_ARGS[@]}" -q -p no:cacheprovider \
@@ -67,11 +78,12 @@ check_one() {
   fi
   t2=$(date +%s)
   (cd "$run" && env PATH="$CLEAN_PATH" "$venv/bin/python" - "$spec" "$WHEEL" "$install_ok" $((t1 - t0)) \
-     $((t2 - t1)) > "$run/result.json" <<'EOF'
+     $((t2 - t1)) $reused > "$run/result.json" <<'EOF'
 import json, os, platform, sys, xml.etree.ElementTree as ET
-spec, wheel, install_ok, install_s, test_s = sys.argv[1:]
+spec, wheel, install_ok, install_s, test_s, reused = sys.argv[1:]
 r = {"torch_spec": spec, "wheel": os.path.basename(wheel), "python": platform.python_version(),
-     "install_ok": install_ok == "1", "install_s": int(install_s), "tests_s": int(test_s)}
+     "install_ok": install_ok == "1", "install_s": int(install_s), "tests_s": int(test_s),
+     "venv_reused": reused == "1"}
 try:
     import torch
     r["torch"] = torch.__version__
@@ -145,11 +157,14 @@ lines = [f"# Wheel matrix: one wheel, several torch versions", "",
          "Each row: a fresh venv, the wheel (with its test and demo extras) and the torch installed with no "
          "compiler on PATH, the tests run from a copy of tests/ outside the source tree (so the installed package "
          "is imported).", "",
-         "| torch | python | passed | failed | errors | skipped | install (s) | tests (s) | imported from |",
-         "|---|---|---|---|---|---|---|---|---|"]
+         "A venv marked 'reused' was made by an earlier run of this script, with torch and the test dependencies; "
+         "this run replaced only the wheel (`pip install --force-reinstall --no-deps`).", "",
+         "| torch | python | passed | failed | errors | skipped | install (s) | tests (s) | venv | imported from |",
+         "|---|---|---|---|---|---|---|---|---|---|"]
 for r in runs:
     lines.append(f"| {r.get('torch', r['torch_spec'])} | {r['python']} | {r['passed']} | {r['failed']} | {r['errors']} | "
-                 f"{r['skipped']} | {r['install_s']} | {r['tests_s']} | {r.get('sgdf_erd_imported_from', r.get('import_error', '?')[:300])} |")
+                 f"{r['skipped']} | {r['install_s']} | {r['tests_s']} | {'reused' if r.get('venv_reused') else 'fresh'} | "
+                 f"{r.get('sgdf_erd_imported_from', r.get('import_error', '?')[:300])} |")
 info = next((r["build_info"] for r in runs if "build_info" in r), None)
 if info:
     lines += ["", "build_info() of the installed wheel:", "", "```"] + [f"{k}: {v}" for k, v in info.items()] + ["```"]
