@@ -1,14 +1,16 @@
-// The one place where sgdf_erd's operators are declared. Each domain folder registers its CPU and CUDA kernels
-// for these schemas with TORCH_LIBRARY_IMPL; Python reaches them as torch.ops.sgdf_erd.<name>.
+// The one place where sgdf_erd's operators are declared, through the LibTorch stable ABI. Each domain folder
+// registers its CPU and CUDA kernels for these schemas with STABLE_TORCH_LIBRARY_IMPL; Python reaches them as
+// torch.ops.sgdf_erd.<name>. A CPU-only build answers CUDA tensors from Python (sgdf_erd/_native.py registers a
+// CUDA kernel that names the fix): a C++ boxed stub that throws would leak its argument handles.
 #include <Python.h>
-#include <torch/library.h>
 
 #include <string>
 
+#include "common/stable.h"
+
 namespace {
 
-// Schemas of every operator. A CPU-only build registers a CUDA stub for each, so a CUDA tensor gets an error that
-// names the fix instead of the dispatcher's generic "could not run" message.
+// Schemas of every operator.
 constexpr const char* kOperatorSchemas[] = {
     // SGDF: one fused step over a group of same-device, same-dtype tensors (csrc/sgdf); advances each step count
     // by one, except when found_inf is nonzero (then nothing changes). With `updates` non-empty the filtered update
@@ -53,40 +55,37 @@ std::string cuda_arch_list() {
 
 std::string version() { return SGDF_ERD_VERSION; }
 
-#ifndef SGDF_ERD_WITH_CUDA
-void cuda_kernels_missing(const c10::OperatorHandle& op, torch::jit::Stack*) {
-  TORCH_CHECK(false, op.schema().name(),
-              ": this sgdf_erd build has no CUDA kernels (it was compiled against CPU-only torch or without nvcc). "
-              "Reinstall with a CUDA build of torch and the CUDA toolkit on PATH: "
-              "pip install --no-build-isolation --force-reinstall sgdf-erd (or `pip install --no-build-isolation .` "
-              "in the source tree); sgdf_erd.build_info() shows what was compiled in.");
+// The torch whose headers this library was compiled with, and the oldest torch it runs with (the stable ABI is
+// forward compatible: any later torch loads it).
+std::string torch_version_built_with() { return TORCH_VERSION; }
+std::string torch_version_targeted() {
+  constexpr auto v = TORCH_TARGET_VERSION;  // one byte each: major, minor, patch, ...
+  return std::to_string((v >> 56) & 0xff) + "." + std::to_string((v >> 48) & 0xff);
 }
-
-std::string op_name(const char* schema) {
-  const std::string s(schema);
-  return s.substr(0, s.find('('));
-}
-#endif
 
 }  // namespace
 
-TORCH_LIBRARY(sgdf_erd, m) {
+STABLE_TORCH_LIBRARY(sgdf_erd, m) {
   for (const char* schema : kOperatorSchemas) m.def(schema);
-  m.def("compiled_with_cuda() -> bool", &compiled_with_cuda);
-  m.def("cuda_arch_list() -> str", &cuda_arch_list);
-  m.def("version() -> str", &version);
+  m.def("compiled_with_cuda() -> bool");
+  m.def("cuda_arch_list() -> str");
+  m.def("version() -> str");
+  m.def("torch_version_built_with() -> str");
+  m.def("torch_version_targeted() -> str");
 }
 
-#ifndef SGDF_ERD_WITH_CUDA
-TORCH_LIBRARY_IMPL(sgdf_erd, CUDA, m) {
-  for (const char* schema : kOperatorSchemas) {
-    m.impl(op_name(schema).c_str(), torch::CppFunction::makeFromBoxedFunction<&cuda_kernels_missing>());
-  }
+// Build facts answer for any device: CompositeExplicitAutograd serves calls without tensor arguments.
+STABLE_TORCH_LIBRARY_IMPL(sgdf_erd, CompositeExplicitAutograd, m) {
+  m.impl("compiled_with_cuda", TORCH_BOX(&compiled_with_cuda));
+  m.impl("cuda_arch_list", TORCH_BOX(&cuda_arch_list));
+  m.impl("version", TORCH_BOX(&version));
+  m.impl("torch_version_built_with", TORCH_BOX(&torch_version_built_with));
+  m.impl("torch_version_targeted", TORCH_BOX(&torch_version_targeted));
 }
-#endif
 
-// Importing sgdf_erd._C loads this library, which runs the registrations above.
-extern "C" PyObject* PyInit__C(void) {
+// Importing sgdf_erd._C loads this library, which runs the registrations above. Only the limited C API is used,
+// so one build serves every CPython from 3.10 on (abi3).
+PyMODINIT_FUNC PyInit__C(void) {  // exported: the only symbol with default visibility
   static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "sgdf_erd native operators (see torch.ops.sgdf_erd)",
                                -1, nullptr};
   return PyModule_Create(&module);

@@ -1,7 +1,10 @@
-"""When the native library cannot load, `import sgdf_erd` says why (the loader's message, the torch it was built
-against and the one running) and how to fix it. Each case imports a copy of the package in a fresh process."""
+"""The native library: when it cannot load, `import sgdf_erd` says why (the loader's message, the torch it was built
+against and the one running) and how to fix it (each such case imports a copy of the package in a fresh process);
+it is one abi3 module that reaches torch only through the stable ABI, and build_info() says so."""
 
+import importlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -43,3 +46,41 @@ def test_a_missing_library_names_the_build_command(tmp_path):
     stderr = _import_copy(tmp_path, None)
     assert "compiled extension is missing" in stderr
     assert "pip install --no-build-isolation ." in stderr
+
+
+def test_build_info_reports_the_stable_abi_build():
+    info = sgdf_erd.build_info()
+    assert info["stable_abi"] is True
+    assert info["torch_min"] == "2.11"  # the stable-ABI target: every torch from it on loads the library
+    built = tuple(int(x) for x in info["torch_built_with"].split(".")[:2])
+    assert built >= (2, 11) and torch.__version__.startswith(info["torch_built_with"].split("+")[0])
+    assert isinstance(info["cuda"], bool) and info["cuda"] == bool(info["cuda_arch_list"])
+
+
+def test_the_library_is_a_limited_api_module():
+    """One library serves every CPython from 3.10 on: it is named and built for the stable ABI (abi3)."""
+    library = importlib.import_module("sgdf_erd._C").__file__
+    assert library.endswith(".abi3.so"), library
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or sgdf_erd.build_info()["cuda"],
+                    reason="needs a GPU with a CPU-only build of sgdf_erd")
+def test_cpu_only_build_answers_cuda_tensors_of_a_direct_op_call():
+    t = torch.zeros(4, device="cuda")
+    step = torch.zeros((), device="cuda")
+    with pytest.raises(RuntimeError, match=r"fused_sgdf_: this sgdf_erd build has no CUDA kernels.*SGDF_ERD_CUDA=1"):
+        torch.ops.sgdf_erd.fused_sgdf_([t], [t.clone()], [t.clone()], [t.clone()], [], [step], 1e-3, None, 0.9, 0.999,
+                                       1e-8, 0.5, 0.0, False, False, False, None, None)
+    assert torch.equal(t, torch.zeros(4, device="cuda"))
+
+
+@pytest.mark.skipif(shutil.which("nm") is None, reason="needs nm (binutils)")
+def test_the_library_refers_to_torch_only_through_the_stable_abi():
+    """Every torch symbol the library needs is in the stable C shim (torch_*, aoti_torch_*): no C++ symbol of c10,
+    ATen or torch, which change between torch releases and would tie the library to the torch it was built with."""
+    library = importlib.import_module("sgdf_erd._C").__file__
+    symbols = subprocess.run(["nm", "-D", "--undefined-only", library], capture_output=True, text=True,
+                             check=True).stdout.split()
+    unstable = [s for s in symbols if re.match(r"_ZN[KVRO]*(3c10|2at|5torch)", s)]
+    assert unstable == []
+    assert any(s.startswith(("torch_", "aoti_torch_")) for s in symbols)

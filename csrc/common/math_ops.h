@@ -1,13 +1,14 @@
 // Elementwise helpers with one name for every arithmetic type a kernel runs on: float/double on the CUDA device
-// and in scalar CPU tails, and ATen's Vectorized<float/double> in CPU vector loops. A kernel's maths is written
-// once, as a template over the value type, against these names.
+// and in scalar CPU tails, and cpu::Vec<float/double> in CPU vector loops. A kernel's maths is written once, as a
+// template over the value type, against these names.
 #pragma once
 
-#include <c10/macros/Macros.h>
+#include <torch/headeronly/macros/Macros.h>
+
 #include <cmath>
 
 #ifndef __CUDACC__
-#include <ATen/cpu/vec/vec.h>
+#include "common/cpu/vec.h"
 #endif
 
 namespace sgdf_erd {
@@ -22,14 +23,12 @@ C10_HOST_DEVICE inline double op_sign(double x) { return static_cast<double>((x 
 
 #ifndef __CUDACC__
 template <typename T>
-inline at::vec::Vectorized<T> op_sqrt(const at::vec::Vectorized<T>& x) { return x.sqrt(); }
+inline cpu::Vec<T> op_sqrt(const cpu::Vec<T>& x) { return x.sqrt(); }
 template <typename T>
-inline at::vec::Vectorized<T> op_pow(const at::vec::Vectorized<T>& x, T y) {
-  return x.pow(at::vec::Vectorized<T>(y));
-}
+inline cpu::Vec<T> op_pow(const cpu::Vec<T>& x, T y) { return x.pow(cpu::Vec<T>(y)); }
 template <typename T>
-inline at::vec::Vectorized<T> op_sign(const at::vec::Vectorized<T>& x) {
-  const at::vec::Vectorized<T> zero(T(0));
+inline cpu::Vec<T> op_sign(const cpu::Vec<T>& x) {
+  const cpu::Vec<T> zero(T(0));
   return x.gt(zero) - x.lt(zero);  // gt/lt give 1 or 0 per lane
 }
 #endif

@@ -2,42 +2,65 @@
 // buffer. Errors name the argument and the fix.
 #pragma once
 
-#include <ATen/core/Tensor.h>
-#include <c10/util/Exception.h>
-#include <c10/util/irange.h>
-
 #include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
 
+#include "common/stable.h"
+
 namespace sgdf_erd {
 
-// lists[0] is the reference (the parameters); every other list must match it tensor by tensor.
-inline void check_tensor_lists(const std::vector<at::TensorList>& lists, const std::vector<std::string>& names,
-                               const char* op) {
-  const auto n = lists[0].size();
-  for (const auto l : c10::irange(lists.size())) {
-    TORCH_CHECK(lists[l].size() == n, op, ": '", names[l], "' has ", lists[l].size(), " tensors but '", names[0],
-                "' has ", n, "; pass one entry per parameter");
+using TensorList = std::vector<Tensor>;
+
+// Whether the elements fill one gap-free, overlap-free block of memory in some dimension order (torch's
+// is_non_overlapping_and_dense, computed from sizes and strides: the stable ABI does not expose it before 2.12).
+inline bool is_non_overlapping_and_dense(const Tensor& t) {
+  const IntArrayRef sizes = t.sizes();
+  const IntArrayRef strides = t.strides();
+  const int64_t dim = static_cast<int64_t>(sizes.size());
+  std::vector<int64_t> order(dim);
+  for (int64_t d = 0; d < dim; ++d) order[d] = d;
+  // innermost first; dimensions of size 0 or 1 have no say in the layout and go last
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+    if (sizes[a] < 2 || sizes[b] < 2) return sizes[a] >= 2 && sizes[b] < 2;
+    return strides[a] < strides[b];
+  });
+  int64_t expected_stride = 1;
+  for (const int64_t d : order) {
+    if (sizes[d] < 2) return true;
+    if (strides[d] != expected_stride) return false;
+    expected_stride *= sizes[d];
   }
-  for (const auto i : c10::irange(n)) {
-    const at::Tensor& ref = lists[0][i];
-    TORCH_CHECK(ref.layout() == at::kStrided, op, ": '", names[0], "[", i, "]' is ", ref.layout(),
-                "; sparse tensors are not supported, use a dense optimizer path");
-    TORCH_CHECK(ref.is_non_overlapping_and_dense(), op, ": '", names[0], "[", i,
-                "]' is not dense (it is a view with gaps or overlaps); use foreach=True instead of fused");
-    for (const auto l : c10::irange(size_t{1}, lists.size())) {
-      const at::Tensor& t = lists[l][i];
-      TORCH_CHECK(t.layout() == at::kStrided, op, ": '", names[l], "[", i, "]' is ", t.layout(),
-                  "; sparse gradients are not supported");
-      TORCH_CHECK(t.device() == ref.device(), op, ": '", names[l], "[", i, "]' is on ", t.device(), " but '",
-                  names[0], "[", i, "]' is on ", ref.device(), "; move them to one device");
-      TORCH_CHECK(t.scalar_type() == ref.scalar_type(), op, ": '", names[l], "[", i, "]' is ", t.scalar_type(),
-                  " but '", names[0], "[", i, "]' is ", ref.scalar_type(), "; they must share a dtype");
-      TORCH_CHECK(t.sizes() == ref.sizes() && t.strides() == ref.strides(), op, ": '", names[l], "[", i,
-                  "]' has shape/strides ", t.sizes(), "/", t.strides(), " but '", names[0], "[", i, "]' has ",
-                  ref.sizes(), "/", ref.strides(), "; they must have the same memory layout");
+  return true;
+}
+
+// lists[0] is the reference (the parameters); every other list must match it tensor by tensor.
+inline void check_tensor_lists(const std::vector<const TensorList*>& lists, const std::vector<const char*>& names,
+                               const char* op) {
+  const size_t n = lists[0]->size();
+  for (size_t l = 0; l < lists.size(); ++l) {
+    SGDF_ERD_CHECK(lists[l]->size() == n, op, ": '", names[l], "' has ", lists[l]->size(), " tensors but '",
+                   names[0], "' has ", n, "; pass one entry per parameter");
+  }
+  for (size_t i = 0; i < n; ++i) {
+    const Tensor& ref = (*lists[0])[i];
+    SGDF_ERD_CHECK(ref.layout() == Layout::Strided, op, ": '", names[0], "[", i, "]' is ", LayoutName{ref.layout()},
+                   "; sparse tensors are not supported, use a dense optimizer path");
+    SGDF_ERD_CHECK(is_non_overlapping_and_dense(ref), op, ": '", names[0], "[", i,
+                   "]' is not dense (it is a view with gaps or overlaps); use foreach=True instead of fused");
+    for (size_t l = 1; l < lists.size(); ++l) {
+      const Tensor& t = (*lists[l])[i];
+      SGDF_ERD_CHECK(t.layout() == Layout::Strided, op, ": '", names[l], "[", i, "]' is ", LayoutName{t.layout()},
+                     "; sparse gradients are not supported");
+      SGDF_ERD_CHECK(t.device() == ref.device(), op, ": '", names[l], "[", i, "]' is on ", DeviceName(t.device()),
+                     " but '", names[0], "[", i, "]' is on ", DeviceName(ref.device()), "; move them to one device");
+      SGDF_ERD_CHECK(t.scalar_type() == ref.scalar_type(), op, ": '", names[l], "[", i, "]' is ", t.scalar_type(),
+                     " but '", names[0], "[", i, "]' is ", ref.scalar_type(), "; they must share a dtype");
+      SGDF_ERD_CHECK(t.sizes().equals(ref.sizes()) && t.strides().equals(ref.strides()), op, ": '", names[l], "[",
+                     i, "]' has shape/strides ", Shape{t.sizes()}, "/", Shape{t.strides()}, " but '", names[0], "[",
+                     i, "]' has ", Shape{ref.sizes()}, "/", Shape{ref.strides()},
+                     "; they must have the same memory layout");
     }
   }
 }
@@ -46,14 +69,14 @@ inline void check_tensor_lists(const std::vector<at::TensorList>& lists, const s
 // own its memory) and single tensors it only reads (these may share memory with each other, not with the lists).
 // Names are built only for an error message: this runs on every optimizer step.
 struct MemoryOperand {
-  const at::Tensor* tensor;
+  const Tensor* tensor;
   const char* name;  // the argument
   int64_t index;     // position in the list, or -1 for a single tensor
   bool exclusive;
 };
 
-inline void add_operands(std::vector<MemoryOperand>& out, at::TensorList list, const char* name) {
-  for (const auto i : c10::irange(list.size())) out.push_back({&list[i], name, static_cast<int64_t>(i), true});
+inline void add_operands(std::vector<MemoryOperand>& out, const TensorList& list, const char* name) {
+  for (size_t i = 0; i < list.size(); ++i) out.push_back({&list[i], name, static_cast<int64_t>(i), true});
 }
 
 inline std::string operand_name(const MemoryOperand& o) {
@@ -72,10 +95,12 @@ inline void check_no_shared_memory(const std::vector<MemoryOperand>& operands, c
   std::vector<Range> ranges;
   ranges.reserve(operands.size());
   for (const auto& o : operands) {
-    const at::Tensor& t = *o.tensor;
+    const Tensor& t = *o.tensor;
     if (t.numel() == 0) continue;  // no memory to share
+    const IntArrayRef sizes = t.sizes();
+    const IntArrayRef strides = t.strides();
     int64_t extent = 1;  // elements from the first to one past the last (strides are never negative)
-    for (const auto d : c10::irange(t.dim())) extent += (t.size(d) - 1) * t.stride(d);
+    for (size_t d = 0; d < sizes.size(); ++d) extent += (sizes[d] - 1) * strides[d];
     const auto begin = reinterpret_cast<uintptr_t>(t.const_data_ptr());
     ranges.push_back({begin, begin + static_cast<uintptr_t>(extent) * t.element_size(), &o});
   }
@@ -93,9 +118,9 @@ inline void check_no_shared_memory(const std::vector<MemoryOperand>& operands, c
     if (clash != nullptr) {
       // name the pair in argument order, whatever order equal addresses were sorted in
       const auto [first, second] = std::minmax(clash->operand, r.operand);
-      TORCH_CHECK(false, op, ": '", operand_name(*first), "' and '", operand_name(*second),
-                  "' share memory (the same tensor, or views of one storage that overlap); every tensor of the call "
-                  "must have memory of its own: pass distinct tensors (e.g. .clone() one of them)");
+      SGDF_ERD_CHECK(false, op, ": '", operand_name(*first), "' and '", operand_name(*second),
+                     "' share memory (the same tensor, or views of one storage that overlap); every tensor of the "
+                     "call must have memory of its own: pass distinct tensors (e.g. .clone() one of them)");
     }
     if (furthest == nullptr || r.end > furthest->end) furthest = &r;
     if (r.operand->exclusive && (furthest_exclusive == nullptr || r.end > furthest_exclusive->end)) {

@@ -1,15 +1,32 @@
 #include "erd/erd_checks.h"
 
-#include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
-#include <c10/util/Exception.h>
-
 #include <cmath>
-#include <string>
 
 namespace sgdf_erd::erd {
+namespace {
 
-WeightParams parse_weight_params(c10::string_view prediction, c10::string_view weighting, double k, double gamma,
+using torch::headeronly::ScalarType;
+
+bool is_floating(ScalarType t) {
+  return t == ScalarType::Float || t == ScalarType::Double || t == ScalarType::Half || t == ScalarType::BFloat16;
+}
+
+// The compute dtype of the per-sample inputs (see SampleInputs).
+ScalarType sample_dtype(std::initializer_list<const Tensor*> inputs) {
+  for (const Tensor* t : inputs) {
+    if (t->defined() && t->scalar_type() == ScalarType::Double) return ScalarType::Double;
+  }
+  return ScalarType::Float;
+}
+
+// torch's promotion among the floating dtypes: equal stays, float64 wins, any other mix is float32.
+ScalarType promote_floating(ScalarType a, ScalarType b) {
+  if (a == b) return a;
+  if (a == ScalarType::Double || b == ScalarType::Double) return ScalarType::Double;
+  return ScalarType::Float;
+}
+
+WeightParams parse_weight_params(const std::string& prediction, const std::string& weighting, double k, double gamma,
                                  bool weights_given, const char* op) {
   WeightParams p{};
   if (prediction == "eps") {
@@ -21,8 +38,7 @@ WeightParams parse_weight_params(c10::string_view prediction, c10::string_view w
   } else if (prediction == "flow") {
     p.prediction = Prediction::kFlow;
   } else {
-    TORCH_CHECK_VALUE(false, op, ": unknown prediction '", std::string(prediction),
-                      "'; use one of 'eps', 'x0', 'v', 'flow'");
+    SGDF_ERD_CHECK_VALUE(false, op, ": unknown prediction '", prediction, "'; use one of 'eps', 'x0', 'v', 'flow'");
   }
   if (weighting == "erd") {
     p.weighting = Weighting::kErd;
@@ -37,116 +53,191 @@ WeightParams parse_weight_params(c10::string_view prediction, c10::string_view w
   } else if (weighting == "given") {
     p.weighting = Weighting::kGiven;
   } else {
-    TORCH_CHECK_VALUE(false, op, ": unknown weighting '", std::string(weighting),
-                      "'; use one of 'erd', 'constant', 'min_snr', 'p2', 'debias', or pass your own weights");
+    SGDF_ERD_CHECK_VALUE(false, op, ": unknown weighting '", weighting,
+                         "'; use one of 'erd', 'constant', 'min_snr', 'p2', 'debias', or pass your own weights");
   }
-  TORCH_CHECK_VALUE(weights_given == (p.weighting == Weighting::kGiven), op,
-                    weights_given ? ": 'weights' were passed, so weighting must be 'given'"
-                                  : ": weighting 'given' needs the 'weights' tensor");
+  SGDF_ERD_CHECK_VALUE(weights_given == (p.weighting == Weighting::kGiven), op,
+                       weights_given ? ": 'weights' were passed, so weighting must be 'given'"
+                                     : ": weighting 'given' needs the 'weights' tensor");
   const bool defined = p.weighting == Weighting::kErd || p.weighting == Weighting::kConstant ||
                        p.weighting == Weighting::kGiven ||
                        (p.weighting == Weighting::kMinSnr && p.prediction != Prediction::kFlow) ||
                        (p.weighting != Weighting::kMinSnr && p.prediction == Prediction::kEps);
-  TORCH_CHECK_VALUE(defined, op, ": weighting '", std::string(weighting), "' is not defined for prediction '",
-                    std::string(prediction), "' (min_snr: eps, x0, v; p2 and debias: eps only); use 'erd', "
-                    "'constant' or a callable");
-  TORCH_CHECK_VALUE(std::isfinite(k) && std::isfinite(gamma), op, ": k and gamma must be finite, got k=", k,
-                    ", gamma=", gamma);
-  if (p.weighting == Weighting::kMinSnr) TORCH_CHECK_VALUE(k > 0, op, ": min_snr needs k > 0, got ", k);
-  if (p.weighting == Weighting::kP2) TORCH_CHECK_VALUE(k >= 0, op, ": p2 needs k >= 0, got ", k);
+  SGDF_ERD_CHECK_VALUE(defined, op, ": weighting '", weighting, "' is not defined for prediction '", prediction,
+                       "' (min_snr: eps, x0, v; p2 and debias: eps only); use 'erd', 'constant' or a callable");
+  SGDF_ERD_CHECK_VALUE(std::isfinite(k) && std::isfinite(gamma), op, ": k and gamma must be finite, got k=", k,
+                       ", gamma=", gamma);
+  if (p.weighting == Weighting::kMinSnr) SGDF_ERD_CHECK_VALUE(k > 0, op, ": min_snr needs k > 0, got ", k);
+  if (p.weighting == Weighting::kP2) SGDF_ERD_CHECK_VALUE(k >= 0, op, ": p2 needs k >= 0, got ", k);
   p.k = k;
   p.gamma = gamma;
   return p;
 }
 
-namespace {
-
-at::Tensor check_per_sample(const at::Tensor& t, const char* name, int64_t batch, const at::Device& device,
-                            const char* op) {
-  TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()), op, ": '", name,
-                   "' must be a floating-point tensor, got ", t.scalar_type());
-  TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == batch, op, ": '", name, "' must have shape [", batch,
-                    "] (one value per sample), got ", t.sizes(), "; index your schedule with the batch's timesteps");
-  TORCH_CHECK_VALUE(t.device() == device, op, ": '", name, "' is on ", t.device(), " but the loss operands are on ",
-                    device, "; move it with .to(", device, ")");
-  return t;
+void check_per_sample(const Tensor& t, const char* name, int64_t batch, const torch::stable::Device& device,
+                      const char* op) {
+  SGDF_ERD_CHECK_TYPE(is_floating(t.scalar_type()), op, ": '", name, "' must be a floating-point tensor, got ",
+                      t.scalar_type());
+  SGDF_ERD_CHECK_VALUE(t.dim() == 1 && t.size(0) == batch, op, ": '", name, "' must have shape [", batch,
+                       "] (one value per sample), got ", Shape{t.sizes()},
+                       "; index your schedule with the batch's timesteps");
+  SGDF_ERD_CHECK_VALUE(t.device() == device, op, ": '", name, "' is on ", DeviceName{t.device()},
+                       " but the loss operands are on ", DeviceName{device}, "; move it with .to(", DeviceName{device},
+                       ")");
 }
 
-}  // namespace
-
-SampleInputs prepare_sample_inputs(const at::Tensor& alpha, const at::Tensor& sigma,
-                                   const std::optional<at::Tensor>& alpha_prime,
-                                   const std::optional<at::Tensor>& sigma_prime,
-                                   const std::optional<at::Tensor>& weights, const WeightParams& params,
-                                   int64_t batch, const at::Device& device, const char* op) {
-  SampleInputs in;
-  in.alpha = check_per_sample(alpha, "alpha", batch, device, op);
-  in.sigma = check_per_sample(sigma, "sigma", batch, device, op);
-  at::ScalarType dtype = at::promote_types(alpha.scalar_type(), sigma.scalar_type());
-  TORCH_CHECK_VALUE(alpha_prime.has_value() == sigma_prime.has_value(), op,
-                    ": pass both alpha_prime and sigma_prime, or neither (the linear path's -1 and 1)");
+// Checks shapes ([batch] each), dtypes and devices; on CPU also that sigma >= 0 (on CUDA that check would cost a
+// host synchronisation every step, so a negative sigma there yields a NaN weight instead; see cuda/erd_cuda.cu).
+// *promoted: the inputs' promoted dtype.
+SampleInputs prepare_sample_inputs(const Tensor& alpha, const Tensor& sigma, const std::optional<Tensor>& alpha_prime,
+                                   const std::optional<Tensor>& sigma_prime, const std::optional<Tensor>& weights,
+                                   const WeightParams& params, int64_t batch, const torch::stable::Device& device,
+                                   const char* op, ScalarType* promoted = nullptr) {
+  check_per_sample(alpha, "alpha", batch, device, op);
+  check_per_sample(sigma, "sigma", batch, device, op);
+  ScalarType dtype = promote_floating(alpha.scalar_type(), sigma.scalar_type());
+  SGDF_ERD_CHECK_VALUE(alpha_prime.has_value() == sigma_prime.has_value(), op,
+                       ": pass both alpha_prime and sigma_prime, or neither (the linear path's -1 and 1)");
+  SampleInputs in{alpha, sigma, Tensor(), Tensor(), Tensor()};
   if (alpha_prime.has_value()) {
-    TORCH_CHECK_VALUE(params.prediction == Prediction::kFlow, op,
-                      ": alpha_prime/sigma_prime are read by prediction 'flow' only; drop them");
-    in.alpha_prime = check_per_sample(*alpha_prime, "alpha_prime", batch, device, op);
-    in.sigma_prime = check_per_sample(*sigma_prime, "sigma_prime", batch, device, op);
-    dtype = at::promote_types(dtype, at::promote_types(alpha_prime->scalar_type(), sigma_prime->scalar_type()));
+    SGDF_ERD_CHECK_VALUE(params.prediction == Prediction::kFlow, op,
+                         ": alpha_prime/sigma_prime are read by prediction 'flow' only; drop them");
+    check_per_sample(*alpha_prime, "alpha_prime", batch, device, op);
+    check_per_sample(*sigma_prime, "sigma_prime", batch, device, op);
+    dtype = promote_floating(dtype, promote_floating(alpha_prime->scalar_type(), sigma_prime->scalar_type()));
+    in.alpha_prime = *alpha_prime;
+    in.sigma_prime = *sigma_prime;
   }
   if (weights.has_value()) {
-    in.weights = check_per_sample(*weights, "weights", batch, device, op);
-    dtype = at::promote_types(dtype, weights->scalar_type());
+    check_per_sample(*weights, "weights", batch, device, op);
+    dtype = promote_floating(dtype, weights->scalar_type());
+    in.weights = *weights;
   }
-  for (at::Tensor* t : {&in.alpha, &in.sigma, &in.alpha_prime, &in.sigma_prime, &in.weights}) {
-    if (t->defined()) *t = t->to(dtype).contiguous();
+  if (promoted != nullptr) *promoted = dtype;
+  const ScalarType compute = sample_dtype({&in.alpha, &in.sigma, &in.alpha_prime, &in.sigma_prime, &in.weights});
+  for (Tensor* t : {&in.alpha, &in.sigma, &in.alpha_prime, &in.sigma_prime, &in.weights}) {
+    if (!t->defined()) continue;
+    if (t->scalar_type() != compute) *t = torch::stable::to(*t, compute);
+    if (!t->is_contiguous()) *t = torch::stable::contiguous(*t);
   }
-  if (device.is_cpu()) {
-    // a plain loop: B values, and no tensor ops on the per-step path
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.sigma.scalar_type(), "erd_check_sigma", [&] {
-      const scalar_t* s = in.sigma.const_data_ptr<scalar_t>();
+  if (device.type() == torch::headeronly::DeviceType::CPU) {
+    // a plain loop over B values: no tensor op on the per-step path
+    auto check = [&](const auto* s) {
       for (int64_t i = 0; i < batch; ++i) {
-        TORCH_CHECK_VALUE(!(static_cast<double>(s[i]) < 0.0), op, ": sigma must be >= 0 (x_t = alpha * x0 + ",
-                          "sigma * eps); got sigma[", i, "] = ", static_cast<double>(s[i]));
+        SGDF_ERD_CHECK_VALUE(!(static_cast<double>(s[i]) < 0.0), op, ": sigma must be >= 0 (x_t = alpha * x0 + ",
+                             "sigma * eps); got sigma[", i, "] = ", static_cast<double>(s[i]));
       }
-    });
+    };
+    if (compute == ScalarType::Double) {
+      check(in.sigma.const_data_ptr<double>());
+    } else {
+      check(in.sigma.const_data_ptr<float>());
+    }
   }
   return in;
 }
 
-void check_loss_operands(const at::Tensor& output, const at::Tensor& target, const char* op) {
-  TORCH_CHECK_TYPE(at::isFloatingType(output.scalar_type()), op, ": 'output' must be floating point, got ",
-                   output.scalar_type());
-  TORCH_CHECK_TYPE(output.scalar_type() == target.scalar_type(), op, ": 'output' (", output.scalar_type(),
-                   ") and 'target' (", target.scalar_type(), ") must share a dtype");
-  TORCH_CHECK_VALUE(output.sizes() == target.sizes(), op, ": 'output' has shape ", output.sizes(),
-                    " but 'target' has shape ", target.sizes(), "; they must match exactly (no broadcasting)");
-  TORCH_CHECK_VALUE(output.device() == target.device(), op, ": 'output' is on ", output.device(),
-                    " but 'target' is on ", target.device());
-  TORCH_CHECK_VALUE(output.dim() >= 1 && output.size(0) >= 1, op,
-                    ": 'output' must have a batch dimension with at least one sample, got shape ", output.sizes());
-  TORCH_CHECK_VALUE(output.numel() > 0, op, ": every sample is empty (shape ", output.sizes(),
-                    "); the per-sample mean is undefined");
+// output and target: same shape, dtype and device, floating, at least one dimension, no empty sample.
+void check_loss_operands(const Tensor& output, const Tensor& target, const char* op) {
+  SGDF_ERD_CHECK_TYPE(is_floating(output.scalar_type()), op, ": 'output' must be floating point, got ",
+                      output.scalar_type());
+  SGDF_ERD_CHECK_TYPE(output.scalar_type() == target.scalar_type(), op, ": 'output' (", output.scalar_type(),
+                      ") and 'target' (", target.scalar_type(), ") must share a dtype");
+  bool same_shape = output.dim() == target.dim();
+  for (int64_t d = 0; same_shape && d < output.dim(); ++d) same_shape = output.size(d) == target.size(d);
+  SGDF_ERD_CHECK_VALUE(same_shape, op, ": 'output' has shape ", Shape{output.sizes()}, " but 'target' has shape ",
+                       Shape{target.sizes()}, "; they must match exactly (no broadcasting)");
+  SGDF_ERD_CHECK_VALUE(output.device() == target.device(), op, ": 'output' is on ", DeviceName{output.device()},
+                       " but 'target' is on ", DeviceName{target.device()});
+  SGDF_ERD_CHECK_VALUE(output.dim() >= 1 && output.size(0) >= 1, op,
+                       ": 'output' must have a batch dimension with at least one sample, got shape ",
+                       Shape{output.sizes()});
+  SGDF_ERD_CHECK_VALUE(output.numel() > 0, op, ": every sample is empty (shape ", Shape{output.sizes()},
+                       "); the per-sample mean is undefined");
 }
 
+// num_bins in [1, kMaxNumBins] and a finite, non-empty log-SNR range.
 void check_bins(int64_t num_bins, double logsnr_min, double logsnr_max, const char* op) {
-  TORCH_CHECK_VALUE(num_bins >= 1 && num_bins <= kMaxNumBins, op, ": num_bins must lie in [1, ", kMaxNumBins,
-                    "] (the statistics form a log-SNR histogram of [4, num_bins] float64 sums per step), got ",
-                    num_bins);
-  TORCH_CHECK_VALUE(std::isfinite(logsnr_min) && std::isfinite(logsnr_max) && logsnr_min < logsnr_max, op,
-                    ": logsnr range must be finite with min < max, got (", logsnr_min, ", ", logsnr_max, ")");
+  SGDF_ERD_CHECK_VALUE(num_bins >= 1 && num_bins <= kMaxNumBins, op, ": num_bins must lie in [1, ", kMaxNumBins,
+                       "] (the statistics form a log-SNR histogram of [4, num_bins] float64 sums per step), got ",
+                       num_bins);
+  SGDF_ERD_CHECK_VALUE(std::isfinite(logsnr_min) && std::isfinite(logsnr_max) && logsnr_min < logsnr_max, op,
+                       ": logsnr range must be finite with min < max, got (", logsnr_min, ", ", logsnr_max, ")");
 }
 
-void check_backward_operands(const at::Tensor& grad, const at::Tensor& output, const at::Tensor& target,
-                             const at::Tensor& weight, const char* op) {
+Tensor as_contiguous(const Tensor& t) { return t.is_contiguous() ? t : torch::stable::contiguous(t); }
+
+}  // namespace
+
+WeightsCall prepare_weights(const Tensor& alpha, const Tensor& sigma, const std::optional<Tensor>& alpha_prime,
+                            const std::optional<Tensor>& sigma_prime, const std::string& prediction,
+                            const std::string& weighting, double k, double gamma) {
+  constexpr const char* op = "sgdf_erd::erd_weights";
+  WeightsCall call;
+  call.params = parse_weight_params(prediction, weighting, k, gamma, false, op);
+  SGDF_ERD_CHECK_VALUE(alpha.dim() == 1, op, ": 'alpha' must be 1-D [B], got shape ", Shape{alpha.sizes()});
+  ScalarType dtype;
+  call.in = prepare_sample_inputs(alpha, sigma, alpha_prime, sigma_prime, std::nullopt, call.params, alpha.size(0),
+                                  alpha.device(), op, &dtype);
+  call.out = torch::stable::new_empty(call.in.alpha, {alpha.size(0)}, dtype);
+  return call;
+}
+
+LossForwardCall prepare_loss_forward(const Tensor& output, const Tensor& target, const Tensor& alpha,
+                                     const Tensor& sigma, const std::optional<Tensor>& alpha_prime,
+                                     const std::optional<Tensor>& sigma_prime, const std::optional<Tensor>& weights,
+                                     const std::string& prediction, const std::string& weighting, double k,
+                                     double gamma, int64_t num_bins, double logsnr_min, double logsnr_max) {
+  constexpr const char* op = "sgdf_erd::erd_loss_forward";
   check_loss_operands(output, target, op);
-  TORCH_CHECK_VALUE(grad.numel() == 1 && grad.device() == output.device(), op,
-                    ": 'grad' must be a one-element tensor on ", output.device(), ", got ", grad.numel(),
-                    " elements on ", grad.device());
-  TORCH_CHECK_VALUE(weight.dim() == 1 && weight.size(0) == output.size(0) && weight.device() == output.device() &&
-                        weight.is_contiguous(),
-                    op, ": 'weight' must be the forward's contiguous [", output.size(0), "] weight output");
-  const auto acc = output.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  TORCH_CHECK_TYPE(weight.scalar_type() == acc, op, ": 'weight' must be ", acc, " for ", output.scalar_type(),
-                   " operands, got ", weight.scalar_type());
+  check_bins(num_bins, logsnr_min, logsnr_max, op);
+  LossForwardCall call;
+  call.params = parse_weight_params(prediction, weighting, k, gamma, weights.has_value(), op);
+  call.batch = output.size(0);
+  call.per_sample = output.numel() / call.batch;
+  call.in = prepare_sample_inputs(alpha, sigma, alpha_prime, sigma_prime, weights, call.params, call.batch,
+                                  output.device(), op);
+  call.num_bins = num_bins;
+  call.logsnr_min = logsnr_min;
+  call.logsnr_max = logsnr_max;
+  call.output = as_contiguous(output);
+  call.target = as_contiguous(target);
+  const ScalarType acc = accumulate_dtype(output.scalar_type());
+  call.loss = torch::stable::new_empty(call.output, {});
+  call.mse = torch::stable::new_empty(call.output, {call.batch}, acc);
+  call.weight = torch::stable::new_empty(call.output, {call.batch}, acc);
+  call.bin_sums = torch::stable::new_empty(call.output, {kNumBinSums, num_bins}, ScalarType::Double);
+  return call;
+}
+
+std::vector<Tensor> LossBackwardCall::results() const {
+  if (grad_target.defined()) return {grad_output, grad_target};
+  return {grad_output};
+}
+
+LossBackwardCall prepare_loss_backward(const Tensor& grad, const Tensor& output, const Tensor& target,
+                                       const Tensor& weight, bool target_requires_grad) {
+  constexpr const char* op = "sgdf_erd::erd_loss_backward";
+  check_loss_operands(output, target, op);
+  SGDF_ERD_CHECK_VALUE(grad.numel() == 1 && grad.device() == output.device(), op,
+                       ": 'grad' must be a one-element tensor on ", DeviceName{output.device()}, ", got ", grad.numel(),
+                       " elements on ", DeviceName{grad.device()});
+  SGDF_ERD_CHECK_VALUE(weight.dim() == 1 && weight.size(0) == output.size(0) && weight.device() == output.device() &&
+                           weight.is_contiguous(),
+                       op, ": 'weight' must be the forward's contiguous [", output.size(0), "] weight output");
+  const ScalarType acc = accumulate_dtype(output.scalar_type());
+  SGDF_ERD_CHECK_TYPE(weight.scalar_type() == acc, op, ": 'weight' must be ", acc, " for ",
+                      output.scalar_type(), " operands, got ", weight.scalar_type());
+  LossBackwardCall call;
+  call.grad = grad;
+  call.output = as_contiguous(output);
+  call.target = as_contiguous(target);
+  call.weight = weight;
+  call.batch = output.size(0);
+  call.per_sample = output.numel() / call.batch;
+  call.grad_output = torch::stable::new_empty(call.output, call.output.sizes());
+  if (target_requires_grad) call.grad_target = torch::stable::new_empty(call.target, call.target.sizes());
+  return call;
 }
 
 }  // namespace sgdf_erd::erd

@@ -1,48 +1,111 @@
-// Argument parsing and checks for the ERD ops, shared by the CPU and CUDA implementations (bodies in
-// erd_checks.cpp, so nvcc never compiles them). Bad input raises ValueError/TypeError naming the argument.
+// Argument checks and preparation of the ERD ops, shared by the CPU and CUDA kernels (bodies in erd_checks.cpp,
+// so nvcc never compiles them): each prepare_* checks every argument, brings the operands into the layout the
+// kernels read and allocates the outputs, so a backend's entry point only launches its kernels. Bad input
+// raises ValueError/TypeError naming the argument, before anything is allocated or written.
 #pragma once
 
-#include <ATen/core/Tensor.h>
-#include <c10/util/string_view.h>
-
+#include <cstdint>
 #include <optional>
+#include <string>
+#include <type_traits>
+#include <vector>
 
+#include <torch/headeronly/util/BFloat16.h>
+#include <torch/headeronly/util/Half.h>
+
+#include "common/stable.h"
+#include "erd/check_type.h"
 #include "erd/erd_math.h"
 
 namespace sgdf_erd::erd {
 
-// Parses prediction/weighting names and rejects pairs the spec does not define (Min-SNR, P2 and debias exist
-// for the predictions listed in erd_math.h only). weights_given: the caller passes its own weights, which
-// requires weighting == "given".
-WeightParams parse_weight_params(c10::string_view prediction, c10::string_view weighting, double k, double gamma,
-                                 bool weights_given, const char* op);
+using torch::stable::Tensor;
 
-// The B-sized inputs of a launch, contiguous, on `device`, all in one floating dtype (alpha's, or the promoted
-// one when they differ). Optional ones are undefined when absent.
+// The per-sample inputs of a launch ([batch] each), contiguous, on the operands' device, in one compute dtype:
+// float64 when any of them is float64, else float32 (float16/bfloat16 schedules convert exactly). Optional ones
+// are undefined when absent.
 struct SampleInputs {
-  at::Tensor alpha, sigma, alpha_prime, sigma_prime, weights;
+  Tensor alpha, sigma, alpha_prime, sigma_prime, weights;
 };
 
-// Checks shapes ([batch] each) and devices; on CPU also that sigma >= 0 (on CUDA that check would cost a host
-// synchronisation every step, so a negative sigma there yields a NaN weight instead; see erd_cuda.cu).
-SampleInputs prepare_sample_inputs(const at::Tensor& alpha, const at::Tensor& sigma,
-                                   const std::optional<at::Tensor>& alpha_prime,
-                                   const std::optional<at::Tensor>& sigma_prime,
-                                   const std::optional<at::Tensor>& weights, const WeightParams& params,
-                                   int64_t batch, const at::Device& device, const char* op);
+// erd_weights: the weights out[i] = sample_weight(alpha[i], sigma[i], ...), in the inputs' promoted dtype.
+struct WeightsCall {
+  WeightParams params;
+  SampleInputs in;
+  Tensor out;  // [batch], uninitialised
+};
 
-// output and target: same shape, dtype and device, floating, at least one dimension, no empty sample.
-void check_loss_operands(const at::Tensor& output, const at::Tensor& target, const char* op);
+WeightsCall prepare_weights(const Tensor& alpha, const Tensor& sigma, const std::optional<Tensor>& alpha_prime,
+                            const std::optional<Tensor>& sigma_prime, const std::string& prediction,
+                            const std::string& weighting, double k, double gamma);
+
+// erd_loss_forward: operands [batch, ...] flattened to [batch, per_sample], contiguous.
+struct LossForwardCall {
+  WeightParams params;
+  SampleInputs in;
+  Tensor output, target;
+  int64_t batch, per_sample;
+  int64_t num_bins;
+  double logsnr_min, logsnr_max;
+  // outputs, uninitialised: loss [] in the operands' dtype; mse and weight [batch] in the accumulation dtype
+  // (float64 for float64 operands, else float32); bin_sums [kNumBinSums, num_bins] float64
+  Tensor loss, mse, weight, bin_sums;
+};
+
+LossForwardCall prepare_loss_forward(const Tensor& output, const Tensor& target, const Tensor& alpha,
+                                     const Tensor& sigma, const std::optional<Tensor>& alpha_prime,
+                                     const std::optional<Tensor>& sigma_prime, const std::optional<Tensor>& weights,
+                                     const std::string& prediction, const std::string& weighting, double k,
+                                     double gamma, int64_t num_bins, double logsnr_min, double logsnr_max);
+
+// erd_loss_backward: grad_output (and grad_target) = +-coef_i * (output - target).
+struct LossBackwardCall {
+  Tensor grad;  // one element, as passed
+  Tensor output, target, weight;
+  int64_t batch, per_sample;
+  Tensor grad_output, grad_target;  // uninitialised; grad_target undefined unless requested
+  std::vector<Tensor> results() const;
+};
+
+LossBackwardCall prepare_loss_backward(const Tensor& grad, const Tensor& output, const Tensor& target,
+                                       const Tensor& weight, bool target_requires_grad);
 
 // Most statistics bins a loss accepts: a log-SNR histogram needs far fewer, and every step allocates and reduces
 // [4, num_bins] float64 sums (python/sgdf_erd/erd/loss.py states the same bound).
 constexpr int64_t kMaxNumBins = int64_t{1} << 16;
 
-// num_bins in [1, kMaxNumBins] and a finite, non-empty log-SNR range.
-void check_bins(int64_t num_bins, double logsnr_min, double logsnr_max, const char* op);
+// Calls fn(scalar_t{}) with scalar_t the C++ type of a floating dtype (float32/64, float16, bfloat16); the checks
+// have rejected every other dtype.
+template <typename Fn>
+void dispatch_floating(torch::headeronly::ScalarType dtype, const Fn& fn) {
+  using torch::headeronly::ScalarType;
+  switch (dtype) {
+    case ScalarType::Double: return fn(double{});
+    case ScalarType::Float: return fn(float{});
+    case ScalarType::Half: return fn(torch::headeronly::Half{});
+    case ScalarType::BFloat16: return fn(torch::headeronly::BFloat16{});
+    default: SGDF_ERD_CHECK(false, "sgdf_erd: no ERD kernel for dtype ", dtype);
+  }
+}
 
-// grad (a one-element tensor on output's device), and weight ([batch], the forward's weight output).
-void check_backward_operands(const at::Tensor& grad, const at::Tensor& output, const at::Tensor& target,
-                             const at::Tensor& weight, const char* op);
+// Calls fn(param_t{}) for the compute dtype of the per-sample inputs (float32 or float64; see SampleInputs).
+template <typename Fn>
+void dispatch_sample_dtype(const SampleInputs& in, const Fn& fn) {
+  if (in.alpha.scalar_type() == torch::headeronly::ScalarType::Double) {
+    fn(double{});
+  } else {
+    fn(float{});
+  }
+}
+
+// float32 arithmetic for float32/16/bfloat16 elements, float64 for float64
+template <typename scalar_t>
+using acc_type = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+
+// The accumulation dtype of per-sample sums for operands of `dtype`.
+inline torch::headeronly::ScalarType accumulate_dtype(torch::headeronly::ScalarType dtype) {
+  using torch::headeronly::ScalarType;
+  return dtype == ScalarType::Double ? ScalarType::Double : ScalarType::Float;
+}
 
 }  // namespace sgdf_erd::erd

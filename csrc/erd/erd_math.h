@@ -5,7 +5,7 @@
 // so the cost is nil, and CPU and CUDA then agree on them bit for bit up to libm's log/pow.
 #pragma once
 
-#include <c10/macros/Macros.h>
+#include <torch/headeronly/macros/Macros.h>
 #include <cmath>
 #include <cstdint>
 

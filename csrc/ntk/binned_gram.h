@@ -1,4 +1,5 @@
-// sgdf_erd::binned_gram_eigvalsh: shared argument checks and the one sizing rule of its CPU and CUDA kernels.
+// sgdf_erd::binned_gram_eigvalsh: the argument checks, grouping of rows by bin and output allocation shared by its
+// CPU and CUDA kernels (bodies in binned_gram.cpp), and the one sizing and scaling rule of their per-bin solves.
 //
 // For bin b with rows F_b ([c_b, k]) the op returns the eigenvalues of the c_b x c_b Gram matrix F_b F_b^T. Its
 // nonzero eigenvalues are those of the k x k matrix F_b^T F_b, so both kernels decompose whichever is smaller
@@ -9,16 +10,19 @@
 // scale back by the square of that power; only an eigenvalue beyond the dtype's range comes out as inf.
 #pragma once
 
-#include <ATen/core/Tensor.h>
-#include <c10/macros/Macros.h>
-#include <c10/util/Exception.h>
+#include <torch/headeronly/macros/Macros.h>
 
-#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <vector>
+
+#include "common/stable.h"
+#include "erd/check_type.h"
 
 namespace sgdf_erd::ntk {
+
+using torch::stable::Tensor;
 
 constexpr const char* kOpName = "sgdf_erd::binned_gram_eigvalsh";
 
@@ -26,31 +30,29 @@ constexpr const char* kOpName = "sgdf_erd::binned_gram_eigvalsh";
 // would only allocate; python/sgdf_erd/ops.py states the same bound.
 constexpr int64_t kMaxNumBins = int64_t{1} << 24;
 
-inline void check_binned_gram_args(const at::Tensor& features, const at::Tensor& bin_ids, int64_t num_bins) {
-  TORCH_CHECK_VALUE(num_bins >= 1 && num_bins <= kMaxNumBins, kOpName, ": 'num_bins' must lie in [1, ",
-                    kMaxNumBins, "] (each bin is a row of the output), got ", num_bins);
-  TORCH_CHECK_VALUE(features.dim() == 2, kOpName, ": 'features' must be 2-D [n, k], got shape ", features.sizes());
-  TORCH_CHECK_TYPE(features.scalar_type() == at::kFloat || features.scalar_type() == at::kDouble, kOpName,
-                   ": 'features' must be float32 or float64, got ", features.scalar_type(),
-                   "; convert with .float() or .double()");
-  TORCH_CHECK_VALUE(bin_ids.dim() == 1, kOpName, ": 'bin_ids' must be 1-D [n], got shape ", bin_ids.sizes());
-  TORCH_CHECK_TYPE(at::isIntegralType(bin_ids.scalar_type(), /*includeBool=*/false), kOpName,
-                   ": 'bin_ids' must be an integer tensor, got ", bin_ids.scalar_type(), "; convert with .long()");
-  TORCH_CHECK_VALUE(bin_ids.size(0) == features.size(0), kOpName, ": 'bin_ids' has ", bin_ids.size(0),
-                    " entries but 'features' has ", features.size(0), " rows; pass one bin id per row");
-  TORCH_CHECK(bin_ids.device() == features.device(), kOpName, ": 'bin_ids' is on ", bin_ids.device(),
-              " but 'features' is on ", features.device(), "; move them to one device");
-  TORCH_CHECK(features.layout() == at::kStrided && bin_ids.layout() == at::kStrided, kOpName,
-              ": sparse tensors are not supported; pass dense tensors");
-}
+// Rows grouped by bin (a stable counting sort on the host): bin b holds rows[offsets[b] .. offsets[b + 1]), in
+// input order.
+struct BinGroups {
+  std::vector<int64_t> offsets;  // [num_bins + 1]
+  std::vector<int64_t> rows;     // [n]
+  int64_t max_count = 0;
 
-inline void check_bin_range(int64_t lowest, int64_t highest, int64_t num_bins) {
-  TORCH_CHECK_VALUE(lowest >= 0 && highest < num_bins, kOpName, ": 'bin_ids' must lie in [0, num_bins) = [0, ",
-                    num_bins, "), found values in [", lowest, ", ", highest, "]");
-}
+  int64_t count(int64_t bin) const { return offsets[bin + 1] - offsets[bin]; }
+};
+
+// Everything a backend needs: the checked, contiguous features on their device, the grouping, and the outputs.
+struct BinnedGramCall {
+  Tensor features;   // [n, k] contiguous
+  BinGroups groups;  // on the host: reading the bin ids is the op's one synchronisation on CUDA
+  Tensor eig;        // [num_bins, max_count] zeros, features' dtype and device: empty bins and padding stay 0
+  Tensor counts;     // [num_bins] int64 on the CPU (a CUDA call moves it to the device)
+};
+
+// Checks every argument (ValueError/TypeError naming it) and groups the rows by bin.
+BinnedGramCall prepare_binned_gram(const Tensor& features, const Tensor& bin_ids, int64_t num_bins);
 
 // Order of the matrix a bin's eigenvalues are computed from (see the file comment).
-inline int64_t gram_dim(int64_t count, int64_t k) { return std::min(count, k); }
+inline int64_t gram_dim(int64_t count, int64_t k) { return count < k ? count : k; }
 
 // e such that a bin whose largest |feature| is max_abs (finite, > 0) is scaled by 2^-e to a largest entry in
 // [0.5, 1), clamped so that 2^-e and 2^e are both normal numbers of T (the top and the subnormal binade land in

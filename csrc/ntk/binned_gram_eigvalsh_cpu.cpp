@@ -5,57 +5,20 @@
 // binned_gram.h), scaled again to unit max entry, Householder + QL
 // (symmetric_eigvals_cpu.h), sorted descending. Round-off below zero is clamped to 0: a Gram matrix is positive
 // semidefinite. A bin holding a non-finite feature gets NaN eigenvalues.
-#include <ATen/Dispatch.h>
-#include <ATen/Parallel.h>
-#include <ATen/ops/empty.h>
-#include <ATen/ops/from_blob.h>
-#include <ATen/ops/index_select.h>
-#include <ATen/ops/zeros.h>
-#include <torch/library.h>
-
 #include <algorithm>
 #include <atomic>
 #include <functional>
 #include <limits>
-#include <numeric>
 #include <tuple>
 #include <vector>
 
+#include "common/cpu/parallel.h"
 #include "ntk/binned_gram.h"
 #include "ntk/gram_cpu.h"
 #include "ntk/symmetric_eigvals_cpu.h"
 
 namespace sgdf_erd::ntk {
 namespace {
-
-struct Groups {
-  std::vector<int64_t> offsets;  // [num_bins + 1]
-  std::vector<int64_t> rows;     // row indices, bin by bin, in input order within a bin
-  int64_t max_count = 0;
-};
-
-Groups group_rows(const at::Tensor& ids, int64_t num_bins) {
-  const int64_t n = ids.numel();
-  const int64_t* id = ids.const_data_ptr<int64_t>();
-  Groups g;
-  g.offsets.assign(num_bins + 1, 0);
-  int64_t lowest = 0, highest = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t b = id[i];
-    lowest = std::min(lowest, b);
-    highest = std::max(highest, b);
-    if (b >= 0 && b < num_bins) ++g.offsets[b + 1];
-  }
-  check_bin_range(lowest, highest, num_bins);
-  for (int64_t b = 0; b < num_bins; ++b) {
-    g.max_count = std::max(g.max_count, g.offsets[b + 1]);
-    g.offsets[b + 1] += g.offsets[b];
-  }
-  g.rows.resize(n);
-  std::vector<int64_t> next(g.offsets.begin(), g.offsets.end() - 1);
-  for (int64_t i = 0; i < n; ++i) g.rows[next[id[i]]++] = i;
-  return g;
-}
 
 template <typename T>
 struct Workspace {
@@ -79,9 +42,9 @@ void form_gram(const T* fb, int64_t k, int64_t count, int64_t m, Workspace<T>& w
 // Solves bin b in place: its rows [offset, offset + count) of the bin-sorted copy are scaled by a power of two
 // first (binned_gram.h), so the Gram matrix is finite for any finite features.
 template <typename T>
-void solve_bin(T* sorted, int64_t k, int64_t offset, int64_t count, T* out, Workspace<T>& ws) {
+bool solve_bin(T* sorted, int64_t k, int64_t offset, int64_t count, T* out, Workspace<T>& ws) {
   const int64_t m = gram_dim(count, k);
-  if (m == 0) return;  // k == 0: all eigenvalues are zero (out is pre-zeroed)
+  if (m == 0) return true;  // k == 0: all eigenvalues are zero (out is pre-zeroed)
   T* fb = sorted + offset * k;
   T max_abs = 0;
   bool finite = true;
@@ -91,9 +54,9 @@ void solve_bin(T* sorted, int64_t k, int64_t offset, int64_t count, T* out, Work
   }
   if (!finite) {
     std::fill(out, out + count, std::numeric_limits<T>::quiet_NaN());
-    return;
+    return true;
   }
-  if (max_abs == T(0)) return;  // all-zero rows
+  if (max_abs == T(0)) return true;  // all-zero rows
   const int exponent = bin_scale_exponent(max_abs);
   const T factor = std::ldexp(T(1), -exponent);
   for (int64_t i = 0; i < count * k; ++i) fb[i] *= factor;
@@ -101,63 +64,66 @@ void solve_bin(T* sorted, int64_t k, int64_t offset, int64_t count, T* out, Work
   T* g = ws.gram.data();
   T scale = 0;
   for (int64_t i = 0; i < m * m; ++i) scale = std::max(scale, std::abs(g[i]));
-  if (scale == T(0)) return;  // rows that underflowed to zero (subnormal features)
+  if (scale == T(0)) return true;  // rows that underflowed to zero (subnormal features)
   const T inv = T(1) / scale;  // unit max entry: no underflow inside the reduction
   for (int64_t i = 0; i < m * m; ++i) g[i] *= inv;
   cpu::householder_tridiagonalize(g, m, ws.d.data(), ws.e.data(), ws.p.data());
-  const bool converged = cpu::tridiagonal_ql(ws.d.data(), ws.e.data(), m);
-  TORCH_CHECK(converged, kOpName, ": the QL eigenvalue iteration did not converge on a ", m, "x", m,
-              " Gram matrix; please report this input");
+  if (!cpu::tridiagonal_ql(ws.d.data(), ws.e.data(), m)) return false;
   std::sort(ws.d.begin(), ws.d.begin() + m, std::greater<T>());
   for (int64_t i = 0; i < m; ++i) out[i] = std::ldexp(std::max(ws.d[i], T(0)) * scale, 2 * exponent);
+  return true;
 }
 
+// Solves every non-empty bin; returns the order of a Gram matrix the QL iteration failed on, or 0.
 template <typename T>
-void solve_all(at::Tensor& sorted, const Groups& g, int64_t num_bins, at::Tensor& eig) {
-  T* out = eig.data_ptr<T>();
-  const int64_t stride = eig.size(1);
+int64_t solve_all(const Tensor& sorted, const BinGroups& g, Tensor& eig) {
+  const int64_t num_bins = eig.size(0), stride = eig.size(1), k = sorted.size(1);
+  T* out = eig.mutable_data_ptr<T>();
+  T* rows = sorted.mutable_data_ptr<T>();
   std::vector<int64_t> order(num_bins);  // largest bins first, so the last ones to finish are cheap
-  std::iota(order.begin(), order.end(), 0);
-  auto count = [&](int64_t b) { return g.offsets[b + 1] - g.offsets[b]; };
-  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return count(a) > count(b); });
+  for (int64_t b = 0; b < num_bins; ++b) order[b] = b;
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return g.count(a) > g.count(b); });
   int64_t busy = 0;
-  while (busy < num_bins && count(order[busy]) > 0) ++busy;
-  if (busy == 0) return;
-  const int64_t max_m = gram_dim(g.max_count, sorted.size(1));
+  while (busy < num_bins && g.count(order[busy]) > 0) ++busy;
+  if (busy == 0) return 0;
+  const int64_t max_m = gram_dim(g.max_count, k);
   std::atomic<int64_t> next{0};
-  const int64_t workers = std::min<int64_t>(busy, at::get_num_threads());
+  std::atomic<int64_t> failed{0};  // no exception may cross the parallel-for's C interface
+  const int64_t workers = std::min<int64_t>(busy, sgdf_erd::cpu::num_threads());
   // One task per worker; inside another parallel region this runs inline on the caller's thread.
-  at::parallel_for(0, workers, 1, [&](int64_t begin, int64_t end) {
+  sgdf_erd::cpu::parallel_for(0, workers, 1, [&](int64_t begin, int64_t end) {
     Workspace<T> ws(max_m);
     for (int64_t w = begin; w < end; ++w) {
       for (int64_t i = next++; i < busy; i = next++) {
         const int64_t b = order[i];
-        solve_bin<T>(sorted.mutable_data_ptr<T>(), sorted.size(1), g.offsets[b], count(b), out + b * stride, ws);
+        if (!solve_bin<T>(rows, k, g.offsets[b], g.count(b), out + b * stride, ws)) {
+          failed = gram_dim(g.count(b), k);
+        }
       }
     }
   });
+  return failed;
 }
 
-std::tuple<at::Tensor, at::Tensor> binned_gram_eigvalsh_cpu(const at::Tensor& features, const at::Tensor& bin_ids,
-                                                            int64_t num_bins) {
-  check_binned_gram_args(features, bin_ids, num_bins);
-  const Groups g = group_rows(bin_ids.to(at::kLong).contiguous(), num_bins);
-  at::Tensor eig = at::zeros({num_bins, g.max_count}, features.options());
-  at::Tensor counts = at::empty({num_bins}, features.options().dtype(at::kLong));
-  int64_t* c = counts.data_ptr<int64_t>();
-  for (int64_t b = 0; b < num_bins; ++b) c[b] = g.offsets[b + 1] - g.offsets[b];
-  // Bin-contiguous copy of the features, so that each bin is one dense [count, k] block.
-  at::Tensor sorted = features.index_select(0, at::from_blob(const_cast<int64_t*>(g.rows.data()),
-                                                                   {static_cast<int64_t>(g.rows.size())},
-                                                                   bin_ids.options().dtype(at::kLong)))
-                                .contiguous();
-  AT_DISPATCH_FLOATING_TYPES(sorted.scalar_type(), "binned_gram_eigvalsh_cpu",
-                             [&] { solve_all<scalar_t>(sorted, g, num_bins, eig); });
-  return {eig, counts};
+std::tuple<Tensor, Tensor> binned_gram_eigvalsh_cpu(const Tensor& features, const Tensor& bin_ids,
+                                                    int64_t num_bins) {
+  BinnedGramCall call = prepare_binned_gram(features, bin_ids, num_bins);
+  const BinGroups& g = call.groups;
+  const int64_t n = static_cast<int64_t>(g.rows.size());
+  // Bin-contiguous copy of the features, so that each bin is one dense [count, k] block (scaled in place).
+  const Tensor rows = torch::stable::from_blob(const_cast<int64_t*>(g.rows.data()), {n}, {1}, call.counts.device(),
+                                               torch::headeronly::ScalarType::Long);
+  const Tensor sorted = torch::stable::index_select(call.features, 0, rows);
+  const int64_t failed = call.features.scalar_type() == torch::headeronly::ScalarType::Double
+                             ? solve_all<double>(sorted, g, call.eig)
+                             : solve_all<float>(sorted, g, call.eig);
+  SGDF_ERD_CHECK(failed == 0, kOpName, ": the QL eigenvalue iteration did not converge on a ", failed, "x", failed,
+                 " Gram matrix; please report this input");
+  return {call.eig, call.counts};
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(sgdf_erd, CPU, m) { m.impl("binned_gram_eigvalsh", &binned_gram_eigvalsh_cpu); }
+STABLE_TORCH_LIBRARY_IMPL(sgdf_erd, CPU, m) { m.impl("binned_gram_eigvalsh", TORCH_BOX(&binned_gram_eigvalsh_cpu)); }
 
 }  // namespace sgdf_erd::ntk

@@ -1,29 +1,20 @@
-// X X^T for a small row-major X on one CPU thread, vectorised with ATen's Vectorized<T>. It runs inside the
+// X X^T for a small row-major X on one CPU thread, vectorised with common/cpu/vec.h. It runs inside the
 // bin-parallel region of binned_gram_eigvalsh, where calling BLAS would nest its threads in ours (under a loaded
 // machine that oversubscribes the cores by an order of magnitude in time).
 #pragma once
 
-#include <ATen/cpu/vec/vec.h>
+#include "common/cpu/vec.h"
 
 #include <algorithm>
 #include <cstdint>
 
 namespace sgdf_erd::ntk::cpu {
 
-template <typename T>
-inline T horizontal_sum(const at::vec::Vectorized<T>& v) {
-  T lanes[at::vec::Vectorized<T>::size()];
-  v.store(lanes);
-  T s = 0;
-  for (int i = 0; i < at::vec::Vectorized<T>::size(); ++i) s += lanes[i];
-  return s;
-}
-
 // Dots of rows r[0..R) with rows c[0..C) over `len` entries: out[a][b] = <r_a, c_b>. R x C accumulators stay in
 // registers (R = 2, C = 4: 8 accumulators + 3 operands of the 16 AVX2 registers).
 template <typename T, int R, int C>
 inline void dot_block(const T* const* r, const T* const* c, int64_t len, T out[R][C]) {
-  using Vec = at::vec::Vectorized<T>;
+  using Vec = sgdf_erd::cpu::Vec<T>;
   constexpr int64_t W = Vec::size();
   Vec acc[R][C];
   for (int a = 0; a < R; ++a)
@@ -34,12 +25,12 @@ inline void dot_block(const T* const* r, const T* const* c, int64_t len, T out[R
     for (int a = 0; a < R; ++a) rv[a] = Vec::loadu(r[a] + l);
     for (int b = 0; b < C; ++b) {
       const Vec cv = Vec::loadu(c[b] + l);
-      for (int a = 0; a < R; ++a) acc[a][b] = at::vec::fmadd(rv[a], cv, acc[a][b]);
+      for (int a = 0; a < R; ++a) acc[a][b] = sgdf_erd::cpu::fmadd(rv[a], cv, acc[a][b]);
     }
   }
   for (int a = 0; a < R; ++a) {
     for (int b = 0; b < C; ++b) {
-      T s = horizontal_sum(acc[a][b]);
+      T s = acc[a][b].sum();
       for (int64_t t = l; t < len; ++t) s += r[a][t] * c[b][t];
       out[a][b] = s;
     }

@@ -3,7 +3,7 @@
 // apply a whole round with no conflicts. Host/device functions, so the schedule can be checked on the host.
 #pragma once
 
-#include <c10/macros/Macros.h>
+#include <torch/headeronly/macros/Macros.h>
 
 #include "common/math_ops.h"
 

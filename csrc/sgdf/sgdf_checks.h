@@ -2,11 +2,11 @@
 // written, so a call that raises leaves every input as it was.
 #pragma once
 
-#include <ATen/core/Tensor.h>
-#include <c10/util/Exception.h>
-
 #include <optional>
+#include <utility>
+#include <vector>
 
+#include "common/stable.h"
 #include "common/tensor_lists.h"
 #include "sgdf/sgdf_math.h"
 
@@ -15,65 +15,72 @@ namespace sgdf_erd::sgdf {
 // The optimizer's own rules (SGDF's documented ranges), so the op refuses what SGDF refuses. Each condition is
 // written so that NaN fails it.
 inline void check_hyperparameters(double lr, const Hyper<double>& h, const char* op) {
-  TORCH_CHECK(lr >= 0.0, op, ": invalid lr=", lr, "; the learning rate must be >= 0 (and not NaN)");
-  TORCH_CHECK(h.beta1 >= 0.0 && h.beta1 < 1.0, op, ": invalid beta1=", h.beta1, "; it must be in [0, 1)");
-  TORCH_CHECK(h.beta2 >= 0.0 && h.beta2 < 1.0, op, ": invalid beta2=", h.beta2, "; it must be in [0, 1)");
-  TORCH_CHECK(h.eps >= 0.0, op, ": invalid eps=", h.eps, "; it must be >= 0");
-  TORCH_CHECK(h.gamma > 0.0, op, ": invalid gamma=", h.gamma, "; it must be > 0 (0.5 is the release default)");
-  TORCH_CHECK(h.weight_decay >= 0.0, op, ": invalid weight_decay=", h.weight_decay, "; it must be >= 0");
+  SGDF_ERD_CHECK(lr >= 0.0, op, ": invalid lr=", lr, "; the learning rate must be >= 0 (and not NaN)");
+  SGDF_ERD_CHECK(h.beta1 >= 0.0 && h.beta1 < 1.0, op, ": invalid beta1=", h.beta1, "; it must be in [0, 1)");
+  SGDF_ERD_CHECK(h.beta2 >= 0.0 && h.beta2 < 1.0, op, ": invalid beta2=", h.beta2, "; it must be in [0, 1)");
+  SGDF_ERD_CHECK(h.eps >= 0.0, op, ": invalid eps=", h.eps, "; it must be >= 0");
+  SGDF_ERD_CHECK(h.gamma > 0.0, op, ": invalid gamma=", h.gamma, "; it must be > 0 (0.5 is the release default)");
+  SGDF_ERD_CHECK(h.weight_decay >= 0.0, op, ": invalid weight_decay=", h.weight_decay, "; it must be >= 0");
 }
 
-inline void check_fused_args(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
-                             at::TensorList exp_vars, at::TensorList updates, at::TensorList steps, double lr,
-                             const std::optional<at::Tensor>& lr_tensor, const Hyper<double>& hyper,
-                             const std::optional<at::Tensor>& grad_scale,
-                             const std::optional<at::Tensor>& found_inf) {
+// The value of a one-element float32 CPU tensor (checked by the caller): a plain read, no synchronisation.
+inline float cpu_scalar(const Tensor& t) { return *static_cast<const float*>(t.const_data_ptr()); }
+
+inline void check_fused_args(const TensorList& params, const TensorList& grads, const TensorList& exp_avgs,
+                             const TensorList& exp_vars, const TensorList& updates, const TensorList& steps,
+                             double lr, const std::optional<Tensor>& lr_tensor, const Hyper<double>& hyper,
+                             const std::optional<Tensor>& grad_scale, const std::optional<Tensor>& found_inf) {
   constexpr const char* op = "sgdf_erd::fused_sgdf_";
   check_hyperparameters(lr, hyper, op);
-  std::vector<at::TensorList> lists{params, grads, exp_avgs, exp_vars};
-  std::vector<std::string> names{"params", "grads", "exp_avgs", "exp_vars"};
+  std::vector<const TensorList*> lists{&params, &grads, &exp_avgs, &exp_vars};
+  std::vector<const char*> names{"params", "grads", "exp_avgs", "exp_vars"};
   if (!updates.empty()) {
-    lists.push_back(updates);
+    lists.push_back(&updates);
     names.push_back("updates");
   }
   check_tensor_lists(lists, names, op);
-  TORCH_CHECK(steps.size() == params.size(), op, ": 'steps' has ", steps.size(), " tensors for ", params.size(),
-              " params; pass one step tensor per parameter");
+  SGDF_ERD_CHECK(steps.size() == params.size(), op, ": 'steps' has ", steps.size(), " tensors for ", params.size(),
+                 " params; pass one step tensor per parameter");
   if (params.empty()) return;
   const auto device = params[0].device();
   const auto dtype = params[0].scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf || dtype == at::kBFloat16, op,
-              ": params are ", dtype, "; the fused kernels take float32, float64, float16 and bfloat16 (complex "
-              "parameters as torch.view_as_real views)");
+  SGDF_ERD_CHECK(dtype == ScalarType::Float || dtype == ScalarType::Double || dtype == ScalarType::Half ||
+                     dtype == ScalarType::BFloat16,
+                 op, ": params are ", dtype, "; the fused kernels take float32, float64, float16 and bfloat16 "
+                 "(complex parameters as torch.view_as_real views)");
+  auto is_one_float_on_device = [&](const Tensor& t) {
+    return t.layout() == Layout::Strided && t.numel() == 1 && t.scalar_type() == ScalarType::Float &&
+           t.device() == device;
+  };
   for (size_t i = 0; i < params.size(); ++i) {
-    TORCH_CHECK(params[i].device() == device && params[i].scalar_type() == dtype, op,
-                ": all params of one call must share device and dtype; got ", params[i].device(), "/",
-                params[i].scalar_type(), " and ", device, "/", dtype, " (the Python optimizer groups them)");
-    TORCH_CHECK(steps[i].numel() == 1 && steps[i].scalar_type() == at::kFloat && steps[i].device() == device &&
-                    steps[i].layout() == at::kStrided,
-                op, ": 'steps[", i, "]' must be a one-element float32 tensor on ", device, ", got ", steps[i].numel(),
-                " elements of ", steps[i].scalar_type(), " on ", steps[i].device());
+    SGDF_ERD_CHECK(params[i].device() == device && params[i].scalar_type() == dtype, op,
+                   ": all params of one call must share device and dtype; got ", DeviceName(params[i].device()), "/",
+                   params[i].scalar_type(), " and ", DeviceName(device), "/", dtype,
+                   " (the Python optimizer groups them)");
+    SGDF_ERD_CHECK(is_one_float_on_device(steps[i]), op, ": 'steps[", i,
+                   "]' must be a one-element float32 tensor on ", DeviceName(device), ", got ", steps[i].numel(),
+                   " elements of ", steps[i].scalar_type(), " on ", DeviceName(steps[i].device()));
   }
-  auto check_scalar = [&](const std::optional<at::Tensor>& t, const char* name) {
+  auto check_scalar = [&](const std::optional<Tensor>& t, const char* name) {
     if (!t.has_value()) return;
-    TORCH_CHECK(t->numel() == 1 && t->scalar_type() == at::kFloat && t->device() == device &&
-                    t->layout() == at::kStrided,
-                op, ": '", name, "' must be a one-element float32 tensor on ", device, ", got ", t->numel(),
-                " elements of ", t->scalar_type(), " on ", t->device());
+    SGDF_ERD_CHECK(is_one_float_on_device(*t), op, ": '", name, "' must be a one-element float32 tensor on ",
+                   DeviceName(device), ", got ", t->numel(), " elements of ", t->scalar_type(), " on ",
+                   DeviceName(t->device()));
   };
   check_scalar(lr_tensor, "lr_tensor");
   check_scalar(grad_scale, "grad_scale");
   check_scalar(found_inf, "found_inf");
   // A CPU lr tensor is read for free; reading a CUDA one would need a host synchronisation, so there its value is
   // the caller's to check.
-  if (lr_tensor.has_value() && lr_tensor->device().is_cpu()) {
-    const float value = lr_tensor->item<float>();
-    TORCH_CHECK(value >= 0.f, op, ": invalid lr_tensor=", value, "; the learning rate must be >= 0 (and not NaN)");
+  if (lr_tensor.has_value() && lr_tensor->is_cpu()) {
+    const float value = cpu_scalar(*lr_tensor);
+    SGDF_ERD_CHECK(value >= 0.f, op, ": invalid lr_tensor=", value,
+                   "; the learning rate must be >= 0 (and not NaN)");
   }
 
   std::vector<MemoryOperand> operands;
   operands.reserve(params.size() * (lists.size() + 1) + 3);
-  for (const auto l : c10::irange(lists.size())) add_operands(operands, lists[l], names[l].c_str());
+  for (size_t l = 0; l < lists.size(); ++l) add_operands(operands, *lists[l], names[l]);
   add_operands(operands, steps, "steps");
   for (const auto& [t, name] : {std::pair{&lr_tensor, "lr_tensor"}, std::pair{&grad_scale, "grad_scale"},
                                 std::pair{&found_inf, "found_inf"}}) {

@@ -1,8 +1,11 @@
 """Loads the compiled operators (``torch.ops.sgdf_erd``) and says what the build can serve."""
 
 import importlib
+import types
 
 import torch
+
+from ._type_errors import raising_type_errors
 
 
 def _load_error(exc: ImportError) -> ImportError:
@@ -16,11 +19,16 @@ def _load_error(exc: ImportError) -> ImportError:
         from ._built_with import TORCH_VERSION as built_with
     except ImportError:
         built_with = "an unrecorded version"
+    try:
+        from ._built_with import TORCH_MIN as torch_min
+    except ImportError:
+        torch_min = "an unrecorded version"
     return ImportError(
-        f"sgdf_erd's native library failed to load: {exc}. It was built against torch {built_with}; this Python "
-        f"runs torch {torch.__version__}. A library built for one torch usually fails to load with another "
-        "(undefined symbols): rebuild it against this torch with `pip install --no-build-isolation "
-        f"--force-reinstall --no-deps .` in the source tree, or install the torch it was built for.")
+        f"sgdf_erd's native library failed to load: {exc}. It was built against torch {built_with} and runs with "
+        f"torch {torch_min} or later (LibTorch stable ABI); this Python runs torch {torch.__version__}. With an "
+        f"older torch, upgrade it (pip install 'torch>={torch_min}'); otherwise the library itself is damaged or "
+        "built for another platform: rebuild it with `pip install --no-build-isolation --force-reinstall --no-deps .` "
+        "in the source tree.")
 
 
 try:
@@ -28,9 +36,56 @@ try:
 except ImportError as exc:
     raise _load_error(exc) from exc
 
-ops = torch.ops.sgdf_erd
+
+def _operators(namespace: str) -> types.ModuleType:
+    """torch.ops.<namespace> with every operator's wrong-type errors raised as TypeError (_type_errors.py). Each
+    attribute calls the op; its ``.default`` and other overloads are the real ``OpOverload`` objects (for
+    opcheck, torch.library registrations and torch.compile)."""
+    packets = getattr(torch.ops, namespace)
+    operators = types.ModuleType(f"{__package__}.ops")
+    for qualified in torch._C._dispatch_get_all_op_names():
+        if not qualified.startswith(namespace + "::"):
+            continue
+        name = qualified.split("::", 1)[1].split(".", 1)[0]
+        packet = getattr(packets, name)
+        call = raising_type_errors(packet)
+        for overload in packet.overloads():
+            setattr(call, overload, getattr(packet, overload))
+        setattr(operators, name, call)
+    return operators
+
+
+ops = _operators("sgdf_erd")
 
 CUDA_COMPILED: bool = bool(ops.compiled_with_cuda())
+
+_CUDA_MISSING = (
+    "this sgdf_erd build has no CUDA kernels (it was compiled without CUDA: no NVIDIA GPU or nvcc at build time, "
+    "or SGDF_ERD_CUDA=0). Rebuild with the CUDA toolkit on PATH and SGDF_ERD_CUDA=1: "
+    "`SGDF_ERD_CUDA=1 pip install --no-build-isolation --force-reinstall --no-deps .` in the source tree; "
+    "sgdf_erd.build_info() shows what was compiled in.")
+
+
+def _register_cuda_stubs() -> "torch.library.Library":
+    """A CPU-only build answers CUDA tensors given to any of its operators (also called directly through
+    torch.ops.sgdf_erd) with an error that names the fix, instead of the dispatcher's generic "could not run"."""
+    library = torch.library.Library("sgdf_erd", "IMPL")
+    names = {n.split("::", 1)[1] for n in torch._C._dispatch_get_all_op_names() if n.startswith("sgdf_erd::")}
+    for name in sorted(names):
+        schema = getattr(ops, name).default._schema
+        if not any(isinstance(a.type, (torch.TensorType, torch.OptionalType, torch.ListType))
+                   for a in schema.arguments):
+            continue  # build facts: no tensor, no device
+
+        def stub(*args, _name=name, **kwargs):
+            raise RuntimeError(f"sgdf_erd::{_name}: {_CUDA_MISSING}")
+
+        library.impl(name, stub, "CUDA")
+    return library
+
+
+if not CUDA_COMPILED:
+    _cuda_stubs = _register_cuda_stubs()  # kept alive: the registrations last as long as the Library object
 
 _NATIVE_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
@@ -47,10 +102,6 @@ def supports(device: torch.device, dtype: torch.dtype = torch.float32) -> bool:
 def require(device: torch.device, what: str) -> None:
     """Raise a clear error when `what` needs kernels this build lacks for `device`."""
     if device.type == "cuda" and not CUDA_COMPILED:
-        raise RuntimeError(
-            f"{what}: this sgdf_erd build has no CUDA kernels (built against CPU-only torch or without nvcc). "
-            "Reinstall with a CUDA build of torch and nvcc on PATH: `pip install --no-build-isolation .`; "
-            "sgdf_erd.build_info() shows what was compiled in."
-        )
+        raise RuntimeError(f"{what}: {_CUDA_MISSING}")
     if device.type not in ("cpu", "cuda"):
         raise RuntimeError(f"{what}: device type '{device.type}' has no sgdf_erd kernels; use cpu or cuda tensors")

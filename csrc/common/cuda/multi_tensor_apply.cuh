@@ -4,14 +4,11 @@
 // Functors hold only the maths: they receive each element's Depth operands in registers.
 #pragma once
 
-#include <ATen/core/Tensor.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-#include <c10/util/irange.h>
-
 #include <cstdint>
 #include <vector>
+
+#include "common/cuda/launch.h"
+#include "common/stable.h"
 
 namespace sgdf_erd::cuda {
 
@@ -44,13 +41,15 @@ __global__ void __launch_bounds__(kBlockSize)
 
 // Launches functor over lists[d][i] (d < Depth), with scalars[i] (or none) as the per-tuple scalar.
 template <int Depth, typename Functor>
-void multi_tensor_apply(const std::vector<at::TensorList>& lists, at::TensorList scalars, const Functor& functor) {
+void multi_tensor_apply(const std::vector<const std::vector<Tensor>*>& lists, const std::vector<Tensor>& scalars,
+                        const Functor& functor) {
   static_assert(sizeof(TensorListMetadata<Depth>) + sizeof(Functor) <= 4096, "kernel arguments exceed 4 KiB");
-  TORCH_INTERNAL_ASSERT(lists.size() == Depth);
-  const auto n_tensors = lists[0].size();
+  SGDF_ERD_CHECK(lists.size() == Depth, "multi_tensor_apply: ", lists.size(), " lists for depth ", Depth);
+  const size_t n_tensors = lists[0]->size();
   if (n_tensors == 0) return;
-  const c10::cuda::CUDAGuard guard(lists[0][0].device());
-  const auto stream = c10::cuda::getCurrentCUDAStream();
+  const int32_t device = (*lists[0])[0].get_device_index();
+  const torch::stable::accelerator::DeviceGuard guard(device);
+  const cudaStream_t stream = current_stream(device);
   constexpr int kMaxTensors = TensorListMetadata<Depth>::kMaxTensors;
 
   TensorListMetadata<Depth> meta{};
@@ -58,15 +57,15 @@ void multi_tensor_apply(const std::vector<at::TensorList>& lists, at::TensorList
   int loaded_blocks = 0;
   auto launch = [&] {
     multi_tensor_kernel<Depth><<<loaded_blocks, kBlockSize, 0, stream>>>(meta, functor);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    check_launch("multi_tensor_kernel");
     loaded_blocks = 0;
   };
-  for (const auto t : c10::irange(n_tensors)) {
-    const int64_t numel = lists[0][t].numel();
+  for (size_t t = 0; t < n_tensors; ++t) {
+    const int64_t numel = (*lists[0])[t].numel();
     if (numel == 0) continue;
-    for (int d = 0; d < Depth; ++d) meta.addresses[d][loaded_tensors] = lists[d][t].data_ptr();
+    for (int d = 0; d < Depth; ++d) meta.addresses[d][loaded_tensors] = (*lists[d])[t].data_ptr();
     meta.numel[loaded_tensors] = numel;
-    meta.scalar[loaded_tensors] = scalars.empty() ? nullptr : scalars[t].const_data_ptr<float>();
+    meta.scalar[loaded_tensors] = scalars.empty() ? nullptr : static_cast<const float*>(scalars[t].const_data_ptr());
     const int64_t chunks = (numel + kChunkSize - 1) / kChunkSize;
     for (int64_t chunk = 0; chunk < chunks; ++chunk) {
       meta.block_to_tensor[loaded_blocks] = static_cast<unsigned char>(loaded_tensors);

@@ -20,9 +20,14 @@ batch would need them recomputed outside the kernels; the loop gives exactly the
 
 import torch
 
+from .._type_errors import raising_type_errors
 from ..ops.erd import ERD_LOSS_BACKWARD_OP as _BACKWARD, ERD_LOSS_FORWARD_OP as _FORWARD
 
 __all__ = ["LossForward", "LossBackward", "EagerLossForward", "EagerLossBackward"]
+
+# the calls inside the Functions below, with the kernels' type errors as TypeError
+_forward = raising_type_errors(_FORWARD)
+_backward = raising_type_errors(_BACKWARD)
 
 
 def _difference(u_plus, u_minus):
@@ -118,7 +123,7 @@ class LossForward(torch.autograd.Function):
         # This Function is the derivative: the op's own registered autograd below would only re-check and
         # re-dispatch (binding the schema in Python, ~2/3 of a small batch's loss time).
         with torch._C._AutoDispatchBelowAutograd():
-            return _FORWARD(*args)
+            return _forward(*args)
     setup_context = staticmethod(_setup_forward)
     backward = staticmethod(_forward_backward)
     jvp = staticmethod(_forward_jvp)
@@ -132,7 +137,7 @@ class EagerLossForward(torch.autograd.Function):
     @staticmethod
     def forward(ctx, *args):
         with torch._C._AutoDispatchBelowAutograd():
-            result = _FORWARD(*args)
+            result = _forward(*args)
         _setup_forward(ctx, args, result)
         return result
 
@@ -148,7 +153,7 @@ class LossBackward(torch.autograd.Function):
     @staticmethod
     def forward(grad, output, target, weight, target_requires_grad):
         with torch._C._AutoDispatchBelowAutograd():  # as in LossForward
-            return tuple(_BACKWARD(grad, output, target, weight, target_requires_grad))
+            return tuple(_backward(grad, output, target, weight, target_requires_grad))
 
     setup_context = staticmethod(_setup_backward)
     backward = staticmethod(_backward_backward)

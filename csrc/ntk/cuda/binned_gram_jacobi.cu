@@ -9,18 +9,14 @@
 // 8 * (m + 1)^2 + 8 * 17 * m + 4.5 KB bytes in float64 (154 KB at m = 128; half in float32), must fit the
 // device's opt-in limit (sm_80: 163 KB, sm_90: 227 KB); jacobi_max_dim() gives the bound. Larger bins are solved
 // by the host's fallback.
-#include <ATen/Dispatch.h>
-#include <ATen/core/Tensor.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-
 #include <cuda_runtime.h>
 
 #include <limits>
 
+#include "common/cuda/block_reduce.cuh"
+#include "erd/cuda/launch.h"
 #include "ntk/binned_gram.h"
-#include "ntk/binned_gram_cuda.h"
+#include "ntk/cuda/binned_gram_jacobi.h"
 #include "ntk/jacobi_math.h"
 
 namespace sgdf_erd::ntk::cuda {
@@ -42,28 +38,6 @@ size_t shared_bytes(int m) {
                         + 5 * kMaxPairs                         // c, s, t and the pre-rotation a_pp, a_qq
                         + kMaxDim;                              // the diagonal, for the final sort
   return values * sizeof(T) + 2 * kMaxPairs * sizeof(int);
-}
-
-template <typename T>
-__device__ T block_sum(T v, T* scratch) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  __syncthreads();  // the previous reduction's readers are done with scratch
-  if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = v;
-  __syncthreads();
-  T total = 0;
-  for (int w = 0; w < kWarps; ++w) total += scratch[w];
-  return total;
-}
-
-template <typename T>
-__device__ T block_max(T v, T* scratch) {
-  for (int o = 16; o > 0; o >>= 1) v = ::fmax(v, __shfl_xor_sync(0xffffffffu, v, o));
-  __syncthreads();
-  if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = v;
-  __syncthreads();
-  T total = scratch[0];
-  for (int w = 1; w < kWarps; ++w) total = ::fmax(total, scratch[w]);
-  return total;
 }
 
 template <typename T>
@@ -107,8 +81,8 @@ __global__ void __launch_bounds__(kThreads)
     if (!(v <= std::numeric_limits<T>::max())) bad = T(1);  // NaN or infinity
     max_abs = ::fmax(max_abs, v);
   }
-  bad = block_max(bad, scratch);
-  max_abs = block_max(max_abs, scratch);
+  bad = sgdf_erd::cuda::block_max<kThreads>(bad, scratch);
+  max_abs = sgdf_erd::cuda::block_max<kThreads>(max_abs, scratch);
   if (bad != T(0)) {
     for (int64_t i = tid; i < count; i += kThreads) out[i] = std::numeric_limits<T>::quiet_NaN();
     return;
@@ -146,7 +120,7 @@ __global__ void __launch_bounds__(kThreads)
   // Scale to unit max entry (rotation angles and the stopping test are then free of overflow and underflow).
   T amax = T(0);
   for (int e = tid; e < m * m; e += kThreads) amax = ::fmax(amax, ::fabs(a[(e / m) * lda + e % m]));
-  amax = block_max(amax, scratch);
+  amax = sgdf_erd::cuda::block_max<kThreads>(amax, scratch);
   if (amax == T(0)) return;  // rows that underflowed to zero (subnormal features)
   const T inv = T(1) / amax;
   T fro = T(0);
@@ -155,7 +129,7 @@ __global__ void __launch_bounds__(kThreads)
     v *= inv;
     fro += v * v;
   }
-  fro = block_sum(fro, scratch);  // invariant under the rotations
+  fro = sgdf_erd::cuda::block_sum<kThreads>(fro, scratch);  // invariant under the rotations
   const T eps = std::numeric_limits<T>::epsilon();
   const T tol = eps * eps * fro;
 
@@ -165,7 +139,7 @@ __global__ void __launch_bounds__(kThreads)
       const int i = e / m, j = e % m;
       if (i != j) off += a[i * lda + j] * a[i * lda + j];
     }
-    off = block_sum(off, scratch);  // ends with a barrier; every thread sees the same value
+    off = sgdf_erd::cuda::block_sum<kThreads>(off, scratch);  // ends with a barrier; every thread sees the same value
     if (off <= tol) break;
     for (int round = 0; round < mp - 1; ++round) {
       if (tid < half) {
@@ -223,38 +197,50 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// CUDA runtime errors here (no device, a failed attribute query) surface as RuntimeError.
+void check_cuda(cudaError_t status, const char* what) {
+  SGDF_ERD_CHECK(status == cudaSuccess, kOpName, ": ", what, " failed: ", cudaGetErrorString(status));
+}
+
 template <typename T>
 int64_t max_dim_for_device() {
   int device = 0, optin = 0;
-  C10_CUDA_CHECK(cudaGetDevice(&device));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  check_cuda(cudaGetDevice(&device), "cudaGetDevice");
+  check_cuda(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device), "cudaDeviceGetAttribute");
   int m = kMaxDim;
   while (m > 0 && shared_bytes<T>(m) > static_cast<size_t>(optin)) --m;
   return m;
 }
 
-}  // namespace
-
-int64_t jacobi_max_dim(at::ScalarType dtype) {
-  return dtype == at::kDouble ? max_dim_for_device<double>() : max_dim_for_device<float>();
+template <typename T>
+void launch(const Tensor& features, const Tensor& order, const Tensor& starts, const Tensor& counts, int64_t max_dim,
+            int64_t launch_dim, Tensor& eig) {
+  const size_t bytes = shared_bytes<T>(static_cast<int>(launch_dim));
+  auto kernel = binned_gram_jacobi_kernel<T>;
+  check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)),
+             "cudaFuncSetAttribute");
+  kernel<<<static_cast<unsigned>(eig.size(0)), kThreads, bytes,
+           sgdf_erd::cuda::current_stream(features.get_device_index())>>>(
+      features.const_data_ptr<T>(), features.size(1), order.const_data_ptr<int64_t>(),
+      starts.const_data_ptr<int64_t>(), counts.const_data_ptr<int64_t>(), eig.mutable_data_ptr<T>(), eig.size(1),
+      static_cast<int>(max_dim));
+  sgdf_erd::cuda::check_launch(kOpName);
 }
 
-void launch_binned_jacobi(const at::Tensor& features, const at::Tensor& order, const at::Tensor& starts,
-                          const at::Tensor& counts, int64_t max_dim, int64_t launch_dim, at::Tensor& eig) {
-  TORCH_INTERNAL_ASSERT(launch_dim >= 1 && launch_dim <= max_dim && max_dim <= kMaxDim);
-  const c10::cuda::CUDAGuard guard(features.device());
-  const int64_t num_bins = eig.size(0);
-  AT_DISPATCH_FLOATING_TYPES(features.scalar_type(), "binned_gram_jacobi", [&] {
-    const size_t bytes = shared_bytes<scalar_t>(static_cast<int>(launch_dim));
-    auto kernel = binned_gram_jacobi_kernel<scalar_t>;
-    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        static_cast<int>(bytes)));
-    kernel<<<static_cast<unsigned>(num_bins), kThreads, bytes, c10::cuda::getCurrentCUDAStream()>>>(
-        features.const_data_ptr<scalar_t>(), features.size(1), order.const_data_ptr<int64_t>(),
-        starts.const_data_ptr<int64_t>(), counts.const_data_ptr<int64_t>(), eig.mutable_data_ptr<scalar_t>(),
-        eig.size(1), static_cast<int>(max_dim));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
+}  // namespace
+
+int64_t jacobi_max_dim(torch::headeronly::ScalarType dtype) {
+  return dtype == torch::headeronly::ScalarType::Double ? max_dim_for_device<double>() : max_dim_for_device<float>();
+}
+
+void launch_binned_jacobi(const Tensor& features, const Tensor& order, const Tensor& starts, const Tensor& counts,
+                          int64_t max_dim, int64_t launch_dim, Tensor& eig) {
+  SGDF_ERD_CHECK(launch_dim >= 1 && launch_dim <= max_dim && max_dim <= kMaxDim, kOpName, ": bad Jacobi launch size");
+  if (features.scalar_type() == torch::headeronly::ScalarType::Double) {
+    launch<double>(features, order, starts, counts, max_dim, launch_dim, eig);
+  } else {
+    launch<float>(features, order, starts, counts, max_dim, launch_dim, eig);
+  }
 }
 
 }  // namespace sgdf_erd::ntk::cuda

@@ -1,10 +1,10 @@
 // CUDA implementation of sgdf_erd::fused_sgdf_: one multi-tensor launch per ~320 chunks of 64K elements.
 // Step counts, lr (capturable), grad_scale and found_inf are read on the device: no host synchronisation.
-#include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
-#include <torch/library.h>
+#include <optional>
 
 #include "common/cuda/multi_tensor_apply.cuh"
+#include "common/scalar_types.h"
+#include "common/stable.h"
 #include "sgdf/sgdf_checks.h"
 #include "sgdf/sgdf_math.h"
 
@@ -13,7 +13,7 @@ namespace {
 
 template <typename scalar_t, int Depth>
 struct SgdfFunctor {
-  using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = opmath_t<scalar_t>;
   Hyper<double> hyper;  // cast per block: double keeps the bias corrections accurate
   double lr;
   const float* lr_ptr;      // device lr when capturable, else null
@@ -59,34 +59,36 @@ struct AdvanceStepFunctor {
   }
 };
 
-void fused_sgdf_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_vars,
-                     at::TensorList updates, at::TensorList steps, double lr,
-                     const std::optional<at::Tensor>& lr_tensor, double beta1, double beta2, double eps,
-                     double gamma, double weight_decay, bool decoupled_weight_decay, bool sign, bool maximize,
-                     const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
+void fused_sgdf_cuda(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_vars,
+                     TensorList updates, TensorList steps, double lr, std::optional<Tensor> lr_tensor, double beta1,
+                     double beta2, double eps, double gamma, double weight_decay, bool decoupled_weight_decay,
+                     bool sign, bool maximize, std::optional<Tensor> grad_scale, std::optional<Tensor> found_inf) {
   const Hyper<double> hyper{beta1, beta2, eps, gamma, weight_decay, decoupled_weight_decay, sign, maximize};
   check_fused_args(params, grads, exp_avgs, exp_vars, updates, steps, lr, lr_tensor, hyper, grad_scale, found_inf);
   if (params.empty()) return;
-  auto ptr = [](const std::optional<at::Tensor>& t) { return t.has_value() ? t->const_data_ptr<float>() : nullptr; };
+  auto ptr = [](const std::optional<Tensor>& t) {
+    return t.has_value() ? static_cast<const float*>(t->const_data_ptr()) : nullptr;
+  };
   const unsigned mask = write_mask(grad_scale.has_value(), !updates.empty());
   // Blocks of one tensor read its step concurrently, so the increment is a launch of its own before the update;
   // both read found_inf on the device, without a host synchronisation.
-  cuda::multi_tensor_apply<1>({steps}, {}, AdvanceStepFunctor{ptr(found_inf)});
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "fused_sgdf_cuda", [&] {
+  cuda::multi_tensor_apply<1>({&steps}, {}, AdvanceStepFunctor{ptr(found_inf)});
+  dispatch_floating_types(params[0].scalar_type(), "fused_sgdf_cuda", [&](auto tag) {
+    using scalar_t = typename decltype(tag)::type;
     if (updates.empty()) {
       SgdfFunctor<scalar_t, 4> f{hyper, lr, ptr(lr_tensor), ptr(grad_scale), ptr(found_inf), mask};
-      cuda::multi_tensor_apply<4>({params, grads, exp_avgs, exp_vars}, steps, f);
+      cuda::multi_tensor_apply<4>({&params, &grads, &exp_avgs, &exp_vars}, steps, f);
     } else {
       SgdfFunctor<scalar_t, 5> f{hyper, lr, ptr(lr_tensor), ptr(grad_scale), ptr(found_inf), mask};
-      cuda::multi_tensor_apply<5>({params, grads, exp_avgs, exp_vars, updates}, steps, f);
+      cuda::multi_tensor_apply<5>({&params, &grads, &exp_avgs, &exp_vars, &updates}, steps, f);
     }
   });
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(sgdf_erd, CUDA, m) { m.impl("fused_sgdf_", &fused_sgdf_cuda); }
+STABLE_TORCH_LIBRARY_IMPL(sgdf_erd, CUDA, m) { m.impl("fused_sgdf_", TORCH_BOX(&fused_sgdf_cuda)); }
 // Sparse tensors reach the same checks, which name the argument, instead of the dispatcher's "could not run".
-TORCH_LIBRARY_IMPL(sgdf_erd, SparseCUDA, m) { m.impl("fused_sgdf_", &fused_sgdf_cuda); }
+STABLE_TORCH_LIBRARY_IMPL(sgdf_erd, SparseCUDA, m) { m.impl("fused_sgdf_", TORCH_BOX(&fused_sgdf_cuda)); }
 
 }  // namespace sgdf_erd::sgdf

@@ -1,0 +1,239 @@
+// A small SIMD vector of float or double lanes for CPU kernels, in place of ATen's Vectorized<T> (not part of the
+// stable ABI). With AVX2+FMA+F16C enabled at compile time (setup.py does so on x86-64) it wraps 256-bit
+// registers; otherwise it is a plain lane array of the same width that the compiler vectorises as it can.
+// float16/bfloat16 data is computed in float: load_as/store_as convert whole vectors, convert() whole arrays.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#include <immintrin.h>
+#define SGDF_ERD_VEC_AVX2 1
+#endif
+
+#include "common/scalar_types.h"
+
+namespace sgdf_erd::cpu {
+
+using sgdf_erd::BFloat16;
+using sgdf_erd::Half;
+using sgdf_erd::is_reduced_floating_point_v;
+using sgdf_erd::opmath_t;
+
+// Lanes of T in 32 bytes. Comparisons (gt, lt) give 1 or 0 per lane, so that they can enter arithmetic.
+template <typename T>
+struct Vec {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "Vec holds float or double lanes");
+  static constexpr int kSize = 32 / sizeof(T);
+  static constexpr int size() { return kSize; }
+  T lane[kSize];
+
+  Vec() = default;
+  Vec(T x) {  // NOLINT(google-explicit-constructor): broadcasts, as scalar operands in formulas need
+    for (int i = 0; i < kSize; ++i) lane[i] = x;
+  }
+  static Vec loadu(const T* p) {
+    Vec v;
+    std::memcpy(v.lane, p, sizeof(v.lane));
+    return v;
+  }
+  void store(T* p) const { std::memcpy(p, lane, sizeof(lane)); }
+
+  template <typename Op>
+  Vec map(Op op) const {
+    Vec r;
+    for (int i = 0; i < kSize; ++i) r.lane[i] = op(lane[i]);
+    return r;
+  }
+  template <typename Op>
+  Vec zip(const Vec& b, Op op) const {
+    Vec r;
+    for (int i = 0; i < kSize; ++i) r.lane[i] = op(lane[i], b.lane[i]);
+    return r;
+  }
+  Vec operator+(const Vec& b) const { return zip(b, [](T x, T y) { return x + y; }); }
+  Vec operator-(const Vec& b) const { return zip(b, [](T x, T y) { return x - y; }); }
+  Vec operator*(const Vec& b) const { return zip(b, [](T x, T y) { return x * y; }); }
+  Vec operator/(const Vec& b) const { return zip(b, [](T x, T y) { return x / y; }); }
+  Vec sqrt() const { return map([](T x) { return std::sqrt(x); }); }
+  Vec pow(const Vec& e) const { return zip(e, [](T x, T y) { return std::pow(x, y); }); }
+  Vec gt(const Vec& b) const { return zip(b, [](T x, T y) { return T(x > y); }); }
+  Vec lt(const Vec& b) const { return zip(b, [](T x, T y) { return T(x < y); }); }
+  // NaN-propagating, as torch.maximum / torch.minimum
+  Vec maximum(const Vec& b) const {
+    return zip(b, [](T x, T y) { return std::isnan(x) || std::isnan(y) ? x + y : (x > y ? x : y); });
+  }
+  Vec minimum(const Vec& b) const {
+    return zip(b, [](T x, T y) { return std::isnan(x) || std::isnan(y) ? x + y : (x < y ? x : y); });
+  }
+  T sum() const {
+    T s = 0;
+    for (int i = 0; i < kSize; ++i) s += lane[i];
+    return s;
+  }
+};
+
+#ifdef SGDF_ERD_VEC_AVX2
+template <>
+struct Vec<float> {
+  static constexpr int kSize = 8;
+  static constexpr int size() { return kSize; }
+  __m256 v;
+
+  Vec() = default;
+  Vec(__m256 x) : v(x) {}  // NOLINT(google-explicit-constructor)
+  Vec(float x) : v(_mm256_set1_ps(x)) {}  // NOLINT(google-explicit-constructor)
+  static Vec loadu(const float* p) { return _mm256_loadu_ps(p); }
+  void store(float* p) const { _mm256_storeu_ps(p, v); }
+
+  Vec operator+(const Vec& b) const { return _mm256_add_ps(v, b.v); }
+  Vec operator-(const Vec& b) const { return _mm256_sub_ps(v, b.v); }
+  Vec operator*(const Vec& b) const { return _mm256_mul_ps(v, b.v); }
+  Vec operator/(const Vec& b) const { return _mm256_div_ps(v, b.v); }
+  Vec sqrt() const { return _mm256_sqrt_ps(v); }
+  Vec pow(const Vec& e) const {
+    alignas(32) float x[kSize], y[kSize];
+    store(x);
+    e.store(y);
+    for (int i = 0; i < kSize; ++i) x[i] = std::pow(x[i], y[i]);
+    return loadu(x);
+  }
+  Vec gt(const Vec& b) const { return _mm256_and_ps(_mm256_cmp_ps(v, b.v, _CMP_GT_OQ), _mm256_set1_ps(1.f)); }
+  Vec lt(const Vec& b) const { return _mm256_and_ps(_mm256_cmp_ps(v, b.v, _CMP_LT_OQ), _mm256_set1_ps(1.f)); }
+  Vec maximum(const Vec& b) const {
+    const __m256 nan = _mm256_cmp_ps(v, b.v, _CMP_UNORD_Q);
+    return _mm256_or_ps(_mm256_max_ps(v, b.v), nan);  // all-ones bits are a NaN
+  }
+  Vec minimum(const Vec& b) const {
+    const __m256 nan = _mm256_cmp_ps(v, b.v, _CMP_UNORD_Q);
+    return _mm256_or_ps(_mm256_min_ps(v, b.v), nan);
+  }
+  float sum() const {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+  }
+};
+
+template <>
+struct Vec<double> {
+  static constexpr int kSize = 4;
+  static constexpr int size() { return kSize; }
+  __m256d v;
+
+  Vec() = default;
+  Vec(__m256d x) : v(x) {}  // NOLINT(google-explicit-constructor)
+  Vec(double x) : v(_mm256_set1_pd(x)) {}  // NOLINT(google-explicit-constructor)
+  static Vec loadu(const double* p) { return _mm256_loadu_pd(p); }
+  void store(double* p) const { _mm256_storeu_pd(p, v); }
+
+  Vec operator+(const Vec& b) const { return _mm256_add_pd(v, b.v); }
+  Vec operator-(const Vec& b) const { return _mm256_sub_pd(v, b.v); }
+  Vec operator*(const Vec& b) const { return _mm256_mul_pd(v, b.v); }
+  Vec operator/(const Vec& b) const { return _mm256_div_pd(v, b.v); }
+  Vec sqrt() const { return _mm256_sqrt_pd(v); }
+  Vec pow(const Vec& e) const {
+    alignas(32) double x[kSize], y[kSize];
+    store(x);
+    e.store(y);
+    for (int i = 0; i < kSize; ++i) x[i] = std::pow(x[i], y[i]);
+    return loadu(x);
+  }
+  Vec gt(const Vec& b) const { return _mm256_and_pd(_mm256_cmp_pd(v, b.v, _CMP_GT_OQ), _mm256_set1_pd(1.0)); }
+  Vec lt(const Vec& b) const { return _mm256_and_pd(_mm256_cmp_pd(v, b.v, _CMP_LT_OQ), _mm256_set1_pd(1.0)); }
+  Vec maximum(const Vec& b) const {
+    const __m256d nan = _mm256_cmp_pd(v, b.v, _CMP_UNORD_Q);
+    return _mm256_or_pd(_mm256_max_pd(v, b.v), nan);
+  }
+  Vec minimum(const Vec& b) const {
+    const __m256d nan = _mm256_cmp_pd(v, b.v, _CMP_UNORD_Q);
+    return _mm256_or_pd(_mm256_min_pd(v, b.v), nan);
+  }
+  double sum() const {
+    __m128d s = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
+  }
+};
+#endif  // SGDF_ERD_VEC_AVX2
+
+// a * b + c, fused where the hardware has it
+template <typename T>
+inline Vec<T> fmadd(const Vec<T>& a, const Vec<T>& b, const Vec<T>& c) {
+#ifdef SGDF_ERD_VEC_AVX2
+  if constexpr (std::is_same_v<T, float>) {
+    return _mm256_fmadd_ps(a.v, b.v, c.v);
+  } else {
+    return _mm256_fmadd_pd(a.v, b.v, c.v);
+  }
+#else
+  return a * b + c;
+#endif
+}
+
+// One vector of opmath_t<T> from Vec<opmath_t<T>>::size() consecutive T (converted when T is 16-bit), and back.
+template <typename T>
+inline Vec<opmath_t<T>> load_as(const T* p) {
+  if constexpr (!is_reduced_floating_point_v<T>) {
+    return Vec<T>::loadu(p);
+  } else {
+#ifdef SGDF_ERD_VEC_AVX2
+    const __m128i bits = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    if constexpr (std::is_same_v<T, Half>) {
+      return Vec<float>(_mm256_cvtph_ps(bits));
+    } else {  // bfloat16 is the upper half of a float
+      return Vec<float>(_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16)));
+    }
+#else
+    alignas(32) float x[Vec<float>::kSize];
+    for (int i = 0; i < Vec<float>::kSize; ++i) x[i] = static_cast<float>(p[i]);
+    return Vec<float>::loadu(x);
+#endif
+  }
+}
+
+template <typename T>
+inline void store_as(T* p, const Vec<opmath_t<T>>& v) {
+  if constexpr (!is_reduced_floating_point_v<T>) {
+    v.store(p);
+  } else {
+#ifdef SGDF_ERD_VEC_AVX2
+    __m128i bits;
+    if constexpr (std::is_same_v<T, Half>) {
+      bits = _mm256_cvtps_ph(v.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    } else {
+      // round to nearest even, NaN to the canonical quiet NaN 0x7fc0 (as BFloat16's own conversion)
+      const __m256i u = _mm256_castps_si256(v.v);
+      const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+      __m256i r = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)), odd), 16);
+      const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v.v, v.v, _CMP_UNORD_Q));
+      r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7fc0), nan);
+      // pack the 32-bit lanes (each < 2^16) to 16 bits; packus works per 128-bit half, the permute reorders
+      bits = _mm256_castsi256_si128(_mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08));
+    }
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), bits);
+#else
+    alignas(32) float x[Vec<float>::kSize];
+    v.store(x);
+    for (int i = 0; i < Vec<float>::kSize; ++i) p[i] = static_cast<T>(x[i]);
+#endif
+  }
+}
+
+// dst[0..n) = src[0..n) converted, for staging 16-bit data through float buffers (either direction).
+template <typename From, typename To>
+inline void convert(const From* src, To* dst, int64_t n) {
+  int64_t i = 0;
+  constexpr int kStep = Vec<float>::kSize;
+  if constexpr (is_reduced_floating_point_v<From> && std::is_same_v<To, float>) {
+    for (; i + kStep <= n; i += kStep) load_as(src + i).store(dst + i);
+  } else if constexpr (std::is_same_v<From, float> && is_reduced_floating_point_v<To>) {
+    for (; i + kStep <= n; i += kStep) store_as(dst + i, Vec<float>::loadu(src + i));
+  }
+  for (; i < n; ++i) dst[i] = static_cast<To>(static_cast<float>(src[i]));
+}
+
+}  // namespace sgdf_erd::cpu

@@ -1,0 +1,124 @@
+// The one header through which host code reaches torch: the LibTorch stable ABI (torch/csrc/stable) and the
+// header-only API (torch/headeronly), nothing else, so that one build loads into every torch from the targeted
+// version on. Also the checks whose failures reach Python as exceptions, and the formatting their messages use.
+#pragma once
+
+// The oldest torch whose stable ABI this library may use. Defining it hides every newer stable feature and makes
+// torch's non-stable headers (ATen, c10) refuse to compile. setup.py passes the same value to every file.
+#ifndef TORCH_TARGET_VERSION
+#define TORCH_TARGET_VERSION (((0ULL + 2) << 56) | ((0ULL + 11) << 48))
+#endif
+
+#include <torch/csrc/stable/accelerator.h>
+#include <torch/csrc/stable/library.h>
+#include <torch/csrc/stable/ops.h>
+#include <torch/csrc/stable/tensor.h>
+#include <torch/headeronly/core/DeviceType.h>
+#include <torch/headeronly/core/Layout.h>
+#include <torch/headeronly/core/ScalarType.h>
+#include <torch/headeronly/macros/Macros.h>
+#include <torch/headeronly/util/Exception.h>
+#include <torch/headeronly/util/HeaderOnlyArrayRef.h>
+
+#include <cstdint>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <utility>
+
+namespace sgdf_erd {
+
+using Tensor = torch::stable::Tensor;
+using ScalarType = torch::headeronly::ScalarType;
+using DeviceType = torch::headeronly::DeviceType;
+using Layout = torch::headeronly::Layout;
+using IntArrayRef = torch::headeronly::IntHeaderOnlyArrayRef;
+
+// Message pieces for check failures. Each formats a value the way torch's own messages did before the port, so
+// messages read the same: dtypes as "Float", devices as "cpu" / "cuda:0", shapes as "[2, 3]", layouts as "Strided".
+struct Shape {
+  IntArrayRef dims;
+};
+inline std::ostream& operator<<(std::ostream& os, const Shape& s) {
+  os << '[';
+  for (size_t i = 0; i < s.dims.size(); ++i) os << (i ? ", " : "") << s.dims[i];
+  return os << ']';
+}
+
+// (type and index rather than the Device itself: torch::stable types have hidden visibility)
+struct DeviceName {
+  DeviceType type;
+  int index;  // -1: none
+  explicit DeviceName(const torch::stable::Device& d)
+      : type(d.type()), index(d.has_index() ? static_cast<int>(d.index()) : -1) {}
+};
+inline std::ostream& operator<<(std::ostream& os, const DeviceName& d) {
+  switch (d.type) {
+    case DeviceType::CPU: os << "cpu"; break;
+    case DeviceType::CUDA: os << "cuda"; break;
+    case DeviceType::Meta: os << "meta"; break;
+    default: os << "device_type_" << static_cast<int>(d.type); break;
+  }
+  if (d.index >= 0) os << ':' << d.index;
+  return os;
+}
+
+struct LayoutName {
+  Layout layout;
+};
+inline std::ostream& operator<<(std::ostream& os, const LayoutName& l) {
+  switch (l.layout) {
+    case Layout::Strided: return os << "Strided";
+    case Layout::Sparse: return os << "Sparse";
+    case Layout::SparseCsr: return os << "SparseCsr";
+    case Layout::SparseCsc: return os << "SparseCsc";
+    case Layout::SparseBsr: return os << "SparseBsr";
+    case Layout::SparseBsc: return os << "SparseBsc";
+    case Layout::Mkldnn: return os << "Mkldnn";
+    case Layout::Jagged: return os << "Jagged";
+    default: return os << "Layout(" << static_cast<int>(l.layout) << ")";
+  }
+}
+
+// The Python spelling of a dtype ("torch.float32"), for messages that talk to Python users.
+inline const char* python_dtype_name(ScalarType t) {
+  switch (t) {
+    case ScalarType::Float: return "torch.float32";
+    case ScalarType::Double: return "torch.float64";
+    case ScalarType::Half: return "torch.float16";
+    case ScalarType::BFloat16: return "torch.bfloat16";
+    case ScalarType::Int: return "torch.int32";
+    case ScalarType::Long: return "torch.int64";
+    case ScalarType::Short: return "torch.int16";
+    case ScalarType::Char: return "torch.int8";
+    case ScalarType::Byte: return "torch.uint8";
+    case ScalarType::Bool: return "torch.bool";
+    case ScalarType::ComplexFloat: return "torch.complex64";
+    case ScalarType::ComplexDouble: return "torch.complex128";
+    default: return torch::headeronly::toString(t);
+  }
+}
+
+template <typename... Args>
+std::string str_cat(const Args&... args) {
+  std::ostringstream os;
+  (os << ... << args);
+  return std::move(os).str();
+}
+
+}  // namespace sgdf_erd
+
+// Checks with a message made of its arguments, streamed in order (ScalarType prints as "Float"; wrap devices,
+// shapes and layouts in DeviceName / Shape / LayoutName). Unlike STD_TORCH_CHECK, the message is only what the
+// arguments say (no source location), so it starts with the op name the caller passes. Python sees
+//   SGDF_ERD_CHECK        -> RuntimeError   (std::runtime_error)
+//   SGDF_ERD_CHECK_VALUE  -> ValueError     (std::invalid_argument, mapped by torch's pybind11 layer)
+//   SGDF_ERD_CHECK_INDEX  -> IndexError     (std::out_of_range)
+// There is no C++ route to TypeError under the stable ABI: check such arguments in Python.
+#define SGDF_ERD_CHECK_AS(exception, cond, ...)                        \
+  do {                                                                 \
+    if (C10_UNLIKELY(!(cond))) throw exception(::sgdf_erd::str_cat(__VA_ARGS__)); \
+  } while (false)
+#define SGDF_ERD_CHECK(cond, ...) SGDF_ERD_CHECK_AS(std::runtime_error, cond, __VA_ARGS__)
+#define SGDF_ERD_CHECK_VALUE(cond, ...) SGDF_ERD_CHECK_AS(std::invalid_argument, cond, __VA_ARGS__)
+#define SGDF_ERD_CHECK_INDEX(cond, ...) SGDF_ERD_CHECK_AS(std::out_of_range, cond, __VA_ARGS__)
