@@ -12,6 +12,7 @@
 #include <tuple>
 #include <vector>
 
+#include "common/aten_call.h"
 #include "common/cpu/parallel.h"
 #include "ntk/binned_gram.h"
 #include "ntk/gram_cpu.h"
@@ -113,7 +114,7 @@ std::tuple<Tensor, Tensor> binned_gram_eigvalsh_cpu(const Tensor& features, cons
   // Bin-contiguous copy of the features, so that each bin is one dense [count, k] block (scaled in place).
   const Tensor rows = torch::stable::from_blob(const_cast<int64_t*>(g.rows.data()), {n}, {1}, call.counts.device(),
                                                torch::headeronly::ScalarType::Long);
-  const Tensor sorted = torch::stable::index_select(call.features, 0, rows);
+  const Tensor sorted = call_aten("aten::index_select", "", call.features, int64_t{0}, rows);
   const int64_t failed = call.features.scalar_type() == torch::headeronly::ScalarType::Double
                              ? solve_all<double>(sorted, g, call.eig)
                              : solve_all<float>(sorted, g, call.eig);

@@ -13,6 +13,7 @@
 #include <tuple>
 #include <vector>
 
+#include "common/aten_call.h"
 #include "ntk/binned_gram.h"
 #include "ntk/cuda/binned_gram_jacobi.h"
 
@@ -22,15 +23,6 @@ namespace {
 using torch::headeronly::ScalarType;
 
 const torch::stable::Device kCpu(torch::headeronly::DeviceType::CPU);
-
-// An aten operator with no stable wrapper at torch 2.11, through the dispatcher; returns its first output.
-template <typename... Args>
-Tensor call_aten(const char* name, const char* overload, const Args&... args) {
-  std::array<StableIValue, sizeof...(Args)> stack{torch::stable::detail::from(args)...};
-  SGDF_ERD_CHECK(torch_call_dispatcher(name, overload, stack.data(), TORCH_ABI_VERSION) == AOTI_TORCH_SUCCESS, kOpName,
-                 ": ", name, " failed");
-  return torch::stable::detail::to<Tensor>(stack[0]);
-}
 
 // narrow() of a tensor handle (torch::stable::narrow takes a non-const reference).
 Tensor slice(Tensor t, int64_t dim, int64_t start, int64_t length) {
@@ -43,7 +35,7 @@ Tensor slice(Tensor t, int64_t dim, int64_t start, int64_t length) {
 // eigenvalues go back to the host (the solver synchronises anyway), are ordered, clamped and unscaled there, and
 // are copied into the bin's row.
 void solve_with_library(const Tensor& f, const Tensor& order, int64_t start, int64_t count, Tensor row) {
-  const Tensor fb = torch::stable::to(torch::stable::index_select(f, 0, slice(order, 0, start, count)),
+  const Tensor fb = torch::stable::to(call_aten("aten::index_select", "", f, int64_t{0}, slice(order, 0, start, count)),
                                       ScalarType::Double);
   const Tensor max_abs_t = torch::stable::to(torch::stable::amax(call_aten("aten::abs", "", fb), {0, 1}), kCpu);
   const double max_abs = *max_abs_t.const_data_ptr<double>();
