@@ -10,6 +10,9 @@ import copy
 import io
 import itertools
 import math
+import pathlib
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -201,6 +204,44 @@ def test_counter_uniforms_are_uniform_and_decorrelated(device):
     # the key from a step count tensor (capturable: read on the device) equals the one from the number
     step = torch.tensor(1.0, device=device)
     assert int(counter_random.tensor_key(5, step, 0)) == counter_random.tensor_key(5, 1, 0)
+
+
+def _compile_header_probe(tmp_path):
+    compiler = shutil.which("c++") or shutil.which("g++")
+    if compiler is None:
+        pytest.skip("needs a C++ compiler for the header probe")
+    root = pathlib.Path(__file__).resolve().parents[1]
+    include = pathlib.Path(torch.__file__).parent / "include"
+    exe = tmp_path / "probe"
+    subprocess.run([compiler, "-std=c++17", "-O2", f"-I{root / 'csrc'}", f"-I{include}",
+                    str(root / "tests" / "lowprec_headers_probe.cpp"), "-o", str(exe)], check=True)
+    return exe
+
+
+def test_kernel_headers_draw_and_round_like_the_python_paths(tmp_path):
+    """csrc/common/random.h and stochastic_rounding.h (for the fused kernels) against the Python paths, bit for
+    bit: the uniforms of a key, and the rounding of random and special values with random uniforms."""
+    exe = _compile_header_probe(tmp_path)
+    seed, step, stream, count = 987654321, 42, 2, 4096
+    gen = torch.Generator().manual_seed(16)
+    x = torch.cat([torch.randn(3000, generator=gen) * 10.0 ** torch.randint(-40, 6, (3000,), generator=gen),
+                   torch.tensor([0.0, -0.0, float("inf"), float("nan"), 3.396e38, -65519.0, 65520.0, 1e-45]),
+                   torch.ones(100) + 2.0 ** -12])
+    u = torch.rand(x.numel(), generator=gen).mul(2**24).floor().div(2**24)
+    lines = [f"{seed} {step} {stream} {count}"]
+    for dtype_id in (0, 1):
+        lines += [f"{dtype_id} {xb & 0xFFFFFFFF} {ub}" for xb, ub in zip(x.view(torch.int32).tolist(),
+                                                                        u.view(torch.int32).tolist())]
+    out = subprocess.run([str(exe)], input="\n".join(lines), capture_output=True, text=True, check=True).stdout
+    values = [int(v) for v in out.split()]
+    expected_u = counter_random.uniform(count, counter_random.tensor_key(seed, step, stream), torch.device("cpu"))
+    assert values[:count] == expected_u.view(torch.int32).tolist()
+    for k, dtype in enumerate((torch.bfloat16, torch.float16)):
+        got = torch.tensor(values[count + k * x.numel():count + (k + 1) * x.numel()], dtype=torch.int32)
+        want = stochastic_round(x, dtype, u).view(torch.int16).to(torch.int32) & 0xFFFF
+        nan = torch.isnan(x)
+        assert torch.equal(got[~nan], want[~nan]), dtype
+        assert bool(torch.isnan(got.to(torch.int16).view(dtype)[nan]).all())
 
 
 # ----------------------------------------------------------------------------------------- determinism
