@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from .. import _native
+from ._dtensor import is_dtensor
 
 STATE_KEYS = ("step", "exp_avg", "exp_var")
 # dtypes the state may be stored in (state_dtype=); the arithmetic stays float32 (float64 for float64 params)
@@ -138,14 +139,10 @@ def _check_storage_options(p: Tensor, i: int, group: dict, where: str) -> None:
     if p.is_complex() and state_dtype is not None and state_dtype != real_dtype(p):
         raise ValueError(f"SGDF ({where}): state_dtype={state_dtype} is not supported for complex parameters "
                          f"(parameter {i} is {p.dtype}); put them in a param group with state_dtype=None")
-    if group["stochastic_rounding"] and _is_dtensor(p):
+    if group["stochastic_rounding"] and is_dtensor(p):
         raise NotImplementedError(f"SGDF ({where}): stochastic_rounding=True is not supported for DTensor "
                                   f"parameters yet (parameter {i}); use master_weights=True for sharded "
                                   "bfloat16 / float16 parameters")
-
-
-def _is_dtensor(p: Tensor) -> bool:
-    return type(p).__name__ == "DTensor"
 
 
 def state_dtype(p: Tensor, group: dict) -> torch.dtype:
