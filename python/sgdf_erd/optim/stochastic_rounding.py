@@ -22,19 +22,40 @@ from .sgdf_checks import is_dense
 LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
+# Per target dtype: bits of a float32 magnitude below the target's precision (truncated to get the lower
+# neighbour, a normal number's spacing), the smallest float32 magnitude that overflows to infinity when rounded to
+# nearest, and the smallest normal magnitude (float16's subnormals are coarser than float32's bits say).
+_LAYOUT = {
+    torch.bfloat16: dict(dropped_bits=16, overflow=0x7F7F8000, smallest_normal=None),
+    torch.float16: dict(dropped_bits=13, overflow=0x477FF000, smallest_normal=2.0**-14),
+}
+
+
 def stochastic_round(x: Tensor, dtype: torch.dtype, u: Tensor) -> Tensor:
-    """x (float32 or float64) rounded stochastically to `dtype` (bfloat16 or float16) with uniforms u in [0, 1)."""
-    magnitude = x.abs()
-    nearest = magnitude.to(dtype)
-    nearest_wide = nearest.to(x.dtype)
-    # the other neighbour: one bit pattern up or down from the nearest magnitude, towards x (0 where exact or NaN)
-    towards = torch.nan_to_num(torch.sign(magnitude - nearest_wide), nan=0.0).to(torch.int16)
-    other = (nearest.view(torch.int16) + towards).view(dtype).to(x.dtype)
-    lo, hi = torch.minimum(nearest_wide, other), torch.maximum(nearest_wide, other)
-    up_probability = (magnitude - lo) / (hi - lo)  # NaN (never taken) where x is exact
+    """x rounded stochastically to `dtype` (bfloat16 or float16) with uniforms u in [0, 1); float64 x is first
+    rounded to float32 (a bias of at most 2**-14 of a spacing).
+
+    The neighbours come from float32 bit patterns, never from a round trip through `dtype`: torch.compile keeps
+    such intermediates in float32 (inductor does not emulate precision casts by default), which would make every
+    value look exact."""
+    layout = _LAYOUT[dtype]
+    x = x.float()
+    bits = x.view(torch.int32) & 0x7FFFFFFF  # |x|
+    magnitude = bits.view(torch.float32)
+    lo_bits = bits & -(1 << layout["dropped_bits"])
+    lo = lo_bits.view(torch.float32)
+    hi = (lo_bits + (1 << layout["dropped_bits"])).view(torch.float32)
+    if layout["smallest_normal"] is not None:  # float16 subnormals: evenly spaced by 2**-24
+        subnormal = magnitude < layout["smallest_normal"]
+        lo_sub = torch.floor(magnitude * 2.0**24) * 2.0**-24
+        lo = torch.where(subnormal, lo_sub, lo)
+        hi = torch.where(subnormal, lo_sub + 2.0**-24, hi)
+    hi = torch.where(hi > torch.finfo(dtype).max, float("inf"), hi)  # never round up past the largest finite
+    up_probability = (magnitude - lo) / (hi - lo)  # exact; 0 where |x| = lo or hi = inf
     rounded = torch.where(u < up_probability, hi, lo)
-    rounded = torch.where(torch.isinf(nearest_wide), nearest_wide, rounded)
-    return torch.copysign(rounded, x).to(dtype)
+    rounded = torch.where(bits >= layout["overflow"], float("inf"), rounded)  # as to nearest (NaN handled below)
+    rounded = torch.where(torch.isnan(x), x, torch.copysign(rounded, x))
+    return rounded.to(dtype)
 
 
 def round_into_(dst: Tensor, src: Tensor, seed: Optional[int], step: Tensor, stream: int) -> None:
