@@ -5,7 +5,6 @@
 - :mod:`schedules`: the noise schedules the authors train with, and helpers building x_t and targets.
 """
 
-from . import _fake  # noqa: F401  (shape functions for torch.compile)
 from . import schedules
 from .loss import ERDLoss, erd_loss
 from .weights import PREDICTIONS, WEIGHTINGS, erd_weight, loss_weight

@@ -20,12 +20,9 @@ batch would need them recomputed outside the kernels; the loop gives exactly the
 
 import torch
 
-from .._native import ops
+from ..ops.erd import ERD_LOSS_BACKWARD_OP as _BACKWARD, ERD_LOSS_FORWARD_OP as _FORWARD
 
 __all__ = ["LossForward", "LossBackward", "EagerLossForward", "EagerLossBackward"]
-
-_FORWARD = ops.erd_loss_forward.default
-_BACKWARD = ops.erd_loss_backward.default
 
 
 def _difference(u_plus, u_minus):

@@ -8,7 +8,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from .._native import ops, require
+from .. import ops
+from .._native import require
 from ._autograd import EagerLossForward, LossForward
 from .schedules import NoiseSchedule, from_diffusers
 from .weights import check_weighting, prediction_name

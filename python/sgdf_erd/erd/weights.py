@@ -7,7 +7,8 @@ The formulas live once, in the native kernels (csrc/erd/erd_math.h); this module
 import torch
 from torch import Tensor
 
-from .._native import ops, require
+from .. import ops
+from .._native import require
 
 __all__ = ["erd_weight", "loss_weight", "PREDICTIONS", "WEIGHTINGS", "DIFFUSERS_PREDICTIONS"]
 

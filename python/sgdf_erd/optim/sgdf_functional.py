@@ -15,7 +15,7 @@ from typing import List, Optional, Union
 import torch
 from torch import Tensor
 
-from .._native import ops
+from .. import ops
 from . import _dtensor
 from .counter_random import EXP_AVG_STREAM, EXP_VAR_STREAM, PARAM_STREAM
 from .newton_schulz import is_matrix_shaped, orthogonalize

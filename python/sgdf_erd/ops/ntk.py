@@ -1,11 +1,11 @@
-"""Functional operators of sgdf_erd: argument checking in front of the compiled kernels (torch.ops.sgdf_erd)."""
+"""``binned_gram_eigvalsh``: per-bin Gram spectra (the kernels: csrc/ntk), its argument checks and fake."""
 
 from typing import Tuple
 
 import torch
 from torch import Tensor
 
-from . import _native
+from .. import _native
 from ._fake_checks import check_one_device
 
 __all__ = ["binned_gram_eigvalsh", "MAX_NUM_BINS"]
