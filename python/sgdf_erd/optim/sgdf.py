@@ -71,8 +71,8 @@ class SGDF(Optimizer):
     state each parameter's device, dtype and memory layout; the path and storage options (``fused``, ``foreach``,
     ``capturable``, ``stochastic_rounding``, ``state_dtype``, ``master_weights``) stay those of the optimizer
     that loads: state is cast to its ``state_dtype``, a missing master copy is made from the parameter (load the
-    model first) and a missing seed is drawn, and master copies or seeds the options do not use are dropped. With fused kernels the
-    optimizer works with ``torch.amp.GradScaler`` as torch's fused optimizers do.
+    model first) and a missing seed is drawn, and master copies or seeds the options do not use are dropped. With
+    fused kernels the optimizer works with ``torch.amp.GradScaler`` as torch's fused optimizers do.
 
     ``torch.compile`` traces ``step`` whole (pass a tensor ``lr`` so that a scheduler changing it compiles nothing
     new). DTensor parameters (FSDP2's ``fully_shard``) work on every path: the fused kernel steps each rank's shards,

@@ -5,8 +5,10 @@
 - single-tensor: that foreach code applied to one tensor at a time (lowest peak memory, torch.compile friendly).
 
 All three share one behaviour: arithmetic in float32 (float64 for float64 tensors), state in its own dtype (the
-parameter's unless ``state_dtype`` is set), complex tensors treated as their real views, and the Newton-Schulz orthogonalisation of matrix-shaped
-updates applied after the filter (taking precedence over the sign option for those tensors, as in the release).
+parameter's unless ``state_dtype`` is set), complex tensors treated as their real views, and the Newton-Schulz
+orthogonalisation of matrix-shaped updates applied after the filter (taking precedence over the sign option for
+those tensors, as in the release). ``master_weights`` and ``stochastic_rounding`` are implemented by the foreach
+and single-tensor paths only, so far.
 """
 
 from collections import defaultdict
