@@ -3,10 +3,15 @@
     python benchmarks/bench_sgdf.py                 # CPU: ~8M float32 in 160 tensors
     python benchmarks/bench_sgdf.py --device cuda   # GPU: 100M float32 (and --numel 1e9)
     python benchmarks/bench_sgdf.py --quick         # smoke run
+    python benchmarks/bench_sgdf.py --storage       # low-precision storage: bytes per parameter and step times
 
 Candidates: sgdf_erd fused / foreach / single-tensor; an authors'-style per-tensor loop (the release's structure,
 written from the spec); torch.optim.AdamW(fused=True) (same 28 bytes/element floor); a torch.compile'd SGDF step.
 On CUDA the device-to-device copy bandwidth is measured as the roofline. Writes benchmarks/results/sgdf_<device>.*
+
+--storage compares the storage configurations of issue 12 instead (float32 / bfloat16 params and state, stochastic
+rounding, float32 master weights): the bytes each keeps per parameter (param + optimizer state, measured from the
+tensors) and its step time on each path that implements it. Writes benchmarks/results/sgdf_storage_<device>.*
 """
 
 import argparse
@@ -50,12 +55,12 @@ class AuthorsStyleSGDF:
             p.add_(m_hat + gain.pow(self.gamma) * r, alpha=-self.lr)
 
 
-def make_params(numel: int, n_tensors: int, device, seed=0):
-    """n_tensors float32 tensors summing to ~numel elements, sizes varying 1:8 like a network's layers."""
+def make_params(numel: int, n_tensors: int, device, seed=0, dtype=torch.float32):
+    """n_tensors tensors summing to ~numel elements, sizes varying 1:8 like a network's layers."""
     gen = torch.Generator().manual_seed(seed)
     weights = torch.rand(n_tensors, generator=gen) * 7 + 1
     sizes = (weights / weights.sum() * numel).long().clamp_min(1).tolist()
-    params = [torch.nn.Parameter(torch.randn(s, device=device) * 0.1) for s in sizes]
+    params = [torch.nn.Parameter((torch.randn(s, device=device) * 0.1).to(dtype)) for s in sizes]
     for p in params:
         p.grad = torch.randn_like(p) * 1e-2
     return params
@@ -98,6 +103,61 @@ def build_candidates(numel, n_tensors, device, with_compile):
     return candidates, "ok"
 
 
+# name -> (params dtype, SGDF storage options, the paths that implement it)
+STORAGE_CONFIGS = {
+    "fp32 params + fp32 state": (torch.float32, {}, ("fused", "foreach")),
+    "fp32 params + bf16 state": (torch.float32, dict(state_dtype=torch.bfloat16), ("foreach",)),
+    "bf16 params + bf16 state (nearest)": (torch.bfloat16, {}, ("fused", "foreach")),
+    "bf16 params + bf16 state, stochastic rounding": (torch.bfloat16, dict(stochastic_rounding=True), ("foreach",)),
+    "bf16 params + fp32 master + bf16 state": (torch.bfloat16, dict(master_weights=True), ("foreach",)),
+}
+PATH_OPTIONS = {"fused": dict(fused=True), "foreach": dict(foreach=True)}
+
+
+def bytes_per_parameter(opt) -> float:
+    """Bytes the params and the optimizer's state tensors hold per parameter element (gradients excluded)."""
+    params = [p for g in opt.param_groups for p in g["params"]]
+    held = sum(p.numel() * p.element_size() for p in params)
+    held += sum(t.numel() * t.element_size() for p in params for t in opt.state[p].values()
+                if isinstance(t, torch.Tensor) and t.dim() > 0)
+    return held / sum(p.numel() for p in params)
+
+
+def storage_benchmark(args, device) -> None:
+    numel = int(args.numel or (1e6 if device.type == "cpu" else 1e8))
+    if args.quick:
+        numel, args.rounds = min(numel, 200_000), 2
+    iters = args.iters or (3 if device.type == "cpu" else 10)
+    torch.set_num_threads(int(args.threads.split(",")[-1]) if device.type == "cpu" else torch.get_num_threads())
+    load_start = load_average()
+    candidates, sizes = {}, {}
+    for name, (dtype, options, paths) in STORAGE_CONFIGS.items():
+        for path in paths:
+            params = make_params(numel, args.tensors, device, dtype=dtype)
+            opt = SGDF(params, lr=1e-3, **options, **PATH_OPTIONS[path])
+            opt.step()  # creates the state
+            sizes[name] = bytes_per_parameter(opt)
+            candidates[(name, path)] = opt.step
+    times = time_interleaved(candidates, device, rounds=args.rounds, iters=iters)
+    base = times[("fp32 params + fp32 state", "fused")]
+    rows = [[name, path, f"{sizes[name]:g}", f"{t * 1e3:.2f}", f"{t / base:.2f}x"] for (name, path), t in times.items()]
+    bf16_fused = times[("bf16 params + bf16 state (nearest)", "fused")]
+    summary = [f"fused: the bf16-params + bf16-state step takes {bf16_fused / base:.2f}x the time of the fp32 step "
+               "on the same parameters",
+               "the fused kernel does not implement state_dtype / stochastic_rounding / master_weights yet, so those "
+               "rows are foreach only"]
+    table = markdown_table(["configuration", "path", "bytes / param", "ms / step", "time vs fp32 fused"], rows)
+    table += "\n\n" + "\n".join(f"- {s}" for s in summary)
+    total = sum(p.numel() for p in make_params(numel, args.tensors, "cpu"))
+    meta = {**header(device), "elements": f"{total:,} in {args.tensors} tensors",
+            "1-minute load average at start / end": [load_start, load_average()]}
+    print(table)
+    data = {"numel": total, "tensors": args.tensors, "bytes_per_param": sizes,
+            "seconds": {f"{name} / {path}": t for (name, path), t in times.items()}}
+    if not args.quick:
+        print("wrote", write_results("sgdf_storage", device, meta, table, data, suffix=args.suffix, out_dir=args.out))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
@@ -110,8 +170,13 @@ def main():
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", default=RESULTS, help="folder for the results files")
     parser.add_argument("--suffix", default="", help="appended to the results file name, e.g. _small")
+    parser.add_argument("--storage", action="store_true",
+                        help="compare the low-precision storage configurations instead (default 1e6 elements on CPU)")
     args = parser.parse_args()
     device = torch.device(args.device)
+    if args.storage:
+        storage_benchmark(args, device)
+        return
     numel = int(args.numel or (8e6 if device.type == "cpu" else 1e8))
     if args.quick:
         numel, args.rounds = min(numel, 500_000), 2

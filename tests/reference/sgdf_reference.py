@@ -1,7 +1,9 @@
 """Float64 SGDF written from docs/sgdf.md, one tensor at a time, for tests only.
 
-It never calls sgdf_erd, and it always runs on the CPU (parameters and gradients from any device are copied). `round_to` emulates keeping parameters and state in a reduced dtype: after every step
-p, m and s are rounded to that dtype (the optimizer under test stores them so).
+It never calls sgdf_erd, and it always runs on the CPU (parameters and gradients from any device are copied).
+`round_to` emulates keeping parameters and state in a reduced dtype: after every step p, m and s are rounded to that
+dtype (the optimizer under test stores them so); `state_round_to` (when given) rounds m and s to another dtype
+instead (state stored in its own dtype). With `round_to=torch.float32`, p follows a float32 master copy.
 """
 
 import math
@@ -27,7 +29,7 @@ def newton_schulz_reference(update, ns_steps):
 class ReferenceSGDF:
     def __init__(self, params, lr=0.5, betas=(0.9, 0.999), eps=1e-8, gamma=0.5, weight_decay=0.0,
                  decoupled_weight_decay=False, sign=False, orthogonalize=False, ns_steps=5, maximize=False,
-                 round_to=None):
+                 round_to=None, state_round_to=None):
         self.p = [p.detach().to("cpu", torch.complex128 if p.is_complex() else torch.float64, copy=True)
                   for p in params]
         self.m = [torch.zeros_like(p) for p in self.p]
@@ -37,11 +39,11 @@ class ReferenceSGDF:
                       decoupled=decoupled_weight_decay, sign=sign, orth=orthogonalize, ns=ns_steps,
                       maximize=maximize)
         self.round_to = round_to
+        self.state_round_to = state_round_to or round_to
 
-    def _round(self, x):
-        if self.round_to is None:
-            return x
-        return x.to(self.round_to).to(x.dtype)
+    @staticmethod
+    def _round(x, dtype):
+        return x if dtype is None else x.to(dtype).to(x.dtype)
 
     def step(self, grads):
         h = self.h
@@ -76,5 +78,6 @@ class ReferenceSGDF:
             elif h["sign"]:
                 u = torch.sign(u)
             p.sub_(h["lr"] * u)
-            for x in (p, m, s):
-                x.copy_(self._round(x))
+            p.copy_(self._round(p, self.round_to))
+            for x in (m, s):
+                x.copy_(self._round(x, self.state_round_to))

@@ -9,8 +9,11 @@ from torch.optim.optimizer import Optimizer
 from . import sgdf_checks as checks
 from .sgdf_functional import foreach_sgdf, fused_sgdf, single_tensor_sgdf
 
-# Path settings belong to the optimizer that runs, not to the checkpoint it loads.
-_PATH_KEYS = ("foreach", "fused", "capturable")
+# Path and storage settings belong to the optimizer that runs, not to the checkpoint it loads (the loaded state is
+# converted to the storage settings).
+_PATH_KEYS = ("foreach", "fused", "capturable", "stochastic_rounding", "state_dtype", "master_weights")
+# State entries loaded as saved (torch's load would cast them to the parameter's dtype); converted by SGDF.
+_UNCAST_KEYS = ("exp_avg", "exp_var", "master_param")
 # Option names of the authors' release (SGDF.py), translated when one of its checkpoints is loaded.
 _RELEASE_KEYS = {"weight_decouple": "decoupled_weight_decay", "use_sign": "sign", "use_muon": "orthogonalize"}
 
@@ -50,11 +53,26 @@ class SGDF(Optimizer):
             gaps). Default (both None): per param group, fused where the build supports every parameter, else
             foreach; views with gaps then step on a dense copy within the same launch.
         capturable: keep step counts (and a tensor ``lr``) on the device so a step can be captured in a CUDA graph.
+        stochastic_rounding: round float32 results into bfloat16 / float16 storage (parameters without master
+            copies, and low-precision state) stochastically: up or down to the neighbouring representable values
+            with probabilities proportional to the distance, so that updates far below a bfloat16 spacing still
+            move the parameter on average (a plain bfloat16 ``p - lr*u`` at p = 1 drops every update below
+            ~0.002). The random numbers are a counter-based hash of (a per-parameter seed drawn from torch's
+            default CPU generator when the state is created, so it follows ``torch.manual_seed``; the step count;
+            the element's index): reproducible, without host synchronisation, capturable in CUDA graphs.
+        state_dtype: dtype of ``exp_avg`` / ``exp_var`` (bfloat16, float16, float32, float64; None: the
+            parameter's dtype). The arithmetic stays float32 (float64 for float64 parameters).
+        master_weights: for bfloat16 / float16 parameters, keep a float32 copy (state ``master_param``) that is
+            updated in float32; the parameter receives it rounded to nearest. Refused for other dtypes.
 
-    State per parameter: ``step`` (float32 tensor), ``exp_avg``, ``exp_var`` (the release's names). Checkpoints of
-    the authors' release (int ``step``, ``use_*`` option names) load, and so do checkpoints of any of the paths.
-    ``load_state_dict`` gives the state each parameter's device, dtype and memory layout. With fused kernels the
-    optimizer works with ``torch.amp.GradScaler`` as torch's fused optimizers do.
+    State per parameter: ``step`` (float32 tensor), ``exp_avg``, ``exp_var`` (the release's names), and with the
+    options ``master_param`` (float32) and ``rounding_seed`` (int). Checkpoints of the authors' release (int
+    ``step``, ``use_*`` option names) load, and so do checkpoints of any of the paths. ``load_state_dict`` gives the
+    state each parameter's device, dtype and memory layout; the path and storage options (``fused``, ``foreach``,
+    ``capturable``, ``stochastic_rounding``, ``state_dtype``, ``master_weights``) stay those of the optimizer
+    that loads: state is cast to its ``state_dtype``, a missing master copy is made from the parameter (load the
+    model first) and a missing seed is drawn, and master copies or seeds the options do not use are dropped. With
+    fused kernels the optimizer works with ``torch.amp.GradScaler`` as torch's fused optimizers do.
 
     ``torch.compile`` traces ``step`` whole (pass a tensor ``lr`` so that a scheduler changing it compiles nothing
     new). DTensor parameters (FSDP2's ``fully_shard``) work on every path: the fused kernel steps each rank's shards,
@@ -69,10 +87,13 @@ class SGDF(Optimizer):
                  eps: float = 1e-8, gamma: float = 0.5, weight_decay: float = 0.0, *,
                  decoupled_weight_decay: bool = False, sign: bool = False, orthogonalize: bool = False,
                  ns_steps: int = 5, maximize: bool = False, foreach: Optional[bool] = None,
-                 fused: Optional[bool] = None, capturable: bool = False):
+                 fused: Optional[bool] = None, capturable: bool = False, stochastic_rounding: bool = False,
+                 state_dtype: Optional[torch.dtype] = None, master_weights: bool = False):
         defaults = dict(lr=lr, betas=betas, eps=eps, gamma=gamma, weight_decay=weight_decay,
                         decoupled_weight_decay=decoupled_weight_decay, sign=sign, orthogonalize=orthogonalize,
-                        ns_steps=ns_steps, maximize=maximize, foreach=foreach, fused=fused, capturable=capturable)
+                        ns_steps=ns_steps, maximize=maximize, foreach=foreach, fused=fused, capturable=capturable,
+                        stochastic_rounding=stochastic_rounding, state_dtype=state_dtype,
+                        master_weights=master_weights)
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict) -> None:
@@ -91,7 +112,8 @@ class SGDF(Optimizer):
         checks.check_param_kinds(params, group, where)
         checks.check_hyperparameters(group, where)
         checks.check_distinct([g["params"] for g in self.param_groups] + [params])
-        group["fused"], group["foreach"] = checks.choose_path(params, group["fused"], group["foreach"])
+        group["fused"], group["foreach"] = checks.choose_path(params, group["fused"], group["foreach"],
+                                                              checks.storage_options_in_use(params, group))
         super().add_param_group(group)
         # torch.amp.GradScaler hands grad_scale / found_inf to step() instead of unscaling with a host sync.
         self._step_supports_amp_scaling = all(g["fused"] for g in self.param_groups)
@@ -111,8 +133,20 @@ class SGDF(Optimizer):
         checks.check_checkpoint_layout(state_dict, self.param_groups)
         kept = self.state, self.param_groups  # torch's load builds new state and groups; these stay untouched
         paths = [{k: g[k] for k in _PATH_KEYS} for g in self.param_groups]
+        # torch's load casts floating state to the parameter's dtype, which would round a float32 master copy (or
+        # float32 state of bfloat16 params) to bfloat16: these entries bypass it and are converted afterwards.
+        stripped, raw = {}, {}
+        for key, entries in state_dict["state"].items():
+            if isinstance(entries, dict):
+                raw[key] = {k: v for k, v in entries.items() if k in _UNCAST_KEYS}
+                entries = {k: v for k, v in entries.items() if k not in _UNCAST_KEYS}
+            stripped[key] = entries
+        saved_ids = {saved: p for s, g in zip(state_dict["param_groups"], self.param_groups)
+                     for saved, p in zip(s["params"], g["params"])}
         try:
-            super().load_state_dict(state_dict)
+            super().load_state_dict({**state_dict, "state": stripped})
+            for key, entries in raw.items():
+                self.state[saved_ids.get(key, key)].update(entries)
             for group, path in zip(self.param_groups, paths):
                 group.update(path)
             self._adopt_loaded_state()
@@ -121,22 +155,29 @@ class SGDF(Optimizer):
             raise
 
     def _adopt_loaded_state(self) -> None:
-        """Check the freshly loaded groups and state, and give the state the layout the paths need."""
+        """Check the freshly loaded groups and state, then give the state the layout the paths need and the dtypes
+        and entries the group's storage options need. Everything is checked before anything is converted (or a
+        seed drawn)."""
         checks.check_state_keys(self.state, (p for g in self.param_groups for p in g["params"]))
+        steps = {}
         for gi, group in enumerate(self.param_groups):
             where = f"param group {gi} of the checkpoint"
             checks.check_hyperparameters(group, where)
             checks.check_param_kinds(group["params"], group, where)
-            on_device = group["fused"] or group["capturable"]
             for i, p in enumerate(group["params"]):
+                if self.state.get(p):
+                    steps[p] = checks.checked_loaded_step(p, self.state[p], f"parameter {i} of param group {gi}")
+        for group in self.param_groups:
+            on_device = group["fused"] or group["capturable"]
+            for p in group["params"]:
                 state = self.state.get(p)
                 if not state:
                     continue
-                step = checks.checked_loaded_step(p, state, f"parameter {i} of param group {gi}")
                 # the release stores an int step; a checkpoint of another path may hold it on another device
-                state["step"] = torch.tensor(step, dtype=torch.float32, device=p.device if on_device else "cpu")
+                state["step"] = torch.tensor(steps[p], dtype=torch.float32, device=p.device if on_device else "cpu")
                 for key in ("exp_avg", "exp_var"):  # own copies in the parameter's layout (e.g. channels_last)
-                    state[key] = torch.empty_like(p, memory_format=torch.preserve_format).copy_(state[key])
+                    state[key] = _like(p, checks.state_dtype(p, group)).copy_(state[key])
+                _adopt_storage_entries(p, state, group)
 
     # ------------------------------------------------------------------ step
     def _check_step_inputs(self) -> None:
@@ -154,16 +195,17 @@ class SGDF(Optimizer):
                 checks.check_grad(p, p.grad, gi, i)
                 state = self.state.get(p)
                 if state:
-                    checks.check_state(p, state, gi, i)
+                    checks.check_state(p, state, group, gi, i)
                 if group["fused"]:
                     fused_grads.append(p.grad)
         checks.check_fused_grads_distinct([fused_grads])
 
     def _init_group(self, group: dict, params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor],
-                    exp_vars: List[Tensor], steps: List[Tensor], check_all_groups: bool = False) -> None:
+                    exp_vars: List[Tensor], steps: List[Tensor], master_params: List[Tensor],
+                    rounding_seeds: List[int], check_all_groups: bool = False) -> None:
         """torch.optim's convention, which torch.compile relies on (Dynamo runs this eagerly while it traces and
         expects the lists filled in and a constant returned): collects the group's params that step now, their
-        grads and states, creating missing state.
+        grads and states (master copies and rounding seeds where the options use them), creating missing state.
 
         `check_all_groups` runs the step's checks here, where they cost the compiled step nothing."""
         if check_all_groups:
@@ -175,8 +217,9 @@ class SGDF(Optimizer):
             state = self.state[p]
             if not state:
                 state["step"] = torch.zeros((), dtype=torch.float32, device=p.device if on_device else "cpu")
-                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["exp_var"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg"] = _like(p, checks.state_dtype(p, group)).zero_()
+                state["exp_var"] = _like(p, checks.state_dtype(p, group)).zero_()
+                _adopt_storage_entries(p, state, group)
             elif group["fused"]:
                 _match_layout(p, state)
             params.append(p)
@@ -184,6 +227,10 @@ class SGDF(Optimizer):
             exp_avgs.append(state["exp_avg"])
             exp_vars.append(state["exp_var"])
             steps.append(state["step"])
+            if group["master_weights"]:
+                master_params.append(state["master_param"])
+            if group["stochastic_rounding"]:
+                rounding_seeds.append(state["rounding_seed"])
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -204,8 +251,9 @@ class SGDF(Optimizer):
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
         for gi, group in enumerate(self.param_groups):
-            params, grads, exp_avgs, exp_vars, steps = [], [], [], [], []
-            self._init_group(group, params, grads, exp_avgs, exp_vars, steps, check_all_groups=compiling and gi == 0)
+            params, grads, exp_avgs, exp_vars, steps, master_params, rounding_seeds = [], [], [], [], [], [], []
+            self._init_group(group, params, grads, exp_avgs, exp_vars, steps, master_params, rounding_seeds,
+                             check_all_groups=compiling and gi == 0)
             if not params:
                 continue
             beta1, beta2 = group["betas"]
@@ -215,10 +263,12 @@ class SGDF(Optimizer):
                          ns_steps=group["ns_steps"], maximize=group["maximize"], capturable=group["capturable"])
             if group["fused"]:
                 _fused_step(params, grads, exp_avgs, exp_vars, steps, hyper, grad_scale, found_inf)
-            elif group["foreach"]:
-                foreach_sgdf(params, grads, exp_avgs, exp_vars, steps, **hyper)
             else:
-                single_tensor_sgdf(params, grads, exp_avgs, exp_vars, steps, **hyper)
+                # the fused path refuses the storage options for now (checks.choose_path)
+                storage = dict(master_params=master_params if group["master_weights"] else None,
+                               rounding_seeds=rounding_seeds if group["stochastic_rounding"] else None)
+                step_path = foreach_sgdf if group["foreach"] else single_tensor_sgdf
+                step_path(params, grads, exp_avgs, exp_vars, steps, **storage, **hyper)
         return loss
 
 
@@ -238,6 +288,26 @@ def _fused_step(params, grads, exp_avgs, exp_vars, steps, hyper, grad_scale, fou
         p.copy_(dense_param)
         if grad_scale is not None:
             grad.copy_(dense_grad)
+
+
+def _like(p: Tensor, dtype: torch.dtype) -> Tensor:
+    """An uninitialised tensor in p's shape and memory layout."""
+    return torch.empty_like(p, dtype=dtype, memory_format=torch.preserve_format)
+
+
+def _adopt_storage_entries(p: Tensor, state: dict, group: dict) -> None:
+    """The state entries the storage options use, and only those: a float32 master copy of the parameter (a loaded
+    one is kept, in the parameter's layout) and the stochastic-rounding seed (drawn from torch's default
+    generator, so torch.manual_seed fixes it)."""
+    if group["master_weights"]:
+        state["master_param"] = _like(p, torch.float32).copy_(state.get("master_param", p))
+    else:
+        state.pop("master_param", None)
+    if group["stochastic_rounding"]:
+        if "rounding_seed" not in state:
+            state["rounding_seed"] = int(torch.randint(0, 2**32, (), dtype=torch.int64))
+    else:
+        state.pop("rounding_seed", None)
 
 
 def _match_layout(p: Tensor, state: dict) -> None:

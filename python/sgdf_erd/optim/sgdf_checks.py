@@ -11,8 +11,12 @@ import torch
 from torch import Tensor
 
 from .. import _native
+from ._dtensor import is_dtensor
 
 STATE_KEYS = ("step", "exp_avg", "exp_var")
+# dtypes the state may be stored in (state_dtype=); the arithmetic stays float32 (float64 for float64 params)
+STATE_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
 def real_dtype(p: Tensor) -> torch.dtype:
@@ -82,12 +86,20 @@ def check_hyperparameters(group: dict, where: str, read_device_lr: bool = True) 
     _check_number(group, "eps", where, lambda v: v >= 0.0, "a finite float >= 0")
     _check_number(group, "gamma", where, lambda v: v > 0.0, "a finite float > 0 (0.5 is the release default)")
     _check_number(group, "weight_decay", where, lambda v: v >= 0.0, "a finite float >= 0")
-    for key in ("decoupled_weight_decay", "sign", "orthogonalize", "maximize", "capturable"):
+    for key in ("decoupled_weight_decay", "sign", "orthogonalize", "maximize", "capturable", "stochastic_rounding",
+                "master_weights"):
         if not isinstance(group[key], bool):
             raise TypeError(f"SGDF ({where}): `{key}` must be True or False, got {group[key]!r}")
     ns = group["ns_steps"]
     if not isinstance(ns, int) or isinstance(ns, bool) or (group["orthogonalize"] and ns < 2):
         raise ValueError(f"SGDF ({where}): invalid ns_steps={ns!r}; it must be an int >= 2 when orthogonalize=True")
+    state_dtype = group["state_dtype"]
+    if state_dtype is not None and not isinstance(state_dtype, torch.dtype):
+        raise TypeError(f"SGDF ({where}): `state_dtype` must be a torch.dtype or None, got {state_dtype!r}")
+    if state_dtype is not None and state_dtype not in STATE_DTYPES:
+        raise ValueError(f"SGDF ({where}): invalid state_dtype={state_dtype}; exp_avg and exp_var are stored in a "
+                         "floating dtype: torch.bfloat16, torch.float16, torch.float32 or torch.float64 (None: the "
+                         "parameter's dtype)")
 
 
 def _check_lr_value(lr: float, where: str) -> None:
@@ -115,6 +127,40 @@ def check_param_kinds(params: Sequence, group: dict, where: str) -> None:
         if p.is_complex() and group["orthogonalize"]:
             raise ValueError(f"SGDF ({where}): orthogonalize=True is not defined for complex parameters; put them "
                              "in a param group with orthogonalize=False")
+        _check_storage_options(p, i, group, where)
+
+
+def _check_storage_options(p: Tensor, i: int, group: dict, where: str) -> None:
+    if group["master_weights"] and p.dtype not in LOW_PRECISION:
+        raise ValueError(f"SGDF ({where}): master_weights=True keeps float32 copies of bfloat16 / float16 "
+                         f"parameters, but parameter {i} is {p.dtype}; put it in a param group with "
+                         "master_weights=False (it is its own master copy)")
+    state_dtype = group["state_dtype"]
+    if p.is_complex() and state_dtype is not None and state_dtype != real_dtype(p):
+        raise ValueError(f"SGDF ({where}): state_dtype={state_dtype} is not supported for complex parameters "
+                         f"(parameter {i} is {p.dtype}); put them in a param group with state_dtype=None")
+    if group["stochastic_rounding"] and is_dtensor(p):
+        raise NotImplementedError(f"SGDF ({where}): stochastic_rounding=True is not supported for DTensor "
+                                  f"parameters yet (parameter {i}); use master_weights=True for sharded "
+                                  "bfloat16 / float16 parameters")
+
+
+def state_dtype(p: Tensor, group: dict) -> torch.dtype:
+    """The dtype of a parameter's exp_avg / exp_var under its group's options (complex parameters: their own)."""
+    return p.dtype if group["state_dtype"] is None or p.is_complex() else group["state_dtype"]
+
+
+def storage_options_in_use(params: Sequence[Tensor], group: dict) -> List[str]:
+    """The low-precision storage options that change how this group's tensors are stored."""
+    used = []
+    if group["master_weights"]:
+        used.append("master_weights")
+    if any(state_dtype(p, group) != p.dtype for p in params):
+        used.append("state_dtype")
+    if group["stochastic_rounding"] and any(p.dtype in LOW_PRECISION or state_dtype(p, group) in LOW_PRECISION
+                                            for p in params):
+        used.append("stochastic_rounding")
+    return used
 
 
 def check_distinct(groups: Sequence[Sequence[Tensor]]) -> None:
@@ -139,10 +185,18 @@ def check_distinct(groups: Sequence[Sequence[Tensor]]) -> None:
                              "memory (overlapping views of one tensor); optimize the tensor they view once instead")
 
 
-def choose_path(params: Sequence[Tensor], fused, foreach) -> Tuple[bool, bool]:
-    """(fused, foreach) for a group: an explicit choice is checked here, None picks fused where it is built."""
+def choose_path(params: Sequence[Tensor], fused, foreach, storage_options: Sequence[str] = ()) -> Tuple[bool, bool]:
+    """(fused, foreach) for a group: an explicit choice is checked here, None picks fused where it is built.
+    `storage_options`: the low-precision options the group uses, which only the foreach and single-tensor paths
+    implement so far."""
     if fused and foreach:
         raise RuntimeError("SGDF: `fused` and `foreach` cannot both be True; choose one")
+    if fused and storage_options:
+        raise NotImplementedError(f"SGDF(fused=True): the fused kernel does not implement "
+                                  f"{', '.join(storage_options)} yet; leave `fused` unset or pass foreach=True "
+                                  "(or foreach=False) for this param group")
+    if fused is None and foreach is None and storage_options:
+        return False, True
     if fused:
         for i, p in enumerate(params):
             _native.require(p.device, "SGDF(fused=True)")
@@ -194,16 +248,24 @@ def check_fused_grads_distinct(grad_lists: Sequence[Sequence[Tensor]]) -> None:
             seen.add(id(grad))
 
 
-def check_state(p: Tensor, state: dict, group_index: int, index: int) -> None:
-    """The state of a parameter that stepped before still fits it (its .data may have been replaced since).
-    State comes complete from step() and load_state_dict(), and exp_avg and exp_var change together, so exp_avg
-    speaks for both."""
+def check_state(p: Tensor, state: dict, group: dict, group_index: int, index: int) -> None:
+    """The state of a parameter that stepped before still fits it (its .data may have been replaced since) and its
+    group's storage options (which may have been edited since). State comes complete from step() and
+    load_state_dict(), and exp_avg and exp_var change together, so exp_avg speaks for both."""
     exp_avg = state["exp_avg"]
-    if exp_avg.dtype != p.dtype or exp_avg.shape != p.shape or exp_avg.device != p.device:
+    expected = state_dtype(p, group)
+    if exp_avg.dtype != expected or exp_avg.shape != p.shape or exp_avg.device != p.device:
         raise ValueError(f"SGDF: the state of parameter {index} of param group {group_index} is "
-                         f"{_describe(exp_avg)} but the parameter is now {_describe(p)}; the parameter changed "
-                         "after the optimizer stepped. Cast or move the model before building the optimizer, or "
-                         "save and load the optimizer's state_dict, which casts the state to the parameters")
+                         f"{_describe(exp_avg)} but the parameter is now {_describe(p)} (state in {expected}); "
+                         "the parameter or the group's state_dtype changed after the optimizer stepped. Cast or "
+                         "move the model before building the optimizer, or save and load the optimizer's "
+                         "state_dict, which converts the state to the parameters and options")
+    if group["master_weights"] != ("master_param" in state) or group["stochastic_rounding"] != ("rounding_seed" in
+                                                                                                state):
+        raise ValueError(f"SGDF: the state of parameter {index} of param group {group_index} was made with other "
+                         "master_weights / stochastic_rounding settings than the group has now; set them when "
+                         "building the optimizer, or save and load the optimizer's state_dict, which creates or "
+                         "drops master copies and seeds as the options require")
 
 
 # ------------------------------------------------------------------------------------------ checkpoints
@@ -257,6 +319,16 @@ def checked_loaded_step(p: Tensor, state: dict, where: str) -> float:
             raise ValueError(f"SGDF.load_state_dict: '{key}' of {where} has shape {tuple(t.shape)} but the "
                              f"parameter has shape {tuple(p.shape)}; the checkpoint's parameters are in another "
                              "order or belong to another model")
+    master = state.get("master_param")
+    if master is not None and not (isinstance(master, Tensor) and master.shape == p.shape and
+                                   master.is_floating_point()):
+        raise ValueError(f"SGDF.load_state_dict: 'master_param' of {where} must be a floating-point tensor of the "
+                         f"parameter's shape {tuple(p.shape)}, got "
+                         f"{_describe(master) if isinstance(master, Tensor) else type(master).__name__}")
+    seed = state.get("rounding_seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= 0xFFFFFFFF):
+        raise ValueError(f"SGDF.load_state_dict: 'rounding_seed' of {where} must be an int in [0, 2**32), got "
+                         f"{seed!r}")
     return value
 
 

@@ -4,9 +4,11 @@
 - foreach: the same update written once with ``torch._foreach_*`` ops over the whole list;
 - single-tensor: that foreach code applied to one tensor at a time (lowest peak memory, torch.compile friendly).
 
-All three share one behaviour: arithmetic in float32 (float64 for float64 tensors), state in the parameter's
-dtype, complex tensors treated as their real views, and the Newton-Schulz orthogonalisation of matrix-shaped
-updates applied after the filter (taking precedence over the sign option for those tensors, as in the release).
+All three share one behaviour: arithmetic in float32 (float64 for float64 tensors), state in its own dtype (the
+parameter's unless ``state_dtype`` is set), complex tensors treated as their real views, and the Newton-Schulz
+orthogonalisation of matrix-shaped updates applied after the filter (taking precedence over the sign option for
+those tensors, as in the release). ``master_weights`` and ``stochastic_rounding`` are implemented by the foreach
+and single-tensor paths only, so far.
 """
 
 from collections import defaultdict
@@ -17,10 +19,9 @@ from torch import Tensor
 
 from .. import ops
 from . import _dtensor
+from .counter_random import EXP_AVG_STREAM, EXP_VAR_STREAM, PARAM_STREAM
 from .newton_schulz import is_matrix_shaped, orthogonalize
-
-_REDUCED = (torch.float16, torch.bfloat16)
-
+from .stochastic_rounding import round_into_
 
 def _real(tensors: List[Tensor]) -> List[Tensor]:
     return [torch.view_as_real(t) if t.is_complex() else t for t in tensors]
@@ -58,11 +59,26 @@ def _apply_update(params, updates, lr, sign, orthogonalize_matrices, ns_steps, m
         torch._foreach_add_(params, updates, alpha=-lr)
 
 
+def _compute_dtype(p: Tensor) -> torch.dtype:
+    return torch.float64 if p.dtype == torch.float64 else torch.float32
+
+
+def _widened(tensors: List[Tensor], dtypes: List[torch.dtype]) -> List[Tensor]:
+    """Each tensor in its arithmetic dtype: itself where it already is (updated in place), else a copy."""
+    return [t if t.dtype == d else t.to(d) for t, d in zip(tensors, dtypes)]
+
+
 def foreach_sgdf(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor], exp_vars: List[Tensor],
                  steps: List[Tensor], *, lr: Union[float, Tensor], beta1: float, beta2: float, eps: float,
                  gamma: float, weight_decay: float, decoupled_weight_decay: bool, sign: bool,
-                 orthogonalize_matrices: bool, ns_steps: int, maximize: bool, capturable: bool) -> None:
-    """One SGDF step with foreach ops; steps are incremented here."""
+                 orthogonalize_matrices: bool, ns_steps: int, maximize: bool, capturable: bool,
+                 master_params: Optional[List[Tensor]] = None, rounding_seeds: Optional[List[int]] = None) -> None:
+    """One SGDF step with foreach ops; steps are incremented here.
+
+    `master_params`: float32 copies of bfloat16 / float16 params, updated instead of them; each param then
+    receives its master rounded to nearest. `rounding_seeds` (stochastic rounding): per param, the seed of the
+    counter-based generator that rounds the float32 results stochastically into low-precision storage (params
+    without master copies, and exp_avg / exp_var)."""
     if not params:
         return
     matrix_mask = [is_matrix_shaped(p) for p in params]
@@ -72,10 +88,11 @@ def foreach_sgdf(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tenso
     if isinstance(lr, Tensor) and not (capturable or compiling):
         lr = lr.item()
 
-    # Reduced-precision tensors compute in float32 copies that are written back at the end.
-    reduced = params[0].dtype in _REDUCED
-    p, m, s = ([t.float() for t in ts] if reduced else ts for ts in (params, exp_avgs, exp_vars))
-    g = [t.float() for t in grads] if reduced else list(grads)
+    # Arithmetic in float32 (float64 for float64 params) on copies of the tensors stored narrower, which are
+    # written back (rounded) at the end.
+    dtypes = [_compute_dtype(p) for p in params]
+    p = list(master_params) if master_params is not None else _widened(params, dtypes)
+    m, s, g = (_widened(ts, dtypes) for ts in (exp_avgs, exp_vars, grads))
 
     if maximize:
         g = torch._foreach_neg(g)
@@ -105,16 +122,24 @@ def foreach_sgdf(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tenso
     updates = torch._foreach_add(m_hat, gain)
 
     _apply_update(p, updates, lr, sign, orthogonalize_matrices, ns_steps, matrix_mask)
-    if reduced:
-        torch._foreach_copy_(params, p)
-        torch._foreach_copy_(exp_avgs, m)
-        torch._foreach_copy_(exp_vars, s)
+    seeds = rounding_seeds if rounding_seeds is not None else [None] * len(params)
+    # a param with a master copy takes it rounded to nearest: the master already keeps what rounding drops
+    param_seeds = [None] * len(params) if master_params is not None else seeds
+    for stored, computed, stream, stream_seeds in ((params, p, PARAM_STREAM, param_seeds),
+                                                   (exp_avgs, m, EXP_AVG_STREAM, seeds),
+                                                   (exp_vars, s, EXP_VAR_STREAM, seeds)):
+        for i, (dst, src) in enumerate(zip(stored, computed)):
+            if dst is not src:
+                round_into_(dst, src, stream_seeds[i], steps[i], stream)
 
 
-def single_tensor_sgdf(params, grads, exp_avgs, exp_vars, steps, **hyper) -> None:
+def single_tensor_sgdf(params, grads, exp_avgs, exp_vars, steps, *, master_params=None, rounding_seeds=None,
+                       **hyper) -> None:
     """One SGDF step, tensor by tensor (the foreach code on one-element lists)."""
     for i in range(len(params)):
-        foreach_sgdf([params[i]], [grads[i]], [exp_avgs[i]], [exp_vars[i]], [steps[i]], **hyper)
+        foreach_sgdf([params[i]], [grads[i]], [exp_avgs[i]], [exp_vars[i]], [steps[i]],
+                     master_params=None if master_params is None else [master_params[i]],
+                     rounding_seeds=None if rounding_seeds is None else [rounding_seeds[i]], **hyper)
 
 
 def _matching_layout(grad: Tensor, param: Tensor) -> Tensor:

@@ -1,0 +1,45 @@
+"""Counter-based uniform random numbers for stochastic rounding: a pure function of (seed, step, stream, element
+index), so a step is reproducible from the seed and the step count alone, needs no generator state (no host
+sync; a CUDA graph replays with the step count read on the device, so each replay draws anew), and the fused
+kernels (csrc/common/random.h) compute the same numbers.
+
+The mixer is a 32-bit integer hash (xor-shift / multiply, two odd multipliers below 2**31 so that the products of
+32-bit values fit in int64 here). Every value stays in [0, 2**32); torch has no uint32 arithmetic.
+"""
+
+from typing import Union
+
+import torch
+from torch import Tensor
+
+MASK32 = 0xFFFFFFFF
+# Streams: which stored tensor of a parameter the numbers round (independent draws for each).
+PARAM_STREAM, EXP_AVG_STREAM, EXP_VAR_STREAM = 0, 1, 2
+_SECOND_KEY = 0x68E31DA4
+
+
+def mix32(x: Union[int, Tensor]) -> Union[int, Tensor]:
+    """The 32-bit hash, on Python ints or int64 tensors."""
+    x = x & MASK32
+    x = x ^ (x >> 16)
+    x = (x * 0x21F0AAAD) & MASK32
+    x = x ^ (x >> 15)
+    x = (x * 0x735A2D97) & MASK32
+    return x ^ (x >> 15)
+
+
+def tensor_key(seed: int, step: Union[int, Tensor], stream: int) -> Union[int, Tensor]:
+    """The per-tensor key from the parameter's seed, the step being taken and the stream. `step` may be the step
+    count tensor itself (float32, on the device with capturable=True): then the key is a 0-dim int64 tensor
+    computed where the step lives, without reading it on the host."""
+    if isinstance(step, Tensor):
+        step = step.to(torch.int64)
+    return mix32(mix32(mix32(seed) ^ (step & MASK32)) ^ stream)
+
+
+def uniform(numel: int, key: Union[int, Tensor], device: torch.device) -> Tensor:
+    """`numel` float32 numbers in [0, 1), multiples of 2**-24, one per element index, for a tensor's key."""
+    index = torch.arange(numel, device=device, dtype=torch.int64)
+    high = index >> 32  # zero unless the tensor has 2**32 elements or more
+    h = mix32(mix32((index & MASK32) ^ key) ^ ((mix32(key ^ _SECOND_KEY) + high) & MASK32))
+    return (h >> 8).to(torch.float32) * 2.0**-24

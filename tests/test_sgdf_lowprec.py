@@ -1,0 +1,461 @@
+"""Memory-lean SGDF (issue 12): stochastic rounding, state_dtype, master_weights.
+
+Arithmetic is compared with the float64 reference (tests/reference/sgdf_reference.py) that rounds parameters and
+state to their storage dtypes after every step; the stochastic rounding itself is tested statistically (the
+probability of rounding up, unbiasedness, the p(1-p) ulp^2 variance) against neighbours computed here from bit
+patterns (bfloat16) and numpy (float16), and for determinism. Every test runs on each device of tests/devices.py.
+"""
+
+import copy
+import io
+import itertools
+import math
+import pathlib
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from sgdf_erd import SGDF
+from sgdf_erd.optim import counter_random
+from sgdf_erd.optim.stochastic_rounding import stochastic_round
+from tests.reference.sgdf_reference import ReferenceSGDF
+from tests.test_sgdf_contract import _assert_unchanged, _same, _snapshot
+
+PYTHON_PATHS = {"default": dict(), "foreach": dict(foreach=True), "single": dict(foreach=False)}
+SHAPES = [(7,), (3, 5), (4, 3, 2, 2), (33, 17)]
+
+
+def _params(dtype, device, shapes=SHAPES, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.nn.Parameter(torch.randn(s, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype))
+            for s in shapes]
+
+
+def _step_with(params, opt, grads_seq, refs=()):
+    for grads in grads_seq:
+        for p, g in zip(params, grads):
+            p.grad = g.to(device=p.device, dtype=p.dtype)
+        opt.step()
+        for ref in refs:
+            ref.step([g.to(p.dtype) for g, p in zip(grads, params)])
+
+
+def _grads_seq(params, steps, seed=1, scale=1.0):
+    gen = torch.Generator().manual_seed(seed)
+    return [[scale * torch.randn(p.shape, generator=gen, dtype=torch.float64) for p in params] for _ in range(steps)]
+
+
+# ----------------------------------------------------------------------------------------- arithmetic
+# (param dtype, options, reference rounding of p, of the state, tolerance on the float32 quantity compared)
+ARITHMETIC = {
+    "bf16_params_f32_state": (torch.bfloat16, dict(state_dtype=torch.float32), torch.bfloat16, torch.float32, 6e-2),
+    "f32_params_bf16_state": (torch.float32, dict(state_dtype=torch.bfloat16), torch.float32, torch.bfloat16, 3e-3),
+    "bf16_master_bf16_state": (torch.bfloat16, dict(master_weights=True), torch.float32, torch.bfloat16, 3e-3),
+    "bf16_master_f32_state": (torch.bfloat16, dict(master_weights=True, state_dtype=torch.float32),
+                              torch.float32, torch.float32, 2e-5),
+    "f16_master_f32_state_decay": (torch.float16, dict(master_weights=True, state_dtype=torch.float32,
+                                                       weight_decay=1e-2, decoupled_weight_decay=True),
+                                   torch.float32, torch.float32, 2e-5),
+    "f64_params_f32_state": (torch.float64, dict(state_dtype=torch.float32), None, torch.float32, 1e-6),
+}
+
+
+@pytest.mark.parametrize("path", list(PYTHON_PATHS))
+@pytest.mark.parametrize("case", list(ARITHMETIC))
+def test_storage_options_match_reference(device, path, case):
+    dtype, options, p_round, state_round, tol = ARITHMETIC[case]
+    params = _params(dtype, device)
+    opt = SGDF(params, lr=0.05, **options, **PYTHON_PATHS[path])
+    assert not opt.param_groups[0]["fused"]
+    ref_options = {k: v for k, v in options.items() if k not in ("state_dtype", "master_weights")}
+    ref = ReferenceSGDF(params, lr=0.05, round_to=p_round, state_round_to=state_round, **ref_options)
+    _step_with(params, opt, _grads_seq(params, 30), [ref])
+    state_dtype = options.get("state_dtype", dtype)
+    for p, ref_p, ref_m, ref_s in zip(params, ref.p, ref.m, ref.s):
+        state = opt.state[p]
+        assert state["exp_avg"].dtype == state_dtype and state["exp_var"].dtype == state_dtype
+        followed = state["master_param"] if options.get("master_weights") else p
+        if options.get("master_weights"):
+            assert followed.dtype == torch.float32
+            assert torch.equal(p.detach(), followed.to(dtype)), "the param is its master rounded to nearest"
+        torch.testing.assert_close(followed.detach().cpu().double(), ref_p, rtol=tol, atol=tol)
+        state_tol = 1e-5 if state_dtype in (torch.float32, torch.float64) else 2e-2
+        torch.testing.assert_close(state["exp_avg"].cpu().double(), ref_m, rtol=state_tol, atol=state_tol)
+        torch.testing.assert_close(state["exp_var"].cpu().double(), ref_s, rtol=state_tol, atol=state_tol)
+
+
+# ----------------------------------------------------------------------------------------- the issue's example
+@pytest.mark.parametrize("path", ["foreach", "single"])
+def test_small_updates_move_bf16_params_only_with_stochastic_rounding_or_master_weights(device, path):
+    """bf16 params at 1.0, gradient 1, lr 1e-4, 100 steps. sign=True makes SGDF's update u exactly 1 (without it u
+    is 1 up to float32 rounding: with a constant gradient m^ = g and r = 0), so the float32 result is 1 - 1e-4 per
+    step, a fortieth of the bf16 spacing below 1 (2**-8): to nearest nothing moves, stochastically the mean
+    decrease is 100 * 1e-4 = 0.01 (per element a standard deviation of ~0.006 over 100 steps; 8192 elements put
+    the mean within ~1% of it)."""
+    torch.manual_seed(0)
+    results = {}
+    for name, options in {"nearest": {}, "stochastic": dict(stochastic_rounding=True),
+                          "master": dict(master_weights=True)}.items():
+        p = torch.nn.Parameter(torch.ones(8192, dtype=torch.bfloat16, device=device))
+        opt = SGDF([p], lr=1e-4, sign=True, **options, **PYTHON_PATHS[path])
+        for _ in range(100):
+            p.grad = torch.ones_like(p)
+            opt.step()
+        results[name] = (p.detach().float(), opt.state[p])
+    assert torch.equal(results["nearest"][0], torch.ones(8192, device=device))
+    decrease = 1.0 - results["stochastic"][0].mean().item()
+    assert abs(decrease - 0.01) < 0.001, decrease
+    master = results["master"][1]["master_param"]
+    torch.testing.assert_close(master, torch.full_like(master, 1 - 100 * 1e-4), rtol=0, atol=1e-5)
+    assert torch.equal(results["master"][0], master.to(torch.bfloat16).float())
+
+
+# ----------------------------------------------------------------------------------------- the rounding
+def _neighbours(x: torch.Tensor, dtype):
+    """(lo, hi): the representable magnitudes of `dtype` around |x| (float64), independently of the code under
+    test: bfloat16 by truncating float32 bit patterns, float16 with numpy's nextafter."""
+    a = x.abs().double()
+    if dtype == torch.bfloat16:
+        bits = a.float().view(torch.int32)
+        lo = (bits & ~0xFFFF).view(torch.float32).double()
+        hi = ((bits & ~0xFFFF) + 0x10000).view(torch.float32).double()
+    else:
+        lo_np = np.nextafter(a.numpy().astype(np.float16), np.float16(0))  # at or below |x| after the next line
+        lo_np = np.where(lo_np.astype(np.float64) + 0 <= a.numpy(), lo_np, np.nextafter(lo_np, np.float16(0)))
+        up = np.nextafter(lo_np, np.float16(np.inf))
+        lo_np = np.where(up.astype(np.float64) <= a.numpy(), up, lo_np)
+        lo = torch.from_numpy(lo_np.astype(np.float64))
+        hi = torch.from_numpy(np.nextafter(lo_np, np.float16(np.inf)).astype(np.float64))
+    return lo, hi
+
+
+def _probe_values(dtype):
+    """Values with known up-probabilities: normal, negative, subnormal, below the smallest subnormal, near a
+    binade boundary."""
+    tiny = torch.finfo(dtype).smallest_normal
+    sub = tiny * 2.0 ** -{torch.bfloat16: 7, torch.float16: 10}[dtype]  # smallest subnormal
+    spacing_at_1 = torch.finfo(dtype).eps
+    return torch.tensor([1 + 0.3 * spacing_at_1, -(1 + 0.7 * spacing_at_1), 3.25 * sub, -5.5 * sub,
+                         0.37 * sub if dtype == torch.bfloat16 else 0.375 * sub, 1 - 0.1 * spacing_at_1 / 2,
+                         100.0 + 0.01 * 100 * spacing_at_1, tiny * (1 + 0.5 * spacing_at_1)],
+                        dtype=torch.float64).float()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_stochastic_rounding_up_probability_and_variance(device, dtype):
+    """Each probe value repeated n times with independent uniforms: the fraction rounded up is p = (|x|-lo)/(hi-lo)
+    within 5 standard deviations, results are only ever lo or hi with x's sign, the mean error is ~0 (unbiased)
+    and the error's mean square is p(1-p) ulp^2."""
+    n = 200_000
+    values = _probe_values(dtype)
+    lo, hi = _neighbours(values, dtype)
+    p = (values.abs().double() - lo) / (hi - lo)
+    assert ((p > 0.05) & (p < 0.95)).sum() >= 4  # the probes are not all trivial
+    x = values.to(device).repeat_interleave(n)
+    u = counter_random.uniform(x.numel(), counter_random.tensor_key(1234, 7, 0), x.device)
+    rounded = stochastic_round(x, dtype, u).double().cpu().reshape(len(values), n)
+    for k in range(len(values)):
+        mags = rounded[k].abs()
+        assert bool(((mags == lo[k]) | (mags == hi[k])).all())
+        assert bool((torch.signbit(rounded[k]) == bool(values[k] < 0)).all())
+        frac_up = float((mags == hi[k]).double().mean())
+        sd = math.sqrt(max(float(p[k] * (1 - p[k])), 1e-12) / n)
+        assert abs(frac_up - float(p[k])) < 5 * sd + 1e-9, (k, frac_up, float(p[k]))
+        ulp = float(hi[k] - lo[k])
+        err = (rounded[k] - float(values[k])) / ulp
+        assert abs(float(err.mean())) < 5 * sd + 1e-9
+        expected_ms = float(p[k] * (1 - p[k]))
+        assert abs(float((err * err).mean()) - expected_ms) < 5 * sd + 1e-9
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_stochastic_rounding_keeps_exact_values_signs_and_specials(device, dtype):
+    big = torch.finfo(dtype).max
+    x = torch.tensor([0.0, -0.0, 1.0, -2.0, float("inf"), -float("inf"), float("nan"), big, -big, 3 * big],
+                     dtype=torch.float32, device=device)
+    u = counter_random.uniform(x.numel(), 99, x.device)
+    out = stochastic_round(x, dtype, u)
+    assert out.dtype == dtype
+    expected = x.to(dtype)  # exact values, infinities, overflow (to nearest: inf), NaN
+    assert torch.equal(out[:6], expected[:6]) and torch.isnan(out[6]) and torch.equal(out[7:], expected[7:])
+    assert torch.signbit(out[1]) and not torch.signbit(out[0])
+
+
+def test_counter_uniforms_are_uniform_and_decorrelated(device):
+    n = 1 << 18
+    a = counter_random.uniform(n, counter_random.tensor_key(5, 1, 0), torch.device(device)).cpu().double()
+    b = counter_random.uniform(n, counter_random.tensor_key(5, 2, 0), torch.device(device)).cpu().double()
+    c = counter_random.uniform(n, counter_random.tensor_key(5, 1, 1), torch.device(device)).cpu().double()
+    d = counter_random.uniform(n, counter_random.tensor_key(6, 1, 0), torch.device(device)).cpu().double()
+    for v in (a, b, c, d):
+        assert float(v.min()) >= 0.0 and float(v.max()) < 1.0
+        assert stats.kstest(v.numpy(), "uniform").pvalue > 1e-4
+    for w in (b, c, d):  # another step, stream or seed: independent draws
+        assert abs(float(torch.corrcoef(torch.stack([a, w]))[0, 1])) < 5 / math.sqrt(n)
+        assert float((a == w).double().mean()) < 1e-3
+    neighbours = torch.corrcoef(torch.stack([a[:-1], a[1:]]))[0, 1]  # consecutive elements
+    assert abs(float(neighbours)) < 5 / math.sqrt(n)
+    again = counter_random.uniform(n, counter_random.tensor_key(5, 1, 0), torch.device(device)).cpu().double()
+    assert torch.equal(a, again)
+    # the key from a step count tensor (capturable: read on the device) equals the one from the number
+    step = torch.tensor(1.0, device=device)
+    assert int(counter_random.tensor_key(5, step, 0)) == counter_random.tensor_key(5, 1, 0)
+
+
+def _compile_header_probe(tmp_path):
+    compiler = shutil.which("c++") or shutil.which("g++")
+    if compiler is None:
+        pytest.skip("needs a C++ compiler for the header probe")
+    root = pathlib.Path(__file__).resolve().parents[1]
+    include = pathlib.Path(torch.__file__).parent / "include"
+    exe = tmp_path / "probe"
+    subprocess.run([compiler, "-std=c++17", "-O2", f"-I{root / 'csrc'}", f"-I{include}",
+                    str(root / "tests" / "lowprec_headers_probe.cpp"), "-o", str(exe)], check=True)
+    return exe
+
+
+def test_kernel_headers_draw_and_round_like_the_python_paths(tmp_path):
+    """csrc/common/random.h and stochastic_rounding.h (for the fused kernels) against the Python paths, bit for
+    bit: the uniforms of a key, and the rounding of random and special values with random uniforms."""
+    exe = _compile_header_probe(tmp_path)
+    seed, step, stream, count = 987654321, 42, 2, 4096
+    gen = torch.Generator().manual_seed(16)
+    x = torch.cat([torch.randn(3000, generator=gen) * 10.0 ** torch.randint(-40, 6, (3000,), generator=gen),
+                   torch.tensor([0.0, -0.0, float("inf"), float("nan"), 3.396e38, -65519.0, 65520.0, 1e-45]),
+                   torch.ones(100) + 2.0 ** -12])
+    u = torch.rand(x.numel(), generator=gen).mul(2**24).floor().div(2**24)
+    lines = [f"{seed} {step} {stream} {count}"]
+    for dtype_id in (0, 1):
+        lines += [f"{dtype_id} {xb & 0xFFFFFFFF} {ub}" for xb, ub in zip(x.view(torch.int32).tolist(),
+                                                                        u.view(torch.int32).tolist())]
+    out = subprocess.run([str(exe)], input="\n".join(lines), capture_output=True, text=True, check=True).stdout
+    values = [int(v) for v in out.split()]
+    expected_u = counter_random.uniform(count, counter_random.tensor_key(seed, step, stream), torch.device("cpu"))
+    assert values[:count] == expected_u.view(torch.int32).tolist()
+    for k, dtype in enumerate((torch.bfloat16, torch.float16)):
+        got = torch.tensor(values[count + k * x.numel():count + (k + 1) * x.numel()], dtype=torch.int32)
+        want = stochastic_round(x, dtype, u).view(torch.int16).to(torch.int32) & 0xFFFF
+        nan = torch.isnan(x)
+        assert torch.equal(got[~nan], want[~nan]), dtype
+        assert bool(torch.isnan(got.to(torch.int16).view(dtype)[nan]).all())
+
+
+# ----------------------------------------------------------------------------------------- determinism
+def _train(device, seed, steps=6, options=dict(stochastic_rounding=True, state_dtype=torch.bfloat16),
+           path="foreach", capturable=False):
+    torch.manual_seed(seed)
+    params = _params(torch.bfloat16, device, seed=3)
+    opt = SGDF(params, lr=1e-3, **options, capturable=capturable, **PYTHON_PATHS[path])
+    _step_with(params, opt, _grads_seq(params, steps, seed=4, scale=1e-2))
+    return params, opt
+
+
+def test_stochastic_rounding_is_reproducible_from_the_seed(device):
+    a, opt_a = _train(device, seed=0)
+    b, opt_b = _train(device, seed=0)
+    c, _ = _train(device, seed=1)
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)
+        assert all(torch.equal(opt_a.state[x][k], opt_b.state[y][k]) for k in ("exp_avg", "exp_var"))
+    assert any(not torch.equal(x, z) for x, z in zip(a, c))
+    # the other paths draw the same numbers: single-tensor and capturable (step count read on the device)
+    for other in (_train(device, seed=0, path="single")[0], _train(device, seed=0, capturable=True)[0]):
+        assert all(torch.equal(x, y) for x, y in zip(a, other))
+
+
+def test_each_step_draws_anew(device):
+    """With the same float32 result at every step, the rounding of one element differs between steps."""
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.ones(4096, dtype=torch.bfloat16, device=device))
+    opt = SGDF([p], lr=0.5 * 2.0 ** -8, sign=True, stochastic_rounding=True, foreach=True)  # p = 1/2 each way
+    moved = []
+    for _ in range(2):
+        with torch.no_grad():
+            p.fill_(1.0)
+        p.grad = torch.ones_like(p)
+        opt.step()
+        moved.append(p.detach() != 1.0)
+    assert 0.45 < moved[0].float().mean() < 0.55
+    assert 0.4 < (moved[0] ^ moved[1]).float().mean() < 0.6
+
+
+def test_low_precision_state_stays_non_negative_and_finite(device):
+    params = _params(torch.bfloat16, device, seed=5)
+    opt = SGDF(params, lr=1e-3, stochastic_rounding=True, state_dtype=torch.bfloat16, foreach=True)
+    gen = torch.Generator().manual_seed(6)
+    for _ in range(40):
+        for p in params:  # gradients from 1e-6 to 1e4 in magnitude
+            p.grad = (torch.randn(p.shape, generator=gen) * 10 ** torch.randint(-6, 5, p.shape, generator=gen)
+                      ).to(device=device, dtype=torch.bfloat16)
+        opt.step()
+    for p in params:
+        s = opt.state[p]["exp_var"]
+        assert bool(torch.isfinite(s).all()) and bool((s >= 0).all())
+        assert bool(torch.isfinite(p).all()) and bool(torch.isfinite(opt.state[p]["exp_avg"]).all())
+
+
+# ----------------------------------------------------------------------------------------- checkpoints
+COMBINATIONS = [dict(stochastic_rounding=sr, state_dtype=sd, master_weights=mw)
+                for sr, sd, mw in itertools.product([False, True], [None, torch.float32, torch.bfloat16],
+                                                    [False, True])]
+
+
+@pytest.mark.parametrize("options", COMBINATIONS, ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()))
+def test_state_dict_round_trip_resumes_bit_for_bit(device, options):
+    params = _params(torch.bfloat16, device, seed=7)
+    twin = copy.deepcopy(params)
+    opt = SGDF(params, lr=1e-2, **options, foreach=True)
+    twin_opt = SGDF(twin, lr=1e-2, **options, foreach=True)
+    grads = _grads_seq(params, 8, seed=8)
+    for ps, o in ((params, opt), (twin, twin_opt)):
+        torch.manual_seed(0)  # the rounding seeds are drawn when the state is created, at the first step
+        _step_with(ps, o, grads[:4])
+    buffer = io.BytesIO()
+    torch.save(opt.state_dict(), buffer)
+    buffer.seek(0)
+    torch.manual_seed(123)  # a resumed run need not reseed: the rounding seeds are in the checkpoint
+    resumed = SGDF(params, lr=1e-2, **options, foreach=True)
+    resumed.load_state_dict(torch.load(buffer, map_location="cpu"))
+    for p, q in zip(params, twin):
+        state, twin_state = resumed.state[p], twin_opt.state[q]
+        assert state.keys() == twin_state.keys()
+        for key in state:
+            assert _equal(state[key], twin_state[key]), key
+    _step_with(params, resumed, grads[4:])
+    _step_with(twin, twin_opt, grads[4:])
+    for p, q in zip(params, twin):
+        assert torch.equal(p, q)
+        if options["master_weights"]:
+            assert torch.equal(resumed.state[p]["master_param"], twin_opt.state[q]["master_param"])
+
+
+def _equal(a, b):
+    if isinstance(a, torch.Tensor):
+        return a.dtype == b.dtype and a.device == b.device and torch.equal(a, b)
+    return a == b
+
+
+def test_checkpoint_without_options_loads_into_an_optimizer_with_them_and_back(device):
+    params = _params(torch.bfloat16, device, seed=9)
+    plain = SGDF(params, lr=1e-2, foreach=True)
+    _step_with(params, plain, _grads_seq(params, 3, seed=10))
+    saved = plain.state_dict()
+    lean = SGDF(params, lr=1e-2, stochastic_rounding=True, state_dtype=torch.float32, master_weights=True,
+                foreach=True)
+    lean.load_state_dict(saved)
+    for p in params:
+        state, old = lean.state[p], plain.state[p]
+        assert state["exp_avg"].dtype == torch.float32 and torch.equal(state["exp_avg"], old["exp_avg"].float())
+        assert state["master_param"].dtype == torch.float32 and torch.equal(state["master_param"], p.float())
+        assert isinstance(state["rounding_seed"], int)
+        assert float(state["step"]) == 3
+    _step_with(params, lean, _grads_seq(params, 2, seed=11))
+    # and back: master copies and seeds dropped, state cast to the params' dtype
+    back = SGDF(params, lr=1e-2, foreach=True)
+    back.load_state_dict(lean.state_dict())
+    for p in params:
+        state = back.state[p]
+        assert set(state) == {"step", "exp_avg", "exp_var"}
+        assert state["exp_avg"].dtype == torch.bfloat16
+        assert torch.equal(state["exp_var"], lean.state[p]["exp_var"].to(torch.bfloat16))
+    _step_with(params, back, _grads_seq(params, 1, seed=12))
+    # a float32 master in a checkpoint survives torch's cast of state to the (bfloat16) parameter dtype
+    again = SGDF(params, lr=1e-2, master_weights=True, foreach=True)
+    again.load_state_dict(lean.state_dict())
+    assert all(torch.equal(again.state[p]["master_param"], lean.state[p]["master_param"]) for p in params)
+
+
+# ----------------------------------------------------------------------------------------- AMP
+def test_grad_scaler_skip_leaves_everything_bit_identical(device):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(6, 3).to(device=device, dtype=torch.bfloat16)
+    opt = SGDF(model.parameters(), lr=1e-2, stochastic_rounding=True, master_weights=True, foreach=True)
+    scaler = torch.amp.GradScaler(device.type, init_scale=2.0**8)
+    x = torch.randn(16, 6).to(device=device, dtype=torch.bfloat16)
+    for step in range(6):
+        opt.zero_grad()
+        scaler.scale(model(x).float().pow(2).mean()).backward()
+        if step == 3:
+            model.weight.grad[0, 0] = float("inf")
+            before = _snapshot(opt)
+        scaler.step(opt)
+        scaler.update()
+        if step == 3:  # skipped: params, master copies, state and step counts as they were (grads unscaled)
+            after = _snapshot(opt)
+            assert _same(before["state"], after["state"]) and _same(before["groups"], after["groups"])
+            assert _same([entry[:2] for entry in before["params"]], [entry[:2] for entry in after["params"]])
+    assert float(opt.state[model.weight]["step"]) == 5
+
+
+# ----------------------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize("kwargs,dtype,exc,match", [
+    (dict(master_weights=True), torch.float32, ValueError, "master_weights"),
+    (dict(master_weights=True), torch.float64, ValueError, "master_weights"),
+    (dict(state_dtype=torch.int32), torch.bfloat16, ValueError, "state_dtype"),
+    (dict(state_dtype=torch.complex64), torch.float32, ValueError, "state_dtype"),
+    (dict(state_dtype=torch.bool), torch.float32, ValueError, "state_dtype"),
+    (dict(state_dtype="bfloat16"), torch.float32, TypeError, "state_dtype"),
+    (dict(stochastic_rounding=1), torch.bfloat16, TypeError, "stochastic_rounding"),
+    (dict(master_weights="yes"), torch.bfloat16, TypeError, "master_weights"),
+    (dict(master_weights=True, fused=True), torch.bfloat16, NotImplementedError, "fused"),
+    (dict(stochastic_rounding=True, fused=True), torch.bfloat16, NotImplementedError, "stochastic_rounding"),
+    (dict(state_dtype=torch.bfloat16, fused=True), torch.float32, NotImplementedError, "state_dtype"),
+])
+def test_bad_options_are_refused(kwargs, dtype, exc, match):
+    with pytest.raises(exc, match=match):
+        SGDF(_params(dtype, "cpu"), **kwargs)
+
+
+def test_state_dtype_of_complex_params_is_refused():
+    with pytest.raises(ValueError, match="complex"):
+        SGDF([torch.nn.Parameter(torch.zeros(3, dtype=torch.complex64))], state_dtype=torch.bfloat16)
+
+
+def test_options_that_change_nothing_keep_the_fused_path():
+    """stochastic_rounding with float32 params and state rounds nothing; state_dtype equal to the params' too."""
+    opt = SGDF(_params(torch.float32, "cpu"), stochastic_rounding=True, state_dtype=torch.float32)
+    assert opt.param_groups[0]["fused"] is True
+    opt = SGDF(_params(torch.bfloat16, "cpu"), master_weights=True)
+    assert opt.param_groups[0]["fused"] is False and opt.param_groups[0]["foreach"] is True
+
+
+def test_bad_group_changes_nothing(device):
+    params = _params(torch.bfloat16, device, seed=13)
+    opt = SGDF(params[:2], lr=1e-2, master_weights=True, stochastic_rounding=True)
+    _step_with(params[:2], opt, _grads_seq(params[:2], 2))
+    before = _snapshot(opt)
+    extra = torch.nn.Parameter(torch.zeros(3, device=device))
+    with pytest.raises(ValueError, match="master_weights"):
+        opt.add_param_group({"params": [extra]})  # float32 under the group default master_weights=True
+    _assert_unchanged(opt, before)
+
+
+@pytest.mark.parametrize("key,value", [("state_dtype", torch.float32), ("master_weights", True),
+                                       ("stochastic_rounding", False)])
+def test_options_edited_after_stepping_are_refused_at_step_and_change_nothing(device, key, value):
+    params = _params(torch.bfloat16, device, seed=14)
+    opt = SGDF(params, lr=1e-2, stochastic_rounding=True, foreach=True)
+    _step_with(params, opt, _grads_seq(params, 2))
+    for p in params:
+        p.grad = torch.ones_like(p)
+    opt.param_groups[0][key] = value
+    before = _snapshot(opt)
+    with pytest.raises(ValueError, match="state_dict"):  # the fix: save and load, which converts the state
+        opt.step()
+    _assert_unchanged(opt, before)
+
+
+def test_bad_master_copy_in_checkpoint_changes_nothing(device):
+    params = _params(torch.bfloat16, device, seed=15)
+    opt = SGDF(params, lr=1e-2, master_weights=True, foreach=True)
+    _step_with(params, opt, _grads_seq(params, 2))
+    saved = opt.state_dict()
+    saved["state"][1]["master_param"] = torch.zeros(2)
+    before = _snapshot(opt)
+    with pytest.raises(ValueError, match="master_param"):
+        opt.load_state_dict(saved)
+    _assert_unchanged(opt, before)
