@@ -114,7 +114,9 @@ std::string str_cat(const Args&... args) {
 //   SGDF_ERD_CHECK        -> RuntimeError   (std::runtime_error)
 //   SGDF_ERD_CHECK_VALUE  -> ValueError     (std::invalid_argument, mapped by torch's pybind11 layer)
 //   SGDF_ERD_CHECK_INDEX  -> IndexError     (std::out_of_range)
-// There is no C++ route to TypeError under the stable ABI: check such arguments in Python.
+//   SGDF_ERD_CHECK_TYPE   -> TypeError      through python/sgdf_erd/_type_errors.py: there is no C++ route to
+//                            TypeError under the stable ABI, so this is a ValueError whose message starts with the
+//                            marker "TypeError: " (its PREFIX), which the Python op face re-raises as TypeError.
 #define SGDF_ERD_CHECK_AS(exception, cond, ...)                        \
   do {                                                                 \
     if (C10_UNLIKELY(!(cond))) throw exception(::sgdf_erd::str_cat(__VA_ARGS__)); \
@@ -122,3 +124,4 @@ std::string str_cat(const Args&... args) {
 #define SGDF_ERD_CHECK(cond, ...) SGDF_ERD_CHECK_AS(std::runtime_error, cond, __VA_ARGS__)
 #define SGDF_ERD_CHECK_VALUE(cond, ...) SGDF_ERD_CHECK_AS(std::invalid_argument, cond, __VA_ARGS__)
 #define SGDF_ERD_CHECK_INDEX(cond, ...) SGDF_ERD_CHECK_AS(std::out_of_range, cond, __VA_ARGS__)
+#define SGDF_ERD_CHECK_TYPE(cond, ...) SGDF_ERD_CHECK_VALUE(cond, "TypeError: ", __VA_ARGS__)

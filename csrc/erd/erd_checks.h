@@ -12,7 +12,6 @@
 
 #include "common/scalar_types.h"
 #include "common/stable.h"
-#include "erd/check_type.h"
 #include "erd/erd_math.h"
 
 namespace sgdf_erd::erd {

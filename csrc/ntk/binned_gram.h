@@ -18,7 +18,6 @@
 #include <vector>
 
 #include "common/stable.h"
-#include "erd/check_type.h"
 
 namespace sgdf_erd::ntk {
 
@@ -27,7 +26,7 @@ using torch::stable::Tensor;
 constexpr const char* kOpName = "sgdf_erd::binned_gram_eigvalsh";
 
 // Most bins the op accepts: each bin is a row of the output (and a thread block on CUDA), so a huge num_bins
-// would only allocate; python/sgdf_erd/ops.py states the same bound.
+// would only allocate; python/sgdf_erd/ops/ntk.py states the same bound.
 constexpr int64_t kMaxNumBins = int64_t{1} << 24;
 
 // Rows grouped by bin (a stable counting sort on the host): bin b holds rows[offsets[b] .. offsets[b + 1]), in
