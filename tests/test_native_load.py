@@ -72,7 +72,7 @@ def test_cpu_only_build_answers_cuda_tensors_of_a_direct_op_call():
     step = torch.zeros((), device="cuda")
     with pytest.raises(RuntimeError, match=r"fused_sgdf_: this sgdf_erd build has no CUDA kernels.*SGDF_ERD_CUDA=1"):
         torch.ops.sgdf_erd.fused_sgdf_([t], [t.clone()], [t.clone()], [t.clone()], [], [step], 1e-3, None, 0.9, 0.999,
-                                       1e-8, 0.5, 0.0, False, False, False, None, None)
+                                       1e-8, 0.5, 0.0, False, False, False, None, None, [])
     assert torch.equal(t, torch.zeros(4, device="cuda"))
 
 

@@ -17,15 +17,18 @@ import subprocess
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import stats
 
 from sgdf_erd import SGDF
 from sgdf_erd.optim import counter_random
 from sgdf_erd.optim.stochastic_rounding import stochastic_round
+from tests.devices import DEVICES
 from tests.reference.sgdf_reference import ReferenceSGDF
 from tests.test_sgdf_contract import _assert_unchanged, _same, _snapshot
 
-PYTHON_PATHS = {"default": dict(), "foreach": dict(foreach=True), "single": dict(foreach=False)}
+PATHS = {"default": dict(), "fused": dict(fused=True), "foreach": dict(foreach=True), "single": dict(foreach=False)}
 SHAPES = [(7,), (3, 5), (4, 3, 2, 2), (33, 17)]
 
 
@@ -64,13 +67,19 @@ ARITHMETIC = {
 }
 
 
-@pytest.mark.parametrize("path", list(PYTHON_PATHS))
+# float64 params with float32 state: no fused kernel (the default path is foreach)
+NOT_FUSED = {"f64_params_f32_state"}
+
+
+@pytest.mark.parametrize("path", list(PATHS))
 @pytest.mark.parametrize("case", list(ARITHMETIC))
 def test_storage_options_match_reference(device, path, case):
     dtype, options, p_round, state_round, tol = ARITHMETIC[case]
+    if path == "fused" and case in NOT_FUSED:
+        pytest.skip("no fused kernel for this storage (test_bad_options_are_refused checks the error)")
     params = _params(dtype, device)
-    opt = SGDF(params, lr=0.05, **options, **PYTHON_PATHS[path])
-    assert not opt.param_groups[0]["fused"]
+    opt = SGDF(params, lr=0.05, **options, **PATHS[path])
+    assert opt.param_groups[0]["fused"] == (path == "fused" or (path == "default" and case not in NOT_FUSED))
     ref_options = {k: v for k, v in options.items() if k not in ("state_dtype", "master_weights")}
     ref = ReferenceSGDF(params, lr=0.05, round_to=p_round, state_round_to=state_round, **ref_options)
     _step_with(params, opt, _grads_seq(params, 30), [ref])
@@ -89,7 +98,7 @@ def test_storage_options_match_reference(device, path, case):
 
 
 # ----------------------------------------------------------------------------------------- the issue's example
-@pytest.mark.parametrize("path", ["foreach", "single"])
+@pytest.mark.parametrize("path", ["fused", "foreach", "single"])
 def test_small_updates_move_bf16_params_only_with_stochastic_rounding_or_master_weights(device, path):
     """bf16 params at 1.0, gradient 1, lr 1e-4, 100 steps. sign=True makes SGDF's update u exactly 1 (without it u
     is 1 up to float32 rounding: with a constant gradient m^ = g and r = 0), so the float32 result is 1 - 1e-4 per
@@ -101,7 +110,7 @@ def test_small_updates_move_bf16_params_only_with_stochastic_rounding_or_master_
     for name, options in {"nearest": {}, "stochastic": dict(stochastic_rounding=True),
                           "master": dict(master_weights=True)}.items():
         p = torch.nn.Parameter(torch.ones(8192, dtype=torch.bfloat16, device=device))
-        opt = SGDF([p], lr=1e-4, sign=True, **options, **PYTHON_PATHS[path])
+        opt = SGDF([p], lr=1e-4, sign=True, **options, **PATHS[path])
         for _ in range(100):
             p.grad = torch.ones_like(p)
             opt.step()
@@ -249,7 +258,7 @@ def _train(device, seed, steps=6, options=dict(stochastic_rounding=True, state_d
            path="foreach", capturable=False):
     torch.manual_seed(seed)
     params = _params(torch.bfloat16, device, seed=3)
-    opt = SGDF(params, lr=1e-3, **options, capturable=capturable, **PYTHON_PATHS[path])
+    opt = SGDF(params, lr=1e-3, **options, capturable=capturable, **PATHS[path])
     _step_with(params, opt, _grads_seq(params, steps, seed=4, scale=1e-2))
     return params, opt
 
@@ -283,9 +292,10 @@ def test_each_step_draws_anew(device):
     assert 0.4 < (moved[0] ^ moved[1]).float().mean() < 0.6
 
 
-def test_low_precision_state_stays_non_negative_and_finite(device):
+@pytest.mark.parametrize("path", ["fused", "foreach"])
+def test_low_precision_state_stays_non_negative_and_finite(device, path):
     params = _params(torch.bfloat16, device, seed=5)
-    opt = SGDF(params, lr=1e-3, stochastic_rounding=True, state_dtype=torch.bfloat16, foreach=True)
+    opt = SGDF(params, lr=1e-3, stochastic_rounding=True, state_dtype=torch.bfloat16, **PATHS[path])
     gen = torch.Generator().manual_seed(6)
     for _ in range(40):
         for p in params:  # gradients from 1e-6 to 1e4 in magnitude
@@ -304,12 +314,13 @@ COMBINATIONS = [dict(stochastic_rounding=sr, state_dtype=sd, master_weights=mw)
                                                     [False, True])]
 
 
+@pytest.mark.parametrize("path", ["fused", "foreach"])
 @pytest.mark.parametrize("options", COMBINATIONS, ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()))
-def test_state_dict_round_trip_resumes_bit_for_bit(device, options):
+def test_state_dict_round_trip_resumes_bit_for_bit(device, options, path):
     params = _params(torch.bfloat16, device, seed=7)
     twin = copy.deepcopy(params)
-    opt = SGDF(params, lr=1e-2, **options, foreach=True)
-    twin_opt = SGDF(twin, lr=1e-2, **options, foreach=True)
+    opt = SGDF(params, lr=1e-2, **options, **PATHS[path])
+    twin_opt = SGDF(twin, lr=1e-2, **options, **PATHS[path])
     grads = _grads_seq(params, 8, seed=8)
     for ps, o in ((params, opt), (twin, twin_opt)):
         torch.manual_seed(0)  # the rounding seeds are drawn when the state is created, at the first step
@@ -318,7 +329,7 @@ def test_state_dict_round_trip_resumes_bit_for_bit(device, options):
     torch.save(opt.state_dict(), buffer)
     buffer.seek(0)
     torch.manual_seed(123)  # a resumed run need not reseed: the rounding seeds are in the checkpoint
-    resumed = SGDF(params, lr=1e-2, **options, foreach=True)
+    resumed = SGDF(params, lr=1e-2, **options, **PATHS[path])
     resumed.load_state_dict(torch.load(buffer, map_location="cpu"))
     for p, q in zip(params, twin):
         state, twin_state = resumed.state[p], twin_opt.state[q]
@@ -370,10 +381,13 @@ def test_checkpoint_without_options_loads_into_an_optimizer_with_them_and_back(d
 
 
 # ----------------------------------------------------------------------------------------- AMP
-def test_grad_scaler_skip_leaves_everything_bit_identical(device):
+@pytest.mark.parametrize("path", ["fused", "foreach"])
+@pytest.mark.parametrize("orthogonalize", [False, True])
+def test_grad_scaler_skip_leaves_everything_bit_identical(device, path, orthogonalize):
     torch.manual_seed(0)
     model = torch.nn.Linear(6, 3).to(device=device, dtype=torch.bfloat16)
-    opt = SGDF(model.parameters(), lr=1e-2, stochastic_rounding=True, master_weights=True, foreach=True)
+    opt = SGDF(model.parameters(), lr=1e-2, stochastic_rounding=True, master_weights=True, **PATHS[path],
+               orthogonalize=orthogonalize, weight_decay=1e-2, decoupled_weight_decay=True)
     scaler = torch.amp.GradScaler(device.type, init_scale=2.0**8)
     x = torch.randn(16, 6).to(device=device, dtype=torch.bfloat16)
     for step in range(6):
@@ -401,9 +415,8 @@ def test_grad_scaler_skip_leaves_everything_bit_identical(device):
     (dict(state_dtype="bfloat16"), torch.float32, TypeError, "state_dtype"),
     (dict(stochastic_rounding=1), torch.bfloat16, TypeError, "stochastic_rounding"),
     (dict(master_weights="yes"), torch.bfloat16, TypeError, "master_weights"),
-    (dict(master_weights=True, fused=True), torch.bfloat16, NotImplementedError, "fused"),
-    (dict(stochastic_rounding=True, fused=True), torch.bfloat16, NotImplementedError, "stochastic_rounding"),
-    (dict(state_dtype=torch.bfloat16, fused=True), torch.float32, NotImplementedError, "state_dtype"),
+    (dict(state_dtype=torch.float32, fused=True), torch.float64, NotImplementedError, "state_dtype"),
+    (dict(state_dtype=torch.float64, fused=True), torch.bfloat16, NotImplementedError, "state_dtype"),
 ])
 def test_bad_options_are_refused(kwargs, dtype, exc, match):
     with pytest.raises(exc, match=match):
@@ -415,11 +428,12 @@ def test_state_dtype_of_complex_params_is_refused():
         SGDF([torch.nn.Parameter(torch.zeros(3, dtype=torch.complex64))], state_dtype=torch.bfloat16)
 
 
-def test_options_that_change_nothing_keep_the_fused_path():
-    """stochastic_rounding with float32 params and state rounds nothing; state_dtype equal to the params' too."""
-    opt = SGDF(_params(torch.float32, "cpu"), stochastic_rounding=True, state_dtype=torch.float32)
-    assert opt.param_groups[0]["fused"] is True
-    opt = SGDF(_params(torch.bfloat16, "cpu"), master_weights=True)
+def test_the_default_path_is_fused_where_the_kernels_keep_the_storage():
+    for dtype, options in [(torch.float32, dict(stochastic_rounding=True, state_dtype=torch.bfloat16)),
+                           (torch.bfloat16, dict(master_weights=True, state_dtype=torch.float32)),
+                           (torch.float16, dict(stochastic_rounding=True))]:
+        assert SGDF(_params(dtype, "cpu"), **options).param_groups[0]["fused"] is True
+    opt = SGDF(_params(torch.float64, "cpu"), state_dtype=torch.float32)
     assert opt.param_groups[0]["fused"] is False and opt.param_groups[0]["foreach"] is True
 
 
@@ -459,3 +473,90 @@ def test_bad_master_copy_in_checkpoint_changes_nothing(device):
     with pytest.raises(ValueError, match="master_param"):
         opt.load_state_dict(saved)
     _assert_unchanged(opt, before)
+
+
+# ----------------------------------------------------------------------------------------- the fused kernels
+def _fused_op(params, grads, exp_avgs, exp_vars, steps, *, seeds=(), masters=(), beta1=0.9, lr=1e-2):
+    torch.ops.sgdf_erd.fused_sgdf_(params, grads, exp_avgs, exp_vars, [], steps, lr, None, beta1, 0.999, 1e-8, 0.5,
+                                   0.0, False, False, False, None, None, list(masters), list(seeds))
+
+
+def _float32_values(n, gen):
+    """Every class of float32: random bit patterns (normal, subnormal, inf, NaN), values of ordinary size, and
+    magnitudes around the largest finite bfloat16 / float16."""
+    bits = torch.randint(-2**31, 2**31, (n,), generator=gen, dtype=torch.int64).to(torch.int32).view(torch.float32)
+    ordinary = torch.randn(n, generator=gen) * 10.0 ** torch.randint(-8, 5, (n,), generator=gen)
+    edges = torch.tensor([3.3895e38, 3.3896e38, 3.3900e38, 3.40282e38, 65504.0, 65519.0, 65520.0, 65535.0, 0.0,
+                          -0.0, 1e-45, 6e-8, 3e-8, float("inf"), float("-inf"), float("nan")])
+    edges = torch.cat([edges, -edges]).repeat(n // 32 + 1)[:n]
+    pick = torch.randint(0, 3, (n,), generator=gen)
+    return torch.where(pick == 0, bits, torch.where(pick == 1, ordinary, edges))
+
+
+def _same_bits_or_both_nan(got: torch.Tensor, want: torch.Tensor) -> None:
+    nan = torch.isnan(want)
+    assert torch.equal(torch.isnan(got), nan)
+    assert torch.equal(got[~nan].view(torch.int16), want[~nan].view(torch.int16))
+
+
+@pytest.mark.parametrize("device", DEVICES)  # not the fixture: hypothesis reruns the body, not the fixture
+@pytest.mark.parametrize("state_dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), step=st.integers(0, 2**24 - 2), data_seed=st.integers(0, 2**16))
+def test_fused_kernel_rounds_state_as_the_python_definition_bit_for_bit(device, state_dtype, seed, step, data_seed):
+    """beta1 = 0 makes exp_avg = 0 * m + 1 * g = g exactly in float32, so the stored exp_avg is the kernel's
+    stochastic rounding of g: it must equal the Python definition's rounding of g with the numbers of (seed, the
+    step taken, the exp_avg stream), bit for bit, over more than one parallel range and a vector tail."""
+    gen = torch.Generator().manual_seed(data_seed)
+    n = 3 * 2**15 + 13
+    g = _float32_values(n, gen).to(device)
+    params, exp_vars = [torch.zeros(n, device=device)], [torch.zeros(n, device=device, dtype=state_dtype)]
+    exp_avgs = [torch.zeros(n, device=device, dtype=state_dtype)]
+    steps = [torch.tensor(float(step), device=device)]
+    _fused_op(params, [g.clone()], exp_avgs, exp_vars, steps, seeds=[seed], beta1=0.0, lr=0.0)
+    key = counter_random.tensor_key(seed, step + 1, counter_random.EXP_AVG_STREAM)
+    # (g + 0: the kernel's 0 * m + g is +0 for g = -0)
+    want = stochastic_round(g + 0.0, state_dtype, counter_random.uniform(n, key, g.device))
+    _same_bits_or_both_nan(exp_avgs[0], want)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
+def test_fused_kernel_rounds_params_as_the_python_definition_bit_for_bit(device, dtype):
+    """The float32 result of one step, read from a master copy (A), and the same step with the param rounded
+    stochastically (B: the master's input is the param, upcast, so the arithmetic is the same) agree: B's param is
+    A's master rounded by the Python definition with the numbers of the param stream."""
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(1000,), (3, 2**15 + 5), (17,)]
+    params = [torch.randn(s, generator=gen).to(device=device, dtype=dtype) for s in shapes]
+    grads = [torch.randn(s, generator=gen).to(device=device, dtype=dtype) for s in shapes]
+    states = [torch.rand(s, generator=gen).to(device=device, dtype=dtype) for s in shapes]
+    seeds = [int(x) for x in torch.randint(0, 2**32, (len(shapes),), generator=gen)]
+
+    def run(masters, seeds):
+        ps, ms, vs = [p.clone() for p in params], [m.clone() for m in states], [v.clone() for v in states]
+        steps = [torch.tensor(4.0, device=device) for _ in shapes]
+        _fused_op(ps, [g.clone() for g in grads], ms, vs, steps, masters=masters, seeds=seeds, lr=0.3)
+        return ps
+
+    masters = [p.float() for p in params]
+    run(masters, [])
+    rounded = run([], seeds)
+    for p, master, seed in zip(rounded, masters, seeds):
+        u = counter_random.uniform(p.numel(), counter_random.tensor_key(seed, 5, counter_random.PARAM_STREAM),
+                                   p.device).reshape(p.shape)
+        want = stochastic_round(master, dtype, u)
+        assert torch.equal(p.view(torch.int16), want.view(torch.int16))
+        assert not torch.equal(p, master.to(dtype))  # rounding stochastically is not rounding to nearest here
+
+
+def test_fused_stochastic_rounding_is_reproducible_and_close_to_foreach(device):
+    a, opt_a = _train(device, seed=0, path="fused")
+    b, _ = _train(device, seed=0, path="fused")
+    c, _ = _train(device, seed=1, path="fused")
+    ref, _ = _train(device, seed=0, path="foreach")
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert any(not torch.equal(x, z) for x, z in zip(a, c))
+    for x, r in zip(a, ref):  # same random numbers; float32 results may differ in the last bit, so rarely the rounding
+        spacing = torch.finfo(torch.bfloat16).eps * r.float().abs().clamp_min(2.0**-126)
+        assert bool(((x.float() - r.float()).abs() <= spacing).all())
+        assert (x == r).float().mean() > 0.98

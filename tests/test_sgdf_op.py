@@ -18,18 +18,20 @@ SHAPES = [(5, 4), (7,), (0, 3), (2, 3, 3)]
 
 
 def make_args(device, dtype=torch.float32, shapes=SHAPES, updates=False, lr_tensor=False, amp=False, seed=0,
-              step=0.0, found_inf=0.0):
+              step=0.0, found_inf=0.0, state_dtype=None, master=False, stochastic=False):
     """A dict of the op's arguments by name; states are nonzero so that every operand matters."""
     gen = torch.Generator().manual_seed(seed)
 
-    def rand(shape, scale=1.0):
+    def rand(shape, scale=1.0, dtype=dtype):
         return (scale * torch.randn(shape, generator=gen, dtype=torch.float64)).to(device=device, dtype=dtype)
 
+    state_dtype = state_dtype or dtype
+    params = [rand(s) for s in shapes]
     return dict(
-        params=[rand(s) for s in shapes],
+        params=params,
         grads=[rand(s) for s in shapes],
-        exp_avgs=[rand(s, 0.1) for s in shapes],
-        exp_vars=[rand(s, 0.1).abs() for s in shapes],
+        exp_avgs=[rand(s, 0.1, state_dtype) for s in shapes],
+        exp_vars=[rand(s, 0.1, state_dtype).abs() for s in shapes],
         updates=[torch.zeros(s, device=device, dtype=dtype) for s in shapes] if updates else [],
         steps=[torch.full((), step, device=device) for _ in shapes],
         lr=0.0 if lr_tensor else 0.1,
@@ -38,6 +40,8 @@ def make_args(device, dtype=torch.float32, shapes=SHAPES, updates=False, lr_tens
         maximize=False,
         grad_scale=torch.full((1,), 4.0, device=device) if amp else None,
         found_inf=torch.full((1,), found_inf, device=device) if amp else None,
+        master_params=[p.float() + rand(p.shape, 1e-3, torch.float32) for p in params] if master else [],
+        rounding_seeds=[int(torch.randint(0, 2**32, (), generator=gen)) for _ in shapes] if stochastic else [],
     )
 
 

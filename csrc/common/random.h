@@ -29,14 +29,24 @@ C10_HOST_DEVICE inline uint32_t tensor_key(uint32_t seed, uint32_t step, uint32_
   return mix32(mix32(mix32(seed) ^ step) ^ stream);
 }
 
-// A uniform number in [0, 1), a multiple of 2^-24, for element `index` (in memory order) of the tensor with `key`.
-// Two rounds, so that the numbers of different keys are not one permutation of each other.
-C10_HOST_DEVICE inline float uniform(uint32_t key, uint64_t index) {
+// The key of the upper 32 bits of an element index (constant over 2^32 consecutive elements, so vector code
+// computes it once per run of lanes).
+C10_HOST_DEVICE inline uint32_t upper_index_key(uint32_t key, uint32_t index_high) {
   constexpr uint32_t kSecondKey = 0x68E31DA4u;
+  return mix32(key ^ kSecondKey) + index_high;
+}
+
+// 32 random bits for element `index` (in memory order) of the tensor with `key`. Two rounds, so that the numbers
+// of different keys are not one permutation of each other.
+C10_HOST_DEVICE inline uint32_t index_hash(uint32_t key, uint64_t index) {
   const uint32_t low = static_cast<uint32_t>(index);
   const uint32_t high = static_cast<uint32_t>(index >> 32);
-  const uint32_t h = mix32(mix32(low ^ key) ^ (mix32(key ^ kSecondKey) + high));
-  return static_cast<float>(h >> 8) * 5.9604644775390625e-08f;  // 2^-24
+  return mix32(mix32(low ^ key) ^ upper_index_key(key, high));
+}
+
+// A uniform number in [0, 1), a multiple of 2^-24: the top 24 bits of index_hash.
+C10_HOST_DEVICE inline float uniform(uint32_t key, uint64_t index) {
+  return static_cast<float>(index_hash(key, index) >> 8) * 5.9604644775390625e-08f;  // 2^-24
 }
 
 }  // namespace sgdf_erd::random

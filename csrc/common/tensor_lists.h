@@ -35,31 +35,43 @@ inline bool is_non_overlapping_and_dense(const Tensor& t) {
   return true;
 }
 
-// lists[0] is the reference (the parameters); every other list must match it tensor by tensor.
-inline void check_tensor_lists(const std::vector<const TensorList*>& lists, const std::vector<const char*>& names,
-                               const char* op) {
-  const size_t n = lists[0]->size();
-  for (size_t l = 0; l < lists.size(); ++l) {
-    SGDF_ERD_CHECK(lists[l]->size() == n, op, ": '", names[l], "' has ", lists[l]->size(), " tensors but '",
-                   names[0], "' has ", n, "; pass one entry per parameter");
+// One list argument of a multi-tensor op, for check_tensor_lists.
+struct NamedList {
+  const TensorList* tensors;
+  const char* name;
+  bool dtype_of_reference = true;  // false: the op checks this list's dtype itself (e.g. a state dtype)
+};
+
+// lists[0] is the reference (the parameters); every other list must match it tensor by tensor: device, layout,
+// shape and strides, and dtype unless the list has its own.
+inline void check_tensor_lists(const std::vector<NamedList>& lists, const char* op) {
+  const TensorList& reference = *lists[0].tensors;
+  const char* reference_name = lists[0].name;
+  const size_t n = reference.size();
+  for (const NamedList& l : lists) {
+    SGDF_ERD_CHECK(l.tensors->size() == n, op, ": '", l.name, "' has ", l.tensors->size(), " tensors but '",
+                   reference_name, "' has ", n, "; pass one entry per parameter");
   }
   for (size_t i = 0; i < n; ++i) {
-    const Tensor& ref = (*lists[0])[i];
-    SGDF_ERD_CHECK(ref.layout() == Layout::Strided, op, ": '", names[0], "[", i, "]' is ", LayoutName{ref.layout()},
-                   "; sparse tensors are not supported, use a dense optimizer path");
-    SGDF_ERD_CHECK(is_non_overlapping_and_dense(ref), op, ": '", names[0], "[", i,
+    const Tensor& ref = reference[i];
+    SGDF_ERD_CHECK(ref.layout() == Layout::Strided, op, ": '", reference_name, "[", i, "]' is ",
+                   LayoutName{ref.layout()}, "; sparse tensors are not supported, use a dense optimizer path");
+    SGDF_ERD_CHECK(is_non_overlapping_and_dense(ref), op, ": '", reference_name, "[", i,
                    "]' is not dense (it is a view with gaps or overlaps); use foreach=True instead of fused");
     for (size_t l = 1; l < lists.size(); ++l) {
-      const Tensor& t = (*lists[l])[i];
-      SGDF_ERD_CHECK(t.layout() == Layout::Strided, op, ": '", names[l], "[", i, "]' is ", LayoutName{t.layout()},
-                     "; sparse gradients are not supported");
-      SGDF_ERD_CHECK(t.device() == ref.device(), op, ": '", names[l], "[", i, "]' is on ", DeviceName(t.device()),
-                     " but '", names[0], "[", i, "]' is on ", DeviceName(ref.device()), "; move them to one device");
-      SGDF_ERD_CHECK(t.scalar_type() == ref.scalar_type(), op, ": '", names[l], "[", i, "]' is ", t.scalar_type(),
-                     " but '", names[0], "[", i, "]' is ", ref.scalar_type(), "; they must share a dtype");
-      SGDF_ERD_CHECK(t.sizes().equals(ref.sizes()) && t.strides().equals(ref.strides()), op, ": '", names[l], "[",
-                     i, "]' has shape/strides ", Shape{t.sizes()}, "/", Shape{t.strides()}, " but '", names[0], "[",
-                     i, "]' has ", Shape{ref.sizes()}, "/", Shape{ref.strides()},
+      const Tensor& t = (*lists[l].tensors)[i];
+      const char* name = lists[l].name;
+      SGDF_ERD_CHECK(t.layout() == Layout::Strided, op, ": '", name, "[", i, "]' is ", LayoutName{t.layout()},
+                     "; sparse tensors are not supported");
+      SGDF_ERD_CHECK(t.device() == ref.device(), op, ": '", name, "[", i, "]' is on ", DeviceName(t.device()),
+                     " but '", reference_name, "[", i, "]' is on ", DeviceName(ref.device()),
+                     "; move them to one device");
+      SGDF_ERD_CHECK(!lists[l].dtype_of_reference || t.scalar_type() == ref.scalar_type(), op, ": '", name, "[", i,
+                     "]' is ", t.scalar_type(), " but '", reference_name, "[", i, "]' is ", ref.scalar_type(),
+                     "; they must share a dtype");
+      SGDF_ERD_CHECK(t.sizes().equals(ref.sizes()) && t.strides().equals(ref.strides()), op, ": '", name, "[", i,
+                     "]' has shape/strides ", Shape{t.sizes()}, "/", Shape{t.strides()}, " but '", reference_name,
+                     "[", i, "]' has ", Shape{ref.sizes()}, "/", Shape{ref.strides()},
                      "; they must have the same memory layout");
     }
   }

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <optional>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -26,40 +27,84 @@ inline void check_hyperparameters(double lr, const Hyper<double>& h, const char*
 // The value of a one-element float32 CPU tensor (checked by the caller): a plain read, no synchronisation.
 inline float cpu_scalar(const Tensor& t) { return *static_cast<const float*>(t.const_data_ptr()); }
 
-inline void check_fused_args(const TensorList& params, const TensorList& grads, const TensorList& exp_avgs,
-                             const TensorList& exp_vars, const TensorList& updates, const TensorList& steps,
-                             double lr, const std::optional<Tensor>& lr_tensor, const Hyper<double>& hyper,
-                             const std::optional<Tensor>& grad_scale, const std::optional<Tensor>& found_inf) {
+// The arguments of one fused_sgdf_ call, checked (make_fused_args): what the CPU and CUDA kernels share.
+struct FusedArgs {
+  const TensorList& params;
+  const TensorList& grads;
+  const TensorList& exp_avgs;
+  const TensorList& exp_vars;
+  const TensorList& updates;
+  const TensorList& steps;
+  const TensorList& master_params;
+  const std::vector<int64_t>& rounding_seeds;
+  double lr;
+  const std::optional<Tensor>& lr_tensor;
+  Hyper<double> hyper;
+  const std::optional<Tensor>& grad_scale;
+  const std::optional<Tensor>& found_inf;
+  ScalarType param_dtype = ScalarType::Float;
+  ScalarType state_dtype = ScalarType::Float;
+
+  bool has_master() const { return !master_params.empty(); }
+  bool stochastic() const { return !rounding_seeds.empty(); }
+  bool update_mode() const { return !updates.empty(); }  // write the filtered update, leave the weights
+};
+
+inline bool is_16_bit(ScalarType t) { return t == ScalarType::BFloat16 || t == ScalarType::Half; }
+
+inline void check_fused_args(FusedArgs& a) {
   constexpr const char* op = "sgdf_erd::fused_sgdf_";
-  check_hyperparameters(lr, hyper, op);
-  std::vector<const TensorList*> lists{&params, &grads, &exp_avgs, &exp_vars};
-  std::vector<const char*> names{"params", "grads", "exp_avgs", "exp_vars"};
-  if (!updates.empty()) {
-    lists.push_back(&updates);
-    names.push_back("updates");
+  check_hyperparameters(a.lr, a.hyper, op);
+  std::vector<NamedList> lists{{&a.params, "params"},
+                               {&a.grads, "grads"},
+                               {&a.exp_avgs, "exp_avgs", false},
+                               {&a.exp_vars, "exp_vars", false}};
+  if (a.update_mode()) lists.push_back({&a.updates, "updates"});
+  if (a.has_master()) lists.push_back({&a.master_params, "master_params", false});
+  check_tensor_lists(lists, op);
+  SGDF_ERD_CHECK(a.steps.size() == a.params.size(), op, ": 'steps' has ", a.steps.size(), " tensors for ",
+                 a.params.size(), " params; pass one step tensor per parameter");
+  SGDF_ERD_CHECK(a.rounding_seeds.empty() || a.rounding_seeds.size() == a.params.size(), op,
+                 ": 'rounding_seeds' has ", a.rounding_seeds.size(), " seeds for ", a.params.size(),
+                 " params; pass one seed per parameter, or none to round to nearest");
+  for (size_t i = 0; i < a.rounding_seeds.size(); ++i) {
+    SGDF_ERD_CHECK_VALUE(a.rounding_seeds[i] >= 0 && a.rounding_seeds[i] <= 0xFFFFFFFFll, op,
+                         ": 'rounding_seeds[", i, "]'=", a.rounding_seeds[i], " is not in [0, 2**32)");
   }
-  check_tensor_lists(lists, names, op);
-  SGDF_ERD_CHECK(steps.size() == params.size(), op, ": 'steps' has ", steps.size(), " tensors for ", params.size(),
-                 " params; pass one step tensor per parameter");
-  if (params.empty()) return;
-  const auto device = params[0].device();
-  const auto dtype = params[0].scalar_type();
-  SGDF_ERD_CHECK(dtype == ScalarType::Float || dtype == ScalarType::Double || dtype == ScalarType::Half ||
-                     dtype == ScalarType::BFloat16,
-                 op, ": params are ", dtype, "; the fused kernels take float32, float64, float16 and bfloat16 "
+  if (a.params.empty()) return;
+  const auto device = a.params[0].device();
+  const ScalarType dtype = a.params[0].scalar_type();
+  const ScalarType state = a.exp_avgs[0].scalar_type();
+  a.param_dtype = dtype;
+  a.state_dtype = state;
+  SGDF_ERD_CHECK(dtype == ScalarType::Float || dtype == ScalarType::Double || is_16_bit(dtype), op, ": params are ",
+                 dtype, "; the fused kernels take float32, float64, float16 and bfloat16 "
                  "(complex parameters as torch.view_as_real views)");
+  SGDF_ERD_CHECK(dtype == ScalarType::Double ? state == ScalarType::Double
+                                             : state == ScalarType::Float || is_16_bit(state),
+                 op, ": exp_avgs are ", state, " for ", dtype, " params; the fused kernels keep float32, bfloat16 "
+                 "or float16 state for float32/bfloat16/float16 params and float64 state for float64 params "
+                 "(use foreach=True for other combinations)");
+  SGDF_ERD_CHECK(!a.has_master() || is_16_bit(dtype), op, ": 'master_params' are float32 copies of bfloat16 / "
+                 "float16 params, but the params are ", dtype, "; pass no master_params");
   auto is_one_float_on_device = [&](const Tensor& t) {
     return t.layout() == Layout::Strided && t.numel() == 1 && t.scalar_type() == ScalarType::Float &&
            t.device() == device;
   };
-  for (size_t i = 0; i < params.size(); ++i) {
-    SGDF_ERD_CHECK(params[i].device() == device && params[i].scalar_type() == dtype, op,
-                   ": all params of one call must share device and dtype; got ", DeviceName(params[i].device()), "/",
-                   params[i].scalar_type(), " and ", DeviceName(device), "/", dtype,
+  for (size_t i = 0; i < a.params.size(); ++i) {
+    SGDF_ERD_CHECK(a.params[i].device() == device && a.params[i].scalar_type() == dtype, op,
+                   ": all params of one call must share device and dtype; got ", DeviceName(a.params[i].device()),
+                   "/", a.params[i].scalar_type(), " and ", DeviceName(device), "/", dtype,
                    " (the Python optimizer groups them)");
-    SGDF_ERD_CHECK(is_one_float_on_device(steps[i]), op, ": 'steps[", i,
-                   "]' must be a one-element float32 tensor on ", DeviceName(device), ", got ", steps[i].numel(),
-                   " elements of ", steps[i].scalar_type(), " on ", DeviceName(steps[i].device()));
+    SGDF_ERD_CHECK(a.exp_avgs[i].scalar_type() == state && a.exp_vars[i].scalar_type() == state, op,
+                   ": 'exp_avgs[", i, "]' and 'exp_vars[", i, "]' are ", a.exp_avgs[i].scalar_type(), " and ",
+                   a.exp_vars[i].scalar_type(), " but 'exp_avgs[0]' is ", state,
+                   "; all state of one call must share a dtype (the Python optimizer groups them)");
+    SGDF_ERD_CHECK(!a.has_master() || a.master_params[i].scalar_type() == ScalarType::Float, op,
+                   ": 'master_params[", i, "]' is ", a.master_params[i].scalar_type(), "; master copies are float32");
+    SGDF_ERD_CHECK(is_one_float_on_device(a.steps[i]), op, ": 'steps[", i,
+                   "]' must be a one-element float32 tensor on ", DeviceName(device), ", got ", a.steps[i].numel(),
+                   " elements of ", a.steps[i].scalar_type(), " on ", DeviceName(a.steps[i].device()));
   }
   auto check_scalar = [&](const std::optional<Tensor>& t, const char* name) {
     if (!t.has_value()) return;
@@ -67,37 +112,77 @@ inline void check_fused_args(const TensorList& params, const TensorList& grads, 
                    DeviceName(device), ", got ", t->numel(), " elements of ", t->scalar_type(), " on ",
                    DeviceName(t->device()));
   };
-  check_scalar(lr_tensor, "lr_tensor");
-  check_scalar(grad_scale, "grad_scale");
-  check_scalar(found_inf, "found_inf");
+  check_scalar(a.lr_tensor, "lr_tensor");
+  check_scalar(a.grad_scale, "grad_scale");
+  check_scalar(a.found_inf, "found_inf");
   // A CPU lr tensor is read for free; reading a CUDA one would need a host synchronisation, so there its value is
   // the caller's to check.
-  if (lr_tensor.has_value() && lr_tensor->is_cpu()) {
-    const float value = cpu_scalar(*lr_tensor);
+  if (a.lr_tensor.has_value() && a.lr_tensor->is_cpu()) {
+    const float value = cpu_scalar(*a.lr_tensor);
     SGDF_ERD_CHECK(value >= 0.f, op, ": invalid lr_tensor=", value,
                    "; the learning rate must be >= 0 (and not NaN)");
   }
 
   std::vector<MemoryOperand> operands;
-  operands.reserve(params.size() * (lists.size() + 1) + 3);
-  for (size_t l = 0; l < lists.size(); ++l) add_operands(operands, *lists[l], names[l]);
-  add_operands(operands, steps, "steps");
-  for (const auto& [t, name] : {std::pair{&lr_tensor, "lr_tensor"}, std::pair{&grad_scale, "grad_scale"},
-                                std::pair{&found_inf, "found_inf"}}) {
+  operands.reserve(a.params.size() * (lists.size() + 1) + 3);
+  for (const NamedList& l : lists) add_operands(operands, *l.tensors, l.name);
+  add_operands(operands, a.steps, "steps");
+  for (const auto& [t, name] : {std::pair{&a.lr_tensor, "lr_tensor"}, std::pair{&a.grad_scale, "grad_scale"},
+                                std::pair{&a.found_inf, "found_inf"}}) {
     if (t->has_value()) operands.push_back({&t->value(), name, -1, false});  // only read
   }
   check_no_shared_memory(operands, op);
 }
 
-// Which operands a launch writes back: p always, the gradient only when it is unscaled in place, the two
-// states, and the update buffer in orthogonalisation mode.
-enum Operand : unsigned { kParam = 0, kGrad = 1, kExpAvg = 2, kExpVar = 3, kUpdate = 4 };
+// The schema's arguments, checked before anything is written (both entry points start here).
+inline FusedArgs make_fused_args(const TensorList& params, const TensorList& grads, const TensorList& exp_avgs,
+                                 const TensorList& exp_vars, const TensorList& updates, const TensorList& steps,
+                                 double lr, const std::optional<Tensor>& lr_tensor, double beta1, double beta2,
+                                 double eps, double gamma, double weight_decay, bool decoupled_weight_decay,
+                                 bool sign, bool maximize, const std::optional<Tensor>& grad_scale,
+                                 const std::optional<Tensor>& found_inf, const TensorList& master_params,
+                                 const std::vector<int64_t>& rounding_seeds) {
+  FusedArgs args{params,    grads,
+                 exp_avgs,  exp_vars,
+                 updates,   steps,
+                 master_params, rounding_seeds,
+                 lr,        lr_tensor,
+                 {beta1, beta2, eps, gamma, weight_decay, decoupled_weight_decay, sign, maximize},
+                 grad_scale, found_inf};
+  check_fused_args(args);
+  return args;
+}
 
-inline unsigned write_mask(bool unscale_grads, bool write_updates) {
-  unsigned mask = (1u << kParam) | (1u << kExpAvg) | (1u << kExpVar);
-  if (unscale_grads) mask |= 1u << kGrad;
-  if (write_updates) mask |= 1u << kUpdate;
-  return mask;
+// The operands of a launch, in order: param, grad, exp_avg, exp_var, then the master copy and the update buffer
+// when the call has them. The filter updates the "weights": the master copy when there is one, else the param.
+template <bool kMaster, bool kUpdate>
+struct Operands {
+  static constexpr int kParam = 0, kGrad = 1, kExpAvg = 2, kExpVar = 3;
+  static constexpr int kMasterParam = 4;  // valid when kMaster
+  static constexpr int kUpdateBuffer = 4 + kMaster;  // valid when kUpdate
+  static constexpr int kWeights = kMaster ? kMasterParam : kParam;
+  static constexpr int kDepth = 4 + kMaster + kUpdate;
+
+  // Which operands are written back: the state always, the gradient when it is unscaled in place, the update
+  // buffer in update mode, else the weights (and the param, from its master copy).
+  static constexpr bool written(int operand, bool unscale_grads) {
+    if (operand == kExpAvg || operand == kExpVar) return true;
+    if (operand == kGrad) return unscale_grads;
+    if (kUpdate && operand == kUpdateBuffer) return true;
+    return !kUpdate && (operand == kParam || operand == kWeights);
+  }
+};
+
+// Calls fn(std::integral_constant<bool, kMaster>, std::integral_constant<bool, kUpdate>) for the call's operands.
+template <typename Fn>
+void dispatch_operands(const FusedArgs& a, Fn&& fn) {
+  using True = std::true_type;
+  using False = std::false_type;
+  if (a.has_master()) {
+    a.update_mode() ? fn(True{}, True{}) : fn(True{}, False{});
+  } else {
+    a.update_mode() ? fn(False{}, True{}) : fn(False{}, False{});
+  }
 }
 
 }  // namespace sgdf_erd::sgdf

@@ -1,13 +1,16 @@
 // CPU multi-tensor apply: runs an elementwise functor over lists of same-shaped tensors (one list per operand),
 // split into fixed-size element ranges spread over threads (cpu::parallel_over_ranges). Inside a range the functor
-// sees Vec<acc_t> lanes; float16/bfloat16 operands are staged through float tiles on the stack.
+// sees Vec<acc_t> lanes. Operands stored in acc_t are walked in place; float16/bfloat16 operands of a float kernel
+// are staged through float tiles on the stack (cpu/staging.h), so each operand may have its own dtype.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <type_traits>
 
 #include "common/cpu/parallel.h"
+#include "common/cpu/staging.h"
 #include "common/cpu/vec.h"
 
 namespace sgdf_erd::cpu {
@@ -15,44 +18,83 @@ namespace sgdf_erd::cpu {
 constexpr int64_t kRangeSize = 1 << 15;  // elements per parallel work item
 constexpr int64_t kTile = 256;           // elements staged per tile for reduced-precision operands
 
-// Applies fn to `n` elements at ptr[0..Depth). fn is called as fn(std::array<V, Depth>&) with V either
-// Vec<acc_t> or acc_t (for the tail); operands whose bit is set in write_mask are stored back.
-template <typename scalar_t, typename acc_t, int Depth, typename Fn>
-void apply_elementwise(std::array<scalar_t*, Depth> ptr, int64_t n, unsigned write_mask, const Fn& fn) {
-  using V = Vec<acc_t>;
-  constexpr bool kStaged = !std::is_same_v<scalar_t, acc_t>;
-  constexpr int64_t kStep = V::size();
-  alignas(64) acc_t staging[kStaged ? Depth : 1][kStaged ? kTile : 1];
+// One operand of a range: where its elements are, their dtype, and whether (and how) results are stored back.
+struct Operand {
+  void* data = nullptr;  // the range's first element
+  ScalarType dtype = ScalarType::Float;
+  bool write = false;
+  Rounding rounding;  // for 16-bit storage
 
-  for (int64_t tile_begin = 0; tile_begin < n; tile_begin += (kStaged ? kTile : n)) {
-    const int64_t len = kStaged ? std::min(kTile, n - tile_begin) : n;
+  // The same operand `elements` further on.
+  Operand advanced(int64_t elements) const {
+    const int64_t size = dtype == ScalarType::Double ? 8 : dtype == ScalarType::Float ? 4 : 2;
+    Operand o = *this;
+    o.data = static_cast<char*>(data) + elements * size;
+    return o;
+  }
+};
+
+// fn over `len` elements of arrays of acc_t (in place or staged): Vec<acc_t> lanes, then a scalar tail.
+template <typename acc_t, int Depth, typename Fn>
+inline void apply_to_arrays(const std::array<acc_t*, Depth>& work, int64_t len, unsigned write_mask, const Fn& fn) {
+  using V = Vec<acc_t>;
+  int64_t i = 0;
+  for (; i + V::size() <= len; i += V::size()) {
+    std::array<V, Depth> v;
+    for (int d = 0; d < Depth; ++d) v[d] = V::loadu(work[d] + i);
+    fn(v);
+    for (int d = 0; d < Depth; ++d)
+      if (write_mask & (1u << d)) v[d].store(work[d] + i);
+  }
+  for (; i < len; ++i) {
+    std::array<acc_t, Depth> v;
+    for (int d = 0; d < Depth; ++d) v[d] = work[d][i];
+    fn(v);
+    for (int d = 0; d < Depth; ++d)
+      if (write_mask & (1u << d)) work[d][i] = v[d];
+  }
+}
+
+// Applies fn to the `n` elements of a range of every operand; `first_index` is the range's element index in its
+// tensors (the counter of stochastic rounding). fn is called as fn(std::array<V, Depth>&) with V either Vec<acc_t>
+// or acc_t (for the tail). Operands are in acc_t, or (acc_t = float only) in float16/bfloat16.
+template <typename acc_t, int Depth, typename Fn>
+void apply_elementwise(const std::array<Operand, Depth>& operands, int64_t first_index, int64_t n, const Fn& fn) {
+  constexpr ScalarType kAccType = std::is_same_v<acc_t, float> ? ScalarType::Float : ScalarType::Double;
+  unsigned write_mask = 0;
+  bool staged = false;
+  for (int d = 0; d < Depth; ++d) {
+    if (operands[d].write) write_mask |= 1u << d;
+    staged = staged || operands[d].dtype != kAccType;
+  }
+  if (!staged) {
     std::array<acc_t*, Depth> work;
-    for (int d = 0; d < Depth; ++d) {
-      if constexpr (kStaged) {
-        convert(ptr[d] + tile_begin, staging[d], len);
-        work[d] = staging[d];
-      } else {
-        work[d] = reinterpret_cast<acc_t*>(ptr[d] + tile_begin);
+    for (int d = 0; d < Depth; ++d) work[d] = static_cast<acc_t*>(operands[d].data);
+    apply_to_arrays<acc_t, Depth>(work, n, write_mask, fn);
+    return;
+  }
+  if constexpr (std::is_same_v<acc_t, float>) {
+    alignas(64) float staging[Depth][kTile];
+    for (int64_t begin = 0; begin < n; begin += kTile) {
+      const int64_t len = std::min(kTile, n - begin);
+      std::array<float*, Depth> work;
+      for (int d = 0; d < Depth; ++d) {
+        const Operand& o = operands[d];
+        if (o.dtype == ScalarType::Float) {
+          work[d] = static_cast<float*>(o.data) + begin;
+        } else {  // 16-bit elements
+          load_tile(static_cast<const char*>(o.data) + begin * 2, o.dtype, staging[d], len);
+          work[d] = staging[d];
+        }
       }
-    }
-    int64_t i = 0;
-    for (; i + kStep <= len; i += kStep) {
-      std::array<V, Depth> v;
-      for (int d = 0; d < Depth; ++d) v[d] = V::loadu(work[d] + i);
-      fn(v);
-      for (int d = 0; d < Depth; ++d)
-        if (write_mask & (1u << d)) v[d].store(work[d] + i);
-    }
-    for (; i < len; ++i) {
-      std::array<acc_t, Depth> v;
-      for (int d = 0; d < Depth; ++d) v[d] = work[d][i];
-      fn(v);
-      for (int d = 0; d < Depth; ++d)
-        if (write_mask & (1u << d)) work[d][i] = v[d];
-    }
-    if constexpr (kStaged) {
-      for (int d = 0; d < Depth; ++d)
-        if (write_mask & (1u << d)) convert(staging[d], ptr[d] + tile_begin, len);
+      apply_to_arrays<float, Depth>(work, len, write_mask, fn);
+      for (int d = 0; d < Depth; ++d) {
+        const Operand& o = operands[d];
+        if (o.write && o.dtype != ScalarType::Float) {
+          store_tile(staging[d], static_cast<char*>(o.data) + begin * 2, o.dtype, len, o.rounding,
+                     first_index + begin);
+        }
+      }
     }
   }
 }

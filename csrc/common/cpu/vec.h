@@ -195,26 +195,37 @@ inline Vec<opmath_t<T>> load_as(const T* p) {
   }
 }
 
+#ifdef SGDF_ERD_VEC_AVX2
+// bfloat16 bit patterns (one per 32-bit lane) of 8 floats rounded to nearest even, NaN to the canonical quiet NaN
+// 0x7fc0 (as BFloat16's own conversion).
+inline __m256i bfloat16_bits_to_nearest(__m256 x) {
+  const __m256i u = _mm256_castps_si256(x);
+  const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+  const __m256i r = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)), odd), 16);
+  const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+  return _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7fc0), nan);
+}
+
+// Stores the low 16 bits of 8 lanes (each < 2^16) as 8 consecutive 16-bit values.
+inline void store_low_halves(void* p, __m256i lanes) {
+  // packus works per 128-bit half; the permute puts the two halves' results side by side
+  const __m128i bits = _mm256_castsi256_si128(_mm256_permute4x64_epi64(_mm256_packus_epi32(lanes, lanes), 0x08));
+  _mm_storeu_si128(static_cast<__m128i*>(p), bits);
+}
+#endif
+
 template <typename T>
 inline void store_as(T* p, const Vec<opmath_t<T>>& v) {
   if constexpr (!is_reduced_floating_point_v<T>) {
     v.store(p);
   } else {
 #ifdef SGDF_ERD_VEC_AVX2
-    __m128i bits;
     if constexpr (std::is_same_v<T, Half>) {
-      bits = _mm256_cvtps_ph(v.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      const __m128i bits = _mm256_cvtps_ph(v.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(p), bits);
     } else {
-      // round to nearest even, NaN to the canonical quiet NaN 0x7fc0 (as BFloat16's own conversion)
-      const __m256i u = _mm256_castps_si256(v.v);
-      const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
-      __m256i r = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)), odd), 16);
-      const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v.v, v.v, _CMP_UNORD_Q));
-      r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7fc0), nan);
-      // pack the 32-bit lanes (each < 2^16) to 16 bits; packus works per 128-bit half, the permute reorders
-      bits = _mm256_castsi256_si128(_mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08));
+      store_low_halves(p, bfloat16_bits_to_nearest(v.v));
     }
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), bits);
 #else
     alignas(32) float x[Vec<float>::kSize];
     v.store(x);

@@ -1,6 +1,6 @@
 """``fused_sgdf_``: one fused SGDF step over a group of tensors (the kernels: csrc/sgdf), and its fake."""
 
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -14,23 +14,32 @@ __all__ = ["fused_sgdf_"]
 def fused_sgdf_(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor], exp_vars: List[Tensor],
                 updates: List[Tensor], steps: List[Tensor], lr: float, lr_tensor: Optional[Tensor], beta1: float,
                 beta2: float, eps: float, gamma: float, weight_decay: float, decoupled_weight_decay: bool,
-                sign: bool, maximize: bool, grad_scale: Optional[Tensor], found_inf: Optional[Tensor]) -> None:
-    """One SGDF step, in place, over same-device, same-dtype tensors (the fused path of
-    :class:`sgdf_erd.SGDF`, which groups the tensors and checks the hyperparameters first).
+                sign: bool, maximize: bool, grad_scale: Optional[Tensor], found_inf: Optional[Tensor],
+                master_params: Sequence[Tensor] = (), rounding_seeds: Sequence[int] = ()) -> None:
+    """One SGDF step, in place, over same-device tensors of one param dtype and one state dtype (the fused path
+    of :class:`sgdf_erd.SGDF`, which groups the tensors and checks the hyperparameters first).
 
     Advances each step count by one unless ``found_inf`` is nonzero (then nothing changes). With ``updates``
-    non-empty the filtered update is written there instead of being applied to ``params``. ``lr_tensor``, when
-    given, replaces ``lr``. The kernels check every argument before writing anything and raise RuntimeError.
+    non-empty the filtered update is written there and the weights are left as they are (the caller decays and
+    updates them). ``lr_tensor``, when given, replaces ``lr``. ``exp_avgs`` / ``exp_vars`` may be float32,
+    bfloat16 or float16 whatever the params' dtype (float64 with float64 params). ``master_params``: float32
+    copies of bfloat16 / float16 params, updated by the filter; the params receive them rounded to nearest.
+    ``rounding_seeds``: one per param, in [0, 2**32): 16-bit results (params without master copies, state) are
+    rounded stochastically with the counter-based numbers of (seed, step, element index). The kernels check every
+    argument before writing anything and raise RuntimeError (ValueError for a seed out of range).
     """
     _native.ops.fused_sgdf_(params, grads, exp_avgs, exp_vars, updates, steps, lr, lr_tensor, beta1, beta2, eps,
-                            gamma, weight_decay, decoupled_weight_decay, sign, maximize, grad_scale, found_inf)
+                            gamma, weight_decay, decoupled_weight_decay, sign, maximize, grad_scale, found_inf,
+                            list(master_params), list(rounding_seeds))
 
 
 @torch.library.register_fake("sgdf_erd::fused_sgdf_")
 def _fused_sgdf_fake(params, grads, exp_avgs, exp_vars, updates, steps, lr, lr_tensor, beta1, beta2, eps, gamma,
-                     weight_decay, decoupled_weight_decay, sign, maximize, grad_scale, found_inf):
+                     weight_decay, decoupled_weight_decay, sign, maximize, grad_scale, found_inf, master_params,
+                     rounding_seeds=()):
     # the op only writes its inputs, so under torch.compile and FakeTensor it returns nothing
-    lists = dict(params=params, grads=grads, exp_avgs=exp_avgs, exp_vars=exp_vars, updates=updates, steps=steps)
+    lists = dict(params=params, grads=grads, exp_avgs=exp_avgs, exp_vars=exp_vars, updates=updates, steps=steps,
+                 master_params=master_params)
     named = [(f"{name}[{i}]", t) for name, ts in lists.items() for i, t in enumerate(ts)]
     named += [("lr_tensor", lr_tensor), ("grad_scale", grad_scale), ("found_inf", found_inf)]
     check_one_device("fused_sgdf_", named, RuntimeError)  # RuntimeError, as the kernels' checks raise

@@ -49,9 +49,11 @@ class SGDF(Optimizer):
         maximize: maximise the objective instead of minimising.
         foreach: True: the ``torch._foreach_*`` implementation; False: one tensor at a time (as in torch.optim).
         fused: use the compiled multi-tensor kernel (CPU and, when built with CUDA, CUDA; float32, float64,
-            float16 and bfloat16). ``fused=True`` refuses parameters the kernel cannot walk in place (views with
-            gaps). Default (both None): per param group, fused where the build supports every parameter, else
-            foreach; views with gaps then step on a dense copy within the same launch.
+            float16 and bfloat16, with every storage option below). ``fused=True`` refuses parameters the kernel
+            cannot walk in place (views with gaps) and state dtypes it does not keep (float64 state for other than
+            float64 parameters, or the reverse). Default (both None): per param group, fused where the build
+            supports every parameter and the storage, else foreach; views with gaps then step on a dense copy
+            within the same launch.
         capturable: keep step counts (and a tensor ``lr``) on the device so a step can be captured in a CUDA graph.
         stochastic_rounding: round float32 results into bfloat16 / float16 storage (parameters without master
             copies, and low-precision state) stochastically: up or down to the neighbouring representable values
@@ -112,8 +114,7 @@ class SGDF(Optimizer):
         checks.check_param_kinds(params, group, where)
         checks.check_hyperparameters(group, where)
         checks.check_distinct([g["params"] for g in self.param_groups] + [params])
-        group["fused"], group["foreach"] = checks.choose_path(params, group["fused"], group["foreach"],
-                                                              checks.storage_options_in_use(params, group))
+        group["fused"], group["foreach"] = checks.choose_path(params, group["fused"], group["foreach"], group)
         super().add_param_group(group)
         # torch.amp.GradScaler hands grad_scale / found_inf to step() instead of unscaling with a host sync.
         self._step_supports_amp_scaling = all(g["fused"] for g in self.param_groups)
@@ -261,18 +262,17 @@ class SGDF(Optimizer):
                          weight_decay=group["weight_decay"], decoupled_weight_decay=group["decoupled_weight_decay"],
                          sign=group["sign"], orthogonalize_matrices=group["orthogonalize"],
                          ns_steps=group["ns_steps"], maximize=group["maximize"], capturable=group["capturable"])
+            storage = dict(master_params=master_params if group["master_weights"] else None,
+                           rounding_seeds=rounding_seeds if group["stochastic_rounding"] else None)
             if group["fused"]:
-                _fused_step(params, grads, exp_avgs, exp_vars, steps, hyper, grad_scale, found_inf)
+                _fused_step(params, grads, exp_avgs, exp_vars, steps, hyper, storage, grad_scale, found_inf)
             else:
-                # the fused path refuses the storage options for now (checks.choose_path)
-                storage = dict(master_params=master_params if group["master_weights"] else None,
-                               rounding_seeds=rounding_seeds if group["stochastic_rounding"] else None)
                 step_path = foreach_sgdf if group["foreach"] else single_tensor_sgdf
                 step_path(params, grads, exp_avgs, exp_vars, steps, **storage, **hyper)
         return loss
 
 
-def _fused_step(params, grads, exp_avgs, exp_vars, steps, hyper, grad_scale, found_inf) -> None:
+def _fused_step(params, grads, exp_avgs, exp_vars, steps, hyper, storage, grad_scale, found_inf) -> None:
     """The fused kernel walks each tensor as one flat buffer: a param that is a view with gaps steps on a dense
     copy in its state's layout, written back afterwards (with its unscaled gradient)."""
     params, grads = list(params), list(grads)
@@ -283,7 +283,8 @@ def _fused_step(params, grads, exp_avgs, exp_vars, steps, hyper, grad_scale, fou
             dense_grad = torch.empty_like(exp_avgs[i]).copy_(grads[i])
             copies.append((p, dense_param, grads[i], dense_grad))
             params[i], grads[i] = dense_param, dense_grad
-    fused_sgdf(params, grads, exp_avgs, exp_vars, steps, grad_scale=grad_scale, found_inf=found_inf, **hyper)
+    fused_sgdf(params, grads, exp_avgs, exp_vars, steps, grad_scale=grad_scale, found_inf=found_inf, **storage,
+               **hyper)
     for p, dense_param, grad, dense_grad in copies:
         p.copy_(dense_param)
         if grad_scale is not None:

@@ -5,7 +5,7 @@ run them all before it touches a tensor.
 """
 
 import math
-from typing import Iterable, List, Sequence, Tuple
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -150,17 +150,16 @@ def state_dtype(p: Tensor, group: dict) -> torch.dtype:
     return p.dtype if group["state_dtype"] is None or p.is_complex() else group["state_dtype"]
 
 
-def storage_options_in_use(params: Sequence[Tensor], group: dict) -> List[str]:
-    """The low-precision storage options that change how this group's tensors are stored."""
-    used = []
-    if group["master_weights"]:
-        used.append("master_weights")
-    if any(state_dtype(p, group) != p.dtype for p in params):
-        used.append("state_dtype")
-    if group["stochastic_rounding"] and any(p.dtype in LOW_PRECISION or state_dtype(p, group) in LOW_PRECISION
-                                            for p in params):
-        used.append("stochastic_rounding")
-    return used
+def fused_storage_unsupported(params: Sequence[Tensor], group: dict) -> Optional[str]:
+    """Why the fused kernels cannot store this group's tensors as its options ask, or None: they keep float32,
+    bfloat16 or float16 state for float32 / bfloat16 / float16 params, and float64 state for float64 params."""
+    for i, p in enumerate(params):
+        dtype, state = real_dtype(p), state_dtype(p, group)
+        if (dtype == torch.float64) != (state == torch.float64):
+            return (f"state_dtype={state} for {dtype} parameters (parameter {i}): the fused kernels keep float32, "
+                    "bfloat16 or float16 state for float32 / bfloat16 / float16 parameters and float64 state for "
+                    "float64 parameters")
+    return None
 
 
 def check_distinct(groups: Sequence[Sequence[Tensor]]) -> None:
@@ -185,17 +184,16 @@ def check_distinct(groups: Sequence[Sequence[Tensor]]) -> None:
                              "memory (overlapping views of one tensor); optimize the tensor they view once instead")
 
 
-def choose_path(params: Sequence[Tensor], fused, foreach, storage_options: Sequence[str] = ()) -> Tuple[bool, bool]:
-    """(fused, foreach) for a group: an explicit choice is checked here, None picks fused where it is built.
-    `storage_options`: the low-precision options the group uses, which only the foreach and single-tensor paths
-    implement so far."""
+def choose_path(params: Sequence[Tensor], fused, foreach, group: dict) -> Tuple[bool, bool]:
+    """(fused, foreach) for a group: an explicit choice is checked here, None picks fused where it is built and
+    supports the group's storage options."""
     if fused and foreach:
         raise RuntimeError("SGDF: `fused` and `foreach` cannot both be True; choose one")
-    if fused and storage_options:
-        raise NotImplementedError(f"SGDF(fused=True): the fused kernel does not implement "
-                                  f"{', '.join(storage_options)} yet; leave `fused` unset or pass foreach=True "
-                                  "(or foreach=False) for this param group")
-    if fused is None and foreach is None and storage_options:
+    unsupported = fused_storage_unsupported(params, group)
+    if fused and unsupported:
+        raise NotImplementedError(f"SGDF(fused=True): no fused kernel for {unsupported}; choose another "
+                                  "state_dtype, or leave `fused` unset or pass foreach=True for this param group")
+    if fused is None and foreach is None and unsupported:
         return False, True
     if fused:
         for i, p in enumerate(params):

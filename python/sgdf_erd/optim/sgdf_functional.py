@@ -7,8 +7,8 @@
 All three share one behaviour: arithmetic in float32 (float64 for float64 tensors), state in its own dtype (the
 parameter's unless ``state_dtype`` is set), complex tensors treated as their real views, and the Newton-Schulz
 orthogonalisation of matrix-shaped updates applied after the filter (taking precedence over the sign option for
-those tensors, as in the release). ``master_weights`` and ``stochastic_rounding`` are implemented by the foreach
-and single-tensor paths only, so far.
+those tensors, as in the release). ``master_weights`` and ``stochastic_rounding`` work on every path: the fused
+kernels draw the same counter-based random numbers as the Python paths.
 """
 
 from collections import defaultdict
@@ -154,21 +154,26 @@ def fused_sgdf(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor]
                steps: List[Tensor], *, lr: Union[float, Tensor], beta1: float, beta2: float, eps: float,
                gamma: float, weight_decay: float, decoupled_weight_decay: bool, sign: bool,
                orthogonalize_matrices: bool, ns_steps: int, maximize: bool, capturable: bool,
-               grad_scale: Optional[Tensor] = None, found_inf: Optional[Tensor] = None) -> None:
-    """One SGDF step with the compiled kernel: one launch per (device, dtype) and update mode."""
+               grad_scale: Optional[Tensor] = None, found_inf: Optional[Tensor] = None,
+               master_params: Optional[List[Tensor]] = None, rounding_seeds: Optional[List[int]] = None) -> None:
+    """One SGDF step with the compiled kernel: one launch per (device, param dtype, state dtype) and update mode.
+    `master_params` and `rounding_seeds` as in foreach_sgdf."""
     if not params:
         return
     if any(p.is_complex() for p in params):
         params, grads, exp_avgs, exp_vars = map(_real, (params, grads, exp_avgs, exp_vars))
-    # params, grads, exp_avgs, exp_vars, steps, and the DTensor each param is a shard of (else None)
-    groups = defaultdict(lambda: ([], [], [], [], [], []))
-    for p, g, m, s, t in zip(params, grads, exp_avgs, exp_vars, steps):
-        group = groups[(p.device, p.dtype, orthogonalize_matrices and is_matrix_shaped(p))]
+    masters = master_params if master_params is not None else [None] * len(params)
+    seeds = rounding_seeds if rounding_seeds is not None else [None] * len(params)
+    # params, grads, exp_avgs, exp_vars, steps, master copies, seeds, and the DTensor each param is a shard of
+    groups = defaultdict(lambda: ([], [], [], [], [], [], [], []))
+    for p, g, m, s, t, w, seed in zip(params, grads, exp_avgs, exp_vars, steps, masters, seeds):
+        group = groups[(p.device, p.dtype, m.dtype, orthogonalize_matrices and is_matrix_shaped(p))]
         sharded = p if _dtensor.is_dtensor(p) else None
         if sharded is not None:  # the kernel is elementwise: it steps each rank's shards
             p, g, m, s = (_dtensor.local_shard(x, sharded) for x in (p, g, m, s))
-        for bucket, tensor in zip(group, (p, _matching_layout(g, p), m, s, t, sharded)):
-            bucket.append(tensor)
+            w = None if w is None else _dtensor.local_shard(w, sharded)
+        for bucket, value in zip(group, (p, _matching_layout(g, p), m, s, t, w, seed, sharded)):
+            bucket.append(value)
 
     per_device = {}  # lr / grad_scale / found_inf moved once per device
 
@@ -182,7 +187,10 @@ def fused_sgdf(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor]
                                                non_blocking=device.type == "cuda").reshape(1)
         return per_device[(device, id(t))]
 
-    for (device, _, orth), (g_params, g_grads, g_exp_avgs, g_exp_vars, g_steps, g_sharded) in groups.items():
+    for (device, _, _, orth), bucket in groups.items():
+        g_params, g_grads, g_exp_avgs, g_exp_vars, g_steps, g_masters, g_seeds, g_sharded = bucket
+        g_masters = [] if master_params is None else g_masters
+        g_seeds = [] if rounding_seeds is None else g_seeds
         lr_tensor = on(device, lr) if isinstance(lr, Tensor) else None
         lr_float = 0.0 if lr_tensor is not None else float(lr)
         # zero-filled so that a step skipped for inf/NaN gradients orthogonalises to a zero update
@@ -190,9 +198,30 @@ def fused_sgdf(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor]
         # the kernel also advances the step counts, unless found_inf is set (then it changes nothing)
         ops.fused_sgdf_(g_params, g_grads, g_exp_avgs, g_exp_vars, updates, g_steps, lr_float, lr_tensor, beta1,
                         beta2, eps, gamma, weight_decay, decoupled_weight_decay, sign and not orth, maximize,
-                        on(device, grad_scale), on(device, found_inf))
+                        on(device, grad_scale), on(device, found_inf), g_masters, g_seeds)
         if orth:  # orthogonalisation is refused for complex parameters, so g_params are the originals
             directions = [orthogonalize(u, ns_steps) if sharded is None else
                           _dtensor.orthogonalize_shard(u, sharded, ns_steps) for u, sharded in zip(updates, g_sharded)]
-            lr_value = lr_tensor.reshape(()) if lr_tensor is not None else lr_float
-            torch._foreach_sub_(g_params, torch._foreach_mul(directions, lr_value))
+            _apply_orthogonalized(g_params, directions, g_steps, g_masters, g_seeds,
+                                  lr_tensor.reshape(()) if lr_tensor is not None else lr_float,
+                                  weight_decay if decoupled_weight_decay else 0.0, on(device, found_inf))
+
+
+def _apply_orthogonalized(params, directions, steps, masters, seeds, lr, decoupled_decay, found_inf) -> None:
+    """w = w * (1 - lr * decoupled_decay) - lr * direction for the weights the kernel left as they were in update
+    mode: the master copies (the params then take them rounded to nearest), else the params, computed in float32
+    and rounded once, stochastically when `seeds`. A step skipped for inf/NaN gradients (found_inf nonzero)
+    changes nothing, without reading found_inf on the host."""
+    keep = None if found_inf is None else (found_inf.reshape(()) == 0)
+    if keep is not None:
+        lr = lr * keep  # 0 on a skipped step: no decay, no update
+    weights = masters if masters else [p if not seeds else p.float() for p in params]
+    if decoupled_decay:
+        torch._foreach_mul_(weights, 1 - lr * decoupled_decay)
+    torch._foreach_sub_(weights, torch._foreach_mul([d.to(w.dtype) for d, w in zip(directions, weights)], lr))
+    if masters:
+        for p, w in zip(params, masters):
+            p.copy_(w if keep is None else torch.where(keep, w.to(p.dtype), p))
+    elif seeds:
+        for i, (p, w) in enumerate(zip(params, weights)):
+            round_into_(p, w, seeds[i], steps[i], PARAM_STREAM)

@@ -1,0 +1,96 @@
+// Float tiles staged from and to 16-bit storage, for CPU kernels that compute in float on operands of several
+// dtypes (chosen at run time, so one instantiation of a kernel's vector loop serves every dtype combination).
+// Loads convert exactly; stores round to nearest or stochastically, with the bits csrc/common/stochastic_rounding.h
+// defines (bfloat16 vectorised here, float16 element by element).
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include "common/cpu/vec.h"
+#include "common/random.h"
+#include "common/scalar_types.h"
+#include "common/stochastic_rounding.h"
+
+namespace sgdf_erd::cpu {
+
+using torch::headeronly::ScalarType;
+
+// How results are written into 16-bit storage.
+struct Rounding {
+  bool stochastic = false;
+  uint32_t key = 0;  // random::tensor_key of the tensor and its stream, when stochastic
+};
+
+// dst[0..n) = src[0..n) as float; src holds float32, bfloat16 or float16 (the kernel's checks ensure it).
+inline void load_tile(const void* src, ScalarType dtype, float* dst, int64_t n) {
+  switch (dtype) {
+    case ScalarType::BFloat16: convert(static_cast<const BFloat16*>(src), dst, n); break;
+    case ScalarType::Half: convert(static_cast<const Half*>(src), dst, n); break;
+    default: std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(float)); break;
+  }
+}
+
+#ifdef SGDF_ERD_VEC_AVX2
+inline __m256i mix32(__m256i x) {  // random::mix32 on 8 lanes
+  x = _mm256_xor_si256(x, _mm256_srli_epi32(x, 16));
+  x = _mm256_mullo_epi32(x, _mm256_set1_epi32(0x21F0AAAD));
+  x = _mm256_xor_si256(x, _mm256_srli_epi32(x, 15));
+  x = _mm256_mullo_epi32(x, _mm256_set1_epi32(0x735A2D97));
+  return _mm256_xor_si256(x, _mm256_srli_epi32(x, 15));
+}
+
+// 8 floats stochastically rounded to bfloat16 bit patterns (one per lane), elements index .. index + 7 of the
+// tensor with `key`. For a finite |x| below bfloat16's largest finite value, stochastic_round's up-probability is
+// (low 16 bits of x) / 2^16 and its test `uniform < p` is `(index_hash >> 16) < low 16 bits`: rounding up adds one
+// to the truncated pattern. Larger magnitudes, infinities and NaN round to nearest, as stochastic_round does.
+inline __m256i bfloat16_bits_stochastic(__m256 x, uint32_t key, uint64_t index) {
+  const uint32_t low = static_cast<uint32_t>(index);
+  const __m256i lanes = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(low)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  const uint32_t upper = random::upper_index_key(key, static_cast<uint32_t>(index >> 32));
+  const __m256i hash = mix32(_mm256_xor_si256(mix32(_mm256_xor_si256(lanes, _mm256_set1_epi32(static_cast<int>(key)))),
+                                              _mm256_set1_epi32(static_cast<int>(upper))));
+  const __m256i bits = _mm256_castps_si256(x);
+  const __m256i below = _mm256_and_si256(bits, _mm256_set1_epi32(0xFFFF));  // what truncation drops
+  const __m256i up = _mm256_cmpgt_epi32(below, _mm256_srli_epi32(hash, 16));  // -1 where rounding up
+  const __m256i rounded = _mm256_sub_epi32(_mm256_srli_epi32(bits, 16), up);
+  const __m256i magnitude = _mm256_and_si256(bits, _mm256_set1_epi32(0x7FFFFFFF));
+  const __m256i to_nearest = _mm256_cmpgt_epi32(magnitude, _mm256_set1_epi32(0x7F7EFFFF));
+  return _mm256_blendv_epi8(rounded, bfloat16_bits_to_nearest(x), to_nearest);
+}
+#endif
+
+// dst[0..n) = src[0..n) in dst's dtype (float32, bfloat16 or float16); `first_index` is src[0]'s element index in
+// its tensor (the counter of the stochastic rounding).
+inline void store_tile(const float* src, void* dst, ScalarType dtype, int64_t n, const Rounding& rounding,
+                       int64_t first_index) {
+  if (dtype == ScalarType::Float) {
+    std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(float));
+  } else if (!rounding.stochastic) {
+    if (dtype == ScalarType::BFloat16) {
+      convert(src, static_cast<BFloat16*>(dst), n);
+    } else {
+      convert(src, static_cast<Half*>(dst), n);
+    }
+  } else if (dtype == ScalarType::BFloat16) {
+    auto* out = static_cast<BFloat16*>(dst);
+    int64_t i = 0;
+#ifdef SGDF_ERD_VEC_AVX2
+    for (; i + 8 <= n; i += 8) {
+      const auto index = static_cast<uint64_t>(first_index + i);
+      if ((index >> 32) != ((index + 7) >> 32)) break;  // lanes straddle 2^32: the scalar loop takes them
+      store_low_halves(out + i, bfloat16_bits_stochastic(_mm256_loadu_ps(src + i), rounding.key, index));
+    }
+#endif
+    for (; i < n; ++i) {
+      out[i] = stochastic_round<BFloat16>(src[i], random::uniform(rounding.key, first_index + i));
+    }
+  } else {
+    auto* out = static_cast<Half*>(dst);
+    for (int64_t i = 0; i < n; ++i) {
+      out[i] = stochastic_round<Half>(src[i], random::uniform(rounding.key, first_index + i));
+    }
+  }
+}
+
+}  // namespace sgdf_erd::cpu
