@@ -1,14 +1,19 @@
 // CUDA multi-tensor apply: one kernel launch covers many tensors. The host packs, per launch, the addresses of
 // up to MaxTensors tuples of Depth tensors and a block -> (tensor, chunk) table into a kernel argument (no device
 // allocation, so launches can be captured in CUDA graphs); every block then processes one kChunkSize-element chunk.
-// Functors hold only the maths: they receive each element's Depth operands in registers.
+// Functors hold only the maths: they receive each element's Depth operands in registers, in the arithmetic type,
+// whatever each operand's storage type; 16-bit results are stored rounded to nearest or stochastically.
 #pragma once
 
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "common/cuda/launch.h"
+#include "common/random.h"
+#include "common/scalar_types.h"
 #include "common/stable.h"
+#include "common/stochastic_rounding.h"
 
 namespace sgdf_erd::cuda {
 
@@ -20,7 +25,7 @@ constexpr int kMaxBlocksPerLaunch = 320;
 // Kernel-argument budget is 4 KiB; the tensor count shrinks as the depth grows.
 template <int Depth>
 constexpr int max_tensors_per_launch() {
-  return Depth == 1 ? 96 : Depth <= 4 ? 36 : 30;
+  return Depth == 1 ? 80 : Depth <= 4 ? 36 : Depth == 5 ? 30 : 28;
 }
 
 template <int Depth>
@@ -29,6 +34,7 @@ struct TensorListMetadata {
   void* addresses[Depth][kMaxTensors];
   int64_t numel[kMaxTensors];
   const float* scalar[kMaxTensors];  // an optional one-element float tensor per tuple (e.g. its step count)
+  uint32_t seed[kMaxTensors];        // an optional 32-bit value per tuple (e.g. the seed of its random numbers)
   unsigned char block_to_tensor[kMaxBlocksPerLaunch];
   int32_t block_to_chunk[kMaxBlocksPerLaunch];
 };
@@ -39,10 +45,11 @@ __global__ void __launch_bounds__(kBlockSize)
   functor(meta, meta.block_to_tensor[blockIdx.x], static_cast<int64_t>(meta.block_to_chunk[blockIdx.x]));
 }
 
-// Launches functor over lists[d][i] (d < Depth), with scalars[i] (or none) as the per-tuple scalar.
+// Launches functor over lists[d][i] (d < Depth), with scalars[i] and seeds[i] (or none) as the per-tuple scalar
+// and seed.
 template <int Depth, typename Functor>
 void multi_tensor_apply(const std::vector<const std::vector<Tensor>*>& lists, const std::vector<Tensor>& scalars,
-                        const Functor& functor) {
+                        const Functor& functor, const std::vector<int64_t>& seeds = {}) {
   static_assert(sizeof(TensorListMetadata<Depth>) + sizeof(Functor) <= 4096, "kernel arguments exceed 4 KiB");
   SGDF_ERD_CHECK(lists.size() == Depth, "multi_tensor_apply: ", lists.size(), " lists for depth ", Depth);
   const size_t n_tensors = lists[0]->size();
@@ -66,6 +73,7 @@ void multi_tensor_apply(const std::vector<const std::vector<Tensor>*>& lists, co
     for (int d = 0; d < Depth; ++d) meta.addresses[d][loaded_tensors] = (*lists[d])[t].data_ptr();
     meta.numel[loaded_tensors] = numel;
     meta.scalar[loaded_tensors] = scalars.empty() ? nullptr : static_cast<const float*>(scalars[t].const_data_ptr());
+    meta.seed[loaded_tensors] = seeds.empty() ? 0u : static_cast<uint32_t>(seeds[t]);
     const int64_t chunks = (numel + kChunkSize - 1) / kChunkSize;
     for (int64_t chunk = 0; chunk < chunks; ++chunk) {
       meta.block_to_tensor[loaded_blocks] = static_cast<unsigned char>(loaded_tensors);
@@ -81,6 +89,7 @@ void multi_tensor_apply(const std::vector<const std::vector<Tensor>*>& lists, co
           for (int d = 0; d < Depth; ++d) meta.addresses[d][0] = meta.addresses[d][loaded_tensors];
           meta.numel[0] = meta.numel[loaded_tensors];
           meta.scalar[0] = meta.scalar[loaded_tensors];
+          meta.seed[0] = meta.seed[loaded_tensors];
           loaded_tensors = 0;
           continue;
         }
@@ -91,44 +100,104 @@ void multi_tensor_apply(const std::vector<const std::vector<Tensor>*>& lists, co
   if (loaded_blocks > 0) launch();
 }
 
-// Walks one chunk of one tuple: loads the Depth operands of each element into registers (16-byte vector loads when
-// every operand is aligned), calls op(values) with values[d] of type scalar_t, and stores back the operands whose
-// bit is set in write_mask.
-template <typename scalar_t, int Depth, typename Op>
-__device__ __forceinline__ void for_each_element(const TensorListMetadata<Depth>& meta, int tensor, int64_t chunk,
-                                                 unsigned write_mask, const Op& op) {
-  const int64_t begin = chunk * kChunkSize;
-  const int64_t len = min(kChunkSize, meta.numel[tensor] - begin);
-  scalar_t* ptr[Depth];
-  bool aligned = len % kILP == 0;
-  for (int d = 0; d < Depth; ++d) {
-    ptr[d] = static_cast<scalar_t*>(meta.addresses[d][tensor]) + begin;
-    aligned = aligned && reinterpret_cast<uintptr_t>(ptr[d]) % (kILP * sizeof(scalar_t)) == 0;
+// How a chunk's results are stored into 16-bit operands: stochastically for the operands whose bit is set, with
+// the random numbers of key[d] (random::tensor_key) and each element's index in its tensor; else to nearest.
+template <int Depth>
+struct StoreRounding {
+  unsigned stochastic_mask = 0;
+  uint32_t key[Depth] = {};
+};
+
+template <typename T>
+struct alignas(kILP * sizeof(T)) IlpPack {
+  T v[kILP];
+};
+
+template <typename T, typename acc_t>
+__device__ __forceinline__ T to_storage(acc_t x, bool stochastic, uint32_t key, int64_t index) {
+  if constexpr (is_reduced_floating_point_v<T>) {
+    if (stochastic) return stochastic_round<T>(static_cast<float>(x), random::uniform(key, index));
   }
-  struct alignas(kILP * sizeof(scalar_t)) Pack {
-    scalar_t v[kILP];
-  };
-  if (aligned) {
-    for (int64_t i = threadIdx.x * kILP; i < len; i += static_cast<int64_t>(blockDim.x) * kILP) {
-      Pack packs[Depth];
-      for (int d = 0; d < Depth; ++d) packs[d] = *reinterpret_cast<const Pack*>(ptr[d] + i);
+  return static_cast<T>(x);
+}
+
+// kILP elements from index i of an operand stored as T (one vector load), or one element (kILP = 1 tail path).
+template <typename T, int N, typename acc_t>
+__device__ __forceinline__ void load_elements(const void* base, int64_t i, acc_t (&out)[N]) {
+  const T* p = static_cast<const T*>(base) + i;
+  if constexpr (N == kILP) {
+    const IlpPack<T> pack = *reinterpret_cast<const IlpPack<T>*>(p);
 #pragma unroll
-      for (int k = 0; k < kILP; ++k) {
-        scalar_t values[Depth];
-        for (int d = 0; d < Depth; ++d) values[d] = packs[d].v[k];
-        op(values);
-        for (int d = 0; d < Depth; ++d) packs[d].v[k] = values[d];
-      }
-      for (int d = 0; d < Depth; ++d)
-        if (write_mask & (1u << d)) *reinterpret_cast<Pack*>(ptr[d] + i) = packs[d];
+    for (int k = 0; k < N; ++k) out[k] = static_cast<acc_t>(pack.v[k]);
+  } else {
+    out[0] = static_cast<acc_t>(*p);
+  }
+}
+
+template <typename T, int N, typename acc_t>
+__device__ __forceinline__ void store_elements(void* base, int64_t i, const acc_t (&in)[N], bool stochastic,
+                                               uint32_t key) {
+  T* p = static_cast<T*>(base) + i;
+  if constexpr (N == kILP) {
+    IlpPack<T> pack;
+#pragma unroll
+    for (int k = 0; k < N; ++k) pack.v[k] = to_storage<T>(in[k], stochastic, key, i + k);
+    *reinterpret_cast<IlpPack<T>*>(p) = pack;
+  } else {
+    *p = to_storage<T>(in[0], stochastic, key, i);
+  }
+}
+
+// N consecutive elements of every operand from index i: loaded, op applied to each element's operands, the
+// operands in write_mask stored back.
+template <typename acc_t, int N, typename... Ts, size_t... D, typename Op>
+__device__ __forceinline__ void apply_at(void* const (&ptr)[sizeof...(Ts)], int64_t i, unsigned write_mask,
+                                         const StoreRounding<sizeof...(Ts)>& rounding, const Op& op,
+                                         std::index_sequence<D...>) {
+  constexpr int Depth = sizeof...(Ts);
+  acc_t values[Depth][N];
+  (load_elements<Ts, N>(ptr[D], i, values[D]), ...);
+#pragma unroll
+  for (int k = 0; k < N; ++k) {
+    acc_t element[Depth];
+#pragma unroll
+    for (int d = 0; d < Depth; ++d) element[d] = values[d][k];
+    op(element);
+#pragma unroll
+    for (int d = 0; d < Depth; ++d) values[d][k] = element[d];
+  }
+  ((write_mask >> D & 1u ? store_elements<Ts, N>(ptr[D], i, values[D], rounding.stochastic_mask >> D & 1u,
+                                                 rounding.key[D])
+                         : void()),
+   ...);
+}
+
+// Walks one chunk of one tuple whose operand d is stored as the d-th of Ts: calls op(values) with values[d] the
+// element's operands in acc_t (vector loads of kILP elements when every operand is aligned for them), and stores
+// back the operands whose bit is set in write_mask.
+template <typename acc_t, typename... Ts, typename Op>
+__device__ __forceinline__ void for_each_element(const TensorListMetadata<sizeof...(Ts)>& meta, int tensor,
+                                                 int64_t chunk, unsigned write_mask,
+                                                 const StoreRounding<sizeof...(Ts)>& rounding, const Op& op) {
+  constexpr int Depth = sizeof...(Ts);
+  constexpr size_t kSizes[Depth] = {sizeof(Ts)...};
+  const int64_t begin = chunk * kChunkSize;
+  const int64_t end = min(begin + kChunkSize, meta.numel[tensor]);
+  void* ptr[Depth];
+  bool aligned = (end - begin) % kILP == 0;
+#pragma unroll
+  for (int d = 0; d < Depth; ++d) {
+    ptr[d] = meta.addresses[d][tensor];
+    aligned = aligned && (reinterpret_cast<uintptr_t>(ptr[d]) + begin * kSizes[d]) % (kILP * kSizes[d]) == 0;
+  }
+  const auto operands = std::index_sequence_for<Ts...>{};
+  if (aligned) {
+    for (int64_t i = begin + threadIdx.x * kILP; i < end; i += static_cast<int64_t>(blockDim.x) * kILP) {
+      apply_at<acc_t, kILP, Ts...>(ptr, i, write_mask, rounding, op, operands);
     }
   } else {
-    for (int64_t i = threadIdx.x; i < len; i += blockDim.x) {
-      scalar_t values[Depth];
-      for (int d = 0; d < Depth; ++d) values[d] = ptr[d][i];
-      op(values);
-      for (int d = 0; d < Depth; ++d)
-        if (write_mask & (1u << d)) ptr[d][i] = values[d];
+    for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
+      apply_at<acc_t, 1, Ts...>(ptr, i, write_mask, rounding, op, operands);
     }
   }
 }

@@ -1,8 +1,11 @@
 // CUDA implementation of sgdf_erd::fused_sgdf_: one multi-tensor launch per ~320 chunks of 64K elements.
 // Step counts, lr (capturable), grad_scale and found_inf are read on the device: no host synchronisation.
 #include <optional>
+#include <type_traits>
+#include <vector>
 
 #include "common/cuda/multi_tensor_apply.cuh"
+#include "common/random.h"
 #include "common/scalar_types.h"
 #include "common/stable.h"
 #include "sgdf/sgdf_checks.h"
@@ -11,39 +14,65 @@
 namespace sgdf_erd::sgdf {
 namespace {
 
-template <typename scalar_t, int Depth>
+template <typename param_t, typename state_t, bool kMaster, bool kUpdate>
 struct SgdfFunctor {
-  using acc_t = opmath_t<scalar_t>;
+  using acc_t = opmath_t<param_t>;
+  using Ops = Operands<kMaster, kUpdate>;
+  static constexpr int kDepth = Ops::kDepth;
   Hyper<double> hyper;  // cast per block: double keeps the bias corrections accurate
   double lr;
   const float* lr_ptr;      // device lr when capturable, else null
   const float* grad_scale;  // null without AMP
   const float* found_inf;   // null without AMP
-  unsigned write_mask;
+  bool stochastic;          // round 16-bit results stochastically (seeds in the launch's metadata)
 
-  __device__ void operator()(const cuda::TensorListMetadata<Depth>& meta, int tensor, int64_t chunk) const {
+  __device__ void operator()(const cuda::TensorListMetadata<kDepth>& meta, int tensor, int64_t chunk) const {
     if (found_inf != nullptr && *found_inf != 0.f) return;
     const Hyper<acc_t> h = cast_hyper<acc_t>(hyper);
     const acc_t lr_acc = static_cast<acc_t>(lr_ptr != nullptr ? static_cast<double>(*lr_ptr) : lr);
-    const acc_t scale = grad_scale != nullptr ? static_cast<acc_t>(*grad_scale) : acc_t(1);
-    const StepCoeffs<acc_t> c = step_coeffs<acc_t>(hyper.beta1, hyper.beta2, *meta.scalar[tensor]);
     const bool unscale = grad_scale != nullptr;
-    cuda::for_each_element<scalar_t, Depth>(meta, tensor, chunk, write_mask, [&](scalar_t(&v)[Depth]) {
-      acc_t p = v[kParam], g = v[kGrad], m = v[kExpAvg], s = v[kExpVar];
-      if (unscale) {
-        g = g / scale;
-        v[kGrad] = static_cast<scalar_t>(g);
+    const acc_t scale = unscale ? static_cast<acc_t>(*grad_scale) : acc_t(1);
+    const float step = *meta.scalar[tensor];
+    const StepCoeffs<acc_t> c = step_coeffs<acc_t>(hyper.beta1, hyper.beta2, step);
+    unsigned write_mask = 0;
+    for (int d = 0; d < kDepth; ++d) write_mask |= Ops::written(d, unscale) ? 1u << d : 0u;
+    // One random stream per stored tensor; a param with a master copy takes it rounded to nearest.
+    cuda::StoreRounding<kDepth> rounding;
+    auto round_stochastically = [&](int operand, uint32_t stream) {
+      rounding.stochastic_mask |= 1u << operand;
+      rounding.key[operand] = random::tensor_key(meta.seed[tensor], static_cast<uint32_t>(step), stream);
+    };
+    if (stochastic) {
+      if (!kMaster && is_reduced_floating_point_v<param_t>) round_stochastically(Ops::kParam, random::kParamStream);
+      if (is_reduced_floating_point_v<state_t>) {
+        round_stochastically(Ops::kExpAvg, random::kExpAvgStream);
+        round_stochastically(Ops::kExpVar, random::kExpVarStream);
       }
-      const acc_t u = filtered_update(p, g, m, s, lr_acc, h, c);
-      if constexpr (Depth == 5) {
-        v[kUpdate] = static_cast<scalar_t>(u);
+    }
+    auto update = [&](acc_t(&v)[kDepth]) {
+      if (unscale) v[Ops::kGrad] = v[Ops::kGrad] / scale;
+      const acc_t u = filtered_update(v[Ops::kWeights], v[Ops::kGrad], v[Ops::kExpAvg], v[Ops::kExpVar], lr_acc, h, c);
+      if constexpr (kUpdate) {
+        v[Ops::kUpdateBuffer] = u;
       } else {
-        p = p - lr_acc * u;
+        v[Ops::kWeights] = v[Ops::kWeights] - lr_acc * u;
+        if constexpr (kMaster) v[Ops::kParam] = v[Ops::kMasterParam];
       }
-      v[kParam] = static_cast<scalar_t>(p);
-      v[kExpAvg] = static_cast<scalar_t>(m);
-      v[kExpVar] = static_cast<scalar_t>(s);
-    });
+    };
+    // operand storage types, in Operands' order: param, grad, exp_avg, exp_var[, master][, update]
+    if constexpr (kMaster && kUpdate) {
+      cuda::for_each_element<acc_t, param_t, param_t, state_t, state_t, float, param_t>(meta, tensor, chunk,
+                                                                                         write_mask, rounding, update);
+    } else if constexpr (kMaster) {
+      cuda::for_each_element<acc_t, param_t, param_t, state_t, state_t, float>(meta, tensor, chunk, write_mask,
+                                                                               rounding, update);
+    } else if constexpr (kUpdate) {
+      cuda::for_each_element<acc_t, param_t, param_t, state_t, state_t, param_t>(meta, tensor, chunk, write_mask,
+                                                                                 rounding, update);
+    } else {
+      cuda::for_each_element<acc_t, param_t, param_t, state_t, state_t>(meta, tensor, chunk, write_mask, rounding,
+                                                                        update);
+    }
   }
 };
 
@@ -55,33 +84,48 @@ struct AdvanceStepFunctor {
 
   __device__ void operator()(const cuda::TensorListMetadata<1>& meta, int tensor, int64_t chunk) const {
     if (found_inf != nullptr && *found_inf != 0.f) return;
-    cuda::for_each_element<float, 1>(meta, tensor, chunk, 1u, [](float(&step)[1]) { step[0] += 1.f; });
+    cuda::for_each_element<float, float>(meta, tensor, chunk, 1u, {}, [](float(&step)[1]) { step[0] += 1.f; });
   }
 };
+
+// The kernels keep float32 / bfloat16 / float16 state for 32- and 16-bit params, float64 state for float64 params,
+// and master copies for 16-bit params only (make_fused_args refuses the rest).
+template <typename param_t, typename state_t, bool kMaster>
+constexpr bool kStorageSupported = (std::is_same_v<param_t, double> == std::is_same_v<state_t, double>) &&
+                                   (!kMaster || is_reduced_floating_point_v<param_t>);
 
 void fused_sgdf_cuda(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_vars,
                      TensorList updates, TensorList steps, double lr, std::optional<Tensor> lr_tensor, double beta1,
                      double beta2, double eps, double gamma, double weight_decay, bool decoupled_weight_decay,
-                     bool sign, bool maximize, std::optional<Tensor> grad_scale, std::optional<Tensor> found_inf) {
-  const Hyper<double> hyper{beta1, beta2, eps, gamma, weight_decay, decoupled_weight_decay, sign, maximize};
-  check_fused_args(params, grads, exp_avgs, exp_vars, updates, steps, lr, lr_tensor, hyper, grad_scale, found_inf);
+                     bool sign, bool maximize, std::optional<Tensor> grad_scale, std::optional<Tensor> found_inf,
+                     TensorList master_params, std::vector<int64_t> rounding_seeds) {
+  const FusedArgs a = make_fused_args(params, grads, exp_avgs, exp_vars, updates, steps, lr, lr_tensor, beta1,
+                                      beta2, eps, gamma, weight_decay, decoupled_weight_decay, sign, maximize,
+                                      grad_scale, found_inf, master_params, rounding_seeds);
   if (params.empty()) return;
   auto ptr = [](const std::optional<Tensor>& t) {
     return t.has_value() ? static_cast<const float*>(t->const_data_ptr()) : nullptr;
   };
-  const unsigned mask = write_mask(grad_scale.has_value(), !updates.empty());
   // Blocks of one tensor read its step concurrently, so the increment is a launch of its own before the update;
   // both read found_inf on the device, without a host synchronisation.
   cuda::multi_tensor_apply<1>({&steps}, {}, AdvanceStepFunctor{ptr(found_inf)});
-  dispatch_floating_types(params[0].scalar_type(), "fused_sgdf_cuda", [&](auto tag) {
-    using scalar_t = typename decltype(tag)::type;
-    if (updates.empty()) {
-      SgdfFunctor<scalar_t, 4> f{hyper, lr, ptr(lr_tensor), ptr(grad_scale), ptr(found_inf), mask};
-      cuda::multi_tensor_apply<4>({&params, &grads, &exp_avgs, &exp_vars}, steps, f);
-    } else {
-      SgdfFunctor<scalar_t, 5> f{hyper, lr, ptr(lr_tensor), ptr(grad_scale), ptr(found_inf), mask};
-      cuda::multi_tensor_apply<5>({&params, &grads, &exp_avgs, &exp_vars, &updates}, steps, f);
-    }
+  std::vector<const TensorList*> lists{&params, &grads, &exp_avgs, &exp_vars};
+  if (a.has_master()) lists.push_back(&master_params);
+  if (a.update_mode()) lists.push_back(&updates);
+  dispatch_operands(a, [&](auto master, auto update) {
+    constexpr bool kMaster = std::decay_t<decltype(master)>::value;
+    constexpr bool kUpdate = std::decay_t<decltype(update)>::value;
+    dispatch_floating_types(a.param_dtype, "fused_sgdf_cuda", [&](auto param_tag) {
+      using param_t = typename std::decay_t<decltype(param_tag)>::type;
+      dispatch_floating_types(a.state_dtype, "fused_sgdf_cuda", [&](auto state_tag) {
+        using state_t = typename std::decay_t<decltype(state_tag)>::type;
+        if constexpr (kStorageSupported<param_t, state_t, kMaster>) {
+          using Functor = SgdfFunctor<param_t, state_t, kMaster, kUpdate>;
+          const Functor f{a.hyper, lr, ptr(lr_tensor), ptr(grad_scale), ptr(found_inf), a.stochastic()};
+          cuda::multi_tensor_apply<Functor::kDepth>(lists, steps, f, rounding_seeds);
+        }
+      });
+    });
   });
 }
 
