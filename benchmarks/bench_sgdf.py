@@ -103,13 +103,20 @@ def build_candidates(numel, n_tensors, device, with_compile):
     return candidates, "ok"
 
 
-# name -> (params dtype, SGDF storage options, the paths that implement it)
+# name -> (params dtype, SGDF storage options, the paths timed)
+BF16 = dict(state_dtype=torch.bfloat16)
 STORAGE_CONFIGS = {
     "fp32 params + fp32 state": (torch.float32, {}, ("fused", "foreach")),
-    "fp32 params + bf16 state": (torch.float32, dict(state_dtype=torch.bfloat16), ("foreach",)),
+    "fp32 params + bf16 state": (torch.float32, BF16, ("fused", "foreach")),
+    "fp32 params + bf16 state, stochastic rounding": (torch.float32, dict(**BF16, stochastic_rounding=True),
+                                                      ("fused",)),
+    "bf16 params + fp32 state": (torch.bfloat16, dict(state_dtype=torch.float32), ("fused",)),
     "bf16 params + bf16 state (nearest)": (torch.bfloat16, {}, ("fused", "foreach")),
-    "bf16 params + bf16 state, stochastic rounding": (torch.bfloat16, dict(stochastic_rounding=True), ("foreach",)),
-    "bf16 params + fp32 master + bf16 state": (torch.bfloat16, dict(master_weights=True), ("foreach",)),
+    "bf16 params + bf16 state, stochastic rounding": (torch.bfloat16, dict(stochastic_rounding=True),
+                                                      ("fused", "foreach")),
+    "bf16 params + fp32 master + bf16 state": (torch.bfloat16, dict(master_weights=True), ("fused", "foreach")),
+    "bf16 params + fp32 master + bf16 state, stochastic rounding": (
+        torch.bfloat16, dict(master_weights=True, stochastic_rounding=True), ("fused",)),
 }
 PATH_OPTIONS = {"fused": dict(fused=True), "foreach": dict(foreach=True)}
 
@@ -141,11 +148,18 @@ def storage_benchmark(args, device) -> None:
     times = time_interleaved(candidates, device, rounds=args.rounds, iters=iters)
     base = times[("fp32 params + fp32 state", "fused")]
     rows = [[name, path, f"{sizes[name]:g}", f"{t * 1e3:.2f}", f"{t / base:.2f}x"] for (name, path), t in times.items()]
-    bf16_fused = times[("bf16 params + bf16 state (nearest)", "fused")]
-    summary = [f"fused: the bf16-params + bf16-state step takes {bf16_fused / base:.2f}x the time of the fp32 step "
-               "on the same parameters",
-               "the fused kernel does not implement state_dtype / stochastic_rounding / master_weights yet, so those "
-               "rows are foreach only"]
+    summary = []
+    for params_name in ("fp32", "bf16"):  # bf16 state against fp32 state, on the same parameters
+        fp32_state = times[(f"{params_name} params + fp32 state", "fused")]
+        bf16_state = times[(f"{params_name} params + bf16 state" + (" (nearest)" if params_name == "bf16" else ""),
+                            "fused")]
+        summary.append(f"fused, {params_name} params: the bf16-state step takes {bf16_state / fp32_state:.2f}x the "
+                       f"time of the fp32-state step")
+    sr = times[("bf16 params + bf16 state, stochastic rounding", "fused")]
+    summary.append(f"fused, bf16 params + bf16 state: stochastic rounding takes "
+                   f"{sr / times[('bf16 params + bf16 state (nearest)', 'fused')]:.2f}x the time of rounding to "
+                   f"nearest (foreach with stochastic rounding: "
+                   f"{times[('bf16 params + bf16 state, stochastic rounding', 'foreach')] / sr:.1f}x the fused time)")
     table = markdown_table(["configuration", "path", "bytes / param", "ms / step", "time vs fp32 fused"], rows)
     table += "\n\n" + "\n".join(f"- {s}" for s in summary)
     total = sum(p.numel() for p in make_params(numel, args.tensors, "cpu"))

@@ -1,6 +1,6 @@
 """One screen: each benchmark's headline ratios in a results folder, against the project's GPU targets.
 
-    python benchmarks/targets.py OUTDIR            # reads OUTDIR/{sgdf,erd,ntk}_cuda*.json
+    python benchmarks/targets.py OUTDIR            # reads OUTDIR/{sgdf,erd,ntk,sgdf_storage}_cuda*.json
     python benchmarks/targets.py benchmarks/results --device cpu   # ratios only: the targets are set for GPUs
 
 Exits 1 when a CUDA result misses its target, 2 when an expected results file is missing; scripts/gpu_check.sh
@@ -24,6 +24,7 @@ ERD_TARGETS = [
     ("composite PyTorch / fused", "composite_over_fused", 3.0, "min"),
 ]
 NTK_TARGETS = [("best torch route / op", "best_torch_over_op", 5.0, "min")]
+STORAGE_TARGETS = [("fused: bf16-state step / fp32-state step", "bf16_over_fp32_state", 1.0, "max")]
 
 
 # Below this many elements a step is bound by launch overhead, not bandwidth: only the AdamW comparison applies.
@@ -51,7 +52,17 @@ def ntk_rows(data):
         yield r["size"], r
 
 
-KINDS = {"sgdf": (SGDF_TARGETS, sgdf_rows), "erd": (ERD_TARGETS, erd_rows), "ntk": (NTK_TARGETS, ntk_rows)}
+def storage_rows(data):
+    """bench_sgdf.py --storage: the fused step with bfloat16 state against float32 state, on the same params."""
+    times = data["seconds"]
+    for params, bf16_state in (("fp32", "fp32 params + bf16 state"), ("bf16", "bf16 params + bf16 state (nearest)")):
+        fp32_state = times.get(f"{params} params + fp32 state / fused")
+        if fp32_state and times.get(f"{bf16_state} / fused"):
+            yield f"{params} params", {"bf16_over_fp32_state": times[f"{bf16_state} / fused"] / fp32_state}
+
+
+KINDS = {"sgdf": (SGDF_TARGETS, sgdf_rows), "erd": (ERD_TARGETS, erd_rows), "ntk": (NTK_TARGETS, ntk_rows),
+         "sgdf_storage": (STORAGE_TARGETS, storage_rows)}
 
 
 def main() -> int:

@@ -54,7 +54,7 @@ def tensors_of(args):
     out = {}
     for name, value in args.items():
         if isinstance(value, list):
-            out.update({f"{name}[{i}]": t for i, t in enumerate(value)})
+            out.update({f"{name}[{i}]": t for i, t in enumerate(value) if isinstance(t, torch.Tensor)})
         elif isinstance(value, torch.Tensor):
             out[name] = value
     return out
@@ -84,6 +84,54 @@ def assert_bit_identical(args, before):
 def test_opcheck(device, dtype, updates, scalars):
     args = make_args(device, dtype, updates=updates, lr_tensor=scalars, amp=scalars)
     torch.library.opcheck(op.default, tuple(args.values()))
+
+
+# (param dtype, state dtype, master copies, stochastic rounding seeds)
+STORAGE = {
+    "bf16_state_sr": (torch.float32, torch.bfloat16, False, True),
+    "bf16_params_f16_state": (torch.bfloat16, torch.float16, False, False),
+    "bf16_master_sr": (torch.bfloat16, torch.bfloat16, True, True),
+    "f16_master_f32_state": (torch.float16, torch.float32, True, False),
+}
+
+
+@pytest.mark.parametrize("storage", list(STORAGE))
+@pytest.mark.parametrize("updates", [False, True], ids=["apply", "updates"])
+def test_opcheck_with_storage_options(device, storage, updates):
+    dtype, state_dtype, master, stochastic = STORAGE[storage]
+    args = make_args(device, dtype, updates=updates, amp=True, state_dtype=state_dtype, master=master,
+                     stochastic=stochastic)
+    torch.library.opcheck(op.default, tuple(args.values()))
+
+
+@pytest.mark.parametrize("change,match", [
+    (lambda a: a.update(master_params=[p.float() for p in a["params"]]), "master_params.*bfloat16 / float16"),
+    (lambda a: a.update(rounding_seeds=[1]), "rounding_seeds"),
+    (lambda a: a.update(rounding_seeds=[-1] * len(a["params"])), "rounding_seeds"),
+    (lambda a: a.update(rounding_seeds=[2**32] * len(a["params"])), "rounding_seeds"),
+    (lambda a: a["exp_vars"].__setitem__(0, a["exp_vars"][0].bfloat16()), "share a dtype"),
+    (lambda a: a["exp_avgs"].__setitem__(0, a["exp_avgs"][0].double()), "exp_avgs"),
+])
+def test_bad_storage_arguments_raise_and_change_nothing(device, change, match):
+    args = make_args(device)
+    change(args)
+    before = snapshot(args)
+    with pytest.raises((RuntimeError, ValueError), match=match):
+        call(args)
+    assert_bit_identical(args, before)
+
+
+def test_master_params_must_be_float32_and_match_the_params(device):
+    args = make_args(device, torch.bfloat16, master=True)
+    args["master_params"][1] = args["master_params"][1].double()
+    before = snapshot(args)
+    with pytest.raises(RuntimeError, match="master_params"):
+        call(args)
+    assert_bit_identical(args, before)
+    args = make_args(device, torch.bfloat16, master=True)
+    args["master_params"][0] = args["params"][1].float()  # another shape
+    with pytest.raises(RuntimeError, match="master_params"):
+        call(args)
 
 
 def test_all_meta_inputs_propagate_without_error():

@@ -12,7 +12,7 @@ from torch import Tensor
 from .newton_schulz import orthogonalize
 
 
-def _dtensor_type() -> Optional[Type[Tensor]]:
+def dtensor_type() -> Optional[Type[Tensor]]:
     # A DTensor can exist only once torch.distributed.tensor is imported; importing it here would slow every
     # `import sgdf_erd` by most of a second.
     module = sys.modules.get("torch.distributed.tensor")
@@ -20,7 +20,7 @@ def _dtensor_type() -> Optional[Type[Tensor]]:
 
 
 def is_dtensor(t: Tensor) -> bool:
-    dtensor = _dtensor_type()
+    dtensor = dtensor_type()
     return dtensor is not None and isinstance(t, dtensor)
 
 

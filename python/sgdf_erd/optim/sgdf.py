@@ -212,6 +212,8 @@ class SGDF(Optimizer):
         if check_all_groups:
             self._check_step_inputs()
         on_device = group["fused"] or group["capturable"]
+        fused, master_weights = group["fused"], group["master_weights"]
+        stochastic_rounding = group["stochastic_rounding"]
         for p in group["params"]:
             if p.grad is None or p.numel() == 0:
                 continue
@@ -221,16 +223,16 @@ class SGDF(Optimizer):
                 state["exp_avg"] = _like(p, checks.state_dtype(p, group)).zero_()
                 state["exp_var"] = _like(p, checks.state_dtype(p, group)).zero_()
                 _adopt_storage_entries(p, state, group)
-            elif group["fused"]:
+            elif fused:
                 _match_layout(p, state)
             params.append(p)
             grads.append(p.grad)
             exp_avgs.append(state["exp_avg"])
             exp_vars.append(state["exp_var"])
             steps.append(state["step"])
-            if group["master_weights"]:
+            if master_weights:
                 master_params.append(state["master_param"])
-            if group["stochastic_rounding"]:
+            if stochastic_rounding:
                 rounding_seeds.append(state["rounding_seed"])
 
     @torch.no_grad()

@@ -164,16 +164,23 @@ def fused_sgdf(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor]
         params, grads, exp_avgs, exp_vars = map(_real, (params, grads, exp_avgs, exp_vars))
     masters = master_params if master_params is not None else [None] * len(params)
     seeds = rounding_seeds if rounding_seeds is not None else [None] * len(params)
-    # params, grads, exp_avgs, exp_vars, steps, master copies, seeds, and the DTensor each param is a shard of
-    groups = defaultdict(lambda: ([], [], [], [], [], [], [], []))
-    for p, g, m, s, t, w, seed in zip(params, grads, exp_avgs, exp_vars, steps, masters, seeds):
-        group = groups[(p.device, p.dtype, m.dtype, orthogonalize_matrices and is_matrix_shaped(p))]
-        sharded = p if _dtensor.is_dtensor(p) else None
-        if sharded is not None:  # the kernel is elementwise: it steps each rank's shards
-            p, g, m, s = (_dtensor.local_shard(x, sharded) for x in (p, g, m, s))
-            w = None if w is None else _dtensor.local_shard(w, sharded)
-        for bucket, value in zip(group, (p, _matching_layout(g, p), m, s, t, w, seed, sharded)):
-            bucket.append(value)
+    keys = [(p.device, p.dtype, m.dtype, orthogonalize_matrices and is_matrix_shaped(p))
+            for p, m in zip(params, exp_avgs)]
+    dtensor = _dtensor.dtensor_type()
+    if keys.count(keys[0]) == len(keys) and (dtensor is None or not any(isinstance(p, dtensor) for p in params)):
+        # the common case, one launch: no per-tensor regrouping (it runs at every step)
+        groups = {keys[0]: (params, [_matching_layout(g, p) for g, p in zip(grads, params)], exp_avgs, exp_vars,
+                            steps, masters, seeds, [None] * len(params))}
+    else:
+        # params, grads, exp_avgs, exp_vars, steps, master copies, seeds, and the DTensor each param is a shard of
+        groups = defaultdict(lambda: ([], [], [], [], [], [], [], []))
+        for key, p, g, m, s, t, w, seed in zip(keys, params, grads, exp_avgs, exp_vars, steps, masters, seeds):
+            sharded = p if dtensor is not None and isinstance(p, dtensor) else None
+            if sharded is not None:  # the kernel is elementwise: it steps each rank's shards
+                p, g, m, s = (_dtensor.local_shard(x, sharded) for x in (p, g, m, s))
+                w = None if w is None else _dtensor.local_shard(w, sharded)
+            for bucket, value in zip(groups[key], (p, _matching_layout(g, p), m, s, t, w, seed, sharded)):
+                bucket.append(value)
 
     per_device = {}  # lr / grad_scale / found_inf moved once per device
 
