@@ -17,6 +17,8 @@
 #include <torch/headeronly/util/BFloat16.h>
 #include <torch/headeronly/util/Half.h>
 
+#include "common/random.h"
+
 namespace sgdf_erd {
 
 // T: c10::BFloat16 or c10::Half. u: uniform in [0, 1) (random::uniform).
@@ -39,11 +41,26 @@ C10_HOST_DEVICE inline T stochastic_round(float x, float u) {
   return T(::copysignf(u < up_probability ? hi : lo, x));    // exact: lo and hi are representable
 }
 
-// dst <- x: stochastically for bfloat16 / float16 destinations when `stochastic`, else to nearest (any dtype).
-template <typename T>
-C10_HOST_DEVICE inline T round_to_storage(float x, bool stochastic, float u) {
+// How a multi-tensor kernel stores its Depth operands' results: stochastically for the 16-bit operands whose bit is
+// set, with the random numbers of key[d] (random::tensor_key) and each element's index in its tensor; else to
+// nearest. Shared by the CPU and CUDA walks.
+template <int Depth>
+struct StoreRounding {
+  unsigned stochastic_mask = 0;
+  uint32_t key[Depth] = {};
+
+  C10_HOST_DEVICE void set_stochastic(int operand, uint32_t operand_key) {
+    stochastic_mask |= 1u << operand;
+    key[operand] = operand_key;
+  }
+};
+
+// x stored as T: stochastically with element `index`'s number of `key` when `stochastic` and T is bfloat16 /
+// float16, else to nearest.
+template <typename T, typename acc_t>
+C10_HOST_DEVICE inline T to_storage(acc_t x, bool stochastic, uint32_t key, int64_t index) {
   if constexpr (std::is_same_v<T, c10::BFloat16> || std::is_same_v<T, c10::Half>) {
-    if (stochastic) return stochastic_round<T>(x, u);
+    if (stochastic) return stochastic_round<T>(static_cast<float>(x), random::uniform(key, static_cast<uint64_t>(index)));
   }
   return static_cast<T>(x);
 }

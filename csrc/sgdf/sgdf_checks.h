@@ -7,6 +7,7 @@
 #include <utility>
 #include <vector>
 
+#include "common/scalar_types.h"
 #include "common/stable.h"
 #include "common/tensor_lists.h"
 #include "sgdf/sgdf_math.h"
@@ -173,15 +174,50 @@ struct Operands {
   }
 };
 
-// Calls fn(std::integral_constant<bool, kMaster>, std::integral_constant<bool, kUpdate>) for the call's operands.
+// The storage the kernels keep (make_fused_args refuses the rest): float32 / bfloat16 / float16 state for 32- and
+// 16-bit params, float64 state for float64 params, master copies for 16-bit params only.
+template <typename param_t, typename state_t, bool kMaster>
+inline constexpr bool kStorageSupported = (std::is_same_v<param_t, double> == std::is_same_v<state_t, double>) &&
+                                          (!kMaster || is_reduced_floating_point_v<param_t>);
+
+// Calls fn(TypeTag<param_t>, TypeTag<state_t>, bool_constant<kMaster>, bool_constant<kUpdate>) for the call's
+// dtypes and operands: one instantiation of a kernel per supported combination.
 template <typename Fn>
-void dispatch_operands(const FusedArgs& a, Fn&& fn) {
+void dispatch_storage(const FusedArgs& a, Fn&& fn) {
+  auto with_flags = [&](auto master, auto update) {
+    dispatch_floating_types(a.param_dtype, "fused_sgdf_", [&](auto param_tag) {
+      using param_t = typename std::decay_t<decltype(param_tag)>::type;
+      dispatch_floating_types(a.state_dtype, "fused_sgdf_", [&](auto state_tag) {
+        using state_t = typename std::decay_t<decltype(state_tag)>::type;
+        if constexpr (kStorageSupported<param_t, state_t, std::decay_t<decltype(master)>::value>) {
+          fn(param_tag, state_tag, master, update);
+        }
+      });
+    });
+  };
   using True = std::true_type;
   using False = std::false_type;
   if (a.has_master()) {
-    a.update_mode() ? fn(True{}, True{}) : fn(True{}, False{});
+    a.update_mode() ? with_flags(True{}, True{}) : with_flags(True{}, False{});
   } else {
-    a.update_mode() ? fn(False{}, True{}) : fn(False{}, False{});
+    a.update_mode() ? with_flags(False{}, True{}) : with_flags(False{}, False{});
+  }
+}
+
+// Calls fn(TypeTag<T>...) with the storage type of each operand, in Operands' order: param, grad, exp_avg, exp_var,
+// then the master copy (float32) and the update buffer (the param's type) when the launch has them.
+template <typename param_t, typename state_t, bool kMaster, bool kUpdate, typename Fn>
+C10_HOST_DEVICE decltype(auto) with_operand_types(Fn&& fn) {
+  using P = TypeTag<param_t>;
+  using S = TypeTag<state_t>;
+  if constexpr (kMaster && kUpdate) {
+    return fn(P{}, P{}, S{}, S{}, TypeTag<float>{}, P{});
+  } else if constexpr (kMaster) {
+    return fn(P{}, P{}, S{}, S{}, TypeTag<float>{});
+  } else if constexpr (kUpdate) {
+    return fn(P{}, P{}, S{}, S{}, P{});
+  } else {
+    return fn(P{}, P{}, S{}, S{});
   }
 }
 

@@ -87,12 +87,9 @@ void fused_sgdf_cpu(TensorList params, TensorList grads, TensorList exp_avgs, Te
   // passes the sum of found_inf over devices: any nonzero value means skip).
   if (found_inf.has_value() && cpu_scalar(*found_inf) != 0.f) return;
   const double step_lr = lr_tensor.has_value() ? static_cast<double>(cpu_scalar(*lr_tensor)) : lr;
-  dispatch_operands(a, [&](auto master, auto update) {
-    if (a.param_dtype == ScalarType::Double) {
-      if constexpr (!decltype(master)::value) run_cpu<double, false, decltype(update)::value>(a, step_lr);
-    } else {
-      run_cpu<float, decltype(master)::value, decltype(update)::value>(a, step_lr);
-    }
+  // 16-bit operands are staged through float tiles, so the dtypes choose only the arithmetic type
+  dispatch_storage(a, [&](auto param, auto, auto master, auto update) {
+    run_cpu<opmath_t<typename decltype(param)::type>, decltype(master)::value, decltype(update)::value>(a, step_lr);
   });
 }
 

@@ -83,12 +83,12 @@ inline void store_tile(const float* src, void* dst, ScalarType dtype, int64_t n,
     }
 #endif
     for (; i < n; ++i) {
-      out[i] = stochastic_round<BFloat16>(src[i], random::uniform(rounding.key, first_index + i));
+      out[i] = to_storage<BFloat16>(src[i], true, rounding.key, first_index + i);
     }
   } else {
     auto* out = static_cast<Half*>(dst);
     for (int64_t i = 0; i < n; ++i) {
-      out[i] = stochastic_round<Half>(src[i], random::uniform(rounding.key, first_index + i));
+      out[i] = to_storage<Half>(src[i], true, rounding.key, first_index + i);
     }
   }
 }

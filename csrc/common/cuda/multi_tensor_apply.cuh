@@ -100,26 +100,10 @@ void multi_tensor_apply(const std::vector<const std::vector<Tensor>*>& lists, co
   if (loaded_blocks > 0) launch();
 }
 
-// How a chunk's results are stored into 16-bit operands: stochastically for the operands whose bit is set, with
-// the random numbers of key[d] (random::tensor_key) and each element's index in its tensor; else to nearest.
-template <int Depth>
-struct StoreRounding {
-  unsigned stochastic_mask = 0;
-  uint32_t key[Depth] = {};
-};
-
 template <typename T>
 struct alignas(kILP * sizeof(T)) IlpPack {
   T v[kILP];
 };
-
-template <typename T, typename acc_t>
-__device__ __forceinline__ T to_storage(acc_t x, bool stochastic, uint32_t key, int64_t index) {
-  if constexpr (is_reduced_floating_point_v<T>) {
-    if (stochastic) return stochastic_round<T>(static_cast<float>(x), random::uniform(key, index));
-  }
-  return static_cast<T>(x);
-}
 
 // kILP elements from index i of an operand stored as T (one vector load), or one element (kILP = 1 tail path).
 template <typename T, int N, typename acc_t>

@@ -37,10 +37,9 @@ struct SgdfFunctor {
     unsigned write_mask = 0;
     for (int d = 0; d < kDepth; ++d) write_mask |= Ops::written(d, unscale) ? 1u << d : 0u;
     // One random stream per stored tensor; a param with a master copy takes it rounded to nearest.
-    cuda::StoreRounding<kDepth> rounding;
+    StoreRounding<kDepth> rounding;
     auto round_stochastically = [&](int operand, uint32_t stream) {
-      rounding.stochastic_mask |= 1u << operand;
-      rounding.key[operand] = random::tensor_key(meta.seed[tensor], static_cast<uint32_t>(step), stream);
+      rounding.set_stochastic(operand, random::tensor_key(meta.seed[tensor], static_cast<uint32_t>(step), stream));
     };
     if (stochastic) {
       if (!kMaster && is_reduced_floating_point_v<param_t>) round_stochastically(Ops::kParam, random::kParamStream);
@@ -59,20 +58,10 @@ struct SgdfFunctor {
         if constexpr (kMaster) v[Ops::kParam] = v[Ops::kMasterParam];
       }
     };
-    // operand storage types, in Operands' order: param, grad, exp_avg, exp_var[, master][, update]
-    if constexpr (kMaster && kUpdate) {
-      cuda::for_each_element<acc_t, param_t, param_t, state_t, state_t, float, param_t>(meta, tensor, chunk,
-                                                                                         write_mask, rounding, update);
-    } else if constexpr (kMaster) {
-      cuda::for_each_element<acc_t, param_t, param_t, state_t, state_t, float>(meta, tensor, chunk, write_mask,
-                                                                               rounding, update);
-    } else if constexpr (kUpdate) {
-      cuda::for_each_element<acc_t, param_t, param_t, state_t, state_t, param_t>(meta, tensor, chunk, write_mask,
-                                                                                 rounding, update);
-    } else {
-      cuda::for_each_element<acc_t, param_t, param_t, state_t, state_t>(meta, tensor, chunk, write_mask, rounding,
-                                                                        update);
-    }
+    with_operand_types<param_t, state_t, kMaster, kUpdate>([&](auto... types) {
+      cuda::for_each_element<acc_t, typename std::decay_t<decltype(types)>::type...>(meta, tensor, chunk, write_mask,
+                                                                                     rounding, update);
+    });
   }
 };
 
@@ -87,12 +76,6 @@ struct AdvanceStepFunctor {
     cuda::for_each_element<float, float>(meta, tensor, chunk, 1u, {}, [](float(&step)[1]) { step[0] += 1.f; });
   }
 };
-
-// The kernels keep float32 / bfloat16 / float16 state for 32- and 16-bit params, float64 state for float64 params,
-// and master copies for 16-bit params only (make_fused_args refuses the rest).
-template <typename param_t, typename state_t, bool kMaster>
-constexpr bool kStorageSupported = (std::is_same_v<param_t, double> == std::is_same_v<state_t, double>) &&
-                                   (!kMaster || is_reduced_floating_point_v<param_t>);
 
 void fused_sgdf_cuda(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_vars,
                      TensorList updates, TensorList steps, double lr, std::optional<Tensor> lr_tensor, double beta1,
@@ -112,20 +95,11 @@ void fused_sgdf_cuda(TensorList params, TensorList grads, TensorList exp_avgs, T
   std::vector<const TensorList*> lists{&params, &grads, &exp_avgs, &exp_vars};
   if (a.has_master()) lists.push_back(&master_params);
   if (a.update_mode()) lists.push_back(&updates);
-  dispatch_operands(a, [&](auto master, auto update) {
-    constexpr bool kMaster = std::decay_t<decltype(master)>::value;
-    constexpr bool kUpdate = std::decay_t<decltype(update)>::value;
-    dispatch_floating_types(a.param_dtype, "fused_sgdf_cuda", [&](auto param_tag) {
-      using param_t = typename std::decay_t<decltype(param_tag)>::type;
-      dispatch_floating_types(a.state_dtype, "fused_sgdf_cuda", [&](auto state_tag) {
-        using state_t = typename std::decay_t<decltype(state_tag)>::type;
-        if constexpr (kStorageSupported<param_t, state_t, kMaster>) {
-          using Functor = SgdfFunctor<param_t, state_t, kMaster, kUpdate>;
-          const Functor f{a.hyper, lr, ptr(lr_tensor), ptr(grad_scale), ptr(found_inf), a.stochastic()};
-          cuda::multi_tensor_apply<Functor::kDepth>(lists, steps, f, rounding_seeds);
-        }
-      });
-    });
+  dispatch_storage(a, [&](auto param, auto state, auto master, auto update) {
+    using Functor = SgdfFunctor<typename std::decay_t<decltype(param)>::type, typename std::decay_t<decltype(state)>::type,
+                                std::decay_t<decltype(master)>::value, std::decay_t<decltype(update)>::value>;
+    const Functor f{a.hyper, lr, ptr(lr_tensor), ptr(grad_scale), ptr(found_inf), a.stochastic()};
+    cuda::multi_tensor_apply<Functor::kDepth>(lists, steps, f, rounding_seeds);
   });
 }
 
