@@ -350,13 +350,14 @@ def _equal(a, b):
     return a == b
 
 
-def test_checkpoint_without_options_loads_into_an_optimizer_with_them_and_back(device):
+@pytest.mark.parametrize("path", ["fused", "foreach"])
+def test_checkpoint_without_options_loads_into_an_optimizer_with_them_and_back(device, path):
     params = _params(torch.bfloat16, device, seed=9)
-    plain = SGDF(params, lr=1e-2, foreach=True)
+    plain = SGDF(params, lr=1e-2, **PATHS[path])
     _step_with(params, plain, _grads_seq(params, 3, seed=10))
     saved = plain.state_dict()
     lean = SGDF(params, lr=1e-2, stochastic_rounding=True, state_dtype=torch.float32, master_weights=True,
-                foreach=True)
+                **PATHS[path])
     lean.load_state_dict(saved)
     for p in params:
         state, old = lean.state[p], plain.state[p]
@@ -366,7 +367,7 @@ def test_checkpoint_without_options_loads_into_an_optimizer_with_them_and_back(d
         assert float(state["step"]) == 3
     _step_with(params, lean, _grads_seq(params, 2, seed=11))
     # and back: master copies and seeds dropped, state cast to the params' dtype
-    back = SGDF(params, lr=1e-2, foreach=True)
+    back = SGDF(params, lr=1e-2, **PATHS[path])
     back.load_state_dict(lean.state_dict())
     for p in params:
         state = back.state[p]
@@ -375,7 +376,7 @@ def test_checkpoint_without_options_loads_into_an_optimizer_with_them_and_back(d
         assert torch.equal(state["exp_var"], lean.state[p]["exp_var"].to(torch.bfloat16))
     _step_with(params, back, _grads_seq(params, 1, seed=12))
     # a float32 master in a checkpoint survives torch's cast of state to the (bfloat16) parameter dtype
-    again = SGDF(params, lr=1e-2, master_weights=True, foreach=True)
+    again = SGDF(params, lr=1e-2, master_weights=True, **PATHS[path])
     again.load_state_dict(lean.state_dict())
     assert all(torch.equal(again.state[p]["master_param"], lean.state[p]["master_param"]) for p in params)
 
