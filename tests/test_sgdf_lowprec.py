@@ -24,7 +24,7 @@ from scipy import stats
 from sgdf_erd import SGDF
 from sgdf_erd.optim import counter_random
 from sgdf_erd.optim.stochastic_rounding import stochastic_round
-from tests.devices import DEVICES
+from tests.devices import DEVICES, requires_cuda
 from tests.reference.sgdf_reference import ReferenceSGDF
 from tests.test_sgdf_contract import _assert_unchanged, _same, _snapshot
 
@@ -561,3 +561,51 @@ def test_fused_stochastic_rounding_is_reproducible_and_close_to_foreach(device):
         spacing = torch.finfo(torch.bfloat16).eps * r.float().abs().clamp_min(2.0**-126)
         assert bool(((x.float() - r.float()).abs() <= spacing).all())
         assert (x == r).float().mean() > 0.98
+
+
+@requires_cuda
+@pytest.mark.parametrize("path", ["fused", "foreach"])
+def test_cuda_graph_replays_draw_new_numbers_and_match_eager_steps(path):
+    """Stochastic rounding reads the step count on the device: a captured step replays without host
+    synchronisation, each replay rounds with the numbers of its own step, and the replays equal eager steps of a
+    twin optimizer bit for bit."""
+    options = dict(lr=torch.tensor(1e-3, device="cuda"), stochastic_rounding=True, master_weights=True,
+                   state_dtype=torch.bfloat16, capturable=True, **PATHS[path])
+    params = _params(torch.bfloat16, "cuda", seed=15)
+    twin = copy.deepcopy(params)
+    torch.manual_seed(0)
+    opt = SGDF(params, **options)
+    torch.manual_seed(0)
+    twin_opt = SGDF(twin, **options)
+    grads = _grads_seq(params, 6, seed=16, scale=1e-2)
+    static = [torch.zeros_like(p) for p in params]
+    for p, g in zip(params, static):
+        p.grad = g
+
+    def load(step):
+        for s, g in zip(static, grads[step]):
+            s.copy_(g)
+
+    load(0)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # the first step creates the state, outside the capture
+        opt.step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        opt.step()
+    _step_with(twin, twin_opt, grads[:1])
+    previous = torch.cuda.get_sync_debug_mode()
+    for step in range(1, 6):
+        load(step)
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            graph.replay()
+        finally:
+            torch.cuda.set_sync_debug_mode(previous)
+        _step_with(twin, twin_opt, grads[step:step + 1])
+        for p, q in zip(params, twin):
+            assert torch.equal(p, q), step
+            assert torch.equal(opt.state[p]["exp_avg"], twin_opt.state[q]["exp_avg"])
+    assert float(opt.state[params[0]]["step"]) == 6
