@@ -26,12 +26,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "python"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from quality_sgdf import device_name, load, make_model  # noqa: E402
+from quality_sgdf import device_name, evaluate, load, train  # noqa: E402
 
 from sgdf_erd import SGDF  # noqa: E402
 
@@ -45,32 +44,11 @@ TUNED_LR = 1.5  # SGDF's best lr on digits in benchmarks/results/quality_sgdf_cp
 WEIGHT_DECAY = 5e-4
 
 
-def run(data, dtype, options, lr, seed, epochs, batch_size=64):
-    torch.manual_seed(seed)
-    model = make_model("digits", data["classes"]).to(dtype)  # same float32 init per seed, then cast
-    opt = SGDF(model.parameters(), lr=lr, weight_decay=WEIGHT_DECAY, **options)
-    x, y = data["train"]
-    steps = epochs * ((len(x) + batch_size - 1) // batch_size)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
-    gen = torch.Generator().manual_seed(seed + 1000)
-    start = time.perf_counter()
-    model.train()
-    for _ in range(epochs):
-        perm = torch.randperm(len(x), generator=gen)
-        for i in range(0, len(x), batch_size):
-            idx = perm[i:i + batch_size]
-            loss = F.cross_entropy(model(x[idx].to(dtype)).float(), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-    wall = time.perf_counter() - start
-    model.eval()
-    with torch.no_grad():
-        train_loss = float(F.cross_entropy(model(x.to(dtype)).float(), y))
-        test_x, test_y = data["test"]
-        test_acc = float((model(test_x.to(dtype)).argmax(1) == test_y).float().mean())
-    return {"train_loss": train_loss, "test_acc": test_acc, "wall_s": wall}
+def run(data, dtype, options, lr, seed, epochs):
+    model, wall = train("digits", data, lambda params: SGDF(params, lr=lr, weight_decay=WEIGHT_DECAY, **options),
+                        seed, epochs, dtype=dtype)
+    scores = evaluate(model, data, dtype)
+    return {"train_loss": scores["train_loss"], "test_acc": scores["test_acc"], "wall_s": wall}
 
 
 def main():

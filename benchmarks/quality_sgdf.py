@@ -83,10 +83,13 @@ def make_model(dataset, classes):
 
 
 # ------------------------------------------------------------------------------------------------ one run
-def run(dataset, data, opt_name, lr, seed, epochs, batch_size=64):
+def train(dataset, data, make_opt, seed, epochs, dtype=torch.float32, batch_size=64):
+    """Trains the dataset's model from seed's initial weights (float32, then cast to dtype) in seed's batch order,
+    with make_opt(params) and a cosine decay to 0; forward and backward run in dtype, the loss in float32.
+    Returns the model and the training wall time in seconds."""
     torch.manual_seed(seed)
-    model = make_model(dataset, data["classes"])
-    opt = make_optimizer(opt_name, model.parameters(), lr)
+    model = make_model(dataset, data["classes"]).to(dtype)
+    opt = make_opt(model.parameters())
     x, y = data["train"]
     steps = epochs * ((len(x) + batch_size - 1) // batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
@@ -97,19 +100,31 @@ def run(dataset, data, opt_name, lr, seed, epochs, batch_size=64):
         perm = torch.randperm(len(x), generator=gen)
         for i in range(0, len(x), batch_size):
             idx = perm[i:i + batch_size]
-            loss = F.cross_entropy(model(x[idx]), y[idx])
+            loss = F.cross_entropy(model(x[idx].to(dtype)).float(), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-    wall = time.perf_counter() - start
+    return model, time.perf_counter() - start
+
+
+def evaluate(model, data, dtype=torch.float32):
+    """Training loss over the whole train split and the val / test accuracies of the model in its own dtype."""
     model.eval()
     with torch.no_grad():
-        train_loss = float(F.cross_entropy(model(x), y))
-        acc = {s: float((model(data[s][0]).argmax(1) == data[s][1]).float().mean()) for s in ("val", "test")}
-    if not np.isfinite(train_loss):
-        acc = {"val": 0.0, "test": 0.0}  # diverged: scores as chance-or-worse, never picked by the sweep
-    return {"train_loss": train_loss, "val_acc": acc["val"], "test_acc": acc["test"], "wall_s": wall}
+        x, y = data["train"]
+        scores = {"train_loss": float(F.cross_entropy(model(x.to(dtype)).float(), y))}
+        for s in ("val", "test"):
+            scores[f"{s}_acc"] = float((model(data[s][0].to(dtype)).argmax(1) == data[s][1]).float().mean())
+    return scores
+
+
+def run(dataset, data, opt_name, lr, seed, epochs):
+    model, wall = train(dataset, data, lambda params: make_optimizer(opt_name, params, lr), seed, epochs)
+    scores = evaluate(model, data)
+    if not np.isfinite(scores["train_loss"]):
+        scores.update(val_acc=0.0, test_acc=0.0)  # diverged: scores as chance-or-worse, never picked by the sweep
+    return {**scores, "wall_s": wall}
 
 
 def device_name():

@@ -37,9 +37,27 @@ def tensor_key(seed: int, step: Union[int, Tensor], stream: int) -> Union[int, T
     return mix32(mix32(mix32(seed) ^ (step & MASK32)) ^ stream)
 
 
+def _mix32_(x: Tensor) -> Tensor:
+    """mix32 in place on an int64 tensor already in [0, 2**32): the bulk of a step's random numbers, where every
+    temporary of the out-of-place version would cost a full-size allocation."""
+    x ^= x >> 16
+    x.mul_(0x21F0AAAD).bitwise_and_(MASK32)
+    x ^= x >> 15
+    x.mul_(0x735A2D97).bitwise_and_(MASK32)
+    x ^= x >> 15
+    return x
+
+
 def uniform(numel: int, key: Union[int, Tensor], device: torch.device) -> Tensor:
     """`numel` float32 numbers in [0, 1), multiples of 2**-24, one per element index, for a tensor's key."""
-    index = torch.arange(numel, device=device, dtype=torch.int64)
-    high = index >> 32  # zero unless the tensor has 2**32 elements or more
-    h = mix32(mix32((index & MASK32) ^ key) ^ ((mix32(key ^ _SECOND_KEY) + high) & MASK32))
-    return (h >> 8).to(torch.float32) * 2.0**-24
+    h = torch.arange(numel, device=device, dtype=torch.int64)
+    if numel > 1 << 32:  # the index's high word enters the second round
+        second = (mix32(key ^ _SECOND_KEY) + (h >> 32)) & MASK32
+        h &= MASK32
+    else:  # one value (or 0-dim tensor) for the whole tensor
+        second = mix32(key ^ _SECOND_KEY)
+    h ^= key
+    _mix32_(h)
+    h ^= second
+    _mix32_(h)
+    return (h >> 8).to(torch.float32).mul_(2.0**-24)
