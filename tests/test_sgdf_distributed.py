@@ -28,6 +28,12 @@ PATHS = {
     "bf16-params-master": dict(master_weights=True),
     "bf16-params-master-foreach": dict(master_weights=True, foreach=True),
     "bf16-params-master-orthogonalize": dict(master_weights=True, orthogonalize=True),
+    # stochastic rounding: DDP takes the fused path, FSDP2 the foreach path, which numbers each shard's elements
+    # as in the whole tensor, so the ranks draw the numbers one process draws
+    "bf16-params-stochastic-rounding": dict(stochastic_rounding=True),
+    "bf16-params-stochastic-rounding-state": dict(stochastic_rounding=True, state_dtype=torch.bfloat16,
+                                                  foreach=True),
+    "bf16-params-stochastic-rounding-orthogonalize": dict(stochastic_rounding=True, orthogonalize=True),
 }
 # the parameters' dtype of a path (float32 unless named here)
 PARAM_DTYPES = {name: torch.bfloat16 for name in PATHS if name.startswith("bf16-params")}
@@ -43,6 +49,13 @@ def free_port() -> int:
 def make_model(dtype=torch.float32):
     torch.manual_seed(0)  # Linear(4, 5): a 5x4 weight sharded 3 + 2 rows over two ranks
     return torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3)).to(dtype)
+
+
+def rounding_input():
+    return torch.randn(5, 7, generator=torch.Generator().manual_seed(7))
+
+
+ROUNDING_SEED = 1234
 
 
 def rank_batch(rank, step):
@@ -70,10 +83,24 @@ def worker(rank, port, out_dir, tests_dir):
         from torch.distributed.fsdp import fully_shard
         from torch.nn.parallel import DistributedDataParallel
 
+        from torch.distributed.tensor import Shard, distribute_tensor, init_device_mesh
+
         from sgdf_erd import SGDF
+        from sgdf_erd.optim.stochastic_rounding import round_into_
 
         torch.set_num_threads(1)
         results = {}
+        # a DTensor rounded stochastically, shard by shard, sharded unevenly along either dimension
+        mesh = init_device_mesh("cpu", (WORLD_SIZE,))
+        for dim in (0, 1):
+            rounded = distribute_tensor(torch.zeros(5, 7, dtype=torch.bfloat16), mesh, [Shard(dim)])
+            round_into_(rounded, distribute_tensor(rounding_input(), mesh, [Shard(dim)]), ROUNDING_SEED,
+                        torch.tensor(3.0), 0)
+            results["rounded", dim] = rounded.full_tensor()
+        try:
+            SGDF(fully_shard(make_model(torch.bfloat16)).parameters(), fused=True, stochastic_rounding=True)
+        except NotImplementedError as exc:
+            results["fused-refusal"] = str(exc)
         for name, path in PATHS.items():
             dtype = PARAM_DTYPES.get(name, torch.float32)
             ddp = DistributedDataParallel(make_model(dtype))
@@ -154,3 +181,20 @@ def test_dcp_checkpoint_resumes_bit_identically(ranks):
         for got, want in zip(resumed_state, continued_state):
             for a, b in zip(got, want):
                 assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dim", [0, 1])
+def test_sharded_stochastic_rounding_draws_what_one_process_draws(ranks, dim):
+    from sgdf_erd.optim.stochastic_rounding import round_into_
+
+    expected = torch.zeros(5, 7, dtype=torch.bfloat16)
+    round_into_(expected, rounding_input(), ROUNDING_SEED, torch.tensor(3.0), 0)
+    nearest = rounding_input().bfloat16()
+    assert not torch.equal(expected, nearest)  # the rounding is stochastic here, not a plain cast
+    for rank in ranks:
+        assert torch.equal(rank["rounded", dim], expected)
+
+
+def test_fused_stochastic_rounding_of_dtensors_is_refused(ranks):
+    for rank in ranks:
+        assert "foreach=True" in rank["fused-refusal"] and "DTensor" in rank["fused-refusal"]

@@ -5,8 +5,9 @@ a sharded update is gathered, orthogonalised whole (every rank the same) and eac
 """
 
 import sys
-from typing import Optional, Type
+from typing import Optional, Tuple, Type
 
+import torch
 from torch import Tensor
 
 from .newton_schulz import orthogonalize
@@ -30,6 +31,21 @@ def local_shard(t: Tensor, like: Tensor) -> Tensor:
     if t.placements != like.placements:
         t = t.redistribute(like.device_mesh, like.placements)
     return t.to_local()
+
+
+def global_element_index(t: Tensor) -> Tuple[Tensor, int]:
+    """For each element of this rank's shard of DTensor `t` (in the shard's shape), its position in the memory
+    order of the whole tensor (its global strides), and a bound on those positions: the numbering a stochastic
+    rounding of the whole tensor uses, so a sharded step draws the numbers an unsharded one would."""
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    local = t.to_local()
+    _, offsets = compute_local_shape_and_global_offset(t.shape, t.device_mesh, t.placements)
+    index = torch.zeros(local.shape, dtype=torch.int64, device=local.device)
+    for dim, (size, offset, stride) in enumerate(zip(local.shape, offsets, t.stride())):
+        positions = torch.arange(offset, offset + size, dtype=torch.int64, device=local.device) * stride
+        index += positions.view([-1 if d == dim else 1 for d in range(local.dim())])
+    return index, 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
 
 
 def orthogonalize_shard(update: Tensor, like: Tensor, ns_steps: int) -> Tensor:

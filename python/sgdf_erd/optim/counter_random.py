@@ -50,8 +50,14 @@ def _mix32_(x: Tensor) -> Tensor:
 
 def uniform(numel: int, key: Union[int, Tensor], device: torch.device) -> Tensor:
     """`numel` float32 numbers in [0, 1), multiples of 2**-24, one per element index, for a tensor's key."""
-    h = torch.arange(numel, device=device, dtype=torch.int64)
-    if numel > 1 << 32:  # the index's high word enters the second round
+    return uniform_at(torch.arange(numel, device=device, dtype=torch.int64), key, numel)
+
+
+def uniform_at(index: Tensor, key: Union[int, Tensor], index_bound: int) -> Tensor:
+    """The numbers `uniform` gives at the element indices `index` (int64, any shape, all below `index_bound`;
+    consumed): a shard of a sharded tensor draws what the whole tensor would at its elements."""
+    h = index
+    if index_bound > 1 << 32:  # the index's high word enters the second round
         second = (mix32(key ^ _SECOND_KEY) + (h >> 32)) & MASK32
         h &= MASK32
     else:  # one value (or 0-dim tensor) for the whole tensor

@@ -139,10 +139,6 @@ def _check_storage_options(p: Tensor, i: int, group: dict, where: str) -> None:
     if p.is_complex() and state_dtype is not None and state_dtype != real_dtype(p):
         raise ValueError(f"SGDF ({where}): state_dtype={state_dtype} is not supported for complex parameters "
                          f"(parameter {i} is {p.dtype}); put them in a param group with state_dtype=None")
-    if group["stochastic_rounding"] and is_dtensor(p):
-        raise NotImplementedError(f"SGDF ({where}): stochastic_rounding=True is not supported for DTensor "
-                                  f"parameters yet (parameter {i}); use master_weights=True for sharded "
-                                  "bfloat16 / float16 parameters")
 
 
 def state_dtype(p: Tensor, group: dict) -> torch.dtype:
@@ -151,14 +147,19 @@ def state_dtype(p: Tensor, group: dict) -> torch.dtype:
 
 
 def fused_storage_unsupported(params: Sequence[Tensor], group: dict) -> Optional[str]:
-    """Why the fused kernels cannot store this group's tensors as its options ask, or None: they keep float32,
-    bfloat16 or float16 state for float32 / bfloat16 / float16 params, and float64 state for float64 params."""
+    """Why the fused kernels cannot step this group as its storage options ask, or None: they keep float32,
+    bfloat16 or float16 state for float32 / bfloat16 / float16 params and float64 state for float64 params, and
+    round DTensor shards stochastically only on the foreach path."""
     for i, p in enumerate(params):
         dtype, state = real_dtype(p), state_dtype(p, group)
         if (dtype == torch.float64) != (state == torch.float64):
             return (f"state_dtype={state} for {dtype} parameters (parameter {i}): the fused kernels keep float32, "
                     "bfloat16 or float16 state for float32 / bfloat16 / float16 parameters and float64 state for "
-                    "float64 parameters")
+                    "float64 parameters; choose another state_dtype")
+        if group["stochastic_rounding"] and is_dtensor(p):
+            return (f"stochastic rounding of DTensor parameters (parameter {i}): the fused kernels number the "
+                    "elements of each rank's shard from zero, where the foreach path numbers them as in the whole "
+                    "tensor (so a sharded run rounds as an unsharded one)")
     return None
 
 
@@ -191,8 +192,8 @@ def choose_path(params: Sequence[Tensor], fused, foreach, group: dict) -> Tuple[
         raise RuntimeError("SGDF: `fused` and `foreach` cannot both be True; choose one")
     unsupported = fused_storage_unsupported(params, group)
     if fused and unsupported:
-        raise NotImplementedError(f"SGDF(fused=True): no fused kernel for {unsupported}; choose another "
-                                  "state_dtype, or leave `fused` unset or pass foreach=True for this param group")
+        raise NotImplementedError(f"SGDF(fused=True): no fused kernel for {unsupported}. Leave `fused` unset "
+                                  "or pass foreach=True for this param group")
     if fused is None and foreach is None and unsupported:
         return False, True
     if fused:

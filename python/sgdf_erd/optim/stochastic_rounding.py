@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import counter_random
+from . import _dtensor, counter_random
 from .sgdf_checks import is_dense
 
 LOW_PRECISION = (torch.bfloat16, torch.float16)
@@ -66,6 +66,11 @@ def round_into_(dst: Tensor, src: Tensor, seed: Optional[int], step: Tensor, str
         return
     key = counter_random.tensor_key(seed, step if step.device.type != "cpu" or torch.compiler.is_compiling()
                                     else int(step), stream)
+    if _dtensor.is_dtensor(dst):  # each rank rounds its shard with the numbers of its elements in the whole tensor
+        index, bound = _dtensor.global_element_index(dst)
+        u = counter_random.uniform_at(index, key, bound)
+        dst.to_local().copy_(stochastic_round(_dtensor.local_shard(src, dst), dst.dtype, u))
+        return
     u = counter_random.uniform(src.numel(), key, src.device)
     # numbered in memory order, as the fused kernels walk a dense tensor (channels_last included)
     u = u.as_strided(src.shape, src.stride()) if is_dense(src) else u.reshape(src.shape)
