@@ -1,7 +1,7 @@
 // Prints what csrc/common/random.h and stochastic_rounding.h compute, for tests/test_sgdf_lowprec.py to compare
-// with the Python paths. Input (stdin): seed step stream count, then count lines "dtype x_bits u_bits" (dtype 0:
-// bfloat16, 1: float16; bits as unsigned integers). Output: the count uniforms' bits of the key, one a line, then
-// the rounded bit patterns, one a line.
+// with the Python paths. Input (stdin): seed step stream count first, then lines "dtype x_bits u_bits" (dtype 0:
+// bfloat16, 1: float16; bits as unsigned integers). Output: the bits of the key's uniforms of elements first ..
+// first + count - 1, one a line, then the rounded bit patterns, one a line.
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -23,9 +23,10 @@ static uint32_t to_bits(float f) {
 
 int main() {
   unsigned seed, step, stream, count;
-  if (std::scanf("%u %u %u %u", &seed, &step, &stream, &count) != 4) return 1;
+  unsigned long long first;
+  if (std::scanf("%u %u %u %u %llu", &seed, &step, &stream, &count, &first) != 5) return 1;
   const uint32_t key = sgdf_erd::random::tensor_key(seed, step, stream);
-  for (unsigned i = 0; i < count; ++i) std::printf("%u\n", to_bits(sgdf_erd::random::uniform(key, i)));
+  for (unsigned i = 0; i < count; ++i) std::printf("%u\n", to_bits(sgdf_erd::random::uniform(key, first + i)));
   unsigned dtype, x_bits, u_bits;
   while (std::scanf("%u %u %u", &dtype, &x_bits, &u_bits) == 3) {
     const float x = from_bits(x_bits), u = from_bits(u_bits);

@@ -220,6 +220,8 @@ def _compile_header_probe(tmp_path):
     if compiler is None:
         pytest.skip("needs a C++ compiler for the header probe")
     root = pathlib.Path(__file__).resolve().parents[1]
+    if not (root / "csrc").is_dir():
+        pytest.skip("needs the source tree's csrc/ (these tests run apart from it, against an installed wheel)")
     include = pathlib.Path(torch.__file__).parent / "include"
     exe = tmp_path / "probe"
     subprocess.run([compiler, "-std=c++17", "-O2", f"-I{root / 'csrc'}", f"-I{include}",
@@ -237,7 +239,7 @@ def test_kernel_headers_draw_and_round_like_the_python_paths(tmp_path):
                    torch.tensor([0.0, -0.0, float("inf"), float("nan"), 3.396e38, -65519.0, 65520.0, 1e-45]),
                    torch.ones(100) + 2.0 ** -12])
     u = torch.rand(x.numel(), generator=gen).mul(2**24).floor().div(2**24)
-    lines = [f"{seed} {step} {stream} {count}"]
+    lines = [f"{seed} {step} {stream} {count} 0"]
     for dtype_id in (0, 1):
         lines += [f"{dtype_id} {xb & 0xFFFFFFFF} {ub}" for xb, ub in zip(x.view(torch.int32).tolist(),
                                                                         u.view(torch.int32).tolist())]
@@ -251,6 +253,21 @@ def test_kernel_headers_draw_and_round_like_the_python_paths(tmp_path):
         nan = torch.isnan(x)
         assert torch.equal(got[~nan], want[~nan]), dtype
         assert bool(torch.isnan(got.to(torch.int16).view(dtype)[nan]).all())
+
+
+@pytest.mark.parametrize("first", [0, 2**32 - 2048, 3 * 2**32 + 5])
+def test_uniforms_of_element_indices_match_the_kernel_headers(tmp_path, first):
+    """counter_random.uniform_at (the numbering of a shard within a sharded tensor) against random.h, around and
+    beyond 2**32 elements, where the index's high word enters the hash."""
+    exe = _compile_header_probe(tmp_path)
+    seed, step, stream, count = 31337, 9, 1, 4096
+    out = subprocess.run([str(exe)], input=f"{seed} {step} {stream} {count} {first}", capture_output=True, text=True,
+                         check=True).stdout
+    key = counter_random.tensor_key(seed, step, stream)
+    got = counter_random.uniform_at(torch.arange(first, first + count), key, first + count)
+    assert [int(v) for v in out.split()] == got.view(torch.int32).tolist()
+    if first == 0:
+        assert torch.equal(got, counter_random.uniform(count, key, torch.device("cpu")))
 
 
 # ----------------------------------------------------------------------------------------- determinism
