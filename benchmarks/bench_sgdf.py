@@ -9,7 +9,7 @@ Candidates: sgdf_erd fused / foreach / single-tensor; an authors'-style per-tens
 written from the spec); torch.optim.AdamW(fused=True) (same 28 bytes/element floor); a torch.compile'd SGDF step.
 On CUDA the device-to-device copy bandwidth is measured as the roofline. Writes benchmarks/results/sgdf_<device>.*
 
---storage compares the storage configurations of issue 12 instead (float32 / bfloat16 params and state, stochastic
+--storage compares the low-precision storage configurations instead (float32 / bfloat16 params and state, stochastic
 rounding, float32 master weights): the bytes each keeps per parameter (param + optimizer state, measured from the
 tensors) and its step time on each path that implements it. Writes benchmarks/results/sgdf_storage_<device>.*
 """

@@ -22,7 +22,7 @@ PATHS = {
     "single": dict(foreach=False),
     "orthogonalize": dict(orthogonalize=True),  # the default (fused) path
     "orthogonalize-foreach": dict(foreach=True, orthogonalize=True),
-    # the bf16 storage options (issue 12); master copies are DTensors sharded like their params
+    # the bf16 storage options; master copies are DTensors sharded like their params
     "bf16-state": dict(state_dtype=torch.bfloat16),
     "bf16-state-foreach": dict(state_dtype=torch.bfloat16, foreach=True),
     "bf16-params-master": dict(master_weights=True),

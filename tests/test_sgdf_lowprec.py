@@ -1,4 +1,4 @@
-"""Memory-lean SGDF (issue 12): stochastic rounding, state_dtype, master_weights.
+"""Memory-lean SGDF: stochastic rounding, state_dtype, master_weights.
 
 Arithmetic is compared with the float64 reference (tests/reference/sgdf_reference.py) that rounds parameters and
 state to their storage dtypes after every step; the stochastic rounding itself is tested statistically (the
