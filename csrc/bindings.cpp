@@ -18,7 +18,9 @@ constexpr const char* kOperatorSchemas[] = {
     // exp_vars may have their own dtype (float32, bfloat16, float16; float64 for float64 params). With
     // `master_params` (float32 copies of bfloat16 / float16 params) the filter updates them and the params receive
     // them rounded to nearest; with `rounding_seeds` (one per param, in [0, 2**32)) 16-bit results are rounded
-    // stochastically (counter-based: seed, step, element index). The step counts are written by the op (so that
+    // stochastically (counter-based: seed, step, element index); `rounding_offsets` (one per param, >= 0) number a
+    // tensor's elements from its offset rather than 0 (a shard: its elements' positions in the whole tensor, so a
+    // sharded step draws what an unsharded one draws). The step counts are written by the op (so that
     // a skipped step is decided in one place and a raising call changes nothing), hence `steps` is mutable.
     // Every argument is checked before anything is written: hyperparameters in SGDF's ranges, dtypes, layouts,
     // and no two tensors sharing memory. The value of `lr_tensor` is checked (>= 0) only on the CPU: reading a CUDA
@@ -26,7 +28,8 @@ constexpr const char* kOperatorSchemas[] = {
     "fused_sgdf_(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] exp_avgs, Tensor(d!)[] exp_vars, "
     "Tensor(e!)[] updates, Tensor(f!)[] steps, float lr, Tensor? lr_tensor, float beta1, float beta2, float eps, "
     "float gamma, float weight_decay, bool decoupled_weight_decay, bool sign, bool maximize, "
-    "Tensor? grad_scale, Tensor? found_inf, Tensor(g!)[] master_params, int[] rounding_seeds=[]) -> ()",
+    "Tensor? grad_scale, Tensor? found_inf, Tensor(g!)[] master_params, int[] rounding_seeds=[], "
+    "int[] rounding_offsets=[]) -> ()",
     // ERD loss (csrc/erd): per-sample weights; the fused loss forward (per-sample MSE, weights, batch loss and
     // per-log-SNR-bin sums [count, sum mse, sum mse^2, sum loss] x num_bins) and its backward. Their autograd and
     // batching rules are registered from Python (python/sgdf_erd/erd/), so torch.func transforms see them.

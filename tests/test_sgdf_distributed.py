@@ -56,6 +56,30 @@ def rounding_input():
 
 
 ROUNDING_SEED = 1234
+# a bf16 parameter sharded along a dimension, stepped with stochastic rounding and these options: row shards are
+# consecutive in the whole tensor, so the default path is the fused kernel; column shards take the foreach path
+SHARDED_ROUNDING = {
+    "rows": (0, {}),
+    "rows-orthogonalize": (0, dict(orthogonalize=True)),
+    "rows-master": (0, dict(master_weights=True)),
+    "columns": (1, {}),
+}
+
+
+def sharded_rounding_steps(as_param, options):
+    """Three steps on as_param(a bf16 5x7 tensor) with bf16 state and stochastic rounding (seeds from
+    torch.manual_seed(5)); the whole parameter and exp_avg, and whether the fused path took the steps."""
+    from sgdf_erd import SGDF
+
+    param = as_param(rounding_input().bfloat16())
+    opt = SGDF([param], lr=1e-3, stochastic_rounding=True, state_dtype=torch.bfloat16, **options)
+    torch.manual_seed(5)
+    for step in range(3):
+        grad = torch.randn(5, 7, generator=torch.Generator().manual_seed(50 + step)).bfloat16()
+        param.grad = as_param(grad).detach() if hasattr(param, "placements") else grad
+        opt.step()
+    whole = [t.full_tensor() if hasattr(t, "full_tensor") else t.detach() for t in (param, opt.state[param]["exp_avg"])]
+    return whole, opt.param_groups[0]["fused"]
 
 
 def rank_batch(rank, step):
@@ -86,7 +110,7 @@ def worker(rank, port, out_dir, tests_dir):
         from torch.distributed.tensor import Shard, distribute_tensor, init_device_mesh
 
         from sgdf_erd import SGDF
-        from sgdf_erd.optim.stochastic_rounding import round_into_
+        from sgdf_erd.optim.stochastic_rounding import round_all_into_, round_into_
 
         torch.set_num_threads(1)
         results = {}
@@ -97,8 +121,16 @@ def worker(rank, port, out_dir, tests_dir):
             round_into_(rounded, distribute_tensor(rounding_input(), mesh, [Shard(dim)]), ROUNDING_SEED,
                         torch.tensor(3.0), 0)
             results["rounded", dim] = rounded.full_tensor()
+        together = [distribute_tensor(torch.zeros(5, 7, dtype=torch.bfloat16), mesh, [Shard(d)]) for d in (0, 1)]
+        round_all_into_(together, [distribute_tensor(rounding_input(), mesh, [Shard(d)]) for d in (0, 1)],
+                        [ROUNDING_SEED] * 2, [torch.tensor(3.0)] * 2, 0)
+        results["rounded-together"] = [t.full_tensor() for t in together]
+        for name, (dim, options) in SHARDED_ROUNDING.items():
+            results["sharded-steps", name] = sharded_rounding_steps(
+                lambda t: torch.nn.Parameter(distribute_tensor(t, mesh, [Shard(dim)])), options)
         try:
-            SGDF(fully_shard(make_model(torch.bfloat16)).parameters(), fused=True, stochastic_rounding=True)
+            column_sharded = torch.nn.Parameter(distribute_tensor(rounding_input().bfloat16(), mesh, [Shard(1)]))
+            SGDF([column_sharded], fused=True, stochastic_rounding=True)
         except NotImplementedError as exc:
             results["fused-refusal"] = str(exc)
         for name, path in PATHS.items():
@@ -193,8 +225,25 @@ def test_sharded_stochastic_rounding_draws_what_one_process_draws(ranks, dim):
     assert not torch.equal(expected, nearest)  # the rounding is stochastic here, not a plain cast
     for rank in ranks:
         assert torch.equal(rank["rounded", dim], expected)
+        assert torch.equal(rank["rounded-together"][dim], expected)  # the list form, shards of both kinds at once
 
 
-def test_fused_stochastic_rounding_of_dtensors_is_refused(ranks):
+@pytest.mark.parametrize("name", SHARDED_ROUNDING)
+def test_sharded_stochastic_rounding_steps_equal_one_process_bit_for_bit(ranks, name):
+    """A DTensor parameter's steps with stochastic rounding, fused (row shards, numbered from their offsets) or
+    foreach (column shards), store exactly what one process stores on the same path."""
+    dim, options = SHARDED_ROUNDING[name]
+    fused = dim == 0
+    expected, expected_fused = sharded_rounding_steps(lambda t: torch.nn.Parameter(t),
+                                                      dict(options, fused=fused, foreach=not fused))
+    assert expected_fused == fused
+    for rank in ranks:
+        got, got_fused = rank["sharded-steps", name]
+        assert got_fused == fused
+        for a, b in zip(got, expected):  # param, exp_avg
+            assert torch.equal(a.view(torch.int16), b.view(torch.int16))
+
+
+def test_fused_stochastic_rounding_of_column_shards_is_refused(ranks):
     for rank in ranks:
         assert "foreach=True" in rank["fused-refusal"] and "DTensor" in rank["fused-refusal"]

@@ -13,17 +13,19 @@ import math
 import pathlib
 import shutil
 import subprocess
+from unittest import mock
 
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
 from sgdf_erd import SGDF
 from sgdf_erd.optim import counter_random
-from sgdf_erd.optim.stochastic_rounding import stochastic_round
+from sgdf_erd.optim import stochastic_rounding
+from sgdf_erd.optim.stochastic_rounding import round_all_into_, round_into_, stochastic_round
 from tests.devices import DEVICES, requires_cuda
 from tests.reference.sgdf_reference import ReferenceSGDF
 from tests.test_sgdf_contract import _assert_unchanged, _same, _snapshot
@@ -268,6 +270,42 @@ def test_uniforms_of_element_indices_match_the_kernel_headers(tmp_path, first):
     assert [int(v) for v in out.split()] == got.view(torch.int32).tolist()
     if first == 0:
         assert torch.equal(got, counter_random.uniform(count, key, torch.device("cpu")))
+
+
+_LAYOUTS = ["contiguous", "channels_last", "transposed", "gapped", "seedless", "same", "float16", "large"]
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(layouts=st.lists(st.sampled_from(_LAYOUTS), min_size=1, max_size=12), batch=st.sampled_from([1, 64, 2**16]),
+       data_seed=st.integers(0, 2**16))
+def test_rounding_lists_together_equals_rounding_each_tensor(device, layouts, batch, data_seed):
+    """The list form (small tensors hashed and rounded in shared passes, in batches of a given size) stores the bits
+    the one-tensor form stores, whatever the layouts, dtypes and sizes in the list."""
+    gen = torch.Generator().manual_seed(data_seed)
+    dsts, srcs, seeds = [], [], []
+    for i, layout in enumerate(layouts):
+        numel = 70_000 if layout == "large" else int(torch.randint(1, 300, (), generator=gen))
+        src = torch.randn(2, 3, 5, numel, generator=gen)[..., :numel // 30 + 1].to(device) * 1e-3 + 1.0
+        dst = src.to(torch.float16 if layout == "float16" else torch.bfloat16)
+        if layout == "channels_last":
+            src, dst = (t.contiguous(memory_format=torch.channels_last) for t in (src, dst))
+        elif layout == "transposed":
+            src, dst = src.transpose(1, 3), dst.transpose(1, 3)
+        elif layout == "gapped":
+            src, dst = src[:, :, ::2], dst[:, :, ::2]
+        elif layout == "same":
+            dst = src
+        dsts.append(dst)
+        srcs.append(src)
+        seeds.append(None if layout == "seedless" else int(torch.randint(0, 2**32, (), generator=gen)))
+    steps = [torch.tensor(float(i + 1)) for i in range(len(layouts))]
+    expected = [d.clone() for d in dsts]
+    for dst, src, seed, step in zip(expected, srcs, seeds, steps):
+        round_into_(dst, src, seed, step, 2)
+    with mock.patch.object(stochastic_rounding, "_BATCH_ELEMENTS", batch):
+        round_all_into_(dsts, srcs, seeds, steps, 2)
+    for got, want, layout in zip(dsts, expected, layouts):
+        assert torch.equal(got, want), layout
 
 
 # ----------------------------------------------------------------------------------------- determinism

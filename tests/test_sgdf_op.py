@@ -42,6 +42,7 @@ def make_args(device, dtype=torch.float32, shapes=SHAPES, updates=False, lr_tens
         found_inf=torch.full((1,), found_inf, device=device) if amp else None,
         master_params=[p.float() + rand(p.shape, 1e-3, torch.float32) for p in params] if master else [],
         rounding_seeds=[int(torch.randint(0, 2**32, (), generator=gen)) for _ in shapes] if stochastic else [],
+        rounding_offsets=[int(torch.randint(0, 2**40, (), generator=gen)) for _ in shapes] if stochastic else [],
     )
 
 
@@ -109,6 +110,10 @@ def test_opcheck_with_storage_options(device, storage, updates):
     (lambda a: a.update(rounding_seeds=[1]), "rounding_seeds"),
     (lambda a: a.update(rounding_seeds=[-1] * len(a["params"])), "rounding_seeds"),
     (lambda a: a.update(rounding_seeds=[2**32] * len(a["params"])), "rounding_seeds"),
+    (lambda a: a.update(rounding_offsets=[0] * len(a["params"])), "rounding_offsets"),  # without seeds
+    (lambda a: a.update(rounding_seeds=[1] * len(a["params"]), rounding_offsets=[0]), "rounding_offsets"),
+    (lambda a: a.update(rounding_seeds=[1] * len(a["params"]), rounding_offsets=[-1] * len(a["params"])),
+     "rounding_offsets"),
     (lambda a: a["exp_vars"].__setitem__(0, a["exp_vars"][0].bfloat16()), "share a dtype"),
     (lambda a: a["exp_avgs"].__setitem__(0, a["exp_avgs"][0].double()), "exp_avgs"),
 ])
@@ -119,6 +124,36 @@ def test_bad_storage_arguments_raise_and_change_nothing(device, change, match):
     with pytest.raises((RuntimeError, ValueError), match=match):
         call(args)
     assert_bit_identical(args, before)
+
+
+@pytest.mark.parametrize("dtype,state_dtype,master", [
+    (torch.bfloat16, torch.bfloat16, False), (torch.float32, torch.bfloat16, False),
+    (torch.float16, torch.float16, False), (torch.bfloat16, torch.bfloat16, True)])
+def test_shards_numbered_from_their_offsets_round_as_the_whole_tensor(device, dtype, state_dtype, master):
+    """Two shards of a tensor (rows 0-19 and 20-63, as two ranks hold them), each numbered from its first element's
+    position in the whole tensor, step exactly as the whole tensor does; numbered from 0, the second would not."""
+    whole = make_args(device, dtype, shapes=[(64, 33)], state_dtype=state_dtype, master=master, stochastic=True,
+                      step=2.0)
+    whole["grads"][0] = whole["grads"][0] * 1e-3  # updates below a 16-bit spacing: the rounding decides
+
+    def shards(offsets):
+        args = {name: [piece.clone() for t in value for piece in (t[:20], t[20:])]
+                if name in ("params", "grads", "exp_avgs", "exp_vars", "master_params") else value
+                for name, value in whole.items()}
+        args["steps"] = [whole["steps"][0].clone() for _ in range(2)]
+        args["rounding_seeds"] = whole["rounding_seeds"] * 2
+        args["rounding_offsets"] = offsets
+        call(args)
+        return args
+
+    numbered, from_zero = shards([7, 7 + 20 * 33]), shards([0, 0])
+    whole["rounding_offsets"] = [7]
+    call(whole)
+    for name in ("params", "exp_avgs", "exp_vars", "master_params"):
+        if whole[name]:
+            assert torch.equal(bits(torch.cat(numbered[name])), bits(whole[name][0])), name
+    stored = "exp_avgs" if master or dtype == torch.float32 else "params"
+    assert not torch.equal(bits(torch.cat(from_zero[stored])), bits(whole[stored][0]))
 
 
 def test_master_params_must_be_float32_and_match_the_params(device):

@@ -48,6 +48,7 @@ template <int Depth>
 struct StoreRounding {
   unsigned stochastic_mask = 0;
   uint32_t key[Depth] = {};
+  int64_t first_index = 0;  // the number of the walk's element 0 (a shard: its position in the whole tensor)
 
   C10_HOST_DEVICE void set_stochastic(int operand, uint32_t operand_key) {
     stochastic_mask |= 1u << operand;

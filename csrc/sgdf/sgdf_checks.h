@@ -38,6 +38,7 @@ struct FusedArgs {
   const TensorList& steps;
   const TensorList& master_params;
   const std::vector<int64_t>& rounding_seeds;
+  const std::vector<int64_t>& rounding_offsets;
   double lr;
   const std::optional<Tensor>& lr_tensor;
   Hyper<double> hyper;
@@ -48,6 +49,8 @@ struct FusedArgs {
 
   bool has_master() const { return !master_params.empty(); }
   bool stochastic() const { return !rounding_seeds.empty(); }
+  // The index of param i's first element in the numbering of its random numbers.
+  int64_t first_index(size_t i) const { return rounding_offsets.empty() ? 0 : rounding_offsets[i]; }
   bool update_mode() const { return !updates.empty(); }  // write the filtered update, leave the weights
 };
 
@@ -71,6 +74,13 @@ inline void check_fused_args(FusedArgs& a) {
   for (size_t i = 0; i < a.rounding_seeds.size(); ++i) {
     SGDF_ERD_CHECK_VALUE(a.rounding_seeds[i] >= 0 && a.rounding_seeds[i] <= 0xFFFFFFFFll, op,
                          ": 'rounding_seeds[", i, "]'=", a.rounding_seeds[i], " is not in [0, 2**32)");
+  }
+  SGDF_ERD_CHECK(a.rounding_offsets.empty() || a.rounding_offsets.size() == a.rounding_seeds.size(), op,
+                 ": 'rounding_offsets' has ", a.rounding_offsets.size(), " offsets for ", a.rounding_seeds.size(),
+                 " rounding seeds; pass one offset per seeded parameter, or none (every tensor numbered from 0)");
+  for (size_t i = 0; i < a.rounding_offsets.size(); ++i) {
+    SGDF_ERD_CHECK_VALUE(a.rounding_offsets[i] >= 0 && a.rounding_offsets[i] <= (int64_t{1} << 62), op,
+                         ": 'rounding_offsets[", i, "]'=", a.rounding_offsets[i], " is not in [0, 2**62]");
   }
   if (a.params.empty()) return;
   const auto device = a.params[0].device();
@@ -142,11 +152,12 @@ inline FusedArgs make_fused_args(const TensorList& params, const TensorList& gra
                                  double eps, double gamma, double weight_decay, bool decoupled_weight_decay,
                                  bool sign, bool maximize, const std::optional<Tensor>& grad_scale,
                                  const std::optional<Tensor>& found_inf, const TensorList& master_params,
-                                 const std::vector<int64_t>& rounding_seeds) {
+                                 const std::vector<int64_t>& rounding_seeds,
+                                 const std::vector<int64_t>& rounding_offsets) {
   FusedArgs args{params,    grads,
                  exp_avgs,  exp_vars,
                  updates,   steps,
-                 master_params, rounding_seeds,
+                 master_params, rounding_seeds, rounding_offsets,
                  lr,        lr_tensor,
                  {beta1, beta2, eps, gamma, weight_decay, decoupled_weight_decay, sign, maximize},
                  grad_scale, found_inf};

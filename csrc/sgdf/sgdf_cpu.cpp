@@ -25,10 +25,11 @@ void run_cpu(const FusedArgs& a, double lr) {
   // Operands gathered once: the parallel region then makes no calls into torch.
   const size_t n = a.params.size();
   std::vector<std::array<cpu::Operand, Depth>> base(n);
-  std::vector<int64_t> numels(n);
+  std::vector<int64_t> numels(n), first_indices(n);
   std::vector<StepCoeffs<acc_t>> coeffs(n);
   for (size_t i = 0; i < n; ++i) {
     numels[i] = a.params[i].numel();
+    first_indices[i] = a.first_index(i);
     float& step = *static_cast<float*>(a.steps[i].data_ptr());
     step += 1.f;
     coeffs[i] = step_coeffs<acc_t>(a.hyper.beta1, a.hyper.beta2, step);
@@ -59,7 +60,7 @@ void run_cpu(const FusedArgs& a, double lr) {
     // By-value copies: the loop stores through float pointers, which the compiler must otherwise assume may
     // alias hyperparameters reached through references, reloading them for every vector.
     const StepCoeffs<acc_t> c = coeffs[t];
-    cpu::apply_elementwise<acc_t, Depth>(range, begin, end - begin, [=](auto& v) {
+    cpu::apply_elementwise<acc_t, Depth>(range, first_indices[t] + begin, end - begin, [=](auto& v) {
       using V = std::decay_t<decltype(v[0])>;
       if (unscale) v[Ops::kGrad] = v[Ops::kGrad] / V(scale);
       const V u = filtered_update(v[Ops::kWeights], v[Ops::kGrad], v[Ops::kExpAvg], v[Ops::kExpVar], lr_acc, hyper,
@@ -78,10 +79,11 @@ void fused_sgdf_cpu(TensorList params, TensorList grads, TensorList exp_avgs, Te
                     TensorList updates, TensorList steps, double lr, std::optional<Tensor> lr_tensor, double beta1,
                     double beta2, double eps, double gamma, double weight_decay, bool decoupled_weight_decay,
                     bool sign, bool maximize, std::optional<Tensor> grad_scale, std::optional<Tensor> found_inf,
-                    TensorList master_params, std::vector<int64_t> rounding_seeds) {
+                    TensorList master_params, std::vector<int64_t> rounding_seeds,
+                    std::vector<int64_t> rounding_offsets) {
   const FusedArgs a = make_fused_args(params, grads, exp_avgs, exp_vars, updates, steps, lr, lr_tensor, beta1,
                                       beta2, eps, gamma, weight_decay, decoupled_weight_decay, sign, maximize,
-                                      grad_scale, found_inf, master_params, rounding_seeds);
+                                      grad_scale, found_inf, master_params, rounding_seeds, rounding_offsets);
   if (params.empty()) return;
   // A CPU tensor is read without any device synchronisation; an overflowed step is skipped whole (GradScaler
   // passes the sum of found_inf over devices: any nonzero value means skip).

@@ -25,7 +25,7 @@ constexpr int kMaxBlocksPerLaunch = 320;
 // Kernel-argument budget is 4 KiB; the tensor count shrinks as the depth grows.
 template <int Depth>
 constexpr int max_tensors_per_launch() {
-  return Depth == 1 ? 80 : Depth <= 4 ? 36 : Depth == 5 ? 30 : 28;
+  return Depth == 1 ? 64 : Depth <= 4 ? 36 : Depth == 5 ? 30 : 28;
 }
 
 template <int Depth>
@@ -35,6 +35,7 @@ struct TensorListMetadata {
   int64_t numel[kMaxTensors];
   const float* scalar[kMaxTensors];  // an optional one-element float tensor per tuple (e.g. its step count)
   uint32_t seed[kMaxTensors];        // an optional 32-bit value per tuple (e.g. the seed of its random numbers)
+  int64_t first_index[kMaxTensors];  // an optional element number per tuple (where its random numbers start)
   unsigned char block_to_tensor[kMaxBlocksPerLaunch];
   int32_t block_to_chunk[kMaxBlocksPerLaunch];
 };
@@ -45,11 +46,12 @@ __global__ void __launch_bounds__(kBlockSize)
   functor(meta, meta.block_to_tensor[blockIdx.x], static_cast<int64_t>(meta.block_to_chunk[blockIdx.x]));
 }
 
-// Launches functor over lists[d][i] (d < Depth), with scalars[i] and seeds[i] (or none) as the per-tuple scalar
-// and seed.
+// Launches functor over lists[d][i] (d < Depth), with scalars[i], seeds[i] and first_indices[i] (each list may be
+// empty: null / 0) as the per-tuple scalar, seed and first element number.
 template <int Depth, typename Functor>
 void multi_tensor_apply(const std::vector<const std::vector<Tensor>*>& lists, const std::vector<Tensor>& scalars,
-                        const Functor& functor, const std::vector<int64_t>& seeds = {}) {
+                        const Functor& functor, const std::vector<int64_t>& seeds = {},
+                        const std::vector<int64_t>& first_indices = {}) {
   static_assert(sizeof(TensorListMetadata<Depth>) + sizeof(Functor) <= 4096, "kernel arguments exceed 4 KiB");
   SGDF_ERD_CHECK(lists.size() == Depth, "multi_tensor_apply: ", lists.size(), " lists for depth ", Depth);
   const size_t n_tensors = lists[0]->size();
@@ -74,6 +76,7 @@ void multi_tensor_apply(const std::vector<const std::vector<Tensor>*>& lists, co
     meta.numel[loaded_tensors] = numel;
     meta.scalar[loaded_tensors] = scalars.empty() ? nullptr : static_cast<const float*>(scalars[t].const_data_ptr());
     meta.seed[loaded_tensors] = seeds.empty() ? 0u : static_cast<uint32_t>(seeds[t]);
+    meta.first_index[loaded_tensors] = first_indices.empty() ? 0 : first_indices[t];
     const int64_t chunks = (numel + kChunkSize - 1) / kChunkSize;
     for (int64_t chunk = 0; chunk < chunks; ++chunk) {
       meta.block_to_tensor[loaded_blocks] = static_cast<unsigned char>(loaded_tensors);
@@ -90,6 +93,7 @@ void multi_tensor_apply(const std::vector<const std::vector<Tensor>*>& lists, co
           meta.numel[0] = meta.numel[loaded_tensors];
           meta.scalar[0] = meta.scalar[loaded_tensors];
           meta.seed[0] = meta.seed[loaded_tensors];
+          meta.first_index[0] = meta.first_index[loaded_tensors];
           loaded_tensors = 0;
           continue;
         }
@@ -118,17 +122,18 @@ __device__ __forceinline__ void load_elements(const void* base, int64_t i, acc_t
   }
 }
 
+// kILP elements (or one) stored from index i; `number` is element i's number for stochastic rounding.
 template <typename T, int N, typename acc_t>
 __device__ __forceinline__ void store_elements(void* base, int64_t i, const acc_t (&in)[N], bool stochastic,
-                                               uint32_t key) {
+                                               uint32_t key, int64_t number) {
   T* p = static_cast<T*>(base) + i;
   if constexpr (N == kILP) {
     IlpPack<T> pack;
 #pragma unroll
-    for (int k = 0; k < N; ++k) pack.v[k] = to_storage<T>(in[k], stochastic, key, i + k);
+    for (int k = 0; k < N; ++k) pack.v[k] = to_storage<T>(in[k], stochastic, key, number + k);
     *reinterpret_cast<IlpPack<T>*>(p) = pack;
   } else {
-    *p = to_storage<T>(in[0], stochastic, key, i);
+    *p = to_storage<T>(in[0], stochastic, key, number);
   }
 }
 
@@ -151,7 +156,7 @@ __device__ __forceinline__ void apply_at(void* const (&ptr)[sizeof...(Ts)], int6
     for (int d = 0; d < Depth; ++d) values[d][k] = element[d];
   }
   ((write_mask >> D & 1u ? store_elements<Ts, N>(ptr[D], i, values[D], rounding.stochastic_mask >> D & 1u,
-                                                 rounding.key[D])
+                                                 rounding.key[D], rounding.first_index + i)
                          : void()),
    ...);
 }

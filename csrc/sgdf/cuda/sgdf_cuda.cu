@@ -38,6 +38,7 @@ struct SgdfFunctor {
     for (int d = 0; d < kDepth; ++d) write_mask |= Ops::written(d, unscale) ? 1u << d : 0u;
     // One random stream per stored tensor; a param with a master copy takes it rounded to nearest.
     StoreRounding<kDepth> rounding;
+    rounding.first_index = meta.first_index[tensor];
     auto round_stochastically = [&](int operand, uint32_t stream) {
       rounding.set_stochastic(operand, random::tensor_key(meta.seed[tensor], static_cast<uint32_t>(step), stream));
     };
@@ -81,10 +82,11 @@ void fused_sgdf_cuda(TensorList params, TensorList grads, TensorList exp_avgs, T
                      TensorList updates, TensorList steps, double lr, std::optional<Tensor> lr_tensor, double beta1,
                      double beta2, double eps, double gamma, double weight_decay, bool decoupled_weight_decay,
                      bool sign, bool maximize, std::optional<Tensor> grad_scale, std::optional<Tensor> found_inf,
-                     TensorList master_params, std::vector<int64_t> rounding_seeds) {
+                     TensorList master_params, std::vector<int64_t> rounding_seeds,
+                     std::vector<int64_t> rounding_offsets) {
   const FusedArgs a = make_fused_args(params, grads, exp_avgs, exp_vars, updates, steps, lr, lr_tensor, beta1,
                                       beta2, eps, gamma, weight_decay, decoupled_weight_decay, sign, maximize,
-                                      grad_scale, found_inf, master_params, rounding_seeds);
+                                      grad_scale, found_inf, master_params, rounding_seeds, rounding_offsets);
   if (params.empty()) return;
   auto ptr = [](const std::optional<Tensor>& t) {
     return t.has_value() ? static_cast<const float*>(t->const_data_ptr()) : nullptr;
@@ -99,7 +101,7 @@ void fused_sgdf_cuda(TensorList params, TensorList grads, TensorList exp_avgs, T
     using Functor = SgdfFunctor<typename std::decay_t<decltype(param)>::type, typename std::decay_t<decltype(state)>::type,
                                 std::decay_t<decltype(master)>::value, std::decay_t<decltype(update)>::value>;
     const Functor f{a.hyper, lr, ptr(lr_tensor), ptr(grad_scale), ptr(found_inf), a.stochastic()};
-    cuda::multi_tensor_apply<Functor::kDepth>(lists, steps, f, rounding_seeds);
+    cuda::multi_tensor_apply<Functor::kDepth>(lists, steps, f, rounding_seeds, rounding_offsets);
   });
 }
 

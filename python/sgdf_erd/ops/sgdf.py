@@ -15,7 +15,8 @@ def fused_sgdf_(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor
                 updates: List[Tensor], steps: List[Tensor], lr: float, lr_tensor: Optional[Tensor], beta1: float,
                 beta2: float, eps: float, gamma: float, weight_decay: float, decoupled_weight_decay: bool,
                 sign: bool, maximize: bool, grad_scale: Optional[Tensor], found_inf: Optional[Tensor],
-                master_params: Sequence[Tensor] = (), rounding_seeds: Sequence[int] = ()) -> None:
+                master_params: Sequence[Tensor] = (), rounding_seeds: Sequence[int] = (),
+                rounding_offsets: Sequence[int] = ()) -> None:
     """One SGDF step, in place, over same-device tensors of one param dtype and one state dtype (the fused path
     of :class:`sgdf_erd.SGDF`, which groups the tensors and checks the hyperparameters first).
 
@@ -25,18 +26,20 @@ def fused_sgdf_(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor
     bfloat16 or float16 whatever the params' dtype (float64 with float64 params). ``master_params``: float32
     copies of bfloat16 / float16 params, updated by the filter; the params receive them rounded to nearest.
     ``rounding_seeds``: one per param, in [0, 2**32): 16-bit results (params without master copies, state) are
-    rounded stochastically with the counter-based numbers of (seed, step, element index). The kernels check every
+    rounded stochastically with the counter-based numbers of (seed, step, element index). ``rounding_offsets``:
+    one per seeded param (default all 0), the index of its first element: a shard of a larger tensor, numbered by
+    its elements' positions in the whole tensor, draws what the whole tensor would. The kernels check every
     argument before writing anything and raise RuntimeError (ValueError for a seed out of range).
     """
     _native.ops.fused_sgdf_(params, grads, exp_avgs, exp_vars, updates, steps, lr, lr_tensor, beta1, beta2, eps,
                             gamma, weight_decay, decoupled_weight_decay, sign, maximize, grad_scale, found_inf,
-                            list(master_params), list(rounding_seeds))
+                            list(master_params), list(rounding_seeds), list(rounding_offsets))
 
 
 @torch.library.register_fake("sgdf_erd::fused_sgdf_")
 def _fused_sgdf_fake(params, grads, exp_avgs, exp_vars, updates, steps, lr, lr_tensor, beta1, beta2, eps, gamma,
                      weight_decay, decoupled_weight_decay, sign, maximize, grad_scale, found_inf, master_params,
-                     rounding_seeds=()):
+                     rounding_seeds=(), rounding_offsets=()):
     # the op only writes its inputs, so under torch.compile and FakeTensor it returns nothing
     lists = dict(params=params, grads=grads, exp_avgs=exp_avgs, exp_vars=exp_vars, updates=updates, steps=steps,
                  master_params=master_params)

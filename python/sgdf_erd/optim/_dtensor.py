@@ -48,6 +48,22 @@ def global_element_index(t: Tensor) -> Tuple[Tensor, int]:
     return index, 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
 
 
+def shard_first_index(t: Tensor) -> Optional[int]:
+    """The position in the whole tensor's memory order of the first element of this rank's shard of DTensor `t`,
+    where the shard's elements are consecutive there (a contiguous tensor cut along dimension 0 only, as FSDP2
+    shards), else None."""
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    if not t.is_contiguous() or not t.to_local().is_contiguous():
+        return None
+    local_shape, offsets = compute_local_shape_and_global_offset(t.shape, t.device_mesh, t.placements)
+    if t.dim() == 0:
+        return 0
+    if tuple(local_shape[1:]) != tuple(t.shape[1:]):
+        return None
+    return offsets[0] * t.stride(0)
+
+
 def orthogonalize_shard(update: Tensor, like: Tensor, ns_steps: int) -> Tensor:
     """Orthogonalise the matrix whose local shard is `update` (placed as DTensor `like`); returns this rank's
     shard of the result."""

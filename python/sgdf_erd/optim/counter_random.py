@@ -56,12 +56,23 @@ def uniform(numel: int, key: Union[int, Tensor], device: torch.device) -> Tensor
 def uniform_at(index: Tensor, key: Union[int, Tensor], index_bound: int) -> Tensor:
     """The numbers `uniform` gives at the element indices `index` (int64, any shape, all below `index_bound`;
     consumed): a shard of a sharded tensor draws what the whole tensor would at its elements."""
-    h = index
     if index_bound > 1 << 32:  # the index's high word enters the second round
-        second = (mix32(key ^ _SECOND_KEY) + (h >> 32)) & MASK32
-        h &= MASK32
+        second = (second_key(key) + (index >> 32)) & MASK32
+        index &= MASK32
     else:  # one value (or 0-dim tensor) for the whole tensor
-        second = mix32(key ^ _SECOND_KEY)
+        second = second_key(key)
+    return hashed_uniform_(index, key, second)
+
+
+def second_key(key: Union[int, Tensor]) -> Union[int, Tensor]:
+    """The key of the hash's second round for indices below 2**32 (of any key tensor, elementwise)."""
+    return mix32(key ^ _SECOND_KEY)
+
+
+def hashed_uniform_(index: Tensor, key: Union[int, Tensor], second: Union[int, Tensor]) -> Tensor:
+    """The uniforms of element indices below 2**32 (`index`, int64, consumed) with keys `key` and second-round keys
+    `second` (numbers, or tensors broadcast against `index`: several tensors' elements drawn in one pass)."""
+    h = index
     h ^= key
     _mix32_(h)
     h ^= second

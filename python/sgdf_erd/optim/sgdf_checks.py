@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from .. import _native
-from ._dtensor import is_dtensor
+from ._dtensor import is_dtensor, shard_first_index
 
 STATE_KEYS = ("step", "exp_avg", "exp_var")
 # dtypes the state may be stored in (state_dtype=); the arithmetic stays float32 (float64 for float64 params)
@@ -149,17 +149,17 @@ def state_dtype(p: Tensor, group: dict) -> torch.dtype:
 def fused_storage_unsupported(params: Sequence[Tensor], group: dict) -> Optional[str]:
     """Why the fused kernels cannot step this group as its storage options ask, or None: they keep float32,
     bfloat16 or float16 state for float32 / bfloat16 / float16 params and float64 state for float64 params, and
-    round DTensor shards stochastically only on the foreach path."""
+    round DTensor shards stochastically where each shard's elements are consecutive in the whole tensor."""
     for i, p in enumerate(params):
         dtype, state = real_dtype(p), state_dtype(p, group)
         if (dtype == torch.float64) != (state == torch.float64):
             return (f"state_dtype={state} for {dtype} parameters (parameter {i}): the fused kernels keep float32, "
                     "bfloat16 or float16 state for float32 / bfloat16 / float16 parameters and float64 state for "
                     "float64 parameters; choose another state_dtype")
-        if group["stochastic_rounding"] and is_dtensor(p):
-            return (f"stochastic rounding of DTensor parameters (parameter {i}): the fused kernels number the "
-                    "elements of each rank's shard from zero, where the foreach path numbers them as in the whole "
-                    "tensor (so a sharded run rounds as an unsharded one)")
+        if group["stochastic_rounding"] and is_dtensor(p) and shard_first_index(p) is None:
+            return (f"stochastic rounding of DTensor parameter {i}, whose shards are not consecutive in the whole "
+                    f"tensor (placements {tuple(p.placements)}): the fused kernels number a shard's elements from "
+                    "one offset, the foreach path by their positions in the whole tensor")
     return None
 
 

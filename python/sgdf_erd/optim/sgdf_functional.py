@@ -21,7 +21,7 @@ from .. import ops
 from . import _dtensor
 from .counter_random import EXP_AVG_STREAM, EXP_VAR_STREAM, PARAM_STREAM
 from .newton_schulz import is_matrix_shaped, orthogonalize
-from .stochastic_rounding import round_into_
+from .stochastic_rounding import round_all_into_
 
 def _real(tensors: List[Tensor]) -> List[Tensor]:
     return [torch.view_as_real(t) if t.is_complex() else t for t in tensors]
@@ -128,9 +128,7 @@ def foreach_sgdf(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tenso
     for stored, computed, stream, stream_seeds in ((params, p, PARAM_STREAM, param_seeds),
                                                    (exp_avgs, m, EXP_AVG_STREAM, seeds),
                                                    (exp_vars, s, EXP_VAR_STREAM, seeds)):
-        for i, (dst, src) in enumerate(zip(stored, computed)):
-            if dst is not src:
-                round_into_(dst, src, stream_seeds[i], steps[i], stream)
+        round_all_into_(stored, computed, stream_seeds, steps, stream)
 
 
 def single_tensor_sgdf(params, grads, exp_avgs, exp_vars, steps, *, master_params=None, rounding_seeds=None,
@@ -170,16 +168,21 @@ def fused_sgdf(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor]
     if keys.count(keys[0]) == len(keys) and (dtensor is None or not any(isinstance(p, dtensor) for p in params)):
         # the common case, one launch: no per-tensor regrouping (it runs at every step)
         groups = {keys[0]: (params, [_matching_layout(g, p) for g, p in zip(grads, params)], exp_avgs, exp_vars,
-                            steps, masters, seeds, [None] * len(params))}
+                            steps, masters, seeds, [0] * len(params), [None] * len(params))}
     else:
-        # params, grads, exp_avgs, exp_vars, steps, master copies, seeds, and the DTensor each param is a shard of
-        groups = defaultdict(lambda: ([], [], [], [], [], [], [], []))
+        # params, grads, exp_avgs, exp_vars, steps, master copies, seeds, the number of each tensor's first element
+        # in its random numbers, and the DTensor each param is a shard of
+        groups = defaultdict(lambda: ([], [], [], [], [], [], [], [], []))
         for key, p, g, m, s, t, w, seed in zip(keys, params, grads, exp_avgs, exp_vars, steps, masters, seeds):
             sharded = p if dtensor is not None and isinstance(p, dtensor) else None
+            first_index = 0
             if sharded is not None:  # the kernel is elementwise: it steps each rank's shards
                 p, g, m, s = (_dtensor.local_shard(x, sharded) for x in (p, g, m, s))
                 w = None if w is None else _dtensor.local_shard(w, sharded)
-            for bucket, value in zip(groups[key], (p, _matching_layout(g, p), m, s, t, w, seed, sharded)):
+                # numbered as in the whole tensor (the path choice sends other shards to foreach when rounding)
+                first_index = (_dtensor.shard_first_index(sharded) or 0) if seed is not None else 0
+            for bucket, value in zip(groups[key], (p, _matching_layout(g, p), m, s, t, w, seed, first_index,
+                                                   sharded)):
                 bucket.append(value)
 
     per_device = {}  # lr / grad_scale / found_inf moved once per device
@@ -195,9 +198,10 @@ def fused_sgdf(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor]
         return per_device[(device, id(t))]
 
     for (device, _, _, orth), bucket in groups.items():
-        g_params, g_grads, g_exp_avgs, g_exp_vars, g_steps, g_masters, g_seeds, g_sharded = bucket
+        g_params, g_grads, g_exp_avgs, g_exp_vars, g_steps, g_masters, g_seeds, g_first, g_sharded = bucket
         g_masters = [] if master_params is None else g_masters
         g_seeds = [] if rounding_seeds is None else g_seeds
+        g_first = g_first if g_seeds and any(g_first) else []
         lr_tensor = on(device, lr) if isinstance(lr, Tensor) else None
         lr_float = 0.0 if lr_tensor is not None else float(lr)
         # zero-filled so that a step skipped for inf/NaN gradients orthogonalises to a zero update
@@ -205,19 +209,21 @@ def fused_sgdf(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor]
         # the kernel also advances the step counts, unless found_inf is set (then it changes nothing)
         ops.fused_sgdf_(g_params, g_grads, g_exp_avgs, g_exp_vars, updates, g_steps, lr_float, lr_tensor, beta1,
                         beta2, eps, gamma, weight_decay, decoupled_weight_decay, sign and not orth, maximize,
-                        on(device, grad_scale), on(device, found_inf), g_masters, g_seeds)
+                        on(device, grad_scale), on(device, found_inf), g_masters, g_seeds, g_first)
         if orth:  # orthogonalisation is refused for complex parameters, so g_params are the originals
             directions = [orthogonalize(u, ns_steps) if sharded is None else
                           _dtensor.orthogonalize_shard(u, sharded, ns_steps) for u, sharded in zip(updates, g_sharded)]
-            _apply_orthogonalized(g_params, directions, g_steps, g_masters, g_seeds,
+            _apply_orthogonalized(g_params, directions, g_steps, g_masters, g_seeds, g_first,
                                   lr_tensor.reshape(()) if lr_tensor is not None else lr_float,
                                   weight_decay if decoupled_weight_decay else 0.0, on(device, found_inf))
 
 
-def _apply_orthogonalized(params, directions, steps, masters, seeds, lr, decoupled_decay, found_inf) -> None:
+def _apply_orthogonalized(params, directions, steps, masters, seeds, first_indices, lr, decoupled_decay,
+                          found_inf) -> None:
     """w = w * (1 - lr * decoupled_decay) - lr * direction for the weights the kernel left as they were in update
     mode: the master copies (the params then take them rounded to nearest), else the params, computed in float32
-    and rounded once, stochastically when `seeds`. A step skipped for inf/NaN gradients (found_inf nonzero)
+    and rounded once, stochastically when `seeds` (elements numbered from `first_indices`, a shard's position in
+    its whole tensor, when given). A step skipped for inf/NaN gradients (found_inf nonzero)
     changes nothing, without reading found_inf on the host."""
     keep = None if found_inf is None else (found_inf.reshape(()) == 0)
     if keep is not None:
@@ -230,5 +236,4 @@ def _apply_orthogonalized(params, directions, steps, masters, seeds, lr, decoupl
         for p, w in zip(params, masters):
             p.copy_(w if keep is None else torch.where(keep, w.to(p.dtype), p))
     elif seeds:
-        for i, (p, w) in enumerate(zip(params, weights)):
-            round_into_(p, w, seeds[i], steps[i], PARAM_STREAM)
+        round_all_into_(params, weights, seeds, steps, PARAM_STREAM, first_indices or None)
