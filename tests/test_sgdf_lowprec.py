@@ -303,7 +303,7 @@ def test_rounding_lists_together_equals_rounding_each_tensor(device, layouts, ba
     expected = [d.clone() for d in dsts]
     for dst, src, seed, step in zip(expected, srcs, seeds, steps):
         round_into_(dst, src, seed, step, 2)
-    with mock.patch.object(stochastic_rounding, "_BATCH_ELEMENTS", batch):
+    with mock.patch.dict(stochastic_rounding._BATCH_ELEMENTS, {torch.device(device).type: batch}):
         round_all_into_(dsts, srcs, seeds, steps, 2)
     for got, want, layout in zip(dsts, expected, layouts):
         assert torch.equal(got, want), layout

@@ -91,11 +91,14 @@ def round_into_(dst: Tensor, src: Tensor, seed: Optional[int], step: Tensor, str
     dst.copy_(stochastic_round(src, dst.dtype, u))
 
 
-# Tensors of at most this many elements are rounded together, up to about this many per pass over their
-# concatenation: for small tensors each torch op costs more than its arithmetic. Larger tensors are rounded one at a
-# time. Passes of 2**16 elements were fastest on the CPU (1,000 tensors of 1,000 elements: 37 ms per stream against
-# 127 one by one and 85 in passes of 2**20, whose fresh multi-megabyte temporaries cost page faults).
-_BATCH_ELEMENTS = 1 << 16
+# Per device type: tensors of at most this many elements are rounded together, up to about this many per pass over
+# their concatenation (for small tensors each torch op costs more than its arithmetic); larger tensors are rounded
+# one at a time. CPU: passes of 2**16 elements were fastest (1,000 tensors of 1,000 elements: 37 ms per stream
+# against 127 one by one and 85 in passes of 2**20, whose fresh multi-megabyte temporaries cost page faults). Other
+# devices (not measured yet): every op is a kernel launch and temporaries come from a caching allocator, so larger
+# passes, 2**22 elements (about 80 MB of temporaries).
+_BATCH_ELEMENTS = {"cpu": 1 << 16}
+_DEVICE_BATCH_ELEMENTS = 1 << 22
 
 
 def round_all_into_(dsts: Sequence[Tensor], srcs: Sequence[Tensor], seeds: Sequence[Optional[int]],
@@ -108,7 +111,8 @@ def round_all_into_(dsts: Sequence[Tensor], srcs: Sequence[Tensor], seeds: Seque
         if dst is src:
             continue
         flat = None
-        if (_rounds_stochastically(dst, src, seed) and dst.numel() <= _BATCH_ELEMENTS
+        limit = _BATCH_ELEMENTS.get(dst.device.type, _DEVICE_BATCH_ELEMENTS)
+        if (_rounds_stochastically(dst, src, seed) and dst.numel() <= limit
                 and first + dst.numel() <= 1 << 32 and not torch.compiler.is_compiling()):
             flat = _flat_with_indices(dst, src, first)
         if flat is None:
@@ -116,7 +120,7 @@ def round_all_into_(dsts: Sequence[Tensor], srcs: Sequence[Tensor], seeds: Seque
             continue
         batch = batches[dst.dtype, flat[0].device]
         batch.append((*flat, _key(seed, step, stream)))
-        if sum(item[0].numel() for item in batch) >= _BATCH_ELEMENTS:
+        if sum(item[0].numel() for item in batch) >= limit:
             _round_batch_(dst.dtype, batches.pop((dst.dtype, flat[0].device)))
     for (dtype, _), batch in batches.items():
         _round_batch_(dtype, batch)
