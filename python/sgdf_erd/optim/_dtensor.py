@@ -33,14 +33,19 @@ def local_shard(t: Tensor, like: Tensor) -> Tensor:
     return t.to_local()
 
 
+def _shard_shape_and_offsets(t: Tensor) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
+    """This rank's shard of DTensor `t`: its shape and where it starts in the whole tensor, per dimension."""
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    return compute_local_shape_and_global_offset(t.shape, t.device_mesh, t.placements)
+
+
 def global_element_index(t: Tensor) -> Tuple[Tensor, int]:
     """For each element of this rank's shard of DTensor `t` (in the shard's shape), its position in the memory
     order of the whole tensor (its global strides), and a bound on those positions: the numbering a stochastic
     rounding of the whole tensor uses, so a sharded step draws the numbers an unsharded one would."""
-    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
-
     local = t.to_local()
-    _, offsets = compute_local_shape_and_global_offset(t.shape, t.device_mesh, t.placements)
+    _, offsets = _shard_shape_and_offsets(t)
     index = torch.zeros(local.shape, dtype=torch.int64, device=local.device)
     for dim, (size, offset, stride) in enumerate(zip(local.shape, offsets, t.stride())):
         positions = torch.arange(offset, offset + size, dtype=torch.int64, device=local.device) * stride
@@ -52,11 +57,9 @@ def shard_first_index(t: Tensor) -> Optional[int]:
     """The position in the whole tensor's memory order of the first element of this rank's shard of DTensor `t`,
     where the shard's elements are consecutive there (a contiguous tensor cut along dimension 0 only, as FSDP2
     shards), else None."""
-    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
-
     if not t.is_contiguous() or not t.to_local().is_contiguous():
         return None
-    local_shape, offsets = compute_local_shape_and_global_offset(t.shape, t.device_mesh, t.placements)
+    local_shape, offsets = _shard_shape_and_offsets(t)
     if t.dim() == 0:
         return 0
     if tuple(local_shape[1:]) != tuple(t.shape[1:]):

@@ -48,9 +48,16 @@ def _mix32_(x: Tensor) -> Tensor:
     return x
 
 
-def uniform(numel: int, key: Union[int, Tensor], device: torch.device) -> Tensor:
-    """`numel` float32 numbers in [0, 1), multiples of 2**-24, one per element index, for a tensor's key."""
-    return uniform_at(torch.arange(numel, device=device, dtype=torch.int64), key, numel)
+def element_indices(numel: int, device: torch.device, first_index: int = 0) -> Tensor:
+    """The indices first_index .. first_index + numel - 1 (int64): a tensor's elements, numbered from where it
+    starts in a larger tensor it is a shard of."""
+    return torch.arange(first_index, first_index + numel, device=device, dtype=torch.int64)
+
+
+def uniform(numel: int, key: Union[int, Tensor], device: torch.device, first_index: int = 0) -> Tensor:
+    """`numel` float32 numbers in [0, 1), multiples of 2**-24, one per element index (from `first_index`), for a
+    tensor's key."""
+    return uniform_at(element_indices(numel, device, first_index), key, first_index + numel)
 
 
 def uniform_at(index: Tensor, key: Union[int, Tensor], index_bound: int) -> Tensor:

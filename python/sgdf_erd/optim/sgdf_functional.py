@@ -236,4 +236,4 @@ def _apply_orthogonalized(params, directions, steps, masters, seeds, first_indic
         for p, w in zip(params, masters):
             p.copy_(w if keep is None else torch.where(keep, w.to(p.dtype), p))
     elif seeds:
-        round_all_into_(params, weights, seeds, steps, PARAM_STREAM, first_indices or None)
+        round_all_into_(params, weights, seeds, steps, PARAM_STREAM, first_indices)

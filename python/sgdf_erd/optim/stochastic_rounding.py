@@ -84,8 +84,7 @@ def round_into_(dst: Tensor, src: Tensor, seed: Optional[int], step: Tensor, str
         u = counter_random.uniform_at(index, key, bound)
         dst.to_local().copy_(stochastic_round(_dtensor.local_shard(src, dst), dst.dtype, u))
         return
-    n = src.numel()
-    u = counter_random.uniform_at(torch.arange(first_index, first_index + n, device=src.device), key, first_index + n)
+    u = counter_random.uniform(src.numel(), key, src.device, first_index)
     # numbered in memory order, as the fused kernels walk a dense tensor (channels_last included)
     u = u.as_strided(src.shape, src.stride()) if is_dense(src) else u.reshape(src.shape)
     dst.copy_(stochastic_round(src, dst.dtype, u))
@@ -106,6 +105,7 @@ def round_all_into_(dsts: Sequence[Tensor], srcs: Sequence[Tensor], seeds: Seque
     """round_into_ for each (dst, src) pair of the lists (pairs where dst is src are skipped), with the same
     results; the small tensors rounded stochastically share the hash and rounding passes."""
     batches = defaultdict(list)  # (dtype, device) -> [(dst view, src view, element indices, key)]
+    batched = defaultdict(int)  # (dtype, device) -> elements in its batch
     first_indices = first_indices or [0] * len(dsts)
     for dst, src, seed, step, first in zip(dsts, srcs, seeds, steps, first_indices):
         if dst is src:
@@ -118,10 +118,12 @@ def round_all_into_(dsts: Sequence[Tensor], srcs: Sequence[Tensor], seeds: Seque
         if flat is None:
             round_into_(dst, src, seed, step, stream, first)
             continue
-        batch = batches[dst.dtype, flat[0].device]
-        batch.append((*flat, _key(seed, step, stream)))
-        if sum(item[0].numel() for item in batch) >= limit:
-            _round_batch_(dst.dtype, batches.pop((dst.dtype, flat[0].device)))
+        where = dst.dtype, flat[0].device
+        batches[where].append((*flat, _key(seed, step, stream)))
+        batched[where] += flat[0].numel()
+        if batched[where] >= limit:
+            _round_batch_(dst.dtype, batches.pop(where))
+            del batched[where]
     for (dtype, _), batch in batches.items():
         _round_batch_(dtype, batch)
 
@@ -138,7 +140,7 @@ def _flat_with_indices(dst: Tensor, src: Tensor, first: int) -> Optional[Tuple[T
     if dst.stride() != src.stride() or not is_dense(dst):
         return None
     n = dst.numel()  # a dense tensor's elements in memory order: n consecutive ones from its storage offset
-    return dst.as_strided((n,), (1,)), src.as_strided((n,), (1,)), torch.arange(first, first + n, device=dst.device)
+    return dst.as_strided((n,), (1,)), src.as_strided((n,), (1,)), counter_random.element_indices(n, dst.device, first)
 
 
 def _round_batch_(dtype: torch.dtype, batch: List[Tuple[Tensor, Tensor, Tensor, object]]) -> None:
