@@ -147,6 +147,10 @@ BAD_STEPS = {
     "grad_is_param": (_grad_is_param, ValueError, "gradient"),
     "grad_overlaps_param": (_grad_overlaps_param, ValueError, "gradient"),
     "complex_orthogonalized": (_complex_orthogonalized, ValueError, "complex"),
+    # storage options edited after the state was made: the state no longer fits them
+    "state_dtype_edited": (_set_later_group("state_dtype", torch.bfloat16), ValueError, "state"),
+    "stochastic_rounding_edited": (_set_later_group("stochastic_rounding", True), ValueError, "stochastic_rounding"),
+    "master_weights_edited": (_set_later_group("master_weights", True), ValueError, "master_weights"),
 }
 
 

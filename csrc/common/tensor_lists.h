@@ -15,10 +15,16 @@ using TensorList = std::vector<Tensor>;
 
 // Whether the elements fill one gap-free, overlap-free block of memory in some dimension order (torch's
 // is_non_overlapping_and_dense, computed from sizes and strides: the stable ABI does not expose it before 2.12).
-inline bool is_non_overlapping_and_dense(const Tensor& t) {
-  const IntArrayRef sizes = t.sizes();
-  const IntArrayRef strides = t.strides();
+inline bool is_non_overlapping_and_dense(IntArrayRef sizes, IntArrayRef strides) {
   const int64_t dim = static_cast<int64_t>(sizes.size());
+  // contiguous, the common case, needs no sort (nor the allocation below): this runs for every tensor of a call
+  int64_t contiguous_stride = 1;
+  bool contiguous = true;
+  for (int64_t d = dim - 1; d >= 0 && contiguous; --d) {
+    contiguous = sizes[d] < 2 || strides[d] == contiguous_stride;
+    contiguous_stride *= sizes[d];
+  }
+  if (contiguous) return true;
   std::vector<int64_t> order(dim);
   for (int64_t d = 0; d < dim; ++d) order[d] = d;
   // innermost first; dimensions of size 0 or 1 have no say in the layout and go last
@@ -56,20 +62,25 @@ inline void check_tensor_lists(const std::vector<NamedList>& lists, const char* 
     const Tensor& ref = reference[i];
     SGDF_ERD_CHECK(ref.layout() == Layout::Strided, op, ": '", reference_name, "[", i, "]' is ",
                    LayoutName{ref.layout()}, "; sparse tensors are not supported, use a dense optimizer path");
-    SGDF_ERD_CHECK(is_non_overlapping_and_dense(ref), op, ": '", reference_name, "[", i,
+    // the reference's metadata read once (each read is a call through the stable C ABI)
+    const IntArrayRef sizes = ref.sizes();
+    const IntArrayRef strides = ref.strides();
+    const auto device = ref.device();
+    const ScalarType dtype = ref.scalar_type();
+    SGDF_ERD_CHECK(is_non_overlapping_and_dense(sizes, strides), op, ": '", reference_name, "[", i,
                    "]' is not dense (it is a view with gaps or overlaps); use foreach=True instead of fused");
     for (size_t l = 1; l < lists.size(); ++l) {
       const Tensor& t = (*lists[l].tensors)[i];
       const char* name = lists[l].name;
       SGDF_ERD_CHECK(t.layout() == Layout::Strided, op, ": '", name, "[", i, "]' is ", LayoutName{t.layout()},
                      "; sparse tensors are not supported");
-      SGDF_ERD_CHECK(t.device() == ref.device(), op, ": '", name, "[", i, "]' is on ", DeviceName(t.device()),
-                     " but '", reference_name, "[", i, "]' is on ", DeviceName(ref.device()),
+      SGDF_ERD_CHECK(t.device() == device, op, ": '", name, "[", i, "]' is on ", DeviceName(t.device()),
+                     " but '", reference_name, "[", i, "]' is on ", DeviceName(device),
                      "; move them to one device");
-      SGDF_ERD_CHECK(!lists[l].dtype_of_reference || t.scalar_type() == ref.scalar_type(), op, ": '", name, "[", i,
-                     "]' is ", t.scalar_type(), " but '", reference_name, "[", i, "]' is ", ref.scalar_type(),
+      SGDF_ERD_CHECK(!lists[l].dtype_of_reference || t.scalar_type() == dtype, op, ": '", name, "[", i,
+                     "]' is ", t.scalar_type(), " but '", reference_name, "[", i, "]' is ", dtype,
                      "; they must share a dtype");
-      SGDF_ERD_CHECK(t.sizes().equals(ref.sizes()) && t.strides().equals(ref.strides()), op, ": '", name, "[", i,
+      SGDF_ERD_CHECK(t.sizes().equals(sizes) && t.strides().equals(strides), op, ": '", name, "[", i,
                      "]' has shape/strides ", Shape{t.sizes()}, "/", Shape{t.strides()}, " but '", reference_name,
                      "[", i, "]' has ", Shape{ref.sizes()}, "/", Shape{ref.strides()},
                      "; they must have the same memory layout");

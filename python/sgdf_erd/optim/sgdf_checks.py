@@ -234,6 +234,26 @@ def check_grad(p: Tensor, grad: Tensor, group_index: int, index: int) -> None:
                          "of its own")
 
 
+def step_inputs_fit(p: Tensor, grad: Tensor, state: Optional[dict], state_dtype: Optional[torch.dtype],
+                    master_weights: bool, stochastic_rounding: bool) -> bool:
+    """A quick test that check_grad and check_state would pass (False where they might not: the caller then runs
+    them). Reads each attribute once: it runs for every parameter at every step."""
+    dtype, shape, device = p.dtype, p.shape, p.device
+    if grad.layout is not torch.strided or grad.dtype is not dtype or grad.shape != shape or grad.device != device:
+        return False
+    try:  # a gradient in the param's own storage: the detailed check compares their byte ranges
+        if grad.untyped_storage().data_ptr() == p.untyped_storage().data_ptr():
+            return False
+    except (RuntimeError, NotImplementedError):  # no storage (e.g. a tensor subclass): left to the detailed check
+        return False
+    if not state:
+        return True
+    exp_avg = state["exp_avg"]
+    expected = dtype if state_dtype is None or dtype.is_complex else state_dtype
+    return (exp_avg.dtype is expected and exp_avg.shape == shape and exp_avg.device == device
+            and master_weights == ("master_param" in state) and stochastic_rounding == ("rounding_seed" in state))
+
+
 def check_fused_grads_distinct(grad_lists: Sequence[Sequence[Tensor]]) -> None:
     """The fused kernel unscales gradients in place (AMP), so one gradient shared by two params would be
     unscaled twice."""

@@ -158,18 +158,23 @@ def fused_sgdf(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor]
     `master_params` and `rounding_seeds` as in foreach_sgdf."""
     if not params:
         return
-    if any(p.is_complex() for p in params):
-        params, grads, exp_avgs, exp_vars = map(_real, (params, grads, exp_avgs, exp_vars))
     masters = master_params if master_params is not None else [None] * len(params)
     seeds = rounding_seeds if rounding_seeds is not None else [None] * len(params)
-    keys = [(p.device, p.dtype, m.dtype, orthogonalize_matrices and is_matrix_shaped(p))
-            for p, m in zip(params, exp_avgs)]
-    dtensor = _dtensor.dtensor_type()
-    if keys.count(keys[0]) == len(keys) and (dtensor is None or not any(isinstance(p, dtensor) for p in params)):
-        # the common case, one launch: no per-tensor regrouping (it runs at every step)
-        groups = {keys[0]: (params, [_matching_layout(g, p) for g, p in zip(grads, params)], exp_avgs, exp_vars,
-                            steps, masters, seeds, [0] * len(params), [None] * len(params))}
+    device, dtype, state_dtype = params[0].device, params[0].dtype, exp_avgs[0].dtype
+    dtensor = _dtensor.dtensor_type() or ()  # isinstance(p, ()) is False
+    if not orthogonalize_matrices and all(p.dtype is dtype and m.dtype is state_dtype and p.device == device and
+                                          not isinstance(p, dtensor) for p, m in zip(params, exp_avgs)):
+        # the common case, one launch: no per-tensor regrouping (this runs at every step, for every tensor)
+        if dtype.is_complex:
+            params, grads, exp_avgs, exp_vars = map(_real, (params, grads, exp_avgs, exp_vars))
+        groups = {(device, None, None, False): (params, [_matching_layout(g, p) for g, p in zip(grads, params)],
+                                                exp_avgs, exp_vars, steps, masters, seeds, [0] * len(params),
+                                                [None] * len(params))}
     else:
+        if any(p.is_complex() for p in params):
+            params, grads, exp_avgs, exp_vars = map(_real, (params, grads, exp_avgs, exp_vars))
+        keys = [(p.device, p.dtype, m.dtype, orthogonalize_matrices and is_matrix_shaped(p))
+                for p, m in zip(params, exp_avgs)]
         # params, grads, exp_avgs, exp_vars, steps, master copies, seeds, the number of each tensor's first element
         # in its random numbers, and the DTensor each param is a shard of
         groups = defaultdict(lambda: ([], [], [], [], [], [], [], [], []))
