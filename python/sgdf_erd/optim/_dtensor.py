@@ -4,6 +4,7 @@ The fused kernel is elementwise, so it runs on each rank's local shards; Newton-
 a sharded update is gathered, orthogonalised whole (every rank the same) and each rank keeps its own shard.
 """
 
+import functools
 import sys
 from typing import Optional, Tuple, Type
 
@@ -59,12 +60,21 @@ def shard_first_index(t: Tensor) -> Optional[int]:
     shards), else None."""
     if not t.is_contiguous() or not t.to_local().is_contiguous():
         return None
-    local_shape, offsets = _shard_shape_and_offsets(t)
-    if t.dim() == 0:
+    return _contiguous_shard_first_index(t.shape, t.stride(), t.device_mesh, tuple(t.placements))
+
+
+@functools.lru_cache(maxsize=65536)
+def _contiguous_shard_first_index(shape, stride, mesh, placements) -> Optional[int]:
+    # Kept per layout: the fused path asks at every step for every sharded parameter, and torch computes the
+    # shard's offsets in Python (~20 us). This rank's coordinate in the mesh is fixed, so the answer is too.
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    if len(shape) == 0:
         return 0
-    if tuple(local_shape[1:]) != tuple(t.shape[1:]):
+    local_shape, offsets = compute_local_shape_and_global_offset(shape, mesh, placements)
+    if tuple(local_shape[1:]) != tuple(shape[1:]):
         return None
-    return offsets[0] * t.stride(0)
+    return offsets[0] * stride[0]
 
 
 def orthogonalize_shard(update: Tensor, like: Tensor, ns_steps: int) -> Tensor:
