@@ -36,9 +36,17 @@ def local_shard(t: Tensor, like: Tensor) -> Tensor:
 
 def _shard_shape_and_offsets(t: Tensor) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
     """This rank's shard of DTensor `t`: its shape and where it starts in the whole tensor, per dimension."""
+    return _local_shape_and_offsets(t.shape, t.device_mesh, tuple(t.placements))
+
+
+@functools.lru_cache(maxsize=65536)
+def _local_shape_and_offsets(shape, mesh, placements) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
+    # Kept per layout: the paths ask at every step for every sharded parameter, and torch computes it in Python
+    # (~20 us). This rank's coordinate in the mesh is fixed, so the answer is too.
     from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
-    return compute_local_shape_and_global_offset(t.shape, t.device_mesh, t.placements)
+    local_shape, offsets = compute_local_shape_and_global_offset(shape, mesh, placements)
+    return tuple(local_shape), tuple(offsets)
 
 
 def global_element_index(t: Tensor) -> Tuple[Tensor, int]:
@@ -60,21 +68,12 @@ def shard_first_index(t: Tensor) -> Optional[int]:
     shards), else None."""
     if not t.is_contiguous() or not t.to_local().is_contiguous():
         return None
-    return _contiguous_shard_first_index(t.shape, t.stride(), t.device_mesh, tuple(t.placements))
-
-
-@functools.lru_cache(maxsize=65536)
-def _contiguous_shard_first_index(shape, stride, mesh, placements) -> Optional[int]:
-    # Kept per layout: the fused path asks at every step for every sharded parameter, and torch computes the
-    # shard's offsets in Python (~20 us). This rank's coordinate in the mesh is fixed, so the answer is too.
-    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
-
-    if len(shape) == 0:
+    if t.dim() == 0:
         return 0
-    local_shape, offsets = compute_local_shape_and_global_offset(shape, mesh, placements)
-    if tuple(local_shape[1:]) != tuple(shape[1:]):
+    local_shape, offsets = _shard_shape_and_offsets(t)
+    if local_shape[1:] != tuple(t.shape[1:]):
         return None
-    return offsets[0] * stride[0]
+    return offsets[0] * t.stride(0)
 
 
 def orthogonalize_shard(update: Tensor, like: Tensor, ns_steps: int) -> Tensor:

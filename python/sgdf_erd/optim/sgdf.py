@@ -183,29 +183,24 @@ class SGDF(Optimizer):
     # ------------------------------------------------------------------ step
     def _check_step_inputs(self) -> None:
         """Check every group (hyperparameters, params, grads, state) against what the paths would refuse; nothing
-        changes here, so step() can run it before any tensor or state does. It runs at every step for every
-        parameter: a quick test reads each attribute once, and only a parameter that fails it gets the detailed
-        checks, which say what is wrong."""
+        changes here, so step() can run it before any tensor or state does."""
         fused_grads = []
         for gi, group in enumerate(self.param_groups):
             where = f"param group {gi}"
             checks.check_hyperparameters(group, where, read_device_lr=False)
             if group["orthogonalize"]:
                 checks.check_param_kinds(group["params"], group, where)
-            options = (group["state_dtype"], group["master_weights"], group["stochastic_rounding"])
             for i, p in enumerate(group["params"]):
                 grad = p.grad
                 if grad is None or p.numel() == 0:
                     continue
+                checks.check_grad(p, grad, gi, i)
                 state = self.state.get(p)
-                if not checks.step_inputs_fit(p, grad, state, *options):
-                    checks.check_grad(p, grad, gi, i)
-                    if state:
-                        checks.check_state(p, state, group, gi, i)
+                if state:
+                    checks.check_state(p, state, group, gi, i)
                 if group["fused"]:
                     fused_grads.append(grad)
-        if len(set(map(id, fused_grads))) != len(fused_grads):
-            checks.check_fused_grads_distinct([fused_grads])
+        checks.check_fused_grads_distinct([fused_grads])
 
     def _init_group(self, group: dict, params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor],
                     exp_vars: List[Tensor], steps: List[Tensor], master_params: List[Tensor],
@@ -229,7 +224,7 @@ class SGDF(Optimizer):
                 state["exp_avg"] = _like(p, checks.state_dtype(p, group)).zero_()
                 state["exp_var"] = _like(p, checks.state_dtype(p, group)).zero_()
                 _adopt_storage_entries(p, state, group)
-            elif fused and state["exp_avg"].stride() != p.stride():
+            elif fused:
                 _match_layout(p, state)
             params.append(p)
             grads.append(p.grad)
@@ -286,7 +281,7 @@ def _fused_step(params, grads, exp_avgs, exp_vars, steps, hyper, storage, grad_s
     params, grads = list(params), list(grads)
     copies = []
     for i, p in enumerate(params):
-        if not p.is_contiguous() and not checks.is_dense(p):
+        if not checks.is_dense(p):
             dense_param = torch.empty_like(exp_avgs[i]).copy_(p)
             dense_grad = torch.empty_like(exp_avgs[i]).copy_(grads[i])
             copies.append((p, dense_param, grads[i], dense_grad))

@@ -35,11 +35,11 @@ def is_dense(t: Tensor) -> bool:
     return True
 
 
-def _address(t: Tensor, of_storage: bool = False) -> int:
-    """The data (or storage) address, 0 where there is none: meta tensors and tensor subclasses without storage
-    are left to their own checks."""
+def _address(t: Tensor) -> int:
+    """The data address, 0 where there is none: meta tensors and tensor subclasses without storage are left to
+    their own checks."""
     try:
-        return t.untyped_storage().data_ptr() if of_storage else t.data_ptr()
+        return t.data_ptr()
     except (RuntimeError, NotImplementedError):
         return 0
 
@@ -143,7 +143,8 @@ def _check_storage_options(p: Tensor, i: int, group: dict, where: str) -> None:
 
 def state_dtype(p: Tensor, group: dict) -> torch.dtype:
     """The dtype of a parameter's exp_avg / exp_var under its group's options (complex parameters: their own)."""
-    return p.dtype if group["state_dtype"] is None or p.is_complex() else group["state_dtype"]
+    state = group["state_dtype"]
+    return p.dtype if state is None or p.dtype.is_complex else state
 
 
 def fused_storage_unsupported(params: Sequence[Tensor], group: dict) -> Optional[str]:
@@ -218,53 +219,33 @@ def choose_path(params: Sequence[Tensor], fused, foreach, group: dict) -> Tuple[
 # ------------------------------------------------------------------------------------------ step inputs
 def check_grad(p: Tensor, grad: Tensor, group_index: int, index: int) -> None:
     """Run at every step for every parameter, so it reads as few attributes as it can."""
-    if grad.layout != torch.strided:
+    if grad.layout is not torch.strided:
         raise RuntimeError(f"SGDF: the gradient of parameter {index} of param group {group_index} is {grad.layout}; "
                            "SGDF does not support sparse gradients: use a dense gradient (for example "
                            "nn.Embedding(sparse=False)) or torch.optim.SparseAdam for that parameter")
-    if grad.dtype != p.dtype or grad.shape != p.shape or grad.device != p.device:
+    if grad.dtype is not p.dtype or grad.shape != p.shape or grad.device != p.device:
         raise ValueError(f"SGDF: the gradient of parameter {index} of param group {group_index} is "
                          f"{_describe(grad)} but the parameter is {_describe(p)}; a gradient must match its "
                          "parameter (was the parameter's .data replaced after backward? zero_grad() and run "
                          "backward again)")
-    storage = _address(grad, of_storage=True)
-    if storage and storage == _address(p, of_storage=True) and _overlap(_span(grad), _span(p)):
+    try:  # byte ranges are compared only for a gradient in the parameter's own storage
+        storage = grad.untyped_storage().data_ptr()
+        shared = storage and storage == p.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):  # no storage (e.g. a tensor subclass): left to its own checks
+        shared = False
+    if shared and _overlap(_span(grad), _span(p)):
         raise ValueError(f"SGDF: the gradient of parameter {index} of param group {group_index} shares memory "
                          "with the parameter (p.grad = p or an overlapping view of it); give it a gradient tensor "
                          "of its own")
 
 
-def step_inputs_fit(p: Tensor, grad: Tensor, state: Optional[dict], state_dtype: Optional[torch.dtype],
-                    master_weights: bool, stochastic_rounding: bool) -> bool:
-    """A quick test that check_grad and check_state would pass (False where they might not: the caller then runs
-    them). Reads each attribute once: it runs for every parameter at every step."""
-    dtype, shape, device = p.dtype, p.shape, p.device
-    if grad.layout is not torch.strided or grad.dtype is not dtype or grad.shape != shape or grad.device != device:
-        return False
-    try:  # a gradient in the param's own storage: the detailed check compares their byte ranges
-        if grad.untyped_storage().data_ptr() == p.untyped_storage().data_ptr():
-            return False
-    except (RuntimeError, NotImplementedError):  # no storage (e.g. a tensor subclass): left to the detailed check
-        return False
-    if not state:
-        return True
-    exp_avg = state["exp_avg"]
-    expected = dtype if state_dtype is None or dtype.is_complex else state_dtype
-    return (exp_avg.dtype is expected and exp_avg.shape == shape and exp_avg.device == device
-            and master_weights == ("master_param" in state) and stochastic_rounding == ("rounding_seed" in state))
-
-
 def check_fused_grads_distinct(grad_lists: Sequence[Sequence[Tensor]]) -> None:
     """The fused kernel unscales gradients in place (AMP), so one gradient shared by two params would be
     unscaled twice."""
-    seen = set()
-    for grads in grad_lists:
-        for grad in grads:
-            if id(grad) in seen:
-                raise ValueError("SGDF: two parameters of fused param groups have the same gradient tensor (one "
-                                 "was assigned to both); give each parameter a gradient of its own, e.g. "
-                                 "p.grad = g.clone()")
-            seen.add(id(grad))
+    ids = [id(grad) for grads in grad_lists for grad in grads]
+    if len(set(ids)) != len(ids):
+        raise ValueError("SGDF: two parameters of fused param groups have the same gradient tensor (one was "
+                         "assigned to both); give each parameter a gradient of its own, e.g. p.grad = g.clone()")
 
 
 def check_state(p: Tensor, state: dict, group: dict, group_index: int, index: int) -> None:
@@ -273,7 +254,7 @@ def check_state(p: Tensor, state: dict, group: dict, group_index: int, index: in
     load_state_dict(), and exp_avg and exp_var change together, so exp_avg speaks for both."""
     exp_avg = state["exp_avg"]
     expected = state_dtype(p, group)
-    if exp_avg.dtype != expected or exp_avg.shape != p.shape or exp_avg.device != p.device:
+    if exp_avg.dtype is not expected or exp_avg.shape != p.shape or exp_avg.device != p.device:
         raise ValueError(f"SGDF: the state of parameter {index} of param group {group_index} is "
                          f"{_describe(exp_avg)} but the parameter is now {_describe(p)} (state in {expected}); "
                          "the parameter or the group's state_dtype changed after the optimizer stepped. Cast or "

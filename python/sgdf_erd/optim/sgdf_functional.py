@@ -162,24 +162,23 @@ def fused_sgdf(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor]
     seeds = rounding_seeds if rounding_seeds is not None else [None] * len(params)
     device, dtype, state_dtype = params[0].device, params[0].dtype, exp_avgs[0].dtype
     dtensor = _dtensor.dtensor_type() or ()  # isinstance(p, ()) is False
-    if not orthogonalize_matrices and all(p.dtype is dtype and m.dtype is state_dtype and p.device == device and
-                                          not isinstance(p, dtensor) for p, m in zip(params, exp_avgs)):
-        # the common case, one launch: no per-tensor regrouping (this runs at every step, for every tensor)
-        if dtype.is_complex:
-            params, grads, exp_avgs, exp_vars = map(_real, (params, grads, exp_avgs, exp_vars))
+    # the common case, one launch: no per-tensor regrouping (this runs at every step, for every tensor)
+    uniform = not orthogonalize_matrices and all(p.dtype is dtype and m.dtype is state_dtype and p.device == device
+                                                 and not isinstance(p, dtensor) for p, m in zip(params, exp_avgs))
+    if dtype.is_complex if uniform else any(p.is_complex() for p in params):
+        params, grads, exp_avgs, exp_vars = map(_real, (params, grads, exp_avgs, exp_vars))
+    if uniform:
         groups = {(device, None, None, False): (params, [_matching_layout(g, p) for g, p in zip(grads, params)],
                                                 exp_avgs, exp_vars, steps, masters, seeds, [0] * len(params),
                                                 [None] * len(params))}
     else:
-        if any(p.is_complex() for p in params):
-            params, grads, exp_avgs, exp_vars = map(_real, (params, grads, exp_avgs, exp_vars))
         keys = [(p.device, p.dtype, m.dtype, orthogonalize_matrices and is_matrix_shaped(p))
                 for p, m in zip(params, exp_avgs)]
         # params, grads, exp_avgs, exp_vars, steps, master copies, seeds, the number of each tensor's first element
         # in its random numbers, and the DTensor each param is a shard of
         groups = defaultdict(lambda: ([], [], [], [], [], [], [], [], []))
         for key, p, g, m, s, t, w, seed in zip(keys, params, grads, exp_avgs, exp_vars, steps, masters, seeds):
-            sharded = p if dtensor is not None and isinstance(p, dtensor) else None
+            sharded = p if isinstance(p, dtensor) else None
             first_index = 0
             if sharded is not None:  # the kernel is elementwise: it steps each rank's shards
                 p, g, m, s = (_dtensor.local_shard(x, sharded) for x in (p, g, m, s))
