@@ -131,6 +131,52 @@ def test_default_path_is_fused_and_paths_agree(device):
             torch.testing.assert_close(a, b, rtol=TOL[torch.float32], atol=TOL[torch.float32])
 
 
+ONE_CALL_OPTIONS = {
+    "plain": lambda: dict(),
+    "tensor_lr_and_decay": lambda: dict(lr=torch.tensor(0.05), weight_decay=0.1, decoupled_weight_decay=True),
+    "sign_maximize": lambda: dict(sign=True, maximize=True, weight_decay=1e-2),
+    "bf16_state_rounded": lambda: dict(state_dtype=torch.bfloat16, stochastic_rounding=True),
+    "master_weights": lambda: dict(master_weights=True),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("options", list(ONE_CALL_OPTIONS))
+def test_one_fused_group_steps_in_one_call_as_the_general_path(device, dtype, options, monkeypatch):
+    """From its second step, a single fused param group is stepped by one kernel call whose own checks stand in for
+    the per-parameter Python checks; it must step bit for bit as the general path (Python checks, regrouping), with
+    a GradScaler's grad_scale / found_inf too (a skipped step included)."""
+    if options == "master_weights" and dtype == torch.float32:
+        pytest.skip("master weights are for 16-bit params")
+    gen = torch.Generator().manual_seed(3)
+    grads = [_grads(_make_params(dtype), gen) for _ in range(4)]
+    found_infs = [0.0, 0.0, 1.0, 0.0]  # the third step is skipped
+    results = []
+    for one_call in (True, False):
+        params = _make_params(dtype, device=device)
+        opt = SGDF(params, fused=True, **ONE_CALL_OPTIONS[options]())
+        checked_steps = []
+        monkeypatch.setattr(opt, "_check_step_inputs", lambda: checked_steps.append(len(checked_steps)))
+        if not one_call:
+            monkeypatch.setattr(opt, "_step_in_one_call", lambda *args: False)
+        torch.manual_seed(0)  # the rounding seeds drawn at the first step
+        for step_grads, found_inf in zip(grads, found_infs):
+            for p, g in zip(params, step_grads):
+                p.grad = (g * 4).to(device)  # scaled by 4, as GradScaler(init_scale=4) would
+            opt.grad_scale = torch.tensor(4.0, device=device)
+            opt.found_inf = torch.tensor(found_inf, device=device)
+            opt.step()
+        assert len(checked_steps) == (1 if one_call else len(grads)), "the Python checks ran at the wrong steps"
+        results.append([params, [p.grad for p in params], [opt.state[p] for p in params]])
+    (params, unscaled, states), (want_params, want_unscaled, want_states) = results
+    for got, want in zip(params + unscaled, want_params + want_unscaled):
+        assert torch.equal(got, want)
+    for got, want in zip(states, want_states):
+        assert got.keys() == want.keys()
+        for key in got:
+            assert (torch.equal(got[key], want[key]) if isinstance(got[key], torch.Tensor) else got[key] == want[key])
+
+
 @given(shape=st.lists(st.integers(0, 70), min_size=1, max_size=3), lr=st.floats(1e-4, 1.0),
        b1=st.floats(0.0, 0.99), b2=st.floats(0.5, 0.9999), gamma=st.floats(0.1, 2.0),
        seed=st.integers(0, 2**16))

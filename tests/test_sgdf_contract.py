@@ -85,10 +85,11 @@ def _fill_grads(params, seed=1):
         p.grad = torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p.dtype).to(p.device)
 
 
-def _stepped(device, path="default", steps=2, **options):
-    """An optimizer with two groups that has taken `steps` steps, and fresh grads for the next one."""
+def _stepped(device, path="default", steps=2, groups=2, **options):
+    """An optimizer with two groups (or one) that has taken `steps` steps, and fresh grads for the next one."""
     params = _model(device)
-    opt = SGDF([{"params": params[:1]}, {"params": params[1:], "lr": 0.02}], lr=0.05, **options, **PATHS[path])
+    param_groups = [{"params": params[:1]}, {"params": params[1:], "lr": 0.02}] if groups == 2 else params
+    opt = SGDF(param_groups, lr=0.05, **options, **PATHS[path])
     for i in range(steps):
         _fill_grads(params, seed=i)
         opt.step()
@@ -154,11 +155,12 @@ BAD_STEPS = {
 }
 
 
+@pytest.mark.parametrize("groups", [1, 2], ids=["one_group", "two_groups"])  # one fused group: one kernel call
 @pytest.mark.parametrize("path", list(PATHS))
 @pytest.mark.parametrize("case", list(BAD_STEPS))
-def test_bad_step_changes_nothing(device, path, case):
+def test_bad_step_changes_nothing(device, path, case, groups):
     change, exc, match = BAD_STEPS[case]
-    params, opt = _stepped(device, path)
+    params, opt = _stepped(device, path, groups=groups)
     change(params, opt)
     if exc is None:
         opt.step()

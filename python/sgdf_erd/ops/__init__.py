@@ -11,6 +11,6 @@ A fake implementation starts with the mixed-device check of :mod:`._fake_checks`
 
 from .erd import erd_loss_backward, erd_loss_forward, erd_weights
 from .ntk import MAX_NUM_BINS, binned_gram_eigvalsh
-from .sgdf import fused_sgdf_
+from .sgdf import FUSED_SGDF_REFUSED, fused_sgdf_
 
 __all__ = ["binned_gram_eigvalsh", "MAX_NUM_BINS"]

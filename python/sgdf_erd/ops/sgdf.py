@@ -10,6 +10,10 @@ from ._fake_checks import check_one_device
 
 __all__ = ["fused_sgdf_"]
 
+# Every message of the kernels' argument checks starts with this, and they all run before anything is written: an
+# error that starts otherwise (a failed CUDA launch, say) may come after writes.
+FUSED_SGDF_REFUSED = "sgdf_erd::fused_sgdf_: "
+
 
 def fused_sgdf_(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor], exp_vars: List[Tensor],
                 updates: List[Tensor], steps: List[Tensor], lr: float, lr_tensor: Optional[Tensor], beta1: float,

@@ -6,8 +6,10 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer
 
+from .. import ops
+from . import _dtensor
 from . import sgdf_checks as checks
-from .sgdf_functional import foreach_sgdf, fused_sgdf, single_tensor_sgdf
+from .sgdf_functional import foreach_sgdf, fused_sgdf, fused_sgdf_in_one_call, single_tensor_sgdf
 
 # Path and storage settings belong to the optimizer that runs, not to the checkpoint it loads (the loaded state is
 # converted to the storage settings).
@@ -202,6 +204,80 @@ class SGDF(Optimizer):
                     fused_grads.append(grad)
         checks.check_fused_grads_distinct([fused_grads])
 
+    def _step_in_one_call(self, grad_scale: Optional[Tensor], found_inf: Optional[Tensor]) -> bool:
+        """The common step: one param group on the fused path, stepped by a single kernel call with state from
+        earlier steps. The kernel checks everything it is given before it writes anything (what check_grad and
+        check_state test of grads and state, and more), so the per-parameter checks in Python are left out, and
+        only what the kernel cannot know is tested here: the state against the group's storage options. Returns
+        False, having changed nothing, where this does not apply or the kernel refused its arguments; the general
+        path then checks (raising the Python checks' clearer error), creates state, regroups or copies."""
+        if len(self.param_groups) != 1:
+            return False
+        group = self.param_groups[0]
+        if not group["fused"] or group["orthogonalize"]:
+            return False
+        checks.check_hyperparameters(group, "param group 0", read_device_lr=False)
+        lists = self._one_call_lists(group)
+        if lists is None:
+            return False
+        params, grads, exp_avgs, exp_vars, steps, master_params, rounding_seeds = lists
+        beta1, beta2 = group["betas"]
+        try:
+            fused_sgdf_in_one_call(params, grads, exp_avgs, exp_vars, steps, lr=group["lr"], beta1=beta1,
+                                   beta2=beta2, eps=group["eps"], gamma=group["gamma"],
+                                   weight_decay=group["weight_decay"],
+                                   decoupled_weight_decay=group["decoupled_weight_decay"], sign=group["sign"],
+                                   maximize=group["maximize"], grad_scale=grad_scale, found_inf=found_inf,
+                                   master_params=master_params if group["master_weights"] else None,
+                                   rounding_seeds=rounding_seeds if group["stochastic_rounding"] else None)
+        except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+            if str(exc).startswith(ops.FUSED_SGDF_REFUSED):
+                return False  # refused before anything was written
+            raise
+        return True
+
+    def _one_call_lists(self, group: dict) -> Optional[tuple]:
+        """The group's params (those with a gradient, not empty), grads, exp_avgs, exp_vars, steps, master copies and
+        rounding seeds for one kernel call, or None where the general path must step it: a parameter without state
+        (created there, after the checks), state made under other storage options, params of several dtypes,
+        complex or DTensor. Runs at every step for every parameter, so it reads as little as it can."""
+        master_weights, stochastic_rounding = group["master_weights"], group["stochastic_rounding"]
+        entries = len(checks.STATE_KEYS) + master_weights + stochastic_rounding
+        dtensor = _dtensor.dtensor_type() or ()  # isinstance(p, ()) is False
+        lists = params, grads, exp_avgs, exp_vars, steps, master_params, rounding_seeds = [], [], [], [], [], [], []
+        dtype = state_dtype = None
+        for p in group["params"]:
+            grad = p.grad
+            if grad is None or p.numel() == 0:
+                continue
+            if dtype is None:
+                dtype = p.dtype
+                state_dtype = checks.state_dtype(p, group)
+                if dtype.is_complex:
+                    return None
+            state = self.state.get(p)
+            if not state or len(state) != entries or p.dtype is not dtype or isinstance(p, dtensor):
+                return None
+            exp_avg = state["exp_avg"]
+            if exp_avg.dtype is not state_dtype:
+                return None
+            if master_weights:
+                master = state.get("master_param")
+                if master is None:
+                    return None
+                master_params.append(master)
+            if stochastic_rounding:
+                seed = state.get("rounding_seed")
+                if seed is None:
+                    return None
+                rounding_seeds.append(seed)
+            params.append(p)
+            grads.append(grad)
+            exp_avgs.append(exp_avg)
+            exp_vars.append(state["exp_var"])
+            steps.append(state["step"])
+        return lists
+
     def _init_group(self, group: dict, params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor],
                     exp_vars: List[Tensor], steps: List[Tensor], master_params: List[Tensor],
                     rounding_seeds: List[int], check_all_groups: bool = False) -> None:
@@ -250,10 +326,12 @@ class SGDF(Optimizer):
         # Check every group before any tensor or state changes, so a bad input leaves nothing half-updated. Under
         # torch.compile the checks run in _init_group, which Dynamo runs eagerly while tracing: reading data
         # pointers or a CPU `lr` there would break the graph.
-        if not compiling:
-            self._check_step_inputs()
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
+        if not compiling:
+            if self._step_in_one_call(grad_scale, found_inf):
+                return loss
+            self._check_step_inputs()
         for gi, group in enumerate(self.param_groups):
             params, grads, exp_avgs, exp_vars, steps, master_params, rounding_seeds = [], [], [], [], [], [], []
             self._init_group(group, params, grads, exp_avgs, exp_vars, steps, master_params, rounding_seeds,

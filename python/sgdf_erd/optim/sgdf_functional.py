@@ -189,37 +189,71 @@ def fused_sgdf(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor]
                                                    sharded)):
                 bucket.append(value)
 
-    per_device = {}  # lr / grad_scale / found_inf moved once per device
-
-    def on(device, t):
-        if t is None:
-            return None
-        if (device, id(t)) not in per_device:
-            # Only a copy *to* a CUDA device may be non-blocking (it is ordered on the stream before the kernel);
-            # a non-blocking copy to the CPU returns before the value has arrived, and the CPU kernel reads it at once.
-            per_device[(device, id(t))] = t.to(device=device, dtype=torch.float32,
-                                               non_blocking=device.type == "cuda").reshape(1)
-        return per_device[(device, id(t))]
-
+    moved = {}  # lr / grad_scale / found_inf moved once per device
     for (device, _, _, orth), bucket in groups.items():
         g_params, g_grads, g_exp_avgs, g_exp_vars, g_steps, g_masters, g_seeds, g_first, g_sharded = bucket
         g_masters = [] if master_params is None else g_masters
         g_seeds = [] if rounding_seeds is None else g_seeds
         g_first = g_first if g_seeds and any(g_first) else []
-        lr_tensor = on(device, lr) if isinstance(lr, Tensor) else None
-        lr_float = 0.0 if lr_tensor is not None else float(lr)
         # zero-filled so that a step skipped for inf/NaN gradients orthogonalises to a zero update
         updates = [torch.zeros_like(p) for p in g_params] if orth else []
-        # the kernel also advances the step counts, unless found_inf is set (then it changes nothing)
-        ops.fused_sgdf_(g_params, g_grads, g_exp_avgs, g_exp_vars, updates, g_steps, lr_float, lr_tensor, beta1,
-                        beta2, eps, gamma, weight_decay, decoupled_weight_decay, sign and not orth, maximize,
-                        on(device, grad_scale), on(device, found_inf), g_masters, g_seeds, g_first)
+        lr_tensor = _fused_call(device, g_params, g_grads, g_exp_avgs, g_exp_vars, updates, g_steps, g_masters,
+                                g_seeds, g_first, moved, lr=lr, beta1=beta1, beta2=beta2, eps=eps, gamma=gamma,
+                                weight_decay=weight_decay, decoupled_weight_decay=decoupled_weight_decay,
+                                sign=sign and not orth, maximize=maximize, grad_scale=grad_scale,
+                                found_inf=found_inf)
         if orth:  # orthogonalisation is refused for complex parameters, so g_params are the originals
             directions = [orthogonalize(u, ns_steps) if sharded is None else
                           _dtensor.orthogonalize_shard(u, sharded, ns_steps) for u, sharded in zip(updates, g_sharded)]
             _apply_orthogonalized(g_params, directions, g_steps, g_masters, g_seeds, g_first,
-                                  lr_tensor.reshape(()) if lr_tensor is not None else lr_float,
-                                  weight_decay if decoupled_weight_decay else 0.0, on(device, found_inf))
+                                  lr_tensor.reshape(()) if lr_tensor is not None else float(lr),
+                                  weight_decay if decoupled_weight_decay else 0.0,
+                                  _scalar_on(device, found_inf, moved))
+
+
+def _scalar_on(device: torch.device, t: Optional[Tensor], moved: dict) -> Optional[Tensor]:
+    """`t` (lr, grad_scale or found_inf) as the one-element float32 tensor the kernel takes on `device`, moved once
+    per device and call (`moved` remembers)."""
+    if t is None:
+        return None
+    if (device, id(t)) not in moved:
+        # Only a copy *to* a CUDA device may be non-blocking (it is ordered on the stream before the kernel); a
+        # non-blocking copy to the CPU returns before the value has arrived, and the CPU kernel reads it at once.
+        moved[(device, id(t))] = t.to(device=device, dtype=torch.float32,
+                                      non_blocking=device.type == "cuda").reshape(1)
+    return moved[(device, id(t))]
+
+
+def _fused_call(device, params, grads, exp_avgs, exp_vars, updates, steps, master_params, rounding_seeds,
+                rounding_offsets, moved, *, lr, beta1, beta2, eps, gamma, weight_decay, decoupled_weight_decay, sign,
+                maximize, grad_scale, found_inf) -> Optional[Tensor]:
+    """One kernel call over tensors of one device, param dtype and state dtype, laid out alike; it also advances
+    the step counts, unless found_inf is set (then it changes nothing). Returns the lr tensor it was given (None for
+    a float lr). The kernel checks every argument before it writes anything."""
+    lr_tensor = _scalar_on(device, lr, moved) if isinstance(lr, Tensor) else None
+    ops.fused_sgdf_(params, grads, exp_avgs, exp_vars, updates, steps, 0.0 if lr_tensor is not None else float(lr),
+                    lr_tensor, beta1, beta2, eps, gamma, weight_decay, decoupled_weight_decay, sign, maximize,
+                    _scalar_on(device, grad_scale, moved), _scalar_on(device, found_inf, moved), master_params,
+                    rounding_seeds, rounding_offsets)
+    return lr_tensor
+
+
+def fused_sgdf_in_one_call(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor],
+                           exp_vars: List[Tensor], steps: List[Tensor], *, lr: Union[float, Tensor], beta1: float,
+                           beta2: float, eps: float, gamma: float, weight_decay: float,
+                           decoupled_weight_decay: bool, sign: bool, maximize: bool,
+                           grad_scale: Optional[Tensor] = None, found_inf: Optional[Tensor] = None,
+                           master_params: Optional[List[Tensor]] = None,
+                           rounding_seeds: Optional[List[int]] = None) -> None:
+    """fused_sgdf for the case it reduces to most of the time, without the per-tensor regrouping: tensors of one
+    device, param dtype and state dtype, neither complex nor DTensor, each grad and state laid out as its param,
+    no orthogonalisation. Given anything else, the kernel refuses it before writing anything (RuntimeError or
+    ValueError, message starting with "sgdf_erd::fused_sgdf_: "), and fused_sgdf is the call to make."""
+    if params:
+        _fused_call(params[0].device, params, grads, exp_avgs, exp_vars, [], steps, master_params or [],
+                    rounding_seeds or [], [], {}, lr=lr, beta1=beta1, beta2=beta2, eps=eps, gamma=gamma,
+                    weight_decay=weight_decay, decoupled_weight_decay=decoupled_weight_decay, sign=sign,
+                    maximize=maximize, grad_scale=grad_scale, found_inf=found_inf)
 
 
 def _apply_orthogonalized(params, directions, steps, masters, seeds, first_indices, lr, decoupled_decay,
