@@ -41,49 +41,99 @@ inline bool is_non_overlapping_and_dense(IntArrayRef sizes, IntArrayRef strides)
   return true;
 }
 
-// One list argument of a multi-tensor op, for check_tensor_lists.
+// The C ABI's code of the strided layout (a call to ask; asked once).
+inline int32_t strided_layout_code() {
+  static const int32_t code = aoti_torch_layout_strided();
+  return code;
+}
+
+// What the checks read of a tensor, read once per call: every read is a call through the stable C ABI (and turning
+// a dtype, device or layout code into torch's enum is a chain of further calls), while an optimizer step checks
+// thousands of tensors. The codes are the C ABI's own and are compared as they are; messages ask the tensor again.
+struct TensorMeta {
+  int32_t layout = 0, dtype = 0, device_type = 0, device_index = 0;
+  IntArrayRef sizes, strides;  // empty for a tensor that is not strided (sparse: it has no strides)
+  uintptr_t address = 0;
+
+  explicit TensorMeta(const Tensor& t) {
+    AtenTensorHandle h = t.get();
+    STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_layout(h, &layout));
+    STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_dtype(h, &dtype));
+    STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_device_type(h, &device_type));
+    STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_device_index(h, &device_index));
+    if (layout != strided_layout_code()) return;
+    int64_t dim = 0;
+    int64_t* size_data = nullptr;
+    int64_t* stride_data = nullptr;
+    void* data = nullptr;
+    STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_dim(h, &dim));
+    STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_sizes(h, &size_data));
+    STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_strides(h, &stride_data));
+    STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_data_ptr(h, &data));
+    sizes = IntArrayRef(size_data, static_cast<size_t>(dim));
+    strides = IntArrayRef(stride_data, static_cast<size_t>(dim));
+    address = reinterpret_cast<uintptr_t>(data);
+  }
+  bool strided() const { return layout == strided_layout_code(); }
+  bool same_device(const TensorMeta& other) const {
+    return device_type == other.device_type && device_index == other.device_index;
+  }
+  int64_t numel() const {
+    int64_t n = 1;
+    for (const int64_t size : sizes) n *= size;
+    return n;
+  }
+};
+
+using TensorMetas = std::vector<TensorMeta>;
+
+inline TensorMetas read_metas(const TensorList& tensors) {
+  TensorMetas metas;
+  metas.reserve(tensors.size());
+  for (const Tensor& t : tensors) metas.emplace_back(t);
+  return metas;
+}
+
+// One list argument of a multi-tensor op, for check_tensor_lists, which fills in `metas`.
 struct NamedList {
   const TensorList* tensors;
   const char* name;
   bool dtype_of_reference = true;  // false: the op checks this list's dtype itself (e.g. a state dtype)
+  TensorMetas metas = {};
 };
 
 // lists[0] is the reference (the parameters); every other list must match it tensor by tensor: device, layout,
-// shape and strides, and dtype unless the list has its own.
-inline void check_tensor_lists(const std::vector<NamedList>& lists, const char* op) {
-  const TensorList& reference = *lists[0].tensors;
-  const char* reference_name = lists[0].name;
-  const size_t n = reference.size();
-  for (const NamedList& l : lists) {
+// shape and strides, and dtype unless the list has its own. Reads each tensor's metadata (NamedList::metas).
+inline void check_tensor_lists(std::vector<NamedList>& lists, const char* op) {
+  const NamedList& reference = lists[0];
+  const size_t n = reference.tensors->size();
+  for (NamedList& l : lists) {
     SGDF_ERD_CHECK(l.tensors->size() == n, op, ": '", l.name, "' has ", l.tensors->size(), " tensors but '",
-                   reference_name, "' has ", n, "; pass one entry per parameter");
+                   reference.name, "' has ", n, "; pass one entry per parameter");
+    l.metas = read_metas(*l.tensors);
   }
   for (size_t i = 0; i < n; ++i) {
-    const Tensor& ref = reference[i];
-    SGDF_ERD_CHECK(ref.layout() == Layout::Strided, op, ": '", reference_name, "[", i, "]' is ",
-                   LayoutName{ref.layout()}, "; sparse tensors are not supported, use a dense optimizer path");
-    // the reference's metadata read once (each read is a call through the stable C ABI)
-    const IntArrayRef sizes = ref.sizes();
-    const IntArrayRef strides = ref.strides();
-    const auto device = ref.device();
-    const ScalarType dtype = ref.scalar_type();
-    SGDF_ERD_CHECK(is_non_overlapping_and_dense(sizes, strides), op, ": '", reference_name, "[", i,
+    const TensorMeta& ref = reference.metas[i];
+    const Tensor& ref_tensor = (*reference.tensors)[i];
+    SGDF_ERD_CHECK(ref.strided(), op, ": '", reference.name, "[", i, "]' is ", LayoutName{ref_tensor.layout()},
+                   "; sparse tensors are not supported, use a dense optimizer path");
+    SGDF_ERD_CHECK(is_non_overlapping_and_dense(ref.sizes, ref.strides), op, ": '", reference.name, "[", i,
                    "]' is not dense (it is a view with gaps or overlaps); use foreach=True instead of fused");
     for (size_t l = 1; l < lists.size(); ++l) {
+      const TensorMeta& m = lists[l].metas[i];
       const Tensor& t = (*lists[l].tensors)[i];
       const char* name = lists[l].name;
-      SGDF_ERD_CHECK(t.layout() == Layout::Strided, op, ": '", name, "[", i, "]' is ", LayoutName{t.layout()},
+      SGDF_ERD_CHECK(m.strided(), op, ": '", name, "[", i, "]' is ", LayoutName{t.layout()},
                      "; sparse tensors are not supported");
-      SGDF_ERD_CHECK(t.device() == device, op, ": '", name, "[", i, "]' is on ", DeviceName(t.device()),
-                     " but '", reference_name, "[", i, "]' is on ", DeviceName(device),
+      SGDF_ERD_CHECK(m.same_device(ref), op, ": '", name, "[", i, "]' is on ", DeviceName(t.device()), " but '",
+                     reference.name, "[", i, "]' is on ", DeviceName(ref_tensor.device()),
                      "; move them to one device");
-      SGDF_ERD_CHECK(!lists[l].dtype_of_reference || t.scalar_type() == dtype, op, ": '", name, "[", i,
-                     "]' is ", t.scalar_type(), " but '", reference_name, "[", i, "]' is ", dtype,
+      SGDF_ERD_CHECK(!lists[l].dtype_of_reference || m.dtype == ref.dtype, op, ": '", name, "[", i, "]' is ",
+                     t.scalar_type(), " but '", reference.name, "[", i, "]' is ", ref_tensor.scalar_type(),
                      "; they must share a dtype");
-      SGDF_ERD_CHECK(t.sizes().equals(sizes) && t.strides().equals(strides), op, ": '", name, "[", i,
-                     "]' has shape/strides ", Shape{t.sizes()}, "/", Shape{t.strides()}, " but '", reference_name,
-                     "[", i, "]' has ", Shape{ref.sizes()}, "/", Shape{ref.strides()},
-                     "; they must have the same memory layout");
+      SGDF_ERD_CHECK(m.sizes.equals(ref.sizes) && m.strides.equals(ref.strides), op, ": '", name, "[", i,
+                     "]' has shape/strides ", Shape{m.sizes}, "/", Shape{m.strides}, " but '", reference.name, "[",
+                     i, "]' has ", Shape{ref.sizes}, "/", Shape{ref.strides}, "; they must have the same memory layout");
     }
   }
 }
@@ -92,14 +142,14 @@ inline void check_tensor_lists(const std::vector<NamedList>& lists, const char* 
 // own its memory) and single tensors it only reads (these may share memory with each other, not with the lists).
 // Names are built only for an error message: this runs on every optimizer step.
 struct MemoryOperand {
-  const Tensor* tensor;
+  const TensorMeta* meta;
   const char* name;  // the argument
   int64_t index;     // position in the list, or -1 for a single tensor
   bool exclusive;
 };
 
-inline void add_operands(std::vector<MemoryOperand>& out, const TensorList& list, const char* name) {
-  for (size_t i = 0; i < list.size(); ++i) out.push_back({&list[i], name, static_cast<int64_t>(i), true});
+inline void add_operands(std::vector<MemoryOperand>& out, const TensorMetas& metas, const char* name) {
+  for (size_t i = 0; i < metas.size(); ++i) out.push_back({&metas[i], name, static_cast<int64_t>(i), true});
 }
 
 inline std::string operand_name(const MemoryOperand& o) {
@@ -108,8 +158,8 @@ inline std::string operand_name(const MemoryOperand& o) {
 
 // Rejects operands that share memory (the same tensor twice, `params[i] is grads[i]`, overlapping views of one
 // storage): a kernel walking them as separate buffers would read values another operand already overwrote, and
-// threads would race on them. All operands must be on one device (check that first). Sorting the byte ranges keeps
-// this O(n log n): optimizer calls pass thousands of tensors.
+// threads would race on them. All operands must be strided and on one device (check that first). Sorting the byte
+// ranges keeps this O(n log n): optimizer calls pass thousands of tensors.
 inline void check_no_shared_memory(const std::vector<MemoryOperand>& operands, const char* op) {
   struct Range {
     uintptr_t begin, end;
@@ -117,15 +167,18 @@ inline void check_no_shared_memory(const std::vector<MemoryOperand>& operands, c
   };
   std::vector<Range> ranges;
   ranges.reserve(operands.size());
+  int32_t sized_dtype = -1;  // element sizes looked up once per dtype (the operands mostly share one)
+  size_t element_size = 0;
   for (const auto& o : operands) {
-    const Tensor& t = *o.tensor;
-    if (t.numel() == 0) continue;  // no memory to share
-    const IntArrayRef sizes = t.sizes();
-    const IntArrayRef strides = t.strides();
+    const TensorMeta& m = *o.meta;
+    if (m.numel() == 0) continue;  // no memory to share
     int64_t extent = 1;  // elements from the first to one past the last (strides are never negative)
-    for (size_t d = 0; d < sizes.size(); ++d) extent += (sizes[d] - 1) * strides[d];
-    const auto begin = reinterpret_cast<uintptr_t>(t.const_data_ptr());
-    ranges.push_back({begin, begin + static_cast<uintptr_t>(extent) * t.element_size(), &o});
+    for (size_t d = 0; d < m.sizes.size(); ++d) extent += (m.sizes[d] - 1) * m.strides[d];
+    if (m.dtype != sized_dtype) {
+      sized_dtype = m.dtype;
+      element_size = aoti_torch_dtype_element_size(m.dtype);
+    }
+    ranges.push_back({m.address, m.address + static_cast<uintptr_t>(extent) * element_size, &o});
   }
   std::sort(ranges.begin(), ranges.end(), [](const Range& a, const Range& b) { return a.begin < b.begin; });
   // Sweep in order of start: a range overlaps an earlier one iff it starts before the furthest end seen so far.

@@ -83,7 +83,10 @@ inline void check_fused_args(FusedArgs& a) {
                          ": 'rounding_offsets[", i, "]'=", a.rounding_offsets[i], " is not in [0, 2**62]");
   }
   if (a.params.empty()) return;
-  const auto device = a.params[0].device();
+  const TensorMetas& params = lists[0].metas;
+  const TensorMetas& exp_avgs = lists[2].metas;
+  const TensorMetas& exp_vars = lists[3].metas;
+  const TensorMetas* masters = a.has_master() ? &lists.back().metas : nullptr;
   const ScalarType dtype = a.params[0].scalar_type();
   const ScalarType state = a.exp_avgs[0].scalar_type();
   a.param_dtype = dtype;
@@ -98,34 +101,40 @@ inline void check_fused_args(FusedArgs& a) {
                  "(use foreach=True for other combinations)");
   SGDF_ERD_CHECK(!a.has_master() || is_16_bit(dtype), op, ": 'master_params' are float32 copies of bfloat16 / "
                  "float16 params, but the params are ", dtype, "; pass no master_params");
-  auto is_one_float_on_device = [&](const Tensor& t) {
-    return t.layout() == Layout::Strided && t.numel() == 1 && t.scalar_type() == ScalarType::Float &&
-           t.device() == device;
+  const int32_t float32 = aoti_torch_dtype_float32();
+  const TensorMeta& reference = params[0];
+  const auto device = a.params[0].device();
+  auto is_one_float_on_device = [&](const TensorMeta& m) {
+    return m.strided() && m.numel() == 1 && m.dtype == float32 && m.same_device(reference);
   };
-  for (size_t i = 0; i < a.params.size(); ++i) {
-    SGDF_ERD_CHECK(a.params[i].device() == device && a.params[i].scalar_type() == dtype, op,
+  const TensorMetas steps = read_metas(a.steps);
+  for (size_t i = 0; i < params.size(); ++i) {
+    SGDF_ERD_CHECK(params[i].same_device(reference) && params[i].dtype == reference.dtype, op,
                    ": all params of one call must share device and dtype; got ", DeviceName(a.params[i].device()),
                    "/", a.params[i].scalar_type(), " and ", DeviceName(device), "/", dtype,
                    " (the Python optimizer groups them)");
-    SGDF_ERD_CHECK(a.exp_avgs[i].scalar_type() == state && a.exp_vars[i].scalar_type() == state, op,
+    SGDF_ERD_CHECK(exp_avgs[i].dtype == exp_avgs[0].dtype && exp_vars[i].dtype == exp_avgs[0].dtype, op,
                    ": 'exp_avgs[", i, "]' and 'exp_vars[", i, "]' are ", a.exp_avgs[i].scalar_type(), " and ",
                    a.exp_vars[i].scalar_type(), " but 'exp_avgs[0]' is ", state,
                    "; all state of one call must share a dtype (the Python optimizer groups them)");
-    SGDF_ERD_CHECK(!a.has_master() || a.master_params[i].scalar_type() == ScalarType::Float, op,
-                   ": 'master_params[", i, "]' is ", a.master_params[i].scalar_type(), "; master copies are float32");
-    SGDF_ERD_CHECK(is_one_float_on_device(a.steps[i]), op, ": 'steps[", i,
+    SGDF_ERD_CHECK(masters == nullptr || (*masters)[i].dtype == float32, op, ": 'master_params[", i, "]' is ",
+                   a.master_params[i].scalar_type(), "; master copies are float32");
+    SGDF_ERD_CHECK(is_one_float_on_device(steps[i]), op, ": 'steps[", i,
                    "]' must be a one-element float32 tensor on ", DeviceName(device), ", got ", a.steps[i].numel(),
                    " elements of ", a.steps[i].scalar_type(), " on ", DeviceName(a.steps[i].device()));
   }
-  auto check_scalar = [&](const std::optional<Tensor>& t, const char* name) {
-    if (!t.has_value()) return;
-    SGDF_ERD_CHECK(is_one_float_on_device(*t), op, ": '", name, "' must be a one-element float32 tensor on ",
-                   DeviceName(device), ", got ", t->numel(), " elements of ", t->scalar_type(), " on ",
-                   DeviceName(t->device()));
-  };
-  check_scalar(a.lr_tensor, "lr_tensor");
-  check_scalar(a.grad_scale, "grad_scale");
-  check_scalar(a.found_inf, "found_inf");
+  std::vector<TensorMeta> scalars;  // lr_tensor, grad_scale, found_inf where given
+  std::vector<const char*> scalar_names;
+  scalars.reserve(3);
+  for (const auto& [t, name] : {std::pair{&a.lr_tensor, "lr_tensor"}, std::pair{&a.grad_scale, "grad_scale"},
+                                std::pair{&a.found_inf, "found_inf"}}) {
+    if (!t->has_value()) continue;
+    scalars.emplace_back(t->value());
+    scalar_names.push_back(name);
+    SGDF_ERD_CHECK(is_one_float_on_device(scalars.back()), op, ": '", name,
+                   "' must be a one-element float32 tensor on ", DeviceName(device), ", got ", (*t)->numel(),
+                   " elements of ", (*t)->scalar_type(), " on ", DeviceName((*t)->device()));
+  }
   // A CPU lr tensor is read for free; reading a CUDA one would need a host synchronisation, so there its value is
   // the caller's to check.
   if (a.lr_tensor.has_value() && a.lr_tensor->is_cpu()) {
@@ -135,13 +144,10 @@ inline void check_fused_args(FusedArgs& a) {
   }
 
   std::vector<MemoryOperand> operands;
-  operands.reserve(a.params.size() * (lists.size() + 1) + 3);
-  for (const NamedList& l : lists) add_operands(operands, *l.tensors, l.name);
-  add_operands(operands, a.steps, "steps");
-  for (const auto& [t, name] : {std::pair{&a.lr_tensor, "lr_tensor"}, std::pair{&a.grad_scale, "grad_scale"},
-                                std::pair{&a.found_inf, "found_inf"}}) {
-    if (t->has_value()) operands.push_back({&t->value(), name, -1, false});  // only read
-  }
+  operands.reserve(a.params.size() * (lists.size() + 1) + scalars.size());
+  for (const NamedList& l : lists) add_operands(operands, l.metas, l.name);
+  add_operands(operands, steps, "steps");
+  for (size_t s = 0; s < scalars.size(); ++s) operands.push_back({&scalars[s], scalar_names[s], -1, false});  // read
   check_no_shared_memory(operands, op);
 }
 
