@@ -155,10 +155,11 @@ def test_one_fused_group_steps_in_one_call_as_the_general_path(device, dtype, op
     for one_call in (True, False):
         params = _make_params(dtype, device=device)
         opt = SGDF(params, fused=True, **ONE_CALL_OPTIONS[options]())
-        checked_steps = []
-        monkeypatch.setattr(opt, "_check_step_inputs", lambda: checked_steps.append(len(checked_steps)))
+        checked_by_kernel = []  # at each step, the group the Python checks left to its kernel call (or None)
+        monkeypatch.setattr(opt, "_check_step_inputs",
+                            lambda kernel_checked=None: checked_by_kernel.append(kernel_checked and kernel_checked[0]))
         if not one_call:
-            monkeypatch.setattr(opt, "_step_in_one_call", lambda *args: False)
+            monkeypatch.setattr(opt, "_one_call_group", lambda: None)
         torch.manual_seed(0)  # the rounding seeds drawn at the first step
         for step_grads, found_inf in zip(grads, found_infs):
             for p, g in zip(params, step_grads):
@@ -166,7 +167,8 @@ def test_one_fused_group_steps_in_one_call_as_the_general_path(device, dtype, op
             opt.grad_scale = torch.tensor(4.0, device=device)
             opt.found_inf = torch.tensor(found_inf, device=device)
             opt.step()
-        assert len(checked_steps) == (1 if one_call else len(grads)), "the Python checks ran at the wrong steps"
+        # the first step makes the state, after the Python checks of every parameter
+        assert checked_by_kernel == ([None, 0, 0, 0] if one_call else [None] * 4)
         results.append([params, [p.grad for p in params], [opt.state[p] for p in params]])
     (params, unscaled, states), (want_params, want_unscaled, want_states) = results
     for got, want in zip(params + unscaled, want_params + want_unscaled):

@@ -85,10 +85,12 @@ def _fill_grads(params, seed=1):
         p.grad = torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p.dtype).to(p.device)
 
 
-def _stepped(device, path="default", steps=2, groups=2, **options):
-    """An optimizer with two groups (or one) that has taken `steps` steps, and fresh grads for the next one."""
+def _stepped(device, path="default", steps=2, groups="two", **options):
+    """An optimizer with two groups (or one, or two with the last param in the first) that has taken `steps` steps,
+    and fresh grads for the next one."""
     params = _model(device)
-    param_groups = [{"params": params[:1]}, {"params": params[1:], "lr": 0.02}] if groups == 2 else params
+    param_groups = {"one": params, "two": [{"params": params[:1]}, {"params": params[1:], "lr": 0.02}],
+                    "two_reversed": [{"params": params[1:], "lr": 0.02}, {"params": params[:1]}]}[groups]
     opt = SGDF(param_groups, lr=0.05, **options, **PATHS[path])
     for i in range(steps):
         _fill_grads(params, seed=i)
@@ -155,7 +157,9 @@ BAD_STEPS = {
 }
 
 
-@pytest.mark.parametrize("groups", [1, 2], ids=["one_group", "two_groups"])  # one fused group: one kernel call
+# On the fused path, the first param group is stepped by one kernel call that checks it, the others are checked
+# first in Python: a bad parameter in the only group, a later group (two) and the first group (two_reversed).
+@pytest.mark.parametrize("groups", ["one", "two", "two_reversed"])
 @pytest.mark.parametrize("path", list(PATHS))
 @pytest.mark.parametrize("case", list(BAD_STEPS))
 def test_bad_step_changes_nothing(device, path, case, groups):
@@ -171,10 +175,14 @@ def test_bad_step_changes_nothing(device, path, case, groups):
     _assert_unchanged(opt, before)
 
 
-def test_one_grad_shared_by_two_fused_params_is_refused(device):
+@pytest.mark.parametrize("stepped_before", [False, True])  # True: the first group is stepped by one kernel call
+def test_one_grad_shared_by_two_fused_params_is_refused(device, stepped_before):
     """The fused kernel unscales gradients in place, so a shared one would be unscaled twice."""
     a, b = (torch.nn.Parameter(torch.randn(4, device=device)) for _ in range(2))
     opt = SGDF([{"params": [a]}, {"params": [b]}], fused=True)
+    if stepped_before:
+        a.grad, b.grad = torch.ones(4, device=device), torch.ones(4, device=device)
+        opt.step()
     a.grad = b.grad = torch.ones(4, device=device)
     before = _snapshot(opt)
     with pytest.raises(ValueError, match="same gradient"):

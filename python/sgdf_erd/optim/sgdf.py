@@ -183,13 +183,16 @@ class SGDF(Optimizer):
                 _adopt_storage_entries(p, state, group)
 
     # ------------------------------------------------------------------ step
-    def _check_step_inputs(self) -> None:
+    def _check_step_inputs(self, checked_by_kernel: Optional[Tuple[int, List[Tensor]]] = None) -> None:
         """Check every group (hyperparameters, params, grads, state) against what the paths would refuse; nothing
-        changes here, so step() can run it before any tensor or state does."""
+        changes here, so step() can run it before any tensor or state does. `checked_by_kernel`: (index, grads) of
+        a group that one kernel call steps, which checks its params, grads and state itself."""
         fused_grads = []
         for gi, group in enumerate(self.param_groups):
             where = f"param group {gi}"
             checks.check_hyperparameters(group, where, read_device_lr=False)
+            if checked_by_kernel is not None and gi == checked_by_kernel[0]:
+                continue
             if group["orthogonalize"]:
                 checks.check_param_kinds(group["params"], group, where)
             for i, p in enumerate(group["params"]):
@@ -202,24 +205,28 @@ class SGDF(Optimizer):
                     checks.check_state(p, state, group, gi, i)
                 if group["fused"]:
                     fused_grads.append(grad)
+        if fused_grads and checked_by_kernel is not None:  # its kernel call sees only its own gradients
+            fused_grads.extend(checked_by_kernel[1])
         checks.check_fused_grads_distinct([fused_grads])
 
-    def _step_in_one_call(self, grad_scale: Optional[Tensor], found_inf: Optional[Tensor]) -> bool:
-        """The common step: one param group on the fused path, stepped by a single kernel call with state from
-        earlier steps. The kernel checks everything it is given before it writes anything (what check_grad and
-        check_state test of grads and state, and more), so the per-parameter checks in Python are left out, and
-        only what the kernel cannot know is tested here: the state against the group's storage options. Returns
-        False, having changed nothing, where this does not apply or the kernel refused its arguments; the general
-        path then checks (raising the Python checks' clearer error), creates state, regroups or copies."""
-        if len(self.param_groups) != 1:
-            return False
-        group = self.param_groups[0]
-        if not group["fused"] or group["orthogonalize"]:
-            return False
-        checks.check_hyperparameters(group, "param group 0", read_device_lr=False)
-        lists = self._one_call_lists(group)
-        if lists is None:
-            return False
+    def _one_call_group(self) -> Optional[Tuple[int, tuple]]:
+        """The first param group that one kernel call can step, as (index, its _one_call_lists), or None: a fused
+        group without orthogonalisation whose state was made by earlier steps. That call checks everything it is
+        given before it writes anything (what check_grad and check_state test of grads and state, and more), so
+        the group's per-parameter checks in Python are left out; only what the kernel cannot know is tested, in
+        _one_call_lists: the state against the group's storage options."""
+        for gi, group in enumerate(self.param_groups):
+            if group["fused"] and not group["orthogonalize"]:
+                checks.check_hyperparameters(group, f"param group {gi}", read_device_lr=False)
+                lists = self._one_call_lists(group)
+                if lists is not None and lists[0]:
+                    return gi, lists
+        return None
+
+    def _step_in_one_call(self, group: dict, lists: tuple, grad_scale: Optional[Tensor],
+                          found_inf: Optional[Tensor]) -> bool:
+        """Step `group` by one kernel call; False, having changed nothing, where the kernel refused its arguments
+        (the Python checks then say why, or the general path regroups or copies what the kernel cannot take)."""
         params, grads, exp_avgs, exp_vars, steps, master_params, rounding_seeds = lists
         beta1, beta2 = group["betas"]
         try:
@@ -323,16 +330,25 @@ class SGDF(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        # Check every group before any tensor or state changes, so a bad input leaves nothing half-updated. Under
+        # Check every group before any tensor or state changes, so a bad input leaves nothing half-updated; a group
+        # stepped by one kernel call is checked by that call, which comes after the others' checks. Under
         # torch.compile the checks run in _init_group, which Dynamo runs eagerly while tracing: reading data
         # pointers or a CPU `lr` there would break the graph.
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
+        stepped = None  # the param group already stepped by one kernel call
         if not compiling:
-            if self._step_in_one_call(grad_scale, found_inf):
-                return loss
-            self._check_step_inputs()
+            one_call = self._one_call_group()
+            self._check_step_inputs(None if one_call is None else (one_call[0], one_call[1][1]))
+            if one_call is not None:
+                gi, lists = one_call
+                if self._step_in_one_call(self.param_groups[gi], lists, grad_scale, found_inf):
+                    stepped = gi
+                else:
+                    self._check_step_inputs()  # the kernel refused: the Python checks say why, or regroup
         for gi, group in enumerate(self.param_groups):
+            if gi == stepped:
+                continue
             params, grads, exp_avgs, exp_vars, steps, master_params, rounding_seeds = [], [], [], [], [], [], []
             self._init_group(group, params, grads, exp_avgs, exp_vars, steps, master_params, rounding_seeds,
                              check_all_groups=compiling and gi == 0)
