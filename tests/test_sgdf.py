@@ -140,12 +140,13 @@ ONE_CALL_OPTIONS = {
 }
 
 
+@pytest.mark.parametrize("groups", [1, 2])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("options", list(ONE_CALL_OPTIONS))
-def test_one_fused_group_steps_in_one_call_as_the_general_path(device, dtype, options, monkeypatch):
-    """From its second step, a single fused param group is stepped by one kernel call whose own checks stand in for
-    the per-parameter Python checks; it must step bit for bit as the general path (Python checks, regrouping), with
-    a GradScaler's grad_scale / found_inf too (a skipped step included)."""
+def test_fused_groups_step_in_one_call_each_as_the_general_path(device, dtype, options, groups, monkeypatch):
+    """From their second step, fused param groups are stepped by one kernel call each, the first with the kernel's
+    own checks standing in for the per-parameter Python checks; they must step bit for bit as the general path
+    (Python checks, regrouping), with a GradScaler's grad_scale / found_inf too (a skipped step included)."""
     if options == "master_weights" and dtype == torch.float32:
         pytest.skip("master weights are for 16-bit params")
     gen = torch.Generator().manual_seed(3)
@@ -154,12 +155,14 @@ def test_one_fused_group_steps_in_one_call_as_the_general_path(device, dtype, op
     results = []
     for one_call in (True, False):
         params = _make_params(dtype, device=device)
-        opt = SGDF(params, fused=True, **ONE_CALL_OPTIONS[options]())
+        param_groups = params if groups == 1 else [{"params": params[:2]},
+                                                   {"params": params[2:], "lr": 0.02, "weight_decay": 0.1}]
+        opt = SGDF(param_groups, fused=True, **ONE_CALL_OPTIONS[options]())
         checked_by_kernel = []  # at each step, the group the Python checks left to its kernel call (or None)
         monkeypatch.setattr(opt, "_check_step_inputs",
                             lambda kernel_checked=None: checked_by_kernel.append(kernel_checked and kernel_checked[0]))
         if not one_call:
-            monkeypatch.setattr(opt, "_one_call_group", lambda: None)
+            monkeypatch.setattr(opt, "_one_call_lists", lambda group: None)
         torch.manual_seed(0)  # the rounding seeds drawn at the first step
         for step_grads, found_inf in zip(grads, found_infs):
             for p, g in zip(params, step_grads):

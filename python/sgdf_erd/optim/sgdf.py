@@ -223,10 +223,13 @@ class SGDF(Optimizer):
                     return gi, lists
         return None
 
-    def _step_in_one_call(self, group: dict, lists: tuple, grad_scale: Optional[Tensor],
+    def _step_in_one_call(self, group: dict, lists: Optional[tuple], grad_scale: Optional[Tensor],
                           found_inf: Optional[Tensor]) -> bool:
-        """Step `group` by one kernel call; False, having changed nothing, where the kernel refused its arguments
-        (the Python checks then say why, or the general path regroups or copies what the kernel cannot take)."""
+        """Step `group` by one kernel call over `lists` (from _one_call_lists); False, having changed nothing, where
+        there are none or the kernel refused its arguments (the Python checks then say why, or the general path
+        regroups or copies what the kernel cannot take)."""
+        if lists is None or not lists[0]:
+            return False
         params, grads, exp_avgs, exp_vars, steps, master_params, rounding_seeds = lists
         beta1, beta2 = group["betas"]
         try:
@@ -336,18 +339,22 @@ class SGDF(Optimizer):
         # pointers or a CPU `lr` there would break the graph.
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
-        stepped = None  # the param group already stepped by one kernel call
+        kernel_checked = refused = None  # the group checked by its kernel call; that group if the kernel refused
         if not compiling:
             one_call = self._one_call_group()
             self._check_step_inputs(None if one_call is None else (one_call[0], one_call[1][1]))
             if one_call is not None:
-                gi, lists = one_call
-                if self._step_in_one_call(self.param_groups[gi], lists, grad_scale, found_inf):
-                    stepped = gi
-                else:
-                    self._check_step_inputs()  # the kernel refused: the Python checks say why, or regroup
+                kernel_checked, lists = one_call
+                if not self._step_in_one_call(self.param_groups[kernel_checked], lists, grad_scale, found_inf):
+                    refused = kernel_checked
+                    self._check_step_inputs()  # the Python checks of that group say why, or it is regrouped
         for gi, group in enumerate(self.param_groups):
-            if gi == stepped:
+            if gi == kernel_checked and gi != refused:
+                continue  # stepped
+            # the other groups passed the Python checks above: one kernel call each where it takes their tensors as
+            # they are, else (the kernel refused, changing nothing) the general path, which regroups or copies them
+            if (not compiling and gi != refused and group["fused"] and not group["orthogonalize"]
+                    and self._step_in_one_call(group, self._one_call_lists(group), grad_scale, found_inf)):
                 continue
             params, grads, exp_avgs, exp_vars, steps, master_params, rounding_seeds = [], [], [], [], [], [], []
             self._init_group(group, params, grads, exp_avgs, exp_vars, steps, master_params, rounding_seeds,
