@@ -4,6 +4,7 @@
     python benchmarks/bench_sgdf.py --device cuda   # GPU: 100M float32 (and --numel 1e9)
     python benchmarks/bench_sgdf.py --quick         # smoke run
     python benchmarks/bench_sgdf.py --storage       # low-precision storage: bytes per parameter and step times
+    python benchmarks/bench_sgdf.py --groups 2      # the tensors in two param groups (as training scripts pass them)
 
 Candidates: sgdf_erd fused / foreach / single-tensor; an authors'-style per-tensor loop (the release's structure,
 written from the spec); torch.optim.AdamW(fused=True) (same 28 bytes/element floor); a torch.compile'd SGDF step.
@@ -66,15 +67,24 @@ def make_params(numel: int, n_tensors: int, device, seed=0, dtype=torch.float32)
     return params
 
 
-def build_candidates(numel, n_tensors, device, with_compile):
+def in_groups(params, n_groups):
+    """The params as they are (one group), or split into `n_groups` consecutive param groups: training scripts
+    often pass two (e.g. weights with decay, biases and norms without)."""
+    if n_groups == 1:
+        return params
+    bounds = [len(params) * k // n_groups for k in range(n_groups + 1)]
+    return [{"params": params[a:b]} for a, b in zip(bounds, bounds[1:])]
+
+
+def build_candidates(numel, n_tensors, device, with_compile, n_groups=1):
     """Each candidate owns its parameters and state (same sizes, same gradients), so none warms another's cache."""
     candidates = {}
     for name, make in {
-        "sgdf fused": lambda ps: SGDF(ps, lr=1e-3, fused=True),
-        "sgdf foreach": lambda ps: SGDF(ps, lr=1e-3, foreach=True),
-        "sgdf single-tensor": lambda ps: SGDF(ps, lr=1e-3, foreach=False, fused=False),
+        "sgdf fused": lambda ps: SGDF(in_groups(ps, n_groups), lr=1e-3, fused=True),
+        "sgdf foreach": lambda ps: SGDF(in_groups(ps, n_groups), lr=1e-3, foreach=True),
+        "sgdf single-tensor": lambda ps: SGDF(in_groups(ps, n_groups), lr=1e-3, foreach=False, fused=False),
         "authors-style loop": lambda ps: AuthorsStyleSGDF(ps, lr=1e-3),
-        "torch AdamW fused": lambda ps: torch.optim.AdamW(ps, lr=1e-3, fused=True),
+        "torch AdamW fused": lambda ps: torch.optim.AdamW(in_groups(ps, n_groups), lr=1e-3, fused=True),
     }.items():
         candidates[name] = make(make_params(numel, n_tensors, device)).step
     if not with_compile:
@@ -177,6 +187,7 @@ def main():
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--numel", type=float, default=None, help="total elements (default 8e6 CPU, 1e8 CUDA)")
     parser.add_argument("--tensors", type=int, default=160)
+    parser.add_argument("--groups", type=int, default=1, help="param groups the tensors are split into")
     parser.add_argument("--threads", default="1,2", help="CPU: comma-separated torch thread counts to sweep")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--iters", type=int, default=None)
@@ -198,7 +209,7 @@ def main():
     threads = [int(n) for n in args.threads.split(",")] if device.type == "cpu" else [torch.get_num_threads()]
     load_start = load_average()
 
-    candidates, compile_note = build_candidates(numel, args.tensors, device, not args.no_compile)
+    candidates, compile_note = build_candidates(numel, args.tensors, device, not args.no_compile, args.groups)
     total = sum(p.numel() for p in make_params(numel, args.tensors, "cpu"))
     copy_gbps = None
     if device.type == "cuda":
@@ -207,7 +218,8 @@ def main():
         copy_time = time_interleaved({"copy": lambda: dst.copy_(src)}, device, rounds=args.rounds, iters=iters)["copy"]
         copy_gbps = 2 * src.numel() * 4 / copy_time / 1e9
 
-    rows, summary, data = [], [], {"numel": total, "tensors": args.tensors, "seconds": {}, "compile": compile_note}
+    rows, summary = [], []
+    data = {"numel": total, "tensors": args.tensors, "groups": args.groups, "seconds": {}, "compile": compile_note}
     for n_threads in threads:
         torch.set_num_threads(n_threads)
         times = time_interleaved(candidates, device, rounds=args.rounds, iters=iters)
@@ -230,7 +242,8 @@ def main():
     summary.append(f"torch.compile candidate: {compile_note}")
     table = markdown_table(headers, rows) + "\n\n" + "\n".join(f"- {s}" for s in summary)
     meta = {**header(device), "device": device_name(device, threads=False),
-            "elements": f"{total:,} float32 in {args.tensors} tensors",
+            "elements": f"{total:,} float32 in {args.tensors} tensors"
+                        + (f", {args.groups} param groups" if args.groups > 1 else ""),
             "1-minute load average at start / end": [load_start, load_average()]}
     print(table)
     if not args.quick:

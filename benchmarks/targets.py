@@ -39,7 +39,8 @@ def sgdf_rows(data):
             ratios["vs_foreach"] = times["sgdf foreach"] / fused
             if data.get("copy_bandwidth_GBps"):
                 ratios["bandwidth"] = 28 * data["numel"] / fused / 1e9 / data["copy_bandwidth_GBps"]
-        yield f"{data['numel']:.2e} elements in {data['tensors']} tensors ({threads} thr)", ratios
+        groups = f", {data['groups']} param groups" if data.get("groups", 1) > 1 else ""
+        yield f"{data['numel']:.2e} elements in {data['tensors']} tensors{groups} ({threads} thr)", ratios
 
 
 def erd_rows(data):

@@ -73,6 +73,9 @@ if [ "${SKIP_BENCH:-0}" != 1 ]; then
   bench sgdf benchmarks/bench_sgdf.py --device cuda --numel 1e8 --tensors 1000 --no-compile --out "$OUT"
   bench sgdf_small benchmarks/bench_sgdf.py --device cuda --numel 1e6 --tensors 200 --no-compile --suffix _small \
     --out "$OUT"
+  # the same in two param groups (as training scripts pass weights with and without decay)
+  bench sgdf_small_2groups benchmarks/bench_sgdf.py --device cuda --numel 1e6 --tensors 200 --groups 2 --no-compile \
+    --suffix _small_2groups --out "$OUT"
   # bf16 storage options: bytes per parameter and step times (the bf16-state step must not be slower)
   bench sgdf_storage benchmarks/bench_sgdf.py --device cuda --storage --numel 1e8 --tensors 1000 --out "$OUT"
   bench erd benchmarks/bench_erd.py --device cuda --repeats 11 --out "$OUT"
