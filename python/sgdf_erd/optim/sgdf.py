@@ -417,13 +417,14 @@ def _adopt_storage_entries(p: Tensor, state: dict, group: dict) -> None:
 
 def _match_layout(p: Tensor, state: dict) -> None:
     """The fused kernel needs the state in the param's layout (dense for a view with gaps); a model converted
-    after its first steps (e.g. to channels_last) gets its state converted likewise, values unchanged. exp_avg
-    and exp_var are created and converted together, so exp_avg speaks for both."""
+    after its first steps (e.g. to channels_last) gets its state converted likewise, values and dtypes unchanged.
+    exp_avg, exp_var and the master copy are created and converted together, so exp_avg speaks for all."""
     exp_avg = state["exp_avg"]
     if exp_avg.stride() == p.stride() or (not checks.is_dense(p) and checks.is_dense(exp_avg)):
         return
-    for key in ("exp_avg", "exp_var"):
-        state[key] = torch.empty_like(p, memory_format=torch.preserve_format).copy_(state[key])
+    for key in ("exp_avg", "exp_var", "master_param"):
+        if key in state:
+            state[key] = _like(p, state[key].dtype).copy_(state[key])
 
 
 def _as_list(params) -> list:
