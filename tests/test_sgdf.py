@@ -163,6 +163,10 @@ def test_fused_groups_step_in_one_call_each_as_the_general_path(device, dtype, o
                             lambda kernel_checked=None: checked_by_kernel.append(kernel_checked and kernel_checked[0]))
         if not one_call:
             monkeypatch.setattr(opt, "_one_call_lists", lambda group: None)
+        one_call_steps = []  # (group, stepped) of each one-call attempt
+        attempt = opt._step_in_one_call
+        monkeypatch.setattr(opt, "_step_in_one_call", lambda group, *args: one_call_steps.append(
+            (opt.param_groups.index(group), attempt(group, *args))) or one_call_steps[-1][1])
         torch.manual_seed(0)  # the rounding seeds drawn at the first step
         for step_grads, found_inf in zip(grads, found_infs):
             for p, g in zip(params, step_grads):
@@ -170,8 +174,10 @@ def test_fused_groups_step_in_one_call_each_as_the_general_path(device, dtype, o
             opt.grad_scale = torch.tensor(4.0, device=device)
             opt.found_inf = torch.tensor(found_inf, device=device)
             opt.step()
-        # the first step makes the state, after the Python checks of every parameter
+        # the first step makes the state, after the Python checks of every parameter; from the second step on, each
+        # group is stepped by one kernel call
         assert checked_by_kernel == ([None, 0, 0, 0] if one_call else [None] * 4)
+        assert one_call_steps == ([(gi, True) for gi in range(groups)] * 3 if one_call else [])
         results.append([params, [p.grad for p in params], [opt.state[p] for p in params]])
     (params, unscaled, states), (want_params, want_unscaled, want_states) = results
     for got, want in zip(params + unscaled, want_params + want_unscaled):

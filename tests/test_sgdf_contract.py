@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sgdf_erd import SGDF
+from sgdf_erd.optim import sgdf as sgdf_optimizer
 from tests.reference.sgdf_reference import ReferenceSGDF
 
 PATHS = {
@@ -436,6 +437,26 @@ def test_non_dense_params_work_on_every_non_explicit_path(device, path):
     for p, q in zip(params, ref.p):
         torch.testing.assert_close(p.detach().cpu().double(), q, rtol=2e-5, atol=2e-5)
     assert all(float(opt.state[p]["step"]) == 5 for p in params)
+
+
+def test_a_group_the_kernel_refused_goes_the_general_way_for_a_while(device, monkeypatch):
+    """A view with gaps among a fused group's params: the kernel refuses to step the group in one call (nothing
+    changes, and the general path steps it on a dense copy); the group then goes the general way for
+    _ONE_CALL_RETRY_STEPS steps before the next try, stepping like the reference throughout."""
+    monkeypatch.setattr(sgdf_optimizer, "_ONE_CALL_RETRY_STEPS", 2)
+    params = _non_dense_model(device)[:2]  # float32: a dense param and a strided view
+    opt = SGDF(params, lr=0.05)
+    ref = ReferenceSGDF(params, lr=0.05)
+    attempts = []
+    attempt = opt._step_in_one_call
+    monkeypatch.setattr(opt, "_step_in_one_call", lambda *args: attempts.append(attempt(*args)) or attempts[-1])
+    for i in range(8):
+        _fill_grads(params, seed=i)
+        opt.step()
+        ref.step([p.grad.cpu() for p in params])
+    assert attempts == [False] * 3  # steps 2, 5 and 8 (step 1 makes the state), each refused
+    for p, q in zip(params, ref.p):
+        torch.testing.assert_close(p.detach().cpu().double(), q, rtol=2e-5, atol=2e-5)
 
 
 @given(shape=st.lists(st.integers(1, 5), min_size=1, max_size=3), data=st.data(),

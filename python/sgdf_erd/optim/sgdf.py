@@ -1,6 +1,6 @@
 """SGDF: SGD with a Wiener-filtered first moment, as a drop-in ``torch.optim.Optimizer``."""
 
-from typing import Iterable, List, Optional, Tuple, Union
+from typing import Dict, Iterable, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -14,6 +14,8 @@ from .sgdf_functional import foreach_sgdf, fused_sgdf, fused_sgdf_in_one_call, s
 # Path and storage settings belong to the optimizer that runs, not to the checkpoint it loads (the loaded state is
 # converted to the storage settings).
 _PATH_KEYS = ("foreach", "fused", "capturable", "stochastic_rounding", "state_dtype", "master_weights")
+# Steps a param group goes the general way after the kernel refused to step it in one call, before the next try.
+_ONE_CALL_RETRY_STEPS = 100
 # State entries loaded as saved (torch's load would cast them to the parameter's dtype); converted by SGDF.
 _UNCAST_KEYS = ("exp_avg", "exp_var", "master_param")
 # Option names of the authors' release (SGDF.py), translated when one of its checkpoints is loaded.
@@ -98,6 +100,8 @@ class SGDF(Optimizer):
                         ns_steps=ns_steps, maximize=maximize, foreach=foreach, fused=fused, capturable=capturable,
                         stochastic_rounding=stochastic_rounding, state_dtype=state_dtype,
                         master_weights=master_weights)
+        # param group index -> steps it still goes the general way after the kernel refused its one-call step
+        self._one_call_waits: Dict[int, int] = {}
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict) -> None:
@@ -123,6 +127,7 @@ class SGDF(Optimizer):
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
+        self.__dict__.setdefault("_one_call_waits", {})
         for group in self.param_groups:
             for release_key, key in _RELEASE_KEYS.items():
                 if release_key in group:
@@ -189,47 +194,61 @@ class SGDF(Optimizer):
         a group that one kernel call steps, which checks its params, grads and state itself."""
         fused_grads = []
         for gi, group in enumerate(self.param_groups):
-            where = f"param group {gi}"
-            checks.check_hyperparameters(group, where, read_device_lr=False)
-            if checked_by_kernel is not None and gi == checked_by_kernel[0]:
-                continue
-            if group["orthogonalize"]:
-                checks.check_param_kinds(group["params"], group, where)
-            for i, p in enumerate(group["params"]):
-                grad = p.grad
-                if grad is None or p.numel() == 0:
-                    continue
-                checks.check_grad(p, grad, gi, i)
-                state = self.state.get(p)
-                if state:
-                    checks.check_state(p, state, group, gi, i)
-                if group["fused"]:
-                    fused_grads.append(grad)
+            checks.check_hyperparameters(group, f"param group {gi}", read_device_lr=False)
+            if checked_by_kernel is None or gi != checked_by_kernel[0]:
+                fused_grads += self._check_params(gi, group)
         if fused_grads and checked_by_kernel is not None:  # its kernel call sees only its own gradients
             fused_grads.extend(checked_by_kernel[1])
         checks.check_fused_grads_distinct([fused_grads])
 
-    def _one_call_group(self) -> Optional[Tuple[int, tuple]]:
-        """The first param group that one kernel call can step, as (index, its _one_call_lists), or None: a fused
-        group without orthogonalisation whose state was made by earlier steps. That call checks everything it is
-        given before it writes anything (what check_grad and check_state test of grads and state, and more), so
-        the group's per-parameter checks in Python are left out; only what the kernel cannot know is tested, in
-        _one_call_lists: the state against the group's storage options."""
-        for gi, group in enumerate(self.param_groups):
-            if group["fused"] and not group["orthogonalize"]:
-                checks.check_hyperparameters(group, f"param group {gi}", read_device_lr=False)
-                lists = self._one_call_lists(group)
-                if lists is not None and lists[0]:
-                    return gi, lists
-        return None
+    def _check_params(self, gi: int, group: dict) -> List[Tensor]:
+        """Check the params of group `gi` that step now, their grads and their state; returns the grads when the group
+        is fused (the kernel unscales them in place, so none may serve two params)."""
+        if group["orthogonalize"]:
+            checks.check_param_kinds(group["params"], group, f"param group {gi}")
+        fused_grads = []
+        for i, p in enumerate(group["params"]):
+            grad = p.grad
+            if grad is None or p.numel() == 0:
+                continue
+            checks.check_grad(p, grad, gi, i)
+            state = self.state.get(p)
+            if state:
+                checks.check_state(p, state, group, gi, i)
+            if group["fused"]:
+                fused_grads.append(grad)
+        return fused_grads
 
-    def _step_in_one_call(self, group: dict, lists: Optional[tuple], grad_scale: Optional[Tensor],
+    def _one_call_plan(self) -> Dict[int, tuple]:
+        """The fused groups (without orthogonalisation) that one kernel call each can step, with state made by earlier
+        steps: index -> their _one_call_lists, in order. The first one's call is its check: the kernel checks
+        everything it is given before it writes anything (what check_grad and check_state test of grads and state,
+        and more), so that group's per-parameter checks in Python are left out; only what the kernel cannot know is
+        tested, in _one_call_lists: the state against the group's storage options. A group whose one-call step
+        was refused lately is left to the general path for a while (_one_call_refused)."""
+        plan = {}
+        for gi, group in enumerate(self.param_groups):
+            if not group["fused"] or group["orthogonalize"]:
+                continue
+            if self._one_call_waits.get(gi):
+                self._one_call_waits[gi] -= 1
+                continue
+            lists = self._one_call_lists(group)
+            if lists is not None and lists[0]:
+                plan[gi] = lists
+        return plan
+
+    def _one_call_refused(self, gi: int) -> None:
+        """The kernel refused to step group `gi` as it is (a view with gaps among its params, grads in another memory
+        layout, several devices: reasons that mostly last), changing nothing: the group goes the general way for the
+        next _ONE_CALL_RETRY_STEPS steps before the next try, since a refusal costs the gathering and the checks."""
+        self._one_call_waits[gi] = _ONE_CALL_RETRY_STEPS
+
+    def _step_in_one_call(self, group: dict, lists: tuple, grad_scale: Optional[Tensor],
                           found_inf: Optional[Tensor]) -> bool:
         """Step `group` by one kernel call over `lists` (from _one_call_lists); False, having changed nothing, where
-        there are none or the kernel refused its arguments (the Python checks then say why, or the general path
-        regroups or copies what the kernel cannot take)."""
-        if lists is None or not lists[0]:
-            return False
+        the kernel refused its arguments (the Python checks then say why, or the general path regroups or copies
+        what the kernel cannot take)."""
         params, grads, exp_avgs, exp_vars, steps, master_params, rounding_seeds = lists
         beta1, beta2 = group["betas"]
         try:
@@ -339,41 +358,45 @@ class SGDF(Optimizer):
         # pointers or a CPU `lr` there would break the graph.
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
-        kernel_checked = refused = None  # the group checked by its kernel call; that group if the kernel refused
+        stepped = set()  # param groups already stepped
         if not compiling:
-            one_call = self._one_call_group()
-            self._check_step_inputs(None if one_call is None else (one_call[0], one_call[1][1]))
-            if one_call is not None:
-                kernel_checked, lists = one_call
-                if not self._step_in_one_call(self.param_groups[kernel_checked], lists, grad_scale, found_inf):
-                    refused = kernel_checked
-                    self._check_step_inputs()  # the Python checks of that group say why, or it is regrouped
+            plan = self._one_call_plan()
+            first = next(iter(plan), None)
+            self._check_step_inputs(None if first is None else (first, plan[first][1]))
+            # Every other group is checked by now; the first one's kernel call checks it before writing anything.
+            for gi, lists in plan.items():
+                group = self.param_groups[gi]
+                if not self._step_in_one_call(group, lists, grad_scale, found_inf):  # refused: nothing changed
+                    self._one_call_refused(gi)
+                    if gi == first:  # the Python checks say why, or the general path regroups or copies
+                        self._check_params(gi, group)
+                    self._step_group(gi, group, grad_scale, found_inf, compiling)
+                stepped.add(gi)
         for gi, group in enumerate(self.param_groups):
-            if gi == kernel_checked and gi != refused:
-                continue  # stepped
-            # the other groups passed the Python checks above: one kernel call each where it takes their tensors as
-            # they are, else (the kernel refused, changing nothing) the general path, which regroups or copies them
-            if (not compiling and gi != refused and group["fused"] and not group["orthogonalize"]
-                    and self._step_in_one_call(group, self._one_call_lists(group), grad_scale, found_inf)):
-                continue
-            params, grads, exp_avgs, exp_vars, steps, master_params, rounding_seeds = [], [], [], [], [], [], []
-            self._init_group(group, params, grads, exp_avgs, exp_vars, steps, master_params, rounding_seeds,
-                             check_all_groups=compiling and gi == 0)
-            if not params:
-                continue
-            beta1, beta2 = group["betas"]
-            hyper = dict(lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"], gamma=group["gamma"],
-                         weight_decay=group["weight_decay"], decoupled_weight_decay=group["decoupled_weight_decay"],
-                         sign=group["sign"], orthogonalize_matrices=group["orthogonalize"],
-                         ns_steps=group["ns_steps"], maximize=group["maximize"], capturable=group["capturable"])
-            storage = dict(master_params=master_params if group["master_weights"] else None,
-                           rounding_seeds=rounding_seeds if group["stochastic_rounding"] else None)
-            if group["fused"]:
-                _fused_step(params, grads, exp_avgs, exp_vars, steps, hyper, storage, grad_scale, found_inf)
-            else:
-                step_path = foreach_sgdf if group["foreach"] else single_tensor_sgdf
-                step_path(params, grads, exp_avgs, exp_vars, steps, **storage, **hyper)
+            if gi not in stepped:
+                self._step_group(gi, group, grad_scale, found_inf, compiling)
         return loss
+
+    def _step_group(self, gi: int, group: dict, grad_scale: Optional[Tensor], found_inf: Optional[Tensor],
+                    compiling: bool) -> None:
+        """The general way to step a group (checked already): its state made where missing, then its path."""
+        params, grads, exp_avgs, exp_vars, steps, master_params, rounding_seeds = [], [], [], [], [], [], []
+        self._init_group(group, params, grads, exp_avgs, exp_vars, steps, master_params, rounding_seeds,
+                         check_all_groups=compiling and gi == 0)
+        if not params:
+            return
+        beta1, beta2 = group["betas"]
+        hyper = dict(lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"], gamma=group["gamma"],
+                     weight_decay=group["weight_decay"], decoupled_weight_decay=group["decoupled_weight_decay"],
+                     sign=group["sign"], orthogonalize_matrices=group["orthogonalize"],
+                     ns_steps=group["ns_steps"], maximize=group["maximize"], capturable=group["capturable"])
+        storage = dict(master_params=master_params if group["master_weights"] else None,
+                       rounding_seeds=rounding_seeds if group["stochastic_rounding"] else None)
+        if group["fused"]:
+            _fused_step(params, grads, exp_avgs, exp_vars, steps, hyper, storage, grad_scale, found_inf)
+        else:
+            step_path = foreach_sgdf if group["foreach"] else single_tensor_sgdf
+            step_path(params, grads, exp_avgs, exp_vars, steps, **storage, **hyper)
 
 
 def _fused_step(params, grads, exp_avgs, exp_vars, steps, hyper, storage, grad_scale, found_inf) -> None:
