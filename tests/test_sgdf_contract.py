@@ -550,19 +550,21 @@ def test_model_converted_to_channels_last_after_stepping_keeps_stepping(device, 
     opts = [SGDF([{"params": [c.weight]}, {"params": [c.bias], "lr": 0.01}], lr=0.05, fused=True, **options)
             for c in convs]
     x = torch.randn(2, 3, 6, 6, device=device, dtype=dtype)
-    for conv, opt in zip(convs, opts):
-        torch.manual_seed(0)  # the rounding seeds
-        conv(x).sum().backward()
-        opt.step()
+
+    def step_both():
+        # one gradient for both (computed again, a convolution may round otherwise), in each model's layout
+        convs[1].zero_grad()
+        convs[1](x).sum().backward()
+        layout = torch.contiguous_format if convs[0].weight.is_contiguous() else torch.channels_last
+        convs[0].weight.grad = convs[1].weight.grad.clone(memory_format=layout)
+        convs[0].bias.grad = convs[1].bias.grad.clone()
+        for opt in opts:
+            opt.step()
+
+    step_both()
     convs[0].to(memory_format=torch.channels_last)
     assert not convs[0].weight.is_contiguous()
-    convs[1].zero_grad()
-    convs[1](x).sum().backward()
-    # the same gradient values (a channels_last convolution may round its gradient otherwise), in each one's layout
-    convs[0].weight.grad = convs[1].weight.grad.contiguous(memory_format=torch.channels_last)
-    convs[0].bias.grad = convs[1].bias.grad.clone()
-    for opt in opts:
-        opt.step()
+    step_both()
     state, want = opts[0].state[convs[0].weight], opts[1].state[convs[1].weight]
     assert state.keys() == want.keys()
     for key, value in state.items():
