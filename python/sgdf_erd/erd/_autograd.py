@@ -70,9 +70,13 @@ def _forward_jvp(ctx, output_tangent, target_tangent, *_):
 
 def _loss_backward(*args):
     """erd_loss_backward with its derivative: the Function torch.func needs inside a transform, the cheaper
-    eager one elsewhere (see EagerLossForward)."""
+    eager one elsewhere (see EagerLossForward), and no Function at all where no derivative can be taken (grad mode
+    off: a backward without create_graph)."""
     if torch._C._are_functorch_transforms_active():
         return LossBackward.apply(*args)
+    if not torch.is_grad_enabled():
+        with torch._C._AutoDispatchBelowAutograd():
+            return _backward(*args)
     return EagerLossBackward.apply(*args)
 
 

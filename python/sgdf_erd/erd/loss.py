@@ -200,14 +200,16 @@ class ERDLoss(nn.Module):
         alpha_prime, sigma_prime = self.schedule.derivatives(timesteps) if self.prediction == "flow" else (None, None)
         return alpha, sigma, alpha_prime, sigma_prime
 
-    @torch.no_grad()
     def _update_statistics(self, bin_sums: Tensor) -> None:
-        if self.running_sums.device != bin_sums.device:
+        # (no torch.no_grad() needed, and it costs more than the update: the buffers and bin_sums need no grad)
+        running_sums = self.running_sums
+        if running_sums.device != bin_sums.device:
             self.to(bin_sums.device)  # the module has buffers only; keep them beside the data
+            running_sums = self.running_sums
         if self.sync_statistics and dist.is_available() and dist.is_initialized():
             dist.all_reduce(bin_sums)  # one packed [4, num_bins] tensor: counts and sums of every bin
         self.batch_sums = bin_sums  # a fresh tensor each step: keep it rather than copy it
-        self.running_sums.lerp_(bin_sums, 1.0 - self.ema_decay)  # d * S + (1 - d) * S_step
+        running_sums.lerp_(bin_sums, 1.0 - self.ema_decay)  # d * S + (1 - d) * S_step
         self.num_batches_tracked.add_(1)
 
     @torch.no_grad()
