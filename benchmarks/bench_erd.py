@@ -11,7 +11,7 @@ minimum, the sample least disturbed by other processes on a shared machine), and
 Writes benchmarks/results/erd_<device>.md and .json.
 
     python benchmarks/bench_erd.py                 # CPU, default shapes
-    python benchmarks/bench_erd.py --device cuda   # on a GPU
+    python benchmarks/bench_erd.py --device cuda   # on a GPU (also replayed from CUDA graphs: --no-graphs skips)
     python benchmarks/bench_erd.py --quick         # smoke run
 """
 
@@ -88,7 +88,35 @@ def time_peers(shape, dtype, device, repeats, inner, warmup):
     peers = {name: functools.partial(step_fn(name, device), *inputs) for name in PEERS}
     seconds = time_interleaved_samples(peers, device, rounds=repeats, iters=inner, warmup=warmup)
     samples = {name: [t * 1e6 for t in v] for name, v in seconds.items()}
-    return {name: statistics.median(v) for name, v in samples.items()}, samples
+    return {name: statistics.median(v) for name, v in samples.items()}, samples, peers
+
+
+def graphed(step):
+    """`step` captured in a CUDA graph, as its replay: the step's kernels without the host's work of launching them.
+    Eager steps of these sizes are bound by that host work, while in training the host runs ahead of the device and
+    a loss costs what its kernels take: the replayed time measures that."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up off the capturing stream, as torch.cuda.graph's notes ask
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    return graph.replay
+
+
+def time_graphed(peers, device, repeats, inner):
+    """Median microseconds per replayed step of each peer that could be captured, and why the others could not."""
+    replays, errors = {}, {}
+    for name, step in peers.items():
+        try:
+            replays[name] = graphed(step)
+        except Exception as exc:  # reported in the results, not hidden
+            errors[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+    seconds = time_interleaved_samples(replays, device, rounds=repeats, iters=inner) if replays else {}
+    return {name: statistics.median(v) * 1e6 for name, v in seconds.items()}, errors
 
 
 def check_agreement(device):
@@ -109,6 +137,7 @@ def main():
                         help="CPU: comma-separated torch thread counts to run (default 1: on a shared, loaded "
                              "machine OpenMP reductions with more threads than free cores time the scheduler)")
     parser.add_argument("--quick", action="store_true", help="small shapes, few repeats: a smoke run")
+    parser.add_argument("--no-graphs", action="store_true", help="CUDA: skip the CUDA-graph replayed timing")
     parser.add_argument("--out", default=RESULTS)
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -127,7 +156,7 @@ def main():
         torch.set_num_threads(n_threads)
         for shape in shapes:
             for dtype in dtypes:
-                med, samples = time_peers(shape, dtype, device, repeats, inner, warmup)
+                med, samples, peers = time_peers(shape, dtype, device, repeats, inner, warmup)
                 rows.append({"threads": n_threads, "shape": list(shape), "dtype": str(dtype).replace("torch.", ""),
                              "median_us": med, "composite_over_fused": med["composite"] / med["fused"],
                              "fused_over_mse_loss": med["fused"] / med["mse_loss"], "samples_us": samples})
@@ -136,6 +165,12 @@ def main():
                       f"composite {med['composite']:9.1f} us  mse_loss {med['mse_loss']:9.1f} us  "
                       f"composite/fused {r['composite_over_fused']:.2f}x  fused/mse_loss "
                       f"{r['fused_over_mse_loss']:.2f}x", flush=True)
+                if device.type == "cuda" and not args.no_graphs:
+                    r["graphed_us"], r["graph_errors"] = time_graphed(peers, device, repeats, inner)
+                    if "fused" in r["graphed_us"] and "mse_loss" in r["graphed_us"]:
+                        r["fused_over_mse_loss_graphed"] = r["graphed_us"]["fused"] / r["graphed_us"]["mse_loss"]
+                    print(f"   CUDA-graph replays (us): {r['graphed_us']}  not captured: {r['graph_errors']}",
+                          flush=True)
 
     meta = {
         **header(device),
@@ -152,6 +187,13 @@ def main():
          f"{r['composite_over_fused']:.2f}x", f"{r['fused_over_mse_loss']:.2f}x",
          " / ".join(f"{min(r['samples_us'][k]):.0f}" for k in PEERS)]
         for r in rows])
+    if any("graphed_us" in r for r in rows):  # CUDA: the same steps replayed from CUDA graphs (graphed() says why)
+        table += "\n\nReplayed from CUDA graphs (the kernels without the host's launch work):\n\n" + markdown_table(
+            ["shape", "dtype", *(f"{k} (us)" for k in PEERS), "fused / mse_loss", "not captured"],
+            [[tuple(r["shape"]), r["dtype"], *(f"{r['graphed_us'][k]:.1f}" if k in r["graphed_us"] else "-"
+                                               for k in PEERS),
+              f"{r['fused_over_mse_loss_graphed']:.2f}x" if "fused_over_mse_loss_graphed" in r else "-",
+              "; ".join(f"{k}: {v}" for k, v in r["graph_errors"].items()) or "-"] for r in rows])
     if args.quick:
         print("quick run: results not written")
         return

@@ -21,6 +21,7 @@ SGDF_TARGETS = [
 ]
 ERD_TARGETS = [
     ("fused fwd+bwd / F.mse_loss fwd+bwd", "fused_over_mse_loss", 1.15, "max"),
+    ("the same, replayed from CUDA graphs", "fused_over_mse_loss_graphed", 1.15, "max"),
     ("composite PyTorch / fused", "composite_over_fused", 3.0, "min"),
 ]
 NTK_TARGETS = [("best torch route / op", "best_torch_over_op", 5.0, "min")]
