@@ -208,7 +208,9 @@ class ERDLoss(nn.Module):
             running_sums = self.running_sums
         if self.sync_statistics and dist.is_available() and dist.is_initialized():
             dist.all_reduce(bin_sums)  # one packed [4, num_bins] tensor: counts and sums of every bin
-        self.batch_sums = bin_sums  # a fresh tensor each step: keep it rather than copy it
+        # a fresh tensor each step: kept rather than copied, and set in the buffer table itself (nn.Module's
+        # __setattr__ would register the buffer anew at every step, costing more than the update)
+        self._buffers["batch_sums"] = bin_sums
         running_sums.lerp_(bin_sums, 1.0 - self.ema_decay)  # d * S + (1 - d) * S_step
         self.num_batches_tracked.add_(1)
 
