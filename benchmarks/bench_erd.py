@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import RESULTS, device_name, header, load_average, markdown_table, time_interleaved_samples  # noqa: E402
-from common import write_results  # noqa: E402
+from common import time_graphed, write_results  # noqa: E402
 
 from sgdf_erd.erd import ERDLoss  # noqa: E402
 
@@ -91,34 +91,6 @@ def time_peers(shape, dtype, device, repeats, inner, warmup):
     return {name: statistics.median(v) for name, v in samples.items()}, samples, peers
 
 
-def graphed(step):
-    """`step` captured in a CUDA graph, as its replay: the step's kernels without the host's work of launching them.
-    Eager steps of these sizes are bound by that host work, while in training the host runs ahead of the device and
-    a loss costs what its kernels take: the replayed time measures that."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # warm-up off the capturing stream, as torch.cuda.graph's notes ask
-        for _ in range(3):
-            step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step()
-    return graph.replay
-
-
-def time_graphed(peers, device, repeats, inner):
-    """Median microseconds per replayed step of each peer that could be captured, and why the others could not."""
-    replays, errors = {}, {}
-    for name, step in peers.items():
-        try:
-            replays[name] = graphed(step)
-        except Exception as exc:  # reported in the results, not hidden
-            errors[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
-    seconds = time_interleaved_samples(replays, device, rounds=repeats, iters=inner) if replays else {}
-    return {name: statistics.median(v) * 1e6 for name, v in seconds.items()}, errors
-
-
 def check_agreement(device):
     """The composite peer computes the same loss as the fused one (otherwise the comparison is void)."""
     inputs = make_inputs((8, 3, 16, 16), torch.float32, device, seed=1)
@@ -166,7 +138,8 @@ def main():
                       f"composite/fused {r['composite_over_fused']:.2f}x  fused/mse_loss "
                       f"{r['fused_over_mse_loss']:.2f}x", flush=True)
                 if device.type == "cuda" and not args.no_graphs:
-                    r["graphed_us"], r["graph_errors"] = time_graphed(peers, device, repeats, inner)
+                    graphed_seconds, r["graph_errors"] = time_graphed(peers, device, repeats, inner)
+                    r["graphed_us"] = {name: t * 1e6 for name, t in graphed_seconds.items()}
                     if "fused" in r["graphed_us"] and "mse_loss" in r["graphed_us"]:
                         r["fused_over_mse_loss_graphed"] = r["graphed_us"]["fused"] / r["graphed_us"]["mse_loss"]
                     print(f"   CUDA-graph replays (us): {r['graphed_us']}  not captured: {r['graph_errors']}",
@@ -187,7 +160,7 @@ def main():
          f"{r['composite_over_fused']:.2f}x", f"{r['fused_over_mse_loss']:.2f}x",
          " / ".join(f"{min(r['samples_us'][k]):.0f}" for k in PEERS)]
         for r in rows])
-    if any("graphed_us" in r for r in rows):  # CUDA: the same steps replayed from CUDA graphs (graphed() says why)
+    if any("graphed_us" in r for r in rows):  # CUDA: the same steps replayed from CUDA graphs (common.graphed)
         table += "\n\nReplayed from CUDA graphs (the kernels without the host's launch work):\n\n" + markdown_table(
             ["shape", "dtype", *(f"{k} (us)" for k in PEERS), "fused / mse_loss", "not captured"],
             [[tuple(r["shape"]), r["dtype"], *(f"{r['graphed_us'][k]:.1f}" if k in r["graphed_us"] else "-"

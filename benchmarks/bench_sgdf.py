@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (RESULTS, device_name, header, load_average, markdown_table, synchronize,  # noqa: E402
-                    time_interleaved, write_results)
+                    time_graphed, time_interleaved, write_results)
 
 from sgdf_erd import SGDF  # noqa: E402
 from sgdf_erd.optim.sgdf_functional import foreach_sgdf  # noqa: E402
@@ -188,6 +188,7 @@ def main():
     parser.add_argument("--numel", type=float, default=None, help="total elements (default 8e6 CPU, 1e8 CUDA)")
     parser.add_argument("--tensors", type=int, default=160)
     parser.add_argument("--groups", type=int, default=1, help="param groups the tensors are split into")
+    parser.add_argument("--no-graphs", action="store_true", help="CUDA: skip the steps replayed from CUDA graphs")
     parser.add_argument("--threads", default="1,2", help="CPU: comma-separated torch thread counts to sweep")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--iters", type=int, default=None)
@@ -234,6 +235,26 @@ def main():
             f"loop, {times['sgdf foreach'] / fused:.2f}x faster than foreach, and takes "
             f"{fused / times['torch AdamW fused']:.2f}x the time of torch AdamW(fused=True)",
         ]
+    if device.type == "cuda" and not args.no_graphs:
+        # the same steps replayed from CUDA graphs: the kernels alone, as a training loop whose host runs ahead of
+        # the device (or a captured training step) sees them; AdamW(fused=True) captures only with capturable=True
+        graph_candidates = {
+            "sgdf fused": SGDF(in_groups(make_params(numel, args.tensors, device), args.groups), lr=1e-3,
+                               fused=True).step,
+            "torch AdamW fused": torch.optim.AdamW(in_groups(make_params(numel, args.tensors, device), args.groups),
+                                                   lr=1e-3, fused=True, capturable=True).step,
+        }
+        graphed, errors = time_graphed(graph_candidates, device, rounds=args.rounds, iters=iters)
+        data["graphed_seconds"], data["graph_errors"] = graphed, errors
+        for name, t in graphed.items():
+            gbps = BYTES_PER_ELEMENT * total / t / 1e9
+            rows.append([threads[-1], f"{name}, replayed from a CUDA graph", f"{t * 1e3:.2f}", f"{gbps:.1f}",
+                         f"{t / graphed.get('sgdf fused', t):.2f}x", f"{100 * gbps / copy_gbps:.0f}%"])
+        if len(graphed) == 2:
+            ratio = graphed["sgdf fused"] / graphed["torch AdamW fused"]
+            summary.append(f"replayed from CUDA graphs: fused takes {ratio:.2f}x the time of torch "
+                           "AdamW(fused=True, capturable=True)")
+        summary += [f"not captured in a CUDA graph: {name}: {why}" for name, why in errors.items()]
     headers = ["threads", "candidate", "ms / step", "GB/s (28 B/elt)", "time vs fused"]
     headers += ["of copy bandwidth"] if copy_gbps else []
     if copy_gbps:

@@ -58,6 +58,34 @@ def time_interleaved_samples(candidates: dict, device: torch.device, rounds: int
     return samples
 
 
+def graphed(step):
+    """`step` captured in a CUDA graph, as its replay: the step's kernels without the host's work of launching them.
+    Small eager steps are bound by that host work, while in training the host runs ahead of the device (or the
+    step is itself replayed from a graph) and a step costs what its kernels take: the replayed time measures that."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up off the capturing stream, as torch.cuda.graph's notes ask
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    return graph.replay
+
+
+def time_graphed(candidates: dict, device: torch.device, rounds: int, iters: int):
+    """Median seconds per replay of each candidate captured in a CUDA graph (see graphed), interleaved, and why the
+    candidates that could not be captured could not (name -> message)."""
+    replays, errors = {}, {}
+    for name, step in candidates.items():
+        try:
+            replays[name] = graphed(step)
+        except Exception as exc:  # reported in the results, not hidden
+            errors[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+    return (time_interleaved(replays, device, rounds=rounds, iters=iters) if replays else {}), errors
+
+
 def time_interleaved(candidates: dict, device: torch.device, rounds: int, iters: int, warmup: int = 2) -> dict:
     """Median over interleaved rounds of each candidate's seconds per call (see time_interleaved_samples)."""
     samples = time_interleaved_samples(candidates, device, rounds, iters, warmup)
