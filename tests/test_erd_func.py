@@ -152,6 +152,24 @@ def test_create_graph_gradient_of_gradient_norm(device):
     torch.testing.assert_close(gg.cpu(), expected, rtol=1e-12, atol=1e-15)
 
 
+def test_forward_over_reverse_outside_torch_func(device):
+    # a Hessian-vector product with torch.autograd.forward_ad over a plain backward (no create_graph): the backward
+    # kernel's call must keep the tangent of its dual input
+    import torch.autograd.forward_ad as fwAD
+    output, target, alpha, sigma = make_batch(device, seed=11)
+    tangent = torch.randn_like(output)
+    with fwAD.dual_level():
+        o = fwAD.make_dual(output.clone().requires_grad_(True), tangent)
+        (g,) = torch.autograd.grad(erd_loss(o, target, alpha, sigma, "eps")[0], o)
+        got = fwAD.unpack_dual(g).tangent
+    assert got is not None, "the tangent was lost"
+    w = ref.erd_weight(alpha.cpu(), sigma.cpu(), "eps")
+    o64 = output.cpu().clone().requires_grad_(True)
+    (g64,) = torch.autograd.grad(ref.loss(o64, target.cpu(), w), o64, create_graph=True)
+    (expected,) = torch.autograd.grad(g64, o64, tangent.cpu())  # the Hessian (symmetric) times the tangent
+    torch.testing.assert_close(got.cpu(), expected, rtol=1e-12, atol=1e-15)
+
+
 def test_outputs_other_than_the_loss_carry_no_gradient(device):
     output, target, alpha, sigma = make_batch(device)
     loss, mse, weight, bin_sums = erd_loss(output.requires_grad_(True), target, alpha, sigma)

@@ -19,6 +19,7 @@ batch would need them recomputed outside the kernels; the loop gives exactly the
 """
 
 import torch
+from torch.autograd import forward_ad
 
 from .._type_errors import raising_type_errors
 from ..ops.erd import ERD_LOSS_BACKWARD_OP as _BACKWARD, ERD_LOSS_FORWARD_OP as _FORWARD
@@ -70,11 +71,12 @@ def _forward_jvp(ctx, output_tangent, target_tangent, *_):
 
 def _loss_backward(*args):
     """erd_loss_backward with its derivative: the Function torch.func needs inside a transform, the cheaper
-    eager one elsewhere (see EagerLossForward), and no Function at all where no derivative can be taken (grad mode
-    off: a backward without create_graph)."""
+    eager one elsewhere (see EagerLossForward), and no Function at all where no derivative can be taken: grad mode
+    off (a backward without create_graph) and no forward-mode AD level open (dual tensors carry their tangents
+    through the autograd key, which the call below skips)."""
     if torch._C._are_functorch_transforms_active():
         return LossBackward.apply(*args)
-    if not torch.is_grad_enabled():
+    if not torch.is_grad_enabled() and forward_ad._current_level < 0:
         with torch._C._AutoDispatchBelowAutograd():
             return _backward(*args)
     return EagerLossBackward.apply(*args)

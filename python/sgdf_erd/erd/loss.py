@@ -122,8 +122,8 @@ class ERDLoss(nn.Module):
         schedule: a :class:`~sgdf_erd.erd.schedules.NoiseSchedule`, or a diffusers scheduler (converted by
             :func:`~sgdf_erd.erd.schedules.from_diffusers`), for ``timesteps=``.
 
-    Statistics (see :meth:`statistics`) are updated in training mode only (as BatchNorm's running stats), under
-    no_grad, and not by calls inside torch.func transforms (``grad``, ``vmap``: e.g. per-sample gradients), which
+    Statistics (see :meth:`statistics`) are updated in training mode only (as BatchNorm's running stats), outside
+    autograd (the per-bin sums carry no gradient), and not by calls inside torch.func transforms (``grad``, ``vmap``: e.g. per-sample gradients), which
     cannot write to the module's buffers. The per-bin sums of a step are the count, sum of raw MSE, sum of MSE^2 and sum of weighted loss of
     the samples in each bin. A sample whose MSE, MSE^2 or weighted loss is not finite, or whose log-SNR is
     undefined, is left out of the statistics, so bad values never reach them; the loss itself propagates NaN/inf
