@@ -155,6 +155,8 @@ BAD_STEPS = {
     "state_dtype_edited": (_set_later_group("state_dtype", torch.bfloat16), ValueError, "state"),
     "stochastic_rounding_edited": (_set_later_group("stochastic_rounding", True), ValueError, "stochastic_rounding"),
     "master_weights_edited": (_set_later_group("master_weights", True), ValueError, "master_weights"),
+    "master_weights_none": (_set_later_group("master_weights", None), TypeError, "master_weights"),
+    "stochastic_rounding_str": (_set_later_group("stochastic_rounding", "no"), TypeError, "stochastic_rounding"),
 }
 
 
@@ -174,6 +176,45 @@ def test_bad_step_changes_nothing(device, path, case, groups):
     with pytest.raises(exc, match=match):
         opt.step()
     _assert_unchanged(opt, before)
+
+
+@pytest.mark.parametrize("stepped_before", [False, True])  # True: the first group is stepped by one kernel call
+@pytest.mark.parametrize("same_group", [False, True])
+def test_overlapping_grads_of_fused_params_are_refused(device, stepped_before, same_group):
+    """Gradients that are overlapping views of one buffer, in a later group (which steps after the first) or across
+    groups (each kernel call sees only its own): refused before anything changes."""
+    a, b, c = (torch.nn.Parameter(torch.randn(4, device=device)) for _ in range(3))
+    opt = SGDF([{"params": [a]}, {"params": [b, c]}], fused=True)
+    if stepped_before:
+        for p in (a, b, c):
+            p.grad = torch.ones(4, device=device)
+        opt.step()
+    buf = torch.ones(6, device=device)
+    a.grad = torch.ones(4, device=device) if same_group else buf[:4]
+    b.grad, c.grad = buf[2:], torch.ones(4, device=device) if not same_group else buf[:4]
+    before = _snapshot(opt)
+    with pytest.raises(ValueError, match="share memory"):
+        opt.step()
+    _assert_unchanged(opt, before)
+
+
+def test_grads_as_disjoint_views_of_one_buffer_step(device):
+    """Gradients that are disjoint views of one buffer (DDP's gradient_as_bucket_view) are fine, across groups and
+    within one: the steps equal those with separate gradients."""
+    results = []
+    for bucket in (True, False):
+        torch.manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(4, device=device)) for _ in range(3)]
+        opt = SGDF([{"params": params[:1]}, {"params": params[1:], "lr": 0.02}], fused=True)
+        for step in range(3):
+            values = torch.randn(12, generator=torch.Generator().manual_seed(step)).to(device)
+            buf = values.clone() if bucket else None
+            for i, p in enumerate(params):
+                p.grad = buf[4 * i: 4 * i + 4] if bucket else values[4 * i: 4 * i + 4].clone()
+            opt.step()
+        results.append([p.detach().clone() for p in params])
+    for got, want in zip(*results):
+        assert torch.equal(got, want)
 
 
 @pytest.mark.parametrize("stepped_before", [False, True])  # True: the first group is stepped by one kernel call

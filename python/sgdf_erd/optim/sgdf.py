@@ -233,6 +233,7 @@ class SGDF(Optimizer):
             if self._one_call_waits.get(gi):
                 self._one_call_waits[gi] -= 1
                 continue
+            checks.check_hyperparameters(group, f"param group {gi}", read_device_lr=False)  # before reading options
             lists = self._one_call_lists(group)
             if lists is not None and lists[0]:
                 plan[gi] = lists
@@ -367,9 +368,9 @@ class SGDF(Optimizer):
             for gi, lists in plan.items():
                 group = self.param_groups[gi]
                 if not self._step_in_one_call(group, lists, grad_scale, found_inf):  # refused: nothing changed
-                    self._one_call_refused(gi)
                     if gi == first:  # the Python checks say why, or the general path regroups or copies
-                        self._check_params(gi, group)
+                        checks.check_fused_grads_distinct([self._check_params(gi, group)])
+                    self._one_call_refused(gi)
                     self._step_group(gi, group, grad_scale, found_inf, compiling)
                 stepped.add(gi)
         for gi, group in enumerate(self.param_groups):

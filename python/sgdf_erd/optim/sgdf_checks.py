@@ -5,6 +5,7 @@ run them all before it touches a tensor.
 """
 
 import math
+from collections import defaultdict
 from typing import Iterable, List, Optional, Sequence, Tuple
 
 import torch
@@ -40,6 +41,15 @@ def _address(t: Tensor) -> int:
     their own checks."""
     try:
         return t.data_ptr()
+    except (RuntimeError, NotImplementedError):
+        return 0
+
+
+def _storage_address(t: Tensor) -> int:
+    """The address of `t`'s storage, 0 where it has none (tensor subclasses without storage: left to their own
+    checks)."""
+    try:
+        return t.untyped_storage().data_ptr()
     except (RuntimeError, NotImplementedError):
         return 0
 
@@ -228,24 +238,40 @@ def check_grad(p: Tensor, grad: Tensor, group_index: int, index: int) -> None:
                          f"{_describe(grad)} but the parameter is {_describe(p)}; a gradient must match its "
                          "parameter (was the parameter's .data replaced after backward? zero_grad() and run "
                          "backward again)")
-    try:  # byte ranges are compared only for a gradient in the parameter's own storage
-        storage = grad.untyped_storage().data_ptr()
-        shared = storage and storage == p.untyped_storage().data_ptr()
-    except (RuntimeError, NotImplementedError):  # no storage (e.g. a tensor subclass): left to its own checks
-        shared = False
-    if shared and _overlap(_span(grad), _span(p)):
+    storage = _storage_address(grad)  # byte ranges are compared only for a gradient in the parameter's storage
+    if storage and storage == _storage_address(p) and _overlap(_span(grad), _span(p)):
         raise ValueError(f"SGDF: the gradient of parameter {index} of param group {group_index} shares memory "
                          "with the parameter (p.grad = p or an overlapping view of it); give it a gradient tensor "
                          "of its own")
 
 
 def check_fused_grads_distinct(grad_lists: Sequence[Sequence[Tensor]]) -> None:
-    """The fused kernel unscales gradients in place (AMP), so one gradient shared by two params would be
-    unscaled twice."""
-    ids = [id(grad) for grads in grad_lists for grad in grads]
-    if len(set(ids)) != len(ids):
+    """The fused kernel unscales gradients in place (AMP), so gradient memory serving two params would be unscaled
+    twice; each kernel call refuses that among its own tensors, and this check covers all of a step's calls."""
+    grads = [grad for grads in grad_lists for grad in grads]
+    if len({id(grad) for grad in grads}) != len(grads):
         raise ValueError("SGDF: two parameters of fused param groups have the same gradient tensor (one was "
                          "assigned to both); give each parameter a gradient of its own, e.g. p.grad = g.clone()")
+    # gradients in storages of their own cannot overlap: byte ranges are compared only within a shared storage
+    # (views of one buffer, such as DDP's gradient_as_bucket_view)
+    try:
+        addresses = [grad.untyped_storage().data_ptr() for grad in grads]  # the common case, at every step
+    except (RuntimeError, NotImplementedError):
+        addresses = [_storage_address(grad) for grad in grads]
+    if len(set(addresses)) == len(addresses):
+        return
+    by_storage = defaultdict(list)
+    for address, grad in zip(addresses, grads):
+        by_storage[address].append(grad)
+    for address, shared in by_storage.items():
+        if not address or len(shared) < 2:
+            continue
+        furthest = 0
+        for start, end in sorted(span for span in map(_span, shared) if span):
+            if start < furthest:
+                raise ValueError("SGDF: two parameters of fused param groups have gradients that share memory "
+                                 "(overlapping views of one buffer); give each parameter a gradient of its own")
+            furthest = max(furthest, end)
 
 
 def check_state(p: Tensor, state: dict, group: dict, group_index: int, index: int) -> None:
