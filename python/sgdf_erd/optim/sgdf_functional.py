@@ -228,8 +228,8 @@ def _fused_call(device, params, grads, exp_avgs, exp_vars, updates, steps, maste
                 rounding_offsets, moved, *, lr, beta1, beta2, eps, gamma, weight_decay, decoupled_weight_decay, sign,
                 maximize, grad_scale, found_inf) -> Optional[Tensor]:
     """One kernel call over tensors of one device, param dtype and state dtype, laid out alike; it also advances
-    the step counts, unless found_inf is set (then it changes nothing). Returns the lr tensor it was given (None for
-    a float lr). The kernel checks every argument before it writes anything."""
+    the step counts, unless found_inf is set (then it changes nothing). Returns the lr tensor the kernel was given
+    (None for a float lr). The kernel checks every argument before it writes anything."""
     lr_tensor = _scalar_on(device, lr, moved) if isinstance(lr, Tensor) else None
     ops.fused_sgdf_(params, grads, exp_avgs, exp_vars, updates, steps, 0.0 if lr_tensor is not None else float(lr),
                     lr_tensor, beta1, beta2, eps, gamma, weight_decay, decoupled_weight_decay, sign, maximize,
