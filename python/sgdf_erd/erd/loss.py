@@ -123,10 +123,11 @@ class ERDLoss(nn.Module):
             :func:`~sgdf_erd.erd.schedules.from_diffusers`), for ``timesteps=``.
 
     Statistics (see :meth:`statistics`) are updated in training mode only (as BatchNorm's running stats), outside
-    autograd (the per-bin sums carry no gradient), and not by calls inside torch.func transforms (``grad``, ``vmap``: e.g. per-sample gradients), which
-    cannot write to the module's buffers. The per-bin sums of a step are the count, sum of raw MSE, sum of MSE^2 and sum of weighted loss of
-    the samples in each bin. A sample whose MSE, MSE^2 or weighted loss is not finite, or whose log-SNR is
-    undefined, is left out of the statistics, so bad values never reach them; the loss itself propagates NaN/inf
+    autograd (the per-bin sums carry no gradient), and not by calls inside torch.func transforms (``grad``,
+    ``vmap``: e.g. per-sample gradients), which cannot write to the module's buffers. The per-bin sums of a step
+    are the count, sum of raw MSE, sum of MSE^2 and sum of weighted loss of the samples in each bin. A sample
+    whose MSE, MSE^2 or weighted loss is not finite, or whose log-SNR is undefined, is left out of the statistics,
+    so bad values never reach them; the loss itself propagates NaN/inf
     as F.mse_loss does. Sigma must be >= 0: on CPU a negative value raises ValueError; on CUDA the check would
     synchronise each step, so a negative sigma there gives a NaN weight (hence a NaN loss) instead.
 

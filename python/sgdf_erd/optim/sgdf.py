@@ -250,16 +250,11 @@ class SGDF(Optimizer):
         """Step `group` by one kernel call over `lists` (from _one_call_lists); False, having changed nothing, where
         the kernel refused its arguments (the Python checks then say why, or the general path regroups or copies
         what the kernel cannot take)."""
-        params, grads, exp_avgs, exp_vars, steps, master_params, rounding_seeds = lists
-        beta1, beta2 = group["betas"]
+        params, grads, exp_avgs, exp_vars, steps, master_params, rounding_seeds = lists  # (empty where unused)
         try:
-            fused_sgdf_in_one_call(params, grads, exp_avgs, exp_vars, steps, lr=group["lr"], beta1=beta1,
-                                   beta2=beta2, eps=group["eps"], gamma=group["gamma"],
-                                   weight_decay=group["weight_decay"],
-                                   decoupled_weight_decay=group["decoupled_weight_decay"], sign=group["sign"],
-                                   maximize=group["maximize"], grad_scale=grad_scale, found_inf=found_inf,
-                                   master_params=master_params if group["master_weights"] else None,
-                                   rounding_seeds=rounding_seeds if group["stochastic_rounding"] else None)
+            fused_sgdf_in_one_call(params, grads, exp_avgs, exp_vars, steps, **_update_options(group),
+                                   grad_scale=grad_scale, found_inf=found_inf, master_params=master_params,
+                                   rounding_seeds=rounding_seeds)
         except (RuntimeError, ValueError, TypeError, IndexError) as exc:
             if str(exc).startswith(ops.FUSED_SGDF_REFUSED):
                 return False  # refused before anything was written
@@ -386,11 +381,8 @@ class SGDF(Optimizer):
                          check_all_groups=compiling and gi == 0)
         if not params:
             return
-        beta1, beta2 = group["betas"]
-        hyper = dict(lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"], gamma=group["gamma"],
-                     weight_decay=group["weight_decay"], decoupled_weight_decay=group["decoupled_weight_decay"],
-                     sign=group["sign"], orthogonalize_matrices=group["orthogonalize"],
-                     ns_steps=group["ns_steps"], maximize=group["maximize"], capturable=group["capturable"])
+        hyper = dict(_update_options(group), orthogonalize_matrices=group["orthogonalize"], ns_steps=group["ns_steps"],
+                     capturable=group["capturable"])
         storage = dict(master_params=master_params if group["master_weights"] else None,
                        rounding_seeds=rounding_seeds if group["stochastic_rounding"] else None)
         if group["fused"]:
@@ -398,6 +390,14 @@ class SGDF(Optimizer):
         else:
             step_path = foreach_sgdf if group["foreach"] else single_tensor_sgdf
             step_path(params, grads, exp_avgs, exp_vars, steps, **storage, **hyper)
+
+
+def _update_options(group: dict) -> dict:
+    """A param group's options of the update itself, as every path's keyword arguments."""
+    beta1, beta2 = group["betas"]
+    return dict(lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"], gamma=group["gamma"],
+                weight_decay=group["weight_decay"], decoupled_weight_decay=group["decoupled_weight_decay"],
+                sign=group["sign"], maximize=group["maximize"])
 
 
 def _fused_step(params, grads, exp_avgs, exp_vars, steps, hyper, storage, grad_scale, found_inf) -> None:

@@ -248,7 +248,7 @@ def fused_sgdf_in_one_call(params: List[Tensor], grads: List[Tensor], exp_avgs: 
     """fused_sgdf for the case it reduces to most of the time, without the per-tensor regrouping: tensors of one
     device, param dtype and state dtype, neither complex nor DTensor, each grad and state laid out as its param,
     no orthogonalisation. Given anything else, the kernel refuses it before writing anything (RuntimeError or
-    ValueError, message starting with "sgdf_erd::fused_sgdf_: "), and fused_sgdf is the call to make."""
+    ValueError, message starting with ops.FUSED_SGDF_REFUSED), and fused_sgdf is the call to make."""
     if params:
         _fused_call(params[0].device, params, grads, exp_avgs, exp_vars, [], steps, master_params or [],
                     rounding_seeds or [], [], {}, lr=lr, beta1=beta1, beta2=beta2, eps=eps, gamma=gamma,
