@@ -56,6 +56,7 @@ inline __m256i bfloat16_bits_stochastic(__m256 x, uint32_t key, uint64_t index) 
   const __m256i rounded = _mm256_sub_epi32(_mm256_srli_epi32(bits, 16), up);
   const __m256i magnitude = _mm256_and_si256(bits, _mm256_set1_epi32(0x7FFFFFFF));
   const __m256i to_nearest = _mm256_cmpgt_epi32(magnitude, _mm256_set1_epi32(0x7F7EFFFF));
+  if (_mm256_testz_si256(to_nearest, to_nearest)) return rounded;  // the usual case: every lane finite and in range
   return _mm256_blendv_epi8(rounded, bfloat16_bits_to_nearest(x), to_nearest);
 }
 #endif
