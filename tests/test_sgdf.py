@@ -143,10 +143,10 @@ ONE_CALL_OPTIONS = {
 @pytest.mark.parametrize("groups", [1, 2])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("options", list(ONE_CALL_OPTIONS))
-def test_fused_groups_step_in_one_call_each_as_the_general_path(device, dtype, options, groups, monkeypatch):
-    """From their second step, fused param groups are stepped by one kernel call each, the first with the kernel's
-    own checks standing in for the per-parameter Python checks; they must step bit for bit as the general path
-    (Python checks, regrouping), with a GradScaler's grad_scale / found_inf too (a skipped step included)."""
+def test_fused_groups_step_in_one_call_as_the_general_path(device, dtype, options, groups, monkeypatch):
+    """From their second step, fused param groups are stepped together by one kernel call, whose checks stand in for
+    the per-parameter Python checks; they must step bit for bit as the general path (Python checks, regrouping),
+    with a GradScaler's grad_scale / found_inf too (a skipped step included)."""
     if options == "master_weights" and dtype == torch.float32:
         pytest.skip("master weights are for 16-bit params")
     gen = torch.Generator().manual_seed(3)
@@ -158,15 +158,16 @@ def test_fused_groups_step_in_one_call_each_as_the_general_path(device, dtype, o
         param_groups = params if groups == 1 else [{"params": params[:2]},
                                                    {"params": params[2:], "lr": 0.02, "weight_decay": 0.1}]
         opt = SGDF(param_groups, fused=True, **ONE_CALL_OPTIONS[options]())
-        checked_by_kernel = []  # at each step, the group the Python checks left to its kernel call (or None)
-        monkeypatch.setattr(opt, "_check_step_inputs",
-                            lambda kernel_checked=None: checked_by_kernel.append(kernel_checked and kernel_checked[0]))
+        checked_by_kernel = []  # at each step, the groups the Python checks left to the kernel call
+        check = opt._check_step_inputs
+        monkeypatch.setattr(opt, "_check_step_inputs", lambda plan=None: checked_by_kernel.append(list(plan or ()))
+                            or check(plan))
         if not one_call:
             monkeypatch.setattr(opt, "_one_call_lists", lambda group: None)
-        one_call_steps = []  # (group, stepped) of each one-call attempt
+        one_call_steps = []  # (groups, stepped) of each one-call attempt
         attempt = opt._step_in_one_call
-        monkeypatch.setattr(opt, "_step_in_one_call", lambda group, *args: one_call_steps.append(
-            (opt.param_groups.index(group), attempt(group, *args))) or one_call_steps[-1][1])
+        monkeypatch.setattr(opt, "_step_in_one_call", lambda plan, *args: one_call_steps.append(
+            (list(plan), attempt(plan, *args))) or one_call_steps[-1][1])
         torch.manual_seed(0)  # the rounding seeds drawn at the first step
         for step_grads, found_inf in zip(grads, found_infs):
             for p, g in zip(params, step_grads):
@@ -174,10 +175,11 @@ def test_fused_groups_step_in_one_call_each_as_the_general_path(device, dtype, o
             opt.grad_scale = torch.tensor(4.0, device=device)
             opt.found_inf = torch.tensor(found_inf, device=device)
             opt.step()
-        # the first step makes the state, after the Python checks of every parameter; from the second step on, each
-        # group is stepped by one kernel call
-        assert checked_by_kernel == ([None, 0, 0, 0] if one_call else [None] * 4)
-        assert one_call_steps == ([(gi, True) for gi in range(groups)] * 3 if one_call else [])
+        # the first step makes the state, after the Python checks of every parameter; from the second step on, the
+        # groups are stepped together by one kernel call
+        every_group = list(range(groups))
+        assert checked_by_kernel == ([[]] + [every_group] * 3 if one_call else [[]] * 4)
+        assert one_call_steps == ([(every_group, True)] * 3 if one_call else [])
         results.append([params, [p.grad for p in params], [opt.state[p] for p in params]])
     (params, unscaled, states), (want_params, want_unscaled, want_states) = results
     for got, want in zip(params + unscaled, want_params + want_unscaled):

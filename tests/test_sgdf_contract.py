@@ -133,6 +133,13 @@ def _complex_orthogonalized(params, opt):
     opt.param_groups[-1]["orthogonalize"] = True
 
 
+def _edit_state(key, edit):  # the state of the last param, edited by hand
+    def change(params, opt):
+        state = opt.state[params[-1]]
+        state[key] = edit(state[key])
+    return change
+
+
 BAD_STEPS = {
     "lr_two_elements": (_set_later_group("lr", lambda d: torch.tensor([0.1, 0.2], device=d)), ValueError, "lr"),
     "lr_negative": (_set_later_group("lr", -1.0), ValueError, "lr"),
@@ -157,6 +164,11 @@ BAD_STEPS = {
     "master_weights_edited": (_set_later_group("master_weights", True), ValueError, "master_weights"),
     "master_weights_none": (_set_later_group("master_weights", None), TypeError, "master_weights"),
     "stochastic_rounding_str": (_set_later_group("stochastic_rounding", "no"), TypeError, "stochastic_rounding"),
+    # state edited by hand (every entry is checked, also where one kernel call steps the groups)
+    "exp_var_reshaped": (_edit_state("exp_var", lambda t: t.reshape(-1)), ValueError, "'exp_var'"),
+    "exp_var_float64": (_edit_state("exp_var", lambda t: t.double()), ValueError, "'exp_var'"),
+    "step_int": (_edit_state("step", lambda t: t.long()), ValueError, "'step'"),
+    "step_two_elements": (_edit_state("step", lambda t: t.repeat(2)), ValueError, "'step'"),
 }
 
 
@@ -174,6 +186,29 @@ def test_bad_step_changes_nothing(device, path, case, groups):
         return
     before = _snapshot(opt)
     with pytest.raises(exc, match=match):
+        opt.step()
+    _assert_unchanged(opt, before)
+
+
+@pytest.mark.parametrize("path", ["fused", "foreach"])
+@pytest.mark.parametrize("edit,match", [
+    (_edit_state("rounding_seed", lambda seed: 2**32), "'rounding_seed'"),
+    (_edit_state("rounding_seed", lambda seed: float(seed)), "'rounding_seed'"),
+    (_edit_state("master_param", lambda t: t.half()), "'master_param'"),
+    (_edit_state("master_param", lambda t: t[:1]), "'master_param'"),
+], ids=["seed_out_of_range", "seed_float", "master_float16", "master_reshaped"])
+def test_storage_state_edited_by_hand_in_a_later_group_changes_nothing(device, path, edit, match):
+    """bfloat16 params with master copies and stochastic rounding in two groups: state a later group's kernel (or
+    foreach step) would refuse is refused before the first group steps."""
+    params = _model(device, torch.bfloat16)
+    opt = SGDF([{"params": params[:1]}, {"params": params[1:], "lr": 0.02}], lr=0.05, master_weights=True,
+               stochastic_rounding=True, **PATHS[path])
+    for i in range(2):
+        _fill_grads(params, seed=i)
+        opt.step()
+    edit(params, opt)
+    before = _snapshot(opt)
+    with pytest.raises(ValueError, match=match):
         opt.step()
     _assert_unchanged(opt, before)
 
@@ -496,6 +531,30 @@ def test_a_group_the_kernel_refused_goes_the_general_way_for_a_while(device, mon
         opt.step()
         ref.step([p.grad.cpu() for p in params])
     assert attempts == [False] * 3  # steps 2, 5 and 8 (step 1 makes the state), each refused
+    for p, q in zip(params, ref.p):
+        torch.testing.assert_close(p.detach().cpu().double(), q, rtol=2e-5, atol=2e-5)
+
+
+def test_a_refused_group_leaves_the_others_to_one_call(device, monkeypatch):
+    """Two fused groups, the second with a view with gaps: the kernel refuses the call over both (changing nothing);
+    each is then tried alone, the first steps in one call, the second goes the general way for
+    _ONE_CALL_RETRY_STEPS steps while the first keeps stepping in one call; both step like the reference."""
+    monkeypatch.setattr(sgdf_optimizer, "_ONE_CALL_RETRY_STEPS", 2)
+    params = _non_dense_model(device)[:2]  # float32: a dense param and a strided view
+    opt = SGDF([{"params": params[:1]}, {"params": params[1:]}], lr=0.05)
+    ref = ReferenceSGDF(params, lr=0.05)
+    attempts = []
+    attempt = opt._step_in_one_call
+    monkeypatch.setattr(opt, "_step_in_one_call",
+                        lambda plan, *args: attempts.append((list(plan), attempt(plan, *args))) or attempts[-1][1])
+    for i in range(5):
+        _fill_grads(params, seed=i)
+        opt.step()
+        ref.step([p.grad.cpu() for p in params])
+    # step 1 makes the state; step 2: both refused, then each alone; steps 3 and 4: the first alone (the second
+    # waits); step 5: both again
+    assert attempts == [([0, 1], False), ([0], True), ([1], False), ([0], True), ([0], True), ([0, 1], False),
+                        ([0], True), ([1], False)]
     for p, q in zip(params, ref.p):
         torch.testing.assert_close(p.detach().cpu().double(), q, rtol=2e-5, atol=2e-5)
 

@@ -133,7 +133,8 @@ inline void check_tensor_lists(std::vector<NamedList>& lists, const char* op) {
                      "; they must share a dtype");
       SGDF_ERD_CHECK(m.sizes.equals(ref.sizes) && m.strides.equals(ref.strides), op, ": '", name, "[", i,
                      "]' has shape/strides ", Shape{m.sizes}, "/", Shape{m.strides}, " but '", reference.name, "[",
-                     i, "]' has ", Shape{ref.sizes}, "/", Shape{ref.strides}, "; they must have the same memory layout");
+                     i, "]' has ", Shape{ref.sizes}, "/", Shape{ref.strides},
+                     "; they must have the same memory layout");
     }
   }
 }
@@ -146,14 +147,17 @@ struct MemoryOperand {
   const char* name;  // the argument
   int64_t index;     // position in the list, or -1 for a single tensor
   bool exclusive;
+  int64_t group = -1;  // the param group, in a call over several (its lists are then numbered within it)
 };
 
-inline void add_operands(std::vector<MemoryOperand>& out, const TensorMetas& metas, const char* name) {
-  for (size_t i = 0; i < metas.size(); ++i) out.push_back({&metas[i], name, static_cast<int64_t>(i), true});
+inline void add_operands(std::vector<MemoryOperand>& out, const TensorMetas& metas, const char* name,
+                         int64_t group = -1) {
+  for (size_t i = 0; i < metas.size(); ++i) out.push_back({&metas[i], name, static_cast<int64_t>(i), true, group});
 }
 
 inline std::string operand_name(const MemoryOperand& o) {
-  return o.index < 0 ? std::string(o.name) : std::string(o.name) + "[" + std::to_string(o.index) + "]";
+  std::string name = o.index < 0 ? std::string(o.name) : std::string(o.name) + "[" + std::to_string(o.index) + "]";
+  return o.group < 0 ? name : name + " of param group " + std::to_string(o.group);
 }
 
 // Rejects operands that share memory (the same tensor twice, `params[i] is grads[i]`, overlapping views of one

@@ -28,7 +28,8 @@ inline void check_hyperparameters(double lr, const Hyper<double>& h, const char*
 // The value of a one-element float32 CPU tensor (checked by the caller): a plain read, no synchronisation.
 inline float cpu_scalar(const Tensor& t) { return *static_cast<const float*>(t.const_data_ptr()); }
 
-// The arguments of one fused_sgdf_ call, checked (make_fused_args): what the CPU and CUDA kernels share.
+// The arguments of one fused_sgdf_ call, or of one param group of a fused_sgdf_grouped_ call, checked
+// (check_fused_args): what the CPU and CUDA kernels share.
 struct FusedArgs {
   const TensorList& params;
   const TensorList& grads;
@@ -46,6 +47,19 @@ struct FusedArgs {
   const std::optional<Tensor>& found_inf;
   ScalarType param_dtype = ScalarType::Float;
   ScalarType state_dtype = ScalarType::Float;
+  // What check_fused_args read of the tensors: the lists' metadata, the step counts' and the single tensors'
+  // (lr_tensor, grad_scale, found_inf, where given), for the check that no two operands share memory.
+  std::vector<NamedList> lists = {};
+  TensorMetas step_metas = {};
+  std::vector<TensorMeta> scalars = {};
+  std::vector<const char*> scalar_names = {};
+
+  // The call's operands for check_no_shared_memory; `group`: the param group's index in a grouped call, or -1.
+  void add_memory_operands(std::vector<MemoryOperand>& out, int64_t group = -1) const {
+    for (const NamedList& l : lists) add_operands(out, l.metas, l.name, group);
+    add_operands(out, step_metas, "steps", group);
+    for (size_t s = 0; s < scalars.size(); ++s) out.push_back({&scalars[s], scalar_names[s], -1, false, group});
+  }
 
   bool has_master() const { return !master_params.empty(); }
   bool stochastic() const { return !rounding_seeds.empty(); }
@@ -56,13 +70,15 @@ struct FusedArgs {
 
 inline bool is_16_bit(ScalarType t) { return t == ScalarType::BFloat16 || t == ScalarType::Half; }
 
-inline void check_fused_args(FusedArgs& a) {
-  constexpr const char* op = "sgdf_erd::fused_sgdf_";
+// Every check of one call's (or one param group's) arguments but the shared-memory one, which needs all operands of
+// the call (FusedArgs::add_memory_operands). `op` starts every message.
+inline void check_fused_args(FusedArgs& a, const char* op) {
   check_hyperparameters(a.lr, a.hyper, op);
-  std::vector<NamedList> lists{{&a.params, "params"},
-                               {&a.grads, "grads"},
-                               {&a.exp_avgs, "exp_avgs", false},
-                               {&a.exp_vars, "exp_vars", false}};
+  std::vector<NamedList>& lists = a.lists;
+  lists = {{&a.params, "params"},
+           {&a.grads, "grads"},
+           {&a.exp_avgs, "exp_avgs", false},
+           {&a.exp_vars, "exp_vars", false}};
   if (a.update_mode()) lists.push_back({&a.updates, "updates"});
   if (a.has_master()) lists.push_back({&a.master_params, "master_params", false});
   check_tensor_lists(lists, op);
@@ -107,7 +123,8 @@ inline void check_fused_args(FusedArgs& a) {
   auto is_one_float_on_device = [&](const TensorMeta& m) {
     return m.strided() && m.numel() == 1 && m.dtype == float32 && m.same_device(reference);
   };
-  const TensorMetas steps = read_metas(a.steps);
+  a.step_metas = read_metas(a.steps);
+  const TensorMetas& steps = a.step_metas;
   for (size_t i = 0; i < params.size(); ++i) {
     SGDF_ERD_CHECK(params[i].same_device(reference) && params[i].dtype == reference.dtype, op,
                    ": all params of one call must share device and dtype; got ", DeviceName(a.params[i].device()),
@@ -123,9 +140,9 @@ inline void check_fused_args(FusedArgs& a) {
                    "]' must be a one-element float32 tensor on ", DeviceName(device), ", got ", a.steps[i].numel(),
                    " elements of ", a.steps[i].scalar_type(), " on ", DeviceName(a.steps[i].device()));
   }
-  std::vector<TensorMeta> scalars;  // lr_tensor, grad_scale, found_inf where given
-  std::vector<const char*> scalar_names;
-  scalars.reserve(3);
+  std::vector<TensorMeta>& scalars = a.scalars;  // lr_tensor, grad_scale, found_inf where given
+  std::vector<const char*>& scalar_names = a.scalar_names;
+  scalars.reserve(3);  // no reallocation: operands point into it
   for (const auto& [t, name] : {std::pair{&a.lr_tensor, "lr_tensor"}, std::pair{&a.grad_scale, "grad_scale"},
                                 std::pair{&a.found_inf, "found_inf"}}) {
     if (!t->has_value()) continue;
@@ -142,13 +159,6 @@ inline void check_fused_args(FusedArgs& a) {
     SGDF_ERD_CHECK(value >= 0.f, op, ": invalid lr_tensor=", value,
                    "; the learning rate must be >= 0 (and not NaN)");
   }
-
-  std::vector<MemoryOperand> operands;
-  operands.reserve(a.params.size() * (lists.size() + 1) + scalars.size());
-  for (const NamedList& l : lists) add_operands(operands, l.metas, l.name);
-  add_operands(operands, steps, "steps");
-  for (size_t s = 0; s < scalars.size(); ++s) operands.push_back({&scalars[s], scalar_names[s], -1, false});  // read
-  check_no_shared_memory(operands, op);
 }
 
 // The schema's arguments, checked before anything is written (both entry points start here).
@@ -167,7 +177,12 @@ inline FusedArgs make_fused_args(const TensorList& params, const TensorList& gra
                  lr,        lr_tensor,
                  {beta1, beta2, eps, gamma, weight_decay, decoupled_weight_decay, sign, maximize},
                  grad_scale, found_inf};
-  check_fused_args(args);
+  constexpr const char* op = "sgdf_erd::fused_sgdf_";
+  check_fused_args(args, op);
+  std::vector<MemoryOperand> operands;
+  operands.reserve(params.size() * (args.lists.size() + 1) + args.scalars.size());
+  args.add_memory_operands(operands);
+  check_no_shared_memory(operands, op);
   return args;
 }
 

@@ -8,6 +8,7 @@
 #include "common/random.h"
 #include "common/stable.h"
 #include "sgdf/sgdf_checks.h"
+#include "sgdf/sgdf_entry_points.h"
 #include "sgdf/sgdf_math.h"
 
 namespace sgdf_erd::sgdf {
@@ -75,20 +76,12 @@ void run_cpu(const FusedArgs& a, double lr) {
   });
 }
 
-void fused_sgdf_cpu(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_vars,
-                    TensorList updates, TensorList steps, double lr, std::optional<Tensor> lr_tensor, double beta1,
-                    double beta2, double eps, double gamma, double weight_decay, bool decoupled_weight_decay,
-                    bool sign, bool maximize, std::optional<Tensor> grad_scale, std::optional<Tensor> found_inf,
-                    TensorList master_params, std::vector<int64_t> rounding_seeds,
-                    std::vector<int64_t> rounding_offsets) {
-  const FusedArgs a = make_fused_args(params, grads, exp_avgs, exp_vars, updates, steps, lr, lr_tensor, beta1,
-                                      beta2, eps, gamma, weight_decay, decoupled_weight_decay, sign, maximize,
-                                      grad_scale, found_inf, master_params, rounding_seeds, rounding_offsets);
-  if (params.empty()) return;
-  // A CPU tensor is read without any device synchronisation; an overflowed step is skipped whole (GradScaler
-  // passes the sum of found_inf over devices: any nonzero value means skip).
-  if (found_inf.has_value() && cpu_scalar(*found_inf) != 0.f) return;
-  const double step_lr = lr_tensor.has_value() ? static_cast<double>(cpu_scalar(*lr_tensor)) : lr;
+// One checked call (or param group). A CPU tensor is read without any device synchronisation; an overflowed step is
+// skipped whole (GradScaler passes the sum of found_inf over devices: any nonzero value means skip).
+void step_cpu(const FusedArgs& a) {
+  if (a.params.empty()) return;
+  if (a.found_inf.has_value() && cpu_scalar(*a.found_inf) != 0.f) return;
+  const double step_lr = a.lr_tensor.has_value() ? static_cast<double>(cpu_scalar(*a.lr_tensor)) : a.lr;
   // 16-bit operands are staged through float tiles, so the dtypes choose only the arithmetic type
   dispatch_storage(a, [&](auto param, auto, auto master, auto update) {
     run_cpu<opmath_t<typename decltype(param)::type>, decltype(master)::value, decltype(update)::value>(a, step_lr);
@@ -97,8 +90,14 @@ void fused_sgdf_cpu(TensorList params, TensorList grads, TensorList exp_avgs, Te
 
 }  // namespace
 
-STABLE_TORCH_LIBRARY_IMPL(sgdf_erd, CPU, m) { m.impl("fused_sgdf_", TORCH_BOX(&fused_sgdf_cpu)); }
+STABLE_TORCH_LIBRARY_IMPL(sgdf_erd, CPU, m) {
+  m.impl("fused_sgdf_", TORCH_BOX(&fused_sgdf<step_cpu>));
+  m.impl("fused_sgdf_grouped_", TORCH_BOX(&fused_sgdf_grouped<step_cpu>));
+}
 // Sparse tensors reach the same checks, which name the argument, instead of the dispatcher's "could not run".
-STABLE_TORCH_LIBRARY_IMPL(sgdf_erd, SparseCPU, m) { m.impl("fused_sgdf_", TORCH_BOX(&fused_sgdf_cpu)); }
+STABLE_TORCH_LIBRARY_IMPL(sgdf_erd, SparseCPU, m) {
+  m.impl("fused_sgdf_", TORCH_BOX(&fused_sgdf<step_cpu>));
+  m.impl("fused_sgdf_grouped_", TORCH_BOX(&fused_sgdf_grouped<step_cpu>));
+}
 
 }  // namespace sgdf_erd::sgdf

@@ -9,6 +9,7 @@
 #include "common/scalar_types.h"
 #include "common/stable.h"
 #include "sgdf/sgdf_checks.h"
+#include "sgdf/sgdf_entry_points.h"
 #include "sgdf/sgdf_math.h"
 
 namespace sgdf_erd::sgdf {
@@ -78,37 +79,37 @@ struct AdvanceStepFunctor {
   }
 };
 
-void fused_sgdf_cuda(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_vars,
-                     TensorList updates, TensorList steps, double lr, std::optional<Tensor> lr_tensor, double beta1,
-                     double beta2, double eps, double gamma, double weight_decay, bool decoupled_weight_decay,
-                     bool sign, bool maximize, std::optional<Tensor> grad_scale, std::optional<Tensor> found_inf,
-                     TensorList master_params, std::vector<int64_t> rounding_seeds,
-                     std::vector<int64_t> rounding_offsets) {
-  const FusedArgs a = make_fused_args(params, grads, exp_avgs, exp_vars, updates, steps, lr, lr_tensor, beta1,
-                                      beta2, eps, gamma, weight_decay, decoupled_weight_decay, sign, maximize,
-                                      grad_scale, found_inf, master_params, rounding_seeds, rounding_offsets);
-  if (params.empty()) return;
+// One checked call (or param group): the step counts, then the update, both reading found_inf (and a tensor lr)
+// on the device, without a host synchronisation.
+void step_cuda(const FusedArgs& a) {
+  if (a.params.empty()) return;
   auto ptr = [](const std::optional<Tensor>& t) {
     return t.has_value() ? static_cast<const float*>(t->const_data_ptr()) : nullptr;
   };
-  // Blocks of one tensor read its step concurrently, so the increment is a launch of its own before the update;
-  // both read found_inf on the device, without a host synchronisation.
-  cuda::multi_tensor_apply<1>({&steps}, {}, AdvanceStepFunctor{ptr(found_inf)});
-  std::vector<const TensorList*> lists{&params, &grads, &exp_avgs, &exp_vars};
-  if (a.has_master()) lists.push_back(&master_params);
-  if (a.update_mode()) lists.push_back(&updates);
+  // Blocks of one tensor read its step concurrently, so the increment is a launch of its own before the update.
+  cuda::multi_tensor_apply<1>({&a.steps}, {}, AdvanceStepFunctor{ptr(a.found_inf)});
+  std::vector<const TensorList*> lists{&a.params, &a.grads, &a.exp_avgs, &a.exp_vars};
+  if (a.has_master()) lists.push_back(&a.master_params);
+  if (a.update_mode()) lists.push_back(&a.updates);
   dispatch_storage(a, [&](auto param, auto state, auto master, auto update) {
-    using Functor = SgdfFunctor<typename std::decay_t<decltype(param)>::type, typename std::decay_t<decltype(state)>::type,
-                                std::decay_t<decltype(master)>::value, std::decay_t<decltype(update)>::value>;
-    const Functor f{a.hyper, lr, ptr(lr_tensor), ptr(grad_scale), ptr(found_inf), a.stochastic()};
-    cuda::multi_tensor_apply<Functor::kDepth>(lists, steps, f, rounding_seeds, rounding_offsets);
+    using Functor =
+        SgdfFunctor<typename std::decay_t<decltype(param)>::type, typename std::decay_t<decltype(state)>::type,
+                    std::decay_t<decltype(master)>::value, std::decay_t<decltype(update)>::value>;
+    const Functor f{a.hyper, a.lr, ptr(a.lr_tensor), ptr(a.grad_scale), ptr(a.found_inf), a.stochastic()};
+    cuda::multi_tensor_apply<Functor::kDepth>(lists, a.steps, f, a.rounding_seeds, a.rounding_offsets);
   });
 }
 
 }  // namespace
 
-STABLE_TORCH_LIBRARY_IMPL(sgdf_erd, CUDA, m) { m.impl("fused_sgdf_", TORCH_BOX(&fused_sgdf_cuda)); }
+STABLE_TORCH_LIBRARY_IMPL(sgdf_erd, CUDA, m) {
+  m.impl("fused_sgdf_", TORCH_BOX(&fused_sgdf<step_cuda>));
+  m.impl("fused_sgdf_grouped_", TORCH_BOX(&fused_sgdf_grouped<step_cuda>));
+}
 // Sparse tensors reach the same checks, which name the argument, instead of the dispatcher's "could not run".
-STABLE_TORCH_LIBRARY_IMPL(sgdf_erd, SparseCUDA, m) { m.impl("fused_sgdf_", TORCH_BOX(&fused_sgdf_cuda)); }
+STABLE_TORCH_LIBRARY_IMPL(sgdf_erd, SparseCUDA, m) {
+  m.impl("fused_sgdf_", TORCH_BOX(&fused_sgdf<step_cuda>));
+  m.impl("fused_sgdf_grouped_", TORCH_BOX(&fused_sgdf_grouped<step_cuda>));
+}
 
 }  // namespace sgdf_erd::sgdf

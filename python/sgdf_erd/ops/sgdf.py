@@ -1,4 +1,5 @@
-"""``fused_sgdf_``: one fused SGDF step over a group of tensors (the kernels: csrc/sgdf), and its fake."""
+"""``fused_sgdf_``: one fused SGDF step over a group of tensors, and ``fused_sgdf_grouped_``: over several param
+groups in one call (the kernels: csrc/sgdf); each beside its fake."""
 
 from typing import List, Optional, Sequence
 
@@ -8,11 +9,13 @@ from torch import Tensor
 from .. import _native
 from ._fake_checks import check_one_device
 
-__all__ = ["fused_sgdf_"]
+__all__ = ["fused_sgdf_", "fused_sgdf_grouped_"]
 
-# Every message of the kernels' argument checks starts with this, and they all run before anything is written: an
-# error that starts otherwise (a failed CUDA launch, say) may come after writes.
+# Every message of the kernels' argument checks starts with this (for fused_sgdf_grouped_, with
+# FUSED_SGDF_GROUPED_REFUSED), and they all run before anything is written: an error that starts otherwise (a failed
+# CUDA launch, say) may come after writes.
 FUSED_SGDF_REFUSED = "sgdf_erd::fused_sgdf_: "
+FUSED_SGDF_GROUPED_REFUSED = "sgdf_erd::fused_sgdf_grouped_"
 
 
 def fused_sgdf_(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor], exp_vars: List[Tensor],
@@ -50,3 +53,36 @@ def _fused_sgdf_fake(params, grads, exp_avgs, exp_vars, updates, steps, lr, lr_t
     named = [(f"{name}[{i}]", t) for name, ts in lists.items() for i, t in enumerate(ts)]
     named += [("lr_tensor", lr_tensor), ("grad_scale", grad_scale), ("found_inf", found_inf)]
     check_one_device("fused_sgdf_", named, RuntimeError)  # RuntimeError, as the kernels' checks raise
+
+
+def fused_sgdf_grouped_(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor], exp_vars: List[Tensor],
+                        steps: List[Tensor], master_params: List[Tensor], rounding_seeds: List[int],
+                        group_sizes: List[int], lr: List[float], lr_tensor: List[Tensor], beta1: List[float],
+                        beta2: List[float], eps: List[float], gamma: List[float], weight_decay: List[float],
+                        decoupled_weight_decay: List[bool], sign: List[bool], maximize: List[bool],
+                        master_weights: List[bool], stochastic_rounding: List[bool], grad_scale: Optional[Tensor],
+                        found_inf: Optional[Tensor]) -> None:
+    """One SGDF step over several param groups of one device, in place: fused_sgdf_ for each group (without update
+    buffers or rounding offsets), in one call that checks every group before it writes anything.
+
+    The groups' tensors follow each other in the lists; ``group_sizes`` gives each group's number of params. The
+    hyperparameters ``lr`` ... ``maximize`` and the options ``master_weights`` / ``stochastic_rounding`` hold one
+    value per group; ``lr_tensor`` is empty or holds one tensor per group (replacing ``lr``). ``master_params`` and
+    ``rounding_seeds`` hold one entry per param of the groups whose option is set, in group order. Refusals raise
+    RuntimeError (ValueError for a seed out of range) with messages starting with FUSED_SGDF_GROUPED_REFUSED.
+    """
+    _native.ops.fused_sgdf_grouped_(params, grads, exp_avgs, exp_vars, steps, master_params, rounding_seeds,
+                                    group_sizes, lr, lr_tensor, beta1, beta2, eps, gamma, weight_decay,
+                                    decoupled_weight_decay, sign, maximize, master_weights, stochastic_rounding,
+                                    grad_scale, found_inf)
+
+
+@torch.library.register_fake("sgdf_erd::fused_sgdf_grouped_")
+def _fused_sgdf_grouped_fake(params, grads, exp_avgs, exp_vars, steps, master_params, rounding_seeds, group_sizes,
+                             lr, lr_tensor, beta1, beta2, eps, gamma, weight_decay, decoupled_weight_decay, sign,
+                             maximize, master_weights, stochastic_rounding, grad_scale, found_inf):
+    lists = dict(params=params, grads=grads, exp_avgs=exp_avgs, exp_vars=exp_vars, steps=steps,
+                 master_params=master_params, lr_tensor=lr_tensor)
+    named = [(f"{name}[{i}]", t) for name, ts in lists.items() for i, t in enumerate(ts)]
+    named += [("grad_scale", grad_scale), ("found_inf", found_inf)]
+    check_one_device("fused_sgdf_grouped_", named, RuntimeError)

@@ -9,7 +9,7 @@ from torch.optim.optimizer import Optimizer
 from .. import ops
 from . import _dtensor
 from . import sgdf_checks as checks
-from .sgdf_functional import foreach_sgdf, fused_sgdf, fused_sgdf_in_one_call, single_tensor_sgdf
+from .sgdf_functional import foreach_sgdf, fused_sgdf, fused_sgdf_groups_in_one_call, single_tensor_sgdf
 
 # Path and storage settings belong to the optimizer that runs, not to the checkpoint it loads (the loaded state is
 # converted to the storage settings).
@@ -188,17 +188,19 @@ class SGDF(Optimizer):
                 _adopt_storage_entries(p, state, group)
 
     # ------------------------------------------------------------------ step
-    def _check_step_inputs(self, checked_by_kernel: Optional[Tuple[int, List[Tensor]]] = None) -> None:
+    def _check_step_inputs(self, checked_by_kernel: Optional[Dict[int, tuple]] = None) -> None:
         """Check every group (hyperparameters, params, grads, state) against what the paths would refuse; nothing
-        changes here, so step() can run it before any tensor or state does. `checked_by_kernel`: (index, grads) of
-        a group that one kernel call steps, which checks its params, grads and state itself."""
+        changes here, so step() can run it before any tensor or state does. `checked_by_kernel`: the groups one
+        kernel call steps (index -> their _one_call_lists), which checks their params, grads and state itself."""
+        checked_by_kernel = checked_by_kernel or {}
         fused_grads = []
         for gi, group in enumerate(self.param_groups):
             checks.check_hyperparameters(group, f"param group {gi}", read_device_lr=False)
-            if checked_by_kernel is None or gi != checked_by_kernel[0]:
+            if gi not in checked_by_kernel:
                 fused_grads += self._check_params(gi, group)
-        if fused_grads and checked_by_kernel is not None:  # its kernel call sees only its own gradients
-            fused_grads.extend(checked_by_kernel[1])
+        if fused_grads:  # the kernel call sees only its own groups' gradients
+            for lists in checked_by_kernel.values():
+                fused_grads.extend(lists[1])
         checks.check_fused_grads_distinct([fused_grads])
 
     def _check_params(self, gi: int, group: dict) -> List[Tensor]:
@@ -220,13 +222,13 @@ class SGDF(Optimizer):
         return fused_grads
 
     def _one_call_plan(self) -> Dict[int, tuple]:
-        """The fused groups (without orthogonalisation) that one kernel call each can step, with state made by earlier
-        steps: index -> their _one_call_lists, in order. The first one's call is its check: the kernel checks
-        everything it is given before it writes anything (what check_grad and check_state test of grads and state,
-        and more), so that group's per-parameter checks in Python are left out; only what the kernel cannot know is
-        tested, in _one_call_lists: the state against the group's storage options. A group whose one-call step
-        was refused lately is left to the general path for a while (_one_call_refused)."""
-        plan = {}
+        """The fused groups (without orthogonalisation, on one device) that one kernel call can step together, with
+        state made by earlier steps: index -> their _one_call_lists, in order. That call is their check: the kernel
+        checks everything it is given before it writes anything (what check_grad and check_state test of grads
+        and state, and more), so their per-parameter checks in Python are left out; only what the kernel cannot
+        know is tested, in _one_call_lists: the state against the group's storage options. A group whose one-call
+        step was refused lately is left to the general path for a while (_one_call_refused)."""
+        plan, device = {}, None
         for gi, group in enumerate(self.param_groups):
             if not group["fused"] or group["orthogonalize"]:
                 continue
@@ -235,8 +237,9 @@ class SGDF(Optimizer):
                 continue
             checks.check_hyperparameters(group, f"param group {gi}", read_device_lr=False)  # before reading options
             lists = self._one_call_lists(group)
-            if lists is not None and lists[0]:
+            if lists is not None and lists[0] and (device is None or lists[0][0].device == device):
                 plan[gi] = lists
+                device = lists[0][0].device
         return plan
 
     def _one_call_refused(self, gi: int) -> None:
@@ -245,21 +248,33 @@ class SGDF(Optimizer):
         next _ONE_CALL_RETRY_STEPS steps before the next try, since a refusal costs the gathering and the checks."""
         self._one_call_waits[gi] = _ONE_CALL_RETRY_STEPS
 
-    def _step_in_one_call(self, group: dict, lists: tuple, grad_scale: Optional[Tensor],
+    def _step_in_one_call(self, plan: Dict[int, tuple], grad_scale: Optional[Tensor],
                           found_inf: Optional[Tensor]) -> bool:
-        """Step `group` by one kernel call over `lists` (from _one_call_lists); False, having changed nothing, where
-        the kernel refused its arguments (the Python checks then say why, or the general path regroups or copies
-        what the kernel cannot take)."""
-        params, grads, exp_avgs, exp_vars, steps, master_params, rounding_seeds = lists  # (empty where unused)
+        """Step the groups of `plan` (index -> _one_call_lists) by one kernel call; False, having changed nothing,
+        where the kernel refused its arguments (the Python checks then say why, or the general path regroups or
+        copies what the kernel cannot take)."""
         try:
-            fused_sgdf_in_one_call(params, grads, exp_avgs, exp_vars, steps, **_update_options(group),
-                                   grad_scale=grad_scale, found_inf=found_inf, master_params=master_params,
-                                   rounding_seeds=rounding_seeds)
+            groups = [(lists, _update_options(self.param_groups[gi])) for gi, lists in plan.items()]
+            fused_sgdf_groups_in_one_call(groups, grad_scale=grad_scale, found_inf=found_inf)
         except (RuntimeError, ValueError, TypeError, IndexError) as exc:
-            if str(exc).startswith(ops.FUSED_SGDF_REFUSED):
+            if str(exc).startswith((ops.FUSED_SGDF_REFUSED, ops.FUSED_SGDF_GROUPED_REFUSED)):
                 return False  # refused before anything was written
             raise
         return True
+
+    def _step_refused_plan(self, plan: Dict[int, tuple], grad_scale: Optional[Tensor],
+                           found_inf: Optional[Tensor], compiling: bool) -> None:
+        """The kernel refused to step `plan`'s groups together, changing nothing. Their Python checks say why, else
+        each group is tried alone, and a group the kernel refuses again goes the general way (which copies or
+        regroups what the kernel cannot take) for a while."""
+        fused_grads = []
+        for gi in plan:
+            fused_grads += self._check_params(gi, self.param_groups[gi])
+        checks.check_fused_grads_distinct([fused_grads])
+        for gi, lists in plan.items():
+            if len(plan) == 1 or not self._step_in_one_call({gi: lists}, grad_scale, found_inf):
+                self._one_call_refused(gi)
+                self._step_group(gi, self.param_groups[gi], grad_scale, found_inf, compiling)
 
     def _one_call_lists(self, group: dict) -> Optional[tuple]:
         """The group's params (those with a gradient, not empty), grads, exp_avgs, exp_vars, steps, master copies and
@@ -348,28 +363,20 @@ class SGDF(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        # Check every group before any tensor or state changes, so a bad input leaves nothing half-updated; a group
-        # stepped by one kernel call is checked by that call, which comes after the others' checks. Under
+        # Check every group before any tensor or state changes, so a bad input leaves nothing half-updated; the
+        # groups stepped by one kernel call are checked by that call, which comes after the others' checks. Under
         # torch.compile the checks run in _init_group, which Dynamo runs eagerly while tracing: reading data
         # pointers or a CPU `lr` there would break the graph.
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
-        stepped = set()  # param groups already stepped
+        plan = {}  # param groups stepped by one kernel call
         if not compiling:
             plan = self._one_call_plan()
-            first = next(iter(plan), None)
-            self._check_step_inputs(None if first is None else (first, plan[first][1]))
-            # Every other group is checked by now; the first one's kernel call checks it before writing anything.
-            for gi, lists in plan.items():
-                group = self.param_groups[gi]
-                if not self._step_in_one_call(group, lists, grad_scale, found_inf):  # refused: nothing changed
-                    if gi == first:  # the Python checks say why, or the general path regroups or copies
-                        checks.check_fused_grads_distinct([self._check_params(gi, group)])
-                    self._one_call_refused(gi)
-                    self._step_group(gi, group, grad_scale, found_inf, compiling)
-                stepped.add(gi)
+            self._check_step_inputs(plan)
+            if plan and not self._step_in_one_call(plan, grad_scale, found_inf):  # refused: nothing changed
+                self._step_refused_plan(plan, grad_scale, found_inf, compiling)
         for gi, group in enumerate(self.param_groups):
-            if gi not in stepped:
+            if gi not in plan:
                 self._step_group(gi, group, grad_scale, found_inf, compiling)
         return loss
 

@@ -276,8 +276,8 @@ def check_fused_grads_distinct(grad_lists: Sequence[Sequence[Tensor]]) -> None:
 
 def check_state(p: Tensor, state: dict, group: dict, group_index: int, index: int) -> None:
     """The state of a parameter that stepped before still fits it (its .data may have been replaced since) and its
-    group's storage options (which may have been edited since). State comes complete from step() and
-    load_state_dict(), and exp_avg and exp_var change together, so exp_avg speaks for both."""
+    group's storage options (which may have been edited since), every entry as the fused kernel checks them (a
+    state edited by hand would otherwise fail in the middle of a step)."""
     exp_avg = state["exp_avg"]
     expected = state_dtype(p, group)
     if exp_avg.dtype is not expected or exp_avg.shape != p.shape or exp_avg.device != p.device:
@@ -292,6 +292,31 @@ def check_state(p: Tensor, state: dict, group: dict, group_index: int, index: in
                          "master_weights / stochastic_rounding settings than the group has now; set them when "
                          "building the optimizer, or save and load the optimizer's state_dict, which creates or "
                          "drops master copies and seeds as the options require")
+    _check_entries(p, state, group, f"parameter {index} of param group {group_index}")
+
+
+def _check_entries(p: Tensor, state: dict, group: dict, where: str) -> None:
+    tensors = [("exp_var", state_dtype(p, group))] + [("master_param", torch.float32)] * group["master_weights"]
+    for key, dtype in tensors:
+        t = state[key]
+        if not isinstance(t, Tensor) or t.dtype is not dtype or t.shape != p.shape or t.device != p.device:
+            found = _describe(t) if isinstance(t, Tensor) else type(t).__name__
+            raise ValueError(f"SGDF: the state of {where} holds '{key}' as {found}, but the parameter is "
+                             f"{_describe(p)} and '{key}' must be {dtype} of its shape on its device; the state was "
+                             "edited by hand: restore it from the optimizer's state_dict")
+    step = state["step"]
+    on_device = group["fused"] or group["capturable"]
+    if not (isinstance(step, Tensor) and step.numel() == 1 and step.dtype is torch.float32 and
+            (step.device == p.device or not on_device)):
+        found = _describe(step) if isinstance(step, Tensor) else type(step).__name__
+        raise ValueError(f"SGDF: the state of {where} holds 'step' as {found}; it must be a one-element float32 "
+                         f"tensor{f' on {p.device}' if on_device else ''}: restore it from the optimizer's "
+                         "state_dict")
+    seed = state.get("rounding_seed")
+    if group["stochastic_rounding"] and (isinstance(seed, bool) or not isinstance(seed, int) or
+                                         not 0 <= seed <= 0xFFFFFFFF):
+        raise ValueError(f"SGDF: the state of {where} holds 'rounding_seed' {seed!r}; it must be an int in "
+                         "[0, 2**32): restore it from the optimizer's state_dict")
 
 
 # ------------------------------------------------------------------------------------------ checkpoints

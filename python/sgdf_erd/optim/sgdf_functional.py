@@ -12,7 +12,7 @@ kernels draw the same counter-based random numbers as the Python paths.
 """
 
 from collections import defaultdict
-from typing import List, Optional, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -238,22 +238,48 @@ def _fused_call(device, params, grads, exp_avgs, exp_vars, updates, steps, maste
     return lr_tensor
 
 
-def fused_sgdf_in_one_call(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor],
-                           exp_vars: List[Tensor], steps: List[Tensor], *, lr: Union[float, Tensor], beta1: float,
-                           beta2: float, eps: float, gamma: float, weight_decay: float,
-                           decoupled_weight_decay: bool, sign: bool, maximize: bool,
-                           grad_scale: Optional[Tensor] = None, found_inf: Optional[Tensor] = None,
-                           master_params: Optional[List[Tensor]] = None,
-                           rounding_seeds: Optional[List[int]] = None) -> None:
-    """fused_sgdf for the case it reduces to most of the time, without the per-tensor regrouping: tensors of one
-    device, param dtype and state dtype, neither complex nor DTensor, each grad and state laid out as its param,
-    no orthogonalisation. Given anything else, the kernel refuses it before writing anything (RuntimeError or
-    ValueError, message starting with ops.FUSED_SGDF_REFUSED), and fused_sgdf is the call to make."""
-    if params:
-        _fused_call(params[0].device, params, grads, exp_avgs, exp_vars, [], steps, master_params or [],
-                    rounding_seeds or [], [], {}, lr=lr, beta1=beta1, beta2=beta2, eps=eps, gamma=gamma,
-                    weight_decay=weight_decay, decoupled_weight_decay=decoupled_weight_decay, sign=sign,
-                    maximize=maximize, grad_scale=grad_scale, found_inf=found_inf)
+def fused_sgdf_groups_in_one_call(groups: Sequence[Tuple[tuple, dict]], *, grad_scale: Optional[Tensor] = None,
+                                  found_inf: Optional[Tensor] = None) -> None:
+    """fused_sgdf for the case it reduces to most of the time, for several param groups in one kernel call, without
+    the per-tensor regrouping. Each of `groups` is (params, grads, exp_avgs, exp_vars, steps, master_params,
+    rounding_seeds), the last two empty where the group's storage options do not use them, with the group's update
+    options (lr, beta1, beta2, eps, gamma, weight_decay, decoupled_weight_decay, sign, maximize): tensors of one
+    device, each group of one param dtype and one state dtype, neither complex nor DTensor, each grad and state laid
+    out as its param, no orthogonalisation. Given anything else, the kernel refuses the call before writing anything
+    (RuntimeError or ValueError, message starting with ops.FUSED_SGDF_GROUPED_REFUSED, or ops.FUSED_SGDF_REFUSED
+    for one group), and fused_sgdf is the call to make for each group."""
+    device = next((tensors[0][0].device for tensors, _ in groups if tensors[0]), None)
+    if device is None:
+        return
+    if len(groups) == 1:  # the common case: fused_sgdf_, whose arguments cost less to pass
+        (params, grads, exp_avgs, exp_vars, steps, master_params, rounding_seeds), options = groups[0]
+        _fused_call(device, params, grads, exp_avgs, exp_vars, [], steps, master_params, rounding_seeds, [], {},
+                    grad_scale=grad_scale, found_inf=found_inf, **options)
+        return
+    lists = [[], [], [], [], [], [], []]  # params, grads, exp_avgs, exp_vars, steps, master_params, rounding_seeds
+    options = {key: [] for key in _GROUP_OPTIONS}
+    lrs, moved = [], {}
+    for tensors, group_options in groups:
+        for merged, part in zip(lists, tensors):
+            merged.extend(part)
+        for key in _GROUP_OPTIONS[:-2]:
+            options[key].append(group_options[key])
+        options["master_weights"].append(bool(tensors[5]))
+        options["stochastic_rounding"].append(bool(tensors[6]))
+        lr = group_options["lr"]
+        lrs.append(_scalar_on(device, lr, moved) if isinstance(lr, Tensor) else float(lr))
+    lr_tensors = []
+    if any(isinstance(lr, Tensor) for lr in lrs):  # one per group or none: float ones become tensors (rare)
+        lr_tensors = [lr if isinstance(lr, Tensor) else torch.full((1,), lr, device=device) for lr in lrs]
+    lr_values = [0.0 if isinstance(lr, Tensor) else lr for lr in lrs]
+    ops.fused_sgdf_grouped_(*lists, [len(tensors[0]) for tensors, _ in groups], lr_values, lr_tensors,
+                            *options.values(), _scalar_on(device, grad_scale, moved),
+                            _scalar_on(device, found_inf, moved))
+
+
+# fused_sgdf_grouped_'s per-group arguments after lr and lr_tensor, in its order
+_GROUP_OPTIONS = ("beta1", "beta2", "eps", "gamma", "weight_decay", "decoupled_weight_decay", "sign", "maximize",
+                  "master_weights", "stochastic_rounding")
 
 
 def _apply_orthogonalized(params, directions, steps, masters, seeds, first_indices, lr, decoupled_decay,
