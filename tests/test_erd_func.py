@@ -198,3 +198,41 @@ def test_statistics_untouched_under_transforms_and_kept_outside(device):
     assert int(loss_fn.num_batches_tracked) == 0 and not loss_fn.running_sums.any()
     loss_fn(output, target, alpha, sigma)
     assert int(loss_fn.num_batches_tracked) == 1 and loss_fn.statistics()["count"].sum() == output.shape[0]
+
+
+def test_autograd_batched_gradients(device):
+    """autograd's own vmap (torch.autograd.grad(is_grads_batched=True), autograd.functional's vectorize=True,
+    gradcheck's check_batched_grad), which has no batching rule for the ops: the derivatives scale unbatched calls."""
+    output, target, alpha, sigma = make_batch(device, shape=(4, 3), seed=12)
+    o, t = output.clone().requires_grad_(True), target.clone().requires_grad_(True)
+    w = ref.erd_weight(alpha.cpu(), sigma.cpu(), "eps")
+    cotangents = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64, device=device)
+    got = torch.autograd.grad(erd_loss(o, t, alpha, sigma, "eps")[0], (o, t), cotangents, is_grads_batched=True)
+    o64, t64 = output.cpu().requires_grad_(True), target.cpu().requires_grad_(True)
+    expected = torch.autograd.grad(ref.loss(o64, t64, w), (o64, t64), cotangents.cpu(), is_grads_batched=True)
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g.cpu(), e, rtol=1e-12, atol=1e-15)
+    got = torch.autograd.functional.hessian(lambda o, t: erd_loss(o, t, alpha, sigma, "eps")[0], (output, target),
+                                            vectorize=True)
+    expected = torch.autograd.functional.hessian(lambda o, t: ref.loss(o, t, w), (output.cpu(), target.cpu()),
+                                                 vectorize=True)
+    for g, e in zip((h for row in got for h in row), (h for row in expected for h in row)):
+        torch.testing.assert_close(g.cpu(), e, rtol=1e-12, atol=1e-15)
+    assert torch.autograd.gradcheck(lambda o, t: erd_loss(o, t, alpha, sigma, "eps")[0], (o, t),
+                                    check_batched_grad=True)
+
+
+@pytest.mark.parametrize("schedule,timesteps", [
+    (schedules.DiscreteVP.linear(), lambda g: torch.randint(0, 1000, (5,), generator=g)),
+    (schedules.ContinuousCosine(), lambda g: torch.rand(5, generator=g)),
+    (schedules.LinearFlow(), lambda g: torch.rand(5, generator=g)),
+], ids=["discrete_vp", "cosine", "flow"])
+def test_torch_compile_fullgraph_with_timesteps(device, schedule, timesteps):
+    """ERDLoss(schedule=...) called with timesteps= compiles into one graph: the schedules' range checks on the
+    host are eager-only (checked_on_host)."""
+    output, target, _, _ = make_batch(device, seed=13, dtype=torch.float32)
+    t = timesteps(torch.Generator().manual_seed(0)).to(device)
+    prediction = "flow" if isinstance(schedule, schedules.LinearFlow) else "eps"
+    eager, compiled = ERDLoss(prediction, schedule=schedule), ERDLoss(prediction, schedule=schedule)
+    got = torch.compile(compiled, backend="aot_eager", fullgraph=True)(output, target, timesteps=t)
+    torch.testing.assert_close(got, eager(output, target, timesteps=t), rtol=1e-6, atol=1e-9)

@@ -277,6 +277,10 @@ def test_bad_inputs(device):
         loss_fn(output, target, v.alpha, v.sigma, torch.ones(4, device=device), torch.ones(4, device=device))
     with pytest.raises(TypeError, match="floating"):
         loss_fn(output, target, torch.ones(4, dtype=torch.long, device=device), v.sigma)
+    with pytest.raises(TypeError, match="'alpha' must be a tensor"):
+        loss_fn(output, target, 0.5, v.sigma)
+    with pytest.raises(TypeError, match="'sigma_prime' must be a tensor"):
+        ERDLoss("flow")(output, target, v.alpha, v.sigma, v.alpha, 1.0)
     with pytest.raises(ValueError, match="empty"):
         loss_fn(torch.empty(4, 0, device=device), torch.empty(4, 0, device=device), v.alpha, v.sigma)
     with pytest.raises(ValueError, match="num_bins"):

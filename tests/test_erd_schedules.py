@@ -184,3 +184,16 @@ def test_make_noisy_and_target_need_a_batch_dimension():
             fn(torch.tensor(1.0), torch.tensor(2.0), 0.6, 0.8)
         with pytest.raises(TypeError, match="tensors"):
             fn([1.0], torch.ones(1), 0.6, 0.8)
+
+
+def test_discrete_vp_follows_the_default_dtype_of_each_call():
+    vp = schedules.DiscreteVP.linear()
+    t = torch.tensor([10, 500])
+    assert vp.alpha_sigma(t)[0].dtype == torch.get_default_dtype()
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        alpha, sigma = vp.alpha_sigma(t)
+        assert alpha.dtype == sigma.dtype == vp.logsnr(t).dtype == torch.float64
+    finally:
+        torch.set_default_dtype(previous)

@@ -1,10 +1,13 @@
 """ERDLoss per-log-SNR-bin statistics and their moving averages against the float64 reference, on every device
 (tests/devices.py; the reference runs on the CPU)."""
 
+import math
+
 import pytest
 import torch
 
 from tests.reference import erd_reference as ref
+from sgdf_erd.diagnostics import logsnr_bin_ids
 from sgdf_erd.erd import ERDLoss, erd_loss, schedules
 
 KEYS = ("count", "mse_mean", "mse_var", "loss_mean", "loss_share")
@@ -136,3 +139,72 @@ def test_statistics_with_discrete_schedule_timesteps():
     loss_fn(output, torch.randn_like(output), alpha, sigma)
     expected = ref.bin_index(alpha, sigma, 10, -10.0, 10.0).bincount(minlength=10).double()
     assert torch.equal(loss_fn.statistics()["count"], expected)
+
+
+@pytest.mark.parametrize("num_bins,logsnr_range", [(30, (-10.0, 10.0)), (13, (-12.5, 3.1)), (7, (-7.3, 11.9))])
+def test_a_logsnr_on_a_bin_edge_lands_in_the_bin_the_edges_say(num_bins, logsnr_range):
+    """Log-SNR values on and a few ulp around every interior edge: the kernel's bin, logsnr_bin_ids and
+    ERDLoss.bin_edges agree (edge b <= log-SNR < edge b + 1). CPU only: the log-SNR the kernel bins is computed here
+    with the C library's log (math.log), which the CPU kernel calls too."""
+    lo, hi = logsnr_range
+    edges = [lo + (hi - lo) * b / num_bins for b in range(num_bins + 1)]  # the spec's uniform edges, as doubles
+    torch.testing.assert_close(ERDLoss(num_bins=num_bins, logsnr_range=logsnr_range).bin_edges[1:-1],
+                               torch.tensor(edges[1:-1], dtype=torch.float64), rtol=0, atol=0)
+    alphas = []
+    for edge in edges[1:-1]:
+        alpha = math.exp(edge / 2)
+        for _ in range(4):
+            alpha = math.nextafter(alpha, 0.0)
+        for _ in range(9):
+            alphas.append(alpha)
+            alpha = math.nextafter(alpha, math.inf)
+    logsnrs = [math.log(a * a / (1.0 * 1.0)) for a in alphas]  # sigma = 1
+    expected = [sum(value >= edge for edge in edges[1:-1]) for value in logsnrs]
+    alpha = torch.tensor(alphas, dtype=torch.float64)
+    zeros = torch.zeros(len(alphas), 1, dtype=torch.float64)
+    got = []
+    for i in range(len(alphas)):  # one sample per call: its bin is the one counting it
+        *_, bin_sums = erd_loss(zeros[i:i + 1], zeros[i:i + 1] + 1, alpha[i:i + 1], torch.ones(1, dtype=torch.float64),
+                                num_bins=num_bins, logsnr_range=logsnr_range)
+        got.append(int(bin_sums[0].argmax()))
+    assert got == expected
+    ids = logsnr_bin_ids(torch.tensor(logsnrs, dtype=torch.float64), num_bins, logsnr_range)
+    assert ids.tolist() == expected
+    assert len(set(expected)) == num_bins  # every bin was reached: values on both sides of every edge
+
+
+def test_logsnr_bin_ids_of_nan_and_infinities():
+    ids = logsnr_bin_ids(torch.tensor([math.nan, math.inf, -math.inf, 0.0, -10.0, 10.0]), 4, (-10.0, 10.0))
+    assert ids.tolist() == [-1, 3, 0, 2, 0, 3]
+
+
+@pytest.mark.parametrize("cast", [lambda m: m.half(), lambda m: m.bfloat16(), lambda m: m.to(torch.float32)],
+                         ids=["half", "bfloat16", "to_float32"])
+def test_statistics_stay_float64_when_the_module_is_cast(cast):
+    """As a submodule of a model converted with model.to(torch.bfloat16) / .half(): the statistics keep their float64
+    sums (and values), and training goes on."""
+    output, target, alpha, sigma = random_step(0)
+    loss_fn = ERDLoss(num_bins=5)
+    loss_fn(output, target, alpha, sigma)
+    before = {k: v.clone() for k, v in loss_fn.state_dict().items()}
+    edges = loss_fn.bin_edges.clone()
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2))
+    model.loss = loss_fn
+    cast(model)
+    for name, value in loss_fn.state_dict().items():
+        assert value.dtype == before[name].dtype and torch.equal(value, before[name]), name
+    assert torch.equal(loss_fn.bin_edges, edges)
+    loss_fn(output.half(), target.half(), alpha, sigma)
+    assert int(loss_fn.num_batches_tracked) == 2 and loss_fn.running_sums.dtype == torch.float64
+
+
+def test_a_training_call_under_inference_mode_leaves_usable_buffers():
+    output, target, alpha, sigma = random_step(1)
+    loss_fn = ERDLoss(num_bins=5)
+    with torch.inference_mode():
+        loss_fn(output, target, alpha, sigma)
+    assert not any(b.is_inference() for b in loss_fn.buffers())
+    assert loss_fn.statistics()["count"].sum() == output.shape[0]
+    loss_fn(output, target, alpha, sigma)  # a later step, outside inference mode
+    loss_fn.load_state_dict(ERDLoss(num_bins=5).state_dict())
+    loss_fn.reset_statistics()

@@ -88,16 +88,29 @@ C10_HOST_DEVICE inline double sample_weight(double alpha, double sigma, double a
   }
 }
 
-// Uniform log-SNR bins over [lo, hi); samples below (above) the range fall into the first (last) bin, including
-// log-SNR = -inf (alpha = 0) and +inf (sigma = 0). Returns -1 for an undefined log-SNR (NaN alpha or sigma,
-// alpha = sigma = 0): such samples stay out of the statistics.
+// Edge b (0 < b < num_bins) between bins b - 1 and b of num_bins uniform bins over [lo, hi]. ERDLoss.bin_edges
+// holds the same doubles (python/sgdf_erd/erd/loss.py, logsnr_bin_edges).
+C10_HOST_DEVICE inline double logsnr_bin_edge(double lo, double hi, int64_t b, int64_t num_bins) {
+  return lo + (hi - lo) * static_cast<double>(b) / static_cast<double>(num_bins);
+}
+
+// Uniform log-SNR bins over [lo, hi]: bin b holds edge b <= log-SNR < edge b + 1; samples below (above) the range
+// fall into the first (last) bin, including log-SNR = -inf (alpha = 0) and +inf (sigma = 0). Returns -1 for an
+// undefined log-SNR (NaN alpha or sigma, alpha = sigma = 0): such samples stay out of the statistics.
 C10_HOST_DEVICE inline int64_t logsnr_bin(double alpha, double sigma, double lo, double hi, int64_t num_bins) {
   const double logsnr = ::log((alpha * alpha) / (sigma * sigma));
   if (is_nan(logsnr)) return -1;
   const double x = (logsnr - lo) / (hi - lo) * static_cast<double>(num_bins);
   if (!(x >= 0.0)) return 0;
   if (x >= static_cast<double>(num_bins)) return num_bins - 1;
-  return static_cast<int64_t>(x);
+  auto bin = static_cast<int64_t>(x);
+  // x is rounded: a log-SNR on an edge, or within a few ulp of one, goes to the bin whose edges hold it
+  if (bin + 1 < num_bins && logsnr >= logsnr_bin_edge(lo, hi, bin + 1, num_bins)) {
+    ++bin;
+  } else if (bin > 0 && logsnr < logsnr_bin_edge(lo, hi, bin, num_bins)) {
+    --bin;
+  }
+  return bin;
 }
 
 // Per-bin sums a step reports, in this order: [count, sum mse, sum mse^2, sum weighted loss] x num_bins.

@@ -13,6 +13,7 @@ from typing import Dict, Iterator, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..erd.loss import logsnr_bin_edges
 from ..ops import MAX_NUM_BINS, binned_gram_eigvalsh
 
 __all__ = ["ntk_spectrum", "spectrum_statistics", "logsnr_bin_ids"]
@@ -28,11 +29,13 @@ _MAX_AUTO_CHUNK = 64
 
 
 def logsnr_bin_ids(logsnr: Tensor, num_bins: int, logsnr_range: Sequence[float]) -> Tensor:
-    """Bin index of each log-SNR value: ``clamp(floor((l - lo) / (hi - lo) * num_bins), 0, num_bins - 1)``,
-    computed in float64 (uniform bins over ``[lo, hi]``; values outside fall into the end bins)."""
-    lo, hi = float(logsnr_range[0]), float(logsnr_range[1])
-    scaled = (logsnr.detach().double() - lo) / (hi - lo) * num_bins
-    return scaled.floor().clamp(0, num_bins - 1).long()
+    """Bin index of each log-SNR value, as ERDLoss's statistics bin it: uniform bins over ``[lo, hi]``, bin b
+    holding ``bin_edges[b] <= l < bin_edges[b + 1]`` (:func:`sgdf_erd.erd.logsnr_bin_edges`), values outside the
+    range in the end bins, and -1 (no bin) for NaN."""
+    logsnr = logsnr.detach().double()
+    interior = logsnr_bin_edges(num_bins, logsnr_range)[1:-1].to(logsnr.device)
+    ids = torch.searchsorted(interior, logsnr, right=True)
+    return torch.where(logsnr.isnan(), -1, ids)
 
 
 def spectrum_statistics(eigenvalues: Tensor, counts: Tensor) -> Dict[str, Tensor]:

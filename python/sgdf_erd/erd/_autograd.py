@@ -46,13 +46,26 @@ def _setup_forward(ctx, inputs, output):
     ctx.set_materialize_grads(False)
 
 
+def _legacy_batched(t) -> bool:
+    """Whether `t` is batched by autograd's own vmap (torch.autograd.grad(is_grads_batched=True),
+    autograd.functional's vectorize=True, gradcheck's check_batched_grad), which cannot run the ops (it has no
+    batching rules from Python); the derivatives are linear in the cotangent, so they scale an unbatched call's."""
+    return t is not None and torch._C._functorch.is_legacy_batchedtensor(t)
+
+
 def _forward_backward(ctx, grad_loss, *_):
     grads = [None] * len(ctx.needs_input_grad)
     need_output, need_target = ctx.needs_input_grad[:2]
     if grad_loss is None or not (need_output or need_target):
         return tuple(grads)
     output, target, weight = ctx.saved_tensors
-    result = _loss_backward(grad_loss, output, target, weight, need_target)
+    if _legacy_batched(grad_loss):
+        per_unit = _loss_backward(torch.ones((), dtype=output.dtype, device=output.device), output, target,
+                                  weight, False)[0]
+        d = per_unit * grad_loss
+        result = (d, -d)
+    else:
+        result = _loss_backward(grad_loss, output, target, weight, need_target)
     grads[0] = result[0] if need_output else None
     grads[1] = result[1] if need_target else None
     return tuple(grads)
@@ -98,7 +111,10 @@ def _backward_backward(ctx, *cotangents):
     if u is None or not (need_grad or need_output or need_target):
         return None, None, None, None, None
     d_output = d_target = d_grad = None
-    if need_output or need_target:
+    if (need_output or need_target) and _legacy_batched(u):
+        d_output = _loss_backward(grad, torch.ones_like(output), torch.zeros_like(output), weight, False)[0] * u
+        d_target = -d_output if need_target else None
+    elif need_output or need_target:
         d_output = _loss_backward(grad, u, torch.zeros_like(u), weight, False)[0]
         d_target = -d_output if need_target else None
     if need_grad:

@@ -7,7 +7,7 @@ diffusers is not imported: a scheduler is recognised by its class (or a base cla
 import torch
 from torch import Tensor
 
-from .schedules import DiscreteVP, LinearFlow, NoiseSchedule
+from .schedules import DiscreteVP, LinearFlow, NoiseSchedule, checked_on_host
 
 __all__ = ["from_diffusers", "FlowMatchTimesteps", "VP_SCHEDULERS", "FLOW_MATCH_SCHEDULERS"]
 
@@ -46,8 +46,8 @@ class FlowMatchTimesteps(LinearFlow):
         # diffusers' float32 product sigmas * N can round just above N: that is sigma = 1
         rounded_up = (sigma > 1) & (sigma <= 1 + 4 * torch.finfo(sigma.dtype).eps)
         sigma = torch.where(rounded_up, torch.ones_like(sigma), sigma)
-        # checked on the CPU only: elsewhere it would synchronise (LinearFlow then gives NaN outside)
-        if sigma.device.type == "cpu" and sigma.numel() and not bool(((sigma >= 0) & (sigma <= 1)).all()):
+        # checked on the host only (checked_on_host; LinearFlow then gives NaN outside)
+        if checked_on_host(sigma) and sigma.numel() and not bool(((sigma >= 0) & (sigma <= 1)).all()):
             raise ValueError(f"FlowMatchTimesteps: timesteps must lie in [0, {self.num_train_timesteps}] "
                              f"(diffusers' sigma * num_train_timesteps), got [{float(t.min())}, {float(t.max())}]")
         return sigma

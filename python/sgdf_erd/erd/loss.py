@@ -16,6 +16,9 @@ from .weights import check_weighting, prediction_name
 
 __all__ = ["ERDLoss", "erd_loss"]
 
+# ERDLoss's buffers that stay float64 when the module is cast to another dtype
+_FLOAT64_BUFFERS = ("bin_edges", "batch_sums", "running_sums")
+
 WeightFn = Callable[[Tensor, Tensor], Tensor]
 
 # Most statistics bins (the kernels' bound, csrc/erd/erd_checks.h): a log-SNR histogram needs far fewer, and every
@@ -37,6 +40,16 @@ def _check_bins(num_bins, logsnr_range, where: str) -> Tuple[float, float]:
     if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
         raise ValueError(f"{where}: 'logsnr_range' must be finite with min < max, got {logsnr_range!r}")
     return lo, hi
+
+
+def logsnr_bin_edges(num_bins: int, logsnr_range: Tuple[float, float]) -> Tensor:
+    """The num_bins + 1 edges (float64) of the statistics' uniform log-SNR bins: bin b holds edge b <= log-SNR <
+    edge b + 1 (values outside the range fall into the end bins). The interior edges are the doubles the kernels
+    compare with (csrc/erd/erd_math.h, logsnr_bin_edge), so a log-SNR on an edge lands in the bin the edges say."""
+    lo, hi = float(logsnr_range[0]), float(logsnr_range[1])
+    edges = lo + (hi - lo) * torch.arange(num_bins + 1, dtype=torch.float64) / num_bins
+    edges[-1] = hi
+    return edges
 
 
 def _promote(output: Tensor, target: Tensor) -> Tuple[Tensor, Tensor]:
@@ -64,6 +77,10 @@ def erd_loss(output: Tensor, target: Tensor, alpha: Tensor, sigma: Tensor, predi
     """
     if not isinstance(output, Tensor) or not isinstance(target, Tensor):
         raise TypeError("erd_loss: output and target must be tensors")
+    for name, value in (("alpha", alpha), ("sigma", sigma), ("alpha_prime", alpha_prime), ("sigma_prime", sigma_prime)):
+        if not (isinstance(value, Tensor) or (value is None and name.endswith("_prime"))):
+            raise TypeError(f"erd_loss: '{name}' must be a tensor with one value per sample (shape [B]), got "
+                            f"{type(value).__name__}; e.g. torch.full((batch,), value)")
     prediction = prediction_name(prediction)
     lo, hi = _check_bins(num_bins, logsnr_range, "erd_loss")
     output, target = _promote(output, target)
@@ -166,8 +183,7 @@ class ERDLoss(nn.Module):
         self.k = float(k)
         self.p2_gamma = float(p2_gamma)
         # derived from the constructor arguments, so not part of the state_dict
-        edges = torch.linspace(lo, hi, num_bins + 1, dtype=torch.float64)
-        self.register_buffer("bin_edges", edges, persistent=False)
+        self.register_buffer("bin_edges", logsnr_bin_edges(num_bins, (lo, hi)), persistent=False)
         self.register_buffer("batch_sums", torch.zeros(4, num_bins, dtype=torch.float64))
         self.register_buffer("running_sums", torch.zeros(4, num_bins, dtype=torch.float64))
         self.register_buffer("num_batches_tracked", torch.zeros((), dtype=torch.long))
@@ -201,19 +217,34 @@ class ERDLoss(nn.Module):
         alpha_prime, sigma_prime = self.schedule.derivatives(timesteps) if self.prediction == "flow" else (None, None)
         return alpha, sigma, alpha_prime, sigma_prime
 
+    def _apply(self, fn, recurse=True):
+        """As nn.Module's (to, cuda, half, ...), except that the statistics stay float64 sums whatever dtype the
+        module is cast to (model.half(), model.to(torch.bfloat16)): only their device follows."""
+        kept = {name: self._buffers[name] for name in _FLOAT64_BUFFERS}
+        super()._apply(fn, recurse)
+        for name, before in kept.items():
+            after = self._buffers[name]
+            if after is not None and after.dtype != before.dtype:
+                self._buffers[name] = before.to(after.device)
+        return self
+
     def _update_statistics(self, bin_sums: Tensor) -> None:
         # (no torch.no_grad() needed, and it costs more than the update: the buffers and bin_sums need no grad)
         running_sums = self.running_sums
         if running_sums.device != bin_sums.device:
-            self.to(bin_sums.device)  # the module has buffers only; keep them beside the data
+            with torch.inference_mode(False):  # buffers made in inference mode could not be updated outside it
+                self.to(bin_sums.device)  # the module has buffers only; keep them beside the data
             running_sums = self.running_sums
         if self.sync_statistics and dist.is_available() and dist.is_initialized():
             dist.all_reduce(bin_sums)  # one packed [4, num_bins] tensor: counts and sums of every bin
-        # a fresh tensor each step: kept rather than copied, and set in the buffer table itself (nn.Module's
-        # __setattr__ would register the buffer anew at every step, costing more than the update)
-        self._buffers["batch_sums"] = bin_sums
         running_sums.lerp_(bin_sums, 1.0 - self.ema_decay)  # d * S + (1 - d) * S_step
         self.num_batches_tracked.add_(1)
+        if not torch.compiler.is_compiling() and bin_sums.is_inference():  # a training call under inference_mode
+            self.batch_sums.copy_(bin_sums)
+        else:
+            # a fresh tensor each step: kept rather than copied, and set in the buffer table itself (nn.Module's
+            # __setattr__ would register the buffer anew at every step, costing more than the update)
+            self._buffers["batch_sums"] = bin_sums
 
     @torch.no_grad()
     def statistics(self, ema: bool = False) -> Dict[str, Tensor]:
@@ -222,8 +253,9 @@ class ERDLoss(nn.Module):
         Returns float64 tensors of length num_bins: ``count`` (samples; for ema the average per step),
         ``mse_mean`` and ``mse_var`` (mean and population variance of the raw per-sample MSE), ``loss_mean``
         (mean weighted loss w * mse), ``loss_share`` (the bin's share of the summed weighted loss), and
-        ``bin_edges`` (num_bins + 1). Bins without samples give NaN means and variances (share 0); all NaN
-        before the first step.
+        ``bin_edges`` (num_bins + 1). Bins without samples give NaN means and variances and share 0; before the
+        first step (and after a step whose samples were all left out) counts are 0 and the rest NaN, as is every
+        share where the summed loss is 0.
         """
         if ema:
             steps = int(self.num_batches_tracked)

@@ -66,14 +66,20 @@ class NoiseSchedule:
         return ScheduleValues(alpha, sigma, alpha_prime, sigma_prime, self.logsnr(t))
 
 
+def checked_on_host(t: Tensor) -> bool:
+    """Whether a schedule checks the values of `t` on the host: on the CPU, in eager mode. On an accelerator reading
+    them would synchronise every step, and torch.compile cannot branch on them (they are data, not shapes)."""
+    return t.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
 def _float_times(t, name: str) -> Tensor:
-    """t as a floating tensor in [0, 1]: ValueError outside on the CPU; elsewhere the check would synchronise every
-    step, so a time outside gives NaN values instead of the formula's silently wrong ones (e.g. sigma < 0)."""
+    """t as a floating tensor in [0, 1]: ValueError outside where checked_on_host; elsewhere a time outside gives
+    NaN values instead of the formula's silently wrong ones (e.g. sigma < 0)."""
     t = torch.as_tensor(t)
     if not t.is_floating_point():
         raise TypeError(f"{name}: t must be floating point in [0, 1], got {t.dtype}")
     inside = (t >= 0) & (t <= 1)
-    if t.device.type != "cpu":
+    if not checked_on_host(t):
         return torch.where(inside | t.isnan(), t, torch.nan)
     if not bool(inside.logical_or(t.isnan()).all()):
         outside = t.detach()[~inside & ~t.isnan()]
@@ -207,11 +213,12 @@ class DiscreteVP(NoiseSchedule):
         t = torch.as_tensor(t)
         if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
             raise TypeError(f"DiscreteVP: t must be an integer tensor of timesteps, got {t.dtype}")
-        key = (name, t.device)
+        dtype = torch.get_default_dtype()
+        key = (name, t.device, dtype)
         if key not in self._on_device:
-            self._on_device[key] = self._tables[name].to(device=t.device, dtype=torch.get_default_dtype())
-        # checked on CPU only: on CUDA it would synchronise, and an out-of-range index fails there anyway
-        if t.device.type == "cpu" and t.numel() and (int(t.min()) < 0 or int(t.max()) >= self.num_steps):
+            self._on_device[key] = self._tables[name].to(device=t.device, dtype=dtype)
+        # checked on the host only (checked_on_host); an out-of-range index fails in the indexing kernel anyway
+        if checked_on_host(t) and t.numel() and (int(t.min()) < 0 or int(t.max()) >= self.num_steps):
             raise ValueError(f"DiscreteVP: timesteps must lie in [0, {self.num_steps}), got "
                              f"[{int(t.min())}, {int(t.max())}]")
         return self._on_device[key][t]
