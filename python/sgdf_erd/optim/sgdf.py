@@ -195,8 +195,8 @@ class SGDF(Optimizer):
         checked_by_kernel = checked_by_kernel or {}
         fused_grads = []
         for gi, group in enumerate(self.param_groups):
-            checks.check_hyperparameters(group, f"param group {gi}", read_device_lr=False)
-            if gi not in checked_by_kernel:
+            if gi not in checked_by_kernel:  # (whose hyperparameters _one_call_plan checked)
+                checks.check_hyperparameters(group, f"param group {gi}", read_device_lr=False)
                 fused_grads += self._check_params(gi, group)
         if fused_grads:  # the kernel call sees only its own groups' gradients
             for lists in checked_by_kernel.values():
