@@ -32,13 +32,13 @@ constexpr const char* kOperatorSchemas[] = {
     "int[] rounding_offsets=[]) -> ()",
     // SGDF over several param groups in one call: the groups' tensors follow each other in the lists (group_sizes
     // says how many each has), each group with its own hyperparameters (lr ... maximize: one value per group;
-    // lr_tensor: none, or one per group replacing lr) and storage options (master_params: for the groups with
+    // lr_tensor: per group, a tensor replacing lr or None) and storage options (master_params: for the groups with
     // master_weights, in group order; rounding_seeds likewise for those with stochastic_rounding). Each group is
     // stepped as fused_sgdf_ would step it (no update buffers, every tensor numbered from 0), and all groups are
     // checked, as fused_sgdf_ checks one, before anything is written; all tensors are on one device.
     "fused_sgdf_grouped_(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] exp_avgs, Tensor(d!)[] exp_vars, "
     "Tensor(e!)[] steps, Tensor(f!)[] master_params, int[] rounding_seeds, int[] group_sizes, float[] lr, "
-    "Tensor[] lr_tensor, float[] beta1, float[] beta2, float[] eps, float[] gamma, float[] weight_decay, "
+    "Tensor?[] lr_tensor, float[] beta1, float[] beta2, float[] eps, float[] gamma, float[] weight_decay, "
     "bool[] decoupled_weight_decay, bool[] sign, bool[] maximize, bool[] master_weights, "
     "bool[] stochastic_rounding, Tensor? grad_scale, Tensor? found_inf) -> ()",
     // ERD loss (csrc/erd): per-sample weights; the fused loss forward (per-sample MSE, weights, batch loss and

@@ -196,7 +196,9 @@ def test_bad_step_changes_nothing(device, path, case, groups):
     (_edit_state("rounding_seed", lambda seed: float(seed)), "'rounding_seed'"),
     (_edit_state("master_param", lambda t: t.half()), "'master_param'"),
     (_edit_state("master_param", lambda t: t[:1]), "'master_param'"),
-], ids=["seed_out_of_range", "seed_float", "master_float16", "master_reshaped"])
+    (_edit_state("rounding_seed", lambda seed: True), "'rounding_seed'"),
+    (_edit_state("rounding_seed", lambda seed: torch.tensor(3)), "'rounding_seed'"),
+], ids=["seed_out_of_range", "seed_float", "master_float16", "master_reshaped", "seed_bool", "seed_tensor"])
 def test_storage_state_edited_by_hand_in_a_later_group_changes_nothing(device, path, edit, match):
     """bfloat16 params with master copies and stochastic rounding in two groups: state a later group's kernel (or
     foreach step) would refuse is refused before the first group steps."""
@@ -246,6 +248,51 @@ def test_grads_as_disjoint_views_of_one_buffer_step(device):
             buf = values.clone() if bucket else None
             for i, p in enumerate(params):
                 p.grad = buf[4 * i: 4 * i + 4] if bucket else values[4 * i: 4 * i + 4].clone()
+            opt.step()
+        results.append([p.detach().clone() for p in params])
+    for got, want in zip(*results):
+        assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("path", ["fused", "foreach"])
+def test_state_tensor_serving_two_params_is_refused(device, path):
+    """A state tensor edited by hand into the state of a param of another group would be stepped twice."""
+    params = [torch.nn.Parameter(torch.randn(5, 4, device=device)) for _ in range(2)]
+    opt = SGDF([{"params": params[:1]}, {"params": params[1:], "lr": 0.02}], lr=0.05, **PATHS[path])
+    for i in range(2):
+        _fill_grads(params, seed=i)
+        opt.step()
+    opt.state[params[1]]["exp_var"] = opt.state[params[0]]["exp_var"]
+    before = _snapshot(opt)
+    with pytest.raises(ValueError, match="same tensor"):
+        opt.step()
+    _assert_unchanged(opt, before)
+
+
+def _other_layout(t):
+    return t.T.contiguous().T
+
+
+def _with_gaps(t):
+    return torch.zeros(t.shape[0], 2 * t.shape[1], dtype=t.dtype, device=t.device)[:, ::2].copy_(t)
+
+
+@pytest.mark.parametrize("key,edit", [("exp_var", _other_layout), ("master_param", _other_layout),
+                                      ("exp_var", _with_gaps), ("master_param", _with_gaps)],
+                         ids=["exp_var_other_layout", "master_other_layout", "exp_var_with_gaps", "master_with_gaps"])
+def test_state_in_another_layout_steps_as_before(device, key, edit):
+    """An exp_var or master copy holding the right values in another memory layout (edited by hand, or made by other
+    code) in a later group: converted to the param's layout, the step goes on bit for bit as without the edit."""
+    results = []
+    for edited in (False, True):
+        params = [torch.nn.Parameter(torch.randn(4, 5, generator=torch.Generator().manual_seed(i)).to(torch.bfloat16)
+                                     .to(device)) for i in range(2)]
+        opt = SGDF([{"params": params[:1]}, {"params": params[1:], "lr": 0.02}], lr=0.05, master_weights=True)
+        for i in range(3):
+            _fill_grads(params, seed=i)
+            if i == 1 and edited:
+                state = opt.state[params[1]]
+                state[key] = edit(state[key])
             opt.step()
         results.append([p.detach().clone() for p in params])
     for got, want in zip(*results):

@@ -35,8 +35,7 @@ def grouped(groups, grad_scale=None, found_inf=None):
               ("params", "grads", "exp_avgs", "exp_vars", "steps", "master_params", "rounding_seeds")}
     merged["group_sizes"] = [len(g["params"]) for g in groups]
     merged["lr"] = [g["lr"] for g in groups]
-    tensors = [g["lr_tensor"] for g in groups]
-    merged["lr_tensor"] = tensors if all(t is not None for t in tensors) else []
+    merged["lr_tensor"] = [g["lr_tensor"] for g in groups]
     merged.update({name: [g[name] for g in groups] for name in HYPER[1:]})
     merged["master_weights"] = [bool(g["master_params"]) for g in groups]
     merged["stochastic_rounding"] = [bool(g["rounding_seeds"]) for g in groups]
@@ -57,14 +56,18 @@ MIXED = [  # (param dtype, state dtype, master copies, stochastic rounding, hype
 
 
 def mixed_groups(device, lr_tensor=False, amp=False, count=len(MIXED)):
-    return [group_args(device, dtype, state_dtype, master, stochastic, seed=i, lr_tensor=lr_tensor, amp=amp,
-                       **hyper) for i, (dtype, state_dtype, master, stochastic, hyper) in enumerate(MIXED[:count])]
+    """lr_tensor: False, True, or "mixed" (tensors for groups 0 and 2, floats for the others: the float64 group's
+    float lr must stay a double)."""
+    return [group_args(device, dtype, state_dtype, master, stochastic, seed=i, amp=amp,
+                       lr_tensor=lr_tensor is True or (lr_tensor == "mixed" and i % 2 == 0), **hyper)
+            for i, (dtype, state_dtype, master, stochastic, hyper) in enumerate(MIXED[:count])]
 
 
 # --------------------------------------------------------------------------------------------- schema and fake
-@pytest.mark.parametrize("scalars", [False, True], ids=["floats", "lr_tensor,grad_scale,found_inf"])
+@pytest.mark.parametrize("scalars", [False, True, "mixed"],
+                         ids=["floats", "lr_tensor,grad_scale,found_inf", "some_lr_tensors"])
 def test_opcheck(device, scalars):
-    groups = mixed_groups(device, lr_tensor=scalars, amp=scalars)
+    groups = mixed_groups(device, lr_tensor=scalars, amp=bool(scalars))
     amp = groups[0]
     torch.library.opcheck(grouped_op.default, tuple(grouped(groups, amp["grad_scale"], amp["found_inf"]).values()))
 
@@ -83,7 +86,7 @@ def _assert_groups_equal(got, want):
 
 
 @pytest.mark.parametrize("found_inf", [0.0, 1.0])
-@pytest.mark.parametrize("lr_tensor", [False, True])
+@pytest.mark.parametrize("lr_tensor", [False, True, "mixed"])
 def test_each_group_steps_as_fused_sgdf_alone(device, lr_tensor, found_inf):
     """Groups with their own dtypes, storage options and hyperparameters, under AMP (a skipped step included)."""
     groups = mixed_groups(device, lr_tensor=lr_tensor)
@@ -143,10 +146,16 @@ BAD = {
     # per-group argument lists
     "lr list too short": (_merged(lambda a: a.update(lr=a["lr"][:-1])), "'lr' has 3 values for 4 param groups"),
     "sign list too long": (_merged(lambda a: a.update(sign=a["sign"] + [False])), "'sign' has 5 values"),
-    "lr_tensor for some groups": (_merged(lambda a: a.update(lr_tensor=[torch.ones(1, device=a["params"][0].device)])),
-                                  "'lr_tensor' has 1 tensors for 4 param groups"),
+    "lr_tensor list too short": (_merged(lambda a: a.update(lr_tensor=[torch.ones(1, device=a["params"][0].device)])),
+                                 "'lr_tensor' has 1 entries for 4 param groups"),
+    "float64 lr_tensor in a later group": (_merged(lambda a: a["lr_tensor"].__setitem__(
+        2, torch.ones(1, dtype=torch.float64, device=a["params"][0].device))), "param group 2.*'lr_tensor'"),
     "negative group size": (_merged(lambda a: a["group_sizes"].__setitem__(0, -1)), "'group_sizes\\[0\\]'=-1"),
     "sizes do not add up": (_merged(lambda a: a["group_sizes"].__setitem__(1, 2)), "add up to"),
+    "a size beyond the params left": (_merged(lambda a: a["group_sizes"].__setitem__(1, 13)),
+                                      "'group_sizes\\[1\\]'=13"),
+    "sizes that overflow a sum": (_merged(lambda a: a.update(group_sizes=[2**63 - 1, 2**63 - 1, 3, 3])),
+                                  "'group_sizes\\[0\\]'=9223372036854775807"),
     "a grad missing": (_merged(lambda a: a.update(grads=a["grads"][:-1])), "'grads' has"),
     "master copies missing": (_merged(lambda a: a.update(master_params=a["master_params"][:-1])),
                               "'master_params' has"),

@@ -28,7 +28,8 @@ void fused_sgdf(TensorList params, TensorList grads, TensorList exp_avgs, Tensor
 template <StepFn Step>
 void fused_sgdf_grouped(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_vars,
                         TensorList steps, TensorList master_params, std::vector<int64_t> rounding_seeds,
-                        std::vector<int64_t> group_sizes, std::vector<double> lr, TensorList lr_tensor,
+                        std::vector<int64_t> group_sizes, std::vector<double> lr,
+                        std::vector<std::optional<Tensor>> lr_tensor,
                         std::vector<double> beta1, std::vector<double> beta2, std::vector<double> eps,
                         std::vector<double> gamma, std::vector<double> weight_decay,
                         std::vector<bool> decoupled_weight_decay, std::vector<bool> sign, std::vector<bool> maximize,

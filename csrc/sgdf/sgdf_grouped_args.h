@@ -36,7 +36,7 @@ inline const std::vector<int64_t> kNoIndices{};
 struct GroupOptions {
   const std::vector<int64_t>& group_sizes;
   const std::vector<double>& lr;
-  const TensorList& lr_tensor;
+  const std::vector<std::optional<Tensor>>& lr_tensor;
   const std::vector<double>& beta1;
   const std::vector<double>& beta2;
   const std::vector<double>& eps;
@@ -71,13 +71,14 @@ inline GroupedArgs make_grouped_args(TensorList& params, TensorList& grads, Tens
   check_per_group(o.maximize.size(), "maximize");
   check_per_group(o.master_weights.size(), "master_weights");
   check_per_group(o.stochastic_rounding.size(), "stochastic_rounding");
-  SGDF_ERD_CHECK(o.lr_tensor.empty() || o.lr_tensor.size() == num_groups, op, ": 'lr_tensor' has ",
-                 o.lr_tensor.size(), " tensors for ", num_groups, " param groups; pass one per group (it then "
-                 "replaces 'lr') or none");
+  SGDF_ERD_CHECK(o.lr_tensor.size() == num_groups, op, ": 'lr_tensor' has ", o.lr_tensor.size(), " entries for ",
+                 num_groups, " param groups; pass one per group: a tensor replacing the group's 'lr', or None");
   size_t total = 0, with_master = 0, with_seeds = 0;
   for (size_t g = 0; g < num_groups; ++g) {
-    SGDF_ERD_CHECK(o.group_sizes[g] >= 0, op, ": 'group_sizes[", g, "]'=", o.group_sizes[g],
-                   " is negative; each is the number of params of a group");
+    SGDF_ERD_CHECK(o.group_sizes[g] >= 0 && static_cast<size_t>(o.group_sizes[g]) <= params.size() - total, op,
+                   ": 'group_sizes[", g, "]'=", o.group_sizes[g], " is negative or more than the ",
+                   params.size() - total, " params left after the groups before it; each is the number of params of "
+                   "a group, and the groups' params follow each other in 'params'");
     const auto size = static_cast<size_t>(o.group_sizes[g]);
     total += size;
     with_master += o.master_weights[g] ? size : 0;
@@ -122,7 +123,7 @@ inline GroupedArgs make_grouped_args(TensorList& params, TensorList& grads, Tens
       first_seed += size;
     }
     first += size;
-    if (!o.lr_tensor.empty()) l.lr_tensor = o.lr_tensor[g];
+    l.lr_tensor = o.lr_tensor[g];
     l.op = str_cat(op, " (param group ", g, ")");
     FusedArgs& a = args.groups.emplace_back(FusedArgs{
         l.params, l.grads, l.exp_avgs, l.exp_vars, kNoTensors, l.steps, l.master_params, l.rounding_seeds,

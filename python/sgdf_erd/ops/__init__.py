@@ -12,6 +12,6 @@ A fake implementation starts with the mixed-device check of :mod:`._fake_checks`
 
 from .erd import erd_loss_backward, erd_loss_forward, erd_weights
 from .ntk import MAX_NUM_BINS, binned_gram_eigvalsh
-from .sgdf import FUSED_SGDF_GROUPED_REFUSED, FUSED_SGDF_REFUSED, fused_sgdf_, fused_sgdf_grouped_
+from .sgdf import FUSED_SGDF_REFUSED, fused_sgdf_, fused_sgdf_grouped_
 
 __all__ = ["binned_gram_eigvalsh", "MAX_NUM_BINS"]

@@ -11,11 +11,11 @@ from ._fake_checks import check_one_device
 
 __all__ = ["fused_sgdf_", "fused_sgdf_grouped_"]
 
-# Every message of the kernels' argument checks starts with this (for fused_sgdf_grouped_, with
-# FUSED_SGDF_GROUPED_REFUSED), and they all run before anything is written: an error that starts otherwise (a failed
-# CUDA launch, say) may come after writes.
-FUSED_SGDF_REFUSED = "sgdf_erd::fused_sgdf_: "
-FUSED_SGDF_GROUPED_REFUSED = "sgdf_erd::fused_sgdf_grouped_"
+# What every refusal of either op's arguments starts with: the kernels' checks ("sgdf_erd::fused_sgdf_: ...",
+# "sgdf_erd::fused_sgdf_grouped_ (param group 1): ...") and the dispatcher's own ("sgdf_erd::fused_sgdf_() Expected a
+# value of type ..."), all raised before anything is written. An error that starts otherwise (a failed CUDA launch,
+# say) may come after writes.
+FUSED_SGDF_REFUSED = "sgdf_erd::fused_sgdf_"
 
 
 def fused_sgdf_(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor], exp_vars: List[Tensor],
@@ -57,8 +57,9 @@ def _fused_sgdf_fake(params, grads, exp_avgs, exp_vars, updates, steps, lr, lr_t
 
 def fused_sgdf_grouped_(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor], exp_vars: List[Tensor],
                         steps: List[Tensor], master_params: List[Tensor], rounding_seeds: List[int],
-                        group_sizes: List[int], lr: List[float], lr_tensor: List[Tensor], beta1: List[float],
-                        beta2: List[float], eps: List[float], gamma: List[float], weight_decay: List[float],
+                        group_sizes: List[int], lr: List[float], lr_tensor: List[Optional[Tensor]],
+                        beta1: List[float], beta2: List[float], eps: List[float], gamma: List[float],
+                        weight_decay: List[float],
                         decoupled_weight_decay: List[bool], sign: List[bool], maximize: List[bool],
                         master_weights: List[bool], stochastic_rounding: List[bool], grad_scale: Optional[Tensor],
                         found_inf: Optional[Tensor]) -> None:
@@ -67,9 +68,10 @@ def fused_sgdf_grouped_(params: List[Tensor], grads: List[Tensor], exp_avgs: Lis
 
     The groups' tensors follow each other in the lists; ``group_sizes`` gives each group's number of params. The
     hyperparameters ``lr`` ... ``maximize`` and the options ``master_weights`` / ``stochastic_rounding`` hold one
-    value per group; ``lr_tensor`` is empty or holds one tensor per group (replacing ``lr``). ``master_params`` and
-    ``rounding_seeds`` hold one entry per param of the groups whose option is set, in group order. Refusals raise
-    RuntimeError (ValueError for a seed out of range) with messages starting with FUSED_SGDF_GROUPED_REFUSED.
+    value per group; ``lr_tensor`` one entry per group, a tensor replacing the group's ``lr`` or None.
+    ``master_params`` and ``rounding_seeds`` hold one entry per param of the groups whose option is set, in group
+    order. Refusals raise RuntimeError (ValueError for a seed out of range) with messages starting with
+    FUSED_SGDF_REFUSED.
     """
     _native.ops.fused_sgdf_grouped_(params, grads, exp_avgs, exp_vars, steps, master_params, rounding_seeds,
                                     group_sizes, lr, lr_tensor, beta1, beta2, eps, gamma, weight_decay,

@@ -202,6 +202,8 @@ class SGDF(Optimizer):
             for lists in checked_by_kernel.values():
                 fused_grads.extend(lists[1])
         checks.check_fused_grads_distinct([fused_grads])
+        if len(checked_by_kernel) < len(self.param_groups):  # (the kernel checks its own groups' state)
+            self._check_state_distinct(range(len(self.param_groups)))
 
     def _check_params(self, gi: int, group: dict) -> List[Tensor]:
         """Check the params of group `gi` that step now, their grads and their state; returns the grads when the group
@@ -220,6 +222,10 @@ class SGDF(Optimizer):
             if group["fused"]:
                 fused_grads.append(grad)
         return fused_grads
+
+    def _check_state_distinct(self, group_indices: Iterable[int]) -> None:
+        checks.check_state_distinct((p, self.state[p], gi, i) for gi in group_indices
+                                    for i, p in enumerate(self.param_groups[gi]["params"]) if self.state.get(p))
 
     def _one_call_plan(self) -> Dict[int, tuple]:
         """The fused groups (without orthogonalisation, on one device) that one kernel call can step together, with
@@ -257,7 +263,7 @@ class SGDF(Optimizer):
             groups = [(lists, _update_options(self.param_groups[gi])) for gi, lists in plan.items()]
             fused_sgdf_groups_in_one_call(groups, grad_scale=grad_scale, found_inf=found_inf)
         except (RuntimeError, ValueError, TypeError, IndexError) as exc:
-            if str(exc).startswith((ops.FUSED_SGDF_REFUSED, ops.FUSED_SGDF_GROUPED_REFUSED)):
+            if str(exc).startswith(ops.FUSED_SGDF_REFUSED):
                 return False  # refused before anything was written
             raise
         return True
@@ -271,6 +277,7 @@ class SGDF(Optimizer):
         for gi in plan:
             fused_grads += self._check_params(gi, self.param_groups[gi])
         checks.check_fused_grads_distinct([fused_grads])
+        self._check_state_distinct(plan)
         for gi, lists in plan.items():
             if len(plan) == 1 or not self._step_in_one_call({gi: lists}, grad_scale, found_inf):
                 self._one_call_refused(gi)
@@ -308,7 +315,7 @@ class SGDF(Optimizer):
                 master_params.append(master)
             if stochastic_rounding:
                 seed = state.get("rounding_seed")
-                if seed is None:
+                if type(seed) is not int:  # (missing, or edited by hand: the kernel's int[] would take a bool)
                     return None
                 rounding_seeds.append(seed)
             params.append(p)
@@ -448,14 +455,16 @@ def _adopt_storage_entries(p: Tensor, state: dict, group: dict) -> None:
 
 def _match_layout(p: Tensor, state: dict) -> None:
     """The fused kernel needs the state in the param's layout (dense for a view with gaps); a model converted
-    after its first steps (e.g. to channels_last) gets its state converted likewise, values and dtypes unchanged.
-    exp_avg, exp_var and the master copy are created and converted together, so exp_avg speaks for all."""
-    exp_avg = state["exp_avg"]
-    if exp_avg.stride() == p.stride() or (not checks.is_dense(p) and checks.is_dense(exp_avg)):
-        return
+    after its first steps (e.g. to channels_last) gets its state converted likewise, values and dtypes unchanged
+    (each entry on its own: one edited by hand may differ from the others)."""
+    dense = None  # whether p is dense, asked only when an entry's strides differ from p's
     for key in ("exp_avg", "exp_var", "master_param"):
-        if key in state:
-            state[key] = _like(p, state[key].dtype).copy_(state[key])
+        t = state.get(key)
+        if t is None or t.stride() == p.stride():
+            continue
+        dense = checks.is_dense(p) if dense is None else dense
+        if dense or not checks.is_dense(t):
+            state[key] = _like(p, t.dtype).copy_(t)
 
 
 def _as_list(params) -> list:

@@ -295,6 +295,22 @@ def check_state(p: Tensor, state: dict, group: dict, group_index: int, index: in
     _check_entries(p, state, group, f"parameter {index} of param group {group_index}")
 
 
+def check_state_distinct(entries: Iterable[Tuple[Tensor, dict, int, int]]) -> None:
+    """No state tensor serves two parameters (state edited by hand): each would be stepped twice. `entries`: (param,
+    its state, group index, param index)."""
+    seen = {}
+    for p, state, gi, i in entries:
+        for key in ("step", "exp_avg", "exp_var", "master_param"):
+            t = state.get(key)
+            if not isinstance(t, Tensor):
+                continue
+            if id(t) in seen:
+                raise ValueError(f"SGDF: '{key}' of parameter {i} of param group {gi} is the same tensor as "
+                                 f"{seen[id(t)]}; the state was edited by hand: restore it from the optimizer's "
+                                 "state_dict")
+            seen[id(t)] = f"'{key}' of parameter {i} of param group {gi}"
+
+
 def _check_entries(p: Tensor, state: dict, group: dict, where: str) -> None:
     tensors = [("exp_var", state_dtype(p, group))] + [("master_param", torch.float32)] * group["master_weights"]
     for key, dtype in tensors:

@@ -246,8 +246,8 @@ def fused_sgdf_groups_in_one_call(groups: Sequence[Tuple[tuple, dict]], *, grad_
     options (lr, beta1, beta2, eps, gamma, weight_decay, decoupled_weight_decay, sign, maximize): tensors of one
     device, each group of one param dtype and one state dtype, neither complex nor DTensor, each grad and state laid
     out as its param, no orthogonalisation. Given anything else, the kernel refuses the call before writing anything
-    (RuntimeError or ValueError, message starting with ops.FUSED_SGDF_GROUPED_REFUSED, or ops.FUSED_SGDF_REFUSED
-    for one group), and fused_sgdf is the call to make for each group."""
+    (RuntimeError or ValueError, message starting with ops.FUSED_SGDF_REFUSED), and fused_sgdf is the call to make for
+    each group."""
     device = next((tensors[0][0].device for tensors, _ in groups if tensors[0]), None)
     if device is None:
         return
@@ -258,7 +258,7 @@ def fused_sgdf_groups_in_one_call(groups: Sequence[Tuple[tuple, dict]], *, grad_
         return
     lists = [[], [], [], [], [], [], []]  # params, grads, exp_avgs, exp_vars, steps, master_params, rounding_seeds
     options = {key: [] for key in _GROUP_OPTIONS}
-    lrs, moved = [], {}
+    lr_values, lr_tensors, moved = [], [], {}
     for tensors, group_options in groups:
         for merged, part in zip(lists, tensors):
             merged.extend(part)
@@ -267,11 +267,8 @@ def fused_sgdf_groups_in_one_call(groups: Sequence[Tuple[tuple, dict]], *, grad_
         options["master_weights"].append(bool(tensors[5]))
         options["stochastic_rounding"].append(bool(tensors[6]))
         lr = group_options["lr"]
-        lrs.append(_scalar_on(device, lr, moved) if isinstance(lr, Tensor) else float(lr))
-    lr_tensors = []
-    if any(isinstance(lr, Tensor) for lr in lrs):  # one per group or none: float ones become tensors (rare)
-        lr_tensors = [lr if isinstance(lr, Tensor) else torch.full((1,), lr, device=device) for lr in lrs]
-    lr_values = [0.0 if isinstance(lr, Tensor) else lr for lr in lrs]
+        lr_tensors.append(_scalar_on(device, lr, moved) if isinstance(lr, Tensor) else None)
+        lr_values.append(0.0 if isinstance(lr, Tensor) else float(lr))
     ops.fused_sgdf_grouped_(*lists, [len(tensors[0]) for tensors, _ in groups], lr_values, lr_tensors,
                             *options.values(), _scalar_on(device, grad_scale, moved),
                             _scalar_on(device, found_inf, moved))
