@@ -22,7 +22,7 @@ overlay="$build/python"
 rm -rf "$overlay" && mkdir -p "$overlay"
 cp -r python/sgdf_erd "$overlay/"
 find "$overlay" -name '_C*.so' -delete
-cp "$build/_C.so" "$overlay/sgdf_erd/_C$("$PY" -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')"
+cp "$build/_C.abi3.so" "$overlay/sgdf_erd/_C.abi3.so"  # the stable-ABI module name CMakeLists.txt gives it
 
 # Python itself is not built with ASan, so the runtime must be loaded first; libstdc++ must come with it, or ASan's
 # C++ exception interceptors fail to resolve when torch throws.

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <array>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 #include "common/cpu/parallel.h"
@@ -34,9 +35,9 @@ struct Operand {
   }
 };
 
-// fn over `len` elements of arrays of acc_t (in place or staged): Vec<acc_t> lanes, then a scalar tail. fn is
-// taken by value: a local copy whose address does not escape cannot alias the arrays, so the compiler keeps its
-// captured values in registers instead of reloading them after every store.
+// fn over `len` elements of arrays of acc_t (in place or staged), Vec<acc_t> lanes at a time (the last ones
+// padded). fn is taken by value: a local copy whose address does not escape cannot alias the arrays, so the compiler
+// keeps its captured values in registers instead of reloading them after every store.
 template <typename acc_t, int Depth, typename Fn>
 inline void apply_to_arrays(const std::array<acc_t*, Depth>& work, int64_t len, unsigned write_mask, Fn fn) {
   using V = Vec<acc_t>;
@@ -48,18 +49,30 @@ inline void apply_to_arrays(const std::array<acc_t*, Depth>& work, int64_t len, 
     for (int d = 0; d < Depth; ++d)
       if (write_mask & (1u << d)) v[d].store(work[d] + i);
   }
-  for (; i < len; ++i) {
-    std::array<acc_t, Depth> v;
-    for (int d = 0; d < Depth; ++d) v[d] = work[d][i];
+  if (i < len) {
+    // The last elements go through the same vector code, padded with zeros (computed, then dropped): a scalar tail
+    // could round differently (where the compiler fuses a multiply-add in one and not in the other), and an
+    // element's result must not depend on where its tensor, or a shard of it, starts.
+    const auto rest = static_cast<size_t>(len - i);
+    alignas(64) acc_t pad[Depth][V::size()] = {};
+    std::array<V, Depth> v;
+    for (int d = 0; d < Depth; ++d) {
+      std::memcpy(pad[d], work[d] + i, rest * sizeof(acc_t));
+      v[d] = V::loadu(pad[d]);
+    }
     fn(v);
-    for (int d = 0; d < Depth; ++d)
-      if (write_mask & (1u << d)) work[d][i] = v[d];
+    for (int d = 0; d < Depth; ++d) {
+      if (write_mask & (1u << d)) {
+        v[d].store(pad[d]);
+        std::memcpy(work[d] + i, pad[d], rest * sizeof(acc_t));
+      }
+    }
   }
 }
 
 // Applies fn to the `n` elements of a range of every operand; `first_index` is the range's element index in its
-// tensors (the counter of stochastic rounding). fn is called as fn(std::array<V, Depth>&) with V either Vec<acc_t>
-// or acc_t (for the tail). Operands are in acc_t, or (acc_t = float only) in float16/bfloat16.
+// tensors (the counter of stochastic rounding). fn is called as fn(std::array<Vec<acc_t>, Depth>&). Operands are in
+// acc_t, or (acc_t = float only) in float16/bfloat16.
 template <typename acc_t, int Depth, typename Fn>
 void apply_elementwise(const std::array<Operand, Depth>& operands, int64_t first_index, int64_t n, const Fn& fn) {
   constexpr ScalarType kAccType = std::is_same_v<acc_t, float> ? ScalarType::Float : ScalarType::Double;
