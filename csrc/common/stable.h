@@ -34,6 +34,27 @@ using DeviceType = torch::headeronly::DeviceType;
 using Layout = torch::headeronly::Layout;
 using IntArrayRef = torch::headeronly::IntHeaderOnlyArrayRef;
 
+// An uninitialised contiguous tensor of `sizes` and `dtype` on the device of `like`, allocated through the C shim:
+// torch::stable::new_empty goes through the dispatcher (boxing its arguments) from torch 2.10 on, a few microseconds
+// per tensor, and a small op call allocates several.
+inline Tensor new_empty_contiguous(const Tensor& like, IntArrayRef sizes, ScalarType dtype) {
+  int32_t device_type = 0, device_index = 0;
+  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_device_type(like.get(), &device_type));
+  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_device_index(like.get(), &device_index));
+  int64_t strides[8];
+  STD_TORCH_CHECK(sizes.size() <= 8, "new_empty_contiguous: at most 8 dimensions");
+  int64_t stride = 1;
+  for (size_t d = sizes.size(); d-- > 0;) {
+    strides[d] = stride;
+    stride *= sizes[d] > 1 ? sizes[d] : 1;
+  }
+  AtenTensorHandle handle = nullptr;
+  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_empty_strided(
+      static_cast<int64_t>(sizes.size()), sizes.data(), strides,
+      torch::stable::detail::to<int32_t>(torch::stable::detail::from(dtype)), device_type, device_index, &handle));
+  return Tensor(handle);
+}
+
 // Message pieces for check failures. Each formats a value the way torch's own messages did before the port, so
 // messages read the same: dtypes as "Float", devices as "cpu" / "cuda:0", shapes as "[2, 3]", layouts as "Strided".
 struct Shape {

@@ -179,7 +179,7 @@ WeightsCall prepare_weights(const Tensor& alpha, const Tensor& sigma, const std:
   ScalarType dtype;
   call.in = prepare_sample_inputs(alpha, sigma, alpha_prime, sigma_prime, std::nullopt, call.params, alpha.size(0),
                                   alpha.device(), op, &dtype);
-  call.out = torch::stable::new_empty(call.in.alpha, {alpha.size(0)}, dtype);
+  call.out = new_empty_contiguous(call.in.alpha, {alpha.size(0)}, dtype);
   return call;
 }
 
@@ -203,10 +203,10 @@ LossForwardCall prepare_loss_forward(const Tensor& output, const Tensor& target,
   call.output = as_contiguous(output);
   call.target = as_contiguous(target);
   const ScalarType acc = accumulate_dtype(output.scalar_type());
-  call.loss = torch::stable::new_empty(call.output, {});
-  call.mse = torch::stable::new_empty(call.output, {call.batch}, acc);
-  call.weight = torch::stable::new_empty(call.output, {call.batch}, acc);
-  call.bin_sums = torch::stable::new_empty(call.output, {kNumBinSums, num_bins}, ScalarType::Double);
+  call.loss = new_empty_contiguous(call.output, {}, call.output.scalar_type());
+  call.mse = new_empty_contiguous(call.output, {call.batch}, acc);
+  call.weight = new_empty_contiguous(call.output, {call.batch}, acc);
+  call.bin_sums = new_empty_contiguous(call.output, {kNumBinSums, num_bins}, ScalarType::Double);
   return call;
 }
 
@@ -235,8 +235,10 @@ LossBackwardCall prepare_loss_backward(const Tensor& grad, const Tensor& output,
   call.weight = weight;
   call.batch = output.size(0);
   call.per_sample = output.numel() / call.batch;
-  call.grad_output = torch::stable::new_empty(call.output, call.output.sizes());
-  if (target_requires_grad) call.grad_target = torch::stable::new_empty(call.target, call.target.sizes());
+  call.grad_output = new_empty_contiguous(call.output, call.output.sizes(), call.output.scalar_type());
+  if (target_requires_grad) {
+    call.grad_target = new_empty_contiguous(call.target, call.target.sizes(), call.target.scalar_type());
+  }
   return call;
 }
 

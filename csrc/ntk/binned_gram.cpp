@@ -68,7 +68,7 @@ BinnedGramCall prepare_binned_gram(const Tensor& features, const Tensor& bin_ids
                                        torch::stable::Device(torch::headeronly::DeviceType::CPU));
   call.groups = group_rows(ids.is_contiguous() ? ids : torch::stable::contiguous(ids), num_bins);
   call.eig = torch::stable::new_zeros(call.features, {num_bins, call.groups.max_count});
-  call.counts = torch::stable::new_empty(ids, {num_bins});
+  call.counts = new_empty_contiguous(ids, {num_bins}, ScalarType::Long);
   int64_t* c = call.counts.mutable_data_ptr<int64_t>();
   for (int64_t b = 0; b < num_bins; ++b) c[b] = call.groups.count(b);
   return call;

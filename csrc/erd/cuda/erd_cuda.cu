@@ -249,8 +249,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> loss_forward_cuda(
   const cudaStream_t stream = sgdf_erd::cuda::current_stream(call.output.get_device_index());
   const int64_t chunks = (call.per_sample + kChunk - 1) / kChunk;
   const int64_t segments = std::max<int64_t>(1, kTailThreads / (kNumBinSums * num_bins));
-  const Tensor partial = torch::stable::new_empty(call.output, {call.batch * chunks}, call.mse.scalar_type());
-  const Tensor scratch = torch::stable::new_empty(call.output, {kNumBinSums * num_bins * segments}, ScalarType::Double);
+  const Tensor partial = new_empty_contiguous(call.output, {call.batch * chunks}, call.mse.scalar_type());
+  const Tensor scratch = new_empty_contiguous(call.output, {kNumBinSums * num_bins * segments}, ScalarType::Double);
   const unsigned int blocks = grid_size(call.batch * chunks, op);
   dispatch_floating_types(call.output.scalar_type(), "sgdf_erd::erd_loss_forward", [&](auto tag) {
     using scalar_t = typename decltype(tag)::type;

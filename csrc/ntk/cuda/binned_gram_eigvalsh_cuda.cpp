@@ -79,7 +79,7 @@ std::tuple<Tensor, Tensor> binned_gram_eigvalsh_cuda(const Tensor& features, con
   if (n == 0 || k == 0) return {call.eig, counts};
 
   // [rows | starts] to the device in one copy
-  Tensor host = torch::stable::new_empty(call.counts, {n + num_bins});
+  Tensor host = new_empty_contiguous(call.counts, {n + num_bins}, ScalarType::Long);
   int64_t* h = host.mutable_data_ptr<int64_t>();
   std::copy(g.rows.begin(), g.rows.end(), h);
   std::copy(g.offsets.begin(), g.offsets.end() - 1, h + n);
