@@ -236,3 +236,22 @@ def test_torch_compile_fullgraph_with_timesteps(device, schedule, timesteps):
     eager, compiled = ERDLoss(prediction, schedule=schedule), ERDLoss(prediction, schedule=schedule)
     got = torch.compile(compiled, backend="aot_eager", fullgraph=True)(output, target, timesteps=t)
     torch.testing.assert_close(got, eager(output, target, timesteps=t), rtol=1e-6, atol=1e-9)
+
+
+def test_evaluation_without_grad_calls_the_op_directly_and_matches(device):
+    """Under torch.no_grad / inference_mode the loss is the op's (no autograd node); forward-mode AD still gets its
+    tangent there (it is not grad mode)."""
+    import torch.autograd.forward_ad as fwAD
+    output, target, alpha, sigma = make_batch(device, seed=14)
+    o = output.clone().requires_grad_(True)
+    expected = erd_loss(o, target, alpha, sigma, "v")[0]
+    for context in (torch.no_grad, torch.inference_mode):
+        with context():
+            got = erd_loss(o, target, alpha, sigma, "v")[0]
+        assert got.grad_fn is None and torch.equal(got, expected.detach())
+    tangent = torch.randn_like(output)
+    w = ref.erd_weight(alpha.cpu(), sigma.cpu(), "v")
+    _, want = jvp(lambda o: ref.loss(o, target.cpu(), w), (output.cpu(),), (tangent.cpu(),))
+    with torch.no_grad(), fwAD.dual_level():
+        got = fwAD.unpack_dual(erd_loss(fwAD.make_dual(output, tangent), target, alpha, sigma, "v")[0]).tangent
+    torch.testing.assert_close(got.cpu(), want, rtol=1e-12, atol=1e-15)

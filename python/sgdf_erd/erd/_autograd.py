@@ -24,7 +24,7 @@ from torch.autograd import forward_ad
 from .._type_errors import raising_type_errors
 from ..ops.erd import ERD_LOSS_BACKWARD_OP as _BACKWARD, ERD_LOSS_FORWARD_OP as _FORWARD
 
-__all__ = ["LossForward", "LossBackward", "EagerLossForward", "EagerLossBackward"]
+__all__ = ["loss_forward", "LossForward", "LossBackward", "EagerLossForward", "EagerLossBackward"]
 
 # the calls inside the Functions below, with the kernels' type errors as TypeError
 _forward = raising_type_errors(_FORWARD)
@@ -80,6 +80,22 @@ def _forward_jvp(ctx, output_tangent, target_tangent, *_):
     per_unit = _loss_backward(torch.ones((), dtype=output.dtype, device=output.device), output, target,
                                   weight, False)[0]
     return (per_unit * u).sum(), None, None, None
+
+
+def loss_forward(*args):
+    """erd_loss_forward with its derivative, by the cheapest way that keeps it: Dynamo cannot trace an
+    autograd.Function with a jvp, so compiled code calls the op, which has the same derivative registered; torch.func
+    needs the setup_context-style Function; where no derivative can be taken (grad mode off, no forward-mode AD level
+    open: an evaluation under torch.no_grad or inference_mode) the op is called below autograd; plain autograd takes
+    the cheaper-to-call eager Function."""
+    if torch.compiler.is_compiling():
+        return _FORWARD(*args)
+    if torch._C._are_functorch_transforms_active():
+        return LossForward.apply(*args)
+    if not torch.is_grad_enabled() and forward_ad._current_level < 0:
+        with torch._C._AutoDispatchBelowAutograd():
+            return _forward(*args)
+    return EagerLossForward.apply(*args)
 
 
 def _loss_backward(*args):

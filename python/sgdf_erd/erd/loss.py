@@ -8,9 +8,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from .. import ops
 from .._native import require
-from ._autograd import EagerLossForward, LossForward
+from ._autograd import loss_forward
 from .schedules import NoiseSchedule, from_diffusers
 from .weights import check_weighting, prediction_name
 
@@ -91,15 +90,7 @@ def erd_loss(output: Tensor, target: Tensor, alpha: Tensor, sigma: Tensor, predi
         weighting = "given"
     else:
         check_weighting(prediction, weighting)
-    # the op with its derivative (output and target; weights are constants), erd/_autograd.py: Dynamo cannot trace
-    # an autograd.Function with a jvp, so compiled code calls the op, which has the same derivative registered;
-    # torch.func needs the setup_context-style Function; plain autograd takes the cheaper-to-call eager one
-    if torch.compiler.is_compiling():
-        loss_forward = ops.erd_loss_forward
-    elif torch._C._are_functorch_transforms_active():
-        loss_forward = LossForward.apply
-    else:
-        loss_forward = EagerLossForward.apply
+    # the op with its derivative (output and target; weights are constants), erd/_autograd.py
     return loss_forward(output, target, alpha, sigma, alpha_prime, sigma_prime, weights, prediction, weighting,
                         float(k), float(gamma), num_bins, lo, hi)
 
