@@ -121,14 +121,16 @@ def test_steps_have_no_host_sync(setup):
 
 # ----------------------------------------------------------------------------------------- CUDA graphs
 @requires_cuda
+@pytest.mark.parametrize("groups", [1, 2])  # 2: fused, the groups step in one call (fused_sgdf_grouped_)
 @pytest.mark.parametrize("path", ["fused", "foreach"])
-def test_cuda_graph_replays_with_found_inf_changing(path):
+def test_cuda_graph_replays_with_found_inf_changing(path, groups):
     """A captured step reads lr, grad_scale and found_inf from device memory at each replay: a replay with
     found_inf set (1, or a sum over devices like 2) changes nothing, the others follow the reference."""
     cpu_params = _make_params(torch.float32, shapes=[(64, 33), (17,)])
     params = _to_cuda(cpu_params)
     lr = torch.tensor(0.05, device="cuda")
-    opt = SGDF(params, lr=lr, capturable=True, **PATHS[path])
+    opt = SGDF(params if groups == 1 else [{"params": params[:1]}, {"params": params[1:]}], lr=lr, capturable=True,
+               **PATHS[path])
     amp = path == "fused"  # GradScaler's protocol is for fused optimizers
     scale = 8.0 if amp else 1.0
     if amp:
