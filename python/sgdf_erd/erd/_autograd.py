@@ -82,33 +82,31 @@ def _forward_jvp(ctx, output_tangent, target_tangent, *_):
     return (per_unit * u).sum(), None, None, None
 
 
-def loss_forward(*args):
-    """erd_loss_forward with its derivative, by the cheapest way that keeps it: Dynamo cannot trace an
-    autograd.Function with a jvp, so compiled code calls the op, which has the same derivative registered; torch.func
-    needs the setup_context-style Function; where no derivative can be taken (grad mode off, no forward-mode AD level
-    open: an evaluation under torch.no_grad or inference_mode) the op is called below autograd; plain autograd takes
-    the cheaper-to-call eager Function."""
-    if torch.compiler.is_compiling():
-        return _FORWARD(*args)
+def _with_derivative(op, transform_function, eager_function, args):
+    """`op(*args)` with its derivative, by the cheapest way that keeps it: inside a torch.func transform the
+    setup_context-style Function it needs; where no derivative can be taken, no Function at all (grad mode off and no
+    forward-mode AD level open: an evaluation under no_grad or inference_mode, a backward without create_graph; dual
+    tensors carry their tangents through the autograd key, which the direct call skips); else the cheaper-to-call
+    eager Function (see EagerLossForward)."""
     if torch._C._are_functorch_transforms_active():
-        return LossForward.apply(*args)
+        return transform_function.apply(*args)
     if not torch.is_grad_enabled() and forward_ad._current_level < 0:
         with torch._C._AutoDispatchBelowAutograd():
-            return _forward(*args)
-    return EagerLossForward.apply(*args)
+            return op(*args)
+    return eager_function.apply(*args)
+
+
+def loss_forward(*args):
+    """erd_loss_forward with its derivative (_with_derivative). Dynamo cannot trace an autograd.Function with a jvp,
+    so compiled code calls the op, which has the same derivative registered."""
+    if torch.compiler.is_compiling():
+        return _FORWARD(*args)
+    return _with_derivative(_forward, LossForward, EagerLossForward, args)
 
 
 def _loss_backward(*args):
-    """erd_loss_backward with its derivative: the Function torch.func needs inside a transform, the cheaper
-    eager one elsewhere (see EagerLossForward), and no Function at all where no derivative can be taken: grad mode
-    off (a backward without create_graph) and no forward-mode AD level open (dual tensors carry their tangents
-    through the autograd key, which the call below skips)."""
-    if torch._C._are_functorch_transforms_active():
-        return LossBackward.apply(*args)
-    if not torch.is_grad_enabled() and forward_ad._current_level < 0:
-        with torch._C._AutoDispatchBelowAutograd():
-            return _backward(*args)
-    return EagerLossBackward.apply(*args)
+    """erd_loss_backward with its derivative (_with_derivative)."""
+    return _with_derivative(_backward, LossBackward, EagerLossBackward, args)
 
 
 def _setup_backward(ctx, inputs, output):

@@ -48,11 +48,15 @@ def _fused_sgdf_fake(params, grads, exp_avgs, exp_vars, updates, steps, lr, lr_t
                      weight_decay, decoupled_weight_decay, sign, maximize, grad_scale, found_inf, master_params,
                      rounding_seeds=(), rounding_offsets=()):
     # the op only writes its inputs, so under torch.compile and FakeTensor it returns nothing
-    lists = dict(params=params, grads=grads, exp_avgs=exp_avgs, exp_vars=exp_vars, updates=updates, steps=steps,
-                 master_params=master_params)
-    named = [(f"{name}[{i}]", t) for name, ts in lists.items() for i, t in enumerate(ts)]
-    named += [("lr_tensor", lr_tensor), ("grad_scale", grad_scale), ("found_inf", found_inf)]
-    check_one_device("fused_sgdf_", named, RuntimeError)  # RuntimeError, as the kernels' checks raise
+    _check_fake_devices("fused_sgdf_", dict(params=params, grads=grads, exp_avgs=exp_avgs, exp_vars=exp_vars,
+                                            updates=updates, steps=steps, master_params=master_params),
+                        dict(lr_tensor=lr_tensor, grad_scale=grad_scale, found_inf=found_inf))
+
+
+def _check_fake_devices(op: str, lists: dict, singles: dict) -> None:
+    """The mixed-device check over an op's list arguments (elements named `name[i]`) and single tensors."""
+    named = [(f"{name}[{i}]", t) for name, ts in lists.items() for i, t in enumerate(ts)] + list(singles.items())
+    check_one_device(op, named, RuntimeError)  # RuntimeError, as the kernels' checks raise
 
 
 def fused_sgdf_grouped_(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor], exp_vars: List[Tensor],
@@ -83,8 +87,6 @@ def fused_sgdf_grouped_(params: List[Tensor], grads: List[Tensor], exp_avgs: Lis
 def _fused_sgdf_grouped_fake(params, grads, exp_avgs, exp_vars, steps, master_params, rounding_seeds, group_sizes,
                              lr, lr_tensor, beta1, beta2, eps, gamma, weight_decay, decoupled_weight_decay, sign,
                              maximize, master_weights, stochastic_rounding, grad_scale, found_inf):
-    lists = dict(params=params, grads=grads, exp_avgs=exp_avgs, exp_vars=exp_vars, steps=steps,
-                 master_params=master_params, lr_tensor=lr_tensor)
-    named = [(f"{name}[{i}]", t) for name, ts in lists.items() for i, t in enumerate(ts)]
-    named += [("grad_scale", grad_scale), ("found_inf", found_inf)]
-    check_one_device("fused_sgdf_grouped_", named, RuntimeError)
+    _check_fake_devices("fused_sgdf_grouped_", dict(params=params, grads=grads, exp_avgs=exp_avgs, exp_vars=exp_vars,
+                                                    steps=steps, master_params=master_params, lr_tensor=lr_tensor),
+                        dict(grad_scale=grad_scale, found_inf=found_inf))

@@ -270,14 +270,10 @@ class SGDF(Optimizer):
 
     def _step_refused_plan(self, plan: Dict[int, tuple], grad_scale: Optional[Tensor],
                            found_inf: Optional[Tensor], compiling: bool) -> None:
-        """The kernel refused to step `plan`'s groups together, changing nothing. Their Python checks say why, else
-        each group is tried alone, and a group the kernel refuses again goes the general way (which copies or
-        regroups what the kernel cannot take) for a while."""
-        fused_grads = []
-        for gi in plan:
-            fused_grads += self._check_params(gi, self.param_groups[gi])
-        checks.check_fused_grads_distinct([fused_grads])
-        self._check_state_distinct(plan)
+        """The kernel refused to step `plan`'s groups together, changing nothing. The Python checks, of every group
+        now, say why, else each group is tried alone, and a group the kernel refuses again goes the general way
+        (which copies or regroups what the kernel cannot take) for a while."""
+        self._check_step_inputs()
         for gi, lists in plan.items():
             if len(plan) == 1 or not self._step_in_one_call({gi: lists}, grad_scale, found_inf):
                 self._one_call_refused(gi)

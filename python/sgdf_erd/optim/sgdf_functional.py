@@ -257,26 +257,27 @@ def fused_sgdf_groups_in_one_call(groups: Sequence[Tuple[tuple, dict]], *, grad_
                     grad_scale=grad_scale, found_inf=found_inf, **options)
         return
     lists = [[], [], [], [], [], [], []]  # params, grads, exp_avgs, exp_vars, steps, master_params, rounding_seeds
-    options = {key: [] for key in _GROUP_OPTIONS}
+    hyper = {key: [] for key in _GROUP_HYPERPARAMETERS}
     lr_values, lr_tensors, moved = [], [], {}
-    for tensors, group_options in groups:
+    for tensors, options in groups:
         for merged, part in zip(lists, tensors):
             merged.extend(part)
-        for key in _GROUP_OPTIONS[:-2]:
-            options[key].append(group_options[key])
-        options["master_weights"].append(bool(tensors[5]))
-        options["stochastic_rounding"].append(bool(tensors[6]))
-        lr = group_options["lr"]
+        for key, values in hyper.items():
+            values.append(options[key])
+        lr = options["lr"]
         lr_tensors.append(_scalar_on(device, lr, moved) if isinstance(lr, Tensor) else None)
         lr_values.append(0.0 if isinstance(lr, Tensor) else float(lr))
+    # the storage options follow from the lists: master copies and seeds are given where the group uses them
+    master_weights = [bool(tensors[5]) for tensors, _ in groups]
+    stochastic_rounding = [bool(tensors[6]) for tensors, _ in groups]
     ops.fused_sgdf_grouped_(*lists, [len(tensors[0]) for tensors, _ in groups], lr_values, lr_tensors,
-                            *options.values(), _scalar_on(device, grad_scale, moved),
+                            *hyper.values(), master_weights, stochastic_rounding, _scalar_on(device, grad_scale, moved),
                             _scalar_on(device, found_inf, moved))
 
 
-# fused_sgdf_grouped_'s per-group arguments after lr and lr_tensor, in its order
-_GROUP_OPTIONS = ("beta1", "beta2", "eps", "gamma", "weight_decay", "decoupled_weight_decay", "sign", "maximize",
-                  "master_weights", "stochastic_rounding")
+# fused_sgdf_grouped_'s per-group hyperparameters after lr and lr_tensor, in its order
+_GROUP_HYPERPARAMETERS = ("beta1", "beta2", "eps", "gamma", "weight_decay", "decoupled_weight_decay", "sign",
+                          "maximize")
 
 
 def _apply_orthogonalized(params, directions, steps, masters, seeds, first_indices, lr, decoupled_decay,
