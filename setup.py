@@ -13,7 +13,9 @@ Environment knobs
                           CUDA kernels only where they can run: torch has CUDA, nvcc is found and an NVIDIA GPU is
                           present (nvidia-smi lists one). CI and wheel builds set 1.
   TORCH_CUDA_ARCH_LIST    CUDA architectures (default "8.0;9.0", i.e. sm_80 and sm_90).
-  SGDF_ERD_CPU_ISA        x86-64 only: "avx2" (default: AVX2+FMA+F16C kernels) or "generic".
+  SGDF_ERD_CPU_ISA        x86-64 only: "avx2" (default: AVX2+FMA+F16C kernels, plus AVX-512 builds of the SGDF
+                          kernel that run where the CPU has AVX-512, see csrc/common/cpu/capability.h) or
+                          "generic".
   MAX_JOBS                parallel compile jobs (torch's ninja builder reads it).
 """
 
@@ -134,6 +136,17 @@ def _in_cuda_folder(path):
     return "cuda" in path.split(os.sep)[:-1]
 
 
+def _builds_avx512(path):
+    """A unit built for AVX-512 (csrc/common/cpu/avx512_target.h), next to the baseline build of its kernels."""
+    return path.endswith("_avx512.cpp")
+
+
+def link_order(sources):
+    """AVX-512 units last: where they and a baseline unit both compile an inline function of a shared header, the
+    linker keeps the first copy, which must be the baseline one (it runs on every CPU)."""
+    return sorted(sources, key=_builds_avx512)  # stable: keeps the order within each kind
+
+
 def cpu_sources():
     """Every .cpp outside cuda/ folders: built in every build."""
     return sorted(p for p in glob.glob(os.path.join("csrc", "**", "*.cpp"), recursive=True) if not _in_cuda_folder(p))
@@ -149,7 +162,7 @@ def cuda_sources():
 def print_cmake_config():
     """`python setup.py --cmake-config`: what CMakeLists.txt builds (CPU sources, flags), one `KEY=a;b` a line."""
     defs = definitions(False, "")
-    print("SOURCES=" + ";".join(cpu_sources()))
+    print("SOURCES=" + ";".join(link_order(cpu_sources())))
     print("CXX_FLAGS=" + ";".join(f for f in compile_flags(False, "")["cxx"] if not f.startswith("-D")))
     print("DEFINITIONS=" + ";".join(k if v is None else f"{k}={v}" for k, v in defs.items()))
     print("LINK_FLAGS=" + ";".join(link_flags()))
@@ -182,7 +195,7 @@ def make_extension():
     print(f"sgdf-erd: building {'CPU+CUDA (archs ' + arch_list + ')' if with_cuda else 'CPU-only'} "
           f"from {len(sources)} sources", flush=True)
     # py_limited_api tags the module abi3 (torch also defines Py_LIMITED_API, to the same 3.10).
-    extension = builder(name="sgdf_erd._C", sources=sources, include_dirs=include_dirs, py_limited_api=True,
+    extension = builder(name="sgdf_erd._C", sources=link_order(sources), include_dirs=include_dirs, py_limited_api=True,
                         extra_compile_args=compile_flags(with_cuda, arch_list), extra_link_args=link_flags())
     # Only what the stable ABI needs, instead of all of torch's libraries: its C shim (torch_cpu), and in CUDA
     # builds the CUDA part of the shim (the current stream) and the CUDA runtime.

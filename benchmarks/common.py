@@ -13,6 +13,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
 # Import sgdf_erd from this checkout (in-place build) even without PYTHONPATH=python.
 sys.path.insert(0, os.path.join(HERE, "..", "python"))
+import sgdf_erd  # noqa: E402
 from sgdf_erd._platform import cpu_model  # noqa: E402
 
 
@@ -93,12 +94,15 @@ def time_interleaved(candidates: dict, device: torch.device, rounds: int, iters:
 
 
 def header(device: torch.device) -> dict:
-    return {
+    meta = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "device": device_name(device),
         "torch": torch.__version__,
         "command": " ".join(["python"] + sys.argv),
     }
+    if device.type == "cpu":  # which build of the CPU kernels ran (AVX-512 or AVX2)
+        meta["sgdf_erd CPU kernels"] = sgdf_erd.build_info()["cpu_capability"]
+    return meta
 
 
 def write_report(stem: str, title: str, meta: dict, body_md: str, data: dict, out_dir: str = RESULTS) -> str:

@@ -6,6 +6,7 @@
 
 #include <string>
 
+#include "common/cpu/capability.h"
 #include "common/stable.h"
 
 namespace {
@@ -73,6 +74,9 @@ std::string cuda_arch_list() {
 
 std::string version() { return SGDF_ERD_VERSION; }
 
+// The instruction set the CPU kernels run with in this process.
+std::string cpu_capability() { return sgdf_erd::cpu::capability_name(sgdf_erd::cpu::capability()); }
+
 // The torch whose headers this library was compiled with, and the oldest torch it runs with (the stable ABI is
 // forward compatible: any later torch loads it).
 std::string torch_version_built_with() { return TORCH_VERSION; }
@@ -88,6 +92,7 @@ STABLE_TORCH_LIBRARY(sgdf_erd, m) {
   m.def("compiled_with_cuda() -> bool");
   m.def("cuda_arch_list() -> str");
   m.def("version() -> str");
+  m.def("cpu_capability() -> str");
   m.def("torch_version_built_with() -> str");
   m.def("torch_version_targeted() -> str");
 }
@@ -97,6 +102,7 @@ STABLE_TORCH_LIBRARY_IMPL(sgdf_erd, CompositeExplicitAutograd, m) {
   m.impl("compiled_with_cuda", TORCH_BOX(&compiled_with_cuda));
   m.impl("cuda_arch_list", TORCH_BOX(&cuda_arch_list));
   m.impl("version", TORCH_BOX(&version));
+  m.impl("cpu_capability", TORCH_BOX(&cpu_capability));
   m.impl("torch_version_built_with", TORCH_BOX(&torch_version_built_with));
   m.impl("torch_version_targeted", TORCH_BOX(&torch_version_targeted));
 }

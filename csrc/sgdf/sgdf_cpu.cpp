@@ -1,27 +1,44 @@
-// CPU implementation of sgdf_erd::fused_sgdf_: one parallel pass over all tensors of a group, vectorised, with
-// 16-bit operands (params, state) staged through float tiles.
+// CPU implementation of sgdf_erd::fused_sgdf_: one parallel pass over all tensors of a group, through the kernel
+// build of the CPU's instruction set (sgdf_cpu_kernel.h; AVX-512 in sgdf_cpu_avx512.cpp).
 #include <array>
 #include <optional>
 #include <vector>
 
+#include "common/cpu/capability.h"
 #include "common/cpu/multi_tensor_apply.h"
+#include "common/cpu/parallel.h"
 #include "common/random.h"
 #include "common/stable.h"
 #include "sgdf/sgdf_checks.h"
+#include "sgdf/sgdf_cpu_kernel.h"
+#include "sgdf/sgdf_cpu_plan.h"
 #include "sgdf/sgdf_entry_points.h"
 #include "sgdf/sgdf_math.h"
 
 namespace sgdf_erd::sgdf {
 namespace {
 
+const StepRangeKernels& baseline_kernels() {
+  static const StepRangeKernels kernels = step_range_kernels();
+  return kernels;
+}
+
+// The kernels of the instruction set chosen for this process (common/cpu/capability.h).
+const StepRangeKernels& chosen_kernels() {
+  static const StepRangeKernels& kernels =
+      cpu::capability() == cpu::Capability::kAvx512 ? avx512_step_range_kernels() : baseline_kernels();
+  return kernels;
+}
+
 template <typename acc_t, bool kMaster, bool kUpdate>
 void run_cpu(const FusedArgs& a, double lr) {
   using Ops = Operands<kMaster, kUpdate>;
   constexpr int Depth = Ops::kDepth;
-  const Hyper<acc_t> hyper = cast_hyper<acc_t>(a.hyper);
-  const acc_t lr_acc = static_cast<acc_t>(lr);
-  const bool unscale = a.grad_scale.has_value();
-  const acc_t scale = unscale ? static_cast<acc_t>(cpu_scalar(*a.grad_scale)) : acc_t(1);
+  StepPlan<acc_t, Depth> plan;
+  plan.hyper = cast_hyper<acc_t>(a.hyper);
+  plan.lr = static_cast<acc_t>(lr);
+  plan.unscale = a.grad_scale.has_value();
+  plan.scale = plan.unscale ? static_cast<acc_t>(cpu_scalar(*a.grad_scale)) : acc_t(1);
 
   // Operands gathered once: the parallel region then makes no calls into torch.
   const size_t n = a.params.size();
@@ -41,7 +58,7 @@ void run_cpu(const FusedArgs& a, double lr) {
       const uint32_t key = rounded ? random::tensor_key(static_cast<uint32_t>(a.rounding_seeds[i]),
                                                         static_cast<uint32_t>(step), stream)
                                    : 0u;
-      return cpu::Operand{t.data_ptr(), dtype, Ops::written(index, unscale), {rounded, key}};
+      return cpu::Operand{t.data_ptr(), dtype, Ops::written(index, plan.unscale), {rounded, key}};
     };
     auto& o = base[i];
     o[Ops::kParam] = operand(a.params[i], Ops::kParam, a.param_dtype, !kMaster, random::kParamStream);
@@ -55,25 +72,12 @@ void run_cpu(const FusedArgs& a, double lr) {
       o[Ops::kUpdateBuffer] = operand(a.updates[i], Ops::kUpdateBuffer, a.param_dtype, false, 0);
     }
   }
-  cpu::parallel_over_ranges(numels, cpu::kRangeSize, [&](int64_t t, int64_t begin, int64_t end) {
-    std::array<cpu::Operand, Depth> range;
-    for (int d = 0; d < Depth; ++d) range[d] = base[t][d].advanced(begin);
-    // By-value copies: the loop stores through float pointers, which the compiler must otherwise assume may
-    // alias hyperparameters reached through references, reloading them for every vector.
-    const StepCoeffs<acc_t> c = coeffs[t];
-    cpu::apply_elementwise<acc_t, Depth>(range, first_indices[t] + begin, end - begin, [=](auto& v) {
-      using V = std::decay_t<decltype(v[0])>;
-      if (unscale) v[Ops::kGrad] = v[Ops::kGrad] / V(scale);
-      const V u = filtered_update(v[Ops::kWeights], v[Ops::kGrad], v[Ops::kExpAvg], v[Ops::kExpVar], lr_acc, hyper,
-                                  c);
-      if constexpr (kUpdate) {
-        v[Ops::kUpdateBuffer] = u;
-      } else {
-        v[Ops::kWeights] = v[Ops::kWeights] - V(lr_acc) * u;
-        if constexpr (kMaster) v[Ops::kParam] = v[Ops::kMasterParam];
-      }
-    });
-  });
+  plan.operands = base.data();
+  plan.first_indices = first_indices.data();
+  plan.coeffs = coeffs.data();
+  const StepRangeFn<acc_t, kMaster, kUpdate> kernel = chosen_kernels().template get<acc_t, kMaster, kUpdate>();
+  cpu::parallel_over_ranges(numels, cpu::kRangeSize,
+                            [&](int64_t t, int64_t begin, int64_t end) { kernel(plan, t, begin, end); });
 }
 
 // One checked call (or param group). A CPU tensor is read without any device synchronisation; an overflowed step is

@@ -1,7 +1,9 @@
 """Loads the compiled operators (``torch.ops.sgdf_erd``) and says what the build can serve."""
 
 import importlib
+import os
 import types
+import warnings
 
 import torch
 
@@ -56,6 +58,22 @@ def _operators(namespace: str) -> types.ModuleType:
 
 
 ops = _operators("sgdf_erd")
+
+CPU_CAPABILITY_VARIABLE = "SGDF_ERD_CPU_CAPABILITY"
+_CPU_CAPABILITIES = ("avx2", "avx512")
+
+
+def _check_cpu_capability_request() -> None:
+    """The native library reads SGDF_ERD_CPU_CAPABILITY itself and acts only on "avx2" (keep the AVX2 kernels on an
+    AVX-512 CPU); any other value would be ignored in silence, so it is answered here."""
+    requested = os.environ.get(CPU_CAPABILITY_VARIABLE)
+    if requested is not None and requested not in _CPU_CAPABILITIES:
+        warnings.warn(f"{CPU_CAPABILITY_VARIABLE}={requested!r} is not one of {_CPU_CAPABILITIES} and is ignored: "
+                      f"the CPU kernels run with {ops.cpu_capability()!r}. Set it to 'avx2' to keep the AVX2 kernels "
+                      "on a CPU with AVX-512, or unset it.", RuntimeWarning)
+
+
+_check_cpu_capability_request()
 
 CUDA_COMPILED: bool = bool(ops.compiled_with_cuda())
 

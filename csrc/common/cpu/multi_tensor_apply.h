@@ -10,7 +10,7 @@
 #include <cstring>
 #include <type_traits>
 
-#include "common/cpu/parallel.h"
+#include "common/cpu/operand.h"
 #include "common/cpu/staging.h"
 #include "common/cpu/vec.h"
 
@@ -19,21 +19,7 @@ namespace sgdf_erd::cpu {
 constexpr int64_t kRangeSize = 1 << 15;  // elements per parallel work item
 constexpr int64_t kTile = 256;           // elements staged per tile for reduced-precision operands
 
-// One operand of a range: where its elements are, their dtype, and whether (and how) results are stored back.
-struct Operand {
-  void* data = nullptr;  // the range's first element
-  ScalarType dtype = ScalarType::Float;
-  bool write = false;
-  Rounding rounding;  // for 16-bit storage
-
-  // The same operand `elements` further on.
-  Operand advanced(int64_t elements) const {
-    const int64_t size = dtype == ScalarType::Double ? 8 : dtype == ScalarType::Float ? 4 : 2;
-    Operand o = *this;
-    o.data = static_cast<char*>(data) + elements * size;
-    return o;
-  }
-};
+inline namespace SGDF_ERD_CPU_CAPABILITY {
 
 // fn over `len` elements of arrays of acc_t (in place or staged), Vec<acc_t> lanes at a time (the last ones
 // padded). fn is taken by value: a local copy whose address does not escape cannot alias the arrays, so the compiler
@@ -70,6 +56,60 @@ inline void apply_to_arrays(const std::array<acc_t*, Depth>& work, int64_t len, 
   }
 }
 
+// apply_elementwise for float arithmetic on operands of any storage dtype, through float tiles.
+template <int Depth, typename Fn>
+void apply_staged(const std::array<Operand, Depth>& operands, int64_t first_index, int64_t n, unsigned write_mask,
+                  const Fn& fn) {
+  alignas(64) float staging[Depth][kTile];
+  for (int64_t begin = 0; begin < n; begin += kTile) {
+    const int64_t len = std::min(kTile, n - begin);
+    std::array<float*, Depth> work;
+    for (int d = 0; d < Depth; ++d) {
+      const Operand& o = operands[d];
+      if (o.dtype == ScalarType::Float) {
+        work[d] = static_cast<float*>(o.data) + begin;
+      } else {  // 16-bit elements
+        load_tile(static_cast<const char*>(o.data) + begin * 2, o.dtype, staging[d], len);
+        work[d] = staging[d];
+      }
+    }
+    apply_to_arrays<float, Depth>(work, len, write_mask, fn);
+    for (int d = 0; d < Depth; ++d) {
+      const Operand& o = operands[d];
+      if (o.write && o.dtype != ScalarType::Float) {
+        store_tile(staging[d], static_cast<char*>(o.data) + begin * 2, o.dtype, len, o.rounding,
+                   first_index + begin);
+      }
+    }
+  }
+}
+
+#if defined(SGDF_ERD_VEC_AVX512)
+// fn over elements [0, n) (n a multiple of the vector size) of float32 operands and the bfloat16 ones in `bfloat16`
+// (rounded to nearest).
+template <int Depth, typename Fn>
+void apply_bfloat16_in_registers(const std::array<Operand, Depth>& operands, int64_t n, unsigned write_mask,
+                                 unsigned bfloat16, Fn fn) {  // fn by value: see apply_to_arrays
+  using V = Vec<float>;
+  for (int64_t i = 0; i < n; i += V::kSize) {
+    std::array<V, Depth> v;
+    for (int d = 0; d < Depth; ++d) {
+      v[d] = (bfloat16 >> d) & 1u ? load_as(static_cast<const BFloat16*>(operands[d].data) + i)
+                                  : V::loadu(static_cast<const float*>(operands[d].data) + i);
+    }
+    fn(v);
+    for (int d = 0; d < Depth; ++d) {
+      if (!((write_mask >> d) & 1u)) continue;
+      if ((bfloat16 >> d) & 1u) {
+        store_as(static_cast<BFloat16*>(operands[d].data) + i, v[d]);
+      } else {
+        v[d].store(static_cast<float*>(operands[d].data) + i);
+      }
+    }
+  }
+}
+#endif
+
 // Applies fn to the `n` elements of a range of every operand; `first_index` is the range's element index in its
 // tensors (the counter of stochastic rounding). fn is called as fn(std::array<Vec<acc_t>, Depth>&). Operands are in
 // acc_t, or (acc_t = float only) in float16/bfloat16.
@@ -89,29 +129,26 @@ void apply_elementwise(const std::array<Operand, Depth>& operands, int64_t first
     return;
   }
   if constexpr (std::is_same_v<acc_t, float>) {
-    alignas(64) float staging[Depth][kTile];
-    for (int64_t begin = 0; begin < n; begin += kTile) {
-      const int64_t len = std::min(kTile, n - begin);
-      std::array<float*, Depth> work;
-      for (int d = 0; d < Depth; ++d) {
-        const Operand& o = operands[d];
-        if (o.dtype == ScalarType::Float) {
-          work[d] = static_cast<float*>(o.data) + begin;
-        } else {  // 16-bit elements
-          load_tile(static_cast<const char*>(o.data) + begin * 2, o.dtype, staging[d], len);
-          work[d] = staging[d];
-        }
-      }
-      apply_to_arrays<float, Depth>(work, len, write_mask, fn);
-      for (int d = 0; d < Depth; ++d) {
-        const Operand& o = operands[d];
-        if (o.write && o.dtype != ScalarType::Float) {
-          store_tile(staging[d], static_cast<char*>(o.data) + begin * 2, o.dtype, len, o.rounding,
-                     first_index + begin);
-        }
-      }
+    int64_t whole = 0;  // elements done in registers
+#if defined(SGDF_ERD_VEC_AVX512)
+    unsigned bfloat16_mask = 0;
+    bool in_registers = true;
+    for (int d = 0; d < Depth; ++d) {
+      const Operand& o = operands[d];
+      if (o.dtype == ScalarType::BFloat16 && !o.rounding.stochastic) bfloat16_mask |= 1u << d;
+      in_registers = in_registers && (o.dtype == ScalarType::Float || (bfloat16_mask >> d) & 1u);
     }
+    if (in_registers) {
+      whole = n - n % Vec<float>::kSize;
+      apply_bfloat16_in_registers<Depth>(operands, whole, write_mask, bfloat16_mask, fn);
+      if (whole == n) return;
+    }
+#endif
+    std::array<Operand, Depth> rest;
+    for (int d = 0; d < Depth; ++d) rest[d] = operands[d].advanced(whole);
+    apply_staged<Depth>(rest, first_index + whole, n - whole, write_mask, fn);
   }
 }
 
+}  // namespace SGDF_ERD_CPU_CAPABILITY
 }  // namespace sgdf_erd::cpu

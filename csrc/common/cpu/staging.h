@@ -7,20 +7,16 @@
 #include <cstdint>
 #include <cstring>
 
+#include "common/cpu/operand.h"
 #include "common/cpu/vec.h"
 #include "common/random.h"
 #include "common/scalar_types.h"
 #include "common/stochastic_rounding.h"
 
 namespace sgdf_erd::cpu {
+inline namespace SGDF_ERD_CPU_CAPABILITY {
 
 using torch::headeronly::ScalarType;
-
-// How results are written into 16-bit storage.
-struct Rounding {
-  bool stochastic = false;
-  uint32_t key = 0;  // random::tensor_key of the tensor and its stream, when stochastic
-};
 
 // dst[0..n) = src[0..n) as float; src holds float32, bfloat16 or float16 (the kernel's checks ensure it).
 inline void load_tile(const void* src, ScalarType dtype, float* dst, int64_t n) {
@@ -30,6 +26,35 @@ inline void load_tile(const void* src, ScalarType dtype, float* dst, int64_t n) 
     default: std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(float)); break;
   }
 }
+
+#if defined(SGDF_ERD_VEC_AVX512)
+inline __m512i mix32(__m512i x) {  // random::mix32 on 16 lanes
+  x = _mm512_xor_si512(x, _mm512_srli_epi32(x, 16));
+  x = _mm512_mullo_epi32(x, _mm512_set1_epi32(0x21F0AAAD));
+  x = _mm512_xor_si512(x, _mm512_srli_epi32(x, 15));
+  x = _mm512_mullo_epi32(x, _mm512_set1_epi32(0x735A2D97));
+  return _mm512_xor_si512(x, _mm512_srli_epi32(x, 15));
+}
+
+// bfloat16_bits_stochastic (below) on 16 lanes, the bit patterns packed to 16 bits.
+inline __m256i bfloat16_stochastic(__m512 x, uint32_t key, uint64_t index) {
+  const __m512i lanes = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(index))),
+                                         _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+  const uint32_t upper = random::upper_index_key(key, static_cast<uint32_t>(index >> 32));
+  const __m512i hash = mix32(_mm512_xor_si512(mix32(_mm512_xor_si512(lanes, _mm512_set1_epi32(static_cast<int>(key)))),
+                                              _mm512_set1_epi32(static_cast<int>(upper))));
+  const __m512i bits = _mm512_castps_si512(x);
+  const __m512i below = _mm512_and_si512(bits, _mm512_set1_epi32(0xFFFF));
+  const __mmask16 up = _mm512_cmpgt_epi32_mask(below, _mm512_srli_epi32(hash, 16));
+  const __m512i truncated = _mm512_srli_epi32(bits, 16);
+  const __m512i rounded = _mm512_mask_add_epi32(truncated, up, truncated, _mm512_set1_epi32(1));
+  const __m512i magnitude = _mm512_and_si512(bits, _mm512_set1_epi32(0x7FFFFFFF));
+  const __mmask16 to_nearest = _mm512_cmpgt_epi32_mask(magnitude, _mm512_set1_epi32(0x7F7EFFFF));
+  if (!to_nearest) return _mm512_cvtepi32_epi16(rounded);
+  const __m256i nearest = bfloat16_to_nearest(x);
+  return _mm256_mask_mov_epi16(_mm512_cvtepi32_epi16(rounded), to_nearest, nearest);
+}
+#endif
 
 #ifdef SGDF_ERD_VEC_AVX2
 inline __m256i mix32(__m256i x) {  // random::mix32 on 8 lanes
@@ -76,7 +101,14 @@ inline void store_tile(const float* src, void* dst, ScalarType dtype, int64_t n,
   } else if (dtype == ScalarType::BFloat16) {
     auto* out = static_cast<BFloat16*>(dst);
     int64_t i = 0;
-#ifdef SGDF_ERD_VEC_AVX2
+#if defined(SGDF_ERD_VEC_AVX512)
+    for (; i + 16 <= n; i += 16) {
+      const auto index = static_cast<uint64_t>(first_index + i);
+      if ((index >> 32) != ((index + 15) >> 32)) break;  // lanes straddle 2^32: the scalar loop takes them
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i),
+                          bfloat16_stochastic(_mm512_loadu_ps(src + i), rounding.key, index));
+    }
+#elif defined(SGDF_ERD_VEC_AVX2)
     for (; i + 8 <= n; i += 8) {
       const auto index = static_cast<uint64_t>(first_index + i);
       if ((index >> 32) != ((index + 7) >> 32)) break;  // lanes straddle 2^32: the scalar loop takes them
@@ -94,4 +126,5 @@ inline void store_tile(const float* src, void* dst, ScalarType dtype, int64_t n,
   }
 }
 
+}  // namespace SGDF_ERD_CPU_CAPABILITY
 }  // namespace sgdf_erd::cpu

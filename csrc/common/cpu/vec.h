@@ -1,7 +1,11 @@
 // A small SIMD vector of float or double lanes for CPU kernels, in place of ATen's Vectorized<T> (not part of the
 // stable ABI). With AVX2+FMA+F16C enabled at compile time (setup.py does so on x86-64) it wraps 256-bit
-// registers; otherwise it is a plain lane array of the same width that the compiler vectorises as it can.
-// float16/bfloat16 data is computed in float: load_as/store_as convert whole vectors, convert() whole arrays.
+// registers; in a translation unit that includes common/cpu/avx512_target.h first, 512-bit registers (chosen at run
+// time, common/cpu/capability.h); otherwise it is a plain lane array of 32 bytes that the compiler vectorises as it
+// can. float16/bfloat16 data is computed in float: load_as/store_as convert whole vectors, convert() whole arrays.
+//
+// Everything here and in the headers built on it (staging.h, multi_tensor_apply.h) lives in an inline namespace
+// named after the instruction set, so the AVX2 and AVX-512 builds of one kernel are different functions.
 #pragma once
 
 #include <cmath>
@@ -14,9 +18,18 @@
 #define SGDF_ERD_VEC_AVX2 1
 #endif
 
+#if defined(SGDF_ERD_VEC_AVX512)  // set by common/cpu/avx512_target.h
+#define SGDF_ERD_CPU_CAPABILITY avx512
+#elif defined(SGDF_ERD_VEC_AVX2)
+#define SGDF_ERD_CPU_CAPABILITY avx2
+#else
+#define SGDF_ERD_CPU_CAPABILITY generic
+#endif
+
 #include "common/scalar_types.h"
 
 namespace sgdf_erd::cpu {
+inline namespace SGDF_ERD_CPU_CAPABILITY {
 
 using sgdf_erd::BFloat16;
 using sgdf_erd::Half;
@@ -76,7 +89,83 @@ struct Vec {
   }
 };
 
-#ifdef SGDF_ERD_VEC_AVX2
+#if defined(SGDF_ERD_VEC_AVX512)
+// 16 float / 8 double lanes. Comparisons give masks; gt/lt/maximum/minimum turn them into the same lane values as
+// the AVX2 build (1 or 0; NaN as all-ones bits), so that a kernel's results do not depend on the build.
+template <>
+struct Vec<float> {
+  static constexpr int kSize = 16;
+  static constexpr int size() { return kSize; }
+  __m512 v;
+
+  Vec() = default;
+  Vec(__m512 x) : v(x) {}  // NOLINT(google-explicit-constructor)
+  Vec(float x) : v(_mm512_set1_ps(x)) {}  // NOLINT(google-explicit-constructor)
+  static Vec loadu(const float* p) { return _mm512_loadu_ps(p); }
+  void store(float* p) const { _mm512_storeu_ps(p, v); }
+
+  Vec operator+(const Vec& b) const { return _mm512_add_ps(v, b.v); }
+  Vec operator-(const Vec& b) const { return _mm512_sub_ps(v, b.v); }
+  Vec operator*(const Vec& b) const { return _mm512_mul_ps(v, b.v); }
+  Vec operator/(const Vec& b) const { return _mm512_div_ps(v, b.v); }
+  Vec sqrt() const { return _mm512_sqrt_ps(v); }
+  Vec pow(const Vec& e) const {
+    alignas(64) float x[kSize], y[kSize];
+    store(x);
+    e.store(y);
+    for (int i = 0; i < kSize; ++i) x[i] = std::pow(x[i], y[i]);
+    return loadu(x);
+  }
+  Vec gt(const Vec& b) const { return ones_where(_mm512_cmp_ps_mask(v, b.v, _CMP_GT_OQ)); }
+  Vec lt(const Vec& b) const { return ones_where(_mm512_cmp_ps_mask(v, b.v, _CMP_LT_OQ)); }
+  Vec maximum(const Vec& b) const { return with_nan(_mm512_max_ps(v, b.v), b); }
+  Vec minimum(const Vec& b) const { return with_nan(_mm512_min_ps(v, b.v), b); }
+  float sum() const { return _mm512_reduce_add_ps(v); }
+
+ private:
+  static __m512 ones_where(__mmask16 m) { return _mm512_maskz_mov_ps(m, _mm512_set1_ps(1.f)); }
+  __m512 with_nan(__m512 r, const Vec& b) const {  // all-ones bits where either operand is NaN
+    return _mm512_mask_mov_ps(r, _mm512_cmp_ps_mask(v, b.v, _CMP_UNORD_Q), _mm512_castsi512_ps(_mm512_set1_epi32(-1)));
+  }
+};
+
+template <>
+struct Vec<double> {
+  static constexpr int kSize = 8;
+  static constexpr int size() { return kSize; }
+  __m512d v;
+
+  Vec() = default;
+  Vec(__m512d x) : v(x) {}  // NOLINT(google-explicit-constructor)
+  Vec(double x) : v(_mm512_set1_pd(x)) {}  // NOLINT(google-explicit-constructor)
+  static Vec loadu(const double* p) { return _mm512_loadu_pd(p); }
+  void store(double* p) const { _mm512_storeu_pd(p, v); }
+
+  Vec operator+(const Vec& b) const { return _mm512_add_pd(v, b.v); }
+  Vec operator-(const Vec& b) const { return _mm512_sub_pd(v, b.v); }
+  Vec operator*(const Vec& b) const { return _mm512_mul_pd(v, b.v); }
+  Vec operator/(const Vec& b) const { return _mm512_div_pd(v, b.v); }
+  Vec sqrt() const { return _mm512_sqrt_pd(v); }
+  Vec pow(const Vec& e) const {
+    alignas(64) double x[kSize], y[kSize];
+    store(x);
+    e.store(y);
+    for (int i = 0; i < kSize; ++i) x[i] = std::pow(x[i], y[i]);
+    return loadu(x);
+  }
+  Vec gt(const Vec& b) const { return ones_where(_mm512_cmp_pd_mask(v, b.v, _CMP_GT_OQ)); }
+  Vec lt(const Vec& b) const { return ones_where(_mm512_cmp_pd_mask(v, b.v, _CMP_LT_OQ)); }
+  Vec maximum(const Vec& b) const { return with_nan(_mm512_max_pd(v, b.v), b); }
+  Vec minimum(const Vec& b) const { return with_nan(_mm512_min_pd(v, b.v), b); }
+  double sum() const { return _mm512_reduce_add_pd(v); }
+
+ private:
+  static __m512d ones_where(__mmask8 m) { return _mm512_maskz_mov_pd(m, _mm512_set1_pd(1.0)); }
+  __m512d with_nan(__m512d r, const Vec& b) const {
+    return _mm512_mask_mov_pd(r, _mm512_cmp_pd_mask(v, b.v, _CMP_UNORD_Q), _mm512_castsi512_pd(_mm512_set1_epi64(-1)));
+  }
+};
+#elif defined(SGDF_ERD_VEC_AVX2)
 template <>
 struct Vec<float> {
   static constexpr int kSize = 8;
@@ -158,12 +247,18 @@ struct Vec<double> {
     return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
   }
 };
-#endif  // SGDF_ERD_VEC_AVX2
+#endif  // SGDF_ERD_VEC_AVX512 / SGDF_ERD_VEC_AVX2
 
 // a * b + c, fused where the hardware has it
 template <typename T>
 inline Vec<T> fmadd(const Vec<T>& a, const Vec<T>& b, const Vec<T>& c) {
-#ifdef SGDF_ERD_VEC_AVX2
+#if defined(SGDF_ERD_VEC_AVX512)
+  if constexpr (std::is_same_v<T, float>) {
+    return _mm512_fmadd_ps(a.v, b.v, c.v);
+  } else {
+    return _mm512_fmadd_pd(a.v, b.v, c.v);
+  }
+#elif defined(SGDF_ERD_VEC_AVX2)
   if constexpr (std::is_same_v<T, float>) {
     return _mm256_fmadd_ps(a.v, b.v, c.v);
   } else {
@@ -180,7 +275,14 @@ inline Vec<opmath_t<T>> load_as(const T* p) {
   if constexpr (!is_reduced_floating_point_v<T>) {
     return Vec<T>::loadu(p);
   } else {
-#ifdef SGDF_ERD_VEC_AVX2
+#if defined(SGDF_ERD_VEC_AVX512)
+    const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    if constexpr (std::is_same_v<T, Half>) {
+      return Vec<float>(_mm512_cvtph_ps(bits));
+    } else {
+      return Vec<float>(_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16)));
+    }
+#elif defined(SGDF_ERD_VEC_AVX2)
     const __m128i bits = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
     if constexpr (std::is_same_v<T, Half>) {
       return Vec<float>(_mm256_cvtph_ps(bits));
@@ -214,12 +316,35 @@ inline void store_low_halves(void* p, __m256i lanes) {
 }
 #endif
 
+#if defined(SGDF_ERD_VEC_AVX512)
+// bfloat16 bit patterns of 16 floats rounded to nearest even, NaN to 0x7fc0, as bfloat16_bits_to_nearest. The
+// AVX512-BF16 instruction rounds the same way except that it flushes subnormals to zero and keeps NaN payloads, so
+// vectors holding either take the integer sequence.
+inline __m256i bfloat16_to_nearest(__m512 x) {
+  if (!_mm512_fpclass_ps_mask(x, 0xA1)) {  // no lane is a NaN (0x01 quiet, 0x80 signalling) or subnormal (0x20)
+    return reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(x));
+  }
+  const __m512i u = _mm512_castps_si512(x);
+  const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  const __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), odd), 16);
+  const __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+  return _mm512_cvtepi32_epi16(_mm512_mask_mov_epi32(r, nan, _mm512_set1_epi32(0x7fc0)));
+}
+#endif
+
 template <typename T>
 inline void store_as(T* p, const Vec<opmath_t<T>>& v) {
   if constexpr (!is_reduced_floating_point_v<T>) {
     v.store(p);
   } else {
-#ifdef SGDF_ERD_VEC_AVX2
+#if defined(SGDF_ERD_VEC_AVX512)
+    if constexpr (std::is_same_v<T, Half>) {
+      const __m256i bits = _mm512_cvtps_ph(v.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), bits);
+    } else {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), bfloat16_to_nearest(v.v));
+    }
+#elif defined(SGDF_ERD_VEC_AVX2)
     if constexpr (std::is_same_v<T, Half>) {
       const __m128i bits = _mm256_cvtps_ph(v.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
       _mm_storeu_si128(reinterpret_cast<__m128i*>(p), bits);
@@ -247,4 +372,5 @@ inline void convert(const From* src, To* dst, int64_t n) {
   for (; i < n; ++i) dst[i] = static_cast<To>(static_cast<float>(src[i]));
 }
 
+}  // namespace SGDF_ERD_CPU_CAPABILITY
 }  // namespace sgdf_erd::cpu

@@ -1,0 +1,44 @@
+// Included first by a translation unit whose CPU kernels are built for AVX-512 (F, BW, VL, DQ and BF16: Zen 4,
+// Sapphire Rapids and later), next to the baseline (AVX2) build of the same kernels; common/cpu/capability.h
+// chooses between them at run time. Where SGDF_ERD_AVX512_KERNELS is not defined (other compilers, builds without
+// AVX2) the unit builds nothing and the baseline kernels run everywhere.
+//
+// The standard and torch headers the kernels use are included here first, for the baseline instruction set, so
+// that their inline functions and the unit's load-time initialisation hold no AVX-512 instruction. Then the pragma
+// enables AVX-512 for what follows, up to SGDF_ERD_END_AVX512 at the end of the unit, and the macro makes
+// common/cpu/vec.h use 512-bit registers; everything built on vec.h has its own names per instruction set (its
+// inline namespace). Our other inline helpers (random.h, stochastic_rounding.h) get AVX-512 copies here, which the
+// linker merges with the baseline units' copies keeping the first: setup.py links AVX-512 units last, and
+// tests/test_sgdf_cpu_capability.py checks that no AVX-512 instruction is left outside the AVX-512 kernels.
+#pragma once
+
+#include "common/cpu/isa.h"
+
+#if defined(SGDF_ERD_AVX512_KERNELS)
+#include <immintrin.h>  // declares every instruction set's intrinsics, each under its own target
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include <torch/headeronly/core/ScalarType.h>
+#include <torch/headeronly/macros/Macros.h>
+#include <torch/headeronly/util/BFloat16.h>
+#include <torch/headeronly/util/Half.h>
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")
+// GCC 12 warns inside its own AVX-512 intrinsics (their deliberately undefined operands), not about our code
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#define SGDF_ERD_VEC_AVX512 1
+#define SGDF_ERD_END_AVX512 _Pragma("GCC pop_options")
+#else
+#define SGDF_ERD_END_AVX512
+#endif

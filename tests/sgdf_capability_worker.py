@@ -1,0 +1,79 @@
+"""Run by tests/test_sgdf_cpu_capability.py in a fresh process (the CPU kernels' instruction set is chosen once per
+process, from SGDF_ERD_CPU_CAPABILITY): takes fused SGDF steps on the CPU for every storage configuration and option,
+over tensors with ragged tails, several element ranges, and NaN / infinite / subnormal / huge values, and saves
+everything the steps wrote (params, state, master copies) to the file named on the command line.
+
+    python -m tests.sgdf_capability_worker OUT.pt
+"""
+
+import itertools
+import sys
+
+import torch
+
+import sgdf_erd
+from sgdf_erd import SGDF
+
+# lengths around the vector widths (8 and 16 floats), and more than one 32768-element range with a tail
+SHAPES = [(1,), (15,), (17,), (33, 17), (40_001,)]
+SPECIAL = torch.tensor([float("nan"), float("inf"), -float("inf"), 1e-40, -3e-39, 3.3e38, -3.3e38, 0.0, -0.0])
+
+STORAGE = {  # name -> (param dtype, storage options)
+    "f32": (torch.float32, {}),
+    "f64": (torch.float64, {}),
+    "bf16": (torch.bfloat16, {}),
+    "f16": (torch.float16, {}),
+    "f32_bf16_state": (torch.float32, dict(state_dtype=torch.bfloat16)),
+    "f32_f16_state": (torch.float32, dict(state_dtype=torch.float16)),
+    "bf16_f32_state": (torch.bfloat16, dict(state_dtype=torch.float32)),
+    "f16_bf16_state": (torch.float16, dict(state_dtype=torch.bfloat16)),
+    "bf16_master": (torch.bfloat16, dict(master_weights=True)),
+    "f16_master_f32_state": (torch.float16, dict(master_weights=True, state_dtype=torch.float32)),
+    "bf16_sr": (torch.bfloat16, dict(stochastic_rounding=True)),
+    "f16_sr": (torch.float16, dict(stochastic_rounding=True)),
+    "f32_bf16_state_sr": (torch.float32, dict(state_dtype=torch.bfloat16, stochastic_rounding=True)),
+    "bf16_master_sr": (torch.bfloat16, dict(master_weights=True, stochastic_rounding=True)),
+}
+OPTIONS = {
+    "default": {},
+    "decay": dict(weight_decay=0.1),
+    "decoupled_sign": dict(weight_decay=0.1, decoupled_weight_decay=True, sign=True),
+    "maximize_gamma1": dict(maximize=True, gamma=1.0),
+    "gamma_pow": dict(gamma=0.3, betas=(0.5, 0.9)),
+    "orthogonalize": dict(orthogonalize=True, ns_steps=3),  # the kernel writes updates, not params
+}
+
+
+def _tensors(shape, dtype, seed, special):
+    gen = torch.Generator().manual_seed(seed)
+    t = torch.randn(shape, generator=gen, dtype=torch.float64)
+    if special:
+        flat = t.view(-1)
+        positions = torch.randperm(flat.numel(), generator=gen)[:SPECIAL.numel()]
+        flat[positions] = SPECIAL[:positions.numel()].double()
+    return t.to(dtype)
+
+
+def run_all():
+    results = {"capability": sgdf_erd.build_info()["cpu_capability"]}
+    for (storage, (dtype, storage_options)), (option, options) in itertools.product(STORAGE.items(),
+                                                                                    OPTIONS.items()):
+        for special in (False, True):
+            torch.manual_seed(0)  # the stochastic-rounding seeds of new state
+            shapes = [s for s in SHAPES if len(s) == 2] if option == "orthogonalize" else SHAPES
+            params = [torch.nn.Parameter(_tensors(s, dtype, i, special)) for i, s in enumerate(shapes)]
+            opt = SGDF(params, lr=0.01, fused=True, **storage_options, **options)
+            for step in range(3):
+                for i, p in enumerate(params):
+                    p.grad = _tensors(p.shape, dtype, 100 * step + i + 7, special)
+                opt.step()
+            results[(storage, option, special)] = {
+                "params": [p.detach().clone() for p in params],
+                "state": [{k: v.clone() for k, v in opt.state[p].items() if isinstance(v, torch.Tensor)}
+                          for p in params],
+            }
+    return results
+
+
+if __name__ == "__main__":
+    torch.save(run_all(), sys.argv[1])
