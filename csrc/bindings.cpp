@@ -74,7 +74,7 @@ std::string cuda_arch_list() {
 
 std::string version() { return SGDF_ERD_VERSION; }
 
-// The instruction set the CPU kernels run with in this process.
+// The instruction set of the CPU kernels that have more than one build (SGDF's) in this process.
 std::string cpu_capability() { return sgdf_erd::cpu::capability_name(sgdf_erd::cpu::capability()); }
 
 // The torch whose headers this library was compiled with, and the oldest torch it runs with (the stable ABI is

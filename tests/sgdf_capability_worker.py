@@ -1,7 +1,8 @@
 """Run by tests/test_sgdf_cpu_capability.py in a fresh process (the CPU kernels' instruction set is chosen once per
 process, from SGDF_ERD_CPU_CAPABILITY): takes fused SGDF steps on the CPU for every storage configuration and option,
-over tensors with ragged tails, several element ranges, and NaN / infinite / subnormal / huge values, and saves
-everything the steps wrote (params, state, master copies) to the file named on the command line.
+over tensors with ragged tails, several element ranges, and NaN / infinite / subnormal / huge values, through the
+optimizer and through the op itself (gradients unscaled in place, update buffers, shards whose element numbers
+straddle 2^32), and saves everything the steps wrote to the file named on the command line.
 
     python -m tests.sgdf_capability_worker OUT.pt
 """
@@ -13,9 +14,10 @@ import torch
 
 import sgdf_erd
 from sgdf_erd import SGDF
+from tests.test_sgdf_op import make_args, op
 
 # lengths around the vector widths (8 and 16 floats), and more than one 32768-element range with a tail
-SHAPES = [(1,), (15,), (17,), (33, 17), (40_001,)]
+SHAPES = [(1,), (15,), (17,), (24,), (33, 17), (40_001,)]
 SPECIAL = torch.tensor([float("nan"), float("inf"), -float("inf"), 1e-40, -3e-39, 3.3e38, -3.3e38, 0.0, -0.0])
 
 STORAGE = {  # name -> (param dtype, storage options)
@@ -71,6 +73,21 @@ def run_all():
                 "params": [p.detach().clone() for p in params],
                 "state": [{k: v.clone() for k, v in opt.state[p].items() if isinstance(v, torch.Tensor)}
                           for p in params],
+            }
+    for dtype, state_dtype, master, amp, updates in itertools.product(
+            (torch.float32, torch.bfloat16, torch.float16), (None, torch.bfloat16, torch.float32), (False, True),
+            (False, True), (False, True)):
+        if master and dtype == torch.float32:
+            continue
+        for stochastic in (False, True) if dtype != torch.float32 or state_dtype == torch.bfloat16 else (False,):
+            args = make_args("cpu", dtype=dtype, shapes=[(24,), (40,), (1000,), (35_000,)], updates=updates, amp=amp,
+                             state_dtype=state_dtype, master=master, stochastic=stochastic)
+            if stochastic:  # element numbers that cross 2^32 inside a vector, and far beyond it
+                args["rounding_offsets"] = [2**32 - 5, 2**32 - 37, 3 * 2**32 + 8, 2**33 - 20_000]
+            op(*args.values())
+            results[("op", str(dtype), str(state_dtype), master, amp, updates, stochastic)] = {
+                "params": [t.clone() for name in ("params", "grads", "master_params", "updates") for t in args[name]],
+                "state": [{"exp_avg": a, "exp_var": v} for a, v in zip(args["exp_avgs"], args["exp_vars"])],
             }
     return results
 

@@ -1,6 +1,6 @@
 // The SGDF CPU kernel over one element range of one tensor, vectorised with the Vec of the including unit's
 // instruction set (its inline namespace keeps each build's functions apart). 16-bit operands (params, state) are
-// staged through float tiles (common/cpu/multi_tensor_apply.h).
+// converted to float by common/cpu/multi_tensor_apply.h.
 #pragma once
 
 #include <array>

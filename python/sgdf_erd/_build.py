@@ -16,9 +16,10 @@ def build_info() -> dict:
     LibTorch stable ABI targeted at that version, so every later torch loads it), ``stable_abi`` (True),
     ``torch_cuda`` (CUDA version torch was built with, or None), ``cuda`` (bool: CUDA kernels compiled in),
     ``cuda_arch_list`` (as given to the build, e.g. "8.0;9.0"), ``cuda_available`` (a GPU is usable now),
-    ``machine``, ``cpu_capability`` (the instruction set the CPU kernels run with in this process: "avx512" where
-    the CPU has AVX-512 with BF16 (Zen 4, Sapphire Rapids and later), else "avx2", or "generic" off x86-64;
-    ``SGDF_ERD_CPU_CAPABILITY=avx2`` in the environment keeps the AVX2 kernels).
+    ``machine``, ``cpu_capability`` (the instruction set of the SGDF CPU kernel in this process: "avx512" where
+    the CPU has AVX-512 with BF16 (Zen 4, Sapphire Rapids and later) and the library was built with GCC 11 or
+    later, else "avx2", or "generic" off x86-64; ``SGDF_ERD_CPU_CAPABILITY=avx2`` in the environment keeps the AVX2
+    kernel; the other CPU kernels are AVX2 builds).
     """
     return {
         "version": __version__,

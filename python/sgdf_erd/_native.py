@@ -65,12 +65,18 @@ _CPU_CAPABILITIES = ("avx2", "avx512")
 
 def _check_cpu_capability_request() -> None:
     """The native library reads SGDF_ERD_CPU_CAPABILITY itself and acts only on "avx2" (keep the AVX2 kernels on an
-    AVX-512 CPU); any other value would be ignored in silence, so it is answered here."""
+    AVX-512 CPU; "avx512" is its default where it can); a value it cannot honour would pass in silence, so it is
+    answered here."""
     requested = os.environ.get(CPU_CAPABILITY_VARIABLE)
+    running = ops.cpu_capability()
     if requested is not None and requested not in _CPU_CAPABILITIES:
         warnings.warn(f"{CPU_CAPABILITY_VARIABLE}={requested!r} is not one of {_CPU_CAPABILITIES} and is ignored: "
-                      f"the CPU kernels run with {ops.cpu_capability()!r}. Set it to 'avx2' to keep the AVX2 kernels "
-                      "on a CPU with AVX-512, or unset it.", RuntimeWarning)
+                      f"the CPU kernels run with {running!r}. Set it to 'avx2' to keep the AVX2 kernels on a CPU "
+                      "with AVX-512, or unset it.", RuntimeWarning)
+    elif requested == "avx512" and running != "avx512":
+        warnings.warn(f"{CPU_CAPABILITY_VARIABLE}=avx512, but the CPU kernels run with {running!r}: AVX-512 kernels "
+                      "need a CPU with AVX-512 F/BW/VL/DQ and BF16 (Zen 4, Sapphire Rapids and later) and a build "
+                      "with GCC 11 or later on x86-64.", RuntimeWarning)
 
 
 _check_cpu_capability_request()

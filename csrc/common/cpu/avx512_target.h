@@ -1,15 +1,16 @@
 // Included first by a translation unit whose CPU kernels are built for AVX-512 (F, BW, VL, DQ and BF16: Zen 4,
 // Sapphire Rapids and later), next to the baseline (AVX2) build of the same kernels; common/cpu/capability.h
 // chooses between them at run time. Where SGDF_ERD_AVX512_KERNELS is not defined (other compilers, builds without
-// AVX2) the unit builds nothing and the baseline kernels run everywhere.
+// AVX2) the unit builds no kernel (only empty tables) and the baseline kernels run everywhere.
 //
-// The standard and torch headers the kernels use are included here first, for the baseline instruction set, so
-// that their inline functions and the unit's load-time initialisation hold no AVX-512 instruction. Then the pragma
-// enables AVX-512 for what follows, up to SGDF_ERD_END_AVX512 at the end of the unit, and the macro makes
-// common/cpu/vec.h use 512-bit registers; everything built on vec.h has its own names per instruction set (its
-// inline namespace). Our other inline helpers (random.h, stochastic_rounding.h) get AVX-512 copies here, which the
-// linker merges with the baseline units' copies keeping the first: setup.py links AVX-512 units last, and
-// tests/test_sgdf_cpu_capability.py checks that no AVX-512 instruction is left outside the AVX-512 kernels.
+// The standard and torch headers the kernels use, and our helpers that are the same for every instruction set, are
+// included here first, for the baseline instruction set: their inline functions (of which the linker keeps one copy
+// for all units) and the unit's load-time initialisation hold no AVX-512 instruction, and every copy is the same
+// code. Then the pragma enables AVX-512 for what follows, up to SGDF_ERD_END_AVX512 at the end of the unit, and
+// the macro makes common/cpu/vec.h use 512-bit registers; everything built on vec.h has its own names per
+// instruction set (its inline namespace). setup.py links AVX-512 units last all the same, and
+// tests/test_sgdf_cpu_capability.py checks that no AVX-512 instruction is outside the AVX-512 kernels and that
+// these call none of our shared functions.
 #pragma once
 
 #include "common/cpu/isa.h"
@@ -32,6 +33,12 @@
 #include <torch/headeronly/macros/Macros.h>
 #include <torch/headeronly/util/BFloat16.h>
 #include <torch/headeronly/util/Half.h>
+
+// our own helpers that are the same for every instruction set, likewise
+#include "common/cpu/operand.h"
+#include "common/random.h"
+#include "common/scalar_types.h"
+#include "common/stochastic_rounding.h"
 
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")

@@ -1,7 +1,8 @@
-// The instruction set the CPU kernels run with, chosen once per process: AVX-512 where the library has an AVX-512
-// build of a kernel (common/cpu/avx512_target.h) and the CPU and OS support it, else the build's baseline (AVX2, or
-// generic code off x86-64). SGDF_ERD_CPU_CAPABILITY=avx2 keeps the AVX2 kernels (as ATEN_CPU_CAPABILITY does for
-// torch's), to compare the two or to rule one out.
+// The instruction set of the CPU kernels that have an AVX-512 build (common/cpu/avx512_target.h; SGDF's), chosen
+// once per process: AVX-512 where the library has such builds and the CPU and OS support them, else the build's
+// baseline (AVX2, or generic code off x86-64); the other kernels always run their baseline build.
+// SGDF_ERD_CPU_CAPABILITY=avx2 keeps the AVX2 kernels (as ATEN_CPU_CAPABILITY does for torch's), to compare the two
+// or to rule one out.
 #pragma once
 
 namespace sgdf_erd::cpu {

@@ -1,7 +1,8 @@
 // CPU multi-tensor apply: runs an elementwise functor over lists of same-shaped tensors (one list per operand),
 // split into fixed-size element ranges spread over threads (cpu::parallel_over_ranges). Inside a range the functor
 // sees Vec<acc_t> lanes. Operands stored in acc_t are walked in place; float16/bfloat16 operands of a float kernel
-// are staged through float tiles on the stack (cpu/staging.h), so each operand may have its own dtype.
+// are staged through float tiles on the stack (cpu/staging.h), so each operand may have its own dtype (the AVX-512
+// build converts bfloat16 ones in registers instead, where it can).
 #pragma once
 
 #include <algorithm>
@@ -135,7 +136,7 @@ void apply_elementwise(const std::array<Operand, Depth>& operands, int64_t first
     bool in_registers = true;
     for (int d = 0; d < Depth; ++d) {
       const Operand& o = operands[d];
-      if (o.dtype == ScalarType::BFloat16 && !o.rounding.stochastic) bfloat16_mask |= 1u << d;
+      if (o.dtype == ScalarType::BFloat16 && !(o.write && o.rounding.stochastic)) bfloat16_mask |= 1u << d;
       in_registers = in_registers && (o.dtype == ScalarType::Float || (bfloat16_mask >> d) & 1u);
     }
     if (in_registers) {

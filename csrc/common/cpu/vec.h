@@ -91,7 +91,8 @@ struct Vec {
 
 #if defined(SGDF_ERD_VEC_AVX512)
 // 16 float / 8 double lanes. Comparisons give masks; gt/lt/maximum/minimum turn them into the same lane values as
-// the AVX2 build (1 or 0; NaN as all-ones bits), so that a kernel's results do not depend on the build.
+// the AVX2 build (1 or 0; NaN as all-ones bits), so that an elementwise kernel's results do not depend on the
+// build (sum() adds its lanes in another order than the AVX2 one).
 template <>
 struct Vec<float> {
   static constexpr int kSize = 16;
