@@ -86,23 +86,23 @@ void apply_staged(const std::array<Operand, Depth>& operands, int64_t first_inde
 }
 
 #if defined(SGDF_ERD_VEC_AVX512)
-// fn over elements [0, n) (n a multiple of the vector size) of float32 operands and the bfloat16 ones in `bfloat16`
-// (rounded to nearest).
-template <int Depth, typename Fn>
-void apply_bfloat16_in_registers(const std::array<Operand, Depth>& operands, int64_t n, unsigned write_mask,
-                                 unsigned bfloat16, Fn fn) {  // fn by value: see apply_to_arrays
+// fn over elements [0, n) (n a multiple of the vector size) of float32 operands and the ones in `narrow`, of
+// 16-bit type T (bfloat16 or float16, rounded to nearest).
+template <typename T, int Depth, typename Fn>
+void apply_16_bit_in_registers(const std::array<Operand, Depth>& operands, int64_t n, unsigned write_mask,
+                               unsigned narrow, Fn fn) {  // fn by value: see apply_to_arrays
   using V = Vec<float>;
   for (int64_t i = 0; i < n; i += V::kSize) {
     std::array<V, Depth> v;
     for (int d = 0; d < Depth; ++d) {
-      v[d] = (bfloat16 >> d) & 1u ? load_as(static_cast<const BFloat16*>(operands[d].data) + i)
-                                  : V::loadu(static_cast<const float*>(operands[d].data) + i);
+      v[d] = (narrow >> d) & 1u ? load_as(static_cast<const T*>(operands[d].data) + i)
+                                : V::loadu(static_cast<const float*>(operands[d].data) + i);
     }
     fn(v);
     for (int d = 0; d < Depth; ++d) {
       if (!((write_mask >> d) & 1u)) continue;
-      if ((bfloat16 >> d) & 1u) {
-        store_as(static_cast<BFloat16*>(operands[d].data) + i, v[d]);
+      if ((narrow >> d) & 1u) {
+        store_as(static_cast<T*>(operands[d].data) + i, v[d]);
       } else {
         v[d].store(static_cast<float*>(operands[d].data) + i);
       }
@@ -130,18 +130,29 @@ void apply_elementwise(const std::array<Operand, Depth>& operands, int64_t first
     return;
   }
   if constexpr (std::is_same_v<acc_t, float>) {
+    // With AVX-512, float32 operands and those of one 16-bit type rounded to nearest (bfloat16 or float16
+    // training's storage) are converted in registers, whole vectors at a time, so the conversions overlap the
+    // kernel's arithmetic. With AVX2's 16 registers the same loop spills and loses to staging. The rest (stochastic
+    // rounding, mixed 16-bit types) and the last elements are staged: the same results, conversions being
+    // elementwise.
     int64_t whole = 0;  // elements done in registers
 #if defined(SGDF_ERD_VEC_AVX512)
-    unsigned bfloat16_mask = 0;
+    unsigned bfloat16 = 0, float16 = 0;
     bool in_registers = true;
     for (int d = 0; d < Depth; ++d) {
       const Operand& o = operands[d];
-      if (o.dtype == ScalarType::BFloat16 && !(o.write && o.rounding.stochastic)) bfloat16_mask |= 1u << d;
-      in_registers = in_registers && (o.dtype == ScalarType::Float || (bfloat16_mask >> d) & 1u);
+      if (o.dtype == ScalarType::BFloat16) bfloat16 |= 1u << d;
+      if (o.dtype == ScalarType::Half) float16 |= 1u << d;
+      in_registers = in_registers && !(o.write && o.rounding.stochastic && o.dtype != ScalarType::Float);
     }
+    in_registers = in_registers && !(bfloat16 && float16);
     if (in_registers) {
       whole = n - n % Vec<float>::kSize;
-      apply_bfloat16_in_registers<Depth>(operands, whole, write_mask, bfloat16_mask, fn);
+      if (float16) {
+        apply_16_bit_in_registers<Half, Depth>(operands, whole, write_mask, float16, fn);
+      } else {
+        apply_16_bit_in_registers<BFloat16, Depth>(operands, whole, write_mask, bfloat16, fn);
+      }
       if (whole == n) return;
     }
 #endif
