@@ -22,8 +22,8 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (RESULTS, device_name, header, load_average, markdown_table, synchronize,  # noqa: E402
-                    time_graphed, time_interleaved, write_results)
+from common import (RESULTS, device_name, evict_cpu_caches, header, load_average, markdown_table,  # noqa: E402
+                    synchronize, time_graphed, time_interleaved, write_results)
 
 from sgdf_erd import SGDF  # noqa: E402
 from sgdf_erd.optim.sgdf_functional import foreach_sgdf  # noqa: E402
@@ -155,7 +155,9 @@ def storage_benchmark(args, device) -> None:
             opt.step()  # creates the state
             sizes[name] = bytes_per_parameter(opt)
             candidates[(name, path)] = opt.step
-    times = time_interleaved(candidates, device, rounds=args.rounds, iters=iters)
+    # CPU: every step starts from memory, as after a backward pass (evict_cpu_caches)
+    times = time_interleaved(candidates, device, rounds=args.rounds, iters=iters,
+                             before_each=evict_cpu_caches if device.type == "cpu" else None)
     base = times[("fp32 params + fp32 state", "fused")]
     rows = [[name, path, f"{sizes[name]:g}", f"{t * 1e3:.2f}", f"{t / base:.2f}x"] for (name, path), t in times.items()]
     summary = []
@@ -174,6 +176,7 @@ def storage_benchmark(args, device) -> None:
     table += "\n\n" + "\n".join(f"- {s}" for s in summary)
     total = sum(p.numel() for p in make_params(numel, args.tensors, "cpu"))
     meta = {**header(device), "elements": f"{total:,} in {args.tensors} tensors",
+            **({"caches": "evicted before every timed step (256 MB read)"} if device.type == "cpu" else {}),
             "1-minute load average at start / end": [load_start, load_average()]}
     print(table)
     data = {"numel": total, "tensors": args.tensors, "bytes_per_param": sizes,

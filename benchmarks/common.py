@@ -39,10 +39,11 @@ def synchronize(device: torch.device) -> None:
 
 
 def time_interleaved_samples(candidates: dict, device: torch.device, rounds: int, iters: int,
-                             warmup: int = 2) -> dict:
+                             warmup: int = 2, before_each=None) -> dict:
     """Seconds per call of each candidate (name -> zero-arg callable), one sample per round (the mean of `iters`
     consecutive calls). Rounds interleave the candidates so that drifts in clock speed or machine load hit all of
-    them alike."""
+    them alike. `before_each` (e.g. evict_cpu_caches), when given, runs untimed before every call, and the calls are
+    timed one by one."""
     for fn in candidates.values():
         for _ in range(warmup):
             fn()
@@ -50,13 +51,31 @@ def time_interleaved_samples(candidates: dict, device: torch.device, rounds: int
     samples = {name: [] for name in candidates}
     for _ in range(rounds):
         for name, fn in candidates.items():
-            synchronize(device)
-            start = time.perf_counter()
-            for _ in range(iters):
-                fn()
-            synchronize(device)
-            samples[name].append((time.perf_counter() - start) / iters)
+            elapsed = 0.0
+            for _ in range(iters if before_each is not None else 1):
+                if before_each is not None:
+                    before_each()
+                synchronize(device)
+                start = time.perf_counter()
+                for _ in range(1 if before_each is not None else iters):
+                    fn()
+                synchronize(device)
+                elapsed += time.perf_counter() - start
+            samples[name].append(elapsed / iters)
     return samples
+
+
+_EVICTION_BUFFER = []
+
+
+def evict_cpu_caches(nbytes: int = 256 << 20) -> None:
+    """Reads a buffer several times larger than any CPU's last-level cache, so that the next call finds its data in
+    memory, as an optimizer step does after the backward pass: otherwise, in interleaved timing, data small enough
+    for the cache is warm or cold depending on which candidate ran before. (Reads, not writes: dirty lines would be
+    written back during the timed call.)"""
+    if not _EVICTION_BUFFER:
+        _EVICTION_BUFFER.append(torch.ones(nbytes // 4, dtype=torch.float32))
+    _EVICTION_BUFFER[0].sum()
 
 
 def graphed(step):
@@ -87,9 +106,10 @@ def time_graphed(candidates: dict, device: torch.device, rounds: int, iters: int
     return (time_interleaved(replays, device, rounds=rounds, iters=iters) if replays else {}), errors
 
 
-def time_interleaved(candidates: dict, device: torch.device, rounds: int, iters: int, warmup: int = 2) -> dict:
+def time_interleaved(candidates: dict, device: torch.device, rounds: int, iters: int, warmup: int = 2,
+                     before_each=None) -> dict:
     """Median over interleaved rounds of each candidate's seconds per call (see time_interleaved_samples)."""
-    samples = time_interleaved_samples(candidates, device, rounds, iters, warmup)
+    samples = time_interleaved_samples(candidates, device, rounds, iters, warmup, before_each)
     return {name: statistics.median(s) for name, s in samples.items()}
 
 
