@@ -1,8 +1,8 @@
 // CPU multi-tensor apply: runs an elementwise functor over lists of same-shaped tensors (one list per operand),
 // split into fixed-size element ranges spread over threads (cpu::parallel_over_ranges). Inside a range the functor
 // sees Vec<acc_t> lanes. Operands stored in acc_t are walked in place; float16/bfloat16 operands of a float kernel
-// are staged through float tiles on the stack (cpu/staging.h), so each operand may have its own dtype (the AVX-512
-// build converts bfloat16 ones in registers instead, where it can).
+// are converted in registers as they are loaded, and their results converted in registers (AVX-512, rounding to
+// nearest) or through float tiles on the stack (cpu/staging.h), so each operand may have its own dtype.
 #pragma once
 
 #include <algorithm>
@@ -85,31 +85,46 @@ void apply_staged(const std::array<Operand, Depth>& operands, int64_t first_inde
   }
 }
 
-#if defined(SGDF_ERD_VEC_AVX512)
-// fn over elements [0, n) (n a multiple of the vector size) of float32 operands and the ones in `narrow`, of
-// 16-bit type T (bfloat16 or float16, rounded to nearest).
-template <typename T, int Depth, typename Fn>
-void apply_16_bit_in_registers(const std::array<Operand, Depth>& operands, int64_t n, unsigned write_mask,
-                               unsigned narrow, Fn fn) {  // fn by value: see apply_to_arrays
+// fn over elements [0, n) (n a multiple of the vector size) of float32 operands and the ones in `narrow`, of 16-bit
+// type T (bfloat16 or float16), loaded and converted in registers. Results for narrow operands are converted in
+// registers too (rounded to nearest), or with kStagedStores, stored into float tiles and converted by store_tile
+// (any rounding) after each tile.
+template <typename T, bool kStagedStores, int Depth, typename Fn>
+void apply_16_bit_loads_in_registers(const std::array<Operand, Depth>& operands, int64_t first_index, int64_t n,
+                                     unsigned write_mask, unsigned narrow,
+                                     Fn fn) {  // fn by value: see apply_to_arrays
   using V = Vec<float>;
-  for (int64_t i = 0; i < n; i += V::kSize) {
-    std::array<V, Depth> v;
-    for (int d = 0; d < Depth; ++d) {
-      v[d] = (narrow >> d) & 1u ? load_as(static_cast<const T*>(operands[d].data) + i)
-                                : V::loadu(static_cast<const float*>(operands[d].data) + i);
+  alignas(64) float staged[kStagedStores ? Depth : 1][kTile];
+  for (int64_t begin = 0; begin < n; begin += kTile) {
+    const int64_t len = std::min(kTile, n - begin);
+    for (int64_t i = 0; i < len; i += V::kSize) {
+      std::array<V, Depth> v;
+      for (int d = 0; d < Depth; ++d) {
+        v[d] = (narrow >> d) & 1u ? load_as(static_cast<const T*>(operands[d].data) + begin + i)
+                                  : V::loadu(static_cast<const float*>(operands[d].data) + begin + i);
+      }
+      fn(v);
+      for (int d = 0; d < Depth; ++d) {
+        if (!((write_mask >> d) & 1u)) continue;
+        if (!((narrow >> d) & 1u)) {
+          v[d].store(static_cast<float*>(operands[d].data) + begin + i);
+        } else if constexpr (kStagedStores) {
+          v[d].store(staged[d] + i);
+        } else {
+          store_as(static_cast<T*>(operands[d].data) + begin + i, v[d]);
+        }
+      }
     }
-    fn(v);
-    for (int d = 0; d < Depth; ++d) {
-      if (!((write_mask >> d) & 1u)) continue;
-      if ((narrow >> d) & 1u) {
-        store_as(static_cast<T*>(operands[d].data) + i, v[d]);
-      } else {
-        v[d].store(static_cast<float*>(operands[d].data) + i);
+    if constexpr (kStagedStores) {
+      for (int d = 0; d < Depth; ++d) {
+        const Operand& o = operands[d];
+        if (((write_mask & narrow) >> d) & 1u) {
+          store_tile(staged[d], static_cast<T*>(o.data) + begin, o.dtype, len, o.rounding, first_index + begin);
+        }
       }
     }
   }
 }
-#endif
 
 // Applies fn to the `n` elements of a range of every operand; `first_index` is the range's element index in its
 // tensors (the counter of stochastic rounding). fn is called as fn(std::array<Vec<acc_t>, Depth>&). Operands are in
@@ -130,32 +145,42 @@ void apply_elementwise(const std::array<Operand, Depth>& operands, int64_t first
     return;
   }
   if constexpr (std::is_same_v<acc_t, float>) {
-    // With AVX-512, float32 operands and those of one 16-bit type rounded to nearest (bfloat16 or float16
-    // training's storage) are converted in registers, whole vectors at a time, so the conversions overlap the
-    // kernel's arithmetic. With AVX2's 16 registers the same loop spills and loses to staging. The rest (stochastic
-    // rounding, mixed 16-bit types) and the last elements are staged: the same results, conversions being
-    // elementwise.
-    int64_t whole = 0;  // elements done in registers
-#if defined(SGDF_ERD_VEC_AVX512)
+    // Operands of one 16-bit type (bfloat16 or float16 training's storage) are converted in registers as they are
+    // loaded, so the conversions overlap the kernel's arithmetic; their results too with AVX-512 when rounded to
+    // nearest, else through float tiles (with AVX2's 16 registers, converting results in the loop spills; the
+    // stochastic rounding's hash needs many registers too). Mixed 16-bit types and the last elements are staged
+    // whole: the same results, conversions being elementwise.
+    int64_t whole = 0;  // elements done with loads in registers
     unsigned bfloat16 = 0, float16 = 0;
-    bool in_registers = true;
+    bool stochastic = false;
     for (int d = 0; d < Depth; ++d) {
       const Operand& o = operands[d];
       if (o.dtype == ScalarType::BFloat16) bfloat16 |= 1u << d;
       if (o.dtype == ScalarType::Half) float16 |= 1u << d;
-      in_registers = in_registers && !(o.write && o.rounding.stochastic && o.dtype != ScalarType::Float);
+      stochastic = stochastic || (o.write && o.rounding.stochastic && o.dtype != ScalarType::Float);
     }
-    in_registers = in_registers && !(bfloat16 && float16);
-    if (in_registers) {
+#if defined(SGDF_ERD_VEC_AVX512)
+    constexpr bool kStagedStores = false;
+#else
+    constexpr bool kStagedStores = true;
+#endif
+    if (!(bfloat16 && float16)) {  // one 16-bit type
       whole = n - n % Vec<float>::kSize;
-      if (float16) {
-        apply_16_bit_in_registers<Half, Depth>(operands, whole, write_mask, float16, fn);
+      if (stochastic || kStagedStores) {
+        if (float16) {
+          apply_16_bit_loads_in_registers<Half, true, Depth>(operands, first_index, whole, write_mask, float16, fn);
+        } else {
+          apply_16_bit_loads_in_registers<BFloat16, true, Depth>(operands, first_index, whole, write_mask, bfloat16,
+                                                                 fn);
+        }
+      } else if (float16) {
+        apply_16_bit_loads_in_registers<Half, false, Depth>(operands, first_index, whole, write_mask, float16, fn);
       } else {
-        apply_16_bit_in_registers<BFloat16, Depth>(operands, whole, write_mask, bfloat16, fn);
+        apply_16_bit_loads_in_registers<BFloat16, false, Depth>(operands, first_index, whole, write_mask, bfloat16,
+                                                                fn);
       }
       if (whole == n) return;
     }
-#endif
     std::array<Operand, Depth> rest;
     for (int d = 0; d < Depth; ++d) rest[d] = operands[d].advanced(whole);
     apply_staged<Depth>(rest, first_index + whole, n - whole, write_mask, fn);
