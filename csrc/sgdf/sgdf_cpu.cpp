@@ -86,7 +86,8 @@ void step_cpu(const FusedArgs& a) {
   if (a.params.empty()) return;
   if (a.found_inf.has_value() && cpu_scalar(*a.found_inf) != 0.f) return;
   const double step_lr = a.lr_tensor.has_value() ? static_cast<double>(cpu_scalar(*a.lr_tensor)) : a.lr;
-  // 16-bit operands are staged through float tiles, so the dtypes choose only the arithmetic type
+  // 16-bit operands are converted to float by common/cpu/multi_tensor_apply.h, so the dtypes choose only the
+  // arithmetic type
   dispatch_storage(a, [&](auto param, auto, auto master, auto update) {
     run_cpu<opmath_t<typename decltype(param)::type>, decltype(master)::value, decltype(update)::value>(a, step_lr);
   });

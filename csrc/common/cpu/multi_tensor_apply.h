@@ -1,8 +1,8 @@
 // CPU multi-tensor apply: runs an elementwise functor over lists of same-shaped tensors (one list per operand),
 // split into fixed-size element ranges spread over threads (cpu::parallel_over_ranges). Inside a range the functor
 // sees Vec<acc_t> lanes. Operands stored in acc_t are walked in place; float16/bfloat16 operands of a float kernel
-// are converted in registers as they are loaded, and their results converted in registers (AVX-512, rounding to
-// nearest) or through float tiles on the stack (cpu/staging.h), so each operand may have its own dtype.
+// are converted in registers as they are loaded (one 16-bit type per range; else, and for the last elements, they
+// are staged through float tiles on the stack, cpu/staging.h), so each operand may have its own dtype.
 #pragma once
 
 #include <algorithm>
@@ -146,10 +146,10 @@ void apply_elementwise(const std::array<Operand, Depth>& operands, int64_t first
   }
   if constexpr (std::is_same_v<acc_t, float>) {
     // Operands of one 16-bit type (bfloat16 or float16 training's storage) are converted in registers as they are
-    // loaded, so the conversions overlap the kernel's arithmetic; their results too with AVX-512 when rounded to
-    // nearest, else through float tiles (with AVX2's 16 registers, converting results in the loop spills; the
-    // stochastic rounding's hash needs many registers too). Mixed 16-bit types and the last elements are staged
-    // whole: the same results, conversions being elementwise.
+    // loaded, so the conversions overlap the kernel's arithmetic; their results too on AVX-512 unless a written
+    // 16-bit operand rounds stochastically, else (and on AVX2 and generic builds) through float tiles (with AVX2's
+    // 16 registers, converting results in the loop spills; the stochastic rounding's hash needs many registers too).
+    // Mixed 16-bit types and the last elements are staged whole: the same results, conversions being elementwise.
     int64_t whole = 0;  // elements done with loads in registers
     unsigned bfloat16 = 0, float16 = 0;
     bool stochastic = false;
@@ -159,26 +159,24 @@ void apply_elementwise(const std::array<Operand, Depth>& operands, int64_t first
       if (o.dtype == ScalarType::Half) float16 |= 1u << d;
       stochastic = stochastic || (o.write && o.rounding.stochastic && o.dtype != ScalarType::Float);
     }
-#if defined(SGDF_ERD_VEC_AVX512)
-    constexpr bool kStagedStores = false;
-#else
-    constexpr bool kStagedStores = true;
-#endif
     if (!(bfloat16 && float16)) {  // one 16-bit type
       whole = n - n % Vec<float>::kSize;
-      if (stochastic || kStagedStores) {
+      // results in registers only on AVX-512 and when no written 16-bit operand rounds stochastically
+      auto run = [&](auto staged_stores) {
+        constexpr bool kStaged = decltype(staged_stores)::value;
         if (float16) {
-          apply_16_bit_loads_in_registers<Half, true, Depth>(operands, first_index, whole, write_mask, float16, fn);
+          apply_16_bit_loads_in_registers<Half, kStaged, Depth>(operands, first_index, whole, write_mask, float16, fn);
         } else {
-          apply_16_bit_loads_in_registers<BFloat16, true, Depth>(operands, first_index, whole, write_mask, bfloat16,
-                                                                 fn);
+          apply_16_bit_loads_in_registers<BFloat16, kStaged, Depth>(operands, first_index, whole, write_mask,
+                                                                    bfloat16, fn);
         }
-      } else if (float16) {
-        apply_16_bit_loads_in_registers<Half, false, Depth>(operands, first_index, whole, write_mask, float16, fn);
-      } else {
-        apply_16_bit_loads_in_registers<BFloat16, false, Depth>(operands, first_index, whole, write_mask, bfloat16,
-                                                                fn);
-      }
+      };
+#if defined(SGDF_ERD_VEC_AVX512)
+      stochastic ? run(std::true_type{}) : run(std::false_type{});
+#else
+      (void)stochastic;
+      run(std::true_type{});
+#endif
       if (whole == n) return;
     }
     std::array<Operand, Depth> rest;
