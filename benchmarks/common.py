@@ -1,6 +1,7 @@
 """Shared benchmark plumbing: device description, interleaved timing, result files."""
 
 import datetime
+import functools
 import json
 import os
 import statistics
@@ -48,16 +49,17 @@ def time_interleaved_samples(candidates: dict, device: torch.device, rounds: int
         for _ in range(warmup):
             fn()
     synchronize(device)
+    stretches = [iters] if before_each is None else [1] * iters  # calls timed together
     samples = {name: [] for name in candidates}
     for _ in range(rounds):
         for name, fn in candidates.items():
             elapsed = 0.0
-            for _ in range(iters if before_each is not None else 1):
+            for calls in stretches:
                 if before_each is not None:
                     before_each()
                 synchronize(device)
                 start = time.perf_counter()
-                for _ in range(1 if before_each is not None else iters):
+                for _ in range(calls):
                     fn()
                 synchronize(device)
                 elapsed += time.perf_counter() - start
@@ -65,7 +67,9 @@ def time_interleaved_samples(candidates: dict, device: torch.device, rounds: int
     return samples
 
 
-_EVICTION_BUFFER = []
+@functools.lru_cache(maxsize=None)
+def _eviction_buffer(nbytes: int) -> torch.Tensor:
+    return torch.ones(nbytes // 4, dtype=torch.float32)
 
 
 def evict_cpu_caches(nbytes: int = 256 << 20) -> None:
@@ -73,9 +77,7 @@ def evict_cpu_caches(nbytes: int = 256 << 20) -> None:
     memory, as an optimizer step does after the backward pass: otherwise, in interleaved timing, data small enough
     for the cache is warm or cold depending on which candidate ran before. (Reads, not writes: dirty lines would be
     written back during the timed call.)"""
-    if not _EVICTION_BUFFER:
-        _EVICTION_BUFFER.append(torch.ones(nbytes // 4, dtype=torch.float32))
-    _EVICTION_BUFFER[0].sum()
+    _eviction_buffer(nbytes).sum()
 
 
 def graphed(step):

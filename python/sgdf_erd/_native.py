@@ -68,8 +68,10 @@ def _check_cpu_capability_request() -> None:
     AVX-512 CPU; "avx512" is its default where it can); a value it cannot honour would pass in silence, so it is
     answered here."""
     requested = os.environ.get(CPU_CAPABILITY_VARIABLE)
+    if requested is None:
+        return
     running = ops.cpu_capability()
-    if requested is not None and requested not in _CPU_CAPABILITIES:
+    if requested not in _CPU_CAPABILITIES:
         warnings.warn(f"{CPU_CAPABILITY_VARIABLE}={requested!r} is not one of {_CPU_CAPABILITIES} and is ignored: "
                       f"the CPU kernels run with {running!r}. Set it to 'avx2' to keep the AVX2 kernels on a CPU "
                       "with AVX-512, or unset it.", RuntimeWarning)

@@ -54,6 +54,11 @@ inline __m256i bfloat16_stochastic(__m512 x, uint32_t key, uint64_t index) {
   const __m256i nearest = bfloat16_to_nearest(x);
   return _mm256_mask_mov_epi16(_mm512_cvtepi32_epi16(rounded), to_nearest, nearest);
 }
+
+// One vector of src stochastically rounded into out (elements index .. of the tensor with `key`).
+inline void store_bfloat16_stochastic(const float* src, BFloat16* out, uint32_t key, uint64_t index) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), bfloat16_stochastic(_mm512_loadu_ps(src), key, index));
+}
 #endif
 
 #ifdef SGDF_ERD_VEC_AVX2
@@ -84,6 +89,13 @@ inline __m256i bfloat16_bits_stochastic(__m256 x, uint32_t key, uint64_t index) 
   if (_mm256_testz_si256(to_nearest, to_nearest)) return rounded;  // the usual case: every lane finite and in range
   return _mm256_blendv_epi8(rounded, bfloat16_bits_to_nearest(x), to_nearest);
 }
+
+#if !defined(SGDF_ERD_VEC_AVX512)
+// One vector of src stochastically rounded into out (elements index .. of the tensor with `key`).
+inline void store_bfloat16_stochastic(const float* src, BFloat16* out, uint32_t key, uint64_t index) {
+  store_low_halves(out, bfloat16_bits_stochastic(_mm256_loadu_ps(src), key, index));
+}
+#endif
 #endif
 
 // dst[0..n) = src[0..n) in dst's dtype (float32, bfloat16 or float16); `first_index` is src[0]'s element index in
@@ -101,18 +113,12 @@ inline void store_tile(const float* src, void* dst, ScalarType dtype, int64_t n,
   } else if (dtype == ScalarType::BFloat16) {
     auto* out = static_cast<BFloat16*>(dst);
     int64_t i = 0;
-#if defined(SGDF_ERD_VEC_AVX512)
-    for (; i + 16 <= n; i += 16) {
+#if defined(SGDF_ERD_VEC_AVX512) || defined(SGDF_ERD_VEC_AVX2)
+    constexpr int kLanes = Vec<float>::kSize;
+    for (; i + kLanes <= n; i += kLanes) {
       const auto index = static_cast<uint64_t>(first_index + i);
-      if ((index >> 32) != ((index + 15) >> 32)) break;  // lanes straddle 2^32: the scalar loop takes them
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i),
-                          bfloat16_stochastic(_mm512_loadu_ps(src + i), rounding.key, index));
-    }
-#elif defined(SGDF_ERD_VEC_AVX2)
-    for (; i + 8 <= n; i += 8) {
-      const auto index = static_cast<uint64_t>(first_index + i);
-      if ((index >> 32) != ((index + 7) >> 32)) break;  // lanes straddle 2^32: the scalar loop takes them
-      store_low_halves(out + i, bfloat16_bits_stochastic(_mm256_loadu_ps(src + i), rounding.key, index));
+      if ((index >> 32) != ((index + kLanes - 1) >> 32)) break;  // lanes straddle 2^32: the scalar loop takes them
+      store_bfloat16_stochastic(src + i, out + i, rounding.key, index);
     }
 #endif
     for (; i < n; ++i) {
