@@ -10,23 +10,13 @@
 #include <vector>
 
 #include "common/cuda/launch.h"
+#include "common/cuda/multi_tensor_chunks.h"
 #include "common/random.h"
 #include "common/scalar_types.h"
 #include "common/stable.h"
 #include "common/stochastic_rounding.h"
 
 namespace sgdf_erd::cuda {
-
-constexpr int kBlockSize = 512;
-constexpr int kILP = 4;                    // elements per thread per iteration (one 16-byte load for fp32)
-constexpr int64_t kChunkSize = 65536;      // elements per block
-constexpr int kMaxBlocksPerLaunch = 320;
-
-// Kernel-argument budget is 4 KiB; the tensor count shrinks as the depth grows.
-template <int Depth>
-constexpr int max_tensors_per_launch() {
-  return Depth == 1 ? 64 : Depth <= 4 ? 36 : Depth == 5 ? 30 : 28;
-}
 
 template <int Depth>
 struct TensorListMetadata {
@@ -62,50 +52,24 @@ void multi_tensor_apply(const std::vector<const std::vector<Tensor>*>& lists, co
   constexpr int kMaxTensors = TensorListMetadata<Depth>::kMaxTensors;
 
   TensorListMetadata<Depth> meta{};
-  int loaded_tensors = 0;
-  int loaded_blocks = 0;
-  auto launch = [&] {
-    multi_tensor_kernel<Depth><<<loaded_blocks, kBlockSize, 0, stream>>>(meta, functor);
-    check_launch("multi_tensor_kernel");
-    loaded_blocks = 0;
+  auto place = [&](size_t t, int entry) {
+    for (int d = 0; d < Depth; ++d) meta.addresses[d][entry] = (*lists[d])[t].data_ptr();
+    meta.numel[entry] = (*lists[0])[t].numel();
+    meta.scalar[entry] = scalars.empty() ? nullptr : static_cast<const float*>(scalars[t].const_data_ptr());
+    meta.seed[entry] = seeds.empty() ? 0u : static_cast<uint32_t>(seeds[t]);
+    meta.first_index[entry] = first_indices.empty() ? 0 : first_indices[t];
   };
-  for (size_t t = 0; t < n_tensors; ++t) {
-    const int64_t numel = (*lists[0])[t].numel();
-    if (numel == 0) continue;
-    for (int d = 0; d < Depth; ++d) meta.addresses[d][loaded_tensors] = (*lists[d])[t].data_ptr();
-    meta.numel[loaded_tensors] = numel;
-    meta.scalar[loaded_tensors] = scalars.empty() ? nullptr : static_cast<const float*>(scalars[t].const_data_ptr());
-    meta.seed[loaded_tensors] = seeds.empty() ? 0u : static_cast<uint32_t>(seeds[t]);
-    meta.first_index[loaded_tensors] = first_indices.empty() ? 0 : first_indices[t];
-    const int64_t chunks = (numel + kChunkSize - 1) / kChunkSize;
-    for (int64_t chunk = 0; chunk < chunks; ++chunk) {
-      meta.block_to_tensor[loaded_blocks] = static_cast<unsigned char>(loaded_tensors);
-      meta.block_to_chunk[loaded_blocks] = static_cast<int32_t>(chunk);
-      ++loaded_blocks;
-      const bool last_chunk = chunk == chunks - 1;
-      if (loaded_blocks == kMaxBlocksPerLaunch || (last_chunk && loaded_tensors + 1 == kMaxTensors)) {
-        launch();
-        if (last_chunk) {
-          loaded_tensors = -1;  // the tuple is finished: start the next launch with an empty table
-        } else {
-          // the tuple continues into the next launch: keep it as entry 0
-          for (int d = 0; d < Depth; ++d) meta.addresses[d][0] = meta.addresses[d][loaded_tensors];
-          meta.numel[0] = meta.numel[loaded_tensors];
-          meta.scalar[0] = meta.scalar[loaded_tensors];
-          meta.seed[0] = meta.seed[loaded_tensors];
-          meta.first_index[0] = meta.first_index[loaded_tensors];
-          loaded_tensors = 0;
-          continue;
-        }
-      }
-    }
-    ++loaded_tensors;
-  }
-  if (loaded_blocks > 0) launch();
+  auto launch = [&](int blocks) {
+    multi_tensor_kernel<Depth><<<blocks, kBlockSize, 0, stream>>>(meta, functor);
+    check_launch("multi_tensor_kernel");
+  };
+  plan_launches<kMaxTensors>(
+      n_tensors, [&](size_t t) { return (*lists[0])[t].numel(); }, place, launch, meta.block_to_tensor,
+      meta.block_to_chunk);
 }
 
 template <typename T>
-struct alignas(kILP * sizeof(T)) IlpPack {
+struct alignas(vector_alignment(sizeof(T))) IlpPack {
   T v[kILP];
 };
 
@@ -162,33 +126,26 @@ __device__ __forceinline__ void apply_at(void* const (&ptr)[sizeof...(Ts)], int6
 }
 
 // Walks one chunk of one tuple whose operand d is stored as the d-th of Ts: calls op(values) with values[d] the
-// element's operands in acc_t (vector loads of kILP elements when every operand is aligned for them), and stores
-// back the operands whose bit is set in write_mask.
+// element's operands in acc_t, and stores back the operands whose bit is set in write_mask. Where every operand is
+// aligned for vector accesses, all but the chunk's last (end - begin) % kILP elements move in vectors of kILP.
 template <typename acc_t, typename... Ts, typename Op>
 __device__ __forceinline__ void for_each_element(const TensorListMetadata<sizeof...(Ts)>& meta, int tensor,
                                                  int64_t chunk, unsigned write_mask,
                                                  const StoreRounding<sizeof...(Ts)>& rounding, const Op& op) {
   constexpr int Depth = sizeof...(Ts);
-  constexpr size_t kSizes[Depth] = {sizeof(Ts)...};
-  const int64_t begin = chunk * kChunkSize;
-  const int64_t end = min(begin + kChunkSize, meta.numel[tensor]);
+  constexpr int64_t kAlignments[Depth] = {vector_alignment(sizeof(Ts))...};
   void* ptr[Depth];
-  bool aligned = (end - begin) % kILP == 0;
+  bool aligned = true;  // chunks start at multiples of kILP elements: the base addresses decide
 #pragma unroll
   for (int d = 0; d < Depth; ++d) {
     ptr[d] = meta.addresses[d][tensor];
-    aligned = aligned && (reinterpret_cast<uintptr_t>(ptr[d]) + begin * kSizes[d]) % (kILP * kSizes[d]) == 0;
+    aligned = aligned && reinterpret_cast<uintptr_t>(ptr[d]) % kAlignments[d] == 0;
   }
   const auto operands = std::index_sequence_for<Ts...>{};
-  if (aligned) {
-    for (int64_t i = begin + threadIdx.x * kILP; i < end; i += static_cast<int64_t>(blockDim.x) * kILP) {
-      apply_at<acc_t, kILP, Ts...>(ptr, i, write_mask, rounding, op, operands);
-    }
-  } else {
-    for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
-      apply_at<acc_t, 1, Ts...>(ptr, i, write_mask, rounding, op, operands);
-    }
-  }
+  walk_chunk(
+      chunk_span(meta.numel[tensor], chunk, aligned), threadIdx.x, blockDim.x,
+      [&](int64_t i) { apply_at<acc_t, kILP, Ts...>(ptr, i, write_mask, rounding, op, operands); },
+      [&](int64_t i) { apply_at<acc_t, 1, Ts...>(ptr, i, write_mask, rounding, op, operands); });
 }
 
 }  // namespace sgdf_erd::cuda
