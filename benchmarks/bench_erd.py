@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import RESULTS, device_name, header, load_average, markdown_table, time_interleaved_samples  # noqa: E402
-from common import time_graphed, write_results  # noqa: E402
+from common import device_name, header, load_average, markdown_table, time_interleaved_samples  # noqa: E402
+from common import results_folder, time_graphed, write_results  # noqa: E402
 
 from sgdf_erd.erd import ERDLoss  # noqa: E402
 
@@ -110,7 +110,8 @@ def main():
                              "machine OpenMP reductions with more threads than free cores time the scheduler)")
     parser.add_argument("--quick", action="store_true", help="small shapes, few repeats: a smoke run")
     parser.add_argument("--no-graphs", action="store_true", help="CUDA: skip the CUDA-graph replayed timing")
-    parser.add_argument("--out", default=RESULTS)
+    parser.add_argument("--out", default=None,
+                        help="folder for the results files (default benchmarks/results/; --quick: only with --out)")
     args = parser.parse_args()
     device = torch.device(args.device)
     inner = args.inner or (50 if device.type == "cuda" else 5)
@@ -167,11 +168,12 @@ def main():
                                                for k in PEERS),
               f"{r['fused_over_mse_loss_graphed']:.2f}x" if "fused_over_mse_loss_graphed" in r else "-",
               "; ".join(f"{k}: {v}" for k, v in r["graph_errors"].items()) or "-"] for r in rows])
-    if args.quick:
-        print("quick run: results not written")
+    out = results_folder(args)
+    if out is None:
+        print("quick run: results not written (give --out to keep them)")
         return
     path = write_results("erd", device, meta, table, {"repeats": repeats, "inner": inner, "warmup": warmup,
-                                                      "rows": rows}, title="ERD loss benchmark", out_dir=args.out)
+                                                      "rows": rows}, title="ERD loss benchmark", out_dir=out)
     print("wrote", path, "and .json")
 
 

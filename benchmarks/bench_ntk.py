@@ -7,7 +7,7 @@ Peers (same inputs, same output: per-bin eigenvalues of F_b F_b^T, descending, z
 
 Each size is timed in interleaved rounds (op, loop, batched, op, loop, ...); the table gives medians and each
 peer's time divided by the op's (above 1: the op is faster). Writes benchmarks/results/ntk_<device>.md and .json
-(ntk_<device>_<N>thread.* with --threads N; nothing with --quick or --no-write).
+(ntk_<device>_<N>thread.* with --threads N; nothing with --no-write, or --quick without --out).
 
     python benchmarks/bench_ntk.py [--device cpu|cuda] [--dtype float32|float64] [--repeats N] [--threads N]
                                    [--quick]
@@ -21,7 +21,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import RESULTS, header, load_average, markdown_table, time_interleaved, write_results  # noqa: E402
+from common import header, load_average, markdown_table, results_folder, time_interleaved, write_results  # noqa: E402
 
 from sgdf_erd.ops import binned_gram_eigvalsh  # noqa: E402
 
@@ -83,7 +83,8 @@ def main():
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (results file gets a suffix)")
     parser.add_argument("--quick", action="store_true", help="two sizes, 3 repeats (smoke run)")
     parser.add_argument("--no-write", action="store_true", help="print only")
-    parser.add_argument("--out", default=RESULTS, help="folder for the results files")
+    parser.add_argument("--out", default=None,
+                        help="folder for the results files (default benchmarks/results/; --quick: only with --out)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -124,12 +125,13 @@ def main():
         [[r["size"], r["rows"], r["max_count"], f"{r['op_ms']:.2f}", f"{r['loop_ms']:.2f}", f"{r['loop_over_op']:.2f}",
           f"{r['batched_ms']:.2f}", f"{r['batched_over_op']:.2f}"] for r in rows])
     table = ("Median ms over interleaved repeats; ratio = peer time / op time (above 1: op faster).\n\n" + table)
-    if args.quick or args.no_write:
-        print("results not written (--quick or --no-write)")
+    out = results_folder(args)
+    if out is None:
+        print("results not written (--no-write, or --quick without --out)")
         return
     suffix = f"_{args.threads}thread" if args.threads else ""
     path = write_results("ntk", device, meta, table, {"threads": torch.get_num_threads(), "rows": rows},
-                         suffix=suffix, title="binned_gram_eigvalsh benchmark", out_dir=args.out)
+                         suffix=suffix, title="binned_gram_eigvalsh benchmark", out_dir=out)
     print("wrote", path, "and .json")
 
 

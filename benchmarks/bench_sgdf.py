@@ -22,8 +22,8 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (RESULTS, device_name, evict_cpu_caches, header, load_average, markdown_table,  # noqa: E402
-                    synchronize, time_graphed, time_interleaved, write_results)
+from common import (device_name, evict_cpu_caches, header, load_average, markdown_table,  # noqa: E402
+                    results_folder, synchronize, time_graphed, time_interleaved, write_results)
 
 from sgdf_erd import SGDF  # noqa: E402
 from sgdf_erd.optim.sgdf_functional import foreach_sgdf  # noqa: E402
@@ -181,8 +181,9 @@ def storage_benchmark(args, device) -> None:
     print(table)
     data = {"numel": total, "tensors": args.tensors, "bytes_per_param": sizes,
             "seconds": {f"{name} / {path}": t for (name, path), t in times.items()}}
-    if not args.quick:
-        print("wrote", write_results("sgdf_storage", device, meta, table, data, suffix=args.suffix, out_dir=args.out))
+    out = results_folder(args)
+    if out is not None:
+        print("wrote", write_results("sgdf_storage", device, meta, table, data, suffix=args.suffix, out_dir=out))
 
 
 def main():
@@ -197,7 +198,8 @@ def main():
     parser.add_argument("--iters", type=int, default=None)
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile candidate")
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", default=RESULTS, help="folder for the results files")
+    parser.add_argument("--out", default=None,
+                        help="folder for the results files (default benchmarks/results/; --quick: only with --out)")
     parser.add_argument("--suffix", default="", help="appended to the results file name, e.g. _small")
     parser.add_argument("--storage", action="store_true",
                         help="compare the low-precision storage configurations instead (default 1e6 elements on CPU)")
@@ -270,8 +272,9 @@ def main():
                         + (f", {args.groups} param groups" if args.groups > 1 else ""),
             "1-minute load average at start / end": [load_start, load_average()]}
     print(table)
-    if not args.quick:
-        print("wrote", write_results("sgdf", device, meta, table, data, suffix=args.suffix, out_dir=args.out))
+    out = results_folder(args)
+    if out is not None:
+        print("wrote", write_results("sgdf", device, meta, table, data, suffix=args.suffix, out_dir=out))
 
 
 if __name__ == "__main__":

@@ -127,6 +127,16 @@ def header(device: torch.device) -> dict:
     return meta
 
 
+def results_folder(args):
+    """Where a benchmark writes its results: --out when given, else benchmarks/results/, except for a --quick (or
+    --no-write) run, whose numbers never land there (None: not written)."""
+    if getattr(args, "no_write", False):
+        return None
+    if args.out is not None:
+        return args.out
+    return None if args.quick else RESULTS
+
+
 def write_report(stem: str, title: str, meta: dict, body_md: str, data: dict, out_dir: str = RESULTS) -> str:
     """Write <out_dir>/<stem>.md (title, meta as a list, body) and <stem>.json (meta and data); return the .md path."""
     os.makedirs(out_dir, exist_ok=True)
