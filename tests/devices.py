@@ -27,8 +27,14 @@ _REASON = ("needs an NVIDIA GPU and a CUDA build of sgdf_erd "
 # The one marker for "needs a GPU and a CUDA build".
 requires_cuda = pytest.mark.skipif(not CUDA_READY, reason=_REASON)
 # Two GPUs, for params on two devices in one optimizer.
-requires_two_gpus = pytest.mark.skipif(not (CUDA_READY and torch.cuda.device_count() >= 2),
-                                       reason="needs two NVIDIA GPUs and a CUDA build of sgdf_erd")
+_TWO_GPUS_REASON = "needs two NVIDIA GPUs and a CUDA build of sgdf_erd"
+requires_two_gpus = pytest.mark.skipif(not (CUDA_READY and torch.cuda.device_count() >= 2), reason=_TWO_GPUS_REASON)
+
+
+def runs_cuda_kernels(item) -> bool:
+    """Whether a collected test is a CUDA test: it carries requires_cuda or requires_two_gpus (directly, or through
+    the "cuda" case of DEVICES). tests/conftest.py marks those `cuda`, so `pytest -m cuda` selects them."""
+    return any(mark.kwargs.get("reason") in (_REASON, _TWO_GPUS_REASON) for mark in item.iter_markers("skipif"))
 
 # Parametrize over these (or take the `device` fixture from tests/conftest.py).
 DEVICES = ["cpu", pytest.param("cuda", marks=requires_cuda)]

@@ -11,6 +11,8 @@ from torch._dynamo.utils import counters
 
 from sgdf_erd import SGDF
 
+pytestmark = pytest.mark.compile  # inductor compiles every case: scripts/gpu_check.sh runs these last
+
 # Each path once, plus capturable and orthogonalisation (with decoupled weight decay, which multiplies by the lr).
 CASES = {
     "fused": dict(fused=True),
