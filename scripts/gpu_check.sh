@@ -1,98 +1,117 @@
 #!/usr/bin/env bash
-# Everything a GPU machine must confirm, in one command (target: under 9 minutes on one H100):
+# Everything a GPU machine must confirm, in one command that ends within 8 minutes on one H100:
 #
-#   bash scripts/gpu_check.sh OUTDIR
+#   bash scripts/gpu_check.sh OUTDIR            # on a machine with an NVIDIA GPU
+#   bash scripts/gpu_check.sh --dry-run OUTDIR  # anywhere: each stage's CPU counterpart, same time boxes
 #
-# For a machine with an NVIDIA GPU where CUDA torch, pytest, hypothesis, scipy and scikit-learn are installed and
-# nothing can be downloaded. It builds the extension in place for this GPU's architecture only, prints build_info,
-# runs the whole test suite with CUDA required (SGDF_ERD_REQUIRE_CUDA=1: a test that would skip for want of a GPU
-# fails instead), runs compute-sanitizer memcheck / racecheck / synccheck / initcheck over a short workload of every
-# kernel (scripts/cuda_sanitizer_workload.py), then the three benchmarks on CUDA, writing their results files into
-# OUTDIR, and ends with a one-screen summary. Every step runs even after an earlier one failed (so one run shows all
-# problems), except that a failed build stops it; the exit status is non-zero when anything failed.
-# Environment: PYTHON (default python3), MAX_JOBS (default: all cores), SKIP_BENCH=1 (tests and sanitizers only).
+# For a machine where CUDA torch, pytest, hypothesis and scipy are installed and nothing can be downloaded
+# (pytest-xdist and pytest-timeout are used where installed). Stages, most important first, each under its own
+# time box (seconds; GPU_STAGE_BUDGET_<name> overrides one, 0 skips it):
+#   facts          10  GPU, driver, torch, compute-sanitizer (dry run: the CPU and torch)
+#   build         140  the extension in place for this GPU's architecture only (dry run: CPU-only, incremental)
+#   tests         100  the CUDA tests (`-m cuda`) but the torch.compile ones, SGDF_ERD_REQUIRE_CUDA=1 so none can
+#                      pass by skipping, in parallel (pytest-xdist), 60 s per test (dry run: a few CPU tests)
+#   memcheck       60  compute-sanitizer over scripts/cuda_sanitizer_workload.py, this project's kernels only
+#   racecheck      50    (its kernel-name filter), each result compared with the CPU; memcheck without torch's
+#   synccheck      30    caching allocator (every tensor its own allocation, so overruns between tensors show)
+#   initcheck      30    (dry run: skipped, with the reason)
+#   compile_tests  60  the CUDA tests of torch.compile (dry run: one CPU one)
+# A failed build (or no GPU) skips the stages after it. OUTDIR ends up with summary.txt and logs.tar.gz only,
+# whatever happens (scripts/gpu_stages.sh); the exit status is non-zero when a stage failed or timed out.
+# Environment: PYTHON (default python3), MAX_JOBS (build jobs, default all cores), XDIST_WORKERS (default up to 12).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${1:?usage: bash scripts/gpu_check.sh OUTDIR}
-mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
-PY=${PYTHON:-python3}
-export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/python:$PWD${PYTHONPATH:+:$PYTHONPATH}"
-start=$SECONDS
-declare -a summary
-failed=0
+. scripts/gpu_stages.sh
 
-note() { summary+=("$(printf '%-12s %s' "$1" "$2")"); }
-elapsed() { echo "$((SECONDS - start))s"; }
+BUDGET=([facts]=10 [build]=140 [tests]=100 [memcheck]=60 [racecheck]=50 [synccheck]=30 [initcheck]=30
+        [compile_tests]=60)
+# dry run: a few quick CPU tests (the workload's CPU smoke run, the launch-table walk, the CUDA test files' CPU cases)
+DRY_RUN_TESTS=${DRY_RUN_TESTS:-"sanitizer_workload or chunk_walk or test_sgdf_cuda"}
+KERNEL_FILTER=kns=sgdf_erd  # every kernel of this project is in namespace sgdf_erd (so in its mangled name)
 
-echo "== GPU"
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt" || {
-  echo "gpu_check.sh: nvidia-smi found no GPU" >&2; exit 1; }
-arch=$("$PY" -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())') || exit 1
+# pytest options that need plugins, where those are installed
+pytest_plugin_options() {  # pytest_plugin_options PER_TEST_TIMEOUT
+  if "$PY" -c 'import xdist' 2>/dev/null && [ "$DRY_RUN" = 0 ]; then
+    local cores
+    cores=$(nproc)
+    echo "-n ${XDIST_WORKERS:-$((cores > 12 ? 12 : cores))}"
+  fi
+  if "$PY" -c 'import pytest_timeout' 2>/dev/null; then echo "--timeout $1"; fi
+}
 
-echo "== build (sm_${arch/./} only) $(elapsed)"
-if ! SGDF_ERD_CUDA=1 TORCH_CUDA_ARCH_LIST="$arch" MAX_JOBS=${MAX_JOBS:-$(nproc)} \
-    "$PY" setup.py build_ext --inplace >"$OUT/build.log" 2>&1; then
-  tail -40 "$OUT/build.log"
-  echo "gpu_check.sh: the build failed (full log: $OUT/build.log)" >&2
-  exit 1
-fi
-"$PY" -m sgdf_erd.info | tee "$OUT/build_info.json"
+pytest_stage() {  # pytest_stage NAME PER_TEST_TIMEOUT MARKERS [-k SELECTION]
+  local name=$1 per_test=$2 markers=$3; shift 3
+  local require=()
+  [ "$DRY_RUN" = 1 ] || require=(env SGDF_ERD_REQUIRE_CUDA=1 SGDF_ERD_BIGMEM=1)
+  # shellcheck disable=SC2046  # the plugin options are words
+  "${require[@]}" "$PY" -m pytest tests -m "$markers" "$@" -v -rfEs -p no:cacheprovider \
+    $(pytest_plugin_options "$per_test") --junitxml="$WORK/logs/$name.xml"
+}
 
-echo "== tests $(elapsed)"
-# SGDF_ERD_BIGMEM=1: the tensor over 2^31 elements (~17 GB of GPU memory) runs too
-SGDF_ERD_REQUIRE_CUDA=1 SGDF_ERD_BIGMEM=1 "$PY" -m pytest tests -q -rs -p no:cacheprovider \
-  --junitxml="$OUT/tests.xml" 2>&1 | tee "$OUT/tests.log"
-status=${PIPESTATUS[0]}
-counts=$(grep -E '(passed|failed|error).* in [0-9.]+s' "$OUT/tests.log" | tail -1 | tr -d '=')
-gpu_skips=$(grep -ciE 'SKIPPED.*(GPU|CUDA)' "$OUT/tests.log")
-note tests "${counts:-no summary line} ($gpu_skips skipped for want of a GPU; two-GPU tests may skip on one GPU)"
-[ "$status" -eq 0 ] || failed=1
+tests() {
+  if [ "$DRY_RUN" = 1 ]; then
+    pytest_stage tests 60 "not cuda and not compile" -k "$DRY_RUN_TESTS"
+  else
+    pytest_stage tests 60 "cuda and not compile"
+  fi
+}
 
-echo "== compute-sanitizer $(elapsed)"
-for tool in memcheck racecheck synccheck initcheck; do
-  extra=()
-  [ "$tool" = initcheck ] && extra=(--track-unused-memory no)
+compile_tests() {
+  if [ "$DRY_RUN" = 1 ]; then
+    pytest_stage compile_tests 120 "compile and not cuda" -k "checks_before_anything_changes"
+  else
+    pytest_stage compile_tests 120 "cuda and compile"
+  fi
+}
+
+# compute-sanitizer TOOL over the workload, with the options this compute-sanitizer has (read from its --help)
+sanitizer() {
+  local tool=$1 sanitizer help
+  sanitizer=$(find_sanitizer)
+  help="$WORK/logs/compute_sanitizer_help.txt"
+  [ -s "$help" ] || "$sanitizer" --help >"$help" 2>&1
+  local options=(--tool "$tool" --error-exitcode 97)
+  # this project's kernels only: torch's own are not ours to check, and instrumenting them costs minutes
+  if grep -q -- '--kernel-name ' "$help"; then
+    options+=(--kernel-name "$KERNEL_FILTER")
+  elif grep -q -- '--filter ' "$help"; then
+    options+=(--filter "$KERNEL_FILTER")
+  else
+    echo "note: this compute-sanitizer has no kernel-name filter: every kernel is checked"
+  fi
+  # CUDA API errors that torch handles itself (probing calls) are not errors of ours
+  grep -q -- '--report-api-errors' "$help" && options+=(--report-api-errors no)
+  grep -q -- '--target-processes' "$help" && options+=(--target-processes application-only)
+  local env=()
   # without the caching allocator every tensor is its own allocation, so memcheck sees overruns between tensors
-  PYTORCH_NO_CUDA_MEMORY_CACHING=$([ "$tool" = memcheck ] && echo 1 || echo 0) \
-    compute-sanitizer --tool "$tool" --error-exitcode 97 "${extra[@]}" \
-    "$PY" scripts/cuda_sanitizer_workload.py >"$OUT/sanitizer_$tool.log" 2>&1
-  status=$?
-  errors=$(grep -oE 'ERROR SUMMARY: [0-9]+' "$OUT/sanitizer_$tool.log" | grep -oE '[0-9]+$' | tail -1)
-  note "$tool" "${errors:-?} errors (exit $status; $OUT/sanitizer_$tool.log)"
-  if [ "$status" -ne 0 ] || [ "${errors:-1}" != 0 ]; then failed=1; tail -20 "$OUT/sanitizer_$tool.log"; fi
-done
+  [ "$tool" = memcheck ] && env=(PYTORCH_NO_CUDA_MEMORY_CACHING=1)
+  echo "+ ${env[*]} $sanitizer ${options[*]} $PY scripts/cuda_sanitizer_workload.py"
+  env "${env[@]}" "$sanitizer" "${options[@]}" "$PY" scripts/cuda_sanitizer_workload.py
+}
 
-if [ "${SKIP_BENCH:-0}" != 1 ]; then
-  echo "== benchmarks $(elapsed)"
-  bench() {
-    local name=$1; shift
-    if "$PY" "$@" 2>&1 | tee "$OUT/bench_$name.log"; then :; else failed=1; note "$name" "benchmark failed"; fi
-  }
-  # the large-model regime (1e8 float32 in ~1000 tensors) and the launch-bound small one (1e6 in 200)
-  bench sgdf benchmarks/bench_sgdf.py --device cuda --numel 1e8 --tensors 1000 --no-compile --out "$OUT"
-  bench sgdf_small benchmarks/bench_sgdf.py --device cuda --numel 1e6 --tensors 200 --no-compile --suffix _small \
-    --out "$OUT"
-  # the same in two param groups (as training scripts pass weights with and without decay)
-  bench sgdf_small_2groups benchmarks/bench_sgdf.py --device cuda --numel 1e6 --tensors 200 --groups 2 --no-compile \
-    --suffix _small_2groups --out "$OUT"
-  # bf16 storage options: bytes per parameter and step times (the bf16-state step must not be slower)
-  bench sgdf_storage benchmarks/bench_sgdf.py --device cuda --storage --numel 1e8 --tensors 1000 --out "$OUT"
-  bench erd benchmarks/bench_erd.py --device cuda --repeats 11 --out "$OUT"
-  bench ntk benchmarks/bench_ntk.py --device cuda --out "$OUT"
-  echo "== targets $(elapsed)"
-  "$PY" benchmarks/targets.py "$OUT" | tee "$OUT/targets.txt"
-  case ${PIPESTATUS[0]} in
-    0) note targets "all met ($OUT/targets.txt)" ;;
-    *) note targets "MISSED or missing: see $OUT/targets.txt"; failed=1 ;;
-  esac
-fi
+digest_pytest() { "$PY" scripts/gpu_stage_digest.py pytest "$2" "$WORK/logs/$1.xml"; }
+digest_sanitizer() { "$PY" scripts/gpu_stage_digest.py sanitizer "$2"; }
 
-echo
-echo "== summary ($(elapsed), $(head -1 "$OUT/gpu.txt"))"
-printf '%s\n' "${summary[@]}"
-if [ "$failed" -ne 0 ]; then
-  echo "gpu_check.sh: FAILED (logs in $OUT)" >&2
-  exit 1
+stages_begin "$OUTDIR" "gpu_check.sh$([ "$DRY_RUN" = 1 ] && echo ' --dry-run'):"
+export WORK KERNEL_FILTER DRY_RUN_TESTS
+export -f facts find_sanitizer build pytest_plugin_options pytest_stage tests compile_tests sanitizer
+
+if stage facts digest_facts facts && stage build digest_build build; then
+  stage tests digest_pytest tests
+  for tool in memcheck racecheck synccheck initcheck; do
+    if [ "$DRY_RUN" = 1 ]; then
+      skip_stage "$tool" "dry run: compute-sanitizer needs a GPU (tests/test_gpu_scripts.py runs the workload CPU against CPU)"
+    elif [ -z "$(find_sanitizer)" ]; then
+      skip_stage "$tool" "compute-sanitizer not found (PATH, /usr/local/cuda/bin)"
+    else
+      stage "$tool" digest_sanitizer sanitizer "$tool"
+    fi
+  done
+  stage compile_tests digest_pytest compile_tests
+else
+  failed_stage=$STAGE_NAME
+  for name in $([ "$failed_stage" = facts ] && echo build) tests memcheck racecheck synccheck initcheck compile_tests; do
+    skip_stage "$name" "the $failed_stage stage did not pass"
+  done
 fi
-echo "gpu_check.sh: all passed"
+stages_end
