@@ -82,6 +82,8 @@ sanitizer() {
   # CUDA API errors that torch handles itself (probing calls) are not errors of ours
   grep -q -- '--report-api-errors' "$help" && options+=(--report-api-errors no)
   grep -q -- '--target-processes' "$help" && options+=(--target-processes application-only)
+  # the target connects when CUDA starts, after Python has imported torch: no 10 s limit (the stage has its own)
+  grep -q -- '--launch-timeout' "$help" && options+=(--launch-timeout 0)
   local env=()
   # without the caching allocator every tensor is its own allocation, so memcheck sees overruns between tensors
   [ "$tool" = memcheck ] && env=(PYTORCH_NO_CUDA_MEMORY_CACHING=1)
@@ -97,7 +99,7 @@ export WORK KERNEL_FILTER DRY_RUN_TESTS
 export -f facts find_sanitizer build pytest_plugin_options pytest_stage tests compile_tests sanitizer
 
 if stage facts digest_facts facts && stage build digest_build build; then
-  stage tests digest_pytest tests
+  STAGE_SIGNAL=INT stage tests digest_pytest tests
   for tool in memcheck racecheck synccheck initcheck; do
     if [ "$DRY_RUN" = 1 ]; then
       skip_stage "$tool" "dry run: compute-sanitizer needs a GPU (tests/test_gpu_scripts.py runs the workload CPU against CPU)"
@@ -107,7 +109,7 @@ if stage facts digest_facts facts && stage build digest_build build; then
       stage "$tool" digest_sanitizer sanitizer "$tool"
     fi
   done
-  stage compile_tests digest_pytest compile_tests
+  STAGE_SIGNAL=INT stage compile_tests digest_pytest compile_tests
 else
   failed_stage=$STAGE_NAME
   for name in $([ "$failed_stage" = facts ] && echo build) tests memcheck racecheck synccheck initcheck compile_tests; do

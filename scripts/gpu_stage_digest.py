@@ -45,6 +45,9 @@ def pytest_digest(log_path: str, junit_path: str = None) -> list:
                 skips[reason] = skips.get(reason, 0) + 1
         lines += failed[:FIRST] + ([f"... and {len(failed) - FIRST} more"] if len(failed) > FIRST else [])
         lines += [f"skipped {n}: {reason}" for reason, n in sorted(skips.items(), key=lambda kv: -kv[1])[:3]]
+        if "KeyboardInterrupt" in log:  # stopped at its time box (SIGINT): the counts are of what finished
+            running = [line for line in log.splitlines() if re.match(r"tests/\S+::\S+ *$", line.strip())]
+            lines.append("interrupted at the time box" + (f" while running {running[-1].strip()}" if running else ""))
         return lines
     # no XML: the run was cut off (or never started); count what the -v lines say
     outcomes = re.findall(r"\b(PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\b", log)
