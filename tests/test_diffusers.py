@@ -5,6 +5,7 @@ the scheduler's own alphas_cumprod / sigmas, and Min-SNR equals diffusers' snr_g
 
 import pytest
 import torch
+import torch._dynamo
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -199,3 +200,38 @@ def test_unknown_scheduler_and_bad_calls_raise():
     with pytest.raises(ValueError, match="unknown prediction"):
         ERDLoss("velocity")
     assert int(loss_fn.num_batches_tracked) == 0 and not loss_fn.running_sums.any()
+
+
+@pytest.mark.parametrize("scheduler,prediction", [(DDPMScheduler(), "epsilon"),
+                                                  (DDIMScheduler(rescale_betas_zero_snr=True), "v_prediction"),
+                                                  (FlowMatchEulerDiscreteScheduler(shift=3.0), "flow_prediction")],
+                         ids=["ddpm", "ddim_zero_snr", "flow_match"])
+def test_timesteps_under_vmap_and_compile(scheduler, prediction):
+    """loss_fn(out, target, timesteps=t) with a diffusers schedule under torch.func.vmap (per-sample losses and
+    gradients) and torch.compile (one graph): the same numbers as eager calls, uint8 timesteps included."""
+    from torch.func import grad, vmap
+    g = torch.Generator().manual_seed(3)
+    if prediction == "flow_prediction":
+        t = scheduler.timesteps[torch.randint(0, len(scheduler.timesteps), (BATCH,), generator=g)]
+    else:
+        t = torch.randint(0, 1000, (BATCH,), generator=g)
+        t[0] = 999  # alpha = 0 on the zero-terminal-SNR schedule
+    output, target = torch.randn(BATCH, 3, 4, generator=g), torch.randn(BATCH, 3, 4, generator=g)
+    loss_fn = ERDLoss(prediction, schedule=scheduler)
+    sample_loss = lambda o, y, ti: loss_fn(o[None], y[None], timesteps=ti[None])  # noqa: E731
+    per_sample = vmap(sample_loss)(output, target, t)
+    per_sample_grad = vmap(grad(sample_loss))(output, target, t)
+    for i in range(BATCH):
+        o = output[i:i + 1].clone().requires_grad_(True)
+        eager = ERDLoss(prediction, schedule=scheduler)(o, target[i:i + 1], timesteps=t[i:i + 1])
+        eager.backward()
+        torch.testing.assert_close(per_sample[i], eager.detach(), rtol=1e-6, atol=0)
+        torch.testing.assert_close(per_sample_grad[i], o.grad[0], rtol=1e-6, atol=0)
+    torch._dynamo.reset()  # a new module to compile: keep clear of the recompile limit (fullgraph fails on it)
+    compiled = torch.compile(ERDLoss(prediction, schedule=scheduler), backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(compiled(output, target, timesteps=t), loss_fn(output, target, timesteps=t),
+                               rtol=1e-6, atol=0)
+    if prediction != "flow_prediction":
+        small = t % 256
+        torch.testing.assert_close(compiled(output, target, timesteps=small.to(torch.uint8)),
+                                   loss_fn(output, target, timesteps=small), rtol=1e-6, atol=0)

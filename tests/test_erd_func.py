@@ -3,6 +3,7 @@ torch.compile, against the float64 reference (tests/reference/erd_reference.py) 
 
 import pytest
 import torch
+import torch._dynamo
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.func import functional_call, grad, hessian, jacrev, jvp, vjp, vmap
@@ -226,10 +227,13 @@ def test_autograd_batched_gradients(device):
     (schedules.DiscreteVP.linear(), lambda g: torch.randint(0, 1000, (5,), generator=g)),
     (schedules.ContinuousCosine(), lambda g: torch.rand(5, generator=g)),
     (schedules.LinearFlow(), lambda g: torch.rand(5, generator=g)),
-], ids=["discrete_vp", "cosine", "flow"])
+    (schedules.DiscreteVP.linear(), lambda g: torch.randint(0, 256, (5,), generator=g).to(torch.uint8)),
+    (schedules.FlowMatchTimesteps(1000), lambda g: torch.rand(5, generator=g) * 1000),
+], ids=["discrete_vp", "cosine", "flow", "discrete_vp_uint8", "flow_match"])
 def test_torch_compile_fullgraph_with_timesteps(device, schedule, timesteps):
     """ERDLoss(schedule=...) called with timesteps= compiles into one graph: the schedules' range checks on the
     host are eager-only (checked_on_host)."""
+    torch._dynamo.reset()  # each case compiles a new module: keep clear of the recompile limit (fullgraph fails on it)
     output, target, _, _ = make_batch(device, seed=13, dtype=torch.float32)
     t = timesteps(torch.Generator().manual_seed(0)).to(device)
     prediction = "flow" if isinstance(schedule, schedules.LinearFlow) else "eps"
@@ -255,3 +259,33 @@ def test_evaluation_without_grad_calls_the_op_directly_and_matches(device):
     with torch.no_grad(), fwAD.dual_level():
         got = fwAD.unpack_dual(erd_loss(fwAD.make_dual(output, tangent), target, alpha, sigma, "v")[0]).tangent
     torch.testing.assert_close(got.cpu(), want, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("schedule,timesteps,prediction", [
+    (schedules.DiscreteVP.cosine(1000), torch.tensor([0, 17, 999, 500]), "v"),
+    (schedules.DiscreteVP.linear(1000), torch.tensor([3, 250, 998, 10], dtype=torch.int32), "eps"),
+    (schedules.FlowMatchTimesteps(1000), torch.tensor([0.0, 333.5, 1000.0, 42.0]), "flow"),
+    (schedules.ContinuousCosine(), torch.tensor([0.0, 0.3, 1.0, 0.7], dtype=F64), "x0"),
+], ids=["discrete_vp", "discrete_vp_int32", "flow_match", "cosine"])
+def test_per_sample_gradients_with_timesteps(device, schedule, timesteps, prediction):
+    """vmap(grad) with loss_fn(out, target, timesteps=t): the schedule's lookup runs under vmap (no value to read
+    on the host) and equals the per-sample loss with the schedule's alpha and sigma passed in."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(6, 6).to(device, F64)
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    x, target, _, _ = make_batch(device, shape=(4, 6), seed=6)
+    t = timesteps.to(device)
+    loss_fn = ERDLoss(prediction, schedule=schedule)
+
+    def sample_loss(p, xi, yi, ti):
+        return loss_fn(functional_call(model, p, (xi[None],)), yi[None], timesteps=ti[None])
+
+    per_sample = vmap(grad(sample_loss), in_dims=(None, 0, 0, 0))(params, x, target, t)
+    values = schedule(t)
+    derivatives = dict(alpha_prime=values.alpha_prime, sigma_prime=values.sigma_prime) if prediction == "flow" else {}
+    for i in range(4):
+        expected = grad(lambda p: ERDLoss(prediction)(
+            functional_call(model, p, (x[i:i + 1],)), target[i:i + 1], values.alpha[i:i + 1], values.sigma[i:i + 1],
+            **{k: v[i:i + 1] for k, v in derivatives.items()}))(params)
+        for name in params:
+            torch.testing.assert_close(per_sample[name][i], expected[name], rtol=1e-12, atol=1e-15)

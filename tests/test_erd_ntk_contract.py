@@ -114,6 +114,16 @@ CASES = [
     ("loss_callable_bad_shape", lambda e: ERDLoss("eps", lambda a, s: a[:2])(e["output"], e["target"], e["alpha"],
                                                                              e["sigma"]),
      ValueError, "one weight per sample"),
+    # an expanded view is copied in full: 2**46 float32 elements (256 TiB) are beyond any address space
+    ("loss_output_expanded_beyond_memory", lambda e: call_loss(e, output=torch.zeros(1, 1).expand(4, 2**44),
+                                                               target=torch.zeros(1, 1).expand(4, 2**44)),
+     RuntimeError, r"'output' \[4, 17592186044416\] \(strides \[0, 0\]\) is not contiguous, so the kernel reads a "
+     r"contiguous copy of it, 70368744177664 elements .* failed: .*allocate"),
+    ("loss_timesteps_str", lambda e: ERDLoss(schedule=schedules.DiscreteVP.linear(100))(e["output"], e["target"],
+                                                                                         timesteps="10"),
+     TypeError, "DiscreteVP: timesteps must be a tensor"),
+    ("loss_timesteps_bool", lambda e: ERDLoss(schedule=schedules.DiscreteVP.linear(100))(
+        e["output"], e["target"], timesteps=torch.ones(4, dtype=torch.bool)), TypeError, "integer timesteps"),
     # ERDLoss constructor
     ("module_num_bins_huge", lambda e: ERDLoss(num_bins=2**62), ValueError, r"'num_bins' must lie in \[1, 65536\]"),
     ("module_num_bins_zero", lambda e: ERDLoss(num_bins=0), ValueError, "'num_bins' must lie in"),
@@ -169,6 +179,8 @@ CASES = [
     ("vp_timestep_range", lambda e: schedules.DiscreteVP.linear(100)(torch.tensor([100])), ValueError,
      r"timesteps must lie in \[0, 100\)"),
     ("vp_float_timesteps", lambda e: schedules.DiscreteVP.linear(100)(e["t"]), TypeError, "integer"),
+    ("flow_match_nan_and_outside", lambda e: schedules.FlowMatchTimesteps(1000)(torch.tensor([float("nan"), 1e4])),
+     ValueError, r"got values in \[10000.0, 10000.0\] outside it"),
     ("noisy_0d", lambda e: schedules.make_noisy(e["output"][0, 0, 0], e["target"][0, 0, 0], 0.6, 0.8), ValueError,
      "batch dimension"),
     ("noisy_shapes", lambda e: schedules.make_noisy(e["output"], e["target"][:2], e["alpha"], e["sigma"]),
@@ -205,6 +217,10 @@ CASES = [
     ("ntk_logsnr_range_one", lambda e: ntk_spectrum(e["model"], e["x"], e["logsnr"], logsnr_range=(1.0,)),
      ValueError, "'logsnr_range'"),
     ("ntk_logsnr_shape", lambda e: ntk_spectrum(e["model"], e["x"], e["logsnr"][:3]), ValueError, r"shape \[n\]"),
+    ("ntk_logsnr_complex", lambda e: ntk_spectrum(e["model"], e["x"], e["logsnr"].cfloat()), TypeError,
+     "'logsnr' must hold real numbers"),
+    ("ntk_logsnr_bool", lambda e: ntk_spectrum(e["model"], e["x"], e["logsnr"] > 0), TypeError,
+     "'logsnr' must hold real numbers"),
     ("ntk_logsnr_inf", lambda e: ntk_spectrum(e["model"], e["x"], e["logsnr"] / 0), ValueError, "non-finite"),
     ("ntk_sketch_dim", lambda e: ntk_spectrum(e["model"], e["x"], e["logsnr"], sketch_dim=0), ValueError,
      "sketch_dim"),

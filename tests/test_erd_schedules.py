@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tests.devices import requires_cuda
-from sgdf_erd.erd import schedules
+from sgdf_erd.erd import ERDLoss, schedules
 
 F64 = torch.float64
 CONTINUOUS = [schedules.ContinuousCosine(), schedules.LinearLogSNR(), schedules.LinearLogSNR(5.0, -7.0),
@@ -197,3 +197,56 @@ def test_discrete_vp_follows_the_default_dtype_of_each_call():
         assert alpha.dtype == sigma.dtype == vp.logsnr(t).dtype == torch.float64
     finally:
         torch.set_default_dtype(previous)
+
+
+INTEGER_DTYPES = [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.uint16, torch.uint32,
+                  torch.uint64]
+
+
+@pytest.mark.parametrize("dtype", INTEGER_DTYPES, ids=str)
+def test_discrete_vp_takes_every_integer_dtype_as_indices(dtype):
+    # 100 timesteps in a batch of 100: a uint8 tensor indexing the table would be a boolean mask
+    vp = schedules.DiscreteVP.cosine(100)
+    t = torch.randint(0, 100, (100,), generator=torch.Generator().manual_seed(0))
+    for got, want in zip(vp(t.to(dtype)), vp(t)):
+        assert torch.equal(got, want)
+    output, target = torch.randn(100, 3), torch.randn(100, 3)
+    assert torch.equal(ERDLoss("v", schedule=vp)(output, target, timesteps=t.to(dtype)),
+                       ERDLoss("v", schedule=vp)(output, target, timesteps=t))
+
+
+@pytest.mark.parametrize("timesteps,error,match", [
+    (torch.tensor([True, False]), TypeError, "integer timesteps, got torch.bool"),
+    (torch.tensor([1.0, 2.0]), TypeError, "integer timesteps, got torch.float32"),
+    (torch.tensor([1, 2], dtype=torch.complex64), TypeError, "integer timesteps"),
+    ("10", TypeError, "timesteps must be a tensor"),
+    (object(), TypeError, "timesteps must be a tensor"),
+    (torch.tensor([3, 100], dtype=torch.uint8), ValueError, r"\[0, 100\), got values in \[100, 100\]"),
+])
+def test_discrete_vp_refuses_timesteps_that_are_not_indices(timesteps, error, match):
+    vp = schedules.DiscreteVP.cosine(100)
+    with pytest.raises(error, match=match):
+        vp.alpha_sigma(timesteps)
+    with pytest.raises(error, match=match):
+        ERDLoss("eps", schedule=vp)(torch.randn(2, 3), torch.randn(2, 3), timesteps=timesteps)
+
+
+def test_flow_match_timesteps_nan_and_outside():
+    # NaN gives NaN values, as LinearFlow's; the error names only the values outside the range
+    flow = schedules.FlowMatchTimesteps(1000)
+    alpha, sigma = flow.alpha_sigma(torch.tensor([float("nan"), 250.0]))
+    assert alpha[0].isnan() and sigma[0].isnan() and alpha[1] == 0.75 and sigma[1] == 0.25
+    with pytest.raises(ValueError, match=r"\[0, 1000\].*got values in \[-3.0, 2000.0\] outside it"):
+        flow.alpha_sigma(torch.tensor([float("nan"), 2000.0, 5.0, -3.0]))
+    with pytest.raises(TypeError, match="timesteps must be a tensor"):
+        flow.derivatives("10")
+
+
+def test_timesteps_outside_give_nan_under_transforms():
+    # under torch.func there is no value to check: an index outside gives NaN, never an indexing failure
+    from torch.func import vmap
+    vp, flow = schedules.DiscreteVP.cosine(100), schedules.FlowMatchTimesteps(1000)
+    alpha = vmap(lambda t: vp.alpha_sigma(t)[0])(torch.tensor([5, 100, -1]))
+    assert alpha[0] == vp.alpha_sigma(torch.tensor(5))[0] and alpha[1:].isnan().all()
+    sigma = vmap(lambda t: flow.alpha_sigma(t)[1])(torch.tensor([500.0, 1500.0]))
+    assert sigma[0] == 0.5 and sigma[1].isnan()

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.devices import DEVICES
+from tests.reference import erd_authors as authors
 from tests.reference import erd_reference as ref
 from sgdf_erd.erd import ERDLoss, erd_weight, loss_weight, schedules
 
@@ -84,20 +85,39 @@ def test_weight_random_general_rule(device, rows, prediction):
 
 
 @pytest.mark.parametrize("prediction", PREDICTIONS)
-def test_weight_pinned_where_snr_is_zero_or_infinite(device, prediction):
-    alpha = torch.tensor([0.0, 0.7, 0.0, 1.0], dtype=torch.float64, device=device)
-    sigma = torch.tensor([1.0, 0.0, 0.3, 0.0], dtype=torch.float64, device=device)
-    assert torch.equal(erd_weight(alpha, sigma, prediction), torch.ones(4, dtype=torch.float64, device=device))
+def test_weight_pinned_where_snr_is_zero(device, prediction):
+    alpha = torch.tensor([0.0, 0.0, 0.0], dtype=torch.float64, device=device)
+    sigma = torch.tensor([1.0, 0.3, float("inf")], dtype=torch.float64, device=device)
+    assert torch.equal(erd_weight(alpha, sigma, prediction), torch.ones(3, dtype=torch.float64, device=device))
 
 
-@pytest.mark.parametrize("prediction,limit", [("eps", 1.0), ("x0", 0.0), ("v", 0.0)])
-def test_min_snr_takes_its_limit_at_zero_snr(device, prediction, limit):
-    # zero-terminal-SNR schedules: Min-SNR's value as snr -> 0 (diffusers' snr_gamma value for x0 and v), while
-    # snr = inf stays pinned to 1; the loss sees the same weight
+@pytest.mark.parametrize("prediction,expected", [("eps", 0.0), ("x0", 1.0), ("v", 0.0), ("flow", 1.0)])
+def test_weight_is_the_formula_where_snr_is_infinite(device, prediction, expected):
+    # sigma = 0 (clean data, t = 0): the formula's value, as the authors' code computes it (flow: |alpha'|)
+    alpha = torch.tensor([0.7, 1.0, -0.5], dtype=torch.float64, device=device)
+    got = erd_weight(alpha, torch.zeros(3, dtype=torch.float64, device=device), prediction)
+    assert torch.equal(got, torch.full_like(got, expected))
+    if prediction == "flow":
+        got = erd_weight(alpha, torch.zeros_like(alpha), "flow", alpha_prime=torch.full_like(alpha, -2.5),
+                         sigma_prime=torch.ones_like(alpha))
+        assert torch.equal(got, torch.full_like(got, 2.5))
+
+
+def test_weight_nan_where_snr_is_undefined(device):
+    zero = torch.zeros(1, dtype=torch.float64, device=device)
+    for weighting, prediction in [("erd", p) for p in PREDICTIONS] + BASELINE_PAIRS:
+        assert torch.isnan(loss_weight(zero, zero, prediction, weighting)).all(), (prediction, weighting)
+    assert loss_weight(zero, zero, "x0", "constant").item() == 1.0
+
+
+@pytest.mark.parametrize("prediction,limit,at_infinity", [("eps", 1.0, 0.0), ("x0", 0.0, 2.0), ("v", 0.0, 0.0)])
+def test_min_snr_takes_its_limit_at_zero_snr(device, prediction, limit, at_infinity):
+    # zero-terminal-SNR schedules: Min-SNR's value as snr -> 0 (diffusers' snr_gamma value for x0 and v), while at
+    # snr = inf the formula stands (min(inf, k) = k); the loss sees the same weight
     alpha = torch.tensor([0.0, 1e-7, 0.5, 1.0], dtype=torch.float64, device=device)
     sigma = torch.tensor([1.0, 1.0, 0.8, 0.0], dtype=torch.float64, device=device)
     got = loss_weight(alpha, sigma, prediction, "min_snr", k=2.0)
-    assert got[0] == limit and got[3] == 1.0
+    assert got[0] == limit and got[3] == at_infinity
     assert abs(float(got[1]) - limit) < 1e-12  # continuous at snr -> 0
     assert_close(got, ref.baseline_weight(alpha.cpu(), sigma.cpu(), prediction, "min_snr", k=2.0))
     output, target = torch.randn(4, 3, device=device), torch.zeros(4, 3, device=device)
@@ -178,3 +198,26 @@ def test_bad_arguments():
         erd_weight(torch.rand(3), torch.rand(4), "eps")
     with pytest.raises(TypeError, match="must be real"):  # not silently the real part
         erd_weight(torch.rand(3, dtype=torch.complex64), torch.rand(3), "eps")
+
+
+@pytest.mark.parametrize("prediction,weighting", authors.PAIRS)
+@pytest.mark.parametrize("k,gamma", [(5.0, 1.0), (1.0, 0.5), (2.0, 0.0)])
+def test_loss_weight_equals_the_authors_code_on_a_cosine_grid(device, prediction, weighting, k, gamma):
+    """loss_weight against a float64 transcription of the authors' compute_mse_loss_weight (tests/reference/
+    erd_authors.py) on 2001 points of the cosine schedule, both ends included: t = 0 is sigma = 0 (infinite SNR),
+    t = 1 alpha = 6e-17 (float64 cos(pi / 2)). Flow takes the default linear-path derivatives, whose ERD weight is
+    the authors' 1. Then the same grid with alpha = 0 exactly at t = 1 (a zero-terminal-SNR schedule, or
+    ContinuousCosine in float32): equal too, but for Min-SNR x0 and v, which take their limit 0 there on purpose."""
+    t = torch.linspace(0, 1, 2001, dtype=torch.float64)
+    alpha, sigma = torch.cos(t * (torch.pi / 2)), torch.sin(t * (torch.pi / 2))
+    assert sigma[0] == 0 and 0 < alpha[-1] < 1e-16
+    got = loss_weight(alpha.to(device), sigma.to(device), prediction, weighting, k=k, gamma=gamma).cpu()
+    torch.testing.assert_close(got, authors.authors_weight(alpha, sigma, prediction, weighting, k, gamma),
+                               rtol=1e-12, atol=0)
+    alpha[-1] = 0.0
+    got = loss_weight(alpha.to(device), sigma.to(device), prediction, weighting, k=k, gamma=gamma).cpu()
+    expected = authors.authors_weight(alpha, sigma, prediction, weighting, k, gamma)
+    if weighting == "min_snr" and prediction in ("x0", "v"):
+        assert expected[-1] == 1 and got[-1] == 0
+        expected[-1] = 0.0
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=0)

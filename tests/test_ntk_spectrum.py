@@ -205,6 +205,9 @@ def test_spectrum_statistics_known_values():
     (dict(logsnr_range=(1.0, -1.0)), ValueError, "logsnr_range"),
     (dict(sketch_dim=0), ValueError, "sketch_dim"),
     (dict(chunk_size=0), ValueError, "chunk_size"),
+    (dict(logsnr=torch.zeros(4, dtype=torch.complex64)), TypeError, "real numbers"),
+    (dict(logsnr=torch.zeros(4, dtype=torch.bool)), TypeError, "real numbers"),
+    (dict(logsnr=True), TypeError, "real number"),
 ])
 def test_bad_arguments(kwargs, error, match):
     args = dict(model=TinyDenoiser(), inputs=torch.randn(4, 2, dtype=torch.float64), logsnr=torch.zeros(4))
@@ -264,3 +267,135 @@ def test_device_matches_cpu_exact(device, dtype):
     for key in cpu:
         assert got[key].device == xd.device
         torch.testing.assert_close(got[key].cpu(), cpu[key], rtol=rtol, atol=rtol * cpu["trace"].max().item())
+
+
+class SideEffectDenoiser(nn.Module):
+    """A forward with the side effects models have: an EMA buffer updated out of place (reassigned), a parameter
+    edited through .data in place and one whose .data is replaced; optionally a failure after them (``fail``:
+    "count" a call counter updated in place, which torch.func refuses under the per-sample gradients after the
+    probe counted; "raise"; "bad_output" a wrong output)."""
+
+    def __init__(self, fail=None):
+        super().__init__()
+        self.lin = nn.Linear(2, 2).double()
+        self.scale = nn.Parameter(torch.ones(2, dtype=torch.float64))
+        self.register_buffer("ema", torch.zeros(2, dtype=torch.float64))
+        self.register_buffer("calls", torch.zeros((), dtype=torch.long))
+        self.fail = fail
+
+    def forward(self, x):
+        self.ema = 0.9 * self.ema + 0.1 * x.detach().mean(0)
+        if self.fail == "count":
+            self.calls += 1
+        self.lin.bias.data.add_(1.0)
+        self.scale.data = torch.full((3,), 7.0, dtype=torch.float64)
+        out = self.lin(x) * 2.0
+        if self.fail == "raise":
+            raise KeyError("model failure")
+        return out.flatten() if self.fail == "bad_output" else out
+
+
+def model_state(model):
+    """Everything ntk_spectrum must put back: objects registered, their bits, memory and flags."""
+    return ([(m.training, dict(m._parameters), dict(m._buffers), dict(m._modules)) for m in model.modules()],
+            [(t, t.data_ptr(), t.shape, t.requires_grad, t.detach().clone()) for t in
+             list(model.parameters()) + list(model.buffers())])
+
+
+def assert_state_unchanged(model, before):
+    registered, tensors = model_state(model)
+    for (training, params, buffers, modules), (training0, params0, buffers0, modules0) in zip(registered, before[0]):
+        assert training == training0
+        for now, then in ((params, params0), (buffers, buffers0), (modules, modules0)):
+            assert now.keys() == then.keys() and all(now[k] is then[k] for k in then)
+    for (t, ptr, shape, requires_grad, values), (t0, ptr0, shape0, requires_grad0, values0) in zip(tensors, before[1]):
+        assert t is t0 and ptr == ptr0 and shape == shape0 and requires_grad == requires_grad0
+        assert torch.equal(values, values0)
+
+
+@pytest.mark.parametrize("fail", [None, "count", "raise", "bad_output"])
+def test_model_side_effects_are_undone(fail):
+    """Buffers reassigned out of place (an EMA), counters, .data edits and replacements: all undone, whether the
+    call returns or raises (the probe runs the real model first)."""
+    torch.manual_seed(0)
+    model = SideEffectDenoiser(fail=fail).train()
+    model.lin.requires_grad_(True)
+    x, logsnr = torch.randn(6, 2, dtype=torch.float64), torch.linspace(-3, 3, 6)
+    before = model_state(model)
+    if fail is None:
+        # the scale parameter's .data is replaced by a 3-vector: it is no longer used by the NTK (not requires_grad)
+        model.scale.requires_grad_(False)
+        before = model_state(model)
+        ntk_spectrum(model, x, logsnr, num_bins=2, sketch_dim=None)
+    else:
+        with pytest.raises({"count": RuntimeError, "raise": KeyError, "bad_output": ValueError}[fail]):
+            ntk_spectrum(model, x, logsnr, num_bins=2, sketch_dim=None)
+    assert_state_unchanged(model, before)
+    assert int(model.calls) == 0 and not model.ema.any() and model.training
+
+
+def test_requires_grad_flag_changed_by_the_forward_is_put_back():
+    class Freezing(TinyDenoiser):
+        def forward(self, x):
+            out = super().forward(x)
+            self.shift.requires_grad_(True)  # a buffer made to require grad: torch.func refuses it after the probe
+            return out
+
+    model = Freezing()
+    before = model_state(model)
+    with pytest.raises(RuntimeError, match="requires_grad_"):
+        ntk_spectrum(model, *make_batch(n=4), num_bins=1)
+    assert_state_unchanged(model, before)
+    assert not model.shift.requires_grad
+
+
+def test_overlapping_calls_on_one_model_are_refused():
+    """A model is held by one ntk_spectrum call at a time: a call from its own forward, or from another thread while
+    one runs, raises RuntimeError and changes nothing; the running call completes and restores the model."""
+    import threading
+
+    class Reentrant(TinyDenoiser):
+        def forward(self, x, logsnr=None):
+            if self.inner is not None:
+                inner, self.inner = self.inner, None
+                inner()
+            return super().forward(x, logsnr)
+
+    model = Reentrant()
+    model.train()
+    x, logsnr = make_batch(n=4)
+    errors = []
+
+    def call_again():
+        try:
+            ntk_spectrum(model, x, logsnr, num_bins=1)
+        except RuntimeError as err:
+            errors.append(err)
+
+    model.inner = call_again
+    before = model_state(model)
+    ntk_spectrum(model, x, logsnr, num_bins=1)
+    assert len(errors) == 1 and "another ntk_spectrum call is running on this model" in str(errors[0])
+    assert_state_unchanged(model, before)
+    assert model.training
+
+    # another thread, while the first call is inside the model; a submodule overlaps too
+    started, release = threading.Event(), threading.Event()
+
+    def wait_inside():
+        started.set()
+        assert release.wait(30)
+
+    model.inner = wait_inside
+    first = threading.Thread(target=lambda: ntk_spectrum(model, x, logsnr, num_bins=1))
+    first.start()
+    assert started.wait(30)
+    for target in (model, model.net):
+        with pytest.raises(RuntimeError, match="another ntk_spectrum call"):
+            ntk_spectrum(target, x, logsnr, num_bins=1) if target is model else \
+                ntk_spectrum(target, torch.randn(4, 3, dtype=torch.float64), logsnr, num_bins=1)
+    release.set()
+    first.join(30)
+    assert not first.is_alive() and model.training
+    assert_state_unchanged(model, before)
+    ntk_spectrum(model, x, logsnr, num_bins=1)  # free again

@@ -1,5 +1,6 @@
 #include "erd/erd_checks.h"
 
+#include <algorithm>
 #include <cmath>
 
 namespace sgdf_erd::erd {
@@ -165,7 +166,24 @@ void check_bins(int64_t num_bins, double logsnr_min, double logsnr_max, const ch
                        ": logsnr range must be finite with min < max, got (", logsnr_min, ", ", logsnr_max, ")");
 }
 
-Tensor as_contiguous(const Tensor& t) { return t.is_contiguous() ? t : torch::stable::contiguous(t); }
+// `t`, or its contiguous copy for the kernels. A view with gaps or an expanded one (stride 0) is copied in full, so
+// a failure is reported as the copy it is (its size and the allocator's reason), not as the dispatcher's trace.
+Tensor as_contiguous(const Tensor& t, const char* name, const char* op) {
+  if (t.is_contiguous()) return t;
+  try {
+    return torch::stable::contiguous(t);
+  } catch (const std::exception& e) {
+    // the allocator's own words, without the trace and the C shim's "(originally from ...)" that follow them
+    std::string reason = e.what();
+    reason = reason.substr(0, std::min(reason.find('\n'), reason.find(" (originally from")));
+    const double bytes = static_cast<double>(t.numel()) * static_cast<double>(t.element_size());
+    throw std::runtime_error(str_cat(
+        op, ": '", name, "' ", Shape{t.sizes()}, " (strides ", Shape{t.strides()}, ") is not contiguous, so the ",
+        "kernel reads a contiguous copy of it, ", t.numel(), " elements (", bytes, " bytes), and making that copy ",
+        "failed: ", reason, ". An expanded view is copied in full: pass 'output' and ",
+        "'target' as contiguous tensors that fit in memory."));
+  }
+}
 
 }  // namespace
 
@@ -200,8 +218,8 @@ LossForwardCall prepare_loss_forward(const Tensor& output, const Tensor& target,
   call.num_bins = num_bins;
   call.logsnr_min = logsnr_min;
   call.logsnr_max = logsnr_max;
-  call.output = as_contiguous(output);
-  call.target = as_contiguous(target);
+  call.output = as_contiguous(output, "output", op);
+  call.target = as_contiguous(target, "target", op);
   const ScalarType acc = accumulate_dtype(output.scalar_type());
   call.loss = new_empty_contiguous(call.output, {}, call.output.scalar_type());
   call.mse = new_empty_contiguous(call.output, {call.batch}, acc);
@@ -230,8 +248,8 @@ LossBackwardCall prepare_loss_backward(const Tensor& grad, const Tensor& output,
                       output.scalar_type(), " operands, got ", weight.scalar_type());
   LossBackwardCall call;
   call.grad = grad;
-  call.output = as_contiguous(output);
-  call.target = as_contiguous(target);
+  call.output = as_contiguous(output, "output", op);
+  call.target = as_contiguous(target, "target", op);
   call.weight = weight;
   call.batch = output.size(0);
   call.per_sample = output.numel() / call.batch;

@@ -29,11 +29,9 @@ struct WeightParams {
 #ifdef __CUDA_ARCH__
 C10_HOST_DEVICE inline bool is_finite(double x) { return ::isfinite(x); }
 C10_HOST_DEVICE inline bool is_nan(double x) { return ::isnan(x); }
-C10_HOST_DEVICE inline bool is_inf(double x) { return ::isinf(x); }
 #else
 inline bool is_finite(double x) { return std::isfinite(x); }
 inline bool is_nan(double x) { return std::isnan(x); }
-inline bool is_inf(double x) { return std::isinf(x); }
 #endif
 
 // Weight of one sample with corruption x_t = alpha * x0 + sigma * eps. alpha enters only through |alpha| (a
@@ -45,20 +43,22 @@ inline bool is_inf(double x) { return std::isinf(x); }
 //          flow: sqrt((alpha' alpha)^2 + (sigma' sigma)^2) / n,  with n = sqrt(alpha^2 + sigma^2).
 // Min-SNR: eps: min(snr, k) / snr,  x0: min(snr, k),  v: min(snr, k) / (snr + 1).
 // P2:      eps: (k + snr)^-gamma.      debias: eps: sigma / |alpha|.      constant: 1.
-// Where snr = alpha^2 / sigma^2 is 0 or infinite the weight is pinned to 1, as in the authors' code, except Min-SNR
-// at snr = 0 (zero-terminal-SNR schedules), which takes its formulas' limits, eps 1, x0 0, v 0: diffusers'
-// snr_gamma loss gives 0 for x0 and v there (for eps its bare formula is 0 / 0). NaN alpha or sigma give a NaN
-// weight (the loss then shows it). Unsupported (prediction, weighting) pairs are rejected by the argument checks
-// before any kernel runs; here they return NaN.
+// As in the authors' code (compute_mse_loss_weight), the weight is pinned to 1 where snr = alpha^2 / sigma^2 is 0,
+// except Min-SNR (zero-terminal-SNR schedules), which takes its formulas' limits there, eps 1, x0 0, v 0: diffusers'
+// snr_gamma loss gives 0 for x0 and v (for eps its bare formula is 0 / 0). Where snr is infinite (sigma = 0, t = 0)
+// every formula is evaluated as written, as the authors do: ERD eps 0, x0 1, v 0, flow |alpha'|; Min-SNR eps 0,
+// x0 k, v 0; P2 0 (gamma > 0); debias 0. NaN alpha or sigma, or alpha = sigma = 0, give a NaN weight (the loss then
+// shows it). Unsupported (prediction, weighting) pairs are rejected by the argument checks before any kernel runs;
+// here they return NaN.
 C10_HOST_DEVICE inline double sample_weight(double alpha, double sigma, double alpha_prime, double sigma_prime,
                                             const WeightParams& p) {
   if (p.weighting == Weighting::kConstant) return 1.0;
   const double a = ::fabs(alpha);
   const double s = sigma;
-  if (is_nan(a) || is_nan(s)) return NAN;
   const double snr = (a * a) / (s * s);
+  if (is_nan(snr)) return NAN;  // NaN alpha or sigma, or alpha = sigma = 0 (no signal, no noise)
   if (snr == 0.0 && p.weighting == Weighting::kMinSnr) return p.prediction == Prediction::kEps ? 1.0 : 0.0;
-  if (snr == 0.0 || is_inf(snr)) return 1.0;
+  if (snr == 0.0) return 1.0;
   switch (p.weighting) {
     case Weighting::kErd: {
       const double n = ::hypot(a, s);

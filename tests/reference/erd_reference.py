@@ -30,13 +30,15 @@ def target_coefficients(alpha, sigma, prediction, alpha_prime=None, sigma_prime=
 
 
 def _pin(weight, alpha, sigma):
+    """1 where the SNR is 0 (the authors' only special case); where it is infinite (sigma = 0) the formula's value
+    stands."""
     snr = alpha.square() / sigma.square()
-    return torch.where((snr == 0) | torch.isinf(snr), torch.ones_like(weight), weight)
+    return torch.where(snr == 0, torch.ones_like(weight), weight)
 
 
 def erd_weight(alpha, sigma, prediction, alpha_prime=None, sigma_prime=None):
     """w = sqrt((c_x alpha)^2 + (c_e sigma)^2) / sqrt(alpha^2 + sigma^2); for v the constant sqrt(2) is dropped;
-    pinned to 1 where the SNR is 0 or infinite."""
+    pinned to 1 where the SNR is 0."""
     alpha, sigma = _f64(alpha), _f64(sigma)
     cx, ce = target_coefficients(alpha, sigma, prediction, alpha_prime, sigma_prime)
     w = torch.sqrt((cx * alpha) ** 2 + (ce * sigma) ** 2) / torch.sqrt(alpha**2 + sigma**2)
@@ -47,8 +49,8 @@ def erd_weight(alpha, sigma, prediction, alpha_prime=None, sigma_prime=None):
 
 def baseline_weight(alpha, sigma, prediction, weighting, k=5.0, gamma=1.0):
     """The spec's baselines: constant; Min-SNR-k (eps: min(snr, k)/snr, x0: min(snr, k), v: min(snr, k)/(snr+1));
-    P2 (eps: 1/(k + snr)^gamma); debias (eps: sigma/alpha). Pinned to 1 where snr is 0 or infinite, except Min-SNR
-    at snr = 0, which takes its formulas' limits (docs/erd.md)."""
+    P2 (eps: 1/(k + snr)^gamma); debias (eps: sigma/alpha). Pinned to 1 where snr is 0, except Min-SNR, which takes
+    its formulas' limits there (docs/erd.md); where snr is infinite the formulas stand."""
     alpha, sigma = _f64(alpha), _f64(sigma)
     snr = alpha**2 / sigma**2
     if weighting == "constant":

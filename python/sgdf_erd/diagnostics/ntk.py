@@ -8,6 +8,7 @@ reports the spectrum weakening and the effective rank collapsing as noise rises 
 
 import contextlib
 import math
+import threading
 from typing import Dict, Iterator, Optional, Sequence
 
 import torch
@@ -116,10 +117,12 @@ def _check_args(model, inputs, logsnr, num_bins, logsnr_range, sketch_dim, chunk
     if not isinstance(inputs, Tensor) or inputs.dim() < 1:
         raise ValueError("ntk_spectrum: 'inputs' must be a tensor with a leading batch dimension [n, ...]")
     n = inputs.shape[0]
-    if isinstance(logsnr, (int, float)):
+    if isinstance(logsnr, (int, float)) and not isinstance(logsnr, bool):
         logsnr = torch.full((n,), float(logsnr), dtype=torch.float64)
     if not isinstance(logsnr, Tensor):
-        raise TypeError(f"ntk_spectrum: 'logsnr' must be a tensor [n] or a number, got {type(logsnr).__name__}")
+        raise TypeError(f"ntk_spectrum: 'logsnr' must be a tensor [n] or a real number, got {type(logsnr).__name__}")
+    if logsnr.is_complex() or logsnr.dtype == torch.bool:
+        raise TypeError(f"ntk_spectrum: 'logsnr' must hold real numbers (log(alpha^2 / sigma^2)), got {logsnr.dtype}")
     if logsnr.dim() == 0:
         logsnr = logsnr.expand(n)
     if logsnr.shape != (n,):
@@ -141,17 +144,95 @@ def _check_args(model, inputs, logsnr, num_bins, logsnr_range, sketch_dim, chunk
     return logsnr
 
 
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Every submodule in eval mode for the block, then each one's own training flag back: batch norm then reads
-    its running statistics instead of updating them (and needs no batch), dropout is off."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
+# Ids of the modules that running ntk_spectrum calls hold (see _held_in_eval_mode).
+_held_modules = set()
+_held_lock = threading.Lock()
+# Integer dtypes of each element size, to compare tensors bit for bit (NaN, -0.0).
+_BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _same_bits(a: Tensor, b: Tensor) -> bool:
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    bits = _BITS.get(a.element_size())
+    if bits is None:
+        return bool(torch.equal(a, b))
+    return bool(torch.equal(a.view(bits), b.view(bits)))
+
+
+def _same_place(a: Tensor, b: Tensor) -> bool:
+    """Whether a and b are the same view of the same memory (a `.data = ...` assignment changes that)."""
+    if (a.dtype, a.device, a.shape, a.stride()) != (b.dtype, b.device, b.shape, b.stride()):
+        return False
     try:
-        yield
-    finally:
-        for m, training in modes:
+        return a.data_ptr() == b.data_ptr()
+    except RuntimeError:  # a tensor subclass without storage: its geometry is all there is to compare
+        return True
+
+
+class _ModelState:
+    """What a model's forward can change in its modules, to put back exactly: each module's training flag and the
+    parameters, buffers and submodules registered on it (a forward may reassign them, e.g. an EMA buffer updated
+    out of place), and each parameter's and buffer's memory (``.data`` assignments), values (in-place updates,
+    ``.data`` edits, counters) and requires_grad flag. Holds a copy of every parameter and buffer meanwhile."""
+
+    def __init__(self, model: nn.Module):
+        self.modules = [(m, m.training, dict(m._parameters), dict(m._buffers), dict(m._modules),
+                         set(m._non_persistent_buffers_set)) for m in model.modules()]
+        tensors = {}
+        for _, _, parameters, buffers, _, _ in self.modules:
+            for t in (*parameters.values(), *buffers.values()):
+                if t is not None and id(t) not in tensors:
+                    tensors[id(t)] = (t, t.data, t.detach().clone(), t.requires_grad)
+        self.tensors = list(tensors.values())
+
+    def restore(self) -> None:
+        for m, training, parameters, buffers, submodules, non_persistent in self.modules:
             m.training = training
+            for current, saved in ((m._parameters, parameters), (m._buffers, buffers), (m._modules, submodules)):
+                if current.keys() != saved.keys() or any(current[k] is not v for k, v in saved.items()):
+                    current.clear()
+                    current.update(saved)
+            if m._non_persistent_buffers_set != non_persistent:
+                m._non_persistent_buffers_set.clear()
+                m._non_persistent_buffers_set.update(non_persistent)
+        for t, data, values, requires_grad in self.tensors:
+            if not _same_place(t, data):
+                t.data = data
+            if not _same_bits(data, values):
+                data.copy_(values)  # through .data: the tensor's version counter stays as the forward left it
+            if t.requires_grad != requires_grad:
+                t.requires_grad_(requires_grad)
+
+
+@contextlib.contextmanager
+def _held_in_eval_mode(model: nn.Module) -> Iterator[None]:
+    """The model in eval mode for the block (batch norm reads its running statistics instead of updating them, and
+    needs no batch; dropout is off), then exactly as it was (_ModelState), however the block ends.
+
+    A model is held by one call at a time: a second call on it, or on a model sharing a module with it (another
+    thread, or the model's own forward), would read the first one's eval mode as the model's own and leave it
+    behind, so it is refused."""
+    modules = list(model.modules())
+    ids = {id(m) for m in modules}
+    with _held_lock:
+        if not _held_modules.isdisjoint(ids):
+            raise RuntimeError("ntk_spectrum: another ntk_spectrum call is running on this model (or on a model "
+                               "sharing a module with it), in another thread or from the model's forward; calls "
+                               "on one model must not overlap, as each holds it in eval mode and puts its state back "
+                               "afterwards. Run them one after another, or give each thread its own copy "
+                               "(copy.deepcopy(model))")
+        _held_modules.update(ids)
+    try:
+        state = _ModelState(model)
+        try:
+            model.eval()
+            yield
+        finally:
+            state.restore()
+    finally:
+        with _held_lock:
+            _held_modules.difference_update(ids)
 
 
 def ntk_spectrum(model: nn.Module, inputs: Tensor, logsnr, /, num_bins: int = 16,
@@ -173,8 +254,12 @@ def ntk_spectrum(model: nn.Module, inputs: Tensor, logsnr, /, num_bins: int = 16
     Args:
         model: module called as ``model(x, **kwargs)`` with a batch ``x`` ``[b, ...]``, returning a tensor
             ``[b, ...]``. It runs in eval mode whatever its mode (per-sample gradients run each sample separately
-            under ``torch.func.vmap``, so batch norm uses its running statistics and dropout is off); its
-            training flags, parameters and buffers are left as they were.
+            under ``torch.func.vmap``, so batch norm uses its running statistics and dropout is off). Whatever
+            its forward does, the call puts the model back exactly as it was when it returns or raises: training
+            flags, the parameters, buffers and submodules registered (a buffer reassigned out of place, e.g. an
+            EMA, is the original again), their values (in-place updates, counters, ``.data`` edits), memory and
+            requires_grad flags; it keeps a copy of the parameters and buffers meanwhile. One call at a time per
+            model: a call on a model that another call (another thread) is using raises RuntimeError.
         inputs: ``[n, ...]`` noisy inputs.
         logsnr: ``[n]`` log-SNR of each input (or one number for all); used for binning only.
         num_bins, logsnr_range: uniform log-SNR bins over ``(lo, hi)``.
@@ -201,7 +286,7 @@ def ntk_spectrum(model: nn.Module, inputs: Tensor, logsnr, /, num_bins: int = 16
     the eigenvalues, sets the cost; a larger ``chunk_size`` (if memory allows) cuts the regeneration.
     """
     logsnr = _check_args(model, inputs, logsnr, num_bins, logsnr_range, sketch_dim, chunk_size)
-    with _eval_mode(model):
+    with _held_in_eval_mode(model):
         features = _ntk_features(model, inputs, sketch_dim, seed, chunk_size, model_kwargs)
     device = inputs.device
     bin_ids = logsnr_bin_ids(logsnr, num_bins, logsnr_range).to(device)
@@ -223,7 +308,11 @@ def _ntk_features(model: nn.Module, inputs: Tensor, sketch_dim: Optional[int], s
     params = {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
     if not params:
         raise ValueError("ntk_spectrum: 'model' has no parameters that require grad; the NTK is empty")
-    buffers = dict(model.named_buffers())
+    # what the forward reads besides, as aliases too: what it reassigns under the transforms (a buffer, a `.data`)
+    # is then an alias, never the model's own tensor, which a torch.func wrapper would outlive; what it writes in
+    # place reaches the model's memory, which _ModelState puts back
+    constants = {name: p.detach() for name, p in model.named_parameters() if not p.requires_grad}
+    constants.update((name, b.detach()) for name, b in model.named_buffers())
     numels = [p.numel() for p in params.values()]
     total = sum(numels)
     first = next(iter(params.values()))
@@ -250,7 +339,7 @@ def _ntk_features(model: nn.Module, inputs: Tensor, sketch_dim: Optional[int], s
 
         def projected_output(p, x, kw):
             batched = {k: v.unsqueeze(0) for k, v in kw.items()}
-            out = functional_call(model, (p, buffers), (x.unsqueeze(0),), {**batched, **shared})
+            out = functional_call(model, (p, constants), (x.unsqueeze(0),), {**batched, **shared})
             return (out[0] * u).sum()
 
         per_sample_grad = vmap(grad(projected_output), in_dims=(None, 0, 0))

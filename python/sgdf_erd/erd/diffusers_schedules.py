@@ -7,7 +7,7 @@ diffusers is not imported: a scheduler is recognised by its class (or a base cla
 import torch
 from torch import Tensor
 
-from .schedules import DiscreteVP, LinearFlow, NoiseSchedule, checked_on_host
+from .schedules import DiscreteVP, LinearFlow, NoiseSchedule, as_times, checked_on_host, require_inside
 
 __all__ = ["from_diffusers", "FlowMatchTimesteps", "VP_SCHEDULERS", "FLOW_MATCH_SCHEDULERS"]
 
@@ -26,7 +26,7 @@ class FlowMatchTimesteps(LinearFlow):
     the sigmas, so dividing a timestep by ``num_train_timesteps`` gives the shifted sigma that ``scale_noise`` used.
     The derivatives are taken with respect to sigma (alpha' = -1, sigma' = 1): the flow target ``noise - x0`` of
     diffusers' training scripts. ``t`` may be a float (``scheduler.timesteps``) or an integer tensor, in
-    ``[0, num_train_timesteps]``.
+    ``[0, num_train_timesteps]``; a NaN timestep gives NaN values (the loss shows them), as in LinearFlow.
     """
 
     def __init__(self, num_train_timesteps: int):
@@ -37,7 +37,7 @@ class FlowMatchTimesteps(LinearFlow):
         self.num_train_timesteps = num_train_timesteps
 
     def _sigma(self, t) -> Tensor:
-        t = torch.as_tensor(t)
+        t = as_times(t, "FlowMatchTimesteps")
         if t.is_complex() or t.dtype == torch.bool:
             raise TypeError(f"FlowMatchTimesteps: timesteps must be real numbers, got {t.dtype}")
         if not t.is_floating_point():
@@ -46,10 +46,11 @@ class FlowMatchTimesteps(LinearFlow):
         # diffusers' float32 product sigmas * N can round just above N: that is sigma = 1
         rounded_up = (sigma > 1) & (sigma <= 1 + 4 * torch.finfo(sigma.dtype).eps)
         sigma = torch.where(rounded_up, torch.ones_like(sigma), sigma)
-        # checked on the host only (checked_on_host; LinearFlow then gives NaN outside)
-        if checked_on_host(sigma) and sigma.numel() and not bool(((sigma >= 0) & (sigma <= 1)).all()):
-            raise ValueError(f"FlowMatchTimesteps: timesteps must lie in [0, {self.num_train_timesteps}] "
-                             f"(diffusers' sigma * num_train_timesteps), got [{float(t.min())}, {float(t.max())}]")
+        # checked on the host only (checked_on_host; LinearFlow then gives NaN outside, and for NaN)
+        if checked_on_host(sigma):
+            require_inside(t, (sigma >= 0) & (sigma <= 1), "FlowMatchTimesteps",
+                           f"timesteps must lie in [0, {self.num_train_timesteps}] (diffusers' sigma * "
+                           "num_train_timesteps)")
         return sigma
 
     def alpha_sigma(self, t):

@@ -67,24 +67,44 @@ class NoiseSchedule:
 
 
 def checked_on_host(t: Tensor) -> bool:
-    """Whether a schedule checks the values of `t` on the host: on the CPU, in eager mode. On an accelerator reading
-    them would synchronise every step, and torch.compile cannot branch on them (they are data, not shapes)."""
-    return t.device.type == "cpu" and not torch.compiler.is_compiling()
+    """Whether a schedule checks the values of `t` on the host: on the CPU, in eager mode, outside torch.func
+    transforms. On an accelerator reading them would synchronise every step, torch.compile cannot branch on them
+    (they are data, not shapes), and under vmap they are batched (no single value to read)."""
+    return (t.device.type == "cpu" and not torch.compiler.is_compiling()
+            and not torch._C._are_functorch_transforms_active())
+
+
+def as_times(t, name: str) -> Tensor:
+    """t as a tensor (numbers and sequences of them are converted); TypeError naming `name` for anything else
+    (a string, ...)."""
+    if isinstance(t, Tensor):
+        return t
+    try:
+        return torch.as_tensor(t)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise TypeError(f"{name}: timesteps must be a tensor (or numbers), got {type(t).__name__} {t!r}") from err
+
+
+def require_inside(t: Tensor, inside: Tensor, name: str, expected: str) -> None:
+    """ValueError naming the range of the values of t outside `inside` (where checked_on_host). NaN is let through,
+    as off the host: it gives NaN values, which the loss shows."""
+    outside = ~inside & ~t.isnan()
+    if bool(outside.any()):
+        values = t.detach()[outside]
+        raise ValueError(f"{name}: {expected}, got values in [{values.min().item()}, {values.max().item()}] "
+                         "outside it")
 
 
 def _float_times(t, name: str) -> Tensor:
     """t as a floating tensor in [0, 1]: ValueError outside where checked_on_host; elsewhere a time outside gives
     NaN values instead of the formula's silently wrong ones (e.g. sigma < 0)."""
-    t = torch.as_tensor(t)
+    t = as_times(t, name)
     if not t.is_floating_point():
         raise TypeError(f"{name}: t must be floating point in [0, 1], got {t.dtype}")
     inside = (t >= 0) & (t <= 1)
     if not checked_on_host(t):
         return torch.where(inside | t.isnan(), t, torch.nan)
-    if not bool(inside.logical_or(t.isnan()).all()):
-        outside = t.detach()[~inside & ~t.isnan()]
-        raise ValueError(f"{name}: t must lie in [0, 1] (0: clean data, 1: pure noise), got values in "
-                         f"[{float(outside.min())}, {float(outside.max())}] outside it")
+    require_inside(t, inside, name, "t must lie in [0, 1] (0: clean data, 1: pure noise)")
     return t
 
 
@@ -173,8 +193,10 @@ def cosine_betas(num_steps: int = 1000, s: float = 0.008, max_beta: float = 0.99
 class DiscreteVP(NoiseSchedule):
     """Variance-preserving schedule over ``num_steps`` integer timesteps, from its ``alphas_cumprod`` table.
 
-    ``t`` must be an integer tensor of timesteps. Values come out in torch's default dtype (the table is kept in
-    float64). The time derivatives are taken with respect to the timestep index, by central differences of the
+    ``t`` must be a tensor of integer timesteps, of any integer dtype (uint8 included: it indexes, it is not a mask).
+    Values come out in torch's default dtype (the table is kept in float64). A timestep outside ``[0, num_steps)``
+    raises ValueError on the CPU in eager mode; elsewhere (an accelerator, torch.compile, torch.func) it gives NaN
+    values. The time derivatives are taken with respect to the timestep index, by central differences of the
     table (one-sided at both ends), as a discrete schedule has no continuous time.
     """
 
@@ -210,18 +232,22 @@ class DiscreteVP(NoiseSchedule):
         return self.alphas_cumprod.numel()
 
     def _lookup(self, name: str, t) -> Tensor:
-        t = torch.as_tensor(t)
+        t = as_times(t, "DiscreteVP")
         if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-            raise TypeError(f"DiscreteVP: t must be an integer tensor of timesteps, got {t.dtype}")
+            raise TypeError(f"DiscreteVP: t must be a tensor of integer timesteps, got {t.dtype}")
+        # int64 indices whatever the integer dtype: uint8 would index as a mask, int8 / int16 not at all
+        t = t.long()
         dtype = torch.get_default_dtype()
         key = (name, t.device, dtype)
         if key not in self._on_device:
             self._on_device[key] = self._tables[name].to(device=t.device, dtype=dtype)
-        # checked on the host only (checked_on_host); an out-of-range index fails in the indexing kernel anyway
-        if checked_on_host(t) and t.numel() and (int(t.min()) < 0 or int(t.max()) >= self.num_steps):
-            raise ValueError(f"DiscreteVP: timesteps must lie in [0, {self.num_steps}), got "
-                             f"[{int(t.min())}, {int(t.max())}]")
-        return self._on_device[key][t]
+        table = self._on_device[key]
+        inside = (t >= 0) & (t < self.num_steps)
+        if checked_on_host(t):
+            require_inside(t, inside, "DiscreteVP", f"timesteps must lie in [0, {self.num_steps})")
+            return table[t]
+        # unchecked: an index outside gives NaN rather than an indexing kernel's failure (a device-side assert)
+        return torch.where(inside, table[t.clamp(0, self.num_steps - 1)], torch.nan)
 
     def alpha_sigma(self, t):
         return self._lookup("alpha", t), self._lookup("sigma", t)

@@ -54,9 +54,12 @@ def loss_weight(alpha, sigma, prediction: str = "eps", weighting: str = "erd", *
     - ``"debias"``: eps: sigma / |alpha|;
     - ``"constant"``: 1.
 
-    Where snr is 0 or infinite the weight is 1 (as in the authors' code), except Min-SNR at snr = 0
-    (zero-terminal-SNR schedules), which takes its formulas' limits: eps 1, x0 0, v 0, the values of diffusers'
-    ``snr_gamma`` loss for x0 ("sample") and v (for eps its bare formula is 0 / 0). ``prediction`` also takes
+    Where snr is 0 the weight is 1, as in the authors' code, except Min-SNR (zero-terminal-SNR schedules), which
+    takes its formulas' limits there: eps 1, x0 0, v 0, the values of diffusers' ``snr_gamma`` loss for x0
+    ("sample") and v (for eps its bare formula is 0 / 0). Where snr is infinite (sigma = 0: clean data, t = 0) the
+    formulas stand, as in the authors' code: ``"erd"`` eps 0, x0 1, v 0, flow |alpha'|; ``"min_snr"`` eps 0, x0 k,
+    v 0; ``"p2"`` 0 (gamma > 0); ``"debias"`` 0. NaN alpha or sigma, or alpha = sigma = 0, give NaN (the
+    constant weighting excepted). ``prediction`` also takes
     diffusers' names ("epsilon", "sample", "v_prediction", "flow_prediction"). alpha and sigma broadcast against each
     other; the result has their broadcast shape and promoted floating dtype. Weights carry no gradient: they are
     functions of the schedule, constants of the loss.
@@ -100,6 +103,7 @@ def erd_weight(alpha, sigma, prediction: str = "eps", alpha_prime=None, sigma_pr
 
     For variance-preserving schedules (n = 1) these are the authors' values: eps -> sigma, x0 -> alpha,
     v -> alpha * sigma, and flow on the linear path alpha = 1 - t, sigma = t -> 1. Where snr = alpha^2 / sigma^2 is
-    0 or infinite the weight is pinned to 1. Accepts tensors (or numbers) that broadcast together.
+    0 the weight is pinned to 1 (the authors' code); where it is infinite (sigma = 0) the formula stands (eps 0,
+    x0 1, v 0, flow |alpha'|). Accepts tensors (or numbers) that broadcast together.
     """
     return loss_weight(alpha, sigma, prediction, "erd", alpha_prime=alpha_prime, sigma_prime=sigma_prime)
