@@ -24,6 +24,7 @@
 # copy of tests/ in a folder outside the source tree, so `import sgdf_erd` finds the installed wheel; each run
 # records the path it imported from.
 set -euo pipefail
+{  # read whole before it runs: editing the tree (this file included) during a long run cannot change it
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 [ $# -ge 1 ] || { echo "usage: bash scripts/check_wheel_matrix.sh WHEEL [OUTFILE]" >&2; exit 2; }
 WHEEL=$(cd "$(dirname "$1")" && pwd)/$(basename "$1")
@@ -48,6 +49,7 @@ mkdir -p "$WORK"
 # no CUDA toolkit, no C/C++ compiler for pip: a wheel that would need building fails instead of compiling
 CLEAN_PATH=$(printf '%s' "$PATH" | tr ':' '\n' | grep -v -E '(^|/)cuda[^/]*/bin$' | paste -sd: -)
 started=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+tests_commit=$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)  # tests/ is copied from here
 run_dir() { printf '%s/run-%s' "$WORK" "$(printf '%s' "$1" | tr -c 'A-Za-z0-9.+-' '_')"; }
 
 # one torch: venv, install, tests; writes its result as one JSON line to its run folder's result.json
@@ -132,7 +134,6 @@ done
 
 mkdir -p "$(dirname "$OUTFILE")"
 printf '%s\n' "${results[@]}" > "$WORK/results.jsonl"
-tests_commit=$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)
 "$PYTHON" - "$OUTFILE" "$WHEEL" "$started" "$*" "${PYTEST_ARGS[*]}" "$JOBS" "$WORK/results.jsonl" "$tests_commit" <<'EOF'
 import json, os, platform, shlex, subprocess, sys
 out, wheel, started, args, pytest_args, jobs, results, tests_commit = sys.argv[1:]
@@ -185,3 +186,4 @@ with open(out + ".md", "w") as f:
 print("\n".join(lines))
 EOF
 exit $status
+}
