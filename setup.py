@@ -120,9 +120,11 @@ def compile_flags(with_cuda, arch_list):
     defines = [f"-D{k}" if v is None else f"-D{k}={v}" for k, v in definitions(with_cuda, arch_list).items()]
     # hidden visibility: only PyInit__C is exported, so no symbol of ours can clash with torch's or another
     # extension's (and the stable ABI's hidden-visibility types may be members of ours)
-    cxx = ["-O3", "-Wno-unknown-pragmas", "-fvisibility=hidden"]
+    # manylinux_compat.h pins glibc functions to their pre-2.28 symbol versions in every file (manylinux_2_28 wheel)
+    compat = ["-include", os.path.join(CSRC, "common", "manylinux_compat.h")]
+    cxx = ["-O3", "-Wno-unknown-pragmas", "-fvisibility=hidden"] + compat
     cxx += ["-mavx2", "-mfma", "-mf16c"] if cpu_isa_avx2() else []
-    nvcc = ["-O3", "--expt-relaxed-constexpr", "-lineinfo", "-Xcompiler=-fvisibility=hidden"]
+    nvcc = ["-O3", "--expt-relaxed-constexpr", "-lineinfo", "-Xcompiler=-fvisibility=hidden"] + compat
     return {"cxx": cxx + defines, "nvcc": nvcc + defines}
 
 

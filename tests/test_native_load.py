@@ -86,3 +86,19 @@ def test_the_library_refers_to_torch_only_through_the_stable_abi():
     unstable = [s for s in symbols if re.match(r"_ZN[KVRO]*(3c10|2at|5torch)", s)]
     assert unstable == []
     assert any(s.startswith(("torch_", "aoti_torch_")) for s in symbols)
+
+
+SYMBOL_CHECK = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts",
+                            "check_symbol_versions.py")
+
+
+@pytest.mark.skipif(shutil.which("objdump") is None, reason="needs objdump (binutils)")
+@pytest.mark.skipif(not os.path.exists(SYMBOL_CHECK), reason="needs the source tree's scripts/")
+def test_the_library_needs_no_symbol_version_newer_than_manylinux_2_28():
+    """The wheel installs wherever torch's manylinux_2_28 wheels do: no glibc function or libstdc++ symbol of a
+    version newer than glibc 2.28 / GCC 8's libstdc++ provide, even when built on a newer system
+    (csrc/common/manylinux_compat.h pins or supplies them)."""
+    library = importlib.import_module("sgdf_erd._C").__file__
+    result = subprocess.run([sys.executable, SYMBOL_CHECK, library], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "highest needed GLIBC_2." in result.stdout

@@ -1,0 +1,28 @@
+// The libstdc++ and glibc pieces newer than manylinux_2_28 that inline header code refers to, defined here so the
+// library does not need them from the system (see manylinux_compat.h for the glibc functions). libstdc++ stays a
+// shared library: exceptions thrown here cross into torch's frames (the op errors Python sees), so the exception
+// runtime must be the one copy the process shares, never a static copy of our own. These are the same inline
+// definitions the headers hold; the newer libstdc++ exports them as explicit instantiations, which GCC 8's lacks.
+#include <new>
+#include <sstream>
+#include <string>
+
+#if defined(__GLIBCXX__) && _GLIBCXX_RELEASE >= 11 && _GLIBCXX_USE_CXX11_ABI && __cplusplus > 201703L
+// C++20 ref-qualified str() (GLIBCXX_3.4.29) and the default constructors split from the openmode ones
+// (GLIBCXX_3.4.26), used by str_cat (common/stable.h) and by torch's stable headers for error messages
+template std::basic_ostringstream<char>::basic_ostringstream();
+template std::basic_stringstream<char>::basic_stringstream();
+template std::string std::basic_stringbuf<char>::str() const&;
+template std::string std::basic_stringbuf<char>::str() &&;
+
+namespace std {
+// GLIBCXX_3.4.29: std::allocator<T>::allocate calls it for an element count whose byte size overflows
+void __throw_bad_array_new_length() { throw bad_array_new_length(); }
+}  // namespace std
+#endif
+
+// GLIBC_2.32: libstdc++'s reference counting (shared_ptr, locale) reads it to skip atomics while the process has a
+// single thread. Ours always says "maybe several threads", which is always correct; hidden, so it binds only here.
+extern "C" {
+__attribute__((visibility("hidden"))) char __libc_single_threaded = 0;
+}
