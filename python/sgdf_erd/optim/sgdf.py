@@ -412,13 +412,14 @@ def _update_options(group: dict) -> dict:
 
 def _fused_step(params, grads, exp_avgs, exp_vars, steps, hyper, storage, grad_scale, found_inf) -> None:
     """The fused kernel walks each tensor as one flat buffer: a param that is a view with gaps steps on a dense
-    copy in its state's layout, written back afterwards (with its unscaled gradient)."""
+    copy in its own dtype and its state's (dense) layout, written back afterwards (with its unscaled gradient), so
+    it steps exactly as the same values in a dense tensor would, under every storage option."""
     params, grads = list(params), list(grads)
     copies = []
     for i, p in enumerate(params):
         if not checks.is_dense(p):
-            dense_param = torch.empty_like(exp_avgs[i]).copy_(p)
-            dense_grad = torch.empty_like(exp_avgs[i]).copy_(grads[i])
+            dense_param = torch.empty_like(exp_avgs[i], dtype=p.dtype).copy_(p)
+            dense_grad = torch.empty_like(exp_avgs[i], dtype=grads[i].dtype).copy_(grads[i])
             copies.append((p, dense_param, grads[i], dense_grad))
             params[i], grads[i] = dense_param, dense_grad
     fused_sgdf(params, grads, exp_avgs, exp_vars, steps, grad_scale=grad_scale, found_inf=found_inf, **storage,
