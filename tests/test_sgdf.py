@@ -330,6 +330,32 @@ def test_grad_scaler_with_planted_inf_skips_and_unscales(device):
     _assert_close(list(model.parameters()), ref, torch.float32)
 
 
+@pytest.mark.parametrize("layout", ["transposed", "channels_last"])
+def test_grad_scaler_unscales_a_gradient_laid_out_otherwise_in_place(device, layout):
+    """A gradient whose strides differ from its parameter's is stepped from a copy in the parameter's layout; the
+    kernel unscales that copy, and p.grad must end up unscaled too, as torch's fused optimizers leave it (it stayed
+    scaled)."""
+    shape = (4, 3, 2, 2)
+    params = _make_params(torch.float32, shapes=[shape, (5,)], seed=4, device=device)
+    opt = SGDF(params, lr=0.05, fused=True)
+    ref = ReferenceSGDF(params, lr=0.05)
+    scaler = torch.amp.GradScaler(device.type, init_scale=2.0**4, growth_interval=1000)
+    gen = torch.Generator().manual_seed(6)
+    for _ in range(3):
+        grads = _grads(params, gen)
+        weight_grad = scaler.scale(grads[0].to(device))
+        params[0].grad = (weight_grad.transpose(0, 1).contiguous().transpose(0, 1) if layout == "transposed" else
+                          weight_grad.contiguous(memory_format=torch.channels_last))
+        assert params[0].grad.stride() != params[0].stride()
+        params[1].grad = scaler.scale(grads[1].to(device))
+        scaler.step(opt)
+        scaler.update()
+        ref.step(grads)
+        for p, g in zip(params, grads):
+            torch.testing.assert_close(p.grad.cpu(), g, rtol=0, atol=0)  # a power-of-two scale: exact
+    _assert_close(params, ref, torch.float32)
+
+
 # ----------------------------------------------------------------------------------------- options
 def test_capturable_and_tensor_lr(device):
     params = _make_params(torch.float32, seed=8, device=device)
