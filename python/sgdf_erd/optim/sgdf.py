@@ -78,7 +78,8 @@ class SGDF(Optimizer):
     ``capturable``, ``stochastic_rounding``, ``state_dtype``, ``master_weights``) stay those of the optimizer
     that loads: state is cast to its ``state_dtype``, a missing master copy is made from the parameter (load the
     model first) and a missing seed is drawn, and master copies or seeds the options do not use are dropped. With
-    fused kernels the optimizer works with ``torch.amp.GradScaler`` as torch's fused optimizers do.
+    ``fused=True`` the kernel unscales the gradients for ``torch.amp.GradScaler`` as torch's fused optimizers do;
+    on the default path the scaler unscales them before the step (so they can be clipped).
 
     ``torch.compile`` traces ``step`` whole (pass a tensor ``lr`` so that a scheduler changing it compiles nothing
     new). DTensor parameters (FSDP2's ``fully_shard``) work on every path: the fused kernel steps each rank's shards,
@@ -104,6 +105,14 @@ class SGDF(Optimizer):
         self._one_call_waits: Dict[int, int] = {}
         super().__init__(params, defaults)
 
+    @property
+    def _step_supports_amp_scaling(self) -> bool:
+        """Whether torch.amp.GradScaler hands grad_scale / found_inf to step(), for the kernel to unscale the
+        gradients in place without a host synchronisation: where the user asked for fused=True, as for torch's
+        fused optimizers. The default (fused too) leaves unscaling to the scaler, so that gradients can be
+        unscaled and clipped before the step (Lightning refuses clipping with an optimizer that unscales)."""
+        return self.defaults["fused"] is True and all(g["fused"] for g in self.param_groups)
+
     def add_param_group(self, param_group: dict) -> None:
         """Add a group; it is checked whole (hyperparameters, params, repeats, path) before it joins."""
         if not isinstance(param_group, dict):
@@ -122,12 +131,11 @@ class SGDF(Optimizer):
         checks.check_distinct([g["params"] for g in self.param_groups] + [params])
         group["fused"], group["foreach"] = checks.choose_path(params, group["fused"], group["foreach"], group)
         super().add_param_group(group)
-        # torch.amp.GradScaler hands grad_scale / found_inf to step() instead of unscaling with a host sync.
-        self._step_supports_amp_scaling = all(g["fused"] for g in self.param_groups)
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
         self.__dict__.setdefault("_one_call_waits", {})
+        self.__dict__.pop("_step_supports_amp_scaling", None)  # (pickled by older versions; now a property)
         for group in self.param_groups:
             for release_key, key in _RELEASE_KEYS.items():
                 if release_key in group:
