@@ -436,6 +436,23 @@ def test_invalid_hyperparameters(kwargs, exc, match):
         SGDF(_make_params(torch.float32), **kwargs)
 
 
+def test_differentiable_false_is_accepted_and_true_refused(device):
+    """torch's optimizers take differentiable=False (and put it in `defaults`, so SGDF(params, **opt.defaults) must
+    work); True, autograd through step(), is refused clearly, also in a param group."""
+    params = _make_params(torch.float32, shapes=[(5, 4), (3,)], device=device)
+    opt = SGDF(params, lr=0.05, differentiable=False)
+    assert opt.defaults["differentiable"] is False and opt.param_groups[0]["differentiable"] is False
+    again = SGDF(params, **opt.defaults)
+    assert again.defaults == opt.defaults
+    ref = ReferenceSGDF(params, lr=0.05)
+    _run_against_reference(params, opt, ref, steps=3)
+    _assert_close(params, ref, torch.float32)
+    with pytest.raises(ValueError, match="differentiable"):
+        SGDF(params, differentiable=True)
+    with pytest.raises(ValueError, match="differentiable"):
+        SGDF([{"params": params[:1]}, {"params": params[1:], "differentiable": True}])
+
+
 def test_invalid_parameter_kinds():
     with pytest.raises(TypeError, match="floating point"):
         SGDF([torch.zeros(3, dtype=torch.int64)])

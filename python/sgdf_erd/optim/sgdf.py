@@ -70,6 +70,8 @@ class SGDF(Optimizer):
             parameter's dtype). The arithmetic stays float32 (float64 for float64 parameters).
         master_weights: for bfloat16 / float16 parameters, keep a float32 copy (state ``master_param``) that is
             updated in float32; the parameter receives it rounded to nearest. Refused for other dtypes.
+        differentiable: accepted as False, as torch's optimizers take it; True (autograd through ``step()``) is
+            refused: the kernels and the in-place state updates do not record a graph.
 
     State per parameter: ``step`` (float32 tensor), ``exp_avg``, ``exp_var`` (the release's names), and with the
     options ``master_param`` (float32) and ``rounding_seed`` (int). Checkpoints of the authors' release (int
@@ -95,12 +97,13 @@ class SGDF(Optimizer):
                  decoupled_weight_decay: bool = False, sign: bool = False, orthogonalize: bool = False,
                  ns_steps: int = 5, maximize: bool = False, foreach: Optional[bool] = None,
                  fused: Optional[bool] = None, capturable: bool = False, stochastic_rounding: bool = False,
-                 state_dtype: Optional[torch.dtype] = None, master_weights: bool = False):
+                 state_dtype: Optional[torch.dtype] = None, master_weights: bool = False,
+                 differentiable: bool = False):
         defaults = dict(lr=lr, betas=betas, eps=eps, gamma=gamma, weight_decay=weight_decay,
                         decoupled_weight_decay=decoupled_weight_decay, sign=sign, orthogonalize=orthogonalize,
                         ns_steps=ns_steps, maximize=maximize, foreach=foreach, fused=fused, capturable=capturable,
                         stochastic_rounding=stochastic_rounding, state_dtype=state_dtype,
-                        master_weights=master_weights)
+                        master_weights=master_weights, differentiable=differentiable)
         # param group index -> steps it still goes the general way after the kernel refused its one-call step
         self._one_call_waits: Dict[int, int] = {}
         super().__init__(params, defaults)
