@@ -47,8 +47,9 @@ echo "== installing the test and demo dependencies"
 python -m pip install -q numpy pytest hypothesis scipy scikit-learn matplotlib tqdm ninja setuptools wheel
 cmd=${1:-test}
 if [ "$cmd" = test ]; then
-  # tests/test_integrations.py runs SGDF inside Hugging Face Trainer; tests/test_diffusers.py inside diffusers
-  python -m pip install -q transformers accelerate diffusers
+  # tests/test_integrations.py runs SGDF inside Hugging Face Trainer and Lightning; tests/test_diffusers.py inside
+  # diffusers
+  python -m pip install -q transformers accelerate diffusers lightning
 fi
 
 stamp="$VENV/.sgdf_erd_build_stamp"

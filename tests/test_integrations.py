@@ -94,3 +94,45 @@ def test_hugging_face_trainer_takes_sgdf(tmp_path):
     assert opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)  # the linear schedule reached its end
     final = torch.nn.functional.mse_loss(model.linear(x).squeeze(-1), y).item()
     assert final < 0.5 * initial
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
+@pytest.mark.parametrize("fused", [None, False])
+def test_lightning_trains_with_mixed_precision_and_gradient_clipping(precision, fused):
+    """Lightning refuses gradient clipping with an optimizer that unscales gradients inside step() (it advertises
+    `_step_supports_amp_scaling`); SGDF's default (fused too) must leave unscaling to the scaler, as AdamW's does,
+    so that `gradient_clip_val` works with mixed precision. Every optimizer step is an SGDF step and the loss falls."""
+    lightning = pytest.importorskip("lightning", reason="needs lightning (pip install lightning)")
+    if precision == "16-mixed" and not torch.cuda.is_available():
+        pytest.skip("float16 mixed precision (with a GradScaler) needs a GPU in Lightning; on the CPU it falls back "
+                    "to bf16-mixed")
+
+    class Regressor(lightning.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(8, 1)
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return torch.nn.functional.mse_loss(self.linear(x).squeeze(-1).float(), y)
+
+        def configure_optimizers(self):
+            return SGDF(self.parameters(), lr=0.2, fused=fused)
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 8, generator=gen)
+    y = x @ torch.randn(8, generator=gen)
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32)
+    torch.manual_seed(0)
+    model = Regressor()
+    initial = torch.nn.functional.mse_loss(model.linear(x).squeeze(-1), y).item()
+    max_steps = 40
+    trainer = lightning.Trainer(accelerator="gpu" if precision == "16-mixed" else "cpu", devices=1,
+                                precision=precision, gradient_clip_val=0.5, max_steps=max_steps, logger=False,
+                                enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model, data)
+    opt = trainer.optimizers[0]
+    assert isinstance(opt, SGDF) and not opt._step_supports_amp_scaling
+    assert float(opt.state[model.linear.weight]["step"]) == max_steps
+    final = torch.nn.functional.mse_loss(model.linear.cpu()(x).squeeze(-1), y).item()
+    assert final < 0.5 * initial

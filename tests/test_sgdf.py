@@ -330,6 +330,72 @@ def test_grad_scaler_with_planted_inf_skips_and_unscales(device):
     _assert_close(list(model.parameters()), ref, torch.float32)
 
 
+def test_in_kernel_unscaling_is_advertised_only_where_fused_was_asked_for(device):
+    """torch.amp.GradScaler hands grad_scale / found_inf to step() where `_step_supports_amp_scaling` is set; as for
+    torch's optimizers, only where the user asked for fused=True (every group fused): the default path (fused too)
+    leaves unscaling to the scaler, so gradients can be unscaled and clipped first (Lightning refuses otherwise)."""
+    a, b = _make_params(torch.float32, shapes=[(3,), (4,)], device=device)
+    assert SGDF([a, b]).param_groups[0]["fused"] is True  # the default path is fused ...
+    assert not SGDF([a, b])._step_supports_amp_scaling  # ... but the scaler unscales
+    assert SGDF([a, b], fused=True)._step_supports_amp_scaling
+    assert not SGDF([{"params": [a]}, {"params": [b], "fused": False}], fused=True)._step_supports_amp_scaling
+    assert not SGDF([a, b], foreach=True)._step_supports_amp_scaling
+    opt = SGDF([a], fused=True)
+    opt.add_param_group({"params": [b], "foreach": True, "fused": False})
+    assert not opt._step_supports_amp_scaling
+
+
+def test_default_path_with_grad_scaler_unscale_and_clipping(device):
+    """The default path with a GradScaler: unscale_, clip, step (the scaler skips the step on inf) follows the
+    reference fed the unscaled, clipped gradients."""
+    params = _make_params(torch.float32, shapes=[(5, 4), (7,)], seed=9, device=device)
+    opt = SGDF(params, lr=0.05)
+    ref = ReferenceSGDF(params, lr=0.05)
+    scaler = torch.amp.GradScaler(device.type, init_scale=2.0**6, growth_interval=1000)
+    gen = torch.Generator().manual_seed(10)
+    for step in range(5):
+        grads = _grads(params, gen)
+        for p, g in zip(params, grads):
+            p.grad = scaler.scale(g.to(device))
+        if step == 2:
+            params[0].grad[0, 0] = float("inf")
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(params, max_norm=1.0)
+        clipped = [p.grad.cpu().double() for p in params]
+        scaler.step(opt)
+        scaler.update()
+        if step != 2:
+            ref.step(clipped)
+    assert float(opt.state[params[0]]["step"]) == 4
+    _assert_close(params, ref, torch.float32)
+
+
+@pytest.mark.parametrize("layout", ["transposed", "channels_last"])
+def test_grad_scaler_unscales_a_gradient_laid_out_otherwise_in_place(device, layout):
+    """A gradient whose strides differ from its parameter's is stepped from a copy in the parameter's layout; the
+    kernel unscales that copy, and p.grad must end up unscaled too, as torch's fused optimizers leave it (it stayed
+    scaled)."""
+    shape = (4, 3, 2, 2)
+    params = _make_params(torch.float32, shapes=[shape, (5,)], seed=4, device=device)
+    opt = SGDF(params, lr=0.05, fused=True)
+    ref = ReferenceSGDF(params, lr=0.05)
+    scaler = torch.amp.GradScaler(device.type, init_scale=2.0**4, growth_interval=1000)
+    gen = torch.Generator().manual_seed(6)
+    for _ in range(3):
+        grads = _grads(params, gen)
+        weight_grad = scaler.scale(grads[0].to(device))
+        params[0].grad = (weight_grad.transpose(0, 1).contiguous().transpose(0, 1) if layout == "transposed" else
+                          weight_grad.contiguous(memory_format=torch.channels_last))
+        assert params[0].grad.stride() != params[0].stride()
+        params[1].grad = scaler.scale(grads[1].to(device))
+        scaler.step(opt)
+        scaler.update()
+        ref.step(grads)
+        for p, g in zip(params, grads):
+            torch.testing.assert_close(p.grad.cpu(), g, rtol=0, atol=0)  # a power-of-two scale: exact
+    _assert_close(params, ref, torch.float32)
+
+
 # ----------------------------------------------------------------------------------------- options
 def test_capturable_and_tensor_lr(device):
     params = _make_params(torch.float32, seed=8, device=device)
@@ -368,6 +434,23 @@ def test_add_param_group_joins_the_path(device):
 def test_invalid_hyperparameters(kwargs, exc, match):
     with pytest.raises(exc, match=match):
         SGDF(_make_params(torch.float32), **kwargs)
+
+
+def test_differentiable_false_is_accepted_and_true_refused(device):
+    """torch's optimizers take differentiable=False (and put it in `defaults`, so SGDF(params, **opt.defaults) must
+    work); True, autograd through step(), is refused clearly, also in a param group."""
+    params = _make_params(torch.float32, shapes=[(5, 4), (3,)], device=device)
+    opt = SGDF(params, lr=0.05, differentiable=False)
+    assert opt.defaults["differentiable"] is False and opt.param_groups[0]["differentiable"] is False
+    again = SGDF(params, **opt.defaults)
+    assert again.defaults == opt.defaults
+    ref = ReferenceSGDF(params, lr=0.05)
+    _run_against_reference(params, opt, ref, steps=3)
+    _assert_close(params, ref, torch.float32)
+    with pytest.raises(ValueError, match="differentiable"):
+        SGDF(params, differentiable=True)
+    with pytest.raises(ValueError, match="differentiable"):
+        SGDF([{"params": params[:1]}, {"params": params[1:], "differentiable": True}])
 
 
 def test_invalid_parameter_kinds():

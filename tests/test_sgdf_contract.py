@@ -642,7 +642,7 @@ def test_explicit_fused_refuses_non_dense_params_at_construction(device):
 def test_non_dense_param_with_grad_scaler_skips_and_unscales(device):
     params = _non_dense_model(device)[:2]
     opt = SGDF(params, lr=0.05)
-    assert opt._step_supports_amp_scaling
+    assert not opt._step_supports_amp_scaling  # the default path: the scaler unscales before the step
     ref = ReferenceSGDF(params, lr=0.05)
     scaler = torch.amp.GradScaler(device.type, init_scale=2.0**4, growth_interval=1000)
     for i in range(4):

@@ -63,7 +63,7 @@ def test_grad_scaler_step_matches_reference_on_unscaled_grads(dtype):
     the result follows the reference fed the unscaled gradients. Planted inf/NaN steps change nothing at all."""
     cpu_params = _make_params(dtype, shapes=[(12, 8), (8,), (3, 4, 5)], seed=21)
     params = _to_cuda(cpu_params)
-    opt = SGDF(params, lr=0.05, weight_decay=1e-3)
+    opt = SGDF(params, lr=0.05, weight_decay=1e-3, fused=True)
     assert opt.param_groups[0]["fused"] and opt._step_supports_amp_scaling
     ref = ReferenceSGDF(cpu_params, lr=0.05, weight_decay=1e-3, round_to=None if dtype == torch.float32 else dtype)
     scaler = torch.amp.GradScaler("cuda", init_scale=2.0**10, growth_interval=1000)

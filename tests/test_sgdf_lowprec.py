@@ -25,6 +25,7 @@ from scipy import stats
 from sgdf_erd import SGDF
 from sgdf_erd.optim import counter_random
 from sgdf_erd.optim import stochastic_rounding
+from sgdf_erd.optim.sgdf_checks import is_dense
 from sgdf_erd.optim.stochastic_rounding import round_all_into_, round_into_, stochastic_round
 from tests.devices import DEVICES, requires_cuda
 from tests.reference.sgdf_reference import ReferenceSGDF
@@ -665,3 +666,42 @@ def test_cuda_graph_replays_draw_new_numbers_and_match_eager_steps(path):
             assert torch.equal(p, q), step
             assert torch.equal(opt.state[p]["exp_avg"], twin_opt.state[q]["exp_avg"])
     assert float(opt.state[params[0]]["step"]) == 6
+
+
+# ----------------------------------------------------------------------------------------- views with gaps
+# (param dtype, storage options): each steps a view with gaps on every path that takes one
+GAPPED_STORAGE = {
+    "f32_bf16_state": (torch.float32, dict(state_dtype=torch.bfloat16)),
+    "bf16_master": (torch.bfloat16, dict(master_weights=True)),
+    "bf16_master_f32_state": (torch.bfloat16, dict(master_weights=True, state_dtype=torch.float32)),
+    "bf16_stochastic": (torch.bfloat16, dict(stochastic_rounding=True)),
+    "bf16_stochastic_f32_state": (torch.bfloat16, dict(stochastic_rounding=True, state_dtype=torch.float32)),
+    "f16_stochastic_master": (torch.float16, dict(stochastic_rounding=True, master_weights=True)),
+}
+
+
+@pytest.mark.parametrize("path", ["default", "foreach", "single"])
+@pytest.mark.parametrize("case", list(GAPPED_STORAGE))
+def test_view_with_gaps_steps_as_the_same_values_in_a_dense_tensor(device, path, case):
+    """A parameter that is a view with gaps (every other column of a larger tensor) steps bit for bit as a dense
+    parameter holding the same values, under every storage option (the default path steps it on a dense copy,
+    which must keep the parameter's dtype: a copy in the state's dtype rounded a float32 parameter to bfloat16,
+    rounded to nearest where rounding is stochastic, and refused master copies)."""
+    dtype, options = GAPPED_STORAGE[case]
+    values = torch.randn(6, 5, generator=torch.Generator().manual_seed(3), dtype=torch.float64).to(dtype)
+    results = []
+    for gapped in (True, False):
+        base = torch.zeros(6, 10, dtype=dtype, device=device)
+        param = torch.nn.Parameter(base[:, ::2].copy_(values) if gapped else values.clone().to(device))
+        assert is_dense(param) is not gapped
+        opt = SGDF([param], lr=1e-2, **options, **PATHS[path])
+        torch.manual_seed(11)  # the same rounding seeds for both
+        for grads in _grads_seq([param], 4, seed=5):
+            param.grad = grads[0].to(device=device, dtype=dtype)
+            opt.step()
+        state = opt.state[param]
+        results.append([param.detach().clone()] + [state[k].clone() for k in ("exp_avg", "exp_var", "master_param")
+                                                   if k in state])
+    for got, want in zip(*results):
+        assert got.dtype == want.dtype
+        assert torch.equal(got.cpu(), want.cpu())

@@ -70,6 +70,8 @@ class SGDF(Optimizer):
             parameter's dtype). The arithmetic stays float32 (float64 for float64 parameters).
         master_weights: for bfloat16 / float16 parameters, keep a float32 copy (state ``master_param``) that is
             updated in float32; the parameter receives it rounded to nearest. Refused for other dtypes.
+        differentiable: accepted as False, as torch's optimizers take it; True (autograd through ``step()``) is
+            refused: the kernels and the in-place state updates do not record a graph.
 
     State per parameter: ``step`` (float32 tensor), ``exp_avg``, ``exp_var`` (the release's names), and with the
     options ``master_param`` (float32) and ``rounding_seed`` (int). Checkpoints of the authors' release (int
@@ -78,7 +80,8 @@ class SGDF(Optimizer):
     ``capturable``, ``stochastic_rounding``, ``state_dtype``, ``master_weights``) stay those of the optimizer
     that loads: state is cast to its ``state_dtype``, a missing master copy is made from the parameter (load the
     model first) and a missing seed is drawn, and master copies or seeds the options do not use are dropped. With
-    fused kernels the optimizer works with ``torch.amp.GradScaler`` as torch's fused optimizers do.
+    ``fused=True`` the kernel unscales the gradients for ``torch.amp.GradScaler`` as torch's fused optimizers do;
+    on the default path the scaler unscales them before the step (so they can be clipped).
 
     ``torch.compile`` traces ``step`` whole (pass a tensor ``lr`` so that a scheduler changing it compiles nothing
     new). DTensor parameters (FSDP2's ``fully_shard``) work on every path: the fused kernel steps each rank's shards,
@@ -94,15 +97,24 @@ class SGDF(Optimizer):
                  decoupled_weight_decay: bool = False, sign: bool = False, orthogonalize: bool = False,
                  ns_steps: int = 5, maximize: bool = False, foreach: Optional[bool] = None,
                  fused: Optional[bool] = None, capturable: bool = False, stochastic_rounding: bool = False,
-                 state_dtype: Optional[torch.dtype] = None, master_weights: bool = False):
+                 state_dtype: Optional[torch.dtype] = None, master_weights: bool = False,
+                 differentiable: bool = False):
         defaults = dict(lr=lr, betas=betas, eps=eps, gamma=gamma, weight_decay=weight_decay,
                         decoupled_weight_decay=decoupled_weight_decay, sign=sign, orthogonalize=orthogonalize,
                         ns_steps=ns_steps, maximize=maximize, foreach=foreach, fused=fused, capturable=capturable,
                         stochastic_rounding=stochastic_rounding, state_dtype=state_dtype,
-                        master_weights=master_weights)
+                        master_weights=master_weights, differentiable=differentiable)
         # param group index -> steps it still goes the general way after the kernel refused its one-call step
         self._one_call_waits: Dict[int, int] = {}
         super().__init__(params, defaults)
+
+    @property
+    def _step_supports_amp_scaling(self) -> bool:
+        """Whether torch.amp.GradScaler hands grad_scale / found_inf to step(), for the kernel to unscale the
+        gradients in place without a host synchronisation: where the user asked for fused=True, as for torch's
+        fused optimizers. The default (fused too) leaves unscaling to the scaler, so that gradients can be
+        unscaled and clipped before the step (Lightning refuses clipping with an optimizer that unscales)."""
+        return self.defaults["fused"] is True and all(g["fused"] for g in self.param_groups)
 
     def add_param_group(self, param_group: dict) -> None:
         """Add a group; it is checked whole (hyperparameters, params, repeats, path) before it joins."""
@@ -122,12 +134,11 @@ class SGDF(Optimizer):
         checks.check_distinct([g["params"] for g in self.param_groups] + [params])
         group["fused"], group["foreach"] = checks.choose_path(params, group["fused"], group["foreach"], group)
         super().add_param_group(group)
-        # torch.amp.GradScaler hands grad_scale / found_inf to step() instead of unscaling with a host sync.
-        self._step_supports_amp_scaling = all(g["fused"] for g in self.param_groups)
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
         self.__dict__.setdefault("_one_call_waits", {})
+        self.__dict__.pop("_step_supports_amp_scaling", None)  # (pickled by older versions; now a property)
         for group in self.param_groups:
             for release_key, key in _RELEASE_KEYS.items():
                 if release_key in group:
@@ -412,13 +423,14 @@ def _update_options(group: dict) -> dict:
 
 def _fused_step(params, grads, exp_avgs, exp_vars, steps, hyper, storage, grad_scale, found_inf) -> None:
     """The fused kernel walks each tensor as one flat buffer: a param that is a view with gaps steps on a dense
-    copy in its state's layout, written back afterwards (with its unscaled gradient)."""
+    copy in its own dtype and its state's (dense) layout, written back afterwards (with its unscaled gradient), so
+    it steps exactly as the same values in a dense tensor would, under every storage option."""
     params, grads = list(params), list(grads)
     copies = []
     for i, p in enumerate(params):
         if not checks.is_dense(p):
-            dense_param = torch.empty_like(exp_avgs[i]).copy_(p)
-            dense_grad = torch.empty_like(exp_avgs[i]).copy_(grads[i])
+            dense_param = torch.empty_like(exp_avgs[i], dtype=p.dtype).copy_(p)
+            dense_grad = torch.empty_like(exp_avgs[i], dtype=grads[i].dtype).copy_(grads[i])
             copies.append((p, dense_param, grads[i], dense_grad))
             params[i], grads[i] = dense_param, dense_grad
     fused_sgdf(params, grads, exp_avgs, exp_vars, steps, grad_scale=grad_scale, found_inf=found_inf, **storage,

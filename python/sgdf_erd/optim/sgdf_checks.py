@@ -74,6 +74,10 @@ def _describe(t: Tensor) -> str:
 # ------------------------------------------------------------------------------------------ hyperparameters
 def check_hyperparameters(group: dict, where: str, read_device_lr: bool = True) -> None:
     """`read_device_lr=False` (inside step()) leaves a tensor `lr` on an accelerator unread: that would sync."""
+    if group.get("differentiable", False) is not False:
+        raise ValueError(f"SGDF ({where}): differentiable={group['differentiable']!r} is not supported (autograd "
+                         "through step(): the kernels and the in-place state updates record no graph); leave it "
+                         "False")
     lr = group["lr"]
     if isinstance(lr, Tensor):
         if lr.numel() != 1:

@@ -140,12 +140,15 @@ def single_tensor_sgdf(params, grads, exp_avgs, exp_vars, steps, *, master_param
                      rounding_seeds=None if rounding_seeds is None else [rounding_seeds[i]], **hyper)
 
 
-def _matching_layout(grad: Tensor, param: Tensor) -> Tensor:
+def _matching_layout(grad: Tensor, param: Tensor, copies: List[Tuple[Tensor, Tensor]]) -> Tensor:
     """The fused kernel walks p, g and the states as one flat buffer each; a gradient with other strides is
-    copied into the parameter's layout (it then is not unscaled in place)."""
+    copied into the parameter's layout, and (gradient, copy) appended to `copies`: the kernel unscales the copy,
+    which is written back (torch's fused optimizers unscale p.grad in place)."""
     if grad.stride() == param.stride():
         return grad
-    return torch.empty_like(param).copy_(grad)
+    copy = torch.empty_like(param).copy_(grad)
+    copies.append((grad, copy))
+    return copy
 
 
 def fused_sgdf(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor], exp_vars: List[Tensor],
@@ -167,8 +170,10 @@ def fused_sgdf(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor]
                                                  and not isinstance(p, dtensor) for p, m in zip(params, exp_avgs))
     if dtype.is_complex if uniform else any(p.is_complex() for p in params):
         params, grads, exp_avgs, exp_vars = map(_real, (params, grads, exp_avgs, exp_vars))
+    grad_copies = []  # (gradient, its copy in the parameter's layout)
     if uniform:
-        groups = {(device, None, None, False): (params, [_matching_layout(g, p) for g, p in zip(grads, params)],
+        groups = {(device, None, None, False): (params, [_matching_layout(g, p, grad_copies)
+                                                         for g, p in zip(grads, params)],
                                                 exp_avgs, exp_vars, steps, masters, seeds, [0] * len(params),
                                                 [None] * len(params))}
     else:
@@ -185,8 +190,8 @@ def fused_sgdf(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor]
                 w = None if w is None else _dtensor.local_shard(w, sharded)
                 # numbered as in the whole tensor (the path choice sends other shards to foreach when rounding)
                 first_index = (_dtensor.shard_first_index(sharded) or 0) if seed is not None else 0
-            for bucket, value in zip(groups[key], (p, _matching_layout(g, p), m, s, t, w, seed, first_index,
-                                                   sharded)):
+            for bucket, value in zip(groups[key], (p, _matching_layout(g, p, grad_copies), m, s, t, w, seed,
+                                                   first_index, sharded)):
                 bucket.append(value)
 
     moved = {}  # lr / grad_scale / found_inf moved once per device
@@ -209,6 +214,9 @@ def fused_sgdf(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor]
                                   lr_tensor.reshape(()) if lr_tensor is not None else float(lr),
                                   weight_decay if decoupled_weight_decay else 0.0,
                                   _scalar_on(device, found_inf, moved))
+    if grad_scale is not None:  # the unscaled copies back into the gradients
+        for grad, copy in grad_copies:
+            grad.copy_(copy)
 
 
 def _scalar_on(device: torch.device, t: Optional[Tensor], moved: dict) -> Optional[Tensor]:
