@@ -164,7 +164,8 @@ def main(argv: Optional[List[str]] = None) -> Path:
                   args.channels, args.num_samples, args.sample_steps, progress=not args.no_progress)
     jobs = len(methods) * len(seeds)
     # one worker process per idle core, at most one per run (on CUDA, this process)
-    workers = args.workers or (max(1, min(idle_cores() or 1, jobs)) if args.device == "cpu" else 1)
+    workers = min(args.workers or (idle_cores() or 1 if args.device == "cpu" else 1), jobs)
+    workers = max(1, workers)
     log(f"{len(methods)} methods x {len(seeds)} seed{'s' if len(seeds) > 1 else ''} ({seeds[0]}.."
         f"{seeds[-1]}), {args.steps} steps each; " + (f"{workers} worker processes" if workers > 1
                                                       else f"in this process, {torch.get_num_threads()} threads"))
@@ -200,6 +201,7 @@ def main(argv: Optional[List[str]] = None) -> Path:
     }
     results["summary"] = summarize(results)
     results["wall_s"] = time.perf_counter() - start
+    results["cpu_s"] = _cpu_seconds()
     report = write_report(out, results)
     write_json(out, results)
     log(f"done in {results['wall_s']:.0f} s")
@@ -213,6 +215,17 @@ def _auto_threads() -> int:
     threads = torch.get_num_threads()
     idle = idle_cores()
     return threads if idle is None else max(1, min(threads, idle))
+
+
+def _cpu_seconds() -> Optional[dict]:
+    """CPU seconds (user + system) of this process and of its finished worker processes: on a shared machine the
+    wall time says little, these say what the run costs (on W idle cores: about main + workers / W)."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    own, children = (resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return {"main": own.ru_utime + own.ru_stime, "workers": children.ru_utime + children.ru_stime}
 
 
 def _device_name(device: str, workers: int = 1) -> str:
