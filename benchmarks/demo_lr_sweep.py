@@ -1,8 +1,13 @@
-"""Learning-rate sweep behind the demo's defaults (python -m sgdf_erd.demo): SGDF and AdamW on the demo's
-denoiser, data and budget, each lr scored by the held-out unweighted eps-MSE (EMA weights) at the end of training,
-averaged over the weightings swept. Writes benchmarks/results/demo_lr_sweep_<device>.md and .json.
+"""Learning-rate sweep behind the demo's defaults (python -m sgdf_erd.demo): each (weighting, optimizer) pair gets
+its own sweep (ERD and Min-SNR weights rescale the loss, and SGDF's update is in gradient units, so one lr per
+optimizer would favour some weightings). Same denoiser, data and budget as the demo; each lr is scored by the
+held-out unweighted eps-MSE (EMA weights) at the end of training, averaged over the sweep seeds, which differ from
+the demo's seeds (0, 1, 2, ...) so the demo does not evaluate on the runs that chose its learning rates. Equal
+effort: 5 points a factor 2 apart for every pair. Writes benchmarks/results/demo_lr_sweep_cpu.md and .json; the
+demo's table of default learning rates (sgdf_erd/demo/methods.py, DEFAULT_LR) must match its "best" entries
+(tests/test_demo.py checks it).
 
-    python benchmarks/demo_lr_sweep.py            # the sweep (several minutes on a 2-core CPU)
+    python benchmarks/demo_lr_sweep.py            # the sweep (60 runs, ~15 CPU-seconds each)
     python benchmarks/demo_lr_sweep.py --quick    # smoke run
 """
 
@@ -12,93 +17,102 @@ import json
 import shlex
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "python"))
-from sgdf_erd.demo.__main__ import _auto_threads, _device_name  # noqa: E402
+from sgdf_erd._platform import cpu_model  # noqa: E402
+from sgdf_erd.demo.__main__ import build_parser  # noqa: E402
 from sgdf_erd.demo.data import load_data  # noqa: E402
+from sgdf_erd.demo.methods import DEFAULT_LR, split_name  # noqa: E402
 from sgdf_erd.demo.model import UNet  # noqa: E402
 from sgdf_erd.demo.process import NoiseProcess  # noqa: E402
+from sgdf_erd.demo.runs import idle_cores  # noqa: E402
 from sgdf_erd.demo.train import HeldOutProbe, Method, TrainConfig, train  # noqa: E402
 from sgdf_erd.demo.weighting import make_loss  # noqa: E402
 
-GRID = {"sgdf": [0.03, 0.1, 0.3, 1.0, 3.0], "adamw": [5e-4, 1e-3, 2e-3, 4e-3, 8e-3]}
+# 5 points a factor 2 apart per optimizer, centred on the best point of the earlier one-lr-per-optimizer sweep
+GRID = {"sgdf": [0.25, 0.5, 1.0, 2.0, 4.0], "adamw": [1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2]}
+SWEEP_SEEDS = (100, 101)  # not the demo's seeds
+
+
+def _one(steps, batch_size, channels, weighting, optimizer, lr, seed):
+    """One sweep point in a worker process: held-out eps-MSE at the end (inf if training diverged)."""
+    torch.set_num_threads(1)
+    data = load_data(seed=0)  # the demo's split and held-out probe (seed 0), as the demo's default run uses
+    process = NoiseProcess()
+    config = TrainConfig(steps=steps, batch_size=batch_size, seed=seed, eval_points=1)
+    probe = HeldOutProbe(data, process, config.eval_repeats, 0, torch.device("cpu"))
+    try:
+        r = train(Method(weighting, optimizer, lr), make_loss(weighting), lambda: UNet(channels=channels), data,
+                  process, config, probe, progress=False)
+        return r.eval_mse[-1]
+    except FloatingPointError:
+        return float("inf")
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true")
+    p.add_argument("--quick", action="store_true", help="smoke run: 20 steps, one seed")
     p.add_argument("--steps", type=int, default=None, help="default: the demo's default budget (quick: 20)")
-    p.add_argument("--weightings", default="constant,erd")
+    p.add_argument("--methods", default=",".join(DEFAULT_LR), help="WEIGHTING+OPTIMIZER pairs to sweep")
+    p.add_argument("--workers", type=int, default=0, help="worker processes (0: one per idle core)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
-    p.add_argument("--reuse", action="store_true", help="keep the points of an earlier result file with the same "
-                                                        "budget and only train the missing ones (runs are seeded)")
     args = p.parse_args()
-    from sgdf_erd.demo.__main__ import build_parser
-    demo_defaults = build_parser().parse_args([])
-    steps = args.steps or (20 if args.quick else demo_defaults.steps)
-    torch.set_num_threads(_auto_threads())
-    data = load_data(seed=0)
-    process = NoiseProcess()
-    config = TrainConfig(steps=steps, batch_size=demo_defaults.batch_size, seed=0, eval_points=1)
-    probe = HeldOutProbe(data, process, config.eval_repeats, 0, torch.device("cpu"))
-    weightings = args.weightings.split(",")
-    out = Path(args.out)
-    stem = out / ("demo_lr_sweep_cpu" + ("_quick" if args.quick else ""))
-    earlier = {}
-    if args.reuse and stem.with_suffix(".json").exists():
-        old = json.loads(stem.with_suffix(".json").read_text())
-        if (old["steps"], old["batch_size"], old["channels"]) == (steps, config.batch_size, demo_defaults.channels):
-            earlier = {(r["optimizer"], r["lr"], r["weighting"]): r for r in old["rows"]}
+    demo = build_parser().parse_args([])
+    steps = args.steps or (20 if args.quick else demo.steps)
+    seeds = SWEEP_SEEDS[:1] if args.quick else SWEEP_SEEDS
+    pairs = [split_name(m) for m in args.methods.split(",")]
+    for w, o in pairs:
+        if o not in GRID:
+            raise SystemExit(f"--methods: {w}+{o}: no lr grid for optimizer {o!r}; add one to GRID")
+    # the points in lr order, optimizers interleaved, so load drifting over the run hits every pair alike
+    jobs = [(steps, demo.batch_size, demo.channels, w, o, GRID[o][i], s)
+            for i in range(5) for w, o in pairs for s in seeds]
+    workers = args.workers or max(1, min(idle_cores() or 1, len(jobs)))
     start = time.perf_counter()
     rows = []
-    for i in range(len(GRID["sgdf"])):  # interleave the optimizers so machine load drifts hit both alike
-        for opt, grid in GRID.items():
-            for w in weightings:
-                method = Method(w, opt, grid[i])
-                if (opt, grid[i], w) in earlier:
-                    rows.append(dict(earlier[(opt, grid[i], w)], reused=True))
-                    continue
-                try:
-                    r = train(method, make_loss(w), lambda: UNet(channels=demo_defaults.channels), data, process,
-                              config, probe, progress=False)
-                    mse = r.eval_mse[-1]
-                except FloatingPointError:
-                    mse = float("inf")
-                rows.append({"optimizer": opt, "lr": grid[i], "weighting": w, "heldout_eps_mse": mse})
-                print(f"{opt:>6} lr {grid[i]:<7g} {w:>9}: held-out eps-MSE {mse:.4f}", flush=True)
-    best = {}
-    for opt, grid in GRID.items():
-        means = {lr: sum(r["heldout_eps_mse"] for r in rows if r["optimizer"] == opt and r["lr"] == lr)
-                 / len(weightings) for lr in grid}
-        best[opt] = min(means, key=means.get)
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        for job, mse in zip(jobs, pool.map(_one, *zip(*jobs))):
+            _, _, _, w, o, lr, s = job
+            rows.append({"weighting": w, "optimizer": o, "lr": lr, "seed": s, "heldout_eps_mse": mse})
+            print(f"[{time.perf_counter() - start:5.0f} s] {w}+{o} lr {lr:<7g} seed {s}: held-out eps-MSE "
+                  f"{mse:.4f}", flush=True)
+    mean, best = {}, {}
+    for w, o in pairs:
+        name = f"{w}+{o}"
+        mean[name] = {lr: float(np.mean([r["heldout_eps_mse"] for r in rows if (r["weighting"], r["optimizer"],
+                                                                                 r["lr"]) == (w, o, lr)]))
+                      for lr in GRID[o]}
+        best[name] = min(mean[name], key=mean[name].get)
     res = {"command": "python benchmarks/demo_lr_sweep.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-           "date": datetime.datetime.now().isoformat(timespec="seconds"), "device": _device_name("cpu"),
-           "torch": torch.__version__, "steps": steps, "batch_size": config.batch_size,
-           "channels": demo_defaults.channels, "rows": rows, "best": best,
-           "reused_points": sum(bool(r.get("reused")) for r in rows),
+           "date": datetime.datetime.now().isoformat(timespec="seconds"),
+           "device": f"CPU {cpu_model()}, {workers} worker process{'es' if workers > 1 else ''} of 1 thread", "torch": torch.__version__, "steps": steps,
+           "batch_size": demo.batch_size, "channels": demo.channels, "seeds": list(seeds), "grid": GRID,
+           "rows": rows, "mean": {k: {str(lr): v for lr, v in m.items()} for k, m in mean.items()}, "best": best,
            "wall_s": time.perf_counter() - start}
+    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    stem = out / ("demo_lr_sweep_cpu" + ("_quick" if args.quick else ""))
     stem.with_suffix(".json").write_text(json.dumps(res, indent=1))
-    md = ["# Demo learning-rate sweep (held-out unweighted eps-MSE, lower is better)", "",
+    md = ["# Demo learning-rate sweep, one per (weighting, optimizer) pair (held-out unweighted eps-MSE, lower is "
+          "better)", "",
           f"- date: {res['date']}", f"- device: {res['device']}", f"- torch: {res['torch']}",
           f"- command: `{res['command']}`",
-          f"- budget: {steps} steps, batch {config.batch_size}, U-Net channels {res['channels']}, seed 0 (the "
-          "demo's defaults); score: held-out eps-MSE of the EMA weights, averaged over the weightings",
-          f"- wall time: {res['wall_s']:.0f} s" + (f" ({res['reused_points']} points reused from the earlier run "
-                                                     "of the same budget, --reuse)" if res["reused_points"] else ""),
-          "",
-          "| optimizer | lr | " + " | ".join(weightings) + " | mean |", "|---|---|" + "---|" * (len(weightings) + 1)]
-    for opt, grid in GRID.items():
-        for lr in grid:
-            vals = [next(r["heldout_eps_mse"] for r in rows if r["optimizer"] == opt and r["lr"] == lr
-                         and r["weighting"] == w) for w in weightings]
-            mark = " **(chosen)**" if best[opt] == lr else ""
-            md.append(f"| {opt} | {lr:g}{mark} | " + " | ".join(f"{v:.4f}" for v in vals)
-                      + f" | {sum(vals) / len(vals):.4f} |")
+          f"- budget: {steps} steps, batch {demo.batch_size}, U-Net channels {demo.channels} (the demo's defaults); "
+          f"sweep seeds {', '.join(map(str, seeds))} (the demo runs seeds 0, 1, 2, ...); score: held-out eps-MSE "
+          "of the EMA weights at the end, mean over the sweep seeds",
+          f"- wall time: {res['wall_s']:.0f} s", "",
+          "| method | " + " | ".join(f"lr #{i + 1}" for i in range(5)) + " | chosen |", "|---|" + "---|" * 6]
+    for name, m in mean.items():
+        cells = [f"{lr:g}: {v:.4f}" + (" **(best)**" if lr == best[name] else "") for lr, v in m.items()]
+        edge = " (edge of the grid)" if best[name] in (min(m), max(m)) else ""
+        md.append(f"| {name} | " + " | ".join(cells) + f" | {best[name]:g}{edge} |")
     stem.with_suffix(".md").write_text("\n".join(md) + "\n")
     print(f"best: {best}; wrote {stem}.md")
 

@@ -1,4 +1,4 @@
-"""SGDF vs SGD with momentum vs AdamW on small bundled datasets, with equal tuning effort.
+"""SGDF vs SGD with momentum vs AdamW on small bundled datasets, with equal tuning effort and 95% intervals.
 
 For every optimizer: the same learning-rate sweep size (SWEEP points, a factor ~3 apart, centred on the usual
 value for that optimizer) scored by validation accuracy averaged over the sweep seeds; then the best learning rate
@@ -8,10 +8,16 @@ optimizer's usual recipe (coupled 5e-4 for SGD and SGDF as in the SGDF paper's C
 AdamW) and is not tuned for anyone.
 
 Datasets (scikit-learn, bundled, no download): digits (8x8 images, small CNN) and breast_cancer (30 features,
-small MLP). Writes benchmarks/results/quality_sgdf_<device>.md and .json.
+small MLP). Each test seed fixes the initial weights and the batch order for every optimizer, so the optimizers
+are compared per seed (paired): each metric is reported as mean +- the half-width of its 95% Student-t interval
+over the test seeds, and each difference in COMPARISONS as the interval of its per-seed differences, unresolved
+when that includes 0. Writes benchmarks/results/quality_sgdf_<device>.md and .json.
 
-    python benchmarks/quality_sgdf.py            # full run (a few minutes on a 2-core CPU)
+    python benchmarks/quality_sgdf.py            # full run (about 5 CPU-minutes)
     python benchmarks/quality_sgdf.py --quick    # smoke run (seconds)
+    python benchmarks/quality_sgdf.py --reanalyse benchmarks/results/quality_sgdf_cpu.json   # tables from saved runs
+
+Adding an optimizer (AdaSGDF, say) is one entry in OPTIMIZERS; its comparison with AdamW is already listed.
 """
 
 import argparse
@@ -31,22 +37,25 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "python"))
 from sgdf_erd import SGDF  # noqa: E402
+from sgdf_erd.demo.stats import format_interval, interval, paired_difference  # noqa: E402
 
-LR_GRID = {  # equal-size grids, a factor ~3 apart, around each optimizer's customary value
-    "SGDF": [0.05, 0.15, 0.5, 1.5, 4.5],
-    "SGD+momentum": [0.01, 0.03, 0.1, 0.3, 1.0],
-    "AdamW": [3e-4, 1e-3, 3e-3, 1e-2, 3e-2],
+# name -> (factory(params, lr), lr grid): equal-size grids, a factor ~3 apart, around each optimizer's customary value
+OPTIMIZERS = {
+    "SGDF": (lambda params, lr: SGDF(params, lr=lr, weight_decay=5e-4), [0.05, 0.15, 0.5, 1.5, 4.5]),
+    "SGD+momentum": (lambda params, lr: torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=5e-4),
+                     [0.01, 0.03, 0.1, 0.3, 1.0]),
+    "AdamW": (lambda params, lr: torch.optim.AdamW(params, lr=lr, weight_decay=1e-2), [3e-4, 1e-3, 3e-3, 1e-2, 3e-2]),
 }
+LR_GRID = {name: grid for name, (_, grid) in OPTIMIZERS.items()}
+# paired differences A - B reported (those whose optimizers both ran): SGDF against momentum (the papers' claim) and
+# against AdamW; the adaptive variant against AdamW once it is in OPTIMIZERS
+COMPARISONS = [("SGDF", "SGD+momentum"), ("SGDF", "AdamW"), ("AdaSGDF", "AdamW")]
 
 
 def make_optimizer(name, params, lr):
-    if name == "SGDF":
-        return SGDF(params, lr=lr, weight_decay=5e-4)
-    if name == "SGD+momentum":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=5e-4)
-    if name == "AdamW":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
-    raise ValueError(name)
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; use one of {sorted(OPTIMIZERS)}")
+    return OPTIMIZERS[name][0](params, lr)
 
 
 # ------------------------------------------------------------------------------------------------ data, models
@@ -124,7 +133,7 @@ def run(dataset, data, opt_name, lr, seed, epochs):
     scores = evaluate(model, data)
     if not np.isfinite(scores["train_loss"]):
         scores.update(val_acc=0.0, test_acc=0.0)  # diverged: scores as chance-or-worse, never picked by the sweep
-    return {**scores, "wall_s": wall}
+    return {**scores, "seed": seed, "wall_s": wall}
 
 
 def device_name():
@@ -143,8 +152,12 @@ def main():
     p.add_argument("--sweep-seeds", type=int, default=None, help="default 2 (quick: 1)")
     p.add_argument("--test-seeds", type=int, default=None, help="default 5 (quick: 2)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: tiny models run fastest on one)")
+    p.add_argument("--reanalyse", default=None, metavar="JSON", help="train nothing: recompute the intervals and "
+                   "tables from the per-seed runs saved in an earlier results file, and rewrite it")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = p.parse_args()
+    if args.reanalyse:
+        return reanalyse(Path(args.reanalyse))
     epochs = args.epochs or (3 if args.quick else 20)
     sweep_seeds = args.sweep_seeds or (1 if args.quick else 2)
     test_seeds = args.test_seeds or (2 if args.quick else 5)
@@ -169,22 +182,14 @@ def main():
         for seed in range(test_seeds):  # test seeds differ from sweep seeds
             for name in LR_GRID:
                 final[name].append(run(dataset, data, name, best[name], seed, epochs))
-        summary = {}
-        for name, rs in final.items():
-            acc = np.array([r["test_acc"] for r in rs])
-            loss = np.array([r["train_loss"] for r in rs])
-            summary[name] = {"lr": best[name], "test_acc_mean": float(acc.mean()),
-                             "test_acc_std": float(acc.std(ddof=1)) if len(acc) > 1 else 0.0,
-                             "test_acc_min": float(acc.min()), "test_acc_max": float(acc.max()),
-                             "train_loss_mean": float(loss.mean()),
-                             "train_loss_std": float(loss.std(ddof=1)) if len(loss) > 1 else 0.0,
-                             "wall_s_mean": float(np.mean([r["wall_s"] for r in rs])), "runs": rs}
-            print(f"{dataset:>13} test  {name:>13} lr {best[name]:<7g} acc {100 * acc.mean():.2f} "
-                  f"+- {100 * summary[name]['test_acc_std']:.2f}  train loss {loss.mean():.4f}", flush=True)
         results["datasets"][dataset] = {"sizes": {s: len(data[s][1]) for s in ("train", "val", "test")},
                                         "sweep_val_acc": {n: {str(k): v for k, v in s.items()}
                                                           for n, s in sweep.items()},
-                                        "final": summary, "verdict": verdict(summary)}
+                                        "final": {name: {"lr": best[name], "runs": rs} for name, rs in final.items()}}
+        analyse(results["datasets"][dataset])
+        for name, s in results["datasets"][dataset]["final"].items():
+            print(f"{dataset:>13} test  {name:>13} lr {s['lr']:<7g} acc % {format_interval(s['test_acc_pct'])}  "
+                  f"train loss {format_interval(s['train_loss'], 4)}", flush=True)
     results["wall_s"] = time.perf_counter() - t_start
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -194,25 +199,68 @@ def main():
     print(f"wrote {out / stem}.md and .json ({results['wall_s']:.0f} s)")
 
 
-def verdict(summary):
-    """Plain statement: does SGDF beat momentum SGD, on mean test accuracy, beyond the seed spread (Welch t)?"""
-    from scipy import stats
-    a = [r["test_acc"] for r in summary["SGDF"]["runs"]]
-    b = [r["test_acc"] for r in summary["SGD+momentum"]["runs"]]
-    diff = 100 * (np.mean(a) - np.mean(b))
-    if len(a) > 1 and (np.std(a) > 0 or np.std(b) > 0):
-        pval = float(stats.ttest_ind(a, b, equal_var=False).pvalue)
-    else:
-        pval = float("nan")
-    la, lb = summary["SGDF"]["train_loss_mean"], summary["SGD+momentum"]["train_loss_mean"]
-    if diff > 0 and pval < 0.05:
+def analyse(d):
+    """Adds to a dataset's results: per optimizer the intervals of test accuracy (%) and final training loss over
+    the test seeds; the paired differences of COMPARISONS; a one-line verdict on SGDF vs momentum."""
+    for s in d["final"].values():
+        s["test_acc_pct"] = interval([100 * r["test_acc"] for r in s["runs"]])
+        s["train_loss"] = interval([r["train_loss"] for r in s["runs"]])
+        s["wall_s_mean"] = float(np.mean([r["wall_s"] for r in s["runs"]]))
+    d["comparisons"] = []
+    for a, b in COMPARISONS:
+        if a in d["final"] and b in d["final"]:
+            ra, rb = d["final"][a]["runs"], d["final"][b]["runs"]
+            assert [r["seed"] for r in ra] == [r["seed"] for r in rb], "comparisons pair runs by seed"
+            d["comparisons"].append({
+                "a": a, "b": b,
+                "test_acc_pct": paired_difference([100 * r["test_acc"] for r in ra], [100 * r["test_acc"] for r in rb]),
+                "train_loss": paired_difference([r["train_loss"] for r in ra], [r["train_loss"] for r in rb])})
+    d["verdict"] = verdict(d)
+
+
+def _says(diff, a, higher_is_better):
+    if diff["resolved"] is None:
+        return "one seed: no interval"
+    if not diff["resolved"]:
+        return "unresolved (interval includes 0)"
+    better = (diff["low"] > 0) == higher_is_better
+    return f"{a} {'higher' if diff['low'] > 0 else 'lower'} ({'better' if better else 'worse'})"
+
+
+def verdict(d):
+    """Plain statement: does SGDF beat momentum SGD on test accuracy, i.e. is the paired difference resolved > 0?"""
+    c = next((c for c in d["comparisons"] if (c["a"], c["b"]) == ("SGDF", "SGD+momentum")), None)
+    if c is None:
+        return "SGDF and SGD+momentum did not both run."
+    acc = c["test_acc_pct"]
+    n = acc["n"]
+    if acc["resolved"] and acc["low"] > 0:
         word = "SGDF beats momentum SGD"
-    elif diff < 0 and pval < 0.05:
+    elif acc["resolved"]:
         word = "SGDF is worse than momentum SGD"
     else:
-        word = "SGDF does not beat momentum SGD (no significant difference)"
-    return (f"{word} on test accuracy here: {diff:+.2f} points (Welch t-test p = {pval:.2f}, "
-            f"{len(a)} seeds each); final training loss {la:.4f} (SGDF) vs {lb:.4f} (SGD+momentum).")
+        word = "SGDF does not beat momentum SGD (unresolved: the interval includes 0)"
+    return (f"{word} on test accuracy here: SGDF - SGD+momentum {format_interval(acc, 2, signed=True)} points "
+            f"(paired over {n} seeds, 95% interval); final training loss difference "
+            f"{format_interval(c['train_loss'], 4, signed=True)}.")
+
+
+def reanalyse(path):
+    """Recompute the analysis and tables from the runs saved in ``path`` (older files: runs listed in seed order
+    0, 1, ... without a seed field), and rewrite ``path`` and its .md beside it."""
+    res = json.loads(path.read_text())
+    for d in res["datasets"].values():
+        for name, s in d["final"].items():
+            for i, r in enumerate(s["runs"]):
+                r.setdefault("seed", i)  # older files: the test seeds were range(test_seeds), in order
+            d["final"][name] = {"lr": s["lr"], "runs": s["runs"]}
+        analyse(d)
+    res["reanalysed"] = (f"intervals and tables recomputed on {datetime.date.today().isoformat()} from the per-seed "
+                         "runs of the run above (python benchmarks/quality_sgdf.py --reanalyse ...); nothing "
+                         "retrained")
+    path.write_text(json.dumps(res, indent=1))
+    path.with_suffix(".md").write_text(markdown(res))
+    print(f"rewrote {path} and {path.with_suffix('.md')}")
 
 
 def markdown(res):
@@ -221,19 +269,31 @@ def markdown(res):
           f"- torch: {res['torch']}", f"- command: `{res['command']}`",
           f"- protocol: {res['epochs']} epochs, batch 64, cosine decay to 0; lr sweep of {len(LR_GRID['SGDF'])} "
           f"values per optimizer scored by validation accuracy (mean of {res['sweep_seeds']} seeds); the best lr "
-          f"then trained with {res['test_seeds']} other seeds and scored on the test split. Weight decay: "
+          f"then trained with {res['test_seeds']} other seeds (0..{res['test_seeds'] - 1}; a seed fixes the "
+          "initial weights and batch order for every optimizer) and scored on the test split. Weight decay: "
           "coupled 5e-4 (SGDF, SGD+momentum 0.9), decoupled 1e-2 (AdamW). SGDF betas (0.9, 0.999), gamma 0.5.",
-          f"- total wall time: {res['wall_s']:.0f} s", ""]
+          "- statistics: mean +- the half-width of the 95% Student-t interval over the test seeds; differences "
+          "A - B are paired by seed, each with its own interval, and called unresolved when it includes 0.",
+          f"- total wall time: {res['wall_s']:.0f} s"]
+    if res.get("reanalysed"):
+        md.append(f"- {res['reanalysed']}")
+    md.append("")
     for dataset, d in res["datasets"].items():
         model = "small CNN (2 conv + 2 linear)" if dataset == "digits" else "MLP (2 hidden layers of 64)"
         md += [f"## {dataset}: {model}; {d['sizes']['train']} train / {d['sizes']['val']} val / "
                f"{d['sizes']['test']} test", "", f"**{d['verdict']}**", "",
-               "| optimizer | chosen lr | test acc % (mean +- std) | min / max | final train loss (mean +- std) "
-               "| s per run |", "|---|---|---|---|---|---|"]
+               "| optimizer | chosen lr | test acc % | min / max | final train loss | s per run |",
+               "|---|---|---|---|---|---|"]
         for name, s in d["final"].items():
-            md.append(f"| {name} | {s['lr']:g} | {100 * s['test_acc_mean']:.2f} +- {100 * s['test_acc_std']:.2f} | "
-                      f"{100 * s['test_acc_min']:.2f} / {100 * s['test_acc_max']:.2f} | "
-                      f"{s['train_loss_mean']:.4f} +- {s['train_loss_std']:.4f} | {s['wall_s_mean']:.2f} |")
+            accs = [100 * r["test_acc"] for r in s["runs"]]
+            md.append(f"| {name} | {s['lr']:g} | {format_interval(s['test_acc_pct'])} | {min(accs):.2f} / "
+                      f"{max(accs):.2f} | {format_interval(s['train_loss'], 4)} | {s['wall_s_mean']:.2f} |")
+        md += ["", "Paired differences (A - B, same seeds):", "",
+               "| A - B | test acc, points | says | final train loss | says |", "|---|---|---|---|---|"]
+        for c in d["comparisons"]:
+            md.append(f"| {c['a']} - {c['b']} | {format_interval(c['test_acc_pct'], 2, signed=True)} | "
+                      f"{_says(c['test_acc_pct'], c['a'], True)} | "
+                      f"{format_interval(c['train_loss'], 4, signed=True)} | {_says(c['train_loss'], c['a'], False)} |")
         md += ["", "Validation accuracy % in the sweep:", "",
                "| optimizer | " + " | ".join(f"lr #{i + 1}" for i in range(len(LR_GRID["SGDF"]))) + " |",
                "|---|" + "---|" * len(LR_GRID["SGDF"])]

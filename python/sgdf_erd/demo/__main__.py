@@ -1,9 +1,9 @@
 """``python -m sgdf_erd.demo``: train a small diffusion model on the digits with ERD / constant / Min-SNR
-weighting (fused SGDF; AdamW as the reference optimizer), score the samples and write DIR/report.md."""
+weighting (fused SGDF; AdamW as the reference optimizer), each method with the same seeds; score the samples along
+training and write DIR/report.md with means, 95% intervals and paired differences."""
 
 import argparse
 import datetime
-import os
 import shlex
 import sys
 import time
@@ -14,59 +14,96 @@ import torch
 
 from .._platform import cpu_model
 from .data import load_data
+from .methods import DEFAULT_LR, OPTIMIZERS, split_name
 from .metrics import train_scorer
 from .model import UNet, count_parameters
+from .ntk import PER_BIN, ntk_probe, ntk_spectrum_or_none
 from .process import NoiseProcess
 from .report import summarize, write_json, write_report
-from .sample import ddim_sample
+from .runs import FRACTIONS, Context, checkpoint_steps, idle_cores, run_all
 from .timing import time_optimizer_steps
-from .train import HeldOutProbe, Method, TrainConfig, train
-from .ntk import PER_BIN, ntk_probe, ntk_spectrum_or_none
+from .train import HeldOutProbe, Method, TrainConfig
 from .weighting import make_loss, weight_curve
 
-# Chosen by the short sweep in benchmarks/demo_lr_sweep.py (held-out eps-MSE after the default budget).
-DEFAULT_LR = {"sgdf": 1.0, "adamw": 4e-3}
 SMOKE_STEPS = 100
-DEFAULT_METHODS = "erd+sgdf,constant+sgdf,min_snr+sgdf,erd+adamw,constant+adamw"
+# Defaults sized to finish in about 3 minutes on an idle 2-core CPU (two worker processes); see the README.
+DEFAULT_STEPS = 300
+DEFAULT_SEEDS = 3
+DEFAULT_NUM_SAMPLES = 400
+DEFAULT_SAMPLE_STEPS = 25
+LR_NOTE = ("each (weighting, optimizer) pair has its own learning rate, the best point of its own 5-point sweep at "
+           "the default budget, scored by held-out eps-MSE (benchmarks/results/demo_lr_sweep_cpu.md); SGDF betas "
+           "(0.9, 0.999), AdamW betas (0.9, 0.999), no weight decay")
 
 
-def _parse_methods(text: str, lrs: dict) -> List[Method]:
+def _parse_lrs(text: str) -> dict:
+    lrs = {}
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        name, _, value = item.partition("=")
+        try:
+            lr = float(value)
+        except ValueError:
+            lr = float("nan")
+        if not lr > 0:
+            raise SystemExit(f"--lr: {item!r} must look like WEIGHTING+OPTIMIZER=LR with LR > 0 "
+                             "(for example erd+sgdf=0.5)")
+        lrs[name.strip()] = lr
+    return lrs
+
+
+def _parse_methods(text: str, lr_overrides: dict) -> List[Method]:
     methods = []
     for item in filter(None, (s.strip() for s in text.split(","))):
-        weighting, _, opt = item.partition("+")
-        if opt not in lrs:
+        weighting, opt = split_name(item)
+        if opt not in OPTIMIZERS:
             raise SystemExit(f"--methods: {item!r} must look like WEIGHTING+OPTIMIZER with OPTIMIZER in "
-                             f"{sorted(lrs)} (for example erd+sgdf)")
+                             f"{sorted(OPTIMIZERS)} (for example erd+sgdf)")
         try:
             make_loss(weighting)  # fail now, not after minutes of training
         except ValueError as exc:
             raise SystemExit(f"--methods: {item!r}: {exc}") from None
-        methods.append(Method(weighting, opt, lrs[opt]))
+        lr = lr_overrides.get(item, DEFAULT_LR.get(item))
+        if lr is None:
+            raise SystemExit(f"--methods: {item!r} has no default learning rate (those with one: "
+                             f"{', '.join(DEFAULT_LR)}); give one with --lr {item}=LR")
+        methods.append(Method(weighting, opt, lr))
     if not methods:
         raise SystemExit("--methods: give at least one method, for example erd+sgdf")
+    unused = set(lr_overrides) - {m.name for m in methods}
+    if unused:
+        raise SystemExit(f"--lr: {', '.join(sorted(unused))} not among --methods")
     return methods
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m sgdf_erd.demo", description=__doc__,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--steps", type=int, default=600, help="training steps per method (small = smoke run)")
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS,
+                   help=f"training steps per run (< {SMOKE_STEPS}: smoke run, numbers meaningless)")
+    p.add_argument("--seeds", type=int, default=DEFAULT_SEEDS,
+                   help="runs per method, seeds --seed .. --seed + N - 1, the same for every method (paired); "
+                        "1: no intervals")
     p.add_argument("--out", default="demo_out", help="output folder for report.md, PNGs and results.json")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="first training seed; also seeds the data split, the "
+                                                       "scoring classifier and the held-out probe")
     p.add_argument("--data", default=None, help="folder of images (sub-folders = classes) or a .npy array "
                                                 "[N, H, W(, C)]; default: scikit-learn's digits")
     p.add_argument("--size", type=int, default=8, help="image side after resizing (8: digits as they are; 16: "
                                                        "upsampled, about 4x slower)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--methods", default=DEFAULT_METHODS, help="comma-separated WEIGHTING+OPTIMIZER list")
-    p.add_argument("--lr-sgdf", type=float, default=DEFAULT_LR["sgdf"])
-    p.add_argument("--lr-adamw", type=float, default=DEFAULT_LR["adamw"])
-    p.add_argument("--num-samples", type=int, default=500, help="generated samples per method for scoring")
-    p.add_argument("--sample-steps", type=int, default=40, help="DDIM steps")
+    p.add_argument("--methods", default=",".join(DEFAULT_LR), help="comma-separated WEIGHTING+OPTIMIZER list")
+    p.add_argument("--lr", default="", help="learning rates replacing the defaults, e.g. erd+sgdf=0.5,"
+                                            "constant+adamw=1e-3 (defaults: " + ", ".join(
+                                                f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + ")")
+    p.add_argument("--num-samples", type=int, default=DEFAULT_NUM_SAMPLES,
+                   help="generated samples per method and checkpoint for scoring")
+    p.add_argument("--sample-steps", type=int, default=DEFAULT_SAMPLE_STEPS, help="DDIM steps")
     p.add_argument("--channels", type=int, default=24, help="U-Net base width (24: ~0.28 M parameters)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0: torch's default, lowered when "
                                                           "other processes already keep the cores busy")
+    p.add_argument("--workers", type=int, default=0, help="processes running the runs side by side (1 torch "
+                                                          "thread each); 0: one per idle core; 1: this process")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars (for logs)")
     return p
 
@@ -75,16 +112,22 @@ def main(argv: Optional[List[str]] = None) -> Path:
     args = build_parser().parse_args(argv)
     if args.steps < 1:
         raise SystemExit("--steps must be >= 1")
+    if args.seeds < 1:
+        raise SystemExit("--seeds must be >= 1")
     if args.num_samples < 10:
         raise SystemExit("--num-samples must be >= 10")
+    if args.workers < 0:
+        raise SystemExit("--workers must be >= 0 (0: one per idle core)")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is visible to torch; use --device cpu")
+    if args.device == "cuda" and args.workers > 1:
+        raise SystemExit("--workers: worker processes are for the CPU; use --workers 1 with --device cuda")
+    methods = _parse_methods(args.methods, _parse_lrs(args.lr))
     start = time.perf_counter()
     torch.set_num_threads(args.threads if args.threads > 0 else _auto_threads())
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    progress = not args.no_progress
-    methods = _parse_methods(args.methods, {"sgdf": args.lr_sgdf, "adamw": args.lr_adamw})
+    seeds = list(range(args.seed, args.seed + args.seeds))
 
     def log(msg: str) -> None:
         print(f"[demo {time.perf_counter() - start:6.1f}s] {msg}", flush=True)
@@ -97,7 +140,7 @@ def main(argv: Optional[List[str]] = None) -> Path:
     process = NoiseProcess()
     smoke = args.steps < SMOKE_STEPS  # a quick check that everything runs: every other stage shrinks too
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed, device=args.device,
-                         eval_points=1 if smoke else 10, eval_repeats=1 if smoke else 2)
+                         eval_points=1 if smoke else 4, eval_repeats=1 if smoke else 2)
     model_factory = lambda: UNet(channels=args.channels)  # noqa: E731
     image_shape = tuple(data.train_x.shape[1:])
 
@@ -117,24 +160,16 @@ def main(argv: Optional[List[str]] = None) -> Path:
     torch.manual_seed(args.seed)
     ntk_start, ntk_note = ntk_spectrum_or_none(model_factory().to(args.device), ntk_inputs)
 
-    runs = []
-    for method in methods:
-        result = train(method, make_loss(method.weighting), model_factory, data, process, config, probe, progress)
-        samples = ddim_sample(result.model, process, args.num_samples, image_shape, args.sample_steps,
-                              seed=args.seed + 5, device=args.device)
-        ntk_end, _ = ntk_spectrum_or_none(result.model, ntk_inputs)
-        step_ms = sorted(result.step_times[min(5, len(result.step_times) - 1):])
-        run = {
-            "name": method.name, "weighting": method.weighting, "optimizer": method.optimizer, "lr": method.lr,
-            "quality": scorer.score(samples), "samples": samples, "losses": result.losses,
-            "final_loss": sum(result.losses[-50:]) / len(result.losses[-50:]),
-            "eval_steps": result.eval_steps, "eval_mse": result.eval_mse, "statistics": result.statistics,
-            "step_ms_median": 1000 * step_ms[len(step_ms) // 2], "wall_s": result.wall_s, "ntk_end": ntk_end,
-        }
-        runs.append(run)
-        q = run["quality"]
-        log(f"{method.name}: FD {q['fd']:.2f}, confidence {q['confidence']:.3f}, coverage {q['coverage']:.2f}, "
-            f"held-out eps-MSE {result.eval_mse[-1]:.4f}")
+    ctx = Context(data, process, probe, scorer, ntk_inputs if ntk_start is not None else None, config,
+                  args.channels, args.num_samples, args.sample_steps, progress=not args.no_progress)
+    jobs = len(methods) * len(seeds)
+    # one worker process per idle core, at most one per run (on CUDA, this process)
+    workers = min(args.workers or (idle_cores() or 1 if args.device == "cpu" else 1), jobs)
+    workers = max(1, workers)
+    log(f"{len(methods)} methods x {len(seeds)} seed{'s' if len(seeds) > 1 else ''} ({seeds[0]}.."
+        f"{seeds[-1]}), {args.steps} steps each; " + (f"{workers} worker processes" if workers > 1
+                                                      else f"in this process, {torch.get_num_threads()} threads"))
+    runs_by_method = run_all(ctx, methods, seeds, workers, log)
 
     log("timing optimizer steps (fused vs unfused)")
     timing = time_optimizer_steps(model_factory, args.device, rounds=1 if smoke else 5,
@@ -147,26 +182,26 @@ def main(argv: Optional[List[str]] = None) -> Path:
         "command": "python -m sgdf_erd.demo " + " ".join(shlex.quote(a) for a in (argv if argv is not None
                                                                                    else sys.argv[1:])),
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "device_name": _device_name(args.device), "torch": torch.__version__,
-        "smoke": smoke,
+        "device_name": _device_name(args.device, workers), "torch": torch.__version__,
+        "smoke": smoke, "seeds": seeds, "workers": workers,
         "config": {"steps": args.steps, "batch_size": args.batch_size, "seed": args.seed, "size": args.size,
                    "grad_clip": config.grad_clip, "ema_decay": config.ema_decay, "logsnr_max": process.logsnr_max,
-                   "sample_steps": args.sample_steps, "num_samples": args.num_samples, "channels": args.channels},
-        "lr_note": (f"SGDF lr {args.lr_sgdf:g}, AdamW lr {args.lr_adamw:g} (betas 0.9/0.999, no weight decay), "
-                    "the same for every weighting. The defaults are the best points of a 5-point sweep per optimizer "
-                    "(SGDF 0.03 to 3, AdamW 5e-4 to 8e-3) at the default budget, scored by held-out eps-MSE averaged "
-                    "over constant and ERD weighting (benchmarks/results/demo_lr_sweep_cpu.md); SGDF's release "
-                    "default 0.5 lies between its two best points."),
+                   "sample_steps": args.sample_steps, "num_samples": args.num_samples, "channels": args.channels,
+                   "checkpoint_fractions": list(FRACTIONS), "checkpoint_steps": checkpoint_steps(args.steps)},
+        "lr_note": LR_NOTE,
         "model_params": params,
         "data": {"source": data.source, "label_source": data.label_source, "train": len(data.train_x),
                  "test": len(data.test_x)},
         "scorer_accuracy": scorer.test_accuracy, "references": references,
-        "real_images": data.test_x, "runs": runs, "optimizer_timing": timing,
+        "real_images": data.test_x, "methods": [{"name": m.name, "weighting": m.weighting,
+                                                  "optimizer": m.optimizer, "lr": m.lr} for m in methods],
+        "runs": runs_by_method, "optimizer_timing": timing,
         "weight_curves": {w: weight_curve(w) for w in weightings},
         "ntk_start": ntk_start, "ntk_note": ntk_note,
     }
     results["summary"] = summarize(results)
     results["wall_s"] = time.perf_counter() - start
+    results["cpu_s"] = _cpu_seconds()
     report = write_report(out, results)
     write_json(out, results)
     log(f"done in {results['wall_s']:.0f} s")
@@ -175,21 +210,30 @@ def main(argv: Optional[List[str]] = None) -> Path:
 
 
 def _auto_threads() -> int:
-    """torch's default thread count, minus the cores other processes keep busy (1-minute load average):
-    oversubscribed threads stall torch's parallel regions, which on a shared 2-core machine costs several x."""
+    """torch's default thread count, at most the idle cores: oversubscribed threads stall torch's parallel
+    regions, which on a shared 2-core machine costs several x."""
     threads = torch.get_num_threads()
+    idle = idle_cores()
+    return threads if idle is None else max(1, min(threads, idle))
+
+
+def _cpu_seconds() -> Optional[dict]:
+    """CPU seconds (user + system) of this process and of its finished worker processes: on a shared machine the
+    wall time says little, these say what the run costs (on W idle cores: about main + workers / W)."""
     try:
-        busy = os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return threads
-    free = (os.cpu_count() or threads) - busy
-    return max(1, min(threads, int(free + 0.5)))
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    own, children = (resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return {"main": own.ru_utime + own.ru_stime, "workers": children.ru_utime + children.ru_stime}
 
 
-def _device_name(device: str) -> str:
+def _device_name(device: str, workers: int = 1) -> str:
     if device == "cuda":
         return torch.cuda.get_device_name()
     cpu = cpu_model()
+    if workers > 1:
+        return f"CPU {cpu}, {workers} worker processes of 1 thread"
     n = torch.get_num_threads()
     return f"CPU {cpu}, {n} thread{'s' if n > 1 else ''}"
 

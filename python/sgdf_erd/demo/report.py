@@ -8,6 +8,9 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
+from .methods import comparisons
+from .stats import format_interval, interval, paired_difference
+
 import matplotlib
 matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
@@ -109,28 +112,97 @@ def save_ntk(ntk_start: Optional[dict], runs: List[dict], path: Path) -> bool:
     return True
 
 
-def save_curves(runs: List[dict], path: Path) -> None:
+def save_curves(runs_by_method: Dict[str, List[dict]], path: Path) -> None:
+    """Training loss of the first seed; held-out eps-MSE as the mean over seeds."""
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for run in runs:
-        losses = np.asarray(run["losses"])
+    for name, runs in runs_by_method.items():
+        losses = np.asarray(runs[0]["losses"])
         window = max(1, len(losses) // 50)
         smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
-        ax1.plot(np.arange(window, len(losses) + 1), smooth, color=_color(run["name"]), ls=_style(run["name"]),
-                 label=run["name"])
-        ax2.plot(run["eval_steps"], run["eval_mse"], marker="o", ms=3, color=_color(run["name"]),
-                 ls=_style(run["name"]), label=run["name"])
+        ax1.plot(np.arange(window, len(losses) + 1), smooth, color=_color(name), ls=_style(name), label=name)
+        ax2.plot(runs[0]["eval_steps"], np.mean([r["eval_mse"] for r in runs], axis=0), marker="o", ms=3,
+                 color=_color(name), ls=_style(name), label=name)
     ax1.set_yscale("log")
     ax1.set_xlabel("step")
     ax1.set_ylabel("training loss (each method's own weighting)")
-    ax1.set_title("Training loss (moving average)")
+    ax1.set_title("Training loss, first seed (moving average)")
     ax2.set_yscale("log")
     ax2.set_xlabel("step")
     ax2.set_ylabel("held-out eps-MSE, unweighted (EMA weights)")
-    ax2.set_title("Held-out denoising error (same metric for all)")
+    ax2.set_title("Held-out denoising error, mean over seeds")
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     _save(fig, path)
+
+
+def save_convergence(analysis: dict, path: Path) -> None:
+    """FD and held-out eps-MSE at each checkpoint: mean over seeds with 95% interval bars."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    names = list(analysis["methods"])
+    for ax, metric, label in zip(axes, ("fd", "heldout_mse"), ("FD (lower better)", "held-out eps-MSE")):
+        for i, name in enumerate(names):
+            points = analysis["methods"][name]["checkpoints"]
+            steps = np.array([c["step"] for c in points], dtype=float)
+            steps = steps * (1 + 0.012 * (i - (len(names) - 1) / 2))  # small offsets keep the bars apart
+            means = [c[metric]["mean"] for c in points]
+            bars = [c[metric]["half_width"] or 0.0 for c in points]
+            ax.errorbar(steps, means, yerr=bars, marker="o", ms=4, capsize=3, color=_color(name), ls=_style(name),
+                        label=name)
+        ax.set_xlabel("training step")
+        ax.set_ylabel(label)
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    n = analysis["seeds"]
+    fig.suptitle(f"Convergence: mean over {n} seed{'s' if n > 1 else ''}"
+                 + (", bars = 95% Student-t interval" if n > 1 else " (one seed: no intervals)"), fontsize=10)
+    _save(fig, path)
+
+
+# ---------------------------------------------------------------------------------------------------- analysis
+QUALITY_METRICS = ("fd", "confidence", "coverage", "class_entropy")
+LOWER_IS_BETTER = {"fd": "FD", "heldout_mse": "held-out eps-MSE"}
+
+
+def analyse(runs_by_method: Dict[str, List[dict]]) -> dict:
+    """Per method: each metric's mean and interval over seeds, at the end and at every checkpoint; the paired
+    differences of methods.comparisons, at the end and at every checkpoint."""
+    def values(runs, key):
+        return [r["quality"][key] if key in QUALITY_METRICS else r[key] for r in runs]
+
+    def at_checkpoints(runs, metric):
+        cols = zip(*(r["checkpoints"] for r in runs))
+        return [[c["quality"]["fd"] if metric == "fd" else c[metric] for c in col] for col in cols]
+
+    methods = {}
+    for name, runs in runs_by_method.items():
+        m = {key: interval(values(runs, key)) for key in QUALITY_METRICS + ("heldout_mse", "final_loss",
+                                                                             "step_ms_median", "wall_s")}
+        fd_cols, mse_cols = at_checkpoints(runs, "fd"), at_checkpoints(runs, "heldout_mse")
+        m["checkpoints"] = [{"step": c["step"], "fd": interval(f), "heldout_mse": interval(e)}
+                            for c, f, e in zip(runs[0]["checkpoints"], fd_cols, mse_cols)]
+        methods[name] = m
+    diffs = []
+    for comp in comparisons(list(runs_by_method)):
+        a, b = runs_by_method[comp["a"]], runs_by_method[comp["b"]]
+        d = dict(comp)
+        for metric in LOWER_IS_BETTER:
+            d[metric] = paired_difference(values(a, metric), values(b, metric))
+            d[f"{metric}_checkpoints"] = [
+                {"step": step, **paired_difference(x, y)} for step, x, y in zip(
+                    [c["step"] for c in a[0]["checkpoints"]], at_checkpoints(a, metric), at_checkpoints(b, metric))]
+        diffs.append(d)
+    return {"seeds": len(next(iter(runs_by_method.values()))), "methods": methods, "comparisons": diffs}
+
+
+def verdict(d: dict, a: str) -> str:
+    """What a paired difference A - B of a lower-is-better metric says."""
+    if d["resolved"] is None:
+        return "one seed: no interval"
+    if not d["resolved"]:
+        return "unresolved (interval includes 0)"
+    return f"{a} lower (better)" if d["high"] < 0 else f"{a} higher (worse)"
 
 
 # ---------------------------------------------------------------------------------------------------- tables
@@ -149,40 +221,63 @@ def _bin_label(lo: float, hi: float, first: bool, last: bool) -> str:
     return f"[{lo:.2f}, {hi:.2f})"
 
 
+def _fmt(d: dict, digits: int) -> str:
+    return format_interval(d, digits)
+
+
 def write_report(out: Path, results: dict) -> Path:
-    """Write figures and report.md into ``out``; ``results`` is the dict __main__ collected (also saved as JSON)."""
+    """Write figures and report.md into ``out``; ``results`` is the dict __main__ collected (also saved as JSON),
+    with ``results["analysis"]`` from analyse()."""
     out.mkdir(parents=True, exist_ok=True)
-    runs = results["runs"]
+    runs_by_method = results["runs"]
+    analysis = results["analysis"]
+    n_seeds = analysis["seeds"]
+    first = [runs[0] for runs in runs_by_method.values()]  # the first seed's run of each method
     figures = {}
-    for run in runs:
+    for run in first:
         name = f"samples_{run['name'].replace('+', '_')}.png"
-        save_grid(run["samples"], out / name, f"{run['name']}: {len(run['samples'])} DDIM samples (first 100)")
+        save_grid(run["samples"], out / name, f"{run['name']}, seed {run['seed']}: {len(run['samples'])} DDIM "
+                                              "samples (first 100)")
         figures[run["name"]] = name
     save_grid(results["real_images"], out / "real_heldout.png", "held-out real images")
-    save_overview({**{"held-out real": results["real_images"]}, **{r["name"]: r["samples"] for r in runs}},
+    save_overview({**{"held-out real": results["real_images"]}, **{r["name"]: r["samples"] for r in first}},
                   out / "samples_overview.png")
-    save_weights_and_share(results["weight_curves"], runs, out / "weights_loss_share.png")
-    has_ntk = save_ntk(results.get("ntk_start"), runs, out / "ntk_effective_rank.png")
-    save_curves(runs, out / "training_curves.png")
+    save_weights_and_share(results["weight_curves"], first, out / "weights_loss_share.png")
+    has_ntk = save_ntk(results.get("ntk_start"), first, out / "ntk_effective_rank.png")
+    save_curves(runs_by_method, out / "training_curves.png")
+    save_convergence(analysis, out / "convergence.png")
 
     cfg = results["config"]
+    seeds = results["seeds"]
     md = ["# sgdf-erd demo report", ""]
     if results.get("smoke"):
         md += ["**Smoke run** (few steps): this checks that the pipeline runs; the numbers mean nothing.", ""]
     md.append(f"Generated by `{results['command']}` on {results['date']}; device: {results['device_name']}; "
-              f"torch {results['torch']}; wall time {results['wall_s']:.0f} s (before writing the figures).")
+              f"torch {results['torch']}; wall time {results['wall_s']:.0f} s (before writing the figures)"
+              + _cpu_note(results) + ".")
     md.append("")
     md.append("Every method trains the same U-Net "
-              f"({results['model_params']:,} parameters) from the same initial weights on the same stream of "
-              f"batches, noise levels and noise ({cfg['steps']} steps, batch {cfg['batch_size']}, seed "
-              f"{cfg['seed']}, gradient clipping {cfg['grad_clip']}, EMA {cfg['ema_decay']}); only the loss "
-              "weighting and the optimizer differ. Data: " f"{results['data']['source']}; "
-              f"{results['data']['train']} training / {results['data']['test']} held-out images. Noise process: "
-              f"continuous cosine schedule, eps prediction, log-SNR in [-{cfg['logsnr_max']:g}, "
-              f"{cfg['logsnr_max']:g}]. Sampler: DDIM (eta 0), {cfg['sample_steps']} steps, "
-              f"{cfg['num_samples']} samples per method.")
+              f"({results['model_params']:,} parameters) with each of the seeds {', '.join(map(str, seeds))}: a "
+              "seed fixes the initial weights, the stream of batches, noise levels and noise, and the sampler's "
+              f"noise, so the methods' runs with one seed differ only in the loss weighting and the optimizer "
+              f"({cfg['steps']} steps, batch {cfg['batch_size']}, gradient clipping {cfg['grad_clip']}, EMA "
+              f"{cfg['ema_decay']}). Data: {results['data']['source']}; {results['data']['train']} training / "
+              f"{results['data']['test']} held-out images (split by seed {cfg['seed']}). Noise process: continuous "
+              f"cosine schedule, eps prediction, log-SNR in [-{cfg['logsnr_max']:g}, {cfg['logsnr_max']:g}]. "
+              f"Sampler: DDIM (eta 0), {cfg['sample_steps']} steps, {cfg['num_samples']} samples per method, seed "
+              "and checkpoint.")
     md.append("")
-    md.append(f"Learning rates: {results['lr_note']}")
+    md.append("Learning rates: " + ", ".join(f"{m['name']} {m['lr']:g}" for m in results["methods"])
+              + f"; {results['lr_note']}.")
+    md.append("")
+    if n_seeds > 1:
+        md.append(f"**Numbers are mean +- the half-width of the 95% Student-t interval over the {n_seeds} seeds** "
+                  f"(t with {n_seeds - 1} degrees of freedom, standard deviation with n - 1). A paired difference "
+                  "A - B is taken per seed (same seed for both) and gets its own interval; one whose interval "
+                  "includes 0 is called unresolved.")
+    else:
+        md.append("**One seed: the numbers are single runs, with no interval; no difference below can be called "
+                  "resolved.** Run with `--seeds 3` or more for intervals.")
     md.append("")
     md.append("## Sample quality per method")
     md.append("")
@@ -192,21 +287,56 @@ def write_report(out: Path, results: dict) -> Path:
               "mean top class probability; coverage: share of classes getting at least half their fair share of "
               "samples; class entropy: 1 = perfectly balanced classes. Held-out eps-MSE is unweighted, on fixed "
               "held-out noise, so it is comparable across weightings (it favours the low-noise levels that "
-              "constant weighting emphasises). Single seed: differences of a few percent are within noise.")
+              "constant weighting emphasises).")
     md.append("")
     header = ["method", "FD (lower better)", "confidence", "coverage", "class entropy", "held-out eps-MSE",
-              "final train loss (own weighting)", "step ms (median)", "train s"]
+              "final train loss (own weighting)", "step ms (median)", "train s per run"]
     rows = []
-    for run in runs:
-        q = run["quality"]
-        rows.append([f"**{run['name']}** (lr {run['lr']:g})", f"{q['fd']:.2f}", f"{q['confidence']:.3f}",
-                     f"{q['coverage']:.2f}", f"{q['class_entropy']:.3f}", f"{run['eval_mse'][-1]:.4f}",
-                     f"{run['final_loss']:.4f}", f"{run['step_ms_median']:.1f}", f"{run['wall_s']:.0f}"])
+    for m in results["methods"]:
+        a = analysis["methods"][m["name"]]
+        rows.append([f"**{m['name']}** (lr {m['lr']:g})", _fmt(a["fd"], 2), _fmt(a["confidence"], 3),
+                     _fmt(a["coverage"], 2), _fmt(a["class_entropy"], 3), _fmt(a["heldout_mse"], 4),
+                     _fmt(a["final_loss"], 4), f"{a['step_ms_median']['mean']:.1f}", f"{a['wall_s']['mean']:.0f}"])
     for ref in results["references"]:
         q = ref["quality"]
         rows.append([f"_reference: {ref['name']}_", f"{q['fd']:.2f}", f"{q['confidence']:.3f}",
                      f"{q['coverage']:.2f}", f"{q['class_entropy']:.3f}", "", "", "", ""])
     md.append(_table(header, rows))
+    md.append("")
+    md.append("## Paired differences (A - B, same seeds)")
+    md.append("")
+    if analysis["comparisons"]:
+        rows = []
+        for d in analysis["comparisons"]:
+            rows.append([f"{d['label']}: {d['a']} - {d['b']}", _signed(d["fd"], 2), verdict(d["fd"], d["a"]),
+                         _signed(d["heldout_mse"], 4), verdict(d["heldout_mse"], d["a"])])
+        md.append(_table(["comparison", "FD difference", "FD says", "eps-MSE difference", "eps-MSE says"], rows))
+    else:
+        md.append("No pair of the methods run differs in exactly one of weighting and optimizer.")
+    md.append("")
+    md.append("## Convergence: FD and held-out eps-MSE along training")
+    md.append("")
+    fractions = cfg["checkpoint_fractions"]
+    steps = cfg["checkpoint_steps"]
+    cols = [f"{100 * f:.0f}% (step {s})" for f, s in zip(fractions, steps)]
+    rows = []
+    for m in results["methods"]:
+        points = analysis["methods"][m["name"]]["checkpoints"]
+        rows.append([m["name"]] + [_fmt(c["fd"], 2) for c in points] + [_fmt(c["heldout_mse"], 4) for c in points])
+    md.append(_table(["method"] + [f"FD at {c}" for c in cols] + [f"eps-MSE at {c}" for c in cols], rows))
+    md.append("")
+    if analysis["comparisons"]:
+        md.append("Paired differences along training (A - B; negative: A lower, i.e. ahead):")
+        md.append("")
+        rows = []
+        for d in analysis["comparisons"]:
+            rows.append([f"{d['a']} - {d['b']}"] + [_signed(c, 2) for c in d["fd_checkpoints"]]
+                        + [_signed(c, 4) for c in d["heldout_mse_checkpoints"]])
+        md.append(_table(["comparison"] + [f"FD at {c}" for c in cols] + [f"eps-MSE at {c}" for c in cols], rows))
+        md.append("")
+    md.append("![convergence](convergence.png)")
+    md.append("")
+    md.append(f"## Samples (seed {seeds[0]})")
     md.append("")
     md.append("![samples](samples_overview.png)")
     md.append("")
@@ -224,19 +354,19 @@ def write_report(out: Path, results: dict) -> Path:
     md.append("Full training step (forward, loss, backward, clipping, optimizer, EMA) is the `step ms` column "
               "above; the optimizer is a small part of it for a model this size.")
     md.append("")
-    md.append("## Per-bin loss share (EMA, % of the batch loss)")
+    md.append(f"## Per-bin loss share (EMA, % of the batch loss; seed {seeds[0]})")
     md.append("")
-    edges = runs[0]["statistics"]["bin_edges"]
+    edges = first[0]["statistics"]["bin_edges"]
     nb = len(edges) - 1
     rows = []
     for b in range(nb):
         label = _bin_label(edges[b], edges[b + 1], b == 0, b == nb - 1)
-        rows.append([label] + [f"{100 * run['statistics']['loss_share'][b]:.1f}" for run in runs])
-    md.append(_table(["log-SNR bin"] + [r["name"] for r in runs], rows))
+        rows.append([label] + [f"{100 * run['statistics']['loss_share'][b]:.1f}" for run in first])
+    md.append(_table(["log-SNR bin"] + [r["name"] for r in first], rows))
     md.append("")
     md.append("![weights and loss share](weights_loss_share.png)")
     md.append("")
-    md.append("## NTK effective rank per log-SNR bin")
+    md.append(f"## NTK effective rank per log-SNR bin (seed {seeds[0]})")
     md.append("")
     if has_ntk:
         ntk = results["ntk_start"]
@@ -246,10 +376,10 @@ def write_report(out: Path, results: dict) -> Path:
         for b in range(len(ntk["effective_rank"])):
             label = _bin_label(ntk["bin_edges"][b], ntk["bin_edges"][b + 1], b == 0, b == len(ntk["count"]) - 1)
             row = [label, str(int(ntk["count"][b])), f"{ntk['effective_rank'][b]:.2f}"]
-            row += [f"{r['ntk_end']['effective_rank'][b]:.2f}" for r in runs if r.get("ntk_end") is not None]
+            row += [f"{r['ntk_end']['effective_rank'][b]:.2f}" for r in first if r.get("ntk_end") is not None]
             rows.append(row)
         md.append(_table(["log-SNR bin", "samples", "start"] +
-                         [f"end {r['name']}" for r in runs if r.get("ntk_end") is not None], rows))
+                         [f"end {r['name']}" for r in first if r.get("ntk_end") is not None], rows))
         md.append("")
         md.append("![NTK effective rank](ntk_effective_rank.png)")
     else:
@@ -266,6 +396,20 @@ def write_report(out: Path, results: dict) -> Path:
     path = out / "report.md"
     path.write_text("\n".join(md))
     return path
+
+
+def _cpu_note(results: dict) -> str:
+    cpu = results.get("cpu_s")
+    if not cpu:
+        return ""
+    text = f"; CPU time {cpu['main']:.0f} s in this process"
+    if cpu["workers"] > 0:
+        text += f", {cpu['workers']:.0f} s in {results['workers']} worker processes"
+    return text
+
+
+def _signed(d: dict, digits: int) -> str:
+    return format_interval(d, digits, signed=True)
 
 
 def write_json(out: Path, results: dict) -> Path:
@@ -287,36 +431,33 @@ def write_json(out: Path, results: dict) -> Path:
 
 # ---------------------------------------------------------------------------------------------------- summary
 def summarize(results: dict) -> List[str]:
-    """Plain statements computed from the numbers (no judgement beyond what they show)."""
-    runs = {r["name"]: r for r in results["runs"]}
+    """Plain statements computed from the numbers (no judgement beyond what they show); stores the analysis in
+    ``results["analysis"]``."""
+    runs_by_method = results["runs"]
+    analysis = results["analysis"] = analyse(runs_by_method)
+    n = analysis["seeds"]
     lines = []
-    ranked = sorted(runs.values(), key=lambda r: r["quality"]["fd"])
-    lines.append("Ranking by FD (lower is better): " + ", ".join(
-        f"{r['name']} {r['quality']['fd']:.2f}" for r in ranked) + ".")
-
-    def compare(a: str, b: str, what: str) -> None:
-        if a in runs and b in runs:
-            fa, fb = runs[a]["quality"]["fd"], runs[b]["quality"]["fd"]
-            verdict = "lower (better)" if fa < fb else "higher (worse)" if fa > fb else "equal"
-            lines.append(f"{what}: FD {fa:.2f} vs {fb:.2f}, {abs(fa / fb - 1) * 100:.0f}% {verdict}; "
-                         f"held-out eps-MSE {runs[a]['eval_mse'][-1]:.4f} vs {runs[b]['eval_mse'][-1]:.4f}.")
-
-    compare("erd+sgdf", "constant+sgdf", "ERD vs constant weighting (SGDF)")
-    compare("erd+sgdf", "min_snr+sgdf", "ERD vs Min-SNR weighting (SGDF)")
-    compare("erd+adamw", "constant+adamw", "ERD vs constant weighting (AdamW)")
-    compare("erd+sgdf", "erd+adamw", "SGDF vs AdamW (ERD weighting)")
-    compare("constant+sgdf", "constant+adamw", "SGDF vs AdamW (constant weighting)")
+    ranked = sorted(analysis["methods"].items(), key=lambda kv: kv[1]["fd"]["mean"])
+    lines.append(f"Ranking by mean FD over {n} seed{'s' if n > 1 else ''} (lower is better): " + ", ".join(
+        f"{name} {_fmt(a['fd'], 2)}" for name, a in ranked) + ".")
+    for d in analysis["comparisons"]:
+        lines.append(f"{d['label']} ({d['a']} - {d['b']}): FD {_signed(d['fd'], 2)}, "
+                     f"{verdict(d['fd'], d['a'])}; held-out eps-MSE {_signed(d['heldout_mse'], 4)}, "
+                     f"{verdict(d['heldout_mse'], d['a'])}.")
+    for d in analysis["comparisons"]:
+        if d["kind"] == "weighting":  # the papers' convergence claim is about the weighting
+            lines.append(_convergence_sentence(d, results["config"]["checkpoint_fractions"]))
     timing = {r["path"]: r["ms_per_step"] for r in results["optimizer_timing"]}
     if "SGDF fused" in timing and "SGDF foreach" in timing:
         lines.append(f"Fused SGDF step {timing['SGDF fused']:.3f} ms vs foreach {timing['SGDF foreach']:.3f} ms "
                      f"({timing['SGDF foreach'] / timing['SGDF fused']:.2f}x) on this device.")
-    for r in results["runs"]:
+    first = [runs[0] for runs in runs_by_method.values()]
+    for r in first:
         edges = np.asarray(r["statistics"]["bin_edges"])
         share = np.asarray(r["statistics"]["loss_share"])
-        noisy = float(share[(edges[:-1] + edges[1:]) / 2 < 0].sum())
-        r["noisy_half_share"] = noisy
-    lines.append("Share of the loss from the noisier half (log-SNR < 0): " + ", ".join(
-        f"{r['name']} {100 * r['noisy_half_share']:.0f}%" for r in results["runs"]) + ".")
+        r["noisy_half_share"] = float(share[(edges[:-1] + edges[1:]) / 2 < 0].sum())
+    lines.append(f"Share of the loss from the noisier half (log-SNR < 0), seed {first[0]['seed']}: " + ", ".join(
+        f"{r['name']} {100 * r['noisy_half_share']:.0f}%" for r in first) + ".")
     ntk = results.get("ntk_start")
     if ntk is not None:
         def ends(d):
@@ -324,12 +465,40 @@ def summarize(results: dict) -> List[str]:
             ok = np.asarray(d["count"]) > 0
             return rank[ok][0], rank[ok][-1]
         lo, hi = ends(ntk)
-        text = f"NTK effective rank, noisiest vs cleanest bin: start {lo:.1f} vs {hi:.1f}"
-        for r in results["runs"]:
+        text = f"NTK effective rank, noisiest vs cleanest bin (seed {first[0]['seed']}): start {lo:.1f} vs {hi:.1f}"
+        for r in first:
             if r.get("ntk_end") is not None:
                 lo, hi = ends(r["ntk_end"])
                 text += f"; {r['name']} {lo:.1f} vs {hi:.1f}"
         lines.append(text + ".")
-    lines.append("One seed and a small budget: treat differences of a few percent as noise; rerun with other "
-                 "--seed values before drawing conclusions.")
+    if n == 1:
+        lines.append("One seed: these are single runs and nothing above is resolved; rerun with --seeds 3 or more.")
+    else:
+        lines.append(f"{n} seeds at a small budget ({results['config']['steps']} steps): an unresolved difference "
+                     "is not evidence of no effect, only that this run cannot tell; more seeds narrow the "
+                     "intervals roughly as 1/sqrt(seeds).")
     return lines
+
+
+def _convergence_sentence(d: dict, fractions: List[float]) -> str:
+    """'A accelerates convergence' read off the curves: A's paired differences before the end of training."""
+    weighting = d["a"].split("+")[0]
+    parts, ahead, behind = [], [], []
+    for metric, label, digits in (("fd", "FD", 2), ("heldout_mse", "eps-MSE", 4)):
+        cells = []
+        for f, c in zip(fractions, d[f"{metric}_checkpoints"]):
+            cells.append(f"{100 * f:.0f}% {_signed(c, digits)}")
+            if f < 1.0 and c["resolved"]:
+                (ahead if c["high"] < 0 else behind).append(f"{label} at {100 * f:.0f}%")
+        parts.append(f"{label} " + ", ".join(cells))
+    if d["fd_checkpoints"][0]["resolved"] is None:
+        claim = "one seed cannot say"
+    elif ahead:
+        claim = f"ahead (resolved) in {', '.join(ahead)}" + (f"; behind in {', '.join(behind)}" if behind else "")
+    elif behind:
+        claim = f"no: behind (resolved) in {', '.join(behind)}, ahead nowhere"
+    else:
+        claim = "not shown: no resolved difference before the end of training"
+    return (f"Does {weighting} weighting accelerate convergence ({d['a']} - {d['b']} at "
+            f"{', '.join(f'{100 * f:.0f}%' for f in fractions)} of the steps; ahead = a resolved negative "
+            f"difference before the end)? {claim}. " + "; ".join(parts) + ".")

@@ -7,22 +7,21 @@ runs differ only in the loss weighting and the optimizer.
 import copy
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
 
-from ..optim import SGDF
 from .data import ImageData
+from .methods import OPTIMIZERS
 from .process import NoiseProcess
 
 
 @dataclass(frozen=True)
 class Method:
     weighting: str   # "erd", "constant", "min_snr" (anything the loss module takes)
-    optimizer: str   # "sgdf" or "adamw"
+    optimizer: str   # a key of methods.OPTIMIZERS
     lr: float
-    fused: Optional[bool] = None  # SGDF path; None lets the optimizer choose (fused where the build can)
 
     @property
     def name(self) -> str:
@@ -37,7 +36,7 @@ class TrainConfig:
     device: str = "cpu"
     grad_clip: float = 1.0    # the same clipping for every method
     ema_decay: float = 0.995  # sampling uses an EMA of the weights, as diffusion trainers do
-    eval_points: int = 10     # held-out evaluations along the run (training curves)
+    eval_points: int = 4      # held-out evaluations along the run (training curves), evenly spaced
     eval_repeats: int = 2     # noise levels per held-out image in those evaluations
 
 
@@ -51,14 +50,13 @@ class TrainResult:
     eval_mse: List[float]              # unweighted eps-MSE on held-out images, comparable across methods
     statistics: Dict[str, list] = field(default_factory=dict)  # loss module's EMA per-bin statistics
     wall_s: float = 0.0
+    checkpoints: List[dict] = field(default_factory=list)  # on_checkpoint's results, with their "step"
 
 
 def make_optimizer(method: Method, params) -> torch.optim.Optimizer:
-    if method.optimizer == "sgdf":
-        return SGDF(params, lr=method.lr, fused=method.fused, foreach=True if method.fused is False else None)
-    if method.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=method.lr, weight_decay=0.0)
-    raise ValueError(f"unknown optimizer {method.optimizer!r}; use 'sgdf' or 'adamw'")
+    if method.optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {method.optimizer!r}; use one of {sorted(OPTIMIZERS)}")
+    return OPTIMIZERS[method.optimizer](params, method.lr)
 
 
 def _sync(device: torch.device) -> None:
@@ -90,8 +88,12 @@ class HeldOutProbe:
 
 def train(method: Method, loss_fn: nn.Module, model_factory: Callable[[], nn.Module], data: ImageData,
           process: NoiseProcess, config: TrainConfig, probe: Optional[HeldOutProbe] = None,
-          progress: bool = True) -> TrainResult:
-    """Train a fresh model (seeded by ``config.seed``) with ``method`` and the weighting module ``loss_fn``."""
+          progress: bool = True, checkpoints: Sequence[int] = (),
+          on_checkpoint: Optional[Callable[[nn.Module], dict]] = None) -> TrainResult:
+    """Train a fresh model (seeded by ``config.seed``) with ``method`` and the weighting module ``loss_fn``.
+
+    After each step in ``checkpoints`` (and its held-out probe), ``on_checkpoint(ema_model)`` is called and its
+    dict, with the step added, appended to ``result.checkpoints`` (the model is in eval mode; do not modify it)."""
     from tqdm.auto import tqdm
 
     device = torch.device(config.device)
@@ -105,6 +107,8 @@ def train(method: Method, loss_fn: nn.Module, model_factory: Callable[[], nn.Mod
     gen = torch.Generator().manual_seed(config.seed + 1)
     train_x = data.train_x.to(device)
     eval_at = set(int(round(s)) for s in torch.linspace(0, config.steps, config.eval_points + 1).tolist())
+    checkpoints = set(checkpoints)
+    eval_at |= checkpoints  # the held-out probe also runs at every checkpoint
 
     result = TrainResult(method, ema, [], [], [], [])
     start = time.perf_counter()
@@ -139,6 +143,8 @@ def train(method: Method, loss_fn: nn.Module, model_factory: Callable[[], nn.Mod
         if probe is not None and step in eval_at:
             result.eval_steps.append(step)
             result.eval_mse.append(probe(ema))
+        if on_checkpoint is not None and step in checkpoints:
+            result.checkpoints.append({"step": step, **on_checkpoint(ema)})
         if step % 10 == 0 or step == config.steps:
             bar.set_postfix(loss=f"{sum(result.losses[-10:]) / len(result.losses[-10:]):.4f}",
                             step_ms=f"{1000 * result.step_times[-1]:.1f}", refresh=False)
