@@ -57,6 +57,8 @@ tests() {
 }
 
 compile_tests() {
+  # one inductor compile process per pytest-xdist worker, instead of a pool of one per core in each of them
+  export TORCHINDUCTOR_COMPILE_THREADS=1
   if [ "$DRY_RUN" = 1 ]; then
     pytest_stage compile_tests 120 "compile and not cuda" -k "checks_before_anything_changes"
   else
