@@ -12,9 +12,9 @@
 #   tests         100  the CUDA tests (`-m cuda`) but the torch.compile ones, SGDF_ERD_REQUIRE_CUDA=1 so none can
 #                      pass by skipping, in parallel (pytest-xdist), 60 s per test (dry run: a few CPU tests)
 #   memcheck       60  compute-sanitizer over scripts/cuda_sanitizer_workload.py, this project's kernels only
-#   racecheck      50    (its kernel-name filter), each result compared with the CPU; memcheck without torch's
-#   synccheck      30    caching allocator (every tensor its own allocation, so overruns between tensors show)
-#   initcheck      30    (dry run: skipped, with the reason)
+#   racecheck      50    (its kernel-name filter; initcheck all kernels), each result compared with the CPU;
+#   synccheck      30    memcheck without torch's caching allocator (every tensor its own allocation, so overruns
+#   initcheck      30    between tensors show) (dry run: skipped, with the reason)
 #   compile_tests  60  the CUDA tests of torch.compile (dry run: one CPU one)
 # A failed build (or no GPU) skips the stages after it. OUTDIR ends up with summary.txt and logs.tar.gz only,
 # whatever happens (scripts/gpu_stages.sh); the exit status is non-zero when a stage failed or timed out.
@@ -73,8 +73,12 @@ sanitizer() {
   help="$WORK/logs/compute_sanitizer_help.txt"
   [ -s "$help" ] || "$sanitizer" --help >"$help" 2>&1
   local options=(--tool "$tool" --error-exitcode 97)
-  # this project's kernels only: torch's own are not ours to check, and instrumenting them costs minutes
-  if grep -q -- '--kernel-name ' "$help"; then
+  # this project's kernels only: torch's own are not ours to check, and instrumenting them costs minutes. Not for
+  # initcheck: it learns which bytes are initialised from the kernels it instruments, so it must see torch's
+  # kernels' writes too (filling the state, random gradients), or our kernels' reads of them would be reported.
+  if [ "$tool" = initcheck ]; then
+    echo "note: initcheck instruments every kernel (it must see torch's kernels' writes)"
+  elif grep -q -- '--kernel-name ' "$help"; then
     options+=(--kernel-name "$KERNEL_FILTER")
   elif grep -q -- '--filter ' "$help"; then
     options+=(--filter "$KERNEL_FILTER")
