@@ -11,10 +11,10 @@
 #   build         140  the extension in place for this GPU's architecture only (dry run: CPU-only, incremental)
 #   tests         100  the CUDA tests (`-m cuda`) but the torch.compile ones, SGDF_ERD_REQUIRE_CUDA=1 so none can
 #                      pass by skipping, in parallel (pytest-xdist), 60 s per test (dry run: a few CPU tests)
-#   memcheck       60  compute-sanitizer over scripts/cuda_sanitizer_workload.py, this project's kernels only
-#   racecheck      50    (its kernel-name filter; initcheck all kernels), each result compared with the CPU;
+#   memcheck       60  compute-sanitizer over scripts/cuda_sanitizer_workload.py (every kernel variant, each
+#   racecheck      50    result compared with the CPU), checking this project's kernels only (initcheck: all);
 #   synccheck      30    memcheck without torch's caching allocator (every tensor its own allocation, so overruns
-#   initcheck      30    between tensors show) (dry run: skipped, with the reason)
+#   initcheck      30    between tensors show). Dry run: skipped, with the reason
 #   compile_tests  60  the CUDA tests of torch.compile (dry run: one CPU one)
 # A failed build (or no GPU) skips the stages after it. OUTDIR ends up with summary.txt and logs.tar.gz only,
 # whatever happens (scripts/gpu_stages.sh); the exit status is non-zero when a stage failed or timed out.
