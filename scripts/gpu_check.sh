@@ -11,10 +11,10 @@
 #   build         140  the extension in place for this GPU's architecture only (dry run: CPU-only, incremental)
 #   tests         100  the CUDA tests (`-m cuda`) but the torch.compile ones, SGDF_ERD_REQUIRE_CUDA=1 so none can
 #                      pass by skipping, in parallel (pytest-xdist), 60 s per test (dry run: a few CPU tests)
-#   memcheck       60  compute-sanitizer over scripts/cuda_sanitizer_workload.py, this project's kernels only
-#   racecheck      50    (its kernel-name filter), each result compared with the CPU; memcheck without torch's
-#   synccheck      30    caching allocator (every tensor its own allocation, so overruns between tensors show)
-#   initcheck      30    (dry run: skipped, with the reason)
+#   memcheck       60  compute-sanitizer over scripts/cuda_sanitizer_workload.py (every kernel variant, each
+#   racecheck      50    result compared with the CPU), checking this project's kernels only (initcheck: all);
+#   synccheck      30    memcheck without torch's caching allocator (every tensor its own allocation, so overruns
+#   initcheck      30    between tensors show). Dry run: skipped, with the reason
 #   compile_tests  60  the CUDA tests of torch.compile (dry run: one CPU one)
 # A failed build (or no GPU) skips the stages after it. OUTDIR ends up with summary.txt and logs.tar.gz only,
 # whatever happens (scripts/gpu_stages.sh); the exit status is non-zero when a stage failed or timed out.
@@ -57,6 +57,8 @@ tests() {
 }
 
 compile_tests() {
+  # one inductor compile process per pytest-xdist worker, instead of a pool of one per core in each of them
+  export TORCHINDUCTOR_COMPILE_THREADS=1
   if [ "$DRY_RUN" = 1 ]; then
     pytest_stage compile_tests 120 "compile and not cuda" -k "checks_before_anything_changes"
   else
@@ -71,8 +73,12 @@ sanitizer() {
   help="$WORK/logs/compute_sanitizer_help.txt"
   [ -s "$help" ] || "$sanitizer" --help >"$help" 2>&1
   local options=(--tool "$tool" --error-exitcode 97)
-  # this project's kernels only: torch's own are not ours to check, and instrumenting them costs minutes
-  if grep -q -- '--kernel-name ' "$help"; then
+  # this project's kernels only: torch's own are not ours to check, and instrumenting them costs minutes. Not for
+  # initcheck: it learns which bytes are initialised from the kernels it instruments, so it must see torch's
+  # kernels' writes too (filling the state, random gradients), or our kernels' reads of them would be reported.
+  if [ "$tool" = initcheck ]; then
+    echo "note: initcheck instruments every kernel (it must see torch's kernels' writes)"
+  elif grep -q -- '--kernel-name ' "$help"; then
     options+=(--kernel-name "$KERNEL_FILTER")
   elif grep -q -- '--filter ' "$help"; then
     options+=(--filter "$KERNEL_FILTER")

@@ -72,6 +72,9 @@ def sanitizer_digest(log_path: str) -> list:
             errors.append(f"{previous[:100]} | {text[3:160]}")
         if text:
             previous = text
+    ours = sum("sgdf_erd" in e for e in errors)
+    if errors:
+        lines.append(f"{len(errors)} reports shown, {ours} in sgdf_erd's kernels, {len(errors) - ours} in others")
     lines += errors[:FIRST] + ([f"... and {len(errors) - FIRST} more"] if len(errors) > FIRST else [])
     lines += [l.strip()[:200] for l in log if "Program hit" in l or "Internal Sanitizer Error" in l][:2]
     ran = [l for l in log if l.startswith("ran ")]

@@ -49,9 +49,13 @@ stages_begin() {
   : >"$WORK/summary.done"
   rm -f "$OUT/summary.txt" "$OUT/logs.tar.gz"
   STAGES_T0=$SECONDS
-  printf '%s\n' "$title" "started $(date -u '+%Y-%m-%d %H:%M:%S UTC') on $(hostname), commit" \
-    "$(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD 2>/dev/null || echo ' (+ local changes)');" \
-    "stage budgets add up to ${total}s" | paste -sd' ' >"$WORK/summary.head"
+  local commit="? (no git checkout)" head
+  if head=$(git rev-parse --short HEAD 2>/dev/null); then
+    commit=$head
+    git diff --quiet HEAD 2>/dev/null || commit+=" (+ local changes)"
+  fi
+  echo "$title started $(date -u '+%Y-%m-%d %H:%M:%S UTC') on $(uname -n), commit $commit;" \
+    "stage budgets add up to ${total}s" >"$WORK/summary.head"
   trap 'stages_signal TERM 15' TERM
   trap 'stages_signal INT 2' INT
   trap 'stages_signal HUP 1' HUP

@@ -36,5 +36,6 @@ def runs_cuda_kernels(item) -> bool:
     the "cuda" case of DEVICES). tests/conftest.py marks those `cuda`, so `pytest -m cuda` selects them."""
     return any(mark.kwargs.get("reason") in (_REASON, _TWO_GPUS_REASON) for mark in item.iter_markers("skipif"))
 
+
 # Parametrize over these (or take the `device` fixture from tests/conftest.py).
 DEVICES = ["cpu", pytest.param("cuda", marks=requires_cuda)]
