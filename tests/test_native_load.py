@@ -2,6 +2,7 @@
 against and the one running) and how to fix it (each such case imports a copy of the package in a fresh process);
 it is one abi3 module that reaches torch only through the stable ABI, and build_info() says so."""
 
+import ctypes
 import importlib
 import os
 import re
@@ -102,3 +103,16 @@ def test_the_library_needs_no_symbol_version_newer_than_manylinux_2_28():
     result = subprocess.run([sys.executable, SYMBOL_CHECK, library], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "highest needed GLIBC_2." in result.stdout
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs Linux (libstdc++.so.6)")
+def test_library_errors_leave_the_shared_exception_runtime_balanced():
+    """An op's error reaches Python as a C++ exception thrown in the library and caught in torch, so both must use
+    the process's one libstdc++. A copy linked into the library (-static-libstdc++) would throw from its own
+    runtime while torch's catches, leaving the shared runtime's count of exceptions in flight at -1 per error
+    (std::uncaught_exceptions(), which destructors consult); csrc/common/manylinux_compat.cpp keeps it shared."""
+    uncaught_exceptions = ctypes.CDLL("libstdc++.so.6")._ZSt19uncaught_exceptionsv
+    for _ in range(3):
+        with pytest.raises(ValueError, match="unknown prediction"):
+            torch.ops.sgdf_erd.erd_weights(torch.ones(3), torch.ones(3), None, None, "nope", "erd", 5.0, 1.0)
+    assert uncaught_exceptions() == 0
