@@ -383,6 +383,12 @@ class SGDF(Optimizer):
         # pointers or a CPU `lr` there would break the graph.
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
+        if compiling and (grad_scale is not None or found_inf is not None) and any(
+                g.get("fused") and _has_dtensor(g["params"]) for g in self.param_groups):
+            raise NotImplementedError("SGDF: a torch.compile'd step with a GradScaler is not supported for DTensor "
+                                      "(FSDP2) parameters: torch miscompiles the fused kernel's op on their shards, "
+                                      "so such steps take the foreach path, which does not unscale; step eagerly, "
+                                      "or unscale with scaler.unscale_(opt) before the step")
         plan = {}  # param groups stepped by one kernel call
         if not compiling:
             plan = self._one_call_plan()
@@ -406,9 +412,9 @@ class SGDF(Optimizer):
                      capturable=group["capturable"])
         storage = dict(master_params=master_params if group["master_weights"] else None,
                        rounding_seeds=rounding_seeds if group["stochastic_rounding"] else None)
-        if group["fused"]:
+        if group["fused"] and not (compiling and _has_dtensor(params)):
             _fused_step(params, grads, exp_avgs, exp_vars, steps, hyper, storage, grad_scale, found_inf)
-        else:
+        else:  # (compiled with DTensor params, torch miscompiles the kernel's op: see _has_dtensor)
             step_path = foreach_sgdf if group["foreach"] else single_tensor_sgdf
             step_path(params, grads, exp_avgs, exp_vars, steps, **storage, **hyper)
 
@@ -439,6 +445,16 @@ def _fused_step(params, grads, exp_avgs, exp_vars, steps, hyper, storage, grad_s
         p.copy_(dense_param)
         if grad_scale is not None:
             grad.copy_(dense_grad)
+
+
+def _has_dtensor(params: List[Tensor]) -> bool:
+    """Whether a DTensor is among `params`. Under torch.compile such a group takes the foreach path, fused or not:
+    torch 2.14.1 fails to compile a custom op that writes into FSDP2 parameter shards from their gradient shards
+    (an IndexError while guarding shard sizes, or "graph node count mismatch" in inductor; reported too: "sources
+    must not be empty for symbol", and after torch._dynamo.reset() a graph that updates wrong values), where the
+    same update in torch ops compiles correctly. docs/sgdf.md has a reproducer without SGDF."""
+    dtensor = _dtensor.dtensor_type()
+    return dtensor is not None and any(isinstance(p, dtensor) for p in params)
 
 
 def _like(p: Tensor, dtype: torch.dtype) -> Tensor:
