@@ -745,3 +745,97 @@ def test_release_checkpoint_with_int_step_still_loads(device):
     _fill_grads(params)
     opt.step()
     assert all(float(opt.state[p]["step"]) == 4 for p in params)
+
+
+# ----------------------------------------------------------------------------------------- minor bad inputs
+def _delete_state_entry(key):
+    def change(params, opt):
+        del opt.state[params[-1]][key]
+    return change
+
+
+def _delete_group_key(key):
+    def change(params, opt):
+        del opt.param_groups[-1][key]
+    return change
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("change,match", [
+    (_delete_state_entry("exp_var"), "lacks 'exp_var'"),
+    (_delete_state_entry("exp_avg"), "lacks 'exp_avg'"),
+    (_delete_state_entry("step"), "lacks 'step'"),
+    (_delete_group_key("eps"), "lacks 'eps'"),
+    (_delete_group_key("fused"), "lacks 'fused'"),
+    (_delete_group_key("betas"), "lacks 'betas'"),
+], ids=["state_exp_var", "state_exp_avg", "state_step", "group_eps", "group_fused", "group_betas"])
+def test_key_deleted_by_hand_is_named_and_changes_nothing(device, path, change, match):
+    """A state entry or group key deleted by hand: a ValueError naming it, not a bare KeyError."""
+    params, opt = _stepped(device, path)
+    change(params, opt)
+    before = _snapshot(opt)
+    with pytest.raises(ValueError, match=match):
+        opt.step()
+    _assert_unchanged(opt, before)
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_numpy_scalars_are_accepted_as_numbers(device, path):
+    """np.float32 lr / betas / eps / gamma / weight_decay step exactly as the same Python floats."""
+    np = pytest.importorskip("numpy")
+    results = []
+    for as_numpy in (True, False):
+        number = np.float32 if as_numpy else (lambda v: float(np.float32(v)))
+        params = _model(device)
+        opt = SGDF(params, lr=number(0.05), betas=(number(0.8), number(0.99)), eps=number(1e-8),
+                   gamma=number(0.5), weight_decay=number(1e-3), **PATHS[path])
+        for i in range(3):
+            _fill_grads(params, seed=i)
+            opt.step()
+        results.append(params)
+    for got, want in zip(*results):
+        assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("kwargs,exc,match", [
+    (dict(lr=torch.tensor(0.1, device="meta")), ValueError, "meta"),
+    (dict(lr=10**400), ValueError, "lr"),  # an int beyond a float's range: not an OverflowError
+    (dict(weight_decay=10**400), ValueError, "weight_decay"),
+    (dict(lr=float("inf")), ValueError, "lr"),
+    (dict(weight_decay=float("inf")), ValueError, "weight_decay"),
+    (dict(betas=(True, 0.9)), ValueError, "betas"),
+])
+def test_bad_numbers_are_refused_at_construction(device, kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        SGDF(_model(device), **kwargs)
+
+
+@pytest.mark.parametrize("params,match", [
+    (lambda ps: [("weight",)], "tuple"),
+    (lambda ps: [(ps[0],)], "tuple"),
+    (lambda ps: [("weight", ps[0], 1)], "tuple"),
+    (lambda ps: [(1, ps[0])], "tuple"),
+    (lambda ps: [ps[0], None], "tensors"),
+    (lambda ps: [[ps[0]]], "tensors"),
+], ids=["name_only", "tensor_only", "triple", "int_name", "none", "nested_list"])
+def test_non_tensor_in_params_is_refused_clearly(device, params, match):
+    with pytest.raises(TypeError, match=match):
+        SGDF(params(_model(device)))
+
+
+def test_named_parameters_are_accepted(device):
+    model = torch.nn.Linear(3, 2).to(device)
+    opt = SGDF(model.named_parameters(), lr=0.1)
+    model(torch.ones(1, 3, device=device)).sum().backward()
+    opt.step()
+    assert all(float(opt.state[p]["step"]) == 1 for p in model.parameters())
+
+
+def test_checkpoint_with_complex_state_for_a_real_param_changes_nothing(device):
+    """Casting would drop the imaginary part silently."""
+    params, opt, sd = _saved(device)
+    sd["state"][1]["exp_var"] = sd["state"][1]["exp_var"].to(torch.complex64) + 1j
+    before = _snapshot(opt)
+    with pytest.raises(ValueError, match="exp_var"):
+        opt.load_state_dict(sd)
+    _assert_unchanged(opt, before)

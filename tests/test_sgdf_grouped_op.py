@@ -211,3 +211,21 @@ def test_groups_on_several_devices_are_refused():
                  for k, v in groups[1].items()}
     with pytest.raises(RuntimeError, match="meta"):
         call_grouped(grouped(groups))
+
+
+@pytest.mark.parametrize("name,index,value,exc", [
+    ("group_sizes", 0, 2**64, ValueError),
+    ("group_sizes", 0, True, TypeError),
+    ("rounding_seeds", 0, 2**70, ValueError),
+    ("rounding_seeds", 0, True, TypeError),
+    ("rounding_seeds", 0, torch.tensor(5), TypeError),
+])
+def test_wrapper_refuses_ints_the_dispatcher_would_convert(device, name, index, value, exc):
+    import sgdf_erd
+
+    args = grouped(mixed_groups(device))
+    args[name][index] = value
+    before = snapshot(args)
+    with pytest.raises(exc, match=f"'{name}\\[{index}\\]'"):
+        sgdf_erd.ops.fused_sgdf_grouped_(*args.values())
+    assert_bit_identical(args, before)

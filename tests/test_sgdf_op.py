@@ -268,6 +268,10 @@ BAD_INPUTS = {
     "gamma zero": (_set("gamma", 0.0), "gamma"),
     "gamma negative": (_set("gamma", -0.5), "gamma"),
     "weight_decay negative": (_set("weight_decay", -1e-3), "weight_decay"),
+    "lr inf": (_set("lr", float("inf")), "lr"),
+    "eps inf": (_set("eps", float("inf")), "eps"),
+    "gamma inf": (_set("gamma", float("inf")), "gamma"),
+    "weight_decay inf": (_set("weight_decay", float("inf")), "weight_decay"),
     # aliasing
     "params[i] is grads[i]": (_set_item("grads", 0, lambda a: a["params"][0]), "'params\\[0\\]' and 'grads\\[0\\]'"),
     "exp_avgs[i] is exp_vars[i]": (_set_item("exp_vars", 1, lambda a: a["exp_avgs"][1]), "exp_avgs\\[1\\].*exp_vars\\[1\\]"),
@@ -289,7 +293,7 @@ def test_bad_input_raises_and_changes_nothing(device, case):
     assert_bit_identical(args, before)
 
 
-@pytest.mark.parametrize("value", [float("nan"), -0.5])
+@pytest.mark.parametrize("value", [float("nan"), -0.5, float("inf")])
 def test_cpu_lr_tensor_value_is_checked(value):
     """A CPU lr tensor is read for free; a CUDA one is not read (that would be a host sync), see the op's docs."""
     args = make_args("cpu")
@@ -341,3 +345,44 @@ def test_cuda_call_with_a_cpu_step_is_refused():
     with pytest.raises(RuntimeError, match="steps\\[0\\]"):
         call(args)
     assert_bit_identical(args, before)
+
+
+# ----------------------------------------------------------------------------------------- the Python wrappers
+# sgdf_erd.ops.fused_sgdf_ / fused_sgdf_grouped_ check what the dispatcher would convert silently (True as 1, a
+# one-element tensor as its value) or refuse with a message about the list's type (an int beyond int64).
+@pytest.mark.parametrize("name,value,exc", [
+    ("rounding_seeds", True, TypeError),
+    ("rounding_seeds", torch.tensor(3), TypeError),
+    ("rounding_seeds", 3.0, TypeError),
+    ("rounding_seeds", 2**70, ValueError),
+    ("rounding_offsets", True, TypeError),
+    ("rounding_offsets", torch.tensor(0), TypeError),
+    ("rounding_offsets", 2**64, ValueError),
+])
+def test_wrapper_refuses_seeds_and_offsets_the_dispatcher_would_convert(device, name, value, exc):
+    args = make_args(device, stochastic=True)
+    args[name][1] = value
+    before = snapshot(args)
+    with pytest.raises(exc, match=f"'{name}\\[1\\]'"):
+        sgdf_erd.ops.fused_sgdf_(*args.values())
+    assert_bit_identical(args, before)
+
+
+def test_wrapper_takes_numpy_integers_as_seeds(device):
+    np = pytest.importorskip("numpy")
+    args, same = make_args(device, stochastic=True), make_args(device, stochastic=True)
+    args["rounding_seeds"] = [np.int64(s) for s in args["rounding_seeds"]]
+    sgdf_erd.ops.fused_sgdf_(*args.values())
+    call(same)
+    for a, b in zip(args["params"], same["params"]):
+        assert torch.equal(a, b)
+
+
+def test_wrapper_call_without_tensors_does_nothing():
+    """Empty lists (an empty param group): nothing to step; the dispatcher alone has no kernel to choose."""
+    sgdf_erd.ops.fused_sgdf_([], [], [], [], [], [], 0.1, None, 0.9, 0.999, 1e-8, 0.5, 0.0, False, False, False,
+                             None, None)
+    sgdf_erd.ops.fused_sgdf_grouped_([], [], [], [], [], [], [], [], [], [], [], [], [], [], [], [], [], [], [], [],
+                                     None, None)
+    sgdf_erd.ops.fused_sgdf_grouped_([], [], [], [], [], [], [], [0], [0.1], [None], [0.9], [0.999], [1e-8], [0.5],
+                                     [0.0], [False], [False], [False], [False], [False], None, None)

@@ -2,6 +2,7 @@
 // written, so a call that raises leaves every input as it was.
 #pragma once
 
+#include <cmath>
 #include <optional>
 #include <type_traits>
 #include <utility>
@@ -16,14 +17,18 @@
 namespace sgdf_erd::sgdf {
 
 // The optimizer's own rules (SGDF's documented ranges), so the op refuses what SGDF refuses. Each condition is
-// written so that NaN fails it.
+// written so that NaN fails it; infinities are refused too (an infinite lr or weight decay turns every weight into
+// inf or NaN).
 inline void check_hyperparameters(double lr, const Hyper<double>& h, const char* op) {
-  SGDF_ERD_CHECK(lr >= 0.0, op, ": invalid lr=", lr, "; the learning rate must be >= 0 (and not NaN)");
+  SGDF_ERD_CHECK(std::isfinite(lr) && lr >= 0.0, op, ": invalid lr=", lr,
+                 "; the learning rate must be finite and >= 0");
   SGDF_ERD_CHECK(h.beta1 >= 0.0 && h.beta1 < 1.0, op, ": invalid beta1=", h.beta1, "; it must be in [0, 1)");
   SGDF_ERD_CHECK(h.beta2 >= 0.0 && h.beta2 < 1.0, op, ": invalid beta2=", h.beta2, "; it must be in [0, 1)");
-  SGDF_ERD_CHECK(h.eps >= 0.0, op, ": invalid eps=", h.eps, "; it must be >= 0");
-  SGDF_ERD_CHECK(h.gamma > 0.0, op, ": invalid gamma=", h.gamma, "; it must be > 0 (0.5 is the release default)");
-  SGDF_ERD_CHECK(h.weight_decay >= 0.0, op, ": invalid weight_decay=", h.weight_decay, "; it must be >= 0");
+  SGDF_ERD_CHECK(std::isfinite(h.eps) && h.eps >= 0.0, op, ": invalid eps=", h.eps, "; it must be finite and >= 0");
+  SGDF_ERD_CHECK(std::isfinite(h.gamma) && h.gamma > 0.0, op, ": invalid gamma=", h.gamma,
+                 "; it must be finite and > 0 (0.5 is the release default)");
+  SGDF_ERD_CHECK(std::isfinite(h.weight_decay) && h.weight_decay >= 0.0, op, ": invalid weight_decay=",
+                 h.weight_decay, "; it must be finite and >= 0");
 }
 
 // The value of a one-element float32 CPU tensor (checked by the caller): a plain read, no synchronisation.
@@ -157,8 +162,8 @@ inline void check_fused_args(FusedArgs& a, const char* op) {
   // the caller's to check.
   if (a.lr_tensor.has_value() && a.lr_tensor->is_cpu()) {
     const float value = cpu_scalar(*a.lr_tensor);
-    SGDF_ERD_CHECK(value >= 0.f, op, ": invalid lr_tensor=", value,
-                   "; the learning rate must be >= 0 (and not NaN)");
+    SGDF_ERD_CHECK(std::isfinite(value) && value >= 0.f, op, ": invalid lr_tensor=", value,
+                   "; the learning rate must be finite and >= 0");
   }
 }
 

@@ -1,6 +1,7 @@
 """``fused_sgdf_``: one fused SGDF step over a group of tensors, and ``fused_sgdf_grouped_``: over several param
 groups in one call (the kernels: csrc/sgdf); each beside its fake."""
 
+import numbers
 from typing import List, Optional, Sequence
 
 import torch
@@ -36,11 +37,36 @@ def fused_sgdf_(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor
     rounded stochastically with the counter-based numbers of (seed, step, element index). ``rounding_offsets``:
     one per seeded param (default all 0), the index of its first element: a shard of a larger tensor, numbered by
     its elements' positions in the whole tensor, draws what the whole tensor would. The kernels check every
-    argument before writing anything and raise RuntimeError (ValueError for a seed out of range).
+    argument before writing anything and raise RuntimeError (ValueError for a seed out of range). A call without
+    any tensor does nothing.
     """
+    op = "sgdf_erd::fused_sgdf_"
+    rounding_seeds = _int_list(op, "rounding_seeds", rounding_seeds)
+    rounding_offsets = _int_list(op, "rounding_offsets", rounding_offsets)
+    if _no_tensors(params, grads, exp_avgs, exp_vars, updates, steps, master_params, lr_tensor, grad_scale, found_inf):
+        return
     _native.ops.fused_sgdf_(params, grads, exp_avgs, exp_vars, updates, steps, lr, lr_tensor, beta1, beta2, eps,
                             gamma, weight_decay, decoupled_weight_decay, sign, maximize, grad_scale, found_inf,
-                            list(master_params), list(rounding_seeds), list(rounding_offsets))
+                            list(master_params), rounding_seeds, rounding_offsets)
+
+
+def _int_list(op: str, name: str, values: Sequence) -> List[int]:
+    """`values` as Python ints, each checked to be an integer within int64: the dispatcher would take True as 1 and
+    a one-element tensor as its value, and refuses an int beyond int64 with a message about the list's type. The
+    kernels check the ranges."""
+    values = list(values)
+    for i, v in enumerate(values):
+        if type(v) is not int and (isinstance(v, bool) or not isinstance(v, numbers.Integral)):
+            raise TypeError(f"{op}: '{name}[{i}]' must be an int, got {type(v).__name__} ({v!r})")
+        if not -(2**63) <= v < 2**63:
+            raise ValueError(f"{op}: '{name}[{i}]'={v} is out of range (beyond int64)")
+    return [int(v) for v in values]
+
+
+def _no_tensors(*args) -> bool:
+    """Whether a call is given no tensor at all (empty lists, no optional tensors): nothing to step, and nothing the
+    dispatcher could choose a kernel by."""
+    return all(len(a) == 0 if isinstance(a, (list, tuple)) else a is None for a in args)
 
 
 @torch.library.register_fake("sgdf_erd::fused_sgdf_")
@@ -75,8 +101,14 @@ def fused_sgdf_grouped_(params: List[Tensor], grads: List[Tensor], exp_avgs: Lis
     value per group; ``lr_tensor`` one entry per group, a tensor replacing the group's ``lr`` or None.
     ``master_params`` and ``rounding_seeds`` hold one entry per param of the groups whose option is set, in group
     order. Refusals raise RuntimeError (ValueError for a seed out of range) with messages starting with
-    FUSED_SGDF_REFUSED.
+    FUSED_SGDF_REFUSED. A call without any tensor does nothing.
     """
+    op = "sgdf_erd::fused_sgdf_grouped_"
+    rounding_seeds = _int_list(op, "rounding_seeds", rounding_seeds)
+    group_sizes = _int_list(op, "group_sizes", group_sizes)
+    if _no_tensors(params, grads, exp_avgs, exp_vars, steps, master_params, grad_scale, found_inf,
+                   [t for t in lr_tensor if t is not None]):
+        return
     _native.ops.fused_sgdf_grouped_(params, grads, exp_avgs, exp_vars, steps, master_params, rounding_seeds,
                                     group_sizes, lr, lr_tensor, beta1, beta2, eps, gamma, weight_decay,
                                     decoupled_weight_decay, sign, maximize, master_weights, stochastic_rounding,

@@ -104,6 +104,7 @@ class SGDF(Optimizer):
                         ns_steps=ns_steps, maximize=maximize, foreach=foreach, fused=fused, capturable=capturable,
                         stochastic_rounding=stochastic_rounding, state_dtype=state_dtype,
                         master_weights=master_weights, differentiable=differentiable)
+        checks.check_hyperparameters(defaults, "defaults")  # before the params, as torch's optimizers do
         # param group index -> steps it still goes the general way after the kernel refused its one-call step
         self._one_call_waits: Dict[int, int] = {}
         super().__init__(params, defaults)
@@ -114,7 +115,7 @@ class SGDF(Optimizer):
         gradients in place without a host synchronisation: where the user asked for fused=True, as for torch's
         fused optimizers. The default (fused too) leaves unscaling to the scaler, so that gradients can be
         unscaled and clipped before the step (Lightning refuses clipping with an optimizer that unscales)."""
-        return self.defaults["fused"] is True and all(g["fused"] for g in self.param_groups)
+        return self.defaults.get("fused") is True and all(g.get("fused") for g in self.param_groups)
 
     def add_param_group(self, param_group: dict) -> None:
         """Add a group; it is checked whole (hyperparameters, params, repeats, path) before it joins."""
@@ -127,7 +128,7 @@ class SGDF(Optimizer):
         group["params"] = _as_list(group["params"])
         for key, value in self.defaults.items():
             group.setdefault(key, value)
-        params = [p[1] if isinstance(p, tuple) else p for p in group["params"]]  # (name, tensor) pairs too
+        params = [_unnamed(p, i, len(self.param_groups)) for i, p in enumerate(group["params"])]
         where = f"param group {len(self.param_groups)}"
         checks.check_param_kinds(params, group, where)
         checks.check_hyperparameters(group, where)
@@ -247,7 +248,7 @@ class SGDF(Optimizer):
         step was refused lately is left to the general path for a while (_one_call_refused)."""
         plan, device = {}, None
         for gi, group in enumerate(self.param_groups):
-            if not group["fused"] or group["orthogonalize"]:
+            if not group.get("fused") or group.get("orthogonalize"):  # (a key deleted by hand: checked below)
                 continue
             if self._one_call_waits.get(gi):
                 self._one_call_waits[gi] -= 1
@@ -383,6 +384,12 @@ class SGDF(Optimizer):
         # pointers or a CPU `lr` there would break the graph.
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
+        if compiling and (grad_scale is not None or found_inf is not None) and any(
+                g.get("fused") and _has_dtensor(g["params"]) for g in self.param_groups):
+            raise NotImplementedError("SGDF: a torch.compile'd step with a GradScaler is not supported for DTensor "
+                                      "(FSDP2) parameters: torch miscompiles the fused kernel's op on their shards, "
+                                      "so such steps take the foreach path, which does not unscale; step eagerly, "
+                                      "or unscale with scaler.unscale_(opt) before the step")
         plan = {}  # param groups stepped by one kernel call
         if not compiling:
             plan = self._one_call_plan()
@@ -406,19 +413,22 @@ class SGDF(Optimizer):
                      capturable=group["capturable"])
         storage = dict(master_params=master_params if group["master_weights"] else None,
                        rounding_seeds=rounding_seeds if group["stochastic_rounding"] else None)
-        if group["fused"]:
+        if group["fused"] and not (compiling and _has_dtensor(params)):
             _fused_step(params, grads, exp_avgs, exp_vars, steps, hyper, storage, grad_scale, found_inf)
-        else:
+        else:  # (compiled with DTensor params, torch miscompiles the kernel's op: see _has_dtensor)
             step_path = foreach_sgdf if group["foreach"] else single_tensor_sgdf
             step_path(params, grads, exp_avgs, exp_vars, steps, **storage, **hyper)
 
 
 def _update_options(group: dict) -> dict:
-    """A param group's options of the update itself, as every path's keyword arguments."""
+    """A param group's options of the update itself, as every path's keyword arguments (numbers as Python floats:
+    a group may hold numpy scalars)."""
     beta1, beta2 = group["betas"]
-    return dict(lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"], gamma=group["gamma"],
-                weight_decay=group["weight_decay"], decoupled_weight_decay=group["decoupled_weight_decay"],
-                sign=group["sign"], maximize=group["maximize"])
+    lr = group["lr"]
+    return dict(lr=lr if isinstance(lr, Tensor) else float(lr), beta1=float(beta1), beta2=float(beta2),
+                eps=float(group["eps"]), gamma=float(group["gamma"]), weight_decay=float(group["weight_decay"]),
+                decoupled_weight_decay=group["decoupled_weight_decay"], sign=group["sign"],
+                maximize=group["maximize"])
 
 
 def _fused_step(params, grads, exp_avgs, exp_vars, steps, hyper, storage, grad_scale, found_inf) -> None:
@@ -439,6 +449,16 @@ def _fused_step(params, grads, exp_avgs, exp_vars, steps, hyper, storage, grad_s
         p.copy_(dense_param)
         if grad_scale is not None:
             grad.copy_(dense_grad)
+
+
+def _has_dtensor(params: List[Tensor]) -> bool:
+    """Whether a DTensor is among `params`. Under torch.compile such a group takes the foreach path, fused or not:
+    torch 2.14.1 fails to compile a custom op that writes into FSDP2 parameter shards from their gradient shards
+    (an IndexError while guarding shard sizes, or "graph node count mismatch" in inductor; reported too: "sources
+    must not be empty for symbol", and after torch._dynamo.reset() a graph that updates wrong values), where the
+    same update in torch ops compiles correctly. docs/sgdf.md has a reproducer without SGDF."""
+    dtensor = _dtensor.dtensor_type()
+    return dtensor is not None and any(isinstance(p, dtensor) for p in params)
 
 
 def _like(p: Tensor, dtype: torch.dtype) -> Tensor:
@@ -473,6 +493,18 @@ def _match_layout(p: Tensor, state: dict) -> None:
         dense = checks.is_dense(p) if dense is None else dense
         if dense or not checks.is_dense(t):
             state[key] = _like(p, t.dtype).copy_(t)
+
+
+def _unnamed(p, index: int, group_index: int):
+    """The tensor of a (name, tensor) pair, as torch's optimizers take named parameters; anything else as given (its
+    kind is checked after)."""
+    if not isinstance(p, tuple):
+        return p
+    if len(p) == 2 and isinstance(p[0], str):
+        return p[1]
+    raise TypeError(f"SGDF (param group {group_index}): entry {index} of 'params' is a tuple of "
+                    f"{', '.join(type(x).__name__ for x in p) or 'nothing'}; a named parameter is a (str, tensor) pair, "
+                    "as model.named_parameters() yields")
 
 
 def _as_list(params) -> list:

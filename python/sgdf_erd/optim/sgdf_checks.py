@@ -5,6 +5,7 @@ run them all before it touches a tensor.
 """
 
 import math
+import numbers
 from collections import defaultdict
 from typing import Iterable, List, Optional, Sequence, Tuple
 
@@ -18,6 +19,10 @@ STATE_KEYS = ("step", "exp_avg", "exp_var")
 # dtypes the state may be stored in (state_dtype=); the arithmetic stays float32 (float64 for float64 params)
 STATE_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 LOW_PRECISION = (torch.bfloat16, torch.float16)
+# every key of an SGDF param group besides 'params'
+GROUP_KEYS = ("lr", "betas", "eps", "gamma", "weight_decay", "decoupled_weight_decay", "sign", "orthogonalize",
+              "ns_steps", "maximize", "foreach", "fused", "capturable", "stochastic_rounding", "state_dtype",
+              "master_weights", "differentiable")
 
 
 def real_dtype(p: Tensor) -> torch.dtype:
@@ -72,9 +77,25 @@ def _describe(t: Tensor) -> str:
 
 
 # ------------------------------------------------------------------------------------------ hyperparameters
+def _is_real_number(value) -> bool:
+    """A Python or numpy real number (numpy registers its scalars as numbers.Real), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, Tensor))
+
+
+def _finite(value) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond a float's range
+        return False
+
+
 def check_hyperparameters(group: dict, where: str, read_device_lr: bool = True) -> None:
     """`read_device_lr=False` (inside step()) leaves a tensor `lr` on an accelerator unread: that would sync."""
-    if group.get("differentiable", False) is not False:
+    missing = [key for key in GROUP_KEYS if key not in group]
+    if missing:
+        raise ValueError(f"SGDF ({where}): the param group lacks {', '.join(map(repr, missing))} (deleted by hand?); "
+                         "set it again, or rebuild the optimizer and load its state_dict")
+    if group["differentiable"] is not False:
         raise ValueError(f"SGDF ({where}): differentiable={group['differentiable']!r} is not supported (autograd "
                          "through step(): the kernels and the in-place state updates record no graph); leave it "
                          "False")
@@ -85,9 +106,12 @@ def check_hyperparameters(group: dict, where: str, read_device_lr: bool = True) 
                              "pass a 0-dim tensor or a float")
         if not lr.is_floating_point():
             raise TypeError(f"SGDF ({where}): a tensor `lr` must be floating point, got {lr.dtype}")
-        if lr.device.type == "cpu" or (read_device_lr and lr.device.type != "meta"):
+        if lr.device.type == "meta":
+            raise ValueError(f"SGDF ({where}): a tensor `lr` on the meta device holds no value; pass a float or a "
+                             "tensor on the CPU or the parameters' device")
+        if lr.device.type == "cpu" or read_device_lr:
             _check_lr_value(float(lr), where)
-    elif not isinstance(lr, (int, float)) or isinstance(lr, bool):
+    elif not _is_real_number(lr):
         raise TypeError(f"SGDF ({where}): `lr` must be a float or a one-element tensor, got {type(lr).__name__}")
     else:
         _check_lr_value(lr, where)
@@ -95,7 +119,7 @@ def check_hyperparameters(group: dict, where: str, read_device_lr: bool = True) 
     if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
         raise ValueError(f"SGDF ({where}): `betas` must be a pair (beta1, beta2), got {betas!r}")
     for i, b in enumerate(betas):
-        if isinstance(b, (bool, Tensor)) or not isinstance(b, (int, float)) or not 0.0 <= b < 1.0:
+        if not _is_real_number(b) or not 0.0 <= b < 1.0:
             raise ValueError(f"SGDF ({where}): invalid betas[{i}]={b!r}; each beta must be a float in [0, 1)")
     _check_number(group, "eps", where, lambda v: v >= 0.0, "a finite float >= 0")
     _check_number(group, "gamma", where, lambda v: v > 0.0, "a finite float > 0 (0.5 is the release default)")
@@ -116,14 +140,14 @@ def check_hyperparameters(group: dict, where: str, read_device_lr: bool = True) 
                          "parameter's dtype)")
 
 
-def _check_lr_value(lr: float, where: str) -> None:
-    if not (math.isfinite(lr) and lr >= 0.0):
+def _check_lr_value(lr, where: str) -> None:
+    if not (_finite(lr) and lr >= 0.0):
         raise ValueError(f"SGDF ({where}): invalid learning rate lr={lr}; it must be finite and >= 0")
 
 
 def _check_number(group: dict, key: str, where: str, valid, requirement: str) -> None:
     value = group[key]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not valid(value):
+    if not _is_real_number(value) or not _finite(value) or not valid(value):
         raise ValueError(f"SGDF ({where}): invalid {key}={value!r}; it must be {requirement}")
 
 
@@ -282,6 +306,11 @@ def check_state(p: Tensor, state: dict, group: dict, group_index: int, index: in
     """The state of a parameter that stepped before still fits it (its .data may have been replaced since) and its
     group's storage options (which may have been edited since), every entry as the fused kernel checks them (a
     state edited by hand would otherwise fail in the middle of a step)."""
+    missing = [key for key in STATE_KEYS if key not in state]
+    if missing:
+        raise ValueError(f"SGDF: the state of parameter {index} of param group {group_index} lacks "
+                         f"{', '.join(map(repr, missing))}; the state was edited by hand: restore it from the "
+                         "optimizer's state_dict (or delete the parameter's whole state to start it afresh)")
     exp_avg = state["exp_avg"]
     expected = state_dtype(p, group)
     if exp_avg.dtype is not expected or exp_avg.shape != p.shape or exp_avg.device != p.device:
@@ -386,6 +415,10 @@ def checked_loaded_step(p: Tensor, state: dict, where: str) -> float:
         t = state[key]
         if not isinstance(t, Tensor):
             raise TypeError(f"SGDF.load_state_dict: '{key}' of {where} must be a tensor, got {type(t).__name__}")
+        if not (t.is_floating_point() or t.is_complex()) or (t.is_complex() and not p.is_complex()):
+            raise ValueError(f"SGDF.load_state_dict: '{key}' of {where} is {t.dtype} but the parameter is "
+                             f"{p.dtype}; the state of a real parameter is real (a cast would drop the imaginary "
+                             "part): the checkpoint belongs to another model")
         if t.shape != p.shape:
             raise ValueError(f"SGDF.load_state_dict: '{key}' of {where} has shape {tuple(t.shape)} but the "
                              f"parameter has shape {tuple(p.shape)}; the checkpoint's parameters are in another "
