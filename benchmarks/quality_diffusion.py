@@ -2,12 +2,12 @@
 accelerate convergence, with 95% intervals.
 
 This is ``python -m sgdf_erd.demo`` (same model, data, instruments, learning rates, paired seeds) run with
---seeds 5 and 4x the demo's default steps, its report, figures and results.json written to
+--seeds 5 and 3x the demo's default steps, its report, figures and results.json written to
 benchmarks/results/quality_diffusion_cpu/, and a one-page summary (the headline table, the paired differences and
 the convergence statements) to benchmarks/results/quality_diffusion_cpu.md. The learning rates are the demo's, chosen
 at the demo's budget (benchmarks/results/demo_lr_sweep_cpu.md); at a longer budget each pair's best lr may differ.
 
-    python benchmarks/quality_diffusion.py                         # full study: 5 methods x 5 seeds x 1200 steps
+    python benchmarks/quality_diffusion.py                         # full study: 5 methods x 5 seeds x 900 steps
     python benchmarks/quality_diffusion.py --steps 600 --methods erd+sgdf,constant+sgdf   # a smaller one
     python benchmarks/quality_diffusion.py --quick                 # smoke run (seconds; numbers meaningless)
 
@@ -23,9 +23,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "python"))
 from sgdf_erd.demo.__main__ import build_parser, main as demo_main  # noqa: E402
+from sgdf_erd.demo.methods import DEFAULT_LR  # noqa: E402
 from sgdf_erd.demo.stats import format_interval  # noqa: E402
 
-BUDGET_FACTOR = 4  # the study's steps per run, in units of the demo's default
+BUDGET_FACTOR = 3  # the study's steps per run, in units of the demo's default
 
 
 def main():
@@ -57,7 +58,8 @@ def summary(res: dict, command: str, folder: str) -> str:
     cfg = res["config"]
     analysis = res["analysis"]
     n = analysis["seeds"]
-    full = n >= 5 and cfg["steps"] >= BUDGET_FACTOR * build_parser().parse_args([]).steps
+    full = (n >= 5 and cfg["steps"] >= BUDGET_FACTOR * build_parser().parse_args([]).steps
+            and set(DEFAULT_LR) <= {m["name"] for m in res["methods"]})
     md = ["# Diffusion quality study: the demo's methods, paired seeds, 95% intervals", "",
           f"- date: {res['date']}", f"- device: {res['device_name']}", f"- torch: {res['torch']}",
           f"- command: `{command}` (ran `{res['command']}`)",
@@ -65,8 +67,8 @@ def summary(res: dict, command: str, folder: str) -> str:
           f"{cfg['steps']} steps, batch {cfg['batch_size']}, U-Net {res['model_params']:,} parameters, "
           f"{res['data']['source']}; samples: {cfg['num_samples']} per run and checkpoint, DDIM "
           f"{cfg['sample_steps']} steps; wall time {res['wall_s']:.0f} s",
-          "- " + ("the full study (5 seeds, 4x the demo's steps)." if full else
-                  "**a smaller run than the full study** (5 methods x 5 seeds x 4x the demo's steps: "
+          "- " + ("the full study (5 seeds, 3x the demo's steps)." if full else
+                  "**a smaller run than the full study** (5 methods x 5 seeds x 3x the demo's steps: "
                   "`python benchmarks/quality_diffusion.py`), as the shared CPU allowed."),
           f"- learning rates: " + ", ".join(f"{m['name']} {m['lr']:g}" for m in res["methods"])
           + " (the demo's, each pair's best at the demo's budget: demo_lr_sweep_cpu.md)",

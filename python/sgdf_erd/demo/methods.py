@@ -23,11 +23,11 @@ REFERENCE_WEIGHTING = "constant"
 # (benchmarks/demo_lr_sweep.py, results in benchmarks/results/demo_lr_sweep_cpu.md; tests/test_demo.py checks that
 # this table matches that file). The order is the report's order.
 DEFAULT_LR: Dict[str, float] = {
-    "erd+sgdf": 1.0,
+    "erd+sgdf": 0.5,
     "constant+sgdf": 1.0,
-    "min_snr+sgdf": 1.0,
+    "min_snr+sgdf": 0.5,
     "erd+adamw": 4e-3,
-    "constant+adamw": 4e-3,
+    "constant+adamw": 2e-3,
 }
 
 
