@@ -11,9 +11,22 @@
 # Also here: the arguments ([--dry-run] OUTDIR), the environment, and the stages both scripts start with (facts,
 # build).
 
-DRY_RUN=0
-if [ "${1:-}" = --dry-run ]; then DRY_RUN=1; shift; fi
-OUTDIR=${1:?usage: bash $0 [--dry-run] OUTDIR}
+# --dry-run may come before or after OUTDIR; anything else is refused (a misspelt option must not become OUTDIR,
+# nor a trailing --dry-run be dropped, which would start the GPU run)
+DRY_RUN=0 OUTDIR=""
+for arg in "$@"; do
+  case $arg in
+    --dry-run) DRY_RUN=1 ;;
+    -*) echo "$(basename "$0"): unknown option '$arg'; usage: bash $0 [--dry-run] OUTDIR" >&2; exit 2 ;;
+    *)
+      if [ -n "$OUTDIR" ]; then
+        echo "$(basename "$0"): one OUTDIR, got '$OUTDIR' and '$arg'; usage: bash $0 [--dry-run] OUTDIR" >&2
+        exit 2
+      fi
+      OUTDIR=$arg ;;
+  esac
+done
+[ -n "$OUTDIR" ] || { echo "usage: bash $0 [--dry-run] OUTDIR" >&2; exit 2; }
 export DRY_RUN PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/python:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 # nothing can be downloaded there: Hugging Face libraries must not try (tests needing what is missing skip)

@@ -221,3 +221,20 @@ def test_loss_weight_equals_the_authors_code_on_a_cosine_grid(device, prediction
         assert expected[-1] == 1 and got[-1] == 0
         expected[-1] = 0.0
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("prediction,weighting", [(p, "erd") for p in PREDICTIONS] + [(p, w) for w, p in BASELINE_PAIRS])
+@pytest.mark.parametrize("scale", [1e-170, 1e-160, 1e155, 1e200])
+def test_weight_of_float64_alpha_and_sigma_at_extreme_scales(device, prediction, weighting, scale):
+    # The SNR depends on alpha / sigma only, so scaling both leaves every weight as it is, except ERD's v weight
+    # |alpha| sigma / n, which scales with them; their squares under- or overflow at these scales (they gave NaN).
+    alpha = torch.tensor([0.6, 0.8, 0.1, 0.999], dtype=torch.float64)
+    sigma = torch.tensor([0.8, 0.6, 0.995, 0.045], dtype=torch.float64)
+    if weighting == "erd":
+        expected = ref.erd_weight(alpha, sigma, prediction)
+    else:
+        expected = ref.baseline_weight(alpha, sigma, prediction, weighting)
+    if (prediction, weighting) == ("v", "erd"):
+        expected = expected * scale
+    actual = loss_weight((alpha * scale).to(device), (sigma * scale).to(device), prediction, weighting)
+    assert_close(actual, expected, rtol=1e-13, atol=0)

@@ -148,3 +148,21 @@ def test_gpu_bench_dry_run_writes_a_line_per_stage_and_the_targets(tmp_path):
     assert stages["targets"][0] == "FAILED (exit 2)" and proc.returncode != 0
     assert "best torch route / op" in text and "sgdf: no sgdf_cpu*.json" in text
     assert {"ntk.log", "ntk_cpu.json", "targets.log"} <= logs_in(out)
+
+
+@pytest.mark.parametrize("script", ["gpu_check.sh", "gpu_bench.sh"])
+def test_dry_run_may_follow_outdir_and_a_misspelt_option_is_refused(tmp_path, script):
+    stages = CHECK_STAGES if script == "gpu_check.sh" else BENCH_STAGES
+    variables = dict(os.environ, PYTHON=sys.executable, TMPDIR=str(tmp_path),
+                     **{f"GPU_STAGE_BUDGET_{name}": "0" for name in stages if name != "facts"})
+    out = tmp_path / "out"
+    run = subprocess.run(["bash", str(ROOT / "scripts" / script), str(out), "--dry-run"], env=variables,
+                         capture_output=True, text=True, timeout=120)
+    stages_found, text = stage_lines(out)
+    assert text.startswith(f"{script} --dry-run:"), text  # not the GPU run (its facts stage fails without a GPU)
+    assert stages_found["facts"][0] == "ok" and run.returncode == 0, run.stdout + run.stderr
+    for args in (["--dryrun", str(tmp_path / "x")], [str(tmp_path / "x"), str(tmp_path / "y")], []):
+        run = subprocess.run(["bash", str(ROOT / "scripts" / script), *args], env=variables, capture_output=True,
+                             text=True, timeout=60)
+        assert run.returncode == 2 and "usage" in run.stderr, run.stderr
+        assert not (tmp_path / "x").exists() and not (tmp_path / "--dryrun").exists()

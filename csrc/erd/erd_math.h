@@ -55,7 +55,10 @@ C10_HOST_DEVICE inline double sample_weight(double alpha, double sigma, double a
   if (p.weighting == Weighting::kConstant) return 1.0;
   const double a = ::fabs(alpha);
   const double s = sigma;
-  const double snr = (a * a) / (s * s);
+  // (a / s)^2, as the authors compute it, rather than a^2 / s^2: float64 alpha and sigma both below 1e-162 (or
+  // both above 1e154) would square to 0 / 0 (inf / inf), a NaN weight for a well-defined SNR
+  const double ratio = a / s;
+  const double snr = ratio * ratio;
   if (is_nan(snr)) return NAN;  // NaN alpha or sigma, or alpha = sigma = 0 (no signal, no noise)
   if (snr == 0.0 && p.weighting == Weighting::kMinSnr) return p.prediction == Prediction::kEps ? 1.0 : 0.0;
   if (snr == 0.0) return 1.0;
@@ -65,7 +68,7 @@ C10_HOST_DEVICE inline double sample_weight(double alpha, double sigma, double a
       switch (p.prediction) {
         case Prediction::kEps: return s / n;
         case Prediction::kX0: return a / n;
-        case Prediction::kV: return a * s / n;
+        case Prediction::kV: return a * (s / n);  // s / n <= 1: no overflow of a * s
         case Prediction::kFlow: return ::hypot(alpha_prime * a, sigma_prime * s) / n;
       }
       return NAN;
