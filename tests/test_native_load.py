@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import sgdf_erd
+from sgdf_erd._native import ops
 
 PACKAGE = os.path.dirname(sgdf_erd.__file__)
 
@@ -114,5 +115,6 @@ def test_library_errors_leave_the_shared_exception_runtime_balanced():
     uncaught_exceptions = ctypes.CDLL("libstdc++.so.6")._ZSt19uncaught_exceptionsv
     for _ in range(3):
         with pytest.raises(ValueError, match="unknown prediction"):
-            torch.ops.sgdf_erd.erd_weights(torch.ones(3), torch.ones(3), None, None, "nope", "erd", 5.0, 1.0)
+            ops.erd_weights(torch.ones(3), torch.ones(3), None, None, "nope", "erd", 5.0, 1.0)
     assert uncaught_exceptions() == 0
+
