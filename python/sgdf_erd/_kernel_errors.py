@@ -1,8 +1,8 @@
 """The Python exception types of the compiled kernels' errors, the same on every supported torch.
 
 Only the message of an exception thrown by a kernel built on the LibTorch stable ABI reliably reaches Python: torch
-up to 2.14 raises ValueError for ``std::invalid_argument`` and RuntimeError for the rest, torch 2.15 raises
-RuntimeError for all, and none arrives as TypeError. So a kernel check that means ValueError or TypeError starts its
+up to 2.14 maps a few C++ types to Python ones (``std::invalid_argument`` to ValueError), torch 2.15 raises
+RuntimeError for every one (its shim keeps only ``what()``), and none arrives as TypeError. So a kernel check that means ValueError or TypeError starts its
 message with that type's name (:data:`MARKERS`; csrc/common/stable.h), and every operator call sgdf_erd makes goes
 through :func:`raising_marked_types`, which raises that type with the marker removed.
 
