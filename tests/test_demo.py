@@ -248,9 +248,13 @@ def test_demo_worker_processes_give_the_same_runs(smoke_run, tmp_path):
             assert a["losses"] == b["losses"] and a["quality"] == b["quality"] and a["eval_mse"] == b["eval_mse"]
 
 
+LR_SWEEP = ROOT / "benchmarks" / "results" / "demo_lr_sweep_cpu.json"
+
+
+@pytest.mark.skipif(not LR_SWEEP.exists(), reason="needs the source tree's benchmarks/results/ (the committed sweep)")
 def test_method_table_pairs_and_learning_rates_match_the_sweep():
     from sgdf_erd.demo.methods import DEFAULT_LR, comparisons
-    sweep = json.loads((ROOT / "benchmarks" / "results" / "demo_lr_sweep_cpu.json").read_text())
+    sweep = json.loads(LR_SWEEP.read_text())
     assert sweep["best"] == DEFAULT_LR  # the defaults cite the committed sweep
     # a new optimizer is one entry per method: its comparisons with the reference follow
     names = ["erd+adasgdf", "constant+adasgdf", "erd+adamw", "constant+adamw"]
