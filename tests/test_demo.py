@@ -244,9 +244,22 @@ def test_demo_worker_processes_give_the_same_runs(smoke_run, tmp_path):
     alone = json.loads((out / "results.json").read_text())["runs"]
     spread = json.loads((tmp_path / "results.json").read_text())["runs"]
     assert list(spread) == ["erd+sgdf", "constant+adamw"]
+    cpu = json.loads((tmp_path / "results.json").read_text())["cpu_s"]
+    run_cpu = [r["cpu_s"] for runs in spread.values() for r in runs]
+    assert all(c > 0 for c in run_cpu) and cpu["workers"] >= sum(run_cpu)
+    # on idle cores: at least this process's work plus the longest run, at most all of it one after the other
+    assert cpu["main"] + max(run_cpu) <= cpu["idle_wall_s"] <= cpu["main"] + cpu["workers"] + 1e-9
+    assert "idle cores about" in (tmp_path / "report.md").read_text()
     for name in spread:
         for a, b in zip(alone[name], spread[name]):
             assert a["losses"] == b["losses"] and a["quality"] == b["quality"] and a["eval_mse"] == b["eval_mse"]
+
+
+def test_schedule_seconds_hands_runs_to_the_first_free_worker():
+    from sgdf_erd.demo.runs import schedule_seconds
+    assert schedule_seconds([3, 1, 1, 1], 2) == 3  # one worker takes the long run, the other the three short ones
+    assert schedule_seconds([1, 1, 1, 3], 2) == 4  # the long run comes last: it starts when a worker frees at 1
+    assert schedule_seconds([2, 2], 1) == 4 and schedule_seconds([2], 3) == 2 and schedule_seconds([], 2) == 0
 
 
 def test_method_table_pairs_and_learning_rates_match_the_sweep():
