@@ -12,7 +12,7 @@ kernels draw the same counter-based random numbers as the Python paths.
 """
 
 from collections import defaultdict
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -24,7 +24,9 @@ from .newton_schulz import is_matrix_shaped, orthogonalize
 from .stochastic_rounding import round_all_into_
 
 def _real(tensors: List[Tensor]) -> List[Tensor]:
-    return [torch.view_as_real(t) if t.is_complex() else t for t in tensors]
+    """Complex tensors as their real views; a gradient with the conjugate bit set is resolved first (a copy: the
+    optimizer refuses conjugate params and state, which are written in place)."""
+    return [torch.view_as_real(t.resolve_conj()) if t.is_complex() else t for t in tensors]
 
 
 def _bias_corrections(steps: List[Tensor], beta1: float, beta2: float, as_tensors: bool):
@@ -146,7 +148,10 @@ def _matching_layout(grad: Tensor, param: Tensor, copies: List[Tuple[Tensor, Ten
     which is written back (torch's fused optimizers unscale p.grad in place)."""
     if grad.stride() == param.stride():
         return grad
-    copy = torch.empty_like(param).copy_(grad)
+    return _copied(grad, torch.empty_like(param).copy_(grad), copies)
+
+
+def _copied(grad: Tensor, copy: Tensor, copies: List[Tuple[Tensor, Tensor]]) -> Tensor:
     copies.append((grad, copy))
     return copy
 
@@ -168,9 +173,10 @@ def fused_sgdf(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor]
     # the common case, one launch: no per-tensor regrouping (this runs at every step, for every tensor)
     uniform = not orthogonalize_matrices and all(p.dtype is dtype and m.dtype is state_dtype and p.device == device
                                                  and not isinstance(p, dtensor) for p, m in zip(params, exp_avgs))
+    grad_copies = []  # (gradient, its copy in the parameter's layout, or resolved from a conjugate view)
     if dtype.is_complex if uniform else any(p.is_complex() for p in params):
+        grads = [g if not g.is_conj() else _copied(g, g.resolve_conj(), grad_copies) for g in grads]
         params, grads, exp_avgs, exp_vars = map(_real, (params, grads, exp_avgs, exp_vars))
-    grad_copies = []  # (gradient, its copy in the parameter's layout)
     if uniform:
         groups = {(device, None, None, False): (params, [_matching_layout(g, p, grad_copies)
                                                          for g, p in zip(grads, params)],
@@ -215,7 +221,7 @@ def fused_sgdf(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor]
                                   weight_decay if decoupled_weight_decay else 0.0,
                                   _scalar_on(device, found_inf, moved))
     if grad_scale is not None:  # the unscaled copies back into the gradients
-        for grad, copy in grad_copies:
+        for grad, copy in reversed(grad_copies):  # (a layout copy of a resolved one first)
             grad.copy_(copy)
 
 
@@ -244,48 +250,6 @@ def _fused_call(device, params, grads, exp_avgs, exp_vars, updates, steps, maste
                     _scalar_on(device, grad_scale, moved), _scalar_on(device, found_inf, moved), master_params,
                     rounding_seeds, rounding_offsets)
     return lr_tensor
-
-
-def fused_sgdf_groups_in_one_call(groups: Sequence[Tuple[tuple, dict]], *, grad_scale: Optional[Tensor] = None,
-                                  found_inf: Optional[Tensor] = None) -> None:
-    """fused_sgdf for the case it reduces to most of the time, for several param groups in one kernel call, without
-    the per-tensor regrouping. Each of `groups` is (params, grads, exp_avgs, exp_vars, steps, master_params,
-    rounding_seeds), the last two empty where the group's storage options do not use them, with the group's update
-    options (lr, beta1, beta2, eps, gamma, weight_decay, decoupled_weight_decay, sign, maximize): tensors of one
-    device, each group of one param dtype and one state dtype, neither complex nor DTensor, each grad and state laid
-    out as its param, no orthogonalisation. Given anything else, the kernel refuses the call before writing anything
-    (RuntimeError or ValueError, message starting with ops.FUSED_SGDF_REFUSED), and fused_sgdf is the call to make for
-    each group."""
-    device = next((tensors[0][0].device for tensors, _ in groups if tensors[0]), None)
-    if device is None:
-        return
-    if len(groups) == 1:  # the common case: fused_sgdf_, whose arguments cost less to pass
-        (params, grads, exp_avgs, exp_vars, steps, master_params, rounding_seeds), options = groups[0]
-        _fused_call(device, params, grads, exp_avgs, exp_vars, [], steps, master_params, rounding_seeds, [], {},
-                    grad_scale=grad_scale, found_inf=found_inf, **options)
-        return
-    lists = [[], [], [], [], [], [], []]  # params, grads, exp_avgs, exp_vars, steps, master_params, rounding_seeds
-    hyper = {key: [] for key in _GROUP_HYPERPARAMETERS}
-    lr_values, lr_tensors, moved = [], [], {}
-    for tensors, options in groups:
-        for merged, part in zip(lists, tensors):
-            merged.extend(part)
-        for key, values in hyper.items():
-            values.append(options[key])
-        lr = options["lr"]
-        lr_tensors.append(_scalar_on(device, lr, moved) if isinstance(lr, Tensor) else None)
-        lr_values.append(0.0 if isinstance(lr, Tensor) else float(lr))
-    # the storage options follow from the lists: master copies and seeds are given where the group uses them
-    master_weights = [bool(tensors[5]) for tensors, _ in groups]
-    stochastic_rounding = [bool(tensors[6]) for tensors, _ in groups]
-    ops.fused_sgdf_grouped_(*lists, [len(tensors[0]) for tensors, _ in groups], lr_values, lr_tensors,
-                            *hyper.values(), master_weights, stochastic_rounding, _scalar_on(device, grad_scale, moved),
-                            _scalar_on(device, found_inf, moved))
-
-
-# fused_sgdf_grouped_'s per-group hyperparameters after lr and lr_tensor, in its order
-_GROUP_HYPERPARAMETERS = ("beta1", "beta2", "eps", "gamma", "weight_decay", "decoupled_weight_decay", "sign",
-                          "maximize")
 
 
 def _apply_orthogonalized(params, directions, steps, masters, seeds, first_indices, lr, decoupled_decay,
