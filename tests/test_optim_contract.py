@@ -269,3 +269,21 @@ def test_conjugate_param_is_refused_before_state_is_made(device, path):
         opt.step()
     _assert_unchanged(opt, before)
     assert p not in opt.state
+
+
+@pytest.mark.parametrize("options", [dict(), dict(weight_decay=0.1, maximize=True), dict(stochastic_rounding=True)])
+def test_foreach_steps_in_chunks_as_in_one_piece(monkeypatch, options):
+    """On the CPU the foreach step takes a few tensors at a time (for the cache): bit for bit the same steps."""
+    from sgdf_erd.optim import sgdf_functional
+    results = []
+    for chunk in (1 << 40, 7):
+        monkeypatch.setattr(sgdf_functional, "_CPU_CHUNK_ELEMENTS", chunk)
+        params = [torch.nn.Parameter(t.bfloat16()) for t in _model("cpu")] + _model("cpu", seed=3)
+        opt = SGDF([{"params": params[:3]}, {"params": params[3:], "lr": 0.02}], lr=0.05, foreach=True, **options)
+        torch.manual_seed(0)
+        for i in range(3):
+            _fill_grads(params, seed=i)
+            opt.step()
+        results.append([p.detach().clone() for p in params] + [opt.state[p]["exp_var"] for p in params])
+    for p, q in zip(*results):
+        assert torch.equal(p, q)

@@ -237,7 +237,8 @@ class SGDF(Optimizer):
         checked in Python with the same rules (and against the kernel's groups' tensors), before that call. Their
         missing state is made after it, then each steps on its path."""
         compiling = torch.compiler.is_compiling()
-        if not compiling and _is_capturing() and not any(g["capturable"] or g["fused"] for g in self.param_groups):
+        if not compiling and _is_capturing() and not any(g["capturable"] or self._path(g) == "fused"
+                                                         for g in self.param_groups):
             raise RuntimeError("SGDF: a step is being captured in a CUDA graph but neither capturable=True nor "
                                "fused=True was set; construct SGDF(..., capturable=True)")
         loss = None
@@ -247,7 +248,7 @@ class SGDF(Optimizer):
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
         if compiling and (grad_scale is not None or found_inf is not None) and any(
-                g.get("fused") and _has_dtensor(g["params"]) for g in self.param_groups):
+                self._path(g) == "fused" and _has_dtensor(g["params"]) for g in self.param_groups):
             raise NotImplementedError("SGDF: a torch.compile'd step with a GradScaler is not supported for DTensor "
                                       "(FSDP2) parameters: torch miscompiles the fused kernel's op on their shards, "
                                       "so such steps take the foreach path, which does not unscale; step eagerly, "

@@ -71,16 +71,35 @@ def _widened(tensors: List[Tensor], dtypes: List[torch.dtype]) -> List[Tensor]:
 
 
 def foreach_sgdf(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor], exp_vars: List[Tensor],
-                 steps: List[Tensor], *, lr: Union[float, Tensor], beta1: float, beta2: float, eps: float,
-                 gamma: float, weight_decay: float, decoupled_weight_decay: bool, sign: bool,
-                 orthogonalize_matrices: bool, ns_steps: int, maximize: bool, capturable: bool,
-                 master_params: Optional[List[Tensor]] = None, rounding_seeds: Optional[List[int]] = None) -> None:
-    """One SGDF step with foreach ops; steps are incremented here.
+                 steps: List[Tensor], *, master_params: Optional[List[Tensor]] = None,
+                 rounding_seeds: Optional[List[int]] = None, **hyper) -> None:
+    """One SGDF step with foreach ops; steps are incremented here. `hyper`: lr, beta1, beta2, eps, gamma,
+    weight_decay, decoupled_weight_decay, sign, orthogonalize_matrices, ns_steps, maximize, capturable.
 
     `master_params`: float32 copies of bfloat16 / float16 params, updated instead of them; each param then
     receives its master rounded to nearest. `rounding_seeds` (stochastic rounding): per param, the seed of the
     counter-based generator that rounds the float32 results stochastically into low-precision storage (params
-    without master copies, and exp_avg / exp_var)."""
+    without master copies, and exp_avg / exp_var). On the CPU the tensors go a few at a time (about
+    _CPU_CHUNK_ELEMENTS elements): the ~15 passes of a step then find them, and the two temporaries, in cache."""
+    bounds, total = [0], 0
+    if not (torch.compiler.is_compiling() or hyper["capturable"]) and params and params[0].device.type == "cpu":
+        for i, p in enumerate(params[:-1]):
+            total += p.numel()
+            if total >= _CPU_CHUNK_ELEMENTS:
+                bounds.append(i + 1)
+                total = 0
+    for a, b in zip(bounds, bounds[1:] + [len(params)]):
+        _foreach_sgdf(params[a:b], grads[a:b], exp_avgs[a:b], exp_vars[a:b], steps[a:b],
+                      None if master_params is None else master_params[a:b],
+                      None if rounding_seeds is None else rounding_seeds[a:b], **hyper)
+
+
+_CPU_CHUNK_ELEMENTS = 1 << 18  # about 1 MB per float32 list: with the two temporaries, within a core's L2 cache
+
+
+def _foreach_sgdf(params, grads, exp_avgs, exp_vars, steps, master_params, rounding_seeds, *, lr, beta1, beta2, eps,
+                  gamma, weight_decay, decoupled_weight_decay, sign, orthogonalize_matrices, ns_steps, maximize,
+                  capturable) -> None:
     if not params:
         return
     matrix_mask = [is_matrix_shaped(p) for p in params]
@@ -103,25 +122,35 @@ def foreach_sgdf(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tenso
             torch._foreach_mul_(p, 1 - lr * weight_decay)
         else:
             g = torch._foreach_add(g, p, alpha=weight_decay)
-    torch._foreach_mul_(m, beta1)
-    torch._foreach_add_(m, g, alpha=1 - beta1)
-    residual_new_mean = torch._foreach_sub(g, m)
+    # Two temporaries and in-place passes (each fresh buffer of the size of the params costs page faults on the
+    # CPU): r holds g - m, then the residual g - m^; u holds the gain's denominator, the gain, then the update
+    # u = m^ + K r = g + (K - 1) r.
+    torch._foreach_lerp_(m, g, 1 - beta1)
+    r = torch._foreach_sub(g, m)
     torch._foreach_mul_(s, beta2)
-    torch._foreach_addcmul_(s, residual_new_mean, residual_new_mean, value=1 - beta2)
+    torch._foreach_addcmul_(s, r, r, value=1 - beta2)
 
     inv_bc1, bc2 = _bias_corrections(steps, beta1, beta2, as_tensors=capturable or compiling)
-    m_hat = torch._foreach_mul(m, inv_bc1)
-    r = torch._foreach_sub(g, m_hat)
-    denom = torch._foreach_mul(torch._foreach_mul(r, r), bc2)
-    torch._foreach_add_(denom, s)
-    torch._foreach_add_(denom, eps)
-    gain = torch._foreach_div(s, denom)
+    if isinstance(inv_bc1[0], float) and len(set(inv_bc1)) == 1 and len(set(bc2)) == 1:
+        torch._foreach_add_(r, m, alpha=1 - inv_bc1[0])  # g - m^ = (g - m) + (1 - 1/bc1) m
+        u = torch._foreach_addcmul(s, r, r, value=bc2[0])
+    else:  # steps that differ between tensors, or held as tensors (capturable, compiling)
+        torch._foreach_sub_(r, torch._foreach_mul(m, torch._foreach_sub(inv_bc1, 1) if isinstance(inv_bc1[0], Tensor)
+                                                  else [x - 1 for x in inv_bc1]))
+        u = torch._foreach_mul(r, r)
+        torch._foreach_mul_(u, bc2)
+        torch._foreach_add_(u, s)
+    torch._foreach_add_(u, eps)
+    torch._foreach_reciprocal_(u)
+    torch._foreach_mul_(u, s)  # the gain K = s / (bc2 r^2 + s + eps)
     if gamma == 0.5:
-        torch._foreach_sqrt_(gain)
+        torch._foreach_sqrt_(u)
     elif gamma != 1:
-        torch._foreach_pow_(gain, gamma)
-    torch._foreach_mul_(gain, r)
-    updates = torch._foreach_add(m_hat, gain)
+        torch._foreach_pow_(u, gamma)
+    torch._foreach_sub_(u, 1)
+    torch._foreach_mul_(u, r)
+    torch._foreach_add_(u, g)
+    updates = u
 
     _apply_update(p, updates, lr, sign, orthogonalize_matrices, ns_steps, matrix_mask)
     seeds = rounding_seeds if rounding_seeds is not None else [None] * len(params)
