@@ -287,3 +287,19 @@ def test_foreach_steps_in_chunks_as_in_one_piece(monkeypatch, options):
         results.append([p.detach().clone() for p in params] + [opt.state[p]["exp_var"] for p in params])
     for p, q in zip(*results):
         assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("case", ["param_in_a_second_group", "master_weights_for_float32", "grad_is_other_groups_param"])
+@pytest.mark.parametrize("path", list(PATHS))
+def test_bad_input_before_the_first_step_makes_no_state(device, path, case):
+    """The same bad inputs before the first step (when every group's state is still to be made): refused before
+    any state is made or anything written."""
+    params = _model(device)
+    opt = SGDF([{"params": params[:1]}, {"params": params[1:], "lr": 0.02}], lr=0.05, **PATHS[path])
+    _fill_grads(params, seed=0)
+    BAD_STEPS[case](params, opt)
+    before = _snapshot(opt)
+    with pytest.raises((ValueError, RuntimeError, TypeError)):
+        opt.step()
+    _assert_unchanged(opt, before)
+    assert not opt.state

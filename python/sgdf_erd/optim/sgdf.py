@@ -1,7 +1,7 @@
 """SGDF: SGD with a Wiener-filtered first moment, as a drop-in ``torch.optim.Optimizer``."""
 
 import operator
-from collections import OrderedDict
+from collections import OrderedDict, defaultdict
 from typing import Dict, Iterable, List, Optional, Tuple, Union
 
 import torch
@@ -107,22 +107,18 @@ class SGDF(Optimizer):
                         ns_steps=ns_steps, maximize=maximize, foreach=foreach, fused=fused, capturable=capturable,
                         stochastic_rounding=stochastic_rounding, state_dtype=state_dtype,
                         master_weights=master_weights, differentiable=differentiable)
-        checks.check_hyperparameters(defaults, "defaults")  # before the params, as torch's optimizers do
-        super().__init__(params, defaults)
+        self._init_with_defaults(params, defaults)
 
-    # What an optimizer of this family (SGDF's filter with another update) supplies: its moment tensors, each of
-    # the parameter's shape in the group's state dtype, and the options of its update.
-    _moment_keys = ("exp_avg", "exp_var")
+    # What an optimizer of this family (SGDF's filter with another update) supplies: its defaults, the options of
+    # its update (_update_options) and its state's moment tensors (checks.moment_keys of a group); the checks,
+    # the state and the paths are this class's.
+    def _init_with_defaults(self, params: Iterable, defaults: dict) -> None:
+        checks.check_hyperparameters(defaults, "defaults")  # before the params, as torch's optimizers do
+        Optimizer.__init__(self, params, defaults)
 
     def _update_options(self, group: dict) -> dict:
-        """A param group's options of the update itself, as every path's keyword arguments (numbers as Python
-        floats: a group may hold numpy scalars)."""
-        beta1, beta2 = group["betas"]
-        lr = group["lr"]
-        return dict(lr=lr if isinstance(lr, Tensor) else float(lr), beta1=float(beta1), beta2=float(beta2),
-                    eps=float(group["eps"]), gamma=float(group["gamma"]), weight_decay=float(group["weight_decay"]),
-                    decoupled_weight_decay=group["decoupled_weight_decay"], sign=group["sign"],
-                    maximize=group["maximize"])
+        """The options of the update itself, as every path's keyword arguments."""
+        return _update_options(group)
 
     @property
     def _step_supports_amp_scaling(self) -> bool:
@@ -212,8 +208,8 @@ class SGDF(Optimizer):
             checks.check_param_kinds(group["params"], group, where)
             for i, p in enumerate(group["params"]):
                 if self.state.get(p):
-                    steps[p] = checks.checked_loaded_step(p, self.state[p], self._moment_keys,
-                                                          f"parameter {i} of param group {gi}")
+                    steps[p] = checks.checked_loaded_step(p, self.state[p], f"parameter {i} of param group {gi}",
+                                                          ("step", *checks.moment_keys(group)))
         for group in self.param_groups:
             on_device = group["capturable"] or self._path(group) == "fused"
             for p in group["params"]:
@@ -222,7 +218,7 @@ class SGDF(Optimizer):
                     continue
                 # the release stores an int step; a checkpoint of another path may hold it on another device
                 state["step"] = torch.tensor(steps[p], dtype=torch.float32, device=p.device if on_device else "cpu")
-                for key in self._moment_keys:  # own copies in the parameter's layout (e.g. channels_last)
+                for key in checks.moment_keys(group):  # own copies in the parameter's layout (e.g. channels_last)
                     state[key] = _like(p, checks.state_dtype(p, group)).copy_(state[key])
                 _adopt_storage_entries(p, state, group)
 
@@ -285,18 +281,18 @@ class SGDF(Optimizer):
         for gi, group in enumerate(self.param_groups):
             checks.check_hyperparameters(group, f"param group {gi}", read_device_lr=False)
             lists = self._one_call_lists(group) if group["fused"] is not False else None
-            if lists is not None and (device is None or lists[0][0].device == device):
+            if lists is not None and (device is None or lists["params"][0].device == device):
                 in_one_call[gi] = lists
-                device = lists[0][0].device
+                device = lists["params"][0].device
             else:
                 others.append(gi)
         if others:
             self._check_groups(others, in_one_call)
         return in_one_call
 
-    def _one_call_lists(self, group: dict) -> Optional[tuple]:
+    def _one_call_lists(self, group: dict) -> Optional[Dict[str, list]]:
         """The group's params (those with a gradient, not empty), grads, moments, steps, master copies and rounding
-        seeds, for the one kernel call that checks them, or None where the group is checked in Python: it is
+        seeds, by the kernel's argument names, for the one kernel call that checks them, or None where the group is checked in Python: it is
         not fused, or its tensors need what the kernel does not do (state to create, several dtypes, complex,
         DTensor, views with gaps or grads in another layout, orthogonalisation), or its state does not match its
         storage options, which the kernel does not know. Runs at every step for every parameter, so it reads as
@@ -304,9 +300,10 @@ class SGDF(Optimizer):
         if group["orthogonalize"] or (not group["fused"] and group["foreach"] is not None):
             return None
         master_weights, stochastic_rounding = group["master_weights"], group["stochastic_rounding"]
-        entries = 1 + len(self._moment_keys) + master_weights + stochastic_rounding  # step, moments, options
+        moment_keys = checks.moment_keys(group)
+        entries = 1 + len(moment_keys) + master_weights + stochastic_rounding  # step, moments, options
         state_of = self.state.get
-        moments_of = operator.itemgetter("step", *self._moment_keys)  # (a KeyError: state edited by hand)
+        moments_of = operator.itemgetter("step", *moment_keys)  # (a KeyError: state edited by hand)
         dtensor = _dtensor.dtensor_type() or ()  # isinstance(p, ()) is False
         params, grads, moments, master_params, rounding_seeds = [], [], [], [], []
         dtype = state_dtype = device = None
@@ -346,7 +343,8 @@ class SGDF(Optimizer):
         if not params:
             return None
         steps, *moment_lists = map(list, zip(*moments))
-        return (params, grads, *moment_lists, steps, master_params, rounding_seeds)
+        return dict(params=params, grads=grads, steps=steps, master_params=master_params,
+                    rounding_seeds=rounding_seeds, **{key + "s": ts for key, ts in zip(moment_keys, moment_lists)})
 
     def _check_groups(self, group_indices: List[int], in_one_call: Dict[int, tuple]) -> None:
         """The checks of the groups the kernel call does not check: hyperparameters (checked by the caller), params,
@@ -369,12 +367,12 @@ class SGDF(Optimizer):
                 checks.check_grad(p, grad, where)
                 state = self.state.get(p)
                 if state:
-                    checks.check_state(p, state, group, self._moment_keys, on_device, where)
+                    checks.check_state(p, state, group, on_device, where)
                 # the fused kernel unscales gradients in place: none may serve two params there
                 operands += [(p, True, where), (grad, path == "fused", f"the gradient of {where}")]
                 operands += _state_operands(state, where)
         for gi, lists in in_one_call.items():
-            params, grads = lists[0], lists[1]
+            params, grads = lists["params"], lists["grads"]
             for i, p in enumerate(params):
                 where = f"a parameter of param group {gi}"
                 operands += [(p, True, where), (grads[i], True, f"the gradient of {where}")]
@@ -387,30 +385,30 @@ class SGDF(Optimizer):
         before it writes anything. Groups stepped otherwise take part as empty groups, so that the kernel's
         messages number the groups as param_groups does."""
         moved = {}  # lr / grad_scale / found_inf moved once to the call's device
-        device = next(iter(in_one_call.values()))[0][0].device
+        device = next(iter(in_one_call.values()))["params"][0].device
         scalar = lambda t: None if t is None else _on_device(t, device, moved)  # noqa: E731
+        lr_options = lambda lr: dict(lr=0.0, lr_tensor=scalar(lr)) if isinstance(lr, Tensor) else dict(  # noqa: E731
+            lr=lr, lr_tensor=None)
         if len(self.param_groups) == 1:  # fused_sgdf_, whose arguments cost less to pass
-            (params, grads, exp_avgs, exp_vars, steps, master_params, rounding_seeds), = in_one_call.values()
             options = self._update_options(self.param_groups[0])
-            lr = options.pop("lr")
-            ops.fused_sgdf_(params, grads, exp_avgs, exp_vars, [], steps, 0.0 if isinstance(lr, Tensor) else lr,
-                            scalar(lr) if isinstance(lr, Tensor) else None, *options.values(), scalar(grad_scale),
-                            scalar(found_inf), master_params, rounding_seeds, [])
+            ops.fused_sgdf_(**in_one_call[0], updates=[], **lr_options(options.pop("lr")), **options,
+                            grad_scale=scalar(grad_scale), found_inf=scalar(found_inf), rounding_offsets=[])
             return
-        lists = [[], [], [], [], [], [], []]  # params, grads, exp_avgs, exp_vars, steps, master_params, seeds
-        sizes, per_group = [], []
+        lists, per_group = defaultdict(list), defaultdict(list)
         for gi, group in enumerate(self.param_groups):
             options = self._update_options(group)
-            lr = options.pop("lr")
             group_lists = in_one_call.get(gi)
-            if group_lists is None:
-                group_lists, lr = ([],) * 7, 0.0
-            for merged, part in zip(lists, group_lists):
-                merged.extend(part)
-            sizes.append(len(group_lists[0]))
-            per_group.append((0.0 if isinstance(lr, Tensor) else lr, scalar(lr) if isinstance(lr, Tensor) else None,
-                              *options.values(), bool(group_lists[5]), bool(group_lists[6])))
-        ops.fused_sgdf_grouped_(*lists, sizes, *map(list, zip(*per_group)), scalar(grad_scale), scalar(found_inf))
+            if group_lists is None:  # an empty group, with the options (checked) of this one
+                group_lists = dict.fromkeys(next(iter(in_one_call.values())), ())
+                options["lr"] = 0.0
+            for key, values in group_lists.items():
+                lists[key].extend(values)
+            options.update(lr_options(options.pop("lr")), group_sizes=len(group_lists["params"]),
+                           master_weights=bool(group_lists["master_params"]),
+                           stochastic_rounding=bool(group_lists["rounding_seeds"]))
+            for key, value in options.items():
+                per_group[key].append(value)
+        ops.fused_sgdf_grouped_(**lists, **per_group, grad_scale=scalar(grad_scale), found_inf=scalar(found_inf))
 
     def _init_group(self, group: dict, params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor],
                     exp_vars: List[Tensor], steps: List[Tensor], master_params: List[Tensor],
@@ -433,11 +431,11 @@ class SGDF(Optimizer):
             if not state:
                 device = p.device if fused or group["capturable"] else "cpu"
                 state["step"] = torch.zeros((), dtype=torch.float32, device=device)
-                for key in self._moment_keys:
+                for key in checks.moment_keys(group):
                     state[key] = _like(p, checks.state_dtype(p, group)).zero_()
                 _adopt_storage_entries(p, state, group)
             elif fused:
-                _match_layout(p, state, self._moment_keys)
+                _match_layout(p, state, checks.moment_keys(group))
             params.append(p)
             grads.append(p.grad)
             exp_avgs.append(state["exp_avg"])
@@ -462,6 +460,17 @@ class SGDF(Optimizer):
         else:  # (compiled with DTensor params, torch miscompiles the kernel's op: see _has_dtensor)
             step_path = single_tensor_sgdf if path == "single" else foreach_sgdf
             step_path(params, grads, exp_avgs, exp_vars, steps, **storage, **hyper)
+
+
+def _update_options(group: dict) -> dict:
+    """A param group's options of the update itself, as every path's keyword arguments (numbers as Python floats:
+    a group may hold numpy scalars)."""
+    beta1, beta2 = group["betas"]
+    lr = group["lr"]
+    return dict(lr=lr if isinstance(lr, Tensor) else float(lr), beta1=float(beta1), beta2=float(beta2),
+                eps=float(group["eps"]), gamma=float(group["gamma"]), weight_decay=float(group["weight_decay"]),
+                decoupled_weight_decay=group["decoupled_weight_decay"], sign=group["sign"],
+                maximize=group["maximize"])
 
 
 def _state_operands(state: Optional[dict], where: str) -> list:

@@ -15,6 +15,7 @@ from torch import Tensor
 from .. import _native
 from ._dtensor import is_dtensor, shard_first_index
 
+STATE_KEYS = ("step", "exp_avg", "exp_var")
 # dtypes the state may be stored in (state_dtype=); the arithmetic stays float32 (float64 for float64 params)
 STATE_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 LOW_PRECISION = (torch.bfloat16, torch.float16)
@@ -22,6 +23,12 @@ LOW_PRECISION = (torch.bfloat16, torch.float16)
 GROUP_KEYS = ("lr", "betas", "eps", "gamma", "weight_decay", "decoupled_weight_decay", "sign", "orthogonalize",
               "ns_steps", "maximize", "foreach", "fused", "capturable", "stochastic_rounding", "state_dtype",
               "master_weights", "differentiable")
+
+
+def moment_keys(group: dict) -> Tuple[str, ...]:
+    """The state tensors of a group's update besides `step` (and the storage options' entries), each of the
+    parameter's shape in the group's state dtype."""
+    return STATE_KEYS[1:]
 
 
 def real_dtype(p: Tensor) -> torch.dtype:
@@ -266,17 +273,17 @@ def check_grad(p: Tensor, grad: Tensor, where: str) -> None:
                          "cannot write through; optimize a tensor without it (p.resolve_conj())")
 
 
-def check_state(p: Tensor, state: dict, group: dict, moment_keys: Sequence[str], on_device: bool,
-                where: str) -> None:
+def check_state(p: Tensor, state: dict, group: dict, on_device: bool, where: str) -> None:
     """The state of a parameter that stepped before still fits it (its .data may have been replaced since) and its
     group's storage options (which may have been edited since), every entry as the fused kernel checks them (a
     state edited by hand would otherwise fail in the middle of a step)."""
-    missing = [key for key in ("step", *moment_keys) if key not in state]
+    moments = moment_keys(group)
+    missing = [key for key in ("step", *moments) if key not in state]
     if missing:
         raise ValueError(f"SGDF: the state of {where} lacks {', '.join(map(repr, missing))}; the state was edited "
                          "by hand: restore it from the optimizer's state_dict (or delete the parameter's whole "
                          "state to start it afresh)")
-    first = state[moment_keys[0]]
+    first = state[moments[0]]
     expected = state_dtype(p, group)
     if isinstance(first, Tensor) and (first.dtype is not expected or first.shape != p.shape or
                                       first.device != p.device):
@@ -291,7 +298,7 @@ def check_state(p: Tensor, state: dict, group: dict, moment_keys: Sequence[str],
                          "settings than the group has now; set them when building the optimizer, or save and load "
                          "the optimizer's state_dict, which creates or drops master copies and seeds as the options "
                          "require")
-    tensors = [(key, expected) for key in moment_keys] + [("master_param", torch.float32)] * group["master_weights"]
+    tensors = [(key, expected) for key in moments] + [("master_param", torch.float32)] * group["master_weights"]
     for key, dtype in tensors:
         t = state[key]
         if not isinstance(t, Tensor) or t.dtype is not dtype or t.shape != p.shape or t.device != p.device:
@@ -370,9 +377,10 @@ def check_checkpoint_layout(state_dict, groups: List[dict]) -> None:
                              "the one that saved it")
 
 
-def checked_loaded_step(p: Tensor, state: dict, moment_keys: Sequence[str], where: str) -> float:
-    """Check one parameter's loaded state against the parameter; returns its step count."""
-    missing = [key for key in ("step", *moment_keys) if key not in state]
+def checked_loaded_step(p: Tensor, state: dict, where: str, keys: Sequence[str] = STATE_KEYS) -> float:
+    """Check one parameter's loaded state against the parameter (`keys`: the entries it needs); returns its step
+    count."""
+    missing = [key for key in keys if key not in state]
     if missing:
         raise ValueError(f"SGDF.load_state_dict: the state of {where} lacks {', '.join(missing)}; the checkpoint "
                          "is incomplete or not from SGDF (each parameter needs step, exp_avg and exp_var)")
@@ -389,7 +397,7 @@ def checked_loaded_step(p: Tensor, state: dict, moment_keys: Sequence[str], wher
                         f"{type(step).__name__}")
     if not (math.isfinite(value) and value >= 0):
         raise ValueError(f"SGDF.load_state_dict: 'step' of {where} is {value}; a step count is finite and >= 0")
-    for key in moment_keys:
+    for key in keys[1:]:
         t = state[key]
         if not isinstance(t, Tensor):
             raise TypeError(f"SGDF.load_state_dict: '{key}' of {where} must be a tensor, got {type(t).__name__}")
