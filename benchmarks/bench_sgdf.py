@@ -241,8 +241,8 @@ def main():
             f"{n_threads} thread(s): fused is {times['authors-style loop'] / fused:.2f}x faster than the authors-style "
             f"loop, {times['sgdf foreach'] / fused:.2f}x faster than foreach, and takes "
             f"{fused / times['torch AdamW fused']:.2f}x the time of torch AdamW(fused=True)",
-            f"{n_threads} thread(s): foreach takes {times['sgdf foreach'] / times['torch AdamW foreach']:.2f}x the time "
-            "of torch AdamW(foreach=True)",
+            f"{n_threads} thread(s): foreach takes {times['sgdf foreach'] / times['torch AdamW foreach']:.2f}x "
+            "the time of torch AdamW(foreach=True)",
         ]
     if device.type == "cuda" and not args.no_graphs:
         # the same steps replayed from CUDA graphs: the kernels alone, as a training loop whose host runs ahead of

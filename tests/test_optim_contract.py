@@ -289,7 +289,8 @@ def test_foreach_steps_in_chunks_as_in_one_piece(monkeypatch, options):
         assert torch.equal(p, q)
 
 
-@pytest.mark.parametrize("case", ["param_in_a_second_group", "master_weights_for_float32", "grad_is_other_groups_param"])
+@pytest.mark.parametrize("case", ["param_in_a_second_group", "master_weights_for_float32",
+                                  "grad_is_other_groups_param"])
 @pytest.mark.parametrize("path", list(PATHS))
 def test_bad_input_before_the_first_step_makes_no_state(device, path, case):
     """The same bad inputs before the first step (when every group's state is still to be made): refused before

@@ -576,7 +576,8 @@ def test_views_with_gaps_leave_the_other_groups_to_one_call(device, monkeypatch)
     ref = ReferenceSGDF(params, lr=0.05)
     in_one_call = []
     attempt = opt._step_in_one_call
-    monkeypatch.setattr(opt, "_step_in_one_call", lambda plan, *args: in_one_call.append(list(plan)) or attempt(plan, *args))
+    monkeypatch.setattr(opt, "_step_in_one_call",
+                        lambda plan, *args: in_one_call.append(list(plan)) or attempt(plan, *args))
     for i in range(4):
         _fill_grads(params, seed=i)
         opt.step()

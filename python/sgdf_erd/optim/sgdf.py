@@ -11,7 +11,7 @@ from torch.optim.optimizer import Optimizer
 from .. import _native, ops
 from . import _dtensor
 from . import sgdf_checks as checks
-from .sgdf_functional import foreach_sgdf, fused_sgdf, single_tensor_sgdf
+from .sgdf_functional import foreach_sgdf, fused_sgdf, scalar_on, single_tensor_sgdf
 
 # Path and storage settings belong to the optimizer that runs, not to the checkpoint it loads (the loaded state is
 # converted to the storage settings).
@@ -274,7 +274,7 @@ class SGDF(Optimizer):
                 return "fused"
         return "single" if group["foreach"] is False else "foreach"
 
-    def _check_step(self) -> Dict[int, tuple]:
+    def _check_step(self) -> Dict[int, dict]:
         """Check every group, writing nothing. Returns the groups one kernel call steps (index -> their lists):
         checked by that call, which comes after these checks and before any write."""
         in_one_call, others, device = {}, [], None
@@ -292,11 +292,11 @@ class SGDF(Optimizer):
 
     def _one_call_lists(self, group: dict) -> Optional[Dict[str, list]]:
         """The group's params (those with a gradient, not empty), grads, moments, steps, master copies and rounding
-        seeds, by the kernel's argument names, for the one kernel call that checks them, or None where the group is checked in Python: it is
-        not fused, or its tensors need what the kernel does not do (state to create, several dtypes, complex,
-        DTensor, views with gaps or grads in another layout, orthogonalisation), or its state does not match its
-        storage options, which the kernel does not know. Runs at every step for every parameter, so it reads as
-        little as it can."""
+        seeds, by the kernel's argument names, for the one kernel call that checks them; or None where the group is
+        checked in Python: it is not fused, or its tensors need what the kernel does not do (state to create,
+        several dtypes, complex, DTensor, views with gaps or grads in another layout, orthogonalisation), or its
+        state does not match its storage options, which the kernel does not know. Runs at every step for every
+        parameter, so it reads as little as it can."""
         if group["orthogonalize"] or (not group["fused"] and group["foreach"] is not None):
             return None
         master_weights, stochastic_rounding = group["master_weights"], group["stochastic_rounding"]
@@ -346,7 +346,7 @@ class SGDF(Optimizer):
         return dict(params=params, grads=grads, steps=steps, master_params=master_params,
                     rounding_seeds=rounding_seeds, **{key + "s": ts for key, ts in zip(moment_keys, moment_lists)})
 
-    def _check_groups(self, group_indices: List[int], in_one_call: Dict[int, tuple]) -> None:
+    def _check_groups(self, group_indices: List[int], in_one_call: Dict[int, dict]) -> None:
         """The checks of the groups the kernel call does not check: hyperparameters (checked by the caller), params,
         grads and state of each group, then memory shared by any two tensors a step reads or writes, in all
         groups. Nothing changes here."""
@@ -379,14 +379,14 @@ class SGDF(Optimizer):
                 operands += _state_operands(self.state[p], where)
         checks.check_no_shared_memory(operands)
 
-    def _step_in_one_call(self, in_one_call: Dict[int, tuple], grad_scale: Optional[Tensor],
+    def _step_in_one_call(self, in_one_call: Dict[int, dict], grad_scale: Optional[Tensor],
                           found_inf: Optional[Tensor]) -> None:
         """Step the groups of `in_one_call` (index -> _one_call_lists) by one kernel call, which checks them all
         before it writes anything. Groups stepped otherwise take part as empty groups, so that the kernel's
         messages number the groups as param_groups does."""
         moved = {}  # lr / grad_scale / found_inf moved once to the call's device
         device = next(iter(in_one_call.values()))["params"][0].device
-        scalar = lambda t: None if t is None else _on_device(t, device, moved)  # noqa: E731
+        scalar = lambda t: scalar_on(device, t, moved)  # noqa: E731
         lr_options = lambda lr: dict(lr=0.0, lr_tensor=scalar(lr)) if isinstance(lr, Tensor) else dict(  # noqa: E731
             lr=lr, lr_tensor=None)
         if len(self.param_groups) == 1:  # fused_sgdf_, whose arguments cost less to pass
@@ -476,15 +476,6 @@ def _update_options(group: dict) -> dict:
 def _state_operands(state: Optional[dict], where: str) -> list:
     """The state's tensors, as operands of checks.check_no_shared_memory (each written by a step)."""
     return [(t, True, f"'{key}' of {where}") for key, t in (state or {}).items() if isinstance(t, Tensor)]
-
-
-def _on_device(t: Tensor, device: torch.device, moved: dict) -> Tensor:
-    """`t` (lr, grad_scale or found_inf) as the one-element float32 tensor the kernel takes on `device`, moved once
-    per call (`moved` remembers). Only a copy *to* a CUDA device may be non-blocking (it is ordered on the stream
-    before the kernel); the CPU kernel reads the value at once."""
-    if id(t) not in moved:
-        moved[id(t)] = t.to(device=device, dtype=torch.float32, non_blocking=device.type == "cuda").reshape(1)
-    return moved[id(t)]
 
 
 def _fused_step(params, grads, exp_avgs, exp_vars, steps, hyper, storage, grad_scale, found_inf) -> None:

@@ -248,13 +248,13 @@ def fused_sgdf(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor]
             _apply_orthogonalized(g_params, directions, g_steps, g_masters, g_seeds, g_first,
                                   lr_tensor.reshape(()) if lr_tensor is not None else float(lr),
                                   weight_decay if decoupled_weight_decay else 0.0,
-                                  _scalar_on(device, found_inf, moved))
+                                  scalar_on(device, found_inf, moved))
     if grad_scale is not None:  # the unscaled copies back into the gradients
         for grad, copy in reversed(grad_copies):  # (a layout copy of a resolved one first)
             grad.copy_(copy)
 
 
-def _scalar_on(device: torch.device, t: Optional[Tensor], moved: dict) -> Optional[Tensor]:
+def scalar_on(device: torch.device, t: Optional[Tensor], moved: dict) -> Optional[Tensor]:
     """`t` (lr, grad_scale or found_inf) as the one-element float32 tensor the kernel takes on `device`, moved once
     per device and call (`moved` remembers)."""
     if t is None:
@@ -273,10 +273,10 @@ def _fused_call(device, params, grads, exp_avgs, exp_vars, updates, steps, maste
     """One kernel call over tensors of one device, param dtype and state dtype, laid out alike; it also advances
     the step counts, unless found_inf is set (then it changes nothing). Returns the lr tensor the kernel was given
     (None for a float lr). The kernel checks every argument before it writes anything."""
-    lr_tensor = _scalar_on(device, lr, moved) if isinstance(lr, Tensor) else None
+    lr_tensor = scalar_on(device, lr, moved) if isinstance(lr, Tensor) else None
     ops.fused_sgdf_(params, grads, exp_avgs, exp_vars, updates, steps, 0.0 if lr_tensor is not None else float(lr),
                     lr_tensor, beta1, beta2, eps, gamma, weight_decay, decoupled_weight_decay, sign, maximize,
-                    _scalar_on(device, grad_scale, moved), _scalar_on(device, found_inf, moved), master_params,
+                    scalar_on(device, grad_scale, moved), scalar_on(device, found_inf, moved), master_params,
                     rounding_seeds, rounding_offsets)
     return lr_tensor
 
