@@ -10,13 +10,23 @@ import pickle
 import pytest
 import torch
 
+import sgdf_erd
 from sgdf_erd import SGDF
 from tests.test_sgdf_contract import PATHS, _assert_unchanged, _fill_grads, _model, _snapshot
 
+# torch's contract holds for every optimizer of the family (AdaSGDF's too, where this build has it)
+FAMILY = [SGDF] + [getattr(sgdf_erd, name) for name in ("AdaSGDF",) if hasattr(sgdf_erd, name)]
 
-def _stepped(device, path="default", **options):
+
+@pytest.fixture(params=FAMILY, ids=lambda cls: cls.__name__)
+def optimizer_class(request):
+    return request.param
+
+
+def _stepped(device, path="default", optimizer_class=SGDF, **options):
     params = _model(device)
-    opt = SGDF([{"params": params[:1]}, {"params": params[1:], "lr": 0.02}], lr=0.05, **options, **PATHS[path])
+    opt = optimizer_class([{"params": params[:1]}, {"params": params[1:], "lr": 0.02}], lr=0.05, **options,
+                          **PATHS[path])
     _fill_grads(params, seed=0)
     opt.step()
     _fill_grads(params, seed=1)
@@ -35,33 +45,33 @@ def _same_state_dict(a: dict, b: dict) -> None:
 
 # ----------------------------------------------------------------------------------------- issue 30: torch's contract
 @pytest.mark.parametrize("path", list(PATHS))
-def test_state_dict_round_trip_is_identical(device, path):
+def test_state_dict_round_trip_is_identical(device, path, optimizer_class):
     """A state dict saved after a load equals the one loaded (no key added to a group, e.g. `differentiable`)."""
-    params, opt = _stepped(device, path)
+    params, opt = _stepped(device, path, optimizer_class)
     saved = copy.deepcopy(opt.state_dict())
-    twin = SGDF([{"params": params[:1]}, {"params": params[1:], "lr": 0.02}], lr=0.05, **PATHS[path])
+    twin = optimizer_class([{"params": params[:1]}, {"params": params[1:], "lr": 0.02}], lr=0.05, **PATHS[path])
     twin.load_state_dict(copy.deepcopy(saved))
     _same_state_dict(twin.state_dict(), saved)
 
 
 @pytest.mark.parametrize("path", list(PATHS))
-def test_deepcopy_pickle_and_defaults_round_trip(device, path):
-    params, opt = _stepped(device, path)
+def test_deepcopy_pickle_and_defaults_round_trip(device, path, optimizer_class):
+    params, opt = _stepped(device, path, optimizer_class)
     for clone in (copy.deepcopy(opt), pickle.loads(pickle.dumps(opt))):
         assert [g.keys() for g in clone.param_groups] == [g.keys() for g in opt.param_groups]
         assert clone.defaults == opt.defaults
-    again = SGDF(_model(device), **opt.defaults)  # the defaults are valid arguments
+    again = optimizer_class(_model(device), **opt.defaults)  # the defaults are valid arguments
     assert again.defaults == opt.defaults
     with pytest.raises(ValueError, match="differentiable"):
-        SGDF(_model(device), differentiable=True)
+        optimizer_class(_model(device), differentiable=True)
 
 
-def test_load_hooks_run_around_the_whole_load(device):
+def test_load_hooks_run_around_the_whole_load(device, optimizer_class):
     """Pre-hooks before anything is loaded (their edits count), post-hooks after the load is complete (they see
     the loading optimizer's flags and may add state), as for torch's optimizers."""
-    params, opt = _stepped(device, "foreach")
+    params, opt = _stepped(device, "foreach", optimizer_class)
     saved = copy.deepcopy(opt.state_dict())
-    fused = SGDF([{"params": params[:1]}, {"params": params[1:], "lr": 0.02}], lr=0.05, fused=True)
+    fused = optimizer_class([{"params": params[:1]}, {"params": params[1:], "lr": 0.02}], lr=0.05, fused=True)
     seen = {}
 
     def pre_hook(optimizer, state_dict):
@@ -93,13 +103,14 @@ def params_kept_on_conversion():
 
 
 @pytest.mark.parametrize("fused", [True, None])
-def test_meta_params_construct_and_step_once_materialised(device, fused, params_kept_on_conversion):
+def test_meta_params_construct_and_step_once_materialised(device, fused, params_kept_on_conversion,
+                                                          optimizer_class):
     """Deferred initialisation (FSDP2, torchtitan): an optimizer built on meta parameters; a fused step on meta is
     refused before any state is made; after to_empty() the path is decided from the parameters as they are then
     (fused, also where `fused` was left unset), and the steps match those of one built on real parameters."""
     with torch.device("meta"):
         model = torch.nn.Linear(4, 3)
-    opt = SGDF(model.parameters(), lr=0.1, fused=fused)
+    opt = optimizer_class(model.parameters(), lr=0.1, fused=fused)
     if fused:
         for p in model.parameters():
             p.grad = torch.ones_like(p)
@@ -109,7 +120,7 @@ def test_meta_params_construct_and_step_once_materialised(device, fused, params_
         model.zero_grad(set_to_none=True)
     model.to_empty(device=device)
     twin_model = torch.nn.Linear(4, 3).to(device)
-    twin = SGDF(twin_model.parameters(), lr=0.1, fused=fused)
+    twin = optimizer_class(twin_model.parameters(), lr=0.1, fused=fused)
     with torch.no_grad():
         for p, q in zip(model.parameters(), twin_model.parameters()):
             p.copy_(torch.arange(p.numel(), dtype=p.dtype).reshape(p.shape) / 7)
@@ -125,9 +136,9 @@ def test_meta_params_construct_and_step_once_materialised(device, fused, params_
         assert torch.equal(p, q)
 
 
-def test_hyperparameters_are_checked_before_params():
+def test_hyperparameters_are_checked_before_params(optimizer_class):
     with pytest.raises(ValueError, match="lr"):
-        SGDF(None, lr=-1.0)
+        optimizer_class(None, lr=-1.0)
 
 
 # ----------------------------------------------------------------------------------------- issue 25: one way to step

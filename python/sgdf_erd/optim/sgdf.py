@@ -60,12 +60,9 @@ class SGDF(Optimizer):
             the storage, else foreach; views with gaps then step on a dense copy within the same launch.
         capturable: keep step counts (and a tensor ``lr``) on the device so a step can be captured in a CUDA graph.
         stochastic_rounding: round float32 results into bfloat16 / float16 storage (parameters without master
-            copies, and low-precision state) stochastically: up or down to the neighbouring representable values
-            with probabilities proportional to the distance, so that updates far below a bfloat16 spacing still
-            move the parameter on average (a plain bfloat16 ``p - lr*u`` at p = 1 drops every update below
-            ~0.002). The random numbers are a counter-based hash of (a per-parameter seed drawn from torch's
-            default CPU generator when the state is created, so it follows ``torch.manual_seed``; the step count;
-            the element's index): reproducible, without host synchronisation, capturable in CUDA graphs.
+            copies, and low-precision state) stochastically, so that updates far below a bfloat16 spacing still
+            move the parameter on average; reproducible (a per-parameter seed drawn from torch's default generator,
+            the step count and the element's index), capturable in CUDA graphs. docs/sgdf.md has the details.
         state_dtype: dtype of ``exp_avg`` / ``exp_var`` (bfloat16, float16, float32, float64; None: the
             parameter's dtype). The arithmetic stays float32 (float64 for float64 parameters).
         master_weights: for bfloat16 / float16 parameters, keep a float32 copy (state ``master_param``) that is
