@@ -705,6 +705,32 @@ def test_model_converted_to_channels_last_after_stepping_keeps_stepping(device, 
     assert float(state["step"]) == 2
     tol = 1e-6 if dtype == torch.float32 else 1e-2
     torch.testing.assert_close(convs[0].weight, convs[1].weight, rtol=tol, atol=tol)
+    convs[0].to(memory_format=torch.contiguous_format)  # and back, with the state in channels_last
+    step_both()
+    assert float(opts[0].state[convs[0].weight]["step"]) == 3
+    torch.testing.assert_close(convs[0].weight, convs[1].weight, rtol=tol, atol=tol)
+
+
+def test_channels_last_model_steps_in_one_kernel_call(device, monkeypatch):
+    """A channels_last model's fused groups go to the one kernel call (the kernel walks any dense layout) from their
+    second step on, and step as the same model in the contiguous layout."""
+    convs = [torch.nn.Conv2d(3, 4, 3).to(device) for _ in range(2)]
+    convs[1].load_state_dict(convs[0].state_dict())
+    convs[0].to(memory_format=torch.channels_last)
+    opts = [SGDF(c.parameters(), lr=0.05) for c in convs]
+    in_one_call = []
+    attempt = opts[0]._step_in_one_call
+    monkeypatch.setattr(opts[0], "_step_in_one_call",
+                        lambda plan, *args: in_one_call.append(list(plan)) or attempt(plan, *args))
+    x = torch.randn(2, 3, 6, 6, device=device)
+    for _ in range(3):
+        for c in convs:
+            c.zero_grad()
+            c(x).sum().backward()
+        for opt in opts:
+            opt.step()
+    assert not convs[0].weight.is_contiguous() and in_one_call == [[0]] * 2
+    torch.testing.assert_close(convs[0].weight, convs[1].weight, rtol=1e-5, atol=1e-6)
 
 
 def test_foreach_false_means_single_tensor(device):

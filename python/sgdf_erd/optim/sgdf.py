@@ -320,11 +320,14 @@ class SGDF(Optimizer):
                             group["fused"] is None and checks.fused_storage_unsupported([p], group)):
                         return None
                 moment = moments_of(state)
-                # (the kernel checks that the other moments share the first's dtype, and everything else)
+                # (the kernel checks that the other moments share the first's dtype and layout, and the rest)
                 if (len(state) != entries or p.dtype is not dtype or moment[1].dtype is not state_dtype
-                        or p.device != device or not p.is_contiguous() or not grad.is_contiguous()
-                        or isinstance(p, dtensor)):
+                        or p.device != device or isinstance(p, dtensor)):
                     return None
+                if not (p.is_contiguous() and grad.is_contiguous() and moment[1].is_contiguous()):
+                    stride = p.stride()  # (another dense layout, e.g. channels_last, the kernel walks as well)
+                    if grad.stride() != stride or moment[1].stride() != stride or not checks.is_dense(p):
+                        return None
                 if master_weights:
                     master_params.append(state["master_param"])
                 if stochastic_rounding:
