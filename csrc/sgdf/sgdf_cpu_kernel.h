@@ -31,14 +31,8 @@ void step_range(const StepPlan<acc_t, ModeOperands<kMaster, kUpdate, kPre>::kDep
   cpu::apply_elementwise<acc_t, Depth>(range, plan.first_indices[tensor] + begin, end - begin, [=](auto& v) {
     using V = std::decay_t<decltype(v[0])>;
     if (unscale) v[Ops::kGrad] = v[Ops::kGrad] / V(scale);
-    V no_second_moment;  // (SGDF and the variance preconditioner keep none)
-    V& exp_avg_sq = [&]() -> V& {
-      if constexpr (kPre == Preconditioner::kSecondMoment) {
-        return v[Ops::kExpAvgSq];
-      } else {
-        return no_second_moment;
-      }
-    }();
+    V* exp_avg_sq = nullptr;  // (SGDF and the variance preconditioner keep none)
+    if constexpr (kPre == Preconditioner::kSecondMoment) exp_avg_sq = &v[Ops::kExpAvgSq];
     const V u = filtered_update<kPre>(v[Ops::kWeights], v[Ops::kGrad], v[Ops::kExpAvg], v[Ops::kExpVar], exp_avg_sq,
                                       lr, hyper, c);
     if constexpr (kUpdate) {

@@ -48,12 +48,12 @@ C10_HOST_DEVICE inline StepCoeffs<acc_t> step_coeffs(double beta1, double beta2,
 }
 
 // One element (or one vector of lanes, V = Vectorized<acc_t>). Inputs: param p, gradient g (already unscaled),
-// state m (exp_avg), s (exp_var) and, with kPre == kSecondMoment, v (exp_avg_sq; untouched otherwise). Returns the
+// state m (exp_avg), s (exp_var) and, with kPre == kSecondMoment, *v (exp_avg_sq; else v is not read: null). Returns the
 // update u: SGDF's filtered gradient, divided by the preconditioner's d + eps under AdaSGDF (kPre != kNone); p is
 // decayed in place when the decay is decoupled, and the caller applies p -= lr * u (or hands u to the
 // orthogonalisation). kPre is a template argument so that each mode's loop carries no branch on it.
 template <Preconditioner kPre, typename V, typename acc_t>
-C10_HOST_DEVICE inline V filtered_update(V& p, V g, V& m, V& s, V& v, acc_t lr, const Hyper<acc_t>& h,
+C10_HOST_DEVICE inline V filtered_update(V& p, V g, V& m, V& s, V* v, acc_t lr, const Hyper<acc_t>& h,
                                          const StepCoeffs<acc_t>& c) {
   if (h.maximize) g = V(acc_t(0)) - g;
   if (h.weight_decay != acc_t(0)) {
@@ -77,8 +77,8 @@ C10_HOST_DEVICE inline V filtered_update(V& p, V g, V& m, V& s, V& v, acc_t lr, 
   }
   V u = m_hat + gain * r;
   if constexpr (kPre == Preconditioner::kSecondMoment) {
-    v = V(h.beta2) * v + V(acc_t(1) - h.beta2) * u * u;
-    u = u / (op_sqrt(v) * V(c.inv_sqrt_bias_correction_b2) + V(h.eps));
+    *v = V(h.beta2) * *v + V(acc_t(1) - h.beta2) * u * u;
+    u = u / (op_sqrt(*v) * V(c.inv_sqrt_bias_correction_b2) + V(h.eps));
   } else if constexpr (kPre == Preconditioner::kVariance) {
     u = u / (op_sqrt(s) * V(c.inv_sqrt_bias_correction_b2) + V(h.eps));
   }

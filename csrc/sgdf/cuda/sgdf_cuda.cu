@@ -54,14 +54,8 @@ struct SgdfFunctor {
     }
     auto update = [&](acc_t(&v)[kDepth]) {
       if (unscale) v[Ops::kGrad] = v[Ops::kGrad] / scale;
-      acc_t no_second_moment;  // (SGDF and the variance preconditioner keep none)
-      acc_t& exp_avg_sq = [&]() -> acc_t& {
-        if constexpr (kSecondMoment) {
-          return v[Ops::kExpAvgSq];
-        } else {
-          return no_second_moment;
-        }
-      }();
+      acc_t* exp_avg_sq = nullptr;  // (SGDF and the variance preconditioner keep none)
+      if constexpr (kSecondMoment) exp_avg_sq = &v[Ops::kExpAvgSq];
       const acc_t u = filtered_update<kPre>(v[Ops::kWeights], v[Ops::kGrad], v[Ops::kExpAvg], v[Ops::kExpVar],
                                             exp_avg_sq, lr_acc, h, c);
       if constexpr (kUpdate) {
