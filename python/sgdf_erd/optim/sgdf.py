@@ -17,7 +17,7 @@ _PATH_KEYS = ("foreach", "fused", "capturable", "stochastic_rounding", "state_dt
 # Steps a param group goes the general way after the kernel refused to step it in one call, before the next try.
 _ONE_CALL_RETRY_STEPS = 100
 # State entries loaded as saved (torch's load would cast them to the parameter's dtype); converted by SGDF.
-_UNCAST_KEYS = ("exp_avg", "exp_var", "master_param")
+_UNCAST_KEYS = ("exp_avg", "exp_var", "exp_avg_sq", "master_param")
 # Option names of the authors' release (SGDF.py), translated when one of its checkpoints is loaded.
 _RELEASE_KEYS = {"weight_decouple": "decoupled_weight_decay", "use_sign": "sign", "use_muon": "orthogonalize"}
 
@@ -104,10 +104,14 @@ class SGDF(Optimizer):
                         ns_steps=ns_steps, maximize=maximize, foreach=foreach, fused=fused, capturable=capturable,
                         stochastic_rounding=stochastic_rounding, state_dtype=state_dtype,
                         master_weights=master_weights, differentiable=differentiable)
+        self._init_with_defaults(params, defaults)
+
+    def _init_with_defaults(self, params: Iterable, defaults: dict) -> None:
+        """The construction from the defaults of every param group (AdaSGDF passes its own)."""
         checks.check_hyperparameters(defaults, "defaults")  # before the params, as torch's optimizers do
         # param group index -> steps it still goes the general way after the kernel refused its one-call step
         self._one_call_waits: Dict[int, int] = {}
-        super().__init__(params, defaults)
+        Optimizer.__init__(self, params, defaults)
 
     @property
     def _step_supports_amp_scaling(self) -> bool:
@@ -186,7 +190,8 @@ class SGDF(Optimizer):
             checks.check_param_kinds(group["params"], group, where)
             for i, p in enumerate(group["params"]):
                 if self.state.get(p):
-                    steps[p] = checks.checked_loaded_step(p, self.state[p], f"parameter {i} of param group {gi}")
+                    steps[p] = checks.checked_loaded_step(p, self.state[p], f"parameter {i} of param group {gi}",
+                                                          ("step",) + checks.moment_keys(group))
         for group in self.param_groups:
             on_device = group["fused"] or group["capturable"]
             for p in group["params"]:
@@ -195,8 +200,10 @@ class SGDF(Optimizer):
                     continue
                 # the release stores an int step; a checkpoint of another path may hold it on another device
                 state["step"] = torch.tensor(steps[p], dtype=torch.float32, device=p.device if on_device else "cpu")
-                for key in ("exp_avg", "exp_var"):  # own copies in the parameter's layout (e.g. channels_last)
+                for key in checks.moment_keys(group):  # own copies in the parameter's layout (e.g. channels_last)
                     state[key] = _like(p, checks.state_dtype(p, group)).copy_(state[key])
+                if "exp_avg_sq" not in checks.moment_keys(group):  # (AdaSGDF saved with "second_moment")
+                    state.pop("exp_avg_sq", None)
                 _adopt_storage_entries(p, state, group)
 
     # ------------------------------------------------------------------ step
@@ -272,7 +279,7 @@ class SGDF(Optimizer):
         where the kernel refused its arguments (the Python checks then say why, or the general path regroups or
         copies what the kernel cannot take)."""
         try:
-            groups = [(lists, _update_options(self.param_groups[gi])) for gi, lists in plan.items()]
+            groups = [(lists, self._update_options(self.param_groups[gi])) for gi, lists in plan.items()]
             fused_sgdf_groups_in_one_call(groups, grad_scale=grad_scale, found_inf=found_inf)
         except (RuntimeError, ValueError, TypeError, IndexError) as exc:
             if str(exc).startswith(ops.FUSED_SGDF_REFUSED):
@@ -297,9 +304,11 @@ class SGDF(Optimizer):
         (created there, after the checks), state made under other storage options, params of several dtypes,
         complex or DTensor. Runs at every step for every parameter, so it reads as little as it can."""
         master_weights, stochastic_rounding = group["master_weights"], group["stochastic_rounding"]
-        entries = len(checks.STATE_KEYS) + master_weights + stochastic_rounding
+        second_moment = "exp_avg_sq" in checks.moment_keys(group)
+        entries = len(checks.STATE_KEYS) + second_moment + master_weights + stochastic_rounding
         dtensor = _dtensor.dtensor_type() or ()  # isinstance(p, ()) is False
-        lists = params, grads, exp_avgs, exp_vars, steps, master_params, rounding_seeds = [], [], [], [], [], [], []
+        lists = params, grads, exp_avgs, exp_vars, steps, master_params, rounding_seeds, exp_avg_sqs = (
+            [], [], [], [], [], [], [], [])
         dtype = state_dtype = None
         for p in group["params"]:
             grad = p.grad
@@ -331,14 +340,21 @@ class SGDF(Optimizer):
             exp_avgs.append(exp_avg)
             exp_vars.append(state["exp_var"])
             steps.append(state["step"])
+            if second_moment:
+                exp_avg_sq = state.get("exp_avg_sq")
+                if exp_avg_sq is None:
+                    return None
+                exp_avg_sqs.append(exp_avg_sq)
         return lists
 
     def _init_group(self, group: dict, params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor],
                     exp_vars: List[Tensor], steps: List[Tensor], master_params: List[Tensor],
-                    rounding_seeds: List[int], check_all_groups: bool = False) -> None:
+                    rounding_seeds: List[int], check_all_groups: bool = False,
+                    exp_avg_sqs: Optional[List[Tensor]] = None) -> None:
         """torch.optim's convention, which torch.compile relies on (Dynamo runs this eagerly while it traces and
         expects the lists filled in and a constant returned): collects the group's params that step now, their
-        grads and states (master copies and rounding seeds where the options use them), creating missing state.
+        grads and states (master copies and rounding seeds where the options use them; AdaSGDF's second moments
+        into `exp_avg_sqs` where its preconditioner keeps them), creating missing state.
 
         `check_all_groups` runs the step's checks here, where they cost the compiled step nothing."""
         if check_all_groups:
@@ -352,8 +368,8 @@ class SGDF(Optimizer):
             state = self.state[p]
             if not state:
                 state["step"] = torch.zeros((), dtype=torch.float32, device=p.device if on_device else "cpu")
-                state["exp_avg"] = _like(p, checks.state_dtype(p, group)).zero_()
-                state["exp_var"] = _like(p, checks.state_dtype(p, group)).zero_()
+                for key in checks.moment_keys(group):
+                    state[key] = _like(p, checks.state_dtype(p, group)).zero_()
                 _adopt_storage_entries(p, state, group)
             elif fused:
                 _match_layout(p, state)
@@ -366,6 +382,8 @@ class SGDF(Optimizer):
                 master_params.append(state["master_param"])
             if stochastic_rounding:
                 rounding_seeds.append(state["rounding_seed"])
+            if exp_avg_sqs is not None:
+                exp_avg_sqs.append(state["exp_avg_sq"])
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -405,19 +423,26 @@ class SGDF(Optimizer):
                     compiling: bool) -> None:
         """The general way to step a group (checked already): its state made where missing, then its path."""
         params, grads, exp_avgs, exp_vars, steps, master_params, rounding_seeds = [], [], [], [], [], [], []
+        exp_avg_sqs = [] if "exp_avg_sq" in checks.moment_keys(group) else None
         self._init_group(group, params, grads, exp_avgs, exp_vars, steps, master_params, rounding_seeds,
-                         check_all_groups=compiling and gi == 0)
+                         check_all_groups=compiling and gi == 0, exp_avg_sqs=exp_avg_sqs)
         if not params:
             return
-        hyper = dict(_update_options(group), orthogonalize_matrices=group["orthogonalize"], ns_steps=group["ns_steps"],
-                     capturable=group["capturable"])
+        hyper = dict(self._update_options(group), orthogonalize_matrices=group["orthogonalize"],
+                     ns_steps=group["ns_steps"], capturable=group["capturable"])
         storage = dict(master_params=master_params if group["master_weights"] else None,
                        rounding_seeds=rounding_seeds if group["stochastic_rounding"] else None)
+        if exp_avg_sqs is not None:
+            storage["exp_avg_sqs"] = exp_avg_sqs
         if group["fused"] and not (compiling and _has_dtensor(params)):
             _fused_step(params, grads, exp_avgs, exp_vars, steps, hyper, storage, grad_scale, found_inf)
         else:  # (compiled with DTensor params, torch miscompiles the kernel's op: see _has_dtensor)
             step_path = foreach_sgdf if group["foreach"] else single_tensor_sgdf
             step_path(params, grads, exp_avgs, exp_vars, steps, **storage, **hyper)
+
+    def _update_options(self, group: dict) -> dict:
+        """The options of the update itself, as every path's keyword arguments (AdaSGDF adds its preconditioner)."""
+        return _update_options(group)
 
 
 def _update_options(group: dict) -> dict:
@@ -486,7 +511,7 @@ def _match_layout(p: Tensor, state: dict) -> None:
     after its first steps (e.g. to channels_last) gets its state converted likewise, values and dtypes unchanged
     (each entry on its own: one edited by hand may differ from the others)."""
     dense = None  # whether p is dense, asked only when an entry's strides differ from p's
-    for key in ("exp_avg", "exp_var", "master_param"):
+    for key in ("exp_avg", "exp_var", "exp_avg_sq", "master_param"):
         t = state.get(key)
         if t is None or t.stride() == p.stride():
             continue

@@ -16,6 +16,8 @@ from .. import _native
 from ._dtensor import is_dtensor, shard_first_index
 
 STATE_KEYS = ("step", "exp_avg", "exp_var")
+# AdaSGDF's preconditioners (its param groups' "preconditioner"; SGDF's groups have none)
+PRECONDITIONERS = ("second_moment", "variance")
 # dtypes the state may be stored in (state_dtype=); the arithmetic stays float32 (float64 for float64 params)
 STATE_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 LOW_PRECISION = (torch.bfloat16, torch.float16)
@@ -23,6 +25,14 @@ LOW_PRECISION = (torch.bfloat16, torch.float16)
 GROUP_KEYS = ("lr", "betas", "eps", "gamma", "weight_decay", "decoupled_weight_decay", "sign", "orthogonalize",
               "ns_steps", "maximize", "foreach", "fused", "capturable", "stochastic_rounding", "state_dtype",
               "master_weights", "differentiable")
+
+
+def moment_keys(group: dict) -> Tuple[str, ...]:
+    """The state tensors a group's update keeps besides step (and the storage options' master copy): exp_avg,
+    exp_var, and AdaSGDF's exp_avg_sq with the "second_moment" preconditioner."""
+    if group.get("preconditioner") == "second_moment":
+        return ("exp_avg", "exp_var", "exp_avg_sq")
+    return ("exp_avg", "exp_var")
 
 
 def real_dtype(p: Tensor) -> torch.dtype:
@@ -131,6 +141,9 @@ def check_hyperparameters(group: dict, where: str, read_device_lr: bool = True) 
     ns = group["ns_steps"]
     if not isinstance(ns, int) or isinstance(ns, bool) or (group["orthogonalize"] and ns < 2):
         raise ValueError(f"SGDF ({where}): invalid ns_steps={ns!r}; it must be an int >= 2 when orthogonalize=True")
+    if "preconditioner" in group and group["preconditioner"] not in PRECONDITIONERS:
+        raise ValueError(f"AdaSGDF ({where}): invalid preconditioner={group['preconditioner']!r}; it must be one of "
+                         f"{', '.join(map(repr, PRECONDITIONERS))}")
     state_dtype = group["state_dtype"]
     if state_dtype is not None and not isinstance(state_dtype, torch.dtype):
         raise TypeError(f"SGDF ({where}): `state_dtype` must be a torch.dtype or None, got {state_dtype!r}")
@@ -306,7 +319,7 @@ def check_state(p: Tensor, state: dict, group: dict, group_index: int, index: in
     """The state of a parameter that stepped before still fits it (its .data may have been replaced since) and its
     group's storage options (which may have been edited since), every entry as the fused kernel checks them (a
     state edited by hand would otherwise fail in the middle of a step)."""
-    missing = [key for key in STATE_KEYS if key not in state]
+    missing = [key for key in ("step",) + moment_keys(group) if key not in state]
     if missing:
         raise ValueError(f"SGDF: the state of parameter {index} of param group {group_index} lacks "
                          f"{', '.join(map(repr, missing))}; the state was edited by hand: restore it from the "
@@ -333,7 +346,7 @@ def check_state_distinct(entries: Iterable[Tuple[Tensor, dict, int, int]]) -> No
     its state, group index, param index)."""
     seen = {}
     for p, state, gi, i in entries:
-        for key in ("step", "exp_avg", "exp_var", "master_param"):
+        for key in ("step", "exp_avg", "exp_var", "exp_avg_sq", "master_param"):
             t = state.get(key)
             if not isinstance(t, Tensor):
                 continue
@@ -345,7 +358,8 @@ def check_state_distinct(entries: Iterable[Tuple[Tensor, dict, int, int]]) -> No
 
 
 def _check_entries(p: Tensor, state: dict, group: dict, where: str) -> None:
-    tensors = [("exp_var", state_dtype(p, group))] + [("master_param", torch.float32)] * group["master_weights"]
+    tensors = [(key, state_dtype(p, group)) for key in moment_keys(group)[1:]]
+    tensors += [("master_param", torch.float32)] * group["master_weights"]
     for key, dtype in tensors:
         t = state[key]
         if not isinstance(t, Tensor) or t.dtype is not dtype or t.shape != p.shape or t.device != p.device:
@@ -392,12 +406,13 @@ def check_checkpoint_layout(state_dict, groups: List[dict]) -> None:
                              "the one that saved it")
 
 
-def checked_loaded_step(p: Tensor, state: dict, where: str) -> float:
-    """Check one parameter's loaded state against the parameter; returns its step count."""
-    missing = [key for key in STATE_KEYS if key not in state]
+def checked_loaded_step(p: Tensor, state: dict, where: str, keys: Sequence[str] = STATE_KEYS) -> float:
+    """Check one parameter's loaded state against the parameter (`keys`: the entries it needs); returns its step
+    count."""
+    missing = [key for key in keys if key not in state]
     if missing:
         raise ValueError(f"SGDF.load_state_dict: the state of {where} lacks {', '.join(missing)}; the checkpoint "
-                         "is incomplete or not from SGDF (each parameter needs step, exp_avg and exp_var)")
+                         f"is incomplete or from another optimizer (each parameter needs {', '.join(keys)})")
     step = state["step"]
     if isinstance(step, Tensor) and step.numel() == 1 and not step.is_complex():
         value = float(step)
@@ -411,7 +426,7 @@ def checked_loaded_step(p: Tensor, state: dict, where: str) -> float:
                         f"{type(step).__name__}")
     if not (math.isfinite(value) and value >= 0):
         raise ValueError(f"SGDF.load_state_dict: 'step' of {where} is {value}; a step count is finite and >= 0")
-    for key in ("exp_avg", "exp_var"):
+    for key in keys[1:]:
         t = state[key]
         if not isinstance(t, Tensor):
             raise TypeError(f"SGDF.load_state_dict: '{key}' of {where} must be a tensor, got {type(t).__name__}")
