@@ -24,7 +24,7 @@ def fused_sgdf_(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor
                 beta2: float, eps: float, gamma: float, weight_decay: float, decoupled_weight_decay: bool,
                 sign: bool, maximize: bool, grad_scale: Optional[Tensor], found_inf: Optional[Tensor],
                 master_params: Sequence[Tensor] = (), rounding_seeds: Sequence[int] = (),
-                rounding_offsets: Sequence[int] = (), exp_avg_sqs: Sequence[Tensor] = (),
+                rounding_offsets: Sequence[int] = (), exp_avg_sqs: Optional[Sequence[Tensor]] = (),
                 preconditioner: str = "none") -> None:
     """One SGDF step, in place, over same-device tensors of one param dtype and one state dtype (the fused path
     of :class:`sgdf_erd.SGDF`, which groups the tensors and checks the hyperparameters first).
@@ -52,7 +52,7 @@ def fused_sgdf_(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor
         return
     _native.ops.fused_sgdf_(params, grads, exp_avgs, exp_vars, updates, steps, lr, lr_tensor, beta1, beta2, eps,
                             gamma, weight_decay, decoupled_weight_decay, sign, maximize, grad_scale, found_inf,
-                            list(master_params), rounding_seeds, rounding_offsets, list(exp_avg_sqs) or None,
+                            list(master_params), rounding_seeds, rounding_offsets, list(exp_avg_sqs or ()) or None,
                             preconditioner)
 
 
@@ -99,7 +99,7 @@ def fused_sgdf_grouped_(params: List[Tensor], grads: List[Tensor], exp_avgs: Lis
                         weight_decay: List[float],
                         decoupled_weight_decay: List[bool], sign: List[bool], maximize: List[bool],
                         master_weights: List[bool], stochastic_rounding: List[bool], grad_scale: Optional[Tensor],
-                        found_inf: Optional[Tensor], exp_avg_sqs: Sequence[Tensor] = (),
+                        found_inf: Optional[Tensor], exp_avg_sqs: Optional[Sequence[Tensor]] = (),
                         preconditioner: str = "none") -> None:
     """One SGDF step over several param groups of one device, in place: fused_sgdf_ for each group (without update
     buffers or rounding offsets), in one call that checks every group before it writes anything.
@@ -121,7 +121,7 @@ def fused_sgdf_grouped_(params: List[Tensor], grads: List[Tensor], exp_avgs: Lis
     _native.ops.fused_sgdf_grouped_(params, grads, exp_avgs, exp_vars, steps, master_params, rounding_seeds,
                                     group_sizes, lr, lr_tensor, beta1, beta2, eps, gamma, weight_decay,
                                     decoupled_weight_decay, sign, maximize, master_weights, stochastic_rounding,
-                                    grad_scale, found_inf, list(exp_avg_sqs) or None, preconditioner)
+                                    grad_scale, found_inf, list(exp_avg_sqs or ()) or None, preconditioner)
 
 
 @torch.library.register_fake("sgdf_erd::fused_sgdf_grouped_")
