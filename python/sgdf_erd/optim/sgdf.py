@@ -424,8 +424,9 @@ class SGDF(Optimizer):
         """The general way to step a group (checked already): its state made where missing, then its path."""
         params, grads, exp_avgs, exp_vars, steps, master_params, rounding_seeds = [], [], [], [], [], [], []
         exp_avg_sqs = [] if "exp_avg_sq" in checks.moment_keys(group) else None
+        # (every list positionally: Dynamo writes back into the traced lists only the positional ones)
         self._init_group(group, params, grads, exp_avgs, exp_vars, steps, master_params, rounding_seeds,
-                         check_all_groups=compiling and gi == 0, exp_avg_sqs=exp_avg_sqs)
+                         compiling and gi == 0, exp_avg_sqs)
         if not params:
             return
         hyper = dict(self._update_options(group), orthogonalize_matrices=group["orthogonalize"],
