@@ -118,7 +118,8 @@ CASES = [
     ("loss_output_expanded_beyond_memory", lambda e: call_loss(e, output=torch.zeros(1, 1).expand(4, 2**44),
                                                                target=torch.zeros(1, 1).expand(4, 2**44)),
      RuntimeError, r"'output' \[4, 17592186044416\] \(strides \[0, 0\]\) is not contiguous, so the kernel reads a "
-     r"contiguous copy of it, 70368744177664 elements .* failed: .*allocate"),
+     # (a build against torch 2.11's headers gets no allocator message through the shim, only the failed call)
+     r"contiguous copy of it, 70368744177664 elements .* failed: .*(allocate|API call failed)"),
     ("loss_timesteps_str", lambda e: ERDLoss(schedule=schedules.DiscreteVP.linear(100))(e["output"], e["target"],
                                                                                          timesteps="10"),
      TypeError, "DiscreteVP: timesteps must be a tensor"),

@@ -7,13 +7,16 @@
 #include <sstream>
 #include <string>
 
-#if defined(__GLIBCXX__) && _GLIBCXX_RELEASE >= 11 && _GLIBCXX_USE_CXX11_ABI && __cplusplus > 201703L
-// C++20 ref-qualified str() (GLIBCXX_3.4.29) and the default constructors split from the openmode ones
-// (GLIBCXX_3.4.26), used by str_cat (common/stable.h) and by torch's stable headers for error messages
+#if defined(__GLIBCXX__) && _GLIBCXX_RELEASE >= 11 && _GLIBCXX_USE_CXX11_ABI
+// The default constructors split from the openmode ones (GLIBCXX_3.4.26), used by str_cat (common/stable.h) and by
+// torch's stable headers for error messages, and C++20's ref-qualified str() (GLIBCXX_3.4.29). torch 2.11's build
+// compiles as C++17 (the GPU machine's torch), later ones as C++20.
 template std::basic_ostringstream<char>::basic_ostringstream();
 template std::basic_stringstream<char>::basic_stringstream();
+#if __cplusplus > 201703L
 template std::string std::basic_stringbuf<char>::str() const&;
 template std::string std::basic_stringbuf<char>::str() &&;
+#endif
 
 namespace std {
 // GLIBCXX_3.4.29: std::allocator<T>::allocate calls it for an element count whose byte size overflows

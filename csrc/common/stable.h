@@ -19,12 +19,21 @@
 #include <torch/headeronly/macros/Macros.h>
 #include <torch/headeronly/util/Exception.h>
 #include <torch/headeronly/util/HeaderOnlyArrayRef.h>
+#include <torch/headeronly/util/shim_utils.h>
 
 #include <cstdint>
 #include <sstream>
 #include <stdexcept>
 #include <string>
 #include <utility>
+
+// Checks a C shim call's error code. torch 2.14's stable macro carries the shim's own message (an allocation failure
+// says so); torch 2.11's headers (the oldest targeted, and the GPU machine's) have only the header-only macro.
+#ifdef STABLE_TORCH_ERROR_CODE_CHECK
+#define SGDF_ERD_SHIM_CHECK(call) STABLE_TORCH_ERROR_CODE_CHECK(call)
+#else
+#define SGDF_ERD_SHIM_CHECK(call) TORCH_ERROR_CODE_CHECK(call)
+#endif
 
 namespace sgdf_erd {
 
@@ -39,8 +48,8 @@ using IntArrayRef = torch::headeronly::IntHeaderOnlyArrayRef;
 // per tensor, and a small op call allocates several.
 inline Tensor new_empty_contiguous(const Tensor& like, IntArrayRef sizes, ScalarType dtype) {
   int32_t device_type = 0, device_index = 0;
-  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_device_type(like.get(), &device_type));
-  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_device_index(like.get(), &device_index));
+  SGDF_ERD_SHIM_CHECK(aoti_torch_get_device_type(like.get(), &device_type));
+  SGDF_ERD_SHIM_CHECK(aoti_torch_get_device_index(like.get(), &device_index));
   int64_t strides[8];
   STD_TORCH_CHECK(sizes.size() <= 8, "new_empty_contiguous: at most 8 dimensions");
   int64_t stride = 1;
@@ -49,7 +58,7 @@ inline Tensor new_empty_contiguous(const Tensor& like, IntArrayRef sizes, Scalar
     stride *= sizes[d] > 1 ? sizes[d] : 1;
   }
   AtenTensorHandle handle = nullptr;
-  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_empty_strided(
+  SGDF_ERD_SHIM_CHECK(aoti_torch_empty_strided(
       static_cast<int64_t>(sizes.size()), sizes.data(), strides,
       torch::stable::detail::to<int32_t>(torch::stable::detail::from(dtype)), device_type, device_index, &handle));
   return Tensor(handle);

@@ -57,19 +57,19 @@ struct TensorMeta {
 
   explicit TensorMeta(const Tensor& t) {
     AtenTensorHandle h = t.get();
-    STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_layout(h, &layout));
-    STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_dtype(h, &dtype));
-    STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_device_type(h, &device_type));
-    STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_device_index(h, &device_index));
+    SGDF_ERD_SHIM_CHECK(aoti_torch_get_layout(h, &layout));
+    SGDF_ERD_SHIM_CHECK(aoti_torch_get_dtype(h, &dtype));
+    SGDF_ERD_SHIM_CHECK(aoti_torch_get_device_type(h, &device_type));
+    SGDF_ERD_SHIM_CHECK(aoti_torch_get_device_index(h, &device_index));
     if (layout != strided_layout_code()) return;
     int64_t dim = 0;
     int64_t* size_data = nullptr;
     int64_t* stride_data = nullptr;
     void* data = nullptr;
-    STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_dim(h, &dim));
-    STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_sizes(h, &size_data));
-    STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_strides(h, &stride_data));
-    STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_data_ptr(h, &data));
+    SGDF_ERD_SHIM_CHECK(aoti_torch_get_dim(h, &dim));
+    SGDF_ERD_SHIM_CHECK(aoti_torch_get_sizes(h, &size_data));
+    SGDF_ERD_SHIM_CHECK(aoti_torch_get_strides(h, &stride_data));
+    SGDF_ERD_SHIM_CHECK(aoti_torch_get_data_ptr(h, &data));
     sizes = IntArrayRef(size_data, static_cast<size_t>(dim));
     strides = IntArrayRef(stride_data, static_cast<size_t>(dim));
     address = reinterpret_cast<uintptr_t>(data);
