@@ -66,6 +66,16 @@ class AdaSGDF(SGDF):
             _check_no_sgdf_options(param_group)
         super().add_param_group(param_group)
 
+    def load_state_dict(self, state_dict: dict) -> None:
+        """As SGDF's; param groups saved without a preconditioner (an SGDF checkpoint) take this optimizer's default
+        (with "second_moment", such a checkpoint is refused: it holds no exp_avg_sq)."""
+        groups = state_dict.get("param_groups") if isinstance(state_dict, dict) else None
+        if isinstance(groups, list):
+            default = self.defaults["preconditioner"]
+            state_dict = dict(state_dict, param_groups=[dict(g, preconditioner=g.get("preconditioner", default))
+                                                        if isinstance(g, dict) else g for g in groups])
+        super().load_state_dict(state_dict)
+
     def _update_options(self, group: dict) -> dict:
         return dict(_update_options(group), preconditioner=group["preconditioner"])
 
