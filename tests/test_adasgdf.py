@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 import sgdf_erd
 from sgdf_erd import AdaSGDF
-from tests.devices import DEVICES
+from tests.devices import DEVICES, requires_cuda
 from tests.reference.adasgdf_reference import PRECONDITIONERS, ReferenceAdaSGDF
 from tests.test_sgdf import PATHS, TOL, _assert_close, _grads, _make_params, _run_against_reference
 
@@ -351,3 +351,62 @@ def test_bad_state_or_grad_raises_and_changes_nothing(device, path):
         opt.step()
     params[1].grad = params[1].grad.to_dense()
     assert all(torch.equal(a, b) for a, b in zip(before, _everything(opt, params)))
+
+
+# ------------------------------------------------------------------------------------------ CUDA only
+@requires_cuda
+@pytest.mark.parametrize("preconditioner", PRECONDITIONERS)
+@pytest.mark.parametrize("setup", ["fused", "fused+amp", "capturable foreach"])
+def test_cuda_steps_have_no_host_sync(preconditioner, setup):
+    params = [torch.nn.Parameter(p.detach().cuda()) for p in _make_params(torch.float32, shapes=[(64, 33), (17,)])]
+    kwargs = dict(foreach=True, capturable=True) if setup == "capturable foreach" else dict(fused=True)
+    opt = AdaSGDF(params, lr=torch.tensor(1e-2, device="cuda"), preconditioner=preconditioner, **kwargs)
+    if setup == "fused+amp":  # as GradScaler passes them
+        opt.grad_scale = torch.full((), 4.0, device="cuda")
+        opt.found_inf = torch.zeros((), device="cuda")
+    for p in params:
+        p.grad = torch.randn_like(p)
+    torch.cuda.synchronize()
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):  # the first step creates the state
+            opt.step()
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
+    assert float(opt.state[params[0]]["step"]) == 3
+
+
+@requires_cuda
+@pytest.mark.parametrize("preconditioner", PRECONDITIONERS)
+@pytest.mark.parametrize("path", ["fused", "foreach"])
+def test_cuda_graph_replays_match_reference(preconditioner, path):
+    cpu_params = _make_params(torch.float32, shapes=[(64, 33), (17,)])
+    params = [torch.nn.Parameter(p.detach().cuda()) for p in cpu_params]
+    opt = AdaSGDF(params, lr=torch.tensor(1e-2, device="cuda"), capturable=True, preconditioner=preconditioner,
+                  **PATHS[path])
+    ref = ReferenceAdaSGDF(cpu_params, lr=1e-2, preconditioner=preconditioner)
+    static_grads = [torch.zeros_like(p) for p in params]
+    for p, g in zip(params, static_grads):
+        p.grad = g
+    gen = torch.Generator().manual_seed(4)
+    grads = _grads(cpu_params, gen)
+    for g, s in zip(grads, static_grads):
+        s.copy_(g)
+    stream = torch.cuda.Stream()  # warm up (state creation) on a side stream, as capture requires
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        opt.step()
+    torch.cuda.current_stream().wait_stream(stream)
+    ref.step(grads)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        opt.step()
+    for _ in range(5):
+        grads = _grads(cpu_params, gen)
+        for g, s in zip(grads, static_grads):
+            s.copy_(g)
+        graph.replay()
+        ref.step(grads)
+    torch.cuda.synchronize()
+    _assert_close(params, ref, torch.float32)

@@ -48,10 +48,10 @@ C10_HOST_DEVICE inline StepCoeffs<acc_t> step_coeffs(double beta1, double beta2,
 }
 
 // One element (or one vector of lanes, V = Vectorized<acc_t>). Inputs: param p, gradient g (already unscaled),
-// state m (exp_avg), s (exp_var) and, with kPre == kSecondMoment, *v (exp_avg_sq; else v is not read: null). Returns the
-// update u: SGDF's filtered gradient, divided by the preconditioner's d + eps under AdaSGDF (kPre != kNone); p is
-// decayed in place when the decay is decoupled, and the caller applies p -= lr * u (or hands u to the
-// orthogonalisation). kPre is a template argument so that each mode's loop carries no branch on it.
+// state m (exp_avg), s (exp_var) and, with kPre == kSecondMoment, *v (exp_avg_sq; else v is null, not read).
+// Returns the update u: SGDF's filtered gradient, divided by the preconditioner's d + eps under AdaSGDF
+// (kPre != kNone); p is decayed in place when the decay is decoupled, and the caller applies p -= lr * u (or hands
+// u to the orthogonalisation). kPre is a template argument so that each mode's loop carries no branch on it.
 template <Preconditioner kPre, typename V, typename acc_t>
 C10_HOST_DEVICE inline V filtered_update(V& p, V g, V& m, V& s, V* v, acc_t lr, const Hyper<acc_t>& h,
                                          const StepCoeffs<acc_t>& c) {
