@@ -61,7 +61,10 @@ def test_matches_reference(device, preconditioner, path, dtype, options):
 
 
 @given(shape=st.lists(st.integers(0, 40), min_size=1, max_size=3), lr=st.floats(1e-4, 0.1),
-       b1=st.floats(0.0, 0.99), b2=st.floats(0.5, 0.9999), gamma=st.floats(0.1, 2.0),
+       # b1 = 0, or away from it: for 0 < b1 << 1 the residual g - m is a cancellation ((b1 g)-sized) that
+       # "variance" divides by, so float64 roundings of it move the step by ~1e-16 / b1 (the update is that
+       # ill-conditioned, not the kernel wrong)
+       b1=st.one_of(st.just(0.0), st.floats(0.05, 0.99)), b2=st.floats(0.5, 0.9999), gamma=st.floats(0.1, 2.0),
        wd=st.floats(0.0, 0.1), decoupled=st.booleans(), preconditioner=st.sampled_from(PRECONDITIONERS),
        seed=st.integers(0, 2**16))
 @settings(max_examples=30, deadline=None)
@@ -74,8 +77,7 @@ def test_random_hyperparameters_and_shapes(device, path, shape, lr, b1, b2, gamm
     opt = AdaSGDF(params, preconditioner=preconditioner, **options, **PATHS[path])
     ref = _reference(params, preconditioner, options)
     _run_against_reference(params, opt, ref, steps=5, seed=seed)
-    # relative 1e-8, not SGDF's 1e-10: with b1 near 0 the residual variance s is ~(b1 g)^2, so "variance" divides by
-    # a d made of a cancellation (g - m), and a float64 rounding in it moves the step by ~1e-9 relative
+    # relative 1e-8, not SGDF's 1e-10: the division by d + eps amplifies float64 roundings where d is small
     for p, q in zip(params, ref.p):
         torch.testing.assert_close(p.detach().cpu(), q, rtol=1e-8, atol=1e-10)
 
