@@ -8,7 +8,8 @@
     python benchmarks/bench_sgdf.py --adaptive      # AdaSGDF (both preconditioners) against torch AdamW(fused=True)
 
 Candidates: sgdf_erd fused / foreach / single-tensor; an authors'-style per-tensor loop (the release's structure,
-written from the spec); torch.optim.AdamW(fused=True) (same 28 bytes/element floor); a torch.compile'd SGDF step.
+written from the spec); torch.optim.AdamW(fused=True) (same 28 bytes/element floor) and AdamW(foreach=True), the
+foreach path's peer; a torch.compile'd SGDF step.
 On CUDA the device-to-device copy bandwidth is measured as the roofline. Writes benchmarks/results/sgdf_<device>.*
 
 --storage compares the low-precision storage configurations instead (float32 / bfloat16 params and state, stochastic
@@ -90,6 +91,7 @@ def build_candidates(numel, n_tensors, device, with_compile, n_groups=1):
         "sgdf single-tensor": lambda ps: SGDF(in_groups(ps, n_groups), lr=1e-3, foreach=False, fused=False),
         "authors-style loop": lambda ps: AuthorsStyleSGDF(ps, lr=1e-3),
         "torch AdamW fused": lambda ps: torch.optim.AdamW(in_groups(ps, n_groups), lr=1e-3, fused=True),
+        "torch AdamW foreach": lambda ps: torch.optim.AdamW(in_groups(ps, n_groups), lr=1e-3, foreach=True),
     }.items():
         candidates[name] = make(make_params(numel, n_tensors, device)).step
     if not with_compile:
@@ -298,6 +300,8 @@ def main():
             f"{n_threads} thread(s): fused is {times['authors-style loop'] / fused:.2f}x faster than the authors-style "
             f"loop, {times['sgdf foreach'] / fused:.2f}x faster than foreach, and takes "
             f"{fused / times['torch AdamW fused']:.2f}x the time of torch AdamW(fused=True)",
+            f"{n_threads} thread(s): foreach takes {times['sgdf foreach'] / times['torch AdamW foreach']:.2f}x "
+            "the time of torch AdamW(foreach=True)",
         ]
     if device.type == "cuda" and not args.no_graphs:
         # the same steps replayed from CUDA graphs: the kernels alone, as a training loop whose host runs ahead of

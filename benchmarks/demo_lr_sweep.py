@@ -5,10 +5,13 @@ held-out unweighted eps-MSE (EMA weights) at the end of training, averaged over 
 the demo's seeds (0, 1, 2, ...) so the demo does not evaluate on the runs that chose its learning rates. Equal
 effort: the same points, a factor 2 apart, for every pair. Writes benchmarks/results/demo_lr_sweep_cpu.md and .json; the
 demo's table of default learning rates (sgdf_erd/demo/methods.py, DEFAULT_LR) must match its "best" entries
-(tests/test_demo.py checks it).
+(tests/test_demo.py checks it). The grids are the OPTIMIZERS entries' (sgdf_erd/demo/methods.py): an optimizer
+added there is swept by default with each weighting the reference optimizer trains with; its best points then go
+into DEFAULT_LR.
 
     python benchmarks/demo_lr_sweep.py            # full sweep: 5 points x 2 seeds per pair, 50 runs of ~15 CPU-s
-    python benchmarks/demo_lr_sweep.py --points 3 --seeds 1   # what the committed results ran (15 runs)
+    python benchmarks/demo_lr_sweep.py --points 5 --seeds 1 --reuse   # what the committed results ran (25 runs);
+                                                  # after adding an optimizer, the same trains only its points
     python benchmarks/demo_lr_sweep.py --quick    # smoke run
 """
 
@@ -30,16 +33,13 @@ sys.path.insert(0, str(ROOT / "python"))
 from sgdf_erd._platform import cpu_model  # noqa: E402
 from sgdf_erd.demo.__main__ import build_parser  # noqa: E402
 from sgdf_erd.demo.data import load_data  # noqa: E402
-from sgdf_erd.demo.methods import DEFAULT_LR, split_name  # noqa: E402
+from sgdf_erd.demo.methods import OPTIMIZERS, split_name, sweep_pairs  # noqa: E402
 from sgdf_erd.demo.model import UNet  # noqa: E402
 from sgdf_erd.demo.process import NoiseProcess  # noqa: E402
 from sgdf_erd.demo.runs import idle_cores  # noqa: E402
 from sgdf_erd.demo.train import HeldOutProbe, Method, TrainConfig, train  # noqa: E402
 from sgdf_erd.demo.weighting import make_loss  # noqa: E402
 
-# points a factor 2 apart per optimizer, centred on the best point of the earlier one-lr-per-optimizer sweep (600
-# steps: SGDF 1, AdamW 4e-3); the committed run used the middle 3 (--points 3) and one seed, as CPU allowed
-GRID = {"sgdf": [0.25, 0.5, 1.0, 2.0, 4.0], "adamw": [1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2]}
 SWEEP_SEEDS = (100, 101)  # not the demo's seeds
 
 
@@ -65,7 +65,8 @@ def main():
     p.add_argument("--seeds", type=int, default=len(SWEEP_SEEDS), choices=range(1, len(SWEEP_SEEDS) + 1),
                    help="sweep seeds (from 100)")
     p.add_argument("--steps", type=int, default=None, help="default: the demo's default budget (quick: 20)")
-    p.add_argument("--methods", default=",".join(DEFAULT_LR), help="WEIGHTING+OPTIMIZER pairs to sweep")
+    p.add_argument("--methods", default=",".join(sweep_pairs()),
+                   help="WEIGHTING+OPTIMIZER pairs to sweep (default: the demo's, and a new optimizer's pairs)")
     p.add_argument("--workers", type=int, default=0, help="worker processes (0: one per idle core)")
     p.add_argument("--reuse", action="store_true", help="keep the points of the existing results file with the "
                                                         "same budget and train only the missing ones (runs are "
@@ -76,11 +77,12 @@ def main():
     steps = args.steps or (20 if args.quick else demo.steps)
     seeds = SWEEP_SEEDS[:1] if args.quick else SWEEP_SEEDS[:args.seeds]
     skip = (5 - args.points) // 2
-    grid = {o: g[skip:len(g) - skip] for o, g in GRID.items()}
+    grid = {o: list(entry.lr_grid[skip:len(entry.lr_grid) - skip]) for o, entry in OPTIMIZERS.items()}
     pairs = [split_name(m) for m in args.methods.split(",")]
     for w, o in pairs:
         if o not in grid:
-            raise SystemExit(f"--methods: {w}+{o}: no lr grid for optimizer {o!r}; add one to GRID")
+            raise SystemExit(f"--methods: {w}+{o}: unknown optimizer {o!r}; add it to OPTIMIZERS in "
+                             "sgdf_erd/demo/methods.py")
     # the points in lr order, optimizers interleaved, so load drifting over the run hits every pair alike
     jobs = [(steps, demo.batch_size, demo.channels, w, o, grid[o][i], s)
             for i in range(args.points) for w, o in pairs for s in seeds]

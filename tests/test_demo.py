@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings, strategies as st
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -243,20 +244,58 @@ def test_demo_worker_processes_give_the_same_runs(smoke_run, tmp_path):
     alone = json.loads((out / "results.json").read_text())["runs"]
     spread = json.loads((tmp_path / "results.json").read_text())["runs"]
     assert list(spread) == ["erd+sgdf", "constant+adamw"]
+    cpu = json.loads((tmp_path / "results.json").read_text())["cpu_s"]
+    run_cpu = [r["cpu_s"] for runs in spread.values() for r in runs]
+    assert all(c > 0 for c in run_cpu) and cpu["workers"] >= sum(run_cpu)
+    # on idle cores: at least this process's work plus the longest run, at most all of it one after the other
+    assert cpu["main"] + max(run_cpu) <= cpu["idle_wall_s"] <= cpu["main"] + cpu["workers"] + 1e-9
+    assert "idle cores about" in (tmp_path / "report.md").read_text()
     for name in spread:
         for a, b in zip(alone[name], spread[name]):
             assert a["losses"] == b["losses"] and a["quality"] == b["quality"] and a["eval_mse"] == b["eval_mse"]
 
 
+def test_schedule_seconds_hands_runs_to_the_first_free_worker():
+    from sgdf_erd.demo.runs import schedule_seconds
+    assert schedule_seconds([3, 1, 1, 1], 2) == 3  # one worker takes the long run, the other the three short ones
+    assert schedule_seconds([1, 1, 1, 3], 2) == 4  # the long run comes last: it starts when a worker frees at 1
+    assert schedule_seconds([2, 2], 1) == 4 and schedule_seconds([2], 3) == 2 and schedule_seconds([], 2) == 0
+
+
+LR_SWEEP = ROOT / "benchmarks" / "results" / "demo_lr_sweep_cpu.json"
+
+
+@pytest.mark.skipif(not LR_SWEEP.exists(), reason="needs the source tree's benchmarks/results/ (the committed sweep)")
 def test_method_table_pairs_and_learning_rates_match_the_sweep():
-    from sgdf_erd.demo.methods import DEFAULT_LR, comparisons
-    sweep = json.loads((ROOT / "benchmarks" / "results" / "demo_lr_sweep_cpu.json").read_text())
+    from sgdf_erd.demo.methods import DEFAULT_LR, OPTIMIZERS, comparisons
+    sweep = json.loads(LR_SWEEP.read_text())
     assert sweep["best"] == DEFAULT_LR  # the defaults cite the committed sweep
+    for optimizer, grid in sweep["grid"].items():  # which swept the table's grids
+        assert grid == list(OPTIMIZERS[optimizer].lr_grid), optimizer
     # a new optimizer is one entry per method: its comparisons with the reference follow
     names = ["erd+adasgdf", "constant+adasgdf", "erd+adamw", "constant+adamw"]
     assert [(c["a"], c["b"], c["kind"]) for c in comparisons(names)] == [
         ("erd+adasgdf", "constant+adasgdf", "weighting"), ("erd+adamw", "constant+adamw", "weighting"),
         ("erd+adasgdf", "erd+adamw", "optimizer"), ("constant+adasgdf", "constant+adamw", "optimizer")]
+
+
+def test_a_new_optimizer_is_one_table_entry(monkeypatch):
+    """One OPTIMIZERS entry: the lr sweep covers it with the reference optimizer's weightings, and the demo trains
+    it (given an lr until DEFAULT_LR has its sweep's best)."""
+    from sgdf_erd.demo import methods
+    from sgdf_erd.demo.__main__ import _parse_methods
+    from sgdf_erd.demo.train import Method, make_optimizer
+
+    assert methods.sweep_pairs() == list(methods.DEFAULT_LR)
+    entry = methods.OptimizerEntry(lambda params, lr: torch.optim.SGD(params, lr=lr, momentum=0.9),
+                                   (0.01, 0.02, 0.04, 0.08, 0.16))
+    monkeypatch.setitem(methods.OPTIMIZERS, "sgdm", entry)
+    assert methods.sweep_pairs() == list(methods.DEFAULT_LR) + ["erd+sgdm", "constant+sgdm"]
+    (method,) = _parse_methods("erd+sgdm", {"erd+sgdm": 0.04})
+    opt = make_optimizer(method, [torch.nn.Parameter(torch.zeros(3))])
+    assert isinstance(opt, torch.optim.SGD) and opt.param_groups[0]["lr"] == 0.04
+    with pytest.raises(SystemExit, match="--lr erd\\+sgdm=LR"):
+        _parse_methods("erd+sgdm", {})
 
 
 @pytest.mark.parametrize("args, message", [

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import sgdf_erd
+from sgdf_erd._native import ops
 
 PACKAGE = os.path.dirname(sgdf_erd.__file__)
 
@@ -114,5 +115,19 @@ def test_library_errors_leave_the_shared_exception_runtime_balanced():
     uncaught_exceptions = ctypes.CDLL("libstdc++.so.6")._ZSt19uncaught_exceptionsv
     for _ in range(3):
         with pytest.raises(ValueError, match="unknown prediction"):
-            torch.ops.sgdf_erd.erd_weights(torch.ones(3), torch.ones(3), None, None, "nope", "erd", 5.0, 1.0)
+            ops.erd_weights(torch.ones(3), torch.ones(3), None, None, "nope", "erd", 5.0, 1.0)
     assert uncaught_exceptions() == 0
+
+
+@pytest.mark.skipif(shutil.which("nm") is None, reason="needs nm (binutils)")
+def test_the_library_s_own_libc_single_threaded_always_says_several_threads():
+    """libstdc++'s inline reference counting (shared_ptr, locale, COW strings) skips its atomic instructions while
+    __libc_single_threaded is nonzero. The library's hidden copy (csrc/common/manylinux_compat.cpp) must read 0
+    ("maybe several threads", the atomic path) always: a local zero-initialised (.bss) symbol that is neither
+    exported nor taken from glibc. A nonzero copy would race in every multi-threaded process."""
+    library = importlib.import_module("sgdf_erd._C").__file__
+    own = subprocess.run(["nm", library], capture_output=True, text=True, check=True).stdout.splitlines()
+    dynamic = subprocess.run(["nm", "-D", library], capture_output=True, text=True, check=True).stdout.splitlines()
+    entries = [line.split()[-2:] for line in own if line.endswith(" __libc_single_threaded")]
+    assert entries == [["b", "__libc_single_threaded"]]  # b: local, in .bss, so 0
+    assert not any(line.endswith(" __libc_single_threaded") for line in dynamic)

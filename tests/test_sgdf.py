@@ -118,7 +118,8 @@ def test_param_groups_with_different_hyperparameters(device, path):
 def test_default_path_is_fused_and_paths_agree(device):
     params = [_make_params(torch.float32, seed=7, device=device) for _ in PATHS]
     opts = [SGDF(ps, lr=0.1, weight_decay=1e-3, **PATHS[k]) for ps, k in zip(params, PATHS)]
-    assert SGDF(_make_params(torch.float32, device=device)).param_groups[0]["fused"] is True
+    default = SGDF(_make_params(torch.float32, device=device))
+    assert default._path(default.param_groups[0]) == "fused"
     gen = torch.Generator().manual_seed(0)
     for _ in range(20):
         grads = _grads(params[0], gen)
@@ -145,7 +146,7 @@ ONE_CALL_OPTIONS = {
 @pytest.mark.parametrize("options", list(ONE_CALL_OPTIONS))
 def test_fused_groups_step_in_one_call_as_the_general_path(device, dtype, options, groups, monkeypatch):
     """From their second step, fused param groups are stepped together by one kernel call, whose checks stand in for
-    the per-parameter Python checks; they must step bit for bit as the general path (Python checks, regrouping),
+    the per-parameter Python checks; they must step bit for bit as the Python-checked path (regrouping),
     with a GradScaler's grad_scale / found_inf too (a skipped step included)."""
     if options == "master_weights" and dtype in (torch.float32, torch.float64):
         pytest.skip("master weights are for 16-bit params")
@@ -160,16 +161,12 @@ def test_fused_groups_step_in_one_call_as_the_general_path(device, dtype, option
         param_groups = params if groups == 1 else [{"params": params[:2]},
                                                    {"params": params[2:], "lr": 0.02, "weight_decay": 0.1}]
         opt = SGDF(param_groups, fused=True, **ONE_CALL_OPTIONS[options]())
-        checked_by_kernel = []  # at each step, the groups the Python checks left to the kernel call
-        check = opt._check_step_inputs
-        monkeypatch.setattr(opt, "_check_step_inputs", lambda plan=None: checked_by_kernel.append(list(plan or ()))
-                            or check(plan))
         if not one_call:
             monkeypatch.setattr(opt, "_one_call_lists", lambda group: None)
-        one_call_steps = []  # (groups, stepped) of each one-call attempt
+        one_call_steps = []  # the groups of each one-call step
         attempt = opt._step_in_one_call
-        monkeypatch.setattr(opt, "_step_in_one_call", lambda plan, *args: one_call_steps.append(
-            (list(plan), attempt(plan, *args))) or one_call_steps[-1][1])
+        monkeypatch.setattr(opt, "_step_in_one_call",
+                            lambda plan, *args: one_call_steps.append(list(plan)) or attempt(plan, *args))
         torch.manual_seed(0)  # the rounding seeds drawn at the first step
         for step_grads, found_inf in zip(grads, found_infs):
             for p, g in zip(params, step_grads):
@@ -178,10 +175,8 @@ def test_fused_groups_step_in_one_call_as_the_general_path(device, dtype, option
             opt.found_inf = torch.tensor(found_inf, device=device)
             opt.step()
         # the first step makes the state, after the Python checks of every parameter; from the second step on, the
-        # groups are stepped together by one kernel call
-        every_group = list(range(groups))
-        assert checked_by_kernel == ([[]] + [every_group] * 3 if one_call else [[]] * 4)
-        assert one_call_steps == ([(every_group, True)] * 3 if one_call else [])
+        # groups are stepped together by one kernel call, which checks them
+        assert one_call_steps == ([list(range(groups))] * 3 if one_call else [])
         results.append([params, [p.grad for p in params], [opt.state[p] for p in params]])
     (params, unscaled, states), (want_params, want_unscaled, want_states) = results
     for got, want in zip(params + unscaled, want_params + want_unscaled):
@@ -264,7 +259,7 @@ def test_state_dict_round_trip_across_paths(device, saved_path, loaded_path):
     buffer.seek(0)
     resumed = SGDF(params, lr=0.05, weight_decay=1e-3, **PATHS[loaded_path])
     resumed.load_state_dict(torch.load(buffer, map_location="cpu"))
-    assert resumed.param_groups[0]["fused"] == PATHS[loaded_path].get("fused", False)
+    assert resumed.param_groups[0]["fused"] == PATHS[loaded_path].get("fused")
     for grads in grads_seq[10:]:
         for ps, o in ((params, resumed), (twin, twin_opt)):
             for p, g in zip(ps, grads):
@@ -290,7 +285,7 @@ def test_loads_authors_release_checkpoint(device):
     opt = SGDF(params, lr=1.0)
     opt.load_state_dict(release_state)
     group = opt.param_groups[0]
-    assert group["decoupled_weight_decay"] is True and group["lr"] == 0.05 and group["fused"] is True
+    assert group["decoupled_weight_decay"] is True and group["lr"] == 0.05 and opt._path(group) == "fused"
     ref = ReferenceSGDF(params, lr=0.05, weight_decay=1e-3, decoupled_weight_decay=True)
     for i in range(2):
         ref.m[i], ref.s[i], ref.t[i] = exp_avg[i].double(), exp_var[i].double(), 7
@@ -335,7 +330,8 @@ def test_in_kernel_unscaling_is_advertised_only_where_fused_was_asked_for(device
     torch's optimizers, only where the user asked for fused=True (every group fused): the default path (fused too)
     leaves unscaling to the scaler, so gradients can be unscaled and clipped first (Lightning refuses otherwise)."""
     a, b = _make_params(torch.float32, shapes=[(3,), (4,)], device=device)
-    assert SGDF([a, b]).param_groups[0]["fused"] is True  # the default path is fused ...
+    default = SGDF([a, b])
+    assert default._path(default.param_groups[0]) == "fused"  # the default path is fused ...
     assert not SGDF([a, b])._step_supports_amp_scaling  # ... but the scaler unscales
     assert SGDF([a, b], fused=True)._step_supports_amp_scaling
     assert not SGDF([{"params": [a]}, {"params": [b], "fused": False}], fused=True)._step_supports_amp_scaling
@@ -412,7 +408,7 @@ def test_add_param_group_joins_the_path(device):
     a, b = _make_params(torch.float32, shapes=[(3,), (4,)], device=device)
     opt = SGDF([a], lr=0.1)
     opt.add_param_group({"params": [b], "lr": 0.01})
-    assert opt.param_groups[1]["fused"] is True
+    assert opt._path(opt.param_groups[1]) == "fused"
     b.grad = torch.ones(4, device=device)
     opt.step()
     assert float(opt.state[b]["step"]) == 1

@@ -15,7 +15,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sgdf_erd import SGDF
-from sgdf_erd.optim import sgdf as sgdf_optimizer
 from tests.reference.sgdf_reference import ReferenceSGDF
 
 PATHS = {
@@ -30,8 +29,8 @@ PATHS = {
 def _bits(t: torch.Tensor):
     """Everything that identifies a tensor's contents: metadata and the raw bytes (NaN-safe)."""
     dense = t.detach().to_dense() if t.layout != torch.strided else t.detach()
-    raw = dense.cpu().contiguous().reshape(-1).view(torch.uint8).clone()
-    return (t.dtype, tuple(t.shape), t.stride(), t.device, raw)
+    raw = dense.cpu().resolve_conj().contiguous().reshape(-1).view(torch.uint8).clone()
+    return (t.dtype, tuple(t.shape), t.stride(), t.device, t.is_conj(), raw)
 
 
 def _value(v):
@@ -153,10 +152,10 @@ BAD_STEPS = {
     "gamma_zero": (_set_later_group("gamma", 0.0), ValueError, "gamma"),
     "weight_decay_inf": (_set_later_group("weight_decay", float("inf")), ValueError, "weight_decay"),
     "ns_steps_one": (_set_later_group("orthogonalize", True), None, None),  # valid: ns_steps stays 5
-    "grad_shape": (_reshape_data, ValueError, "gradient"),
+    "grad_shape": (_reshape_data, ValueError, r"gradient|'grads\["),
     "grad_dtype": (_retype_data, ValueError, "gradient"),
-    "grad_is_param": (_grad_is_param, ValueError, "gradient"),
-    "grad_overlaps_param": (_grad_overlaps_param, ValueError, "gradient"),
+    "grad_is_param": (_grad_is_param, ValueError, r"gradient|'grads\["),
+    "grad_overlaps_param": (_grad_overlaps_param, ValueError, r"gradient|'grads\["),
     "complex_orthogonalized": (_complex_orthogonalized, ValueError, "complex"),
     # storage options edited after the state was made: the state no longer fits them
     "state_dtype_edited": (_set_later_group("state_dtype", torch.bfloat16), ValueError, "state"),
@@ -165,15 +164,16 @@ BAD_STEPS = {
     "master_weights_none": (_set_later_group("master_weights", None), TypeError, "master_weights"),
     "stochastic_rounding_str": (_set_later_group("stochastic_rounding", "no"), TypeError, "stochastic_rounding"),
     # state edited by hand (every entry is checked, also where one kernel call steps the groups)
-    "exp_var_reshaped": (_edit_state("exp_var", lambda t: t.reshape(-1)), ValueError, "'exp_var'"),
-    "exp_var_float64": (_edit_state("exp_var", lambda t: t.double()), ValueError, "'exp_var'"),
-    "step_int": (_edit_state("step", lambda t: t.long()), ValueError, "'step'"),
-    "step_two_elements": (_edit_state("step", lambda t: t.repeat(2)), ValueError, "'step'"),
+    "exp_var_reshaped": (_edit_state("exp_var", lambda t: t.reshape(-1)), ValueError, r"'exp_var'|'exp_vars\["),
+    "exp_var_float64": (_edit_state("exp_var", lambda t: t.double()), ValueError, r"'exp_var'|'exp_vars\["),
+    "step_int": (_edit_state("step", lambda t: t.long()), ValueError, r"'step'|'steps\["),
+    "step_two_elements": (_edit_state("step", lambda t: t.repeat(2)), ValueError, r"'step'|'steps\["),
 }
 
 
-# On the fused path, the first param group is stepped by one kernel call that checks it, the others are checked
-# first in Python: a bad parameter in the only group, a later group (two) and the first group (two_reversed).
+# On the fused paths, groups whose state exists are stepped by one kernel call that checks them all before writing
+# (its refusals are RuntimeErrors naming the kernel's argument), the others are checked first in Python: a bad
+# parameter in the only group, a later group (two) and the first group (two_reversed).
 @pytest.mark.parametrize("groups", ["one", "two", "two_reversed"])
 @pytest.mark.parametrize("path", list(PATHS))
 @pytest.mark.parametrize("case", list(BAD_STEPS))
@@ -185,17 +185,22 @@ def test_bad_step_changes_nothing(device, path, case, groups):
         opt.step()
         return
     before = _snapshot(opt)
-    with pytest.raises(exc, match=match):
+    with pytest.raises(_refusal(exc, path), match=match):
         opt.step()
     _assert_unchanged(opt, before)
 
 
+def _refusal(exc, path):
+    """What a refusal raises: on the fused paths the kernel's checks may be the ones that refuse (RuntimeError)."""
+    return (exc, RuntimeError) if path in ("default", "fused") else exc
+
+
 @pytest.mark.parametrize("path", ["fused", "foreach"])
 @pytest.mark.parametrize("edit,match", [
-    (_edit_state("rounding_seed", lambda seed: 2**32), "'rounding_seed'"),
+    (_edit_state("rounding_seed", lambda seed: 2**32), r"'rounding_seed'|'rounding_seeds\["),
     (_edit_state("rounding_seed", lambda seed: float(seed)), "'rounding_seed'"),
-    (_edit_state("master_param", lambda t: t.half()), "'master_param'"),
-    (_edit_state("master_param", lambda t: t[:1]), "'master_param'"),
+    (_edit_state("master_param", lambda t: t.half()), r"'master_param'|'master_params\["),
+    (_edit_state("master_param", lambda t: t[:1]), r"'master_param'|'master_params\["),
     (_edit_state("rounding_seed", lambda seed: True), "'rounding_seed'"),
     (_edit_state("rounding_seed", lambda seed: torch.tensor(3)), "'rounding_seed'"),
 ], ids=["seed_out_of_range", "seed_float", "master_float16", "master_reshaped", "seed_bool", "seed_tensor"])
@@ -210,7 +215,7 @@ def test_storage_state_edited_by_hand_in_a_later_group_changes_nothing(device, p
         opt.step()
     edit(params, opt)
     before = _snapshot(opt)
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(_refusal(ValueError, path), match=match):
         opt.step()
     _assert_unchanged(opt, before)
 
@@ -230,7 +235,7 @@ def test_overlapping_grads_of_fused_params_are_refused(device, stepped_before, s
     a.grad = torch.ones(4, device=device) if same_group else buf[:4]
     b.grad, c.grad = buf[2:], torch.ones(4, device=device) if not same_group else buf[:4]
     before = _snapshot(opt)
-    with pytest.raises(ValueError, match="share memory"):
+    with pytest.raises(_refusal(ValueError, "fused"), match="share memory"):
         opt.step()
     _assert_unchanged(opt, before)
 
@@ -264,7 +269,7 @@ def test_state_tensor_serving_two_params_is_refused(device, path):
         opt.step()
     opt.state[params[1]]["exp_var"] = opt.state[params[0]]["exp_var"]
     before = _snapshot(opt)
-    with pytest.raises(ValueError, match="same tensor"):
+    with pytest.raises(_refusal(ValueError, path), match="same tensor"):
         opt.step()
     _assert_unchanged(opt, before)
 
@@ -280,23 +285,23 @@ def _with_gaps(t):
 @pytest.mark.parametrize("key,edit", [("exp_var", _other_layout), ("master_param", _other_layout),
                                       ("exp_var", _with_gaps), ("master_param", _with_gaps)],
                          ids=["exp_var_other_layout", "master_other_layout", "exp_var_with_gaps", "master_with_gaps"])
-def test_state_in_another_layout_steps_as_before(device, key, edit):
-    """An exp_var or master copy holding the right values in another memory layout (edited by hand, or made by other
-    code) in a later group: converted to the param's layout, the step goes on bit for bit as without the edit."""
-    results = []
-    for edited in (False, True):
-        params = [torch.nn.Parameter(torch.randn(4, 5, generator=torch.Generator().manual_seed(i)).to(torch.bfloat16)
-                                     .to(device)) for i in range(2)]
-        opt = SGDF([{"params": params[:1]}, {"params": params[1:], "lr": 0.02}], lr=0.05, master_weights=True)
-        for i in range(3):
-            _fill_grads(params, seed=i)
-            if i == 1 and edited:
-                state = opt.state[params[1]]
-                state[key] = edit(state[key])
-            opt.step()
-        results.append([p.detach().clone() for p in params])
-    for got, want in zip(*results):
-        assert torch.equal(got, want)
+def test_state_in_another_layout_is_refused_by_the_kernel(device, key, edit):
+    """An exp_var or master copy edited by hand into another memory layout in a later group: the one kernel call
+    that steps the groups refuses it (the kernel walks each tensor as one flat buffer) before anything changes.
+    (State in another layout than a param converted after stepping is converted: see
+    test_model_converted_to_channels_last_after_stepping_keeps_stepping.)"""
+    params = [torch.nn.Parameter(torch.randn(4, 5, generator=torch.Generator().manual_seed(i)).to(torch.bfloat16)
+                                 .to(device)) for i in range(2)]
+    opt = SGDF([{"params": params[:1]}, {"params": params[1:], "lr": 0.02}], lr=0.05, master_weights=True)
+    _fill_grads(params, seed=0)
+    opt.step()
+    state = opt.state[params[1]]
+    state[key] = edit(state[key])
+    _fill_grads(params, seed=1)
+    before = _snapshot(opt)
+    with pytest.raises(RuntimeError, match="memory layout"):
+        opt.step()
+    _assert_unchanged(opt, before)
 
 
 @pytest.mark.parametrize("stepped_before", [False, True])  # True: the first group is stepped by one kernel call
@@ -309,7 +314,7 @@ def test_one_grad_shared_by_two_fused_params_is_refused(device, stepped_before):
         opt.step()
     a.grad = b.grad = torch.ones(4, device=device)
     before = _snapshot(opt)
-    with pytest.raises(ValueError, match="same gradient"):
+    with pytest.raises(_refusal(ValueError, "fused"), match="share memory"):
         opt.step()
     _assert_unchanged(opt, before)
 
@@ -551,7 +556,7 @@ def test_non_dense_params_work_on_every_non_explicit_path(device, path):
     assert not params[1].is_contiguous() and not params[2].is_contiguous()
     opt = SGDF([{"params": params[:1]}, {"params": params[1:]}], lr=0.05, weight_decay=1e-3, **PATHS[path])
     if path == "default":
-        assert all(g["fused"] for g in opt.param_groups)
+        assert all(opt._path(g) == "fused" for g in opt.param_groups)
     ref = ReferenceSGDF(params, lr=0.05, weight_decay=1e-3)
     for i in range(5):
         _fill_grads(params, seed=i)
@@ -562,46 +567,22 @@ def test_non_dense_params_work_on_every_non_explicit_path(device, path):
     assert all(float(opt.state[p]["step"]) == 5 for p in params)
 
 
-def test_a_group_the_kernel_refused_goes_the_general_way_for_a_while(device, monkeypatch):
-    """A view with gaps among a fused group's params: the kernel refuses to step the group in one call (nothing
-    changes, and the general path steps it on a dense copy); the group then goes the general way for
-    _ONE_CALL_RETRY_STEPS steps before the next try, stepping like the reference throughout."""
-    monkeypatch.setattr(sgdf_optimizer, "_ONE_CALL_RETRY_STEPS", 2)
-    params = _non_dense_model(device)[:2]  # float32: a dense param and a strided view
-    opt = SGDF(params, lr=0.05)
-    ref = ReferenceSGDF(params, lr=0.05)
-    attempts = []
-    attempt = opt._step_in_one_call
-    monkeypatch.setattr(opt, "_step_in_one_call", lambda *args: attempts.append(attempt(*args)) or attempts[-1])
-    for i in range(8):
-        _fill_grads(params, seed=i)
-        opt.step()
-        ref.step([p.grad.cpu() for p in params])
-    assert attempts == [False] * 3  # steps 2, 5 and 8 (step 1 makes the state), each refused
-    for p, q in zip(params, ref.p):
-        torch.testing.assert_close(p.detach().cpu().double(), q, rtol=2e-5, atol=2e-5)
-
-
-def test_a_refused_group_leaves_the_others_to_one_call(device, monkeypatch):
-    """Two fused groups, the second with a view with gaps: the kernel refuses the call over both (changing nothing);
-    each is then tried alone, the first steps in one call, the second goes the general way for
-    _ONE_CALL_RETRY_STEPS steps while the first keeps stepping in one call; both step like the reference."""
-    monkeypatch.setattr(sgdf_optimizer, "_ONE_CALL_RETRY_STEPS", 2)
+def test_views_with_gaps_leave_the_other_groups_to_one_call(device, monkeypatch):
+    """Two default groups, the second with a view with gaps: the first steps in the one kernel call from its second
+    step on, the second (stepped on a dense copy) is checked in Python at every step; both step like the
+    reference and nothing is ever refused."""
     params = _non_dense_model(device)[:2]  # float32: a dense param and a strided view
     opt = SGDF([{"params": params[:1]}, {"params": params[1:]}], lr=0.05)
     ref = ReferenceSGDF(params, lr=0.05)
-    attempts = []
+    in_one_call = []
     attempt = opt._step_in_one_call
     monkeypatch.setattr(opt, "_step_in_one_call",
-                        lambda plan, *args: attempts.append((list(plan), attempt(plan, *args))) or attempts[-1][1])
-    for i in range(5):
+                        lambda plan, *args: in_one_call.append(list(plan)) or attempt(plan, *args))
+    for i in range(4):
         _fill_grads(params, seed=i)
         opt.step()
         ref.step([p.grad.cpu() for p in params])
-    # step 1 makes the state; step 2: both refused, then each alone; steps 3 and 4: the first alone (the second
-    # waits); step 5: both again
-    assert attempts == [([0, 1], False), ([0], True), ([1], False), ([0], True), ([0], True), ([0, 1], False),
-                        ([0], True), ([1], False)]
+    assert in_one_call == [[0]] * 3  # step 1 makes the state
     for p, q in zip(params, ref.p):
         torch.testing.assert_close(p.detach().cpu().double(), q, rtol=2e-5, atol=2e-5)
 
@@ -724,13 +705,39 @@ def test_model_converted_to_channels_last_after_stepping_keeps_stepping(device, 
     assert float(state["step"]) == 2
     tol = 1e-6 if dtype == torch.float32 else 1e-2
     torch.testing.assert_close(convs[0].weight, convs[1].weight, rtol=tol, atol=tol)
+    convs[0].to(memory_format=torch.contiguous_format)  # and back, with the state in channels_last
+    step_both()
+    assert float(opts[0].state[convs[0].weight]["step"]) == 3
+    torch.testing.assert_close(convs[0].weight, convs[1].weight, rtol=tol, atol=tol)
+
+
+def test_channels_last_model_steps_in_one_kernel_call(device, monkeypatch):
+    """A channels_last model's fused groups go to the one kernel call (the kernel walks any dense layout) from their
+    second step on, and step as the same model in the contiguous layout."""
+    convs = [torch.nn.Conv2d(3, 4, 3).to(device) for _ in range(2)]
+    convs[1].load_state_dict(convs[0].state_dict())
+    convs[0].to(memory_format=torch.channels_last)
+    opts = [SGDF(c.parameters(), lr=0.05) for c in convs]
+    in_one_call = []
+    attempt = opts[0]._step_in_one_call
+    monkeypatch.setattr(opts[0], "_step_in_one_call",
+                        lambda plan, *args: in_one_call.append(list(plan)) or attempt(plan, *args))
+    x = torch.randn(2, 3, 6, 6, device=device)
+    for _ in range(3):
+        for c in convs:
+            c.zero_grad()
+            c(x).sum().backward()
+        for opt in opts:
+            opt.step()
+    assert not convs[0].weight.is_contiguous() and in_one_call == [[0]] * 2
+    torch.testing.assert_close(convs[0].weight, convs[1].weight, rtol=1e-5, atol=1e-6)
 
 
 def test_foreach_false_means_single_tensor(device):
     opt = SGDF(_model(device), foreach=False)
-    assert opt.param_groups[0]["fused"] is False and opt.param_groups[0]["foreach"] is False
+    assert opt._path(opt.param_groups[0]) == "single"
     default = SGDF(_model(device))
-    assert default.param_groups[0]["fused"] is True
+    assert default._path(default.param_groups[0]) == "fused"
 
 
 def test_release_checkpoint_with_int_step_still_loads(device):

@@ -38,7 +38,8 @@ def test_cpu_only_build_names_the_fix_for_cuda_tensors():
     p = torch.nn.Parameter(torch.zeros(4, device="cuda"))
     with pytest.raises(RuntimeError, match="no CUDA kernels"):
         SGDF([p], fused=True)
-    assert SGDF([p]).param_groups[0]["fused"] is False  # the default falls back to foreach
+    default = SGDF([p])
+    assert default._path(default.param_groups[0]) == "foreach"  # the default falls back to foreach
 
 
 @requires_cuda
@@ -64,7 +65,7 @@ def test_grad_scaler_step_matches_reference_on_unscaled_grads(dtype):
     cpu_params = _make_params(dtype, shapes=[(12, 8), (8,), (3, 4, 5)], seed=21)
     params = _to_cuda(cpu_params)
     opt = SGDF(params, lr=0.05, weight_decay=1e-3, fused=True)
-    assert opt.param_groups[0]["fused"] and opt._step_supports_amp_scaling
+    assert opt._path(opt.param_groups[0]) == "fused" and opt._step_supports_amp_scaling
     ref = ReferenceSGDF(cpu_params, lr=0.05, weight_decay=1e-3, round_to=None if dtype == torch.float32 else dtype)
     scaler = torch.amp.GradScaler("cuda", init_scale=2.0**10, growth_interval=1000)
     gen = torch.Generator().manual_seed(22)
@@ -258,7 +259,7 @@ def test_checkpoint_loaded_with_map_location_cpu_keeps_working():
         resumed.load_state_dict(torch.load(buffer, map_location="cpu"))
         for p in params:
             assert resumed.state[p]["exp_avg"].is_cuda
-            on_device = resumed.param_groups[0]["fused"] or resumed.param_groups[0]["capturable"]
+            on_device = resumed._path(resumed.param_groups[0]) == "fused" or resumed.param_groups[0]["capturable"]
             assert resumed.state[p]["step"].is_cuda == on_device
         for p in params:
             p.grad = torch.ones_like(p)

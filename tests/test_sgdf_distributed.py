@@ -95,7 +95,7 @@ def sharded_rounding_steps(as_param, options):
         param.grad = as_param(grad).detach() if hasattr(param, "placements") else grad
         opt.step()
     whole = [t.full_tensor() if hasattr(t, "full_tensor") else t.detach() for t in (param, opt.state[param]["exp_avg"])]
-    return whole, opt.param_groups[0]["fused"]
+    return whole, opt._path(opt.param_groups[0]) == "fused"
 
 
 def rank_batch(rank, step):

@@ -82,7 +82,7 @@ def test_storage_options_match_reference(device, path, case):
         pytest.skip("no fused kernel for this storage (test_bad_options_are_refused checks the error)")
     params = _params(dtype, device)
     opt = SGDF(params, lr=0.05, **options, **PATHS[path])
-    assert opt.param_groups[0]["fused"] == (path == "fused" or (path == "default" and case not in NOT_FUSED))
+    assert (opt._path(opt.param_groups[0]) == "fused") == (path == "fused" or (path == "default" and case not in NOT_FUSED))
     ref_options = {k: v for k, v in options.items() if k not in ("state_dtype", "master_weights")}
     ref = ReferenceSGDF(params, lr=0.05, round_to=p_round, state_round_to=state_round, **ref_options)
     _step_with(params, opt, _grads_seq(params, 30), [ref])
@@ -490,9 +490,10 @@ def test_the_default_path_is_fused_where_the_kernels_keep_the_storage():
     for dtype, options in [(torch.float32, dict(stochastic_rounding=True, state_dtype=torch.bfloat16)),
                            (torch.bfloat16, dict(master_weights=True, state_dtype=torch.float32)),
                            (torch.float16, dict(stochastic_rounding=True))]:
-        assert SGDF(_params(dtype, "cpu"), **options).param_groups[0]["fused"] is True
+        opt = SGDF(_params(dtype, "cpu"), **options)
+        assert opt._path(opt.param_groups[0]) == "fused"
     opt = SGDF(_params(torch.float64, "cpu"), state_dtype=torch.float32)
-    assert opt.param_groups[0]["fused"] is False and opt.param_groups[0]["foreach"] is True
+    assert opt._path(opt.param_groups[0]) == "foreach"
 
 
 def test_bad_group_changes_nothing(device):

@@ -24,8 +24,11 @@ void __throw_bad_array_new_length() { throw bad_array_new_length(); }
 }  // namespace std
 #endif
 
-// GLIBC_2.32: libstdc++'s reference counting (shared_ptr, locale) reads it to skip atomics while the process has a
-// single thread. Ours always says "maybe several threads", which is always correct; hidden, so it binds only here.
+// GLIBC_2.32: libstdc++'s inline reference counting (shared_ptr, locale, COW strings; ext/atomicity.h) reads it to
+// skip atomics while the process has a single thread. Ours is 0 ("maybe several threads") and nothing writes it, so
+// this library always takes the atomic path: correct with any number of threads, and consistent with glibc's own
+// flag that libstdc++.so reads. Never make it nonzero (a data race once threads exist). Hidden: binds only here;
+// tests/test_native_load.py checks it stays a local .bss symbol.
 extern "C" {
 __attribute__((visibility("hidden"))) char __libc_single_threaded = 0;
 }

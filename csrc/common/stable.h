@@ -140,18 +140,20 @@ std::string str_cat(const Args&... args) {
 
 // Checks with a message made of its arguments, streamed in order (ScalarType prints as "Float"; wrap devices,
 // shapes and layouts in DeviceName / Shape / LayoutName). Unlike STD_TORCH_CHECK, the message is only what the
-// arguments say (no source location), so it starts with the op name the caller passes. Python sees
-//   SGDF_ERD_CHECK        -> RuntimeError   (std::runtime_error)
-//   SGDF_ERD_CHECK_VALUE  -> ValueError     (std::invalid_argument, mapped by torch's pybind11 layer)
-//   SGDF_ERD_CHECK_INDEX  -> IndexError     (std::out_of_range)
-//   SGDF_ERD_CHECK_TYPE   -> TypeError      through python/sgdf_erd/_type_errors.py: there is no C++ route to
-//                            TypeError under the stable ABI, so this is a ValueError whose message starts with the
-//                            marker "TypeError: " (its PREFIX), which the Python op face re-raises as TypeError.
+// arguments say (no source location), so it starts with the op name the caller passes.
+//
+// Only the message of a stable-ABI kernel's exception reliably reaches Python: torch up to 2.14 raises ValueError
+// for std::invalid_argument, torch 2.15 raises RuntimeError for every exception (its shim keeps only what()), and no
+// C++ exception becomes TypeError. So a check meaning a Python type other than RuntimeError starts its message with
+// that type's name, and sgdf_erd's op face (python/sgdf_erd/_kernel_errors.py) raises that type, marker removed:
+//   SGDF_ERD_CHECK        -> RuntimeError  (std::runtime_error, no marker)
+//   SGDF_ERD_CHECK_VALUE  -> ValueError    (std::invalid_argument, "ValueError: ")
+//   SGDF_ERD_CHECK_TYPE   -> TypeError     (std::invalid_argument, "TypeError: ")
+// A direct torch.ops.sgdf_erd call keeps the marker, as ValueError up to torch 2.14 and RuntimeError from 2.15.
 #define SGDF_ERD_CHECK_AS(exception, cond, ...)                        \
   do {                                                                 \
     if (C10_UNLIKELY(!(cond))) throw exception(::sgdf_erd::str_cat(__VA_ARGS__)); \
   } while (false)
 #define SGDF_ERD_CHECK(cond, ...) SGDF_ERD_CHECK_AS(std::runtime_error, cond, __VA_ARGS__)
-#define SGDF_ERD_CHECK_VALUE(cond, ...) SGDF_ERD_CHECK_AS(std::invalid_argument, cond, __VA_ARGS__)
-#define SGDF_ERD_CHECK_INDEX(cond, ...) SGDF_ERD_CHECK_AS(std::out_of_range, cond, __VA_ARGS__)
-#define SGDF_ERD_CHECK_TYPE(cond, ...) SGDF_ERD_CHECK_VALUE(cond, "TypeError: ", __VA_ARGS__)
+#define SGDF_ERD_CHECK_VALUE(cond, ...) SGDF_ERD_CHECK_AS(std::invalid_argument, cond, "ValueError: ", __VA_ARGS__)
+#define SGDF_ERD_CHECK_TYPE(cond, ...) SGDF_ERD_CHECK_AS(std::invalid_argument, cond, "TypeError: ", __VA_ARGS__)

@@ -102,6 +102,16 @@ struct NamedList {
   TensorMetas metas = {};
 };
 
+// Whether two tensors of one shape walk their elements in the same order through memory: equal strides in every
+// dimension of size 2 or more (a stride of a dimension of size 1 is never used to step, and tensors made elsewhere
+// may give it any value).
+inline bool same_layout(const TensorMeta& a, const TensorMeta& b) {
+  for (size_t d = 0; d < a.sizes.size(); ++d) {
+    if (a.sizes[d] >= 2 && a.strides[d] != b.strides[d]) return false;
+  }
+  return true;
+}
+
 // lists[0] is the reference (the parameters); every other list must match it tensor by tensor: device, layout,
 // shape and strides, and dtype unless the list has its own. Reads each tensor's metadata (NamedList::metas).
 inline void check_tensor_lists(std::vector<NamedList>& lists, const char* op) {
@@ -131,7 +141,7 @@ inline void check_tensor_lists(std::vector<NamedList>& lists, const char* op) {
       SGDF_ERD_CHECK(!lists[l].dtype_of_reference || m.dtype == ref.dtype, op, ": '", name, "[", i, "]' is ",
                      t.scalar_type(), " but '", reference.name, "[", i, "]' is ", ref_tensor.scalar_type(),
                      "; they must share a dtype");
-      SGDF_ERD_CHECK(m.sizes.equals(ref.sizes) && m.strides.equals(ref.strides), op, ": '", name, "[", i,
+      SGDF_ERD_CHECK(m.sizes.equals(ref.sizes) && same_layout(m, ref), op, ": '", name, "[", i,
                      "]' has shape/strides ", Shape{m.sizes}, "/", Shape{m.strides}, " but '", reference.name, "[",
                      i, "]' has ", Shape{ref.sizes}, "/", Shape{ref.strides},
                      "; they must have the same memory layout");

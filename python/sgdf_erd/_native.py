@@ -7,7 +7,7 @@ import warnings
 
 import torch
 
-from ._type_errors import raising_type_errors
+from ._kernel_errors import raising_marked_types
 
 
 def _load_error(exc: ImportError) -> ImportError:
@@ -40,7 +40,7 @@ except ImportError as exc:
 
 
 def _operators(namespace: str) -> types.ModuleType:
-    """torch.ops.<namespace> with every operator's wrong-type errors raised as TypeError (_type_errors.py). Each
+    """torch.ops.<namespace> with every operator's errors raised as the Python type they mean (_kernel_errors.py). Each
     attribute calls the op; its ``.default`` and other overloads are the real ``OpOverload`` objects (for
     opcheck, torch.library registrations and torch.compile)."""
     packets = getattr(torch.ops, namespace)
@@ -50,7 +50,7 @@ def _operators(namespace: str) -> types.ModuleType:
             continue
         name = qualified.split("::", 1)[1].split(".", 1)[0]
         packet = getattr(packets, name)
-        call = raising_type_errors(packet)
+        call = raising_marked_types(packet)
         for overload in packet.overloads():
             setattr(call, overload, getattr(packet, overload))
         setattr(operators, name, call)

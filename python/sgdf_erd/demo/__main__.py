@@ -20,13 +20,14 @@ from .model import UNet, count_parameters
 from .ntk import PER_BIN, ntk_probe, ntk_spectrum_or_none
 from .process import NoiseProcess
 from .report import summarize, write_json, write_report
-from .runs import FRACTIONS, Context, checkpoint_steps, idle_cores, run_all
+from .runs import FRACTIONS, Context, checkpoint_steps, idle_cores, run_all, schedule_seconds
 from .timing import time_optimizer_steps
 from .train import HeldOutProbe, Method, TrainConfig
 from .weighting import make_loss, weight_curve
 
 SMOKE_STEPS = 100
-# Defaults sized to finish in about 3 minutes on an idle 2-core CPU (two worker processes); see the README.
+# Defaults sized to finish in about 3 minutes on an idle 2-core CPU (two worker processes): an estimate from
+# CPU seconds says 153 s before the figures (benchmarks/results/demo_cpu/report.md); see the README.
 DEFAULT_STEPS = 300
 DEFAULT_SEEDS = 3
 DEFAULT_NUM_SAMPLES = 400
@@ -202,7 +203,8 @@ def main(argv: Optional[List[str]] = None) -> Path:
     }
     results["summary"] = summarize(results)
     results["wall_s"] = time.perf_counter() - start
-    results["cpu_s"] = _cpu_seconds()
+    results["cpu_s"] = _cpu_seconds([runs_by_method[m.name][i] for i in range(len(seeds)) for m in methods],
+                                    workers)
     report = write_report(out, results)
     write_json(out, results)
     log(f"done in {results['wall_s']:.0f} s")
@@ -218,15 +220,23 @@ def _auto_threads() -> int:
     return threads if idle is None else max(1, min(threads, idle))
 
 
-def _cpu_seconds() -> Optional[dict]:
+def _cpu_seconds(runs: List[dict], workers: int) -> Optional[dict]:
     """CPU seconds (user + system) of this process and of its finished worker processes: on a shared machine the
-    wall time says little, these say what the run costs (on W idle cores: about main + workers / W)."""
+    wall time says little, these say what the run costs. With worker processes, ``idle_wall_s`` estimates the wall
+    time on as many idle cores: this process's CPU time, then the runs' CPU times (``runs`` in the order the pool
+    hands them out) scheduled on the workers, plus each worker's start-up (its CPU time outside the runs)."""
     try:
         import resource
     except ImportError:  # not on Windows
         return None
     own, children = (resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
-    return {"main": own.ru_utime + own.ru_stime, "workers": children.ru_utime + children.ru_stime}
+    cpu = {"main": own.ru_utime + own.ru_stime, "workers": children.ru_utime + children.ru_stime,
+           "idle_wall_s": None}
+    if workers > 1:
+        run_cpu = [r["cpu_s"] for r in runs]
+        start_up = max(0.0, cpu["workers"] - sum(run_cpu)) / workers
+        cpu["idle_wall_s"] = cpu["main"] + start_up + schedule_seconds(run_cpu, workers)
+    return cpu
 
 
 def _device_name(device: str, workers: int = 1) -> str:

@@ -178,7 +178,7 @@ def analyse(runs_by_method: Dict[str, List[dict]]) -> dict:
     methods = {}
     for name, runs in runs_by_method.items():
         m = {key: interval(values(runs, key)) for key in QUALITY_METRICS + ("heldout_mse", "final_loss",
-                                                                             "step_ms_median", "wall_s")}
+                                                                             "step_ms_median", "wall_s", "cpu_s")}
         fd_cols, mse_cols = at_checkpoints(runs, "fd"), at_checkpoints(runs, "heldout_mse")
         m["checkpoints"] = [{"step": c["step"], "fd": interval(f), "heldout_mse": interval(e)}
                             for c, f, e in zip(runs[0]["checkpoints"], fd_cols, mse_cols)]
@@ -290,17 +290,19 @@ def write_report(out: Path, results: dict) -> Path:
               "constant weighting emphasises).")
     md.append("")
     header = ["method", "FD (lower better)", "confidence", "coverage", "class entropy", "held-out eps-MSE",
-              "final train loss (own weighting)", "step ms (median)", "train s per run"]
+              "final train loss (own weighting)", "step ms (median)", "train s per run",
+              "CPU s per run"]  # wall seconds depend on the machine's load, CPU seconds hardly
     rows = []
     for m in results["methods"]:
         a = analysis["methods"][m["name"]]
         rows.append([f"**{m['name']}** (lr {m['lr']:g})", _fmt(a["fd"], 2), _fmt(a["confidence"], 3),
                      _fmt(a["coverage"], 2), _fmt(a["class_entropy"], 3), _fmt(a["heldout_mse"], 4),
-                     _fmt(a["final_loss"], 4), f"{a['step_ms_median']['mean']:.1f}", f"{a['wall_s']['mean']:.0f}"])
+                     _fmt(a["final_loss"], 4), f"{a['step_ms_median']['mean']:.1f}", f"{a['wall_s']['mean']:.0f}",
+                     f"{a['cpu_s']['mean']:.0f}"])
     for ref in results["references"]:
         q = ref["quality"]
         rows.append([f"_reference: {ref['name']}_", f"{q['fd']:.2f}", f"{q['confidence']:.3f}",
-                     f"{q['coverage']:.2f}", f"{q['class_entropy']:.3f}", "", "", "", ""])
+                     f"{q['coverage']:.2f}", f"{q['class_entropy']:.3f}", "", "", "", "", ""])
     md.append(_table(header, rows))
     md.append("")
     md.append("## Paired differences (A - B, same seeds)")
@@ -405,6 +407,9 @@ def _cpu_note(results: dict) -> str:
     text = f"; CPU time {cpu['main']:.0f} s in this process"
     if cpu["workers"] > 0:
         text += f", {cpu['workers']:.0f} s in {results['workers']} worker processes"
+    if cpu.get("idle_wall_s") is not None:
+        text += (f" (on {results['workers']} idle cores about {cpu['idle_wall_s']:.0f} s: this process's CPU time "
+                 "plus the runs' CPU times shared out over the workers in the order they take them)")
     return text
 
 

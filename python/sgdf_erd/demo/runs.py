@@ -5,7 +5,9 @@ all come from the seed), so the runs can go to any process in any order; the mea
 scoring classifier, held-out probe, NTK probe inputs) are built once and shared by every run.
 """
 
+import heapq
 import os
+import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -50,6 +52,7 @@ def checkpoint_steps(steps: int) -> List[int]:
 
 def run_one(ctx: Context, method: Method, seed: int, keep_samples: bool, with_ntk: bool) -> Dict:
     """Train ``method`` with ``seed``, score its samples at every checkpoint; plain data back (no model)."""
+    cpu_start = time.process_time()
     config = TrainConfig(**{**ctx.config.__dict__, "seed": seed})
     image_shape = tuple(ctx.data.train_x.shape[1:])
     samples = {}
@@ -76,6 +79,7 @@ def run_one(ctx: Context, method: Method, seed: int, keep_samples: bool, with_nt
         "statistics": result.statistics, "step_ms_median": 1000 * step_s[len(step_s) // 2],
         "wall_s": result.wall_s, "samples": samples["last"] if keep_samples else None,
         "ntk_end": ntk_spectrum_or_none(result.model, ctx.ntk_inputs)[0] if with_ntk else None,
+        "cpu_s": time.process_time() - cpu_start,  # training, scoring, NTK: this run's whole cost
     }
 
 
@@ -117,6 +121,15 @@ def run_all(ctx: Context, methods: Sequence[Method], seeds: Sequence[int], worke
     for name in runs:
         runs[name].sort(key=lambda r: r["seed"])
     return runs
+
+
+def schedule_seconds(durations: Sequence[float], workers: int) -> float:
+    """When the last of ``durations`` ends if each goes, in order, to the first free of ``workers`` (as the
+    pool hands out the runs): with the runs' CPU seconds, the runs' wall time on that many idle cores."""
+    free_at = [0.0] * max(1, workers)
+    for d in durations:
+        heapq.heappush(free_at, heapq.heappop(free_at) + d)
+    return max(free_at)
 
 
 def idle_cores() -> Optional[int]:

@@ -56,7 +56,7 @@ class TrainResult:
 def make_optimizer(method: Method, params) -> torch.optim.Optimizer:
     if method.optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {method.optimizer!r}; use one of {sorted(OPTIMIZERS)}")
-    return OPTIMIZERS[method.optimizer](params, method.lr)
+    return OPTIMIZERS[method.optimizer].make(params, method.lr)
 
 
 def _sync(device: torch.device) -> None:

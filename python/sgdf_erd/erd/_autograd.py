@@ -21,14 +21,14 @@ batch would need them recomputed outside the kernels; the loop gives exactly the
 import torch
 from torch.autograd import forward_ad
 
-from .._type_errors import raising_type_errors
+from .._kernel_errors import raising_marked_types
 from ..ops.erd import ERD_LOSS_BACKWARD_OP as _BACKWARD, ERD_LOSS_FORWARD_OP as _FORWARD
 
 __all__ = ["loss_forward", "LossForward", "LossBackward", "EagerLossForward", "EagerLossBackward"]
 
-# the calls inside the Functions below, with the kernels' type errors as TypeError
-_forward = raising_type_errors(_FORWARD)
-_backward = raising_type_errors(_BACKWARD)
+# the calls inside the Functions below, with the kernels' errors as the Python types they mean
+_forward = raising_marked_types(_FORWARD)
+_backward = raising_marked_types(_BACKWARD)
 
 
 def _difference(u_plus, u_minus):

@@ -1,23 +1,26 @@
 """SGDF: SGD with a Wiener-filtered first moment, as a drop-in ``torch.optim.Optimizer``."""
 
+import operator
+from collections import OrderedDict, defaultdict
 from typing import Dict, Iterable, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer
 
-from .. import ops
+from .. import _native, ops
 from . import _dtensor
 from . import sgdf_checks as checks
-from .sgdf_functional import foreach_sgdf, fused_sgdf, fused_sgdf_groups_in_one_call, single_tensor_sgdf
+from .sgdf_functional import foreach_sgdf, fused_sgdf, scalar_on, single_tensor_sgdf
 
 # Path and storage settings belong to the optimizer that runs, not to the checkpoint it loads (the loaded state is
 # converted to the storage settings).
 _PATH_KEYS = ("foreach", "fused", "capturable", "stochastic_rounding", "state_dtype", "master_weights")
-# Steps a param group goes the general way after the kernel refused to step it in one call, before the next try.
-_ONE_CALL_RETRY_STEPS = 100
 # State entries loaded as saved (torch's load would cast them to the parameter's dtype); converted by SGDF.
 _UNCAST_KEYS = ("exp_avg", "exp_var", "exp_avg_sq", "master_param")
+# Update options the grouped kernel takes once per call (AdaSGDF's preconditioner): only groups that agree on them
+# (and on the device) share the one kernel call; the others are checked in Python and step on their own.
+_PER_CALL_OPTIONS = ("preconditioner",)
 # Option names of the authors' release (SGDF.py), translated when one of its checkpoints is loaded.
 _RELEASE_KEYS = {"weight_decouple": "decoupled_weight_decay", "use_sign": "sign", "use_muon": "orthogonalize"}
 
@@ -55,17 +58,14 @@ class SGDF(Optimizer):
         fused: use the compiled multi-tensor kernel (CPU and, when built with CUDA, CUDA; float32, float64,
             float16 and bfloat16, with every storage option below). ``fused=True`` refuses parameters the kernel
             cannot walk in place (views with gaps) and state dtypes it does not keep (float64 state for other than
-            float64 parameters, or the reverse). Default (both None): per param group, fused where the build
-            supports every parameter and the storage, else foreach; views with gaps then step on a dense copy
-            within the same launch.
+            float64 parameters, or the reverse). Default (both None): at each step, per param group, fused where
+            the build supports every parameter (as it is then: meta parameters materialised later step fused) and
+            the storage, else foreach; views with gaps then step on a dense copy within the same launch.
         capturable: keep step counts (and a tensor ``lr``) on the device so a step can be captured in a CUDA graph.
         stochastic_rounding: round float32 results into bfloat16 / float16 storage (parameters without master
-            copies, and low-precision state) stochastically: up or down to the neighbouring representable values
-            with probabilities proportional to the distance, so that updates far below a bfloat16 spacing still
-            move the parameter on average (a plain bfloat16 ``p - lr*u`` at p = 1 drops every update below
-            ~0.002). The random numbers are a counter-based hash of (a per-parameter seed drawn from torch's
-            default CPU generator when the state is created, so it follows ``torch.manual_seed``; the step count;
-            the element's index): reproducible, without host synchronisation, capturable in CUDA graphs.
+            copies, and low-precision state) stochastically, so that updates far below a bfloat16 spacing still
+            move the parameter on average; reproducible (a per-parameter seed drawn from torch's default generator,
+            the step count and the element's index), capturable in CUDA graphs. docs/sgdf.md has the details.
         state_dtype: dtype of ``exp_avg`` / ``exp_var`` (bfloat16, float16, float32, float64; None: the
             parameter's dtype). The arithmetic stays float32 (float64 for float64 parameters).
         master_weights: for bfloat16 / float16 parameters, keep a float32 copy (state ``master_param``) that is
@@ -79,17 +79,20 @@ class SGDF(Optimizer):
     state each parameter's device, dtype and memory layout; the path and storage options (``fused``, ``foreach``,
     ``capturable``, ``stochastic_rounding``, ``state_dtype``, ``master_weights``) stay those of the optimizer
     that loads: state is cast to its ``state_dtype``, a missing master copy is made from the parameter (load the
-    model first) and a missing seed is drawn, and master copies or seeds the options do not use are dropped. With
-    ``fused=True`` the kernel unscales the gradients for ``torch.amp.GradScaler`` as torch's fused optimizers do;
-    on the default path the scaler unscales them before the step (so they can be clipped).
+    model first) and a missing seed is drawn, and master copies or seeds the options do not use are dropped. Its
+    pre-hooks run before anything is loaded, its post-hooks after everything is. With ``fused=True`` the kernel
+    unscales the gradients for ``torch.amp.GradScaler`` as torch's fused optimizers do; on the default path the
+    scaler unscales them before the step (so they can be clipped).
 
     ``torch.compile`` traces ``step`` whole (pass a tensor ``lr`` so that a scheduler changing it compiles nothing
     new). DTensor parameters (FSDP2's ``fully_shard``) work on every path: the fused kernel steps each rank's shards,
-    and orthogonalisation acts on the whole matrix.
+    and orthogonalisation acts on the whole matrix. Complex parameters step as their real views (a gradient with
+    the conjugate bit set is resolved first).
 
-    Zero-size parameters are skipped. A parameter may appear only once. Every check runs before anything changes:
-    a ``step``, ``add_param_group`` or ``load_state_dict`` that raises leaves params, grads, state and param
-    groups as they were.
+    Zero-size parameters are skipped. A parameter may appear only once, and no two of the tensors a step writes or
+    reads (params, grads, state, master copies, of all groups) may share memory. Every check runs before anything
+    changes: a ``step``, ``add_param_group`` or ``load_state_dict`` that raises leaves params, grads, state and
+    param groups as they were.
     """
 
     def __init__(self, params: Iterable, lr: Union[float, Tensor] = 0.5, betas: Tuple[float, float] = (0.9, 0.999),
@@ -106,12 +109,16 @@ class SGDF(Optimizer):
                         master_weights=master_weights, differentiable=differentiable)
         self._init_with_defaults(params, defaults)
 
+    # What an optimizer of this family (SGDF's filter with another update) supplies: its defaults, the options of
+    # its update (_update_options) and its state's moment tensors (checks.moment_keys of a group); the checks,
+    # the state and the paths are this class's.
     def _init_with_defaults(self, params: Iterable, defaults: dict) -> None:
-        """The construction from the defaults of every param group (AdaSGDF passes its own)."""
         checks.check_hyperparameters(defaults, "defaults")  # before the params, as torch's optimizers do
-        # param group index -> steps it still goes the general way after the kernel refused its one-call step
-        self._one_call_waits: Dict[int, int] = {}
         Optimizer.__init__(self, params, defaults)
+
+    def _update_options(self, group: dict) -> dict:
+        """The options of the update itself, as every path's keyword arguments."""
+        return _update_options(group)
 
     @property
     def _step_supports_amp_scaling(self) -> bool:
@@ -119,7 +126,7 @@ class SGDF(Optimizer):
         gradients in place without a host synchronisation: where the user asked for fused=True, as for torch's
         fused optimizers. The default (fused too) leaves unscaling to the scaler, so that gradients can be
         unscaled and clipped before the step (Lightning refuses clipping with an optimizer that unscales)."""
-        return self.defaults.get("fused") is True and all(g.get("fused") for g in self.param_groups)
+        return self.defaults.get("fused") is True and all(g.get("fused") is True for g in self.param_groups)
 
     def add_param_group(self, param_group: dict) -> None:
         """Add a group; it is checked whole (hyperparameters, params, repeats, path) before it joins."""
@@ -137,13 +144,13 @@ class SGDF(Optimizer):
         checks.check_param_kinds(params, group, where)
         checks.check_hyperparameters(group, where)
         checks.check_distinct([g["params"] for g in self.param_groups] + [params])
-        group["fused"], group["foreach"] = checks.choose_path(params, group["fused"], group["foreach"], group)
+        checks.check_path_options(params, group)
         super().add_param_group(group)
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
-        self.__dict__.setdefault("_one_call_waits", {})
-        self.__dict__.pop("_step_supports_amp_scaling", None)  # (pickled by older versions; now a property)
+        for key in ("_step_supports_amp_scaling", "_one_call_waits"):  # (pickled by older versions)
+            self.__dict__.pop(key, None)
         for group in self.param_groups:
             for release_key, key in _RELEASE_KEYS.items():
                 if release_key in group:
@@ -153,7 +160,12 @@ class SGDF(Optimizer):
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Load a checkpoint of any path or of the authors' release; it is checked whole (hyperparameters, state
-        shapes against the params, step counts) and on error nothing changes."""
+        shapes against the params, step counts) and on error nothing changes. Pre-hooks run before anything is
+        loaded, post-hooks after the state is converted, as for torch's optimizers."""
+        state_dict = state_dict.copy() if isinstance(state_dict, dict) else state_dict  # (as torch's load)
+        for hook in self._optimizer_load_state_dict_pre_hooks.values():
+            result = hook(self, state_dict)
+            state_dict = state_dict if result is None else result
         checks.check_checkpoint_layout(state_dict, self.param_groups)
         kept = self.state, self.param_groups  # torch's load builds new state and groups; these stay untouched
         paths = [{k: g[k] for k in _PATH_KEYS} for g in self.param_groups]
@@ -167,7 +179,9 @@ class SGDF(Optimizer):
             stripped[key] = entries
         saved_ids = {saved: p for s, g in zip(state_dict["param_groups"], self.param_groups)
                      for saved, p in zip(s["params"], g["params"])}
-        try:
+        hooks = self._optimizer_load_state_dict_pre_hooks, self._optimizer_load_state_dict_post_hooks
+        self._optimizer_load_state_dict_pre_hooks = self._optimizer_load_state_dict_post_hooks = OrderedDict()
+        try:  # torch's load without the hooks: they run here, around the whole load
             super().load_state_dict({**state_dict, "state": stripped})
             for key, entries in raw.items():
                 self.state[saved_ids.get(key, key)].update(entries)
@@ -177,6 +191,10 @@ class SGDF(Optimizer):
         except BaseException:
             self.state, self.param_groups = kept
             raise
+        finally:
+            self._optimizer_load_state_dict_pre_hooks, self._optimizer_load_state_dict_post_hooks = hooks
+        for hook in self._optimizer_load_state_dict_post_hooks.values():
+            hook(self)
 
     def _adopt_loaded_state(self) -> None:
         """Check the freshly loaded groups and state, then give the state the layout the paths need and the dtypes
@@ -191,9 +209,9 @@ class SGDF(Optimizer):
             for i, p in enumerate(group["params"]):
                 if self.state.get(p):
                     steps[p] = checks.checked_loaded_step(p, self.state[p], f"parameter {i} of param group {gi}",
-                                                          ("step",) + checks.moment_keys(group))
+                                                          ("step", *checks.moment_keys(group)))
         for group in self.param_groups:
-            on_device = group["fused"] or group["capturable"]
+            on_device = group["capturable"] or self._path(group) == "fused"
             for p in group["params"]:
                 state = self.state.get(p)
                 if not state:
@@ -207,172 +225,231 @@ class SGDF(Optimizer):
                 _adopt_storage_entries(p, state, group)
 
     # ------------------------------------------------------------------ step
-    def _check_step_inputs(self, checked_by_kernel: Optional[Dict[int, tuple]] = None) -> None:
-        """Check every group (hyperparameters, params, grads, state) against what the paths would refuse; nothing
-        changes here, so step() can run it before any tensor or state does. `checked_by_kernel`: the groups one
-        kernel call steps (index -> their _one_call_lists), which checks their params, grads and state itself."""
-        checked_by_kernel = checked_by_kernel or {}
-        fused_grads = []
+    @torch.no_grad()
+    def step(self, closure=None):
+        """Perform one optimisation step; `closure` re-evaluates the model and returns the loss.
+
+        One way for every group: check everything, writing nothing (_check_step), then write. The fused groups
+        whose state exists and whose tensors the kernel walks as they are step in one kernel call, which checks
+        all of them (memory shared by any two of their tensors included) before it writes; the other groups are
+        checked in Python with the same rules (and against the kernel's groups' tensors), before that call. Their
+        missing state is made after it, then each steps on its path."""
+        compiling = torch.compiler.is_compiling()
+        if not compiling and _is_capturing() and not any(g["capturable"] or self._path(g) == "fused"
+                                                         for g in self.param_groups):
+            raise RuntimeError("SGDF: a step is being captured in a CUDA graph but neither capturable=True nor "
+                               "fused=True was set; construct SGDF(..., capturable=True)")
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        grad_scale = getattr(self, "grad_scale", None)
+        found_inf = getattr(self, "found_inf", None)
+        if compiling and (grad_scale is not None or found_inf is not None) and any(
+                self._path(g) == "fused" and _has_dtensor(g["params"]) for g in self.param_groups):
+            raise NotImplementedError("SGDF: a torch.compile'd step with a GradScaler is not supported for DTensor "
+                                      "(FSDP2) parameters: torch miscompiles the fused kernel's op on their shards, "
+                                      "so such steps take the foreach path, which does not unscale; step eagerly, "
+                                      "or unscale with scaler.unscale_(opt) before the step")
+        # Under torch.compile the checks run in _init_group, which Dynamo runs eagerly while tracing (reading data
+        # pointers or a CPU `lr` in the traced code would break the graph), and no group is left to the kernel's.
+        in_one_call = {} if compiling else self._check_step()
+        if in_one_call:
+            self._step_in_one_call(in_one_call, grad_scale, found_inf)
         for gi, group in enumerate(self.param_groups):
-            if gi not in checked_by_kernel:  # (whose hyperparameters _one_call_plan checked)
-                checks.check_hyperparameters(group, f"param group {gi}", read_device_lr=False)
-                fused_grads += self._check_params(gi, group)
-        if fused_grads:  # the kernel call sees only its own groups' gradients
-            for lists in checked_by_kernel.values():
-                fused_grads.extend(lists[1])
-        checks.check_fused_grads_distinct([fused_grads])
-        if len(checked_by_kernel) < len(self.param_groups):  # (the kernel checks its own groups' state)
-            self._check_state_distinct(range(len(self.param_groups)))
-
-    def _check_params(self, gi: int, group: dict) -> List[Tensor]:
-        """Check the params of group `gi` that step now, their grads and their state; returns the grads when the group
-        is fused (the kernel unscales them in place, so none may serve two params)."""
-        if group["orthogonalize"]:
-            checks.check_param_kinds(group["params"], group, f"param group {gi}")
-        fused_grads = []
-        for i, p in enumerate(group["params"]):
-            grad = p.grad
-            if grad is None or p.numel() == 0:
+            if gi in in_one_call:
                 continue
-            checks.check_grad(p, grad, gi, i)
-            state = self.state.get(p)
-            if state:
-                checks.check_state(p, state, group, gi, i)
-            if group["fused"]:
-                fused_grads.append(grad)
-        return fused_grads
+            lists = params, grads, exp_avgs, exp_vars, steps, master_params, rounding_seeds, exp_avg_sqs = (
+                [], [], [], [], [], [], [], [])
+            # (every list positionally: Dynamo writes back into the traced lists only the positional ones)
+            path = self._init_group(group, *lists, check_all_groups=compiling and gi == 0)
+            if params:
+                self._step_lists(group, path, lists, grad_scale, found_inf, compiling)
+        return loss
 
-    def _check_state_distinct(self, group_indices: Iterable[int]) -> None:
-        checks.check_state_distinct((p, self.state[p], gi, i) for gi in group_indices
-                                    for i, p in enumerate(self.param_groups[gi]["params"]) if self.state.get(p))
+    def _path(self, group: dict) -> str:
+        """'fused', 'foreach' or 'single' for the group's params as they are now."""
+        if group["fused"]:
+            return "fused"
+        if group["fused"] is None and group["foreach"] is None:
+            params = [p for p in group["params"] if isinstance(p, Tensor)]
+            if (all(_native.supports(p.device, checks.real_dtype(p)) for p in params)
+                    and checks.fused_storage_unsupported(params, group) is None):
+                return "fused"
+        return "single" if group["foreach"] is False else "foreach"
 
-    def _one_call_plan(self) -> Dict[int, tuple]:
-        """The fused groups (without orthogonalisation, on one device) that one kernel call can step together, with
-        state made by earlier steps: index -> their _one_call_lists, in order. That call is their check: the kernel
-        checks everything it is given before it writes anything (what check_grad and check_state test of grads
-        and state, and more), so their per-parameter checks in Python are left out; only what the kernel cannot
-        know is tested, in _one_call_lists: the state against the group's storage options. A group whose one-call
-        step was refused lately is left to the general path for a while (_one_call_refused)."""
-        plan, device = {}, None
+    def _check_step(self) -> Dict[int, dict]:
+        """Check every group, writing nothing. Returns the groups one kernel call steps (index -> their lists):
+        checked by that call, which comes after these checks and before any write."""
+        in_one_call, others, call_key = {}, [], None
         for gi, group in enumerate(self.param_groups):
-            if not group.get("fused") or group.get("orthogonalize"):  # (a key deleted by hand: checked below)
-                continue
-            if self._one_call_waits.get(gi):
-                self._one_call_waits[gi] -= 1
-                continue
-            checks.check_hyperparameters(group, f"param group {gi}", read_device_lr=False)  # before reading options
-            lists = self._one_call_lists(group)
-            if lists is not None and lists[0] and (device is None or lists[0][0].device == device):
-                plan[gi] = lists
-                device = lists[0][0].device
-        return plan
+            checks.check_hyperparameters(group, f"param group {gi}", read_device_lr=False)
+            lists = self._one_call_lists(group) if group["fused"] is not False else None
+            key = None if lists is None else (lists["params"][0].device, *map(group.get, _PER_CALL_OPTIONS))
+            if lists is not None and (call_key is None or key == call_key):
+                in_one_call[gi] = lists
+                call_key = key
+            else:
+                others.append(gi)
+        if others:
+            self._check_groups(others, in_one_call)
+        return in_one_call
 
-    def _one_call_refused(self, gi: int) -> None:
-        """The kernel refused to step group `gi` as it is (a view with gaps among its params, grads in another memory
-        layout, several devices: reasons that mostly last), changing nothing: the group goes the general way for the
-        next _ONE_CALL_RETRY_STEPS steps before the next try, since a refusal costs the gathering and the checks."""
-        self._one_call_waits[gi] = _ONE_CALL_RETRY_STEPS
-
-    def _step_in_one_call(self, plan: Dict[int, tuple], grad_scale: Optional[Tensor],
-                          found_inf: Optional[Tensor]) -> bool:
-        """Step the groups of `plan` (index -> _one_call_lists) by one kernel call; False, having changed nothing,
-        where the kernel refused its arguments (the Python checks then say why, or the general path regroups or
-        copies what the kernel cannot take)."""
-        try:
-            groups = [(lists, self._update_options(self.param_groups[gi])) for gi, lists in plan.items()]
-            fused_sgdf_groups_in_one_call(groups, grad_scale=grad_scale, found_inf=found_inf)
-        except (RuntimeError, ValueError, TypeError, IndexError) as exc:
-            if str(exc).startswith(ops.FUSED_SGDF_REFUSED):
-                return False  # refused before anything was written
-            raise
-        return True
-
-    def _step_refused_plan(self, plan: Dict[int, tuple], grad_scale: Optional[Tensor],
-                           found_inf: Optional[Tensor], compiling: bool) -> None:
-        """The kernel refused to step `plan`'s groups together, changing nothing. The Python checks, of every group
-        now, say why, else each group is tried alone, and a group the kernel refuses again goes the general way
-        (which copies or regroups what the kernel cannot take) for a while."""
-        self._check_step_inputs()
-        for gi, lists in plan.items():
-            if len(plan) == 1 or not self._step_in_one_call({gi: lists}, grad_scale, found_inf):
-                self._one_call_refused(gi)
-                self._step_group(gi, self.param_groups[gi], grad_scale, found_inf, compiling)
-
-    def _one_call_lists(self, group: dict) -> Optional[tuple]:
-        """The group's params (those with a gradient, not empty), grads, exp_avgs, exp_vars, steps, master copies and
-        rounding seeds for one kernel call, or None where the general path must step it: a parameter without state
-        (created there, after the checks), state made under other storage options, params of several dtypes,
-        complex or DTensor. Runs at every step for every parameter, so it reads as little as it can."""
+    def _one_call_lists(self, group: dict) -> Optional[Dict[str, list]]:
+        """The group's params (those with a gradient, not empty), grads, moments, steps, master copies and rounding
+        seeds, by the kernel's argument names, for the one kernel call that checks them; or None where the group is
+        checked in Python: it is not fused, or its tensors need what the kernel does not do (state to create,
+        several dtypes, complex, DTensor, views with gaps or grads in another layout, orthogonalisation), or its
+        state does not match its storage options, which the kernel does not know. Runs at every step for every
+        parameter, so it reads as little as it can."""
+        if group["orthogonalize"] or (not group["fused"] and group["foreach"] is not None):
+            return None
         master_weights, stochastic_rounding = group["master_weights"], group["stochastic_rounding"]
-        second_moment = "exp_avg_sq" in checks.moment_keys(group)
-        entries = len(checks.STATE_KEYS) + second_moment + master_weights + stochastic_rounding
+        moment_keys = checks.moment_keys(group)
+        entries = 1 + len(moment_keys) + master_weights + stochastic_rounding  # step, moments, options
+        state_of = self.state.get
+        moments_of = operator.itemgetter("step", *moment_keys)  # (a KeyError: state edited by hand)
         dtensor = _dtensor.dtensor_type() or ()  # isinstance(p, ()) is False
-        lists = params, grads, exp_avgs, exp_vars, steps, master_params, rounding_seeds, exp_avg_sqs = (
-            [], [], [], [], [], [], [], [])
-        dtype = state_dtype = None
-        for p in group["params"]:
-            grad = p.grad
-            if grad is None or p.numel() == 0:
-                continue
-            if dtype is None:
-                dtype = p.dtype
-                state_dtype = checks.state_dtype(p, group)
-                if dtype.is_complex:
+        params, grads, moments, master_params, rounding_seeds = [], [], [], [], []
+        dtype = state_dtype = device = None
+        try:
+            for p in group["params"]:
+                grad = p.grad
+                if grad is None:
+                    continue
+                state = state_of(p)
+                if not state:
+                    if p.numel() == 0:  # (never stepped, so without state)
+                        continue
                     return None
-            state = self.state.get(p)
-            if not state or len(state) != entries or p.dtype is not dtype or isinstance(p, dtensor):
-                return None
-            exp_avg = state["exp_avg"]
-            if exp_avg.dtype is not state_dtype:
-                return None
-            if master_weights:
-                master = state.get("master_param")
-                if master is None:
+                if dtype is None:
+                    dtype, state_dtype, device = p.dtype, checks.state_dtype(p, group), p.device
+                    if dtype.is_complex or not _native.supports(device, dtype) or (
+                            group["fused"] is None and checks.fused_storage_unsupported([p], group)):
+                        return None
+                moment = moments_of(state)
+                # (the kernel checks that the other moments share the first's dtype and layout, and the rest)
+                if (len(state) != entries or p.dtype is not dtype or moment[1].dtype is not state_dtype
+                        or p.device != device or isinstance(p, dtensor)):
                     return None
-                master_params.append(master)
-            if stochastic_rounding:
-                seed = state.get("rounding_seed")
-                if type(seed) is not int:  # (missing, or edited by hand: the kernel's int[] would take a bool)
-                    return None
-                rounding_seeds.append(seed)
-            params.append(p)
-            grads.append(grad)
-            exp_avgs.append(exp_avg)
-            exp_vars.append(state["exp_var"])
-            steps.append(state["step"])
-            if second_moment:
-                exp_avg_sq = state.get("exp_avg_sq")
-                if exp_avg_sq is None:
-                    return None
-                exp_avg_sqs.append(exp_avg_sq)
-        return lists
+                if not (p.is_contiguous() and grad.is_contiguous() and moment[1].is_contiguous()):
+                    stride = p.stride()  # (another dense layout, e.g. channels_last, the kernel walks as well)
+                    if grad.stride() != stride or moment[1].stride() != stride or not checks.is_dense(p):
+                        return None
+                if master_weights:
+                    master_params.append(state["master_param"])
+                if stochastic_rounding:
+                    seed = state["rounding_seed"]
+                    if type(seed) is not int:  # (edited by hand: the kernel's int[] would take a bool)
+                        return None
+                    rounding_seeds.append(seed)
+                params.append(p)
+                grads.append(grad)
+                moments.append(moment)
+        except (KeyError, AttributeError):  # state edited by hand: the Python checks say how
+            return None
+        if not params:
+            return None
+        steps, *moment_lists = map(list, zip(*moments))
+        return dict(params=params, grads=grads, steps=steps, master_params=master_params,
+                    rounding_seeds=rounding_seeds, **{key + "s": ts for key, ts in zip(moment_keys, moment_lists)})
+
+    def _check_groups(self, group_indices: List[int], in_one_call: Dict[int, dict]) -> None:
+        """The checks of the groups the kernel call does not check: hyperparameters (checked by the caller), params,
+        grads and state of each group, then memory shared by any two tensors a step reads or writes, in all
+        groups. Nothing changes here."""
+        operands = []  # (tensor, written, what it is)
+        for gi in group_indices:
+            group = self.param_groups[gi]
+            path = self._path(group)
+            stepping = [p for p in group["params"] if p.grad is not None and p.numel()]  # (the others are not read)
+            checks.check_param_kinds(stepping, group, f"param group {gi}")
+            if path == "fused":
+                checks.check_fused_support(stepping, group, gi)
+            on_device = path == "fused" or group["capturable"]
+            for i, p in enumerate(group["params"]):
+                grad = p.grad
+                if grad is None or p.numel() == 0:
+                    continue
+                where = f"parameter {i} of param group {gi}"
+                checks.check_grad(p, grad, where)
+                state = self.state.get(p)
+                if state:
+                    checks.check_state(p, state, group, on_device, where)
+                # the fused kernel unscales gradients in place: none may serve two params there
+                operands += [(p, True, where), (grad, path == "fused", f"the gradient of {where}")]
+                operands += _state_operands(state, where)
+        for gi, lists in in_one_call.items():
+            params, grads = lists["params"], lists["grads"]
+            for i, p in enumerate(params):
+                where = f"a parameter of param group {gi}"
+                operands += [(p, True, where), (grads[i], True, f"the gradient of {where}")]
+                operands += _state_operands(self.state[p], where)
+        checks.check_no_shared_memory(operands)
+
+    def _step_in_one_call(self, in_one_call: Dict[int, dict], grad_scale: Optional[Tensor],
+                          found_inf: Optional[Tensor]) -> None:
+        """Step the groups of `in_one_call` (index -> _one_call_lists) by one kernel call, which checks them all
+        before it writes anything. Groups stepped otherwise take part as empty groups, so that the kernel's
+        messages number the groups as param_groups does."""
+        moved = {}  # lr / grad_scale / found_inf moved once to the call's device
+        device = next(iter(in_one_call.values()))["params"][0].device
+        scalar = lambda t: scalar_on(device, t, moved)  # noqa: E731
+        lr_options = lambda lr: dict(lr=0.0, lr_tensor=scalar(lr)) if isinstance(lr, Tensor) else dict(  # noqa: E731
+            lr=lr, lr_tensor=None)
+        if len(self.param_groups) == 1:  # fused_sgdf_, whose arguments cost less to pass
+            options = self._update_options(self.param_groups[0])
+            ops.fused_sgdf_(**in_one_call[0], updates=[], **lr_options(options.pop("lr")), **options,
+                            grad_scale=scalar(grad_scale), found_inf=scalar(found_inf), rounding_offsets=[])
+            return
+        lists, per_group, per_call = defaultdict(list), defaultdict(list), {}
+        for gi, group in enumerate(self.param_groups):
+            options = self._update_options(group)
+            call_options = {key: options.pop(key) for key in _PER_CALL_OPTIONS if key in options}
+            group_lists = in_one_call.get(gi)
+            if group_lists is None:  # an empty group, with the options (checked) of this one
+                group_lists = dict.fromkeys(next(iter(in_one_call.values())), ())
+                options["lr"] = 0.0
+            else:  # (the same in every group of the call: _check_step)
+                per_call.update(call_options)
+            for key, values in group_lists.items():
+                lists[key].extend(values)
+            options.update(lr_options(options.pop("lr")), group_sizes=len(group_lists["params"]),
+                           master_weights=bool(group_lists["master_params"]),
+                           stochastic_rounding=bool(group_lists["rounding_seeds"]))
+            for key, value in options.items():
+                per_group[key].append(value)
+        ops.fused_sgdf_grouped_(**lists, **per_group, **per_call, grad_scale=scalar(grad_scale),
+                                found_inf=scalar(found_inf))
 
     def _init_group(self, group: dict, params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor],
                     exp_vars: List[Tensor], steps: List[Tensor], master_params: List[Tensor],
-                    rounding_seeds: List[int], check_all_groups: bool = False,
-                    exp_avg_sqs: Optional[List[Tensor]] = None) -> None:
+                    rounding_seeds: List[int], exp_avg_sqs: List[Tensor], check_all_groups: bool = False) -> str:
         """torch.optim's convention, which torch.compile relies on (Dynamo runs this eagerly while it traces and
         expects the lists filled in and a constant returned): collects the group's params that step now, their
         grads and states (master copies and rounding seeds where the options use them; AdaSGDF's second moments
-        into `exp_avg_sqs` where its preconditioner keeps them), creating missing state.
-
-        `check_all_groups` runs the step's checks here, where they cost the compiled step nothing."""
+        where its preconditioner keeps them), creating missing state; returns the group's path. Runs after the
+        checks (`check_all_groups`: runs them first, for every group)."""
         if check_all_groups:
-            self._check_step_inputs()
-        on_device = group["fused"] or group["capturable"]
-        fused, master_weights = group["fused"], group["master_weights"]
+            for gi, g in enumerate(self.param_groups):
+                checks.check_hyperparameters(g, f"param group {gi}", read_device_lr=False)
+            self._check_groups(list(range(len(self.param_groups))), {})
+        path = self._path(group)
+        fused, master_weights = path == "fused", group["master_weights"]
         stochastic_rounding = group["stochastic_rounding"]
+        second_moment = "exp_avg_sq" in checks.moment_keys(group)
         for p in group["params"]:
             if p.grad is None or p.numel() == 0:
                 continue
             state = self.state[p]
             if not state:
-                state["step"] = torch.zeros((), dtype=torch.float32, device=p.device if on_device else "cpu")
+                device = p.device if fused or group["capturable"] else "cpu"
+                state["step"] = torch.zeros((), dtype=torch.float32, device=device)
                 for key in checks.moment_keys(group):
                     state[key] = _like(p, checks.state_dtype(p, group)).zero_()
                 _adopt_storage_entries(p, state, group)
             elif fused:
-                _match_layout(p, state)
+                _match_layout(p, state, checks.moment_keys(group))
             params.append(p)
             grads.append(p.grad)
             exp_avgs.append(state["exp_avg"])
@@ -382,68 +459,25 @@ class SGDF(Optimizer):
                 master_params.append(state["master_param"])
             if stochastic_rounding:
                 rounding_seeds.append(state["rounding_seed"])
-            if exp_avg_sqs is not None:
+            if second_moment:
                 exp_avg_sqs.append(state["exp_avg_sq"])
+        return path
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        """Perform one optimisation step; `closure` re-evaluates the model and returns the loss."""
-        compiling = torch.compiler.is_compiling()
-        if not compiling and _is_capturing() and not any(g["capturable"] or g["fused"] for g in self.param_groups):
-            raise RuntimeError("SGDF: a step is being captured in a CUDA graph but neither capturable=True nor "
-                               "fused=True was set; construct SGDF(..., capturable=True)")
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        # Check every group before any tensor or state changes, so a bad input leaves nothing half-updated; the
-        # groups stepped by one kernel call are checked by that call, which comes after the others' checks. Under
-        # torch.compile the checks run in _init_group, which Dynamo runs eagerly while tracing: reading data
-        # pointers or a CPU `lr` there would break the graph.
-        grad_scale = getattr(self, "grad_scale", None)
-        found_inf = getattr(self, "found_inf", None)
-        if compiling and (grad_scale is not None or found_inf is not None) and any(
-                g.get("fused") and _has_dtensor(g["params"]) for g in self.param_groups):
-            raise NotImplementedError("SGDF: a torch.compile'd step with a GradScaler is not supported for DTensor "
-                                      "(FSDP2) parameters: torch miscompiles the fused kernel's op on their shards, "
-                                      "so such steps take the foreach path, which does not unscale; step eagerly, "
-                                      "or unscale with scaler.unscale_(opt) before the step")
-        plan = {}  # param groups stepped by one kernel call
-        if not compiling:
-            plan = self._one_call_plan()
-            self._check_step_inputs(plan)
-            if plan and not self._step_in_one_call(plan, grad_scale, found_inf):  # refused: nothing changed
-                self._step_refused_plan(plan, grad_scale, found_inf, compiling)
-        for gi, group in enumerate(self.param_groups):
-            if gi not in plan:
-                self._step_group(gi, group, grad_scale, found_inf, compiling)
-        return loss
-
-    def _step_group(self, gi: int, group: dict, grad_scale: Optional[Tensor], found_inf: Optional[Tensor],
-                    compiling: bool) -> None:
-        """The general way to step a group (checked already): its state made where missing, then its path."""
-        params, grads, exp_avgs, exp_vars, steps, master_params, rounding_seeds = [], [], [], [], [], [], []
-        exp_avg_sqs = [] if "exp_avg_sq" in checks.moment_keys(group) else None
-        # (every list positionally: Dynamo writes back into the traced lists only the positional ones)
-        self._init_group(group, params, grads, exp_avgs, exp_vars, steps, master_params, rounding_seeds,
-                         compiling and gi == 0, exp_avg_sqs)
-        if not params:
-            return
+    def _step_lists(self, group: dict, path: str, lists: tuple, grad_scale: Optional[Tensor],
+                    found_inf: Optional[Tensor], compiling: bool) -> None:
+        """Step a group's checked lists (from _init_group) on its path."""
+        params, grads, exp_avgs, exp_vars, steps, master_params, rounding_seeds, exp_avg_sqs = lists
         hyper = dict(self._update_options(group), orthogonalize_matrices=group["orthogonalize"],
                      ns_steps=group["ns_steps"], capturable=group["capturable"])
         storage = dict(master_params=master_params if group["master_weights"] else None,
                        rounding_seeds=rounding_seeds if group["stochastic_rounding"] else None)
-        if exp_avg_sqs is not None:
+        if "exp_avg_sq" in checks.moment_keys(group):
             storage["exp_avg_sqs"] = exp_avg_sqs
-        if group["fused"] and not (compiling and _has_dtensor(params)):
+        if path == "fused" and not (compiling and _has_dtensor(params)):
             _fused_step(params, grads, exp_avgs, exp_vars, steps, hyper, storage, grad_scale, found_inf)
         else:  # (compiled with DTensor params, torch miscompiles the kernel's op: see _has_dtensor)
-            step_path = foreach_sgdf if group["foreach"] else single_tensor_sgdf
+            step_path = single_tensor_sgdf if path == "single" else foreach_sgdf
             step_path(params, grads, exp_avgs, exp_vars, steps, **storage, **hyper)
-
-    def _update_options(self, group: dict) -> dict:
-        """The options of the update itself, as every path's keyword arguments (AdaSGDF adds its preconditioner)."""
-        return _update_options(group)
 
 
 def _update_options(group: dict) -> dict:
@@ -455,6 +489,11 @@ def _update_options(group: dict) -> dict:
                 eps=float(group["eps"]), gamma=float(group["gamma"]), weight_decay=float(group["weight_decay"]),
                 decoupled_weight_decay=group["decoupled_weight_decay"], sign=group["sign"],
                 maximize=group["maximize"])
+
+
+def _state_operands(state: Optional[dict], where: str) -> list:
+    """The state's tensors, as operands of checks.check_no_shared_memory (each written by a step)."""
+    return [(t, True, f"'{key}' of {where}") for key, t in (state or {}).items() if isinstance(t, Tensor)]
 
 
 def _fused_step(params, grads, exp_avgs, exp_vars, steps, hyper, storage, grad_scale, found_inf) -> None:
@@ -507,12 +546,12 @@ def _adopt_storage_entries(p: Tensor, state: dict, group: dict) -> None:
         state.pop("rounding_seed", None)
 
 
-def _match_layout(p: Tensor, state: dict) -> None:
+def _match_layout(p: Tensor, state: dict, moment_keys: Tuple[str, ...]) -> None:
     """The fused kernel needs the state in the param's layout (dense for a view with gaps); a model converted
     after its first steps (e.g. to channels_last) gets its state converted likewise, values and dtypes unchanged
     (each entry on its own: one edited by hand may differ from the others)."""
     dense = None  # whether p is dense, asked only when an entry's strides differ from p's
-    for key in ("exp_avg", "exp_var", "exp_avg_sq", "master_param"):
+    for key in (*moment_keys, "master_param"):
         t = state.get(key)
         if t is None or t.stride() == p.stride():
             continue

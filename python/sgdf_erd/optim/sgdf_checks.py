@@ -28,11 +28,12 @@ GROUP_KEYS = ("lr", "betas", "eps", "gamma", "weight_decay", "decoupled_weight_d
 
 
 def moment_keys(group: dict) -> Tuple[str, ...]:
-    """The state tensors a group's update keeps besides step (and the storage options' master copy): exp_avg,
-    exp_var, and AdaSGDF's exp_avg_sq with the "second_moment" preconditioner."""
+    """The state tensors of a group's update besides `step` (and the storage options' entries), each of the
+    parameter's shape in the group's state dtype: exp_avg, exp_var, and AdaSGDF's exp_avg_sq with the
+    "second_moment" preconditioner."""
     if group.get("preconditioner") == "second_moment":
-        return ("exp_avg", "exp_var", "exp_avg_sq")
-    return ("exp_avg", "exp_var")
+        return (*STATE_KEYS[1:], "exp_avg_sq")
+    return STATE_KEYS[1:]
 
 
 def real_dtype(p: Tensor) -> torch.dtype:
@@ -76,10 +77,6 @@ def _span(t: Tensor):
         return None
     extent = 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
     return start, start + extent * t.element_size()
-
-
-def _overlap(a, b) -> bool:
-    return a is not None and b is not None and a[0] < b[1] and b[0] < a[1]
 
 
 def _describe(t: Tensor) -> str:
@@ -218,7 +215,6 @@ def fused_storage_unsupported(params: Sequence[Tensor], group: dict) -> Optional
 def check_distinct(groups: Sequence[Sequence[Tensor]]) -> None:
     """Each parameter once, and no two parameters sharing memory: either would be stepped twice per call."""
     seen = {}
-    spans = []
     for gi, params in enumerate(groups):
         for i, p in enumerate(params):
             if id(p) in seen:
@@ -227,139 +223,90 @@ def check_distinct(groups: Sequence[Sequence[Tensor]]) -> None:
                                  f"param group {gj}; each parameter may appear only once (it would be stepped twice "
                                  "per call): remove the repeat")
             seen[id(p)] = (gi, i)
-            span = _span(p)
-            if span:
-                spans.append((str(p.device), *span, gi, i))
-    spans.sort()
-    for (dev_a, _, end_a, ga, a), (dev_b, start_b, _, gb, b) in zip(spans, spans[1:]):
-        if dev_a == dev_b and start_b < end_a:
-            raise ValueError(f"SGDF: parameter {a} of param group {ga} and parameter {b} of param group {gb} share "
-                             "memory (overlapping views of one tensor); optimize the tensor they view once instead")
+    check_no_shared_memory([(p, True, f"parameter {i} of param group {gi}") for gi, params in enumerate(groups)
+                            for i, p in enumerate(params)])
 
 
-def choose_path(params: Sequence[Tensor], fused, foreach, group: dict) -> Tuple[bool, bool]:
-    """(fused, foreach) for a group: an explicit choice is checked here, None picks fused where it is built and
-    supports the group's storage options."""
-    if fused and foreach:
+def check_path_options(params: Sequence[Tensor], group: dict) -> None:
+    """An explicit choice of path, checked when a group joins (a default is decided at each step)."""
+    if group["fused"] and group["foreach"]:
         raise RuntimeError("SGDF: `fused` and `foreach` cannot both be True; choose one")
+    if not group["fused"]:
+        return
     unsupported = fused_storage_unsupported(params, group)
-    if fused and unsupported:
+    if unsupported:
         raise NotImplementedError(f"SGDF(fused=True): no fused kernel for {unsupported}. Leave `fused` unset "
                                   "or pass foreach=True for this param group")
-    if fused is None and foreach is None and unsupported:
-        return False, True
-    if fused:
-        for i, p in enumerate(params):
-            _native.require(p.device, "SGDF(fused=True)")
-            if not _native.supports(p.device, real_dtype(p)):
-                raise RuntimeError(f"SGDF(fused=True): no fused kernel for {p.dtype} on {p.device.type}; the "
-                                   "fused kernels take float32, float64, float16 and bfloat16 (and complex as real "
-                                   "views); use foreach=True for other dtypes")
-            if p.numel() and not is_dense(p):
-                raise ValueError(f"SGDF(fused=True): parameter {i} is a view with gaps or overlaps (shape "
-                                 f"{tuple(p.shape)}, strides {p.stride()}), which the fused kernel cannot walk "
-                                 "in place; leave `fused` unset (the default steps such tensors on a dense copy) "
-                                 "or pass foreach=True")
-        return True, False
-    if fused is None and foreach is None:
-        fused = all(_native.supports(p.device, real_dtype(p)) for p in params)
-        return fused, not fused
-    return False, True if foreach is None else bool(foreach)
+    for i, p in enumerate(params):
+        if p.device.type != "meta":  # (deferred initialisation: checked at the step, once materialised)
+            _check_fused_device(p, i)
+        if p.numel() and not is_dense(p):
+            raise ValueError(f"SGDF(fused=True): parameter {i} is a view with gaps or overlaps (shape "
+                             f"{tuple(p.shape)}, strides {p.stride()}), which the fused kernel cannot walk "
+                             "in place; leave `fused` unset (the default steps such tensors on a dense copy) "
+                             "or pass foreach=True")
+
+
+def _check_fused_device(p: Tensor, i: int) -> None:
+    _native.require(p.device, "SGDF(fused=True)")
+    if not _native.supports(p.device, real_dtype(p)):
+        raise RuntimeError(f"SGDF(fused=True): no fused kernel for {p.dtype} on {p.device.type} (parameter {i}); "
+                           "the fused kernels take float32, float64, float16 and bfloat16 (and complex as real "
+                           "views); use foreach=True for other dtypes")
+
+
+def check_fused_support(params: Sequence[Tensor], group: dict, group_index: int) -> None:
+    """A group about to step fused: its parameters that step on a device and in a dtype the build has kernels for
+    (meta parameters are refused until materialised), and storage the kernels keep."""
+    for i, p in enumerate(params):
+        _check_fused_device(p, i)
+    unsupported = fused_storage_unsupported(params, group)
+    if unsupported:
+        raise NotImplementedError(f"SGDF(fused=True) (param group {group_index}): no fused kernel for "
+                                  f"{unsupported}; pass foreach=True for this param group")
 
 
 # ------------------------------------------------------------------------------------------ step inputs
-def check_grad(p: Tensor, grad: Tensor, group_index: int, index: int) -> None:
-    """Run at every step for every parameter, so it reads as few attributes as it can."""
+def check_grad(p: Tensor, grad: Tensor, where: str) -> None:
     if grad.layout is not torch.strided:
-        raise RuntimeError(f"SGDF: the gradient of parameter {index} of param group {group_index} is {grad.layout}; "
-                           "SGDF does not support sparse gradients: use a dense gradient (for example "
-                           "nn.Embedding(sparse=False)) or torch.optim.SparseAdam for that parameter")
+        raise RuntimeError(f"SGDF: the gradient of {where} is {grad.layout}; SGDF does not support sparse "
+                           "gradients: use a dense gradient (for example nn.Embedding(sparse=False)) or "
+                           "torch.optim.SparseAdam for that parameter")
     if grad.dtype is not p.dtype or grad.shape != p.shape or grad.device != p.device:
-        raise ValueError(f"SGDF: the gradient of parameter {index} of param group {group_index} is "
-                         f"{_describe(grad)} but the parameter is {_describe(p)}; a gradient must match its "
-                         "parameter (was the parameter's .data replaced after backward? zero_grad() and run "
-                         "backward again)")
-    storage = _storage_address(grad)  # byte ranges are compared only for a gradient in the parameter's storage
-    if storage and storage == _storage_address(p) and _overlap(_span(grad), _span(p)):
-        raise ValueError(f"SGDF: the gradient of parameter {index} of param group {group_index} shares memory "
-                         "with the parameter (p.grad = p or an overlapping view of it); give it a gradient tensor "
-                         "of its own")
+        raise ValueError(f"SGDF: the gradient of {where} is {_describe(grad)} but the parameter is {_describe(p)}; "
+                         "a gradient must match its parameter (was the parameter's .data replaced after backward? "
+                         "zero_grad() and run backward again)")
+    if p.is_conj():
+        raise ValueError(f"SGDF: {where} is a conjugate view (its conjugate bit is set), which an in-place update "
+                         "cannot write through; optimize a tensor without it (p.resolve_conj())")
 
 
-def check_fused_grads_distinct(grad_lists: Sequence[Sequence[Tensor]]) -> None:
-    """The fused kernel unscales gradients in place (AMP), so gradient memory serving two params would be unscaled
-    twice; each kernel call refuses that among its own tensors, and this check covers all of a step's calls."""
-    grads = [grad for grads in grad_lists for grad in grads]
-    if len({id(grad) for grad in grads}) != len(grads):
-        raise ValueError("SGDF: two parameters of fused param groups have the same gradient tensor (one was "
-                         "assigned to both); give each parameter a gradient of its own, e.g. p.grad = g.clone()")
-    # gradients in storages of their own cannot overlap: byte ranges are compared only within a shared storage
-    # (views of one buffer, such as DDP's gradient_as_bucket_view)
-    try:
-        addresses = [grad.untyped_storage().data_ptr() for grad in grads]  # the common case, at every step
-    except (RuntimeError, NotImplementedError):
-        addresses = [_storage_address(grad) for grad in grads]
-    if len(set(addresses)) == len(addresses):
-        return
-    by_storage = defaultdict(list)
-    for address, grad in zip(addresses, grads):
-        by_storage[address].append(grad)
-    for address, shared in by_storage.items():
-        if not address or len(shared) < 2:
-            continue
-        furthest = 0
-        for start, end in sorted(span for span in map(_span, shared) if span):
-            if start < furthest:
-                raise ValueError("SGDF: two parameters of fused param groups have gradients that share memory "
-                                 "(overlapping views of one buffer); give each parameter a gradient of its own")
-            furthest = max(furthest, end)
-
-
-def check_state(p: Tensor, state: dict, group: dict, group_index: int, index: int) -> None:
+def check_state(p: Tensor, state: dict, group: dict, on_device: bool, where: str) -> None:
     """The state of a parameter that stepped before still fits it (its .data may have been replaced since) and its
     group's storage options (which may have been edited since), every entry as the fused kernel checks them (a
     state edited by hand would otherwise fail in the middle of a step)."""
-    missing = [key for key in ("step",) + moment_keys(group) if key not in state]
+    moments = moment_keys(group)
+    missing = [key for key in ("step", *moments) if key not in state]
     if missing:
-        raise ValueError(f"SGDF: the state of parameter {index} of param group {group_index} lacks "
-                         f"{', '.join(map(repr, missing))}; the state was edited by hand: restore it from the "
-                         "optimizer's state_dict (or delete the parameter's whole state to start it afresh)")
-    exp_avg = state["exp_avg"]
+        raise ValueError(f"SGDF: the state of {where} lacks {', '.join(map(repr, missing))}; the state was edited "
+                         "by hand: restore it from the optimizer's state_dict (or delete the parameter's whole "
+                         "state to start it afresh)")
+    first = state[moments[0]]
     expected = state_dtype(p, group)
-    if exp_avg.dtype is not expected or exp_avg.shape != p.shape or exp_avg.device != p.device:
-        raise ValueError(f"SGDF: the state of parameter {index} of param group {group_index} is "
-                         f"{_describe(exp_avg)} but the parameter is now {_describe(p)} (state in {expected}); "
-                         "the parameter or the group's state_dtype changed after the optimizer stepped. Cast or "
-                         "move the model before building the optimizer, or save and load the optimizer's "
-                         "state_dict, which converts the state to the parameters and options")
+    if isinstance(first, Tensor) and (first.dtype is not expected or first.shape != p.shape or
+                                      first.device != p.device):
+        raise ValueError(f"SGDF: the state of {where} is {_describe(first)} but the parameter is now "
+                         f"{_describe(p)} (state in {expected}); the parameter or the group's state_dtype changed "
+                         "after the optimizer stepped. Cast or move the model before building the optimizer, or "
+                         "save and load the optimizer's state_dict, which converts the state to the parameters and "
+                         "options")
     if group["master_weights"] != ("master_param" in state) or group["stochastic_rounding"] != ("rounding_seed" in
                                                                                                 state):
-        raise ValueError(f"SGDF: the state of parameter {index} of param group {group_index} was made with other "
-                         "master_weights / stochastic_rounding settings than the group has now; set them when "
-                         "building the optimizer, or save and load the optimizer's state_dict, which creates or "
-                         "drops master copies and seeds as the options require")
-    _check_entries(p, state, group, f"parameter {index} of param group {group_index}")
-
-
-def check_state_distinct(entries: Iterable[Tuple[Tensor, dict, int, int]]) -> None:
-    """No state tensor serves two parameters (state edited by hand): each would be stepped twice. `entries`: (param,
-    its state, group index, param index)."""
-    seen = {}
-    for p, state, gi, i in entries:
-        for key in ("step", "exp_avg", "exp_var", "exp_avg_sq", "master_param"):
-            t = state.get(key)
-            if not isinstance(t, Tensor):
-                continue
-            if id(t) in seen:
-                raise ValueError(f"SGDF: '{key}' of parameter {i} of param group {gi} is the same tensor as "
-                                 f"{seen[id(t)]}; the state was edited by hand: restore it from the optimizer's "
-                                 "state_dict")
-            seen[id(t)] = f"'{key}' of parameter {i} of param group {gi}"
-
-
-def _check_entries(p: Tensor, state: dict, group: dict, where: str) -> None:
-    tensors = [(key, state_dtype(p, group)) for key in moment_keys(group)[1:]]
-    tensors += [("master_param", torch.float32)] * group["master_weights"]
+        raise ValueError(f"SGDF: the state of {where} was made with other master_weights / stochastic_rounding "
+                         "settings than the group has now; set them when building the optimizer, or save and load "
+                         "the optimizer's state_dict, which creates or drops master copies and seeds as the options "
+                         "require")
+    tensors = [(key, expected) for key in moments] + [("master_param", torch.float32)] * group["master_weights"]
     for key, dtype in tensors:
         t = state[key]
         if not isinstance(t, Tensor) or t.dtype is not dtype or t.shape != p.shape or t.device != p.device:
@@ -367,8 +314,10 @@ def _check_entries(p: Tensor, state: dict, group: dict, where: str) -> None:
             raise ValueError(f"SGDF: the state of {where} holds '{key}' as {found}, but the parameter is "
                              f"{_describe(p)} and '{key}' must be {dtype} of its shape on its device; the state was "
                              "edited by hand: restore it from the optimizer's state_dict")
+        if t.is_conj():
+            raise ValueError(f"SGDF: '{key}' of {where} is a conjugate view; restore the state from the "
+                             "optimizer's state_dict")
     step = state["step"]
-    on_device = group["fused"] or group["capturable"]
     if not (isinstance(step, Tensor) and step.numel() == 1 and step.dtype is torch.float32 and
             (step.device == p.device or not on_device)):
         found = _describe(step) if isinstance(step, Tensor) else type(step).__name__
@@ -380,6 +329,36 @@ def _check_entries(p: Tensor, state: dict, group: dict, where: str) -> None:
                                          not 0 <= seed <= 0xFFFFFFFF):
         raise ValueError(f"SGDF: the state of {where} holds 'rounding_seed' {seed!r}; it must be an int in "
                          "[0, 2**32): restore it from the optimizer's state_dict")
+
+
+def check_no_shared_memory(operands: Iterable[Tuple[Tensor, bool, str]]) -> None:
+    """No two of a step's tensors share memory where one of them is written: `operands` are (tensor, written,
+    what it is). The same tensor twice, or overlapping views of one buffer, would be stepped twice or read after
+    being overwritten. Byte ranges are compared only within a storage that holds several operands (the common
+    case, every tensor in a storage of its own, costs one address per tensor)."""
+    by_storage = defaultdict(list)
+    for operand in operands:
+        address = _storage_address(operand[0])
+        if address:
+            by_storage[(address, operand[0].device)].append(operand)
+    for shared in by_storage.values():
+        if len(shared) < 2:
+            continue
+        ranges = sorted((*span, written, what) for t, written, what in shared
+                        for span in [_span(t)] if span)
+        furthest = furthest_written = None  # (end, what) among earlier ranges, all and written ones
+        for start, end, written, what in ranges:
+            clash = furthest_written if furthest_written and start < furthest_written[0] else None
+            if clash is None and written and furthest and start < furthest[0]:
+                clash = furthest
+            if clash is not None:
+                raise ValueError(f"SGDF: {clash[1]} and {what} share memory (the same tensor, or overlapping views "
+                                 "of one buffer), so a step would write one while reading or writing the other; give "
+                                 "each its own tensor (e.g. p.grad = g.clone()), or optimize the tensor they view once")
+            if furthest is None or end > furthest[0]:
+                furthest = (end, what)
+            if written and (furthest_written is None or end > furthest_written[0]):
+                furthest_written = (end, what)
 
 
 # ------------------------------------------------------------------------------------------ checkpoints

@@ -11,22 +11,23 @@ those tensors, as in the release). ``master_weights`` and ``stochastic_rounding`
 kernels draw the same counter-based random numbers as the Python paths.
 """
 
+import math
 from collections import defaultdict
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
 from .. import ops
 from . import _dtensor
-import math
-
 from .counter_random import EXP_AVG_SQ_STREAM, EXP_AVG_STREAM, EXP_VAR_STREAM, PARAM_STREAM
 from .newton_schulz import is_matrix_shaped, orthogonalize
 from .stochastic_rounding import round_all_into_
 
 def _real(tensors: List[Tensor]) -> List[Tensor]:
-    return [torch.view_as_real(t) if t.is_complex() else t for t in tensors]
+    """Complex tensors as their real views; a gradient with the conjugate bit set is resolved first (a copy: the
+    optimizer refuses conjugate params and state, which are written in place)."""
+    return [torch.view_as_real(t.resolve_conj()) if t.is_complex() else t for t in tensors]
 
 
 def _bias_corrections(steps: List[Tensor], beta1: float, beta2: float, as_tensors: bool):
@@ -88,18 +89,39 @@ def _widened(tensors: List[Tensor], dtypes: List[torch.dtype]) -> List[Tensor]:
 
 
 def foreach_sgdf(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor], exp_vars: List[Tensor],
-                 steps: List[Tensor], *, lr: Union[float, Tensor], beta1: float, beta2: float, eps: float,
-                 gamma: float, weight_decay: float, decoupled_weight_decay: bool, sign: bool,
-                 orthogonalize_matrices: bool, ns_steps: int, maximize: bool, capturable: bool,
-                 master_params: Optional[List[Tensor]] = None, rounding_seeds: Optional[List[int]] = None,
-                 preconditioner: str = "none", exp_avg_sqs: Optional[List[Tensor]] = None) -> None:
-    """One SGDF step with foreach ops; steps are incremented here.
+                 steps: List[Tensor], *, master_params: Optional[List[Tensor]] = None,
+                 rounding_seeds: Optional[List[int]] = None, exp_avg_sqs: Optional[List[Tensor]] = None,
+                 **hyper) -> None:
+    """One SGDF step with foreach ops; steps are incremented here. `hyper`: lr, beta1, beta2, eps, gamma,
+    weight_decay, decoupled_weight_decay, sign, orthogonalize_matrices, ns_steps, maximize, capturable, and
+    AdaSGDF's preconditioner.
 
     `master_params`: float32 copies of bfloat16 / float16 params, updated instead of them; each param then
     receives its master rounded to nearest. `rounding_seeds` (stochastic rounding): per param, the seed of the
     counter-based generator that rounds the float32 results stochastically into low-precision storage (params
     without master copies, and exp_avg / exp_var). `preconditioner` "second_moment" (with `exp_avg_sqs`) or
-    "variance": AdaSGDF's step (_precondition_)."""
+    "variance": AdaSGDF's step (_precondition_). On the CPU the tensors go a few at a time (about
+    _CPU_CHUNK_ELEMENTS elements): the ~15 passes of a step then find them, and the two temporaries, in cache."""
+    bounds, total = [0], 0
+    if not (torch.compiler.is_compiling() or hyper["capturable"]) and params and params[0].device.type == "cpu":
+        for i, p in enumerate(params[:-1]):
+            total += p.numel()
+            if total >= _CPU_CHUNK_ELEMENTS:
+                bounds.append(i + 1)
+                total = 0
+    for a, b in zip(bounds, bounds[1:] + [len(params)]):
+        _foreach_sgdf(params[a:b], grads[a:b], exp_avgs[a:b], exp_vars[a:b], steps[a:b],
+                      None if master_params is None else master_params[a:b],
+                      None if rounding_seeds is None else rounding_seeds[a:b],
+                      None if exp_avg_sqs is None else exp_avg_sqs[a:b], **hyper)
+
+
+_CPU_CHUNK_ELEMENTS = 1 << 18  # about 1 MB per float32 list: with the two temporaries, within a core's L2 cache
+
+
+def _foreach_sgdf(params, grads, exp_avgs, exp_vars, steps, master_params, rounding_seeds, exp_avg_sqs, *, lr, beta1,
+                  beta2, eps, gamma, weight_decay, decoupled_weight_decay, sign, orthogonalize_matrices, ns_steps,
+                  maximize, capturable, preconditioner="none") -> None:
     if not params:
         return
     matrix_mask = [is_matrix_shaped(p) for p in params]
@@ -124,25 +146,35 @@ def foreach_sgdf(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tenso
             torch._foreach_mul_(p, 1 - lr * weight_decay)
         else:
             g = torch._foreach_add(g, p, alpha=weight_decay)
-    torch._foreach_mul_(m, beta1)
-    torch._foreach_add_(m, g, alpha=1 - beta1)
-    residual_new_mean = torch._foreach_sub(g, m)
+    # Two temporaries and in-place passes (each fresh buffer of the size of the params costs page faults on the
+    # CPU): r holds g - m, then the residual g - m^; u holds the gain's denominator, the gain, then the update
+    # u = m^ + K r = g + (K - 1) r.
+    torch._foreach_lerp_(m, g, 1 - beta1)
+    r = torch._foreach_sub(g, m)
     torch._foreach_mul_(s, beta2)
-    torch._foreach_addcmul_(s, residual_new_mean, residual_new_mean, value=1 - beta2)
+    torch._foreach_addcmul_(s, r, r, value=1 - beta2)
 
     inv_bc1, bc2 = _bias_corrections(steps, beta1, beta2, as_tensors=capturable or compiling)
-    m_hat = torch._foreach_mul(m, inv_bc1)
-    r = torch._foreach_sub(g, m_hat)
-    denom = torch._foreach_mul(torch._foreach_mul(r, r), bc2)
-    torch._foreach_add_(denom, s)
-    torch._foreach_add_(denom, eps)
-    gain = torch._foreach_div(s, denom)
+    if isinstance(inv_bc1[0], float) and len(set(inv_bc1)) == 1 and len(set(bc2)) == 1:
+        torch._foreach_add_(r, m, alpha=1 - inv_bc1[0])  # g - m^ = (g - m) + (1 - 1/bc1) m
+        u = torch._foreach_addcmul(s, r, r, value=bc2[0])
+    else:  # steps that differ between tensors, or held as tensors (capturable, compiling)
+        torch._foreach_sub_(r, torch._foreach_mul(m, torch._foreach_sub(inv_bc1, 1) if isinstance(inv_bc1[0], Tensor)
+                                                  else [x - 1 for x in inv_bc1]))
+        u = torch._foreach_mul(r, r)
+        torch._foreach_mul_(u, bc2)
+        torch._foreach_add_(u, s)
+    torch._foreach_add_(u, eps)
+    torch._foreach_reciprocal_(u)
+    torch._foreach_mul_(u, s)  # the gain K = s / (bc2 r^2 + s + eps)
     if gamma == 0.5:
-        torch._foreach_sqrt_(gain)
+        torch._foreach_sqrt_(u)
     elif gamma != 1:
-        torch._foreach_pow_(gain, gamma)
-    torch._foreach_mul_(gain, r)
-    updates = torch._foreach_add(m_hat, gain)
+        torch._foreach_pow_(u, gamma)
+    torch._foreach_sub_(u, 1)
+    torch._foreach_mul_(u, r)
+    torch._foreach_add_(u, g)
+    updates = u
     if preconditioner != "none":
         _precondition_(updates, s, v, steps, beta2, eps, as_tensors=capturable or compiling)
 
@@ -173,7 +205,10 @@ def _matching_layout(grad: Tensor, param: Tensor, copies: List[Tuple[Tensor, Ten
     which is written back (torch's fused optimizers unscale p.grad in place)."""
     if grad.stride() == param.stride():
         return grad
-    copy = torch.empty_like(param).copy_(grad)
+    return _copied(grad, torch.empty_like(param).copy_(grad), copies)
+
+
+def _copied(grad: Tensor, copy: Tensor, copies: List[Tuple[Tensor, Tensor]]) -> Tensor:
     copies.append((grad, copy))
     return copy
 
@@ -197,11 +232,12 @@ def fused_sgdf(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor]
     # the common case, one launch: no per-tensor regrouping (this runs at every step, for every tensor)
     uniform = not orthogonalize_matrices and all(p.dtype is dtype and m.dtype is state_dtype and p.device == device
                                                  and not isinstance(p, dtensor) for p, m in zip(params, exp_avgs))
+    grad_copies = []  # (gradient, its copy in the parameter's layout, or resolved from a conjugate view)
     if dtype.is_complex if uniform else any(p.is_complex() for p in params):
+        grads = [g if not g.is_conj() else _copied(g, g.resolve_conj(), grad_copies) for g in grads]
         params, grads, exp_avgs, exp_vars = map(_real, (params, grads, exp_avgs, exp_vars))
         second_moments = [None if v is None else torch.view_as_real(v) if v.is_complex() else v
                           for v in second_moments]
-    grad_copies = []  # (gradient, its copy in the parameter's layout)
     if uniform:
         groups = {(device, None, None, False): (params, [_matching_layout(g, p, grad_copies)
                                                          for g, p in zip(grads, params)],
@@ -247,13 +283,13 @@ def fused_sgdf(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor]
             _apply_orthogonalized(g_params, directions, g_steps, g_masters, g_seeds, g_first,
                                   lr_tensor.reshape(()) if lr_tensor is not None else float(lr),
                                   weight_decay if decoupled_weight_decay else 0.0,
-                                  _scalar_on(device, found_inf, moved))
+                                  scalar_on(device, found_inf, moved))
     if grad_scale is not None:  # the unscaled copies back into the gradients
-        for grad, copy in grad_copies:
+        for grad, copy in reversed(grad_copies):  # (a layout copy of a resolved one first)
             grad.copy_(copy)
 
 
-def _scalar_on(device: torch.device, t: Optional[Tensor], moved: dict) -> Optional[Tensor]:
+def scalar_on(device: torch.device, t: Optional[Tensor], moved: dict) -> Optional[Tensor]:
     """`t` (lr, grad_scale or found_inf) as the one-element float32 tensor the kernel takes on `device`, moved once
     per device and call (`moved` remembers)."""
     if t is None:
@@ -272,61 +308,12 @@ def _fused_call(device, params, grads, exp_avgs, exp_vars, updates, steps, maste
     """One kernel call over tensors of one device, param dtype and state dtype, laid out alike; it also advances
     the step counts, unless found_inf is set (then it changes nothing). Returns the lr tensor the kernel was given
     (None for a float lr). The kernel checks every argument before it writes anything."""
-    lr_tensor = _scalar_on(device, lr, moved) if isinstance(lr, Tensor) else None
+    lr_tensor = scalar_on(device, lr, moved) if isinstance(lr, Tensor) else None
     ops.fused_sgdf_(params, grads, exp_avgs, exp_vars, updates, steps, 0.0 if lr_tensor is not None else float(lr),
                     lr_tensor, beta1, beta2, eps, gamma, weight_decay, decoupled_weight_decay, sign, maximize,
-                    _scalar_on(device, grad_scale, moved), _scalar_on(device, found_inf, moved), master_params,
+                    scalar_on(device, grad_scale, moved), scalar_on(device, found_inf, moved), master_params,
                     rounding_seeds, rounding_offsets, exp_avg_sqs, preconditioner)
     return lr_tensor
-
-
-def fused_sgdf_groups_in_one_call(groups: Sequence[Tuple[tuple, dict]], *, grad_scale: Optional[Tensor] = None,
-                                  found_inf: Optional[Tensor] = None) -> None:
-    """fused_sgdf for the case it reduces to most of the time, for several param groups in one kernel call, without
-    the per-tensor regrouping. Each of `groups` is (params, grads, exp_avgs, exp_vars, steps, master_params,
-    rounding_seeds), the last two empty where the group's storage options do not use them, with the group's update
-    options (lr, beta1, beta2, eps, gamma, weight_decay, decoupled_weight_decay, sign, maximize): tensors of one
-    device, each group of one param dtype and one state dtype, neither complex nor DTensor, each grad and state laid
-    out as its param, no orthogonalisation. Given anything else, the kernel refuses the call before writing anything
-    (RuntimeError or ValueError, message starting with ops.FUSED_SGDF_REFUSED), and fused_sgdf is the call to make for
-    each group."""
-    device = next((tensors[0][0].device for tensors, _ in groups if tensors[0]), None)
-    if device is None:
-        return
-    if len(groups) == 1:  # the common case: fused_sgdf_, whose arguments cost less to pass
-        (params, grads, exp_avgs, exp_vars, steps, master_params, rounding_seeds, *exp_avg_sqs), options = groups[0]
-        _fused_call(device, params, grads, exp_avgs, exp_vars, [], steps, master_params, rounding_seeds, [], {},
-                    grad_scale=grad_scale, found_inf=found_inf, exp_avg_sqs=exp_avg_sqs[0] if exp_avg_sqs else (),
-                    **options)
-        return
-    # one preconditioner per call: groups with others are refused (as the kernel refuses), then stepped one by one
-    preconditioners = {options.get("preconditioner", "none") for _, options in groups}
-    if len(preconditioners) > 1:
-        raise RuntimeError(f"{ops.FUSED_SGDF_REFUSED}_grouped_: param groups with preconditioners "
-                           f"{sorted(preconditioners)} cannot share one call")
-    # params, grads, exp_avgs, exp_vars, steps, master_params, rounding_seeds, exp_avg_sqs
-    lists = [[], [], [], [], [], [], [], []]
-    hyper = {key: [] for key in _GROUP_HYPERPARAMETERS}
-    lr_values, lr_tensors, moved = [], [], {}
-    for tensors, options in groups:
-        for merged, part in zip(lists, tensors):
-            merged.extend(part)
-        for key, values in hyper.items():
-            values.append(options[key])
-        lr = options["lr"]
-        lr_tensors.append(_scalar_on(device, lr, moved) if isinstance(lr, Tensor) else None)
-        lr_values.append(0.0 if isinstance(lr, Tensor) else float(lr))
-    # the storage options follow from the lists: master copies and seeds are given where the group uses them
-    master_weights = [bool(tensors[5]) for tensors, _ in groups]
-    stochastic_rounding = [bool(tensors[6]) for tensors, _ in groups]
-    ops.fused_sgdf_grouped_(*lists[:7], [len(tensors[0]) for tensors, _ in groups], lr_values, lr_tensors,
-                            *hyper.values(), master_weights, stochastic_rounding, _scalar_on(device, grad_scale, moved),
-                            _scalar_on(device, found_inf, moved), lists[7], preconditioners.pop())
-
-
-# fused_sgdf_grouped_'s per-group hyperparameters after lr and lr_tensor, in its order
-_GROUP_HYPERPARAMETERS = ("beta1", "beta2", "eps", "gamma", "weight_decay", "decoupled_weight_decay", "sign",
-                          "maximize")
 
 
 def _apply_orthogonalized(params, directions, steps, masters, seeds, first_indices, lr, decoupled_decay,
