@@ -5,6 +5,7 @@
     python benchmarks/bench_sgdf.py --quick         # smoke run
     python benchmarks/bench_sgdf.py --storage       # low-precision storage: bytes per parameter and step times
     python benchmarks/bench_sgdf.py --groups 2      # the tensors in two param groups (as training scripts pass them)
+    python benchmarks/bench_sgdf.py --adaptive      # AdaSGDF (both preconditioners) against torch AdamW(fused=True)
 
 Candidates: sgdf_erd fused / foreach / single-tensor; an authors'-style per-tensor loop (the release's structure,
 written from the spec); torch.optim.AdamW(fused=True) (same 28 bytes/element floor) and AdamW(foreach=True), the
@@ -14,6 +15,10 @@ On CUDA the device-to-device copy bandwidth is measured as the roofline. Writes 
 --storage compares the low-precision storage configurations instead (float32 / bfloat16 params and state, stochastic
 rounding, float32 master weights): the bytes each keeps per parameter (param + optimizer state, measured from the
 tensors) and its step time on each path that implements it. Writes benchmarks/results/sgdf_storage_<device>.*
+
+--adaptive times AdaSGDF's fused step with each preconditioner beside torch.optim.AdamW(fused=True), its drop-in
+peer: "variance" moves AdamW's 28 bytes per float32 element (target: at most 1.1x AdamW's time), "second_moment"
+36 (read p, g, m, s, v; write p, m, s, v; target: at most 1.4x). Writes benchmarks/results/adasgdf_<device>.*
 """
 
 import argparse
@@ -26,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (device_name, evict_cpu_caches, header, load_average, markdown_table,  # noqa: E402
                     results_folder, synchronize, time_graphed, time_interleaved, write_results)
 
-from sgdf_erd import SGDF  # noqa: E402
+from sgdf_erd import SGDF, AdaSGDF  # noqa: E402
 from sgdf_erd.optim.sgdf_functional import foreach_sgdf  # noqa: E402
 
 BYTES_PER_ELEMENT = 28  # fp32: read p, g, m, s; write p, m, s
@@ -188,6 +193,55 @@ def storage_benchmark(args, device) -> None:
         print("wrote", write_results("sgdf_storage", device, meta, table, data, suffix=args.suffix, out_dir=out))
 
 
+# AdaSGDF's fused step per preconditioner: bytes moved per float32 element, and the time target against AdamW
+ADAPTIVE_TARGETS = {"variance": (28, 1.1), "second_moment": (36, 1.4)}
+
+
+def adaptive_benchmark(args, device) -> None:
+    numel = int(args.numel or (8e6 if device.type == "cpu" else 1e8))
+    if args.quick:
+        numel, args.rounds = min(numel, 500_000), 2
+    iters = args.iters or (3 if device.type == "cpu" else 10)
+    threads = [int(n) for n in args.threads.split(",")] if device.type == "cpu" else [torch.get_num_threads()]
+    load_start = load_average()
+    candidates = {"torch AdamW fused": torch.optim.AdamW(in_groups(make_params(numel, args.tensors, device),
+                                                                   args.groups), lr=1e-3, fused=True).step}
+    for preconditioner in ADAPTIVE_TARGETS:
+        candidates[f"adasgdf fused, {preconditioner}"] = AdaSGDF(
+            in_groups(make_params(numel, args.tensors, device), args.groups), lr=1e-3, fused=True,
+            preconditioner=preconditioner).step
+    candidates["sgdf fused"] = SGDF(in_groups(make_params(numel, args.tensors, device), args.groups), lr=1e-3,
+                                    fused=True).step
+    total = sum(p.numel() for p in make_params(numel, args.tensors, "cpu"))
+    bytes_moved = {"torch AdamW fused": 28, "sgdf fused": 28,
+                   **{f"adasgdf fused, {k}": b for k, (b, _) in ADAPTIVE_TARGETS.items()}}
+    rows, summary, data = [], [], {"numel": total, "tensors": args.tensors, "groups": args.groups, "seconds": {},
+                                   "ratio_to_adamw": {}}
+    for n_threads in threads:
+        torch.set_num_threads(n_threads)
+        times = time_interleaved(candidates, device, rounds=args.rounds, iters=iters)
+        data["seconds"][n_threads] = times
+        adamw = times["torch AdamW fused"]
+        for name, t in times.items():
+            rows.append([n_threads, name, bytes_moved[name], f"{t * 1e3:.2f}",
+                         f"{bytes_moved[name] * total / t / 1e9:.1f}", f"{t / adamw:.2f}x"])
+        ratios = {k: times[f"adasgdf fused, {k}"] / adamw for k in ADAPTIVE_TARGETS}
+        data["ratio_to_adamw"][n_threads] = ratios
+        summary.append(f"{n_threads} thread(s): " + "; ".join(
+            f"{k} takes {r:.2f}x the time of AdamW(fused=True) (target <= {ADAPTIVE_TARGETS[k][1]}x: "
+            f"{'met' if r <= ADAPTIVE_TARGETS[k][1] else 'NOT met'})" for k, r in ratios.items()))
+    table = markdown_table(["threads", "candidate", "bytes / elt", "ms / step", "GB/s", "time vs AdamW fused"], rows)
+    table += "\n\n" + "\n".join(f"- {s}" for s in summary)
+    meta = {**header(device), "device": device_name(device, threads=False),
+            "elements": f"{total:,} float32 in {args.tensors} tensors"
+                        + (f", {args.groups} param groups" if args.groups > 1 else ""),
+            "1-minute load average at start / end": [load_start, load_average()]}
+    print(table)
+    out = results_folder(args)
+    if out is not None:
+        print("wrote", write_results("adasgdf", device, meta, table, data, suffix=args.suffix, out_dir=out))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
@@ -205,8 +259,13 @@ def main():
     parser.add_argument("--suffix", default="", help="appended to the results file name, e.g. _small")
     parser.add_argument("--storage", action="store_true",
                         help="compare the low-precision storage configurations instead (default 1e6 elements on CPU)")
+    parser.add_argument("--adaptive", action="store_true",
+                        help="time AdaSGDF's fused step (both preconditioners) against torch AdamW(fused=True)")
     args = parser.parse_args()
     device = torch.device(args.device)
+    if args.adaptive:
+        adaptive_benchmark(args, device)
+        return
     if args.storage:
         storage_benchmark(args, device)
         return

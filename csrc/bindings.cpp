@@ -21,7 +21,9 @@ constexpr const char* kOperatorSchemas[] = {
     // them rounded to nearest; with `rounding_seeds` (one per param, in [0, 2**32)) 16-bit results are rounded
     // stochastically (counter-based: seed, step, element index); `rounding_offsets` (one per param, >= 0) number a
     // tensor's elements from its offset rather than 0 (a shard: its elements' positions in the whole tensor, so a
-    // sharded step draws what an unsharded one draws). The step counts are written by the op (so that
+    // sharded step draws what an unsharded one draws). `preconditioner` "second_moment" or "variance" makes the
+    // step AdaSGDF's: the filtered update divided by sqrt(bias-corrected v) + eps, v being `exp_avg_sqs` (an EMA
+    // of the filtered update's square, one per param in the state dtype; only this mode takes them) or exp_var. The step counts are written by the op (so that
     // a skipped step is decided in one place and a raising call changes nothing), hence `steps` is mutable.
     // Every argument is checked before anything is written: hyperparameters in SGDF's ranges, dtypes, layouts,
     // and no two tensors sharing memory. The value of `lr_tensor` is checked (>= 0) only on the CPU: reading a CUDA
@@ -30,18 +32,20 @@ constexpr const char* kOperatorSchemas[] = {
     "Tensor(e!)[] updates, Tensor(f!)[] steps, float lr, Tensor? lr_tensor, float beta1, float beta2, float eps, "
     "float gamma, float weight_decay, bool decoupled_weight_decay, bool sign, bool maximize, "
     "Tensor? grad_scale, Tensor? found_inf, Tensor(g!)[] master_params, int[] rounding_seeds=[], "
-    "int[] rounding_offsets=[]) -> ()",
+    "int[] rounding_offsets=[], Tensor(h!)[]? exp_avg_sqs=None, str preconditioner=\"none\") -> ()",
     // SGDF over several param groups in one call: the groups' tensors follow each other in the lists (group_sizes
     // says how many each has), each group with its own hyperparameters (lr ... maximize: one value per group;
     // lr_tensor: per group, a tensor replacing lr or None) and storage options (master_params: for the groups with
     // master_weights, in group order; rounding_seeds likewise for those with stochastic_rounding). Each group is
     // stepped as fused_sgdf_ would step it (no update buffers, every tensor numbered from 0), and all groups are
-    // checked, as fused_sgdf_ checks one, before anything is written; all tensors are on one device.
+    // checked, as fused_sgdf_ checks one, before anything is written; all tensors are on one device. One
+    // `preconditioner` for the whole call (with "second_moment", one exp_avg_sqs entry per param).
     "fused_sgdf_grouped_(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] exp_avgs, Tensor(d!)[] exp_vars, "
     "Tensor(e!)[] steps, Tensor(f!)[] master_params, int[] rounding_seeds, int[] group_sizes, float[] lr, "
     "Tensor?[] lr_tensor, float[] beta1, float[] beta2, float[] eps, float[] gamma, float[] weight_decay, "
     "bool[] decoupled_weight_decay, bool[] sign, bool[] maximize, bool[] master_weights, "
-    "bool[] stochastic_rounding, Tensor? grad_scale, Tensor? found_inf) -> ()",
+    "bool[] stochastic_rounding, Tensor? grad_scale, Tensor? found_inf, Tensor(g!)[]? exp_avg_sqs=None, "
+    "str preconditioner=\"none\") -> ()",
     // ERD loss (csrc/erd): per-sample weights; the fused loss forward (per-sample MSE, weights, batch loss and
     // per-log-SNR-bin sums [count, sum mse, sum mse^2, sum loss] x num_bins) and its backward. Their autograd and
     // batching rules are registered from Python (python/sgdf_erd/erd/), so torch.func transforms see them.

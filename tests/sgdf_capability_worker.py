@@ -2,7 +2,7 @@
 process, from SGDF_ERD_CPU_CAPABILITY): takes fused SGDF steps on the CPU for every storage configuration and option,
 over tensors with ragged tails, several element ranges, and NaN / infinite / subnormal / huge values, through the
 optimizer and through the op itself (gradients unscaled in place, update buffers, shards whose element numbers
-straddle 2^32), and saves everything the steps wrote to the file named on the command line.
+straddle 2^32, AdaSGDF's preconditioners), and saves everything the steps wrote to the file named on the command line.
 
     python -m tests.sgdf_capability_worker OUT.pt
 """
@@ -89,6 +89,25 @@ def run_all():
                 "params": [t.clone() for name in ("params", "grads", "master_params", "updates") for t in args[name]],
                 "state": [{"exp_avg": a, "exp_var": v} for a, v in zip(args["exp_avgs"], args["exp_vars"])],
             }
+    # AdaSGDF's preconditioners, through the op: special values in the gradients and the second moments
+    for preconditioner, dtype, state_dtype, master, updates, stochastic in itertools.product(
+            ("second_moment", "variance"), (torch.float32, torch.bfloat16, torch.float16, torch.float64),
+            (None, torch.bfloat16, torch.float32), (False, True), (False, True), (False, True)):
+        if (master and dtype in (torch.float32, torch.float64)) or (dtype == torch.float64 and state_dtype) or (
+                stochastic and dtype == torch.float32 and state_dtype != torch.bfloat16):
+            continue
+        args = make_args("cpu", dtype=dtype, shapes=[(24,), (40,), (1000,), (35_000,)], updates=updates, amp=True,
+                         state_dtype=state_dtype, master=master, stochastic=stochastic)
+        args["grads"] = [_tensors(g.shape, dtype, i, True) for i, g in enumerate(args["grads"])]
+        args["exp_avg_sqs"] = ([_tensors(m.shape, m.dtype, 50 + i, True).abs() for i, m in enumerate(args["exp_avgs"])]
+                               if preconditioner == "second_moment" else None)
+        args["preconditioner"] = preconditioner
+        op(*args.values())
+        results[("ada", preconditioner, str(dtype), str(state_dtype), master, updates, stochastic)] = {
+            "params": [t.clone() for name in ("params", "grads", "master_params", "updates") for t in args[name]],
+            "state": [{"exp_avg": a, "exp_var": v, **({"exp_avg_sq": q} if q is not None else {})}
+                      for a, v, q in zip(args["exp_avgs"], args["exp_vars"], args["exp_avg_sqs"] or [None] * 4)],
+        }
     return results
 
 

@@ -34,13 +34,26 @@ PATHS = {
     "bf16-params-stochastic-rounding-state": dict(stochastic_rounding=True, state_dtype=torch.bfloat16,
                                                   foreach=True),
     "bf16-params-stochastic-rounding-orthogonalize": dict(stochastic_rounding=True, orthogonalize=True),
+    # AdaSGDF (make_optimizer): exp_avg_sq sharded like its param
+    "adasgdf": dict(optimizer="AdaSGDF"),
+    "adasgdf-foreach": dict(optimizer="AdaSGDF", foreach=True),
+    "adasgdf-variance": dict(optimizer="AdaSGDF", preconditioner="variance"),
+    "bf16-params-adasgdf-master": dict(optimizer="AdaSGDF", master_weights=True),
 }
 # paths also stepped by torch.compile(opt.step) under FSDP2 (fused groups of DTensor parameters take the foreach path
 # there: torch fails to compile the kernel's op on FSDP2 shards)
-COMPILED_PATHS = ("default", "fused", "bf16-params-master")
+COMPILED_PATHS = ("default", "fused", "bf16-params-master", "adasgdf")
 # the parameters' dtype of a path (float32 unless named here)
 PARAM_DTYPES = {name: torch.bfloat16 for name in PATHS if name.startswith("bf16-params")}
 OPTIONS = dict(lr=0.05, weight_decay=1e-2)
+
+
+def make_optimizer(params, path):
+    """SGDF, or AdaSGDF where the path names it, with OPTIONS and the path's options."""
+    import sgdf_erd
+
+    options = dict(path)
+    return getattr(sgdf_erd, options.pop("optimizer", "SGDF"))(params, **OPTIONS, **options)
 
 
 def free_port() -> int:
@@ -140,38 +153,39 @@ def worker(rank, port, out_dir, tests_dir):
         for name, path in PATHS.items():
             dtype = PARAM_DTYPES.get(name, torch.float32)
             ddp = DistributedDataParallel(make_model(dtype))
-            train(ddp, SGDF(ddp.parameters(), **OPTIONS, **path), rank, range(STEPS), dtype)
+            train(ddp, make_optimizer(ddp.parameters(), path), rank, range(STEPS), dtype)
             results["ddp", name] = full_params(ddp.module)
             sharded = fully_shard(make_model(dtype))
-            train(sharded, SGDF(sharded.parameters(), **OPTIONS, **path), rank, range(STEPS), dtype)
+            train(sharded, make_optimizer(sharded.parameters(), path), rank, range(STEPS), dtype)
             results["fsdp", name] = full_params(sharded)
             if name in COMPILED_PATHS:
                 torch._dynamo.reset()
                 sharded = fully_shard(make_model(dtype))
-                train(sharded, SGDF(sharded.parameters(), **OPTIONS, **path), rank, range(STEPS), dtype,
+                train(sharded, make_optimizer(sharded.parameters(), path), rank, range(STEPS), dtype,
                       compiled=True)
                 results["fsdp-compiled", name] = full_params(sharded)
 
         # DCP: save after STEPS steps, go on for STEPS more; a fresh model and optimizer loaded from the checkpoint
         # must take the same STEPS more steps bit for bit.
-        checkpoint = os.path.join(out_dir, "checkpoint")
-        model = fully_shard(make_model())
-        opt = SGDF(model.parameters(), **OPTIONS)
-        train(model, opt, rank, range(STEPS))
-        model_state, optim_state = get_state_dict(model, opt)
-        dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=checkpoint)
-        train(model, opt, rank, range(STEPS, 2 * STEPS))
-        fresh = fully_shard(make_model())
-        fresh_opt = SGDF(fresh.parameters(), **OPTIONS)
-        model_state, optim_state = get_state_dict(fresh, fresh_opt)
-        loaded = {"model": model_state, "optim": optim_state}
-        dcp.load(loaded, checkpoint_id=checkpoint)
-        set_state_dict(fresh, fresh_opt, model_state_dict=loaded["model"], optim_state_dict=loaded["optim"])
-        train(fresh, fresh_opt, rank, range(STEPS, 2 * STEPS))
-        results["resumed"] = full_params(fresh), full_params(model)
-        results["resumed_state"] = [
-            [(s["step"], s["exp_avg"].full_tensor(), s["exp_var"].full_tensor()) for s in o.state.values()]
-            for o in (fresh_opt, opt)]
+        for optimizer in ("SGDF", "AdaSGDF"):
+            checkpoint = os.path.join(out_dir, f"checkpoint-{optimizer}")
+            model = fully_shard(make_model())
+            opt = make_optimizer(model.parameters(), dict(optimizer=optimizer))
+            train(model, opt, rank, range(STEPS))
+            model_state, optim_state = get_state_dict(model, opt)
+            dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=checkpoint)
+            train(model, opt, rank, range(STEPS, 2 * STEPS))
+            fresh = fully_shard(make_model())
+            fresh_opt = make_optimizer(fresh.parameters(), dict(optimizer=optimizer))
+            model_state, optim_state = get_state_dict(fresh, fresh_opt)
+            loaded = {"model": model_state, "optim": optim_state}
+            dcp.load(loaded, checkpoint_id=checkpoint)
+            set_state_dict(fresh, fresh_opt, model_state_dict=loaded["model"], optim_state_dict=loaded["optim"])
+            train(fresh, fresh_opt, rank, range(STEPS, 2 * STEPS))
+            results["resumed", optimizer] = full_params(fresh), full_params(model)
+            results["resumed_state", optimizer] = [
+                [(s["step"],) + tuple(s[k].full_tensor() for k in ("exp_avg", "exp_var", "exp_avg_sq") if k in s)
+                 for s in o.state.values()] for o in (fresh_opt, opt)]
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -187,10 +201,8 @@ def ranks(tmp_path_factory):
 
 def single_process(path, dtype):
     """One process on the union of the ranks' batches (DDP and FSDP2 average the ranks' gradients)."""
-    from sgdf_erd import SGDF
-
     model = make_model(dtype)
-    opt = SGDF(model.parameters(), **OPTIONS, **path)
+    opt = make_optimizer(model.parameters(), path)
     for step in range(STEPS):
         opt.zero_grad()
         batch = torch.cat([rank_batch(r, step) for r in range(WORLD_SIZE)]).to(dtype)
@@ -219,18 +231,22 @@ def test_compiled_step_under_fsdp2_matches_eager(ranks, path):
     step does (up to float32 rounding: the compiled step takes the foreach path)."""
     dtype = PARAM_DTYPES.get(path, torch.float32)
     tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-2)
+    if path.startswith("adasgdf"):  # the division by sqrt(v) + eps scales float32 differences up
+        tol = dict(rtol=1e-3, atol=1e-5)
     for rank in ranks:
         for got, want in zip(rank["fsdp-compiled", path], rank["fsdp", path]):
             torch.testing.assert_close(got, want, **tol)
 
 
-def test_dcp_checkpoint_resumes_bit_identically(ranks):
+@pytest.mark.parametrize("optimizer", ["SGDF", "AdaSGDF"])
+def test_dcp_checkpoint_resumes_bit_identically(ranks, optimizer):
     for rank in ranks:
-        resumed, continued = rank["resumed"]
+        resumed, continued = rank["resumed", optimizer]
         for got, want in zip(resumed, continued):
             assert torch.equal(got, want)
-        resumed_state, continued_state = rank["resumed_state"]
+        resumed_state, continued_state = rank["resumed_state", optimizer]
         assert len(resumed_state) == len(continued_state) == 4
+        assert all(len(s) == (4 if optimizer == "AdaSGDF" else 3) for s in resumed_state)
         for got, want in zip(resumed_state, continued_state):
             for a, b in zip(got, want):
                 assert torch.equal(a, b)

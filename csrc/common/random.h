@@ -12,7 +12,7 @@
 namespace sgdf_erd::random {
 
 // Streams: which stored tensor of a parameter is being rounded (independent draws for each).
-enum Stream : uint32_t { kParamStream = 0, kExpAvgStream = 1, kExpVarStream = 2 };
+enum Stream : uint32_t { kParamStream = 0, kExpAvgStream = 1, kExpVarStream = 2, kExpAvgSqStream = 3 };
 
 // A 32-bit xor-shift / multiply hash (a full-avalanche mixer; multipliers below 2^31 so that the Python twin can
 // compute it exactly in int64).

@@ -34,6 +34,8 @@ inline void check_hyperparameters(double lr, const Hyper<double>& h, const char*
 // The value of a one-element float32 CPU tensor (checked by the caller): a plain read, no synchronisation.
 inline float cpu_scalar(const Tensor& t) { return *static_cast<const float*>(t.const_data_ptr()); }
 
+inline const TensorList kNoExpAvgSqs{};
+
 // The arguments of one fused_sgdf_ call, or of one param group of a fused_sgdf_grouped_ call, checked
 // (check_fused_args): what the CPU and CUDA kernels share.
 struct FusedArgs {
@@ -51,6 +53,7 @@ struct FusedArgs {
   Hyper<double> hyper;
   const std::optional<Tensor>& grad_scale;
   const std::optional<Tensor>& found_inf;
+  const TensorList& exp_avg_sqs = kNoExpAvgSqs;  // AdaSGDF's second moments (preconditioner kSecondMoment)
   ScalarType param_dtype = ScalarType::Float;
   ScalarType state_dtype = ScalarType::Float;
   // What check_fused_args read of the tensors: the lists' metadata, the step counts' and the single tensors'
@@ -85,6 +88,10 @@ inline void check_fused_args(FusedArgs& a, const char* op) {
            {&a.grads, "grads"},
            {&a.exp_avgs, "exp_avgs", false},
            {&a.exp_vars, "exp_vars", false}};
+  const bool second_moment = a.hyper.preconditioner == Preconditioner::kSecondMoment;
+  SGDF_ERD_CHECK(second_moment || a.exp_avg_sqs.empty(), op, ": 'exp_avg_sqs' has ", a.exp_avg_sqs.size(),
+                 " tensors but only the 'second_moment' preconditioner keeps them; pass none");
+  if (second_moment) lists.push_back({&a.exp_avg_sqs, "exp_avg_sqs", false});  // (lists[4])
   if (a.update_mode()) lists.push_back({&a.updates, "updates"});
   if (a.has_master()) lists.push_back({&a.master_params, "master_params", false});
   check_tensor_lists(lists, op);
@@ -140,6 +147,9 @@ inline void check_fused_args(FusedArgs& a, const char* op) {
                    ": 'exp_avgs[", i, "]' and 'exp_vars[", i, "]' are ", a.exp_avgs[i].scalar_type(), " and ",
                    a.exp_vars[i].scalar_type(), " but 'exp_avgs[0]' is ", state,
                    "; all state of one call must share a dtype (the Python optimizer groups them)");
+    SGDF_ERD_CHECK(!second_moment || lists[4].metas[i].dtype == exp_avgs[0].dtype, op, ": 'exp_avg_sqs[", i,
+                   "]' is ", a.exp_avg_sqs[i].scalar_type(), " but 'exp_avgs[0]' is ", state,
+                   "; all state of one call must share a dtype (the Python optimizer groups them)");
     SGDF_ERD_CHECK(masters == nullptr || (*masters)[i].dtype == float32, op, ": 'master_params[", i, "]' is ",
                    a.master_params[i].scalar_type(), "; master copies are float32");
     SGDF_ERD_CHECK(is_one_float_on_device(steps[i]), op, ": 'steps[", i,
@@ -175,14 +185,16 @@ inline FusedArgs make_fused_args(const TensorList& params, const TensorList& gra
                                  bool sign, bool maximize, const std::optional<Tensor>& grad_scale,
                                  const std::optional<Tensor>& found_inf, const TensorList& master_params,
                                  const std::vector<int64_t>& rounding_seeds,
-                                 const std::vector<int64_t>& rounding_offsets) {
+                                 const std::vector<int64_t>& rounding_offsets,
+                                 const TensorList& exp_avg_sqs = kNoExpAvgSqs,
+                                 Preconditioner preconditioner = Preconditioner::kNone) {
   FusedArgs args{params,    grads,
                  exp_avgs,  exp_vars,
                  updates,   steps,
                  master_params, rounding_seeds, rounding_offsets,
                  lr,        lr_tensor,
-                 {beta1, beta2, eps, gamma, weight_decay, decoupled_weight_decay, sign, maximize},
-                 grad_scale, found_inf};
+                 {beta1, beta2, eps, gamma, weight_decay, decoupled_weight_decay, sign, maximize, preconditioner},
+                 grad_scale, found_inf, exp_avg_sqs};
   constexpr const char* op = "sgdf_erd::fused_sgdf_";
   check_fused_args(args, op);
   std::vector<MemoryOperand> operands;

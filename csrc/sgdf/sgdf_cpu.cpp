@@ -30,9 +30,9 @@ const StepRangeKernels& chosen_kernels() {
   return kernels;
 }
 
-template <typename acc_t, bool kMaster, bool kUpdate>
+template <typename acc_t, bool kMaster, bool kUpdate, Preconditioner kPre>
 void run_cpu(const FusedArgs& a, double lr) {
-  using Ops = Operands<kMaster, kUpdate>;
+  using Ops = ModeOperands<kMaster, kUpdate, kPre>;
   constexpr int Depth = Ops::kDepth;
   StepPlan<acc_t, Depth> plan;
   plan.hyper = cast_hyper<acc_t>(a.hyper);
@@ -71,11 +71,15 @@ void run_cpu(const FusedArgs& a, double lr) {
     if constexpr (kUpdate) {
       o[Ops::kUpdateBuffer] = operand(a.updates[i], Ops::kUpdateBuffer, a.param_dtype, false, 0);
     }
+    if constexpr (kPre == Preconditioner::kSecondMoment) {
+      o[Ops::kExpAvgSq] = operand(a.exp_avg_sqs[i], Ops::kExpAvgSq, a.state_dtype, true, random::kExpAvgSqStream);
+    }
   }
   plan.operands = base.data();
   plan.first_indices = first_indices.data();
   plan.coeffs = coeffs.data();
-  const StepRangeFn<acc_t, kMaster, kUpdate> kernel = chosen_kernels().template get<acc_t, kMaster, kUpdate>();
+  const StepRangeFn<acc_t, kMaster, kUpdate, kPre> kernel =
+      chosen_kernels().template get<acc_t, kMaster, kUpdate, kPre>();
   cpu::parallel_over_ranges(numels, cpu::kRangeSize,
                             [&](int64_t t, int64_t begin, int64_t end) { kernel(plan, t, begin, end); });
 }
@@ -88,8 +92,11 @@ void step_cpu(const FusedArgs& a) {
   const double step_lr = a.lr_tensor.has_value() ? static_cast<double>(cpu_scalar(*a.lr_tensor)) : a.lr;
   // 16-bit operands are converted to float by common/cpu/multi_tensor_apply.h, so the dtypes choose only the
   // arithmetic type
-  dispatch_storage(a, [&](auto param, auto, auto master, auto update) {
-    run_cpu<opmath_t<typename decltype(param)::type>, decltype(master)::value, decltype(update)::value>(a, step_lr);
+  dispatch_preconditioner(a.hyper.preconditioner, [&](auto mode) {
+    dispatch_storage(a, [&](auto param, auto, auto master, auto update) {
+      run_cpu<opmath_t<typename decltype(param)::type>, decltype(master)::value, decltype(update)::value,
+              decltype(mode)::value>(a, step_lr);
+    });
   });
 }
 

@@ -14,10 +14,10 @@
 namespace sgdf_erd::sgdf {
 inline namespace SGDF_ERD_CPU_CAPABILITY {
 
-template <typename acc_t, bool kMaster, bool kUpdate>
-void step_range(const StepPlan<acc_t, Operands<kMaster, kUpdate>::kDepth>& plan, int64_t tensor, int64_t begin,
-                int64_t end) {
-  using Ops = Operands<kMaster, kUpdate>;
+template <typename acc_t, bool kMaster, bool kUpdate, Preconditioner kPre>
+void step_range(const StepPlan<acc_t, ModeOperands<kMaster, kUpdate, kPre>::kDepth>& plan, int64_t tensor,
+                int64_t begin, int64_t end) {
+  using Ops = ModeOperands<kMaster, kUpdate, kPre>;
   constexpr int Depth = Ops::kDepth;
   std::array<cpu::Operand, Depth> range;
   for (int d = 0; d < Depth; ++d) range[d] = plan.operands[tensor][d].advanced(begin);
@@ -31,7 +31,10 @@ void step_range(const StepPlan<acc_t, Operands<kMaster, kUpdate>::kDepth>& plan,
   cpu::apply_elementwise<acc_t, Depth>(range, plan.first_indices[tensor] + begin, end - begin, [=](auto& v) {
     using V = std::decay_t<decltype(v[0])>;
     if (unscale) v[Ops::kGrad] = v[Ops::kGrad] / V(scale);
-    const V u = filtered_update(v[Ops::kWeights], v[Ops::kGrad], v[Ops::kExpAvg], v[Ops::kExpVar], lr, hyper, c);
+    V* exp_avg_sq = nullptr;  // (SGDF and the variance preconditioner keep none)
+    if constexpr (kPre == Preconditioner::kSecondMoment) exp_avg_sq = &v[Ops::kExpAvgSq];
+    const V u = filtered_update<kPre>(v[Ops::kWeights], v[Ops::kGrad], v[Ops::kExpAvg], v[Ops::kExpVar], exp_avg_sq,
+                                      lr, hyper, c);
     if constexpr (kUpdate) {
       v[Ops::kUpdateBuffer] = u;
     } else {
@@ -42,14 +45,21 @@ void step_range(const StepPlan<acc_t, Operands<kMaster, kUpdate>::kDepth>& plan,
 }
 
 // This build's kernels, one per slot of StepRangeKernels.
+template <Preconditioner kPre>
+void fill_mode_kernels(StepRangeKernels& k) {
+  k.get<float, false, false, kPre>() = &step_range<float, false, false, kPre>;
+  k.get<float, false, true, kPre>() = &step_range<float, false, true, kPre>;
+  k.get<float, true, false, kPre>() = &step_range<float, true, false, kPre>;
+  k.get<float, true, true, kPre>() = &step_range<float, true, true, kPre>;
+  k.get<double, false, false, kPre>() = &step_range<double, false, false, kPre>;
+  k.get<double, false, true, kPre>() = &step_range<double, false, true, kPre>;
+}
+
 inline StepRangeKernels step_range_kernels() {
   StepRangeKernels k;
-  k.get<float, false, false>() = &step_range<float, false, false>;
-  k.get<float, false, true>() = &step_range<float, false, true>;
-  k.get<float, true, false>() = &step_range<float, true, false>;
-  k.get<float, true, true>() = &step_range<float, true, true>;
-  k.get<double, false, false>() = &step_range<double, false, false>;
-  k.get<double, false, true>() = &step_range<double, false, true>;
+  fill_mode_kernels<Preconditioner::kNone>(k);
+  fill_mode_kernels<Preconditioner::kSecondMoment>(k);
+  fill_mode_kernels<Preconditioner::kVariance>(k);
   return k;
 }
 

@@ -25,27 +25,32 @@ struct StepPlan {
 };
 
 // The kernel over elements [begin, end) of tensor `tensor`.
-template <typename acc_t, bool kMaster, bool kUpdate>
-using StepRangeFn = void (*)(const StepPlan<acc_t, Operands<kMaster, kUpdate>::kDepth>& plan, int64_t tensor,
-                             int64_t begin, int64_t end);
+template <typename acc_t, bool kMaster, bool kUpdate, Preconditioner kPre>
+using StepRangeFn = void (*)(const StepPlan<acc_t, ModeOperands<kMaster, kUpdate, kPre>::kDepth>& plan,
+                             int64_t tensor, int64_t begin, int64_t end);
 
-template <typename acc_t, bool kMaster, bool kUpdate>
+template <typename acc_t, bool kMaster, bool kUpdate, Preconditioner kPre>
 struct StepRangeSlot {
-  StepRangeFn<acc_t, kMaster, kUpdate> fn = nullptr;
+  StepRangeFn<acc_t, kMaster, kUpdate, kPre> fn = nullptr;
 };
 
-// One build's kernels for every storage the CPU kernel keeps: float arithmetic (float32 or 16-bit params) with or
-// without master copies and update buffers, double arithmetic (float64 params, no master copies).
-struct StepRangeKernels : StepRangeSlot<float, false, false>, StepRangeSlot<float, false, true>,
-                          StepRangeSlot<float, true, false>, StepRangeSlot<float, true, true>,
-                          StepRangeSlot<double, false, false>, StepRangeSlot<double, false, true> {
-  template <typename acc_t, bool kMaster, bool kUpdate>
-  StepRangeFn<acc_t, kMaster, kUpdate>& get() {
-    return StepRangeSlot<acc_t, kMaster, kUpdate>::fn;
+// One preconditioner's kernels for every storage the CPU kernel keeps: float arithmetic (float32 or 16-bit params)
+// with or without master copies and update buffers, double arithmetic (float64 params, no master copies).
+template <Preconditioner kPre>
+struct ModeKernels : StepRangeSlot<float, false, false, kPre>, StepRangeSlot<float, false, true, kPre>,
+                     StepRangeSlot<float, true, false, kPre>, StepRangeSlot<float, true, true, kPre>,
+                     StepRangeSlot<double, false, false, kPre>, StepRangeSlot<double, false, true, kPre> {};
+
+// One build's kernels: SGDF's and AdaSGDF's two preconditioners.
+struct StepRangeKernels : ModeKernels<Preconditioner::kNone>, ModeKernels<Preconditioner::kSecondMoment>,
+                          ModeKernels<Preconditioner::kVariance> {
+  template <typename acc_t, bool kMaster, bool kUpdate, Preconditioner kPre>
+  StepRangeFn<acc_t, kMaster, kUpdate, kPre>& get() {
+    return StepRangeSlot<acc_t, kMaster, kUpdate, kPre>::fn;
   }
-  template <typename acc_t, bool kMaster, bool kUpdate>
-  StepRangeFn<acc_t, kMaster, kUpdate> get() const {
-    return StepRangeSlot<acc_t, kMaster, kUpdate>::fn;
+  template <typename acc_t, bool kMaster, bool kUpdate, Preconditioner kPre>
+  StepRangeFn<acc_t, kMaster, kUpdate, kPre> get() const {
+    return StepRangeSlot<acc_t, kMaster, kUpdate, kPre>::fn;
   }
 };
 

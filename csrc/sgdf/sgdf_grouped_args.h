@@ -18,7 +18,7 @@ namespace sgdf_erd::sgdf {
 // One param group's tensors, moved out of the call's flat lists (no reference counting), which its FusedArgs
 // refer to.
 struct GroupLists {
-  TensorList params, grads, exp_avgs, exp_vars, steps, master_params;
+  TensorList params, grads, exp_avgs, exp_vars, steps, master_params, exp_avg_sqs;
   std::vector<int64_t> rounding_seeds;
   std::optional<Tensor> lr_tensor;
   std::string op;  // what its messages start with
@@ -53,7 +53,8 @@ inline GroupedArgs make_grouped_args(TensorList& params, TensorList& grads, Tens
                                      TensorList& steps, TensorList& master_params,
                                      const std::vector<int64_t>& rounding_seeds, const GroupOptions& o,
                                      const std::optional<Tensor>& grad_scale,
-                                     const std::optional<Tensor>& found_inf) {
+                                     const std::optional<Tensor>& found_inf, TensorList& exp_avg_sqs,
+                                     Preconditioner preconditioner) {
   constexpr const char* op = "sgdf_erd::fused_sgdf_grouped_";
   const size_t num_groups = o.group_sizes.size();
   auto check_per_group = [&](size_t size, const char* name) {
@@ -91,6 +92,9 @@ inline GroupedArgs make_grouped_args(TensorList& params, TensorList& grads, Tens
     SGDF_ERD_CHECK(list->size() == total, op, ": '", name, "' has ", list->size(), " tensors but 'params' has ",
                    total, "; pass one entry per parameter");
   }
+  const bool second_moment = preconditioner == Preconditioner::kSecondMoment;
+  SGDF_ERD_CHECK(exp_avg_sqs.size() == (second_moment ? total : 0), op, ": 'exp_avg_sqs' has ", exp_avg_sqs.size(),
+                 " tensors; pass one per parameter with the 'second_moment' preconditioner, else none");
   SGDF_ERD_CHECK(master_params.size() == with_master, op, ": 'master_params' has ", master_params.size(),
                  " tensors but the groups with master_weights have ", with_master,
                  " params; pass one master copy per param of those groups");
@@ -114,6 +118,7 @@ inline GroupedArgs make_grouped_args(TensorList& params, TensorList& grads, Tens
     l.exp_avgs = take(exp_avgs, first, size);
     l.exp_vars = take(exp_vars, first, size);
     l.steps = take(steps, first, size);
+    if (second_moment) l.exp_avg_sqs = take(exp_avg_sqs, first, size);
     if (o.master_weights[g]) {
       l.master_params = take(master_params, first_master, size);
       first_master += size;
@@ -129,8 +134,8 @@ inline GroupedArgs make_grouped_args(TensorList& params, TensorList& grads, Tens
         l.params, l.grads, l.exp_avgs, l.exp_vars, kNoTensors, l.steps, l.master_params, l.rounding_seeds,
         kNoIndices, o.lr[g], l.lr_tensor,
         Hyper<double>{o.beta1[g], o.beta2[g], o.eps[g], o.gamma[g], o.weight_decay[g], o.decoupled_weight_decay[g],
-                      o.sign[g], o.maximize[g]},
-        grad_scale, found_inf});
+                      o.sign[g], o.maximize[g], preconditioner},
+        grad_scale, found_inf, l.exp_avg_sqs});
     check_fused_args(a, l.op.c_str());
   }
   // One device for the whole call (the dispatcher chose its kernel by the first tensor), and no memory shared

@@ -15,10 +15,11 @@
 namespace sgdf_erd::sgdf {
 namespace {
 
-template <typename param_t, typename state_t, bool kMaster, bool kUpdate>
+template <typename param_t, typename state_t, bool kMaster, bool kUpdate, Preconditioner kPre>
 struct SgdfFunctor {
   using acc_t = opmath_t<param_t>;
-  using Ops = Operands<kMaster, kUpdate>;
+  using Ops = ModeOperands<kMaster, kUpdate, kPre>;
+  static constexpr bool kSecondMoment = kPre == Preconditioner::kSecondMoment;
   static constexpr int kDepth = Ops::kDepth;
   Hyper<double> hyper;  // cast per block: double keeps the bias corrections accurate
   double lr;
@@ -48,11 +49,15 @@ struct SgdfFunctor {
       if (is_reduced_floating_point_v<state_t>) {
         round_stochastically(Ops::kExpAvg, random::kExpAvgStream);
         round_stochastically(Ops::kExpVar, random::kExpVarStream);
+        if constexpr (kSecondMoment) round_stochastically(Ops::kExpAvgSq, random::kExpAvgSqStream);
       }
     }
     auto update = [&](acc_t(&v)[kDepth]) {
       if (unscale) v[Ops::kGrad] = v[Ops::kGrad] / scale;
-      const acc_t u = filtered_update(v[Ops::kWeights], v[Ops::kGrad], v[Ops::kExpAvg], v[Ops::kExpVar], lr_acc, h, c);
+      acc_t* exp_avg_sq = nullptr;  // (SGDF and the variance preconditioner keep none)
+      if constexpr (kSecondMoment) exp_avg_sq = &v[Ops::kExpAvgSq];
+      const acc_t u = filtered_update<kPre>(v[Ops::kWeights], v[Ops::kGrad], v[Ops::kExpAvg], v[Ops::kExpVar],
+                                            exp_avg_sq, lr_acc, h, c);
       if constexpr (kUpdate) {
         v[Ops::kUpdateBuffer] = u;
       } else {
@@ -60,9 +65,15 @@ struct SgdfFunctor {
         if constexpr (kMaster) v[Ops::kParam] = v[Ops::kMasterParam];
       }
     };
+    // exp_avg_sq, where there is one, is the last operand, stored in the state's type
     with_operand_types<param_t, state_t, kMaster, kUpdate>([&](auto... types) {
-      cuda::for_each_element<acc_t, typename std::decay_t<decltype(types)>::type...>(meta, tensor, chunk, write_mask,
-                                                                                     rounding, update);
+      if constexpr (kSecondMoment) {
+        cuda::for_each_element<acc_t, typename std::decay_t<decltype(types)>::type..., state_t>(
+            meta, tensor, chunk, write_mask, rounding, update);
+      } else {
+        cuda::for_each_element<acc_t, typename std::decay_t<decltype(types)>::type...>(meta, tensor, chunk,
+                                                                                       write_mask, rounding, update);
+      }
     });
   }
 };
@@ -91,12 +102,16 @@ void step_cuda(const FusedArgs& a) {
   std::vector<const TensorList*> lists{&a.params, &a.grads, &a.exp_avgs, &a.exp_vars};
   if (a.has_master()) lists.push_back(&a.master_params);
   if (a.update_mode()) lists.push_back(&a.updates);
-  dispatch_storage(a, [&](auto param, auto state, auto master, auto update) {
-    using Functor =
-        SgdfFunctor<typename std::decay_t<decltype(param)>::type, typename std::decay_t<decltype(state)>::type,
-                    std::decay_t<decltype(master)>::value, std::decay_t<decltype(update)>::value>;
-    const Functor f{a.hyper, a.lr, ptr(a.lr_tensor), ptr(a.grad_scale), ptr(a.found_inf), a.stochastic()};
-    cuda::multi_tensor_apply<Functor::kDepth>(lists, a.steps, f, a.rounding_seeds, a.rounding_offsets);
+  if (a.hyper.preconditioner == Preconditioner::kSecondMoment) lists.push_back(&a.exp_avg_sqs);
+  dispatch_preconditioner(a.hyper.preconditioner, [&](auto mode) {
+    dispatch_storage(a, [&](auto param, auto state, auto master, auto update) {
+      using Functor =
+          SgdfFunctor<typename std::decay_t<decltype(param)>::type, typename std::decay_t<decltype(state)>::type,
+                      std::decay_t<decltype(master)>::value, std::decay_t<decltype(update)>::value,
+                      std::decay_t<decltype(mode)>::value>;
+      const Functor f{a.hyper, a.lr, ptr(a.lr_tensor), ptr(a.grad_scale), ptr(a.found_inf), a.stochastic()};
+      cuda::multi_tensor_apply<Functor::kDepth>(lists, a.steps, f, a.rounding_seeds, a.rounding_offsets);
+    });
   });
 }
 

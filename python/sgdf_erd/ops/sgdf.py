@@ -1,5 +1,5 @@
-"""``fused_sgdf_``: one fused SGDF step over a group of tensors, and ``fused_sgdf_grouped_``: over several param
-groups in one call (the kernels: csrc/sgdf); each beside its fake."""
+"""``fused_sgdf_``: one fused SGDF (or AdaSGDF) step over a group of tensors, and ``fused_sgdf_grouped_``: over
+several param groups in one call (the kernels: csrc/sgdf); each beside its fake."""
 
 import numbers
 from typing import List, Optional, Sequence
@@ -24,7 +24,8 @@ def fused_sgdf_(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor
                 beta2: float, eps: float, gamma: float, weight_decay: float, decoupled_weight_decay: bool,
                 sign: bool, maximize: bool, grad_scale: Optional[Tensor], found_inf: Optional[Tensor],
                 master_params: Sequence[Tensor] = (), rounding_seeds: Sequence[int] = (),
-                rounding_offsets: Sequence[int] = ()) -> None:
+                rounding_offsets: Sequence[int] = (), exp_avg_sqs: Optional[Sequence[Tensor]] = (),
+                preconditioner: str = "none") -> None:
     """One SGDF step, in place, over same-device tensors of one param dtype and one state dtype (the fused path
     of :class:`sgdf_erd.SGDF`, which groups the tensors and checks the hyperparameters first).
 
@@ -36,18 +37,23 @@ def fused_sgdf_(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor
     ``rounding_seeds``: one per param, in [0, 2**32): 16-bit results (params without master copies, state) are
     rounded stochastically with the counter-based numbers of (seed, step, element index). ``rounding_offsets``:
     one per seeded param (default all 0), the index of its first element: a shard of a larger tensor, numbered by
-    its elements' positions in the whole tensor, draws what the whole tensor would. The kernels check every
+    its elements' positions in the whole tensor, draws what the whole tensor would. ``preconditioner``: "none"
+    (SGDF), or AdaSGDF's "second_moment" (the update divided by sqrt(v / (1 - b2^t)) + eps, with ``exp_avg_sqs``
+    the EMA v of the filtered gradient's square, one per param in the state dtype) or "variance" (divided by
+    sqrt(exp_var / (1 - b2^t)) + eps; no exp_avg_sqs). The kernels check every
     argument before writing anything and raise RuntimeError (ValueError for a seed out of range). A call without
     any tensor does nothing.
     """
     op = "sgdf_erd::fused_sgdf_"
     rounding_seeds = _int_list(op, "rounding_seeds", rounding_seeds)
     rounding_offsets = _int_list(op, "rounding_offsets", rounding_offsets)
-    if _no_tensors(params, grads, exp_avgs, exp_vars, updates, steps, master_params, lr_tensor, grad_scale, found_inf):
+    if _no_tensors(params, grads, exp_avgs, exp_vars, updates, steps, master_params, exp_avg_sqs, lr_tensor,
+                   grad_scale, found_inf):
         return
     _native.ops.fused_sgdf_(params, grads, exp_avgs, exp_vars, updates, steps, lr, lr_tensor, beta1, beta2, eps,
                             gamma, weight_decay, decoupled_weight_decay, sign, maximize, grad_scale, found_inf,
-                            list(master_params), rounding_seeds, rounding_offsets)
+                            list(master_params), rounding_seeds, rounding_offsets, list(exp_avg_sqs or ()) or None,
+                            preconditioner)
 
 
 def _int_list(op: str, name: str, values: Sequence) -> List[int]:
@@ -72,10 +78,11 @@ def _no_tensors(*args) -> bool:
 @torch.library.register_fake("sgdf_erd::fused_sgdf_")
 def _fused_sgdf_fake(params, grads, exp_avgs, exp_vars, updates, steps, lr, lr_tensor, beta1, beta2, eps, gamma,
                      weight_decay, decoupled_weight_decay, sign, maximize, grad_scale, found_inf, master_params,
-                     rounding_seeds=(), rounding_offsets=()):
+                     rounding_seeds=(), rounding_offsets=(), exp_avg_sqs=None, preconditioner="none"):
     # the op only writes its inputs, so under torch.compile and FakeTensor it returns nothing
     _check_fake_devices("fused_sgdf_", dict(params=params, grads=grads, exp_avgs=exp_avgs, exp_vars=exp_vars,
-                                            updates=updates, steps=steps, master_params=master_params),
+                                            updates=updates, steps=steps, master_params=master_params,
+                                            exp_avg_sqs=exp_avg_sqs or ()),
                         dict(lr_tensor=lr_tensor, grad_scale=grad_scale, found_inf=found_inf))
 
 
@@ -92,7 +99,8 @@ def fused_sgdf_grouped_(params: List[Tensor], grads: List[Tensor], exp_avgs: Lis
                         weight_decay: List[float],
                         decoupled_weight_decay: List[bool], sign: List[bool], maximize: List[bool],
                         master_weights: List[bool], stochastic_rounding: List[bool], grad_scale: Optional[Tensor],
-                        found_inf: Optional[Tensor]) -> None:
+                        found_inf: Optional[Tensor], exp_avg_sqs: Optional[Sequence[Tensor]] = (),
+                        preconditioner: str = "none") -> None:
     """One SGDF step over several param groups of one device, in place: fused_sgdf_ for each group (without update
     buffers or rounding offsets), in one call that checks every group before it writes anything.
 
@@ -100,25 +108,28 @@ def fused_sgdf_grouped_(params: List[Tensor], grads: List[Tensor], exp_avgs: Lis
     hyperparameters ``lr`` ... ``maximize`` and the options ``master_weights`` / ``stochastic_rounding`` hold one
     value per group; ``lr_tensor`` one entry per group, a tensor replacing the group's ``lr`` or None.
     ``master_params`` and ``rounding_seeds`` hold one entry per param of the groups whose option is set, in group
-    order. Refusals raise RuntimeError (ValueError for a seed out of range) with messages starting with
+    order. ``preconditioner`` (one for the call) and ``exp_avg_sqs`` (with "second_moment", one per param) as in
+    fused_sgdf_. Refusals raise RuntimeError (ValueError for a seed out of range) with messages starting with
     FUSED_SGDF_REFUSED. A call without any tensor does nothing.
     """
     op = "sgdf_erd::fused_sgdf_grouped_"
     rounding_seeds = _int_list(op, "rounding_seeds", rounding_seeds)
     group_sizes = _int_list(op, "group_sizes", group_sizes)
-    if _no_tensors(params, grads, exp_avgs, exp_vars, steps, master_params, grad_scale, found_inf,
+    if _no_tensors(params, grads, exp_avgs, exp_vars, steps, master_params, exp_avg_sqs, grad_scale, found_inf,
                    [t for t in lr_tensor if t is not None]):
         return
     _native.ops.fused_sgdf_grouped_(params, grads, exp_avgs, exp_vars, steps, master_params, rounding_seeds,
                                     group_sizes, lr, lr_tensor, beta1, beta2, eps, gamma, weight_decay,
                                     decoupled_weight_decay, sign, maximize, master_weights, stochastic_rounding,
-                                    grad_scale, found_inf)
+                                    grad_scale, found_inf, list(exp_avg_sqs or ()) or None, preconditioner)
 
 
 @torch.library.register_fake("sgdf_erd::fused_sgdf_grouped_")
 def _fused_sgdf_grouped_fake(params, grads, exp_avgs, exp_vars, steps, master_params, rounding_seeds, group_sizes,
                              lr, lr_tensor, beta1, beta2, eps, gamma, weight_decay, decoupled_weight_decay, sign,
-                             maximize, master_weights, stochastic_rounding, grad_scale, found_inf):
+                             maximize, master_weights, stochastic_rounding, grad_scale, found_inf, exp_avg_sqs=None,
+                             preconditioner="none"):
     _check_fake_devices("fused_sgdf_grouped_", dict(params=params, grads=grads, exp_avgs=exp_avgs, exp_vars=exp_vars,
-                                                    steps=steps, master_params=master_params, lr_tensor=lr_tensor),
+                                                    steps=steps, master_params=master_params, lr_tensor=lr_tensor,
+                                                    exp_avg_sqs=exp_avg_sqs or ()),
                         dict(grad_scale=grad_scale, found_inf=found_inf))

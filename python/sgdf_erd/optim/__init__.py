@@ -1,5 +1,6 @@
 """Optimizers."""
 
+from .adasgdf import AdaSGDF
 from .sgdf import SGDF
 
-__all__ = ["SGDF"]
+__all__ = ["SGDF", "AdaSGDF"]

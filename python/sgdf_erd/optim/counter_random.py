@@ -14,7 +14,7 @@ from torch import Tensor
 
 MASK32 = 0xFFFFFFFF
 # Streams: which stored tensor of a parameter the numbers round (independent draws for each).
-PARAM_STREAM, EXP_AVG_STREAM, EXP_VAR_STREAM = 0, 1, 2
+PARAM_STREAM, EXP_AVG_STREAM, EXP_VAR_STREAM, EXP_AVG_SQ_STREAM = 0, 1, 2, 3
 _SECOND_KEY = 0x68E31DA4
 
 

@@ -17,7 +17,10 @@ from .sgdf_functional import foreach_sgdf, fused_sgdf, scalar_on, single_tensor_
 # converted to the storage settings).
 _PATH_KEYS = ("foreach", "fused", "capturable", "stochastic_rounding", "state_dtype", "master_weights")
 # State entries loaded as saved (torch's load would cast them to the parameter's dtype); converted by SGDF.
-_UNCAST_KEYS = ("exp_avg", "exp_var", "master_param")
+_UNCAST_KEYS = ("exp_avg", "exp_var", "exp_avg_sq", "master_param")
+# Update options the grouped kernel takes once per call (AdaSGDF's preconditioner): only groups that agree on them
+# (and on the device) share the one kernel call; the others are checked in Python and step on their own.
+_PER_CALL_OPTIONS = ("preconditioner",)
 # Option names of the authors' release (SGDF.py), translated when one of its checkpoints is loaded.
 _RELEASE_KEYS = {"weight_decouple": "decoupled_weight_decay", "use_sign": "sign", "use_muon": "orthogonalize"}
 
@@ -217,6 +220,8 @@ class SGDF(Optimizer):
                 state["step"] = torch.tensor(steps[p], dtype=torch.float32, device=p.device if on_device else "cpu")
                 for key in checks.moment_keys(group):  # own copies in the parameter's layout (e.g. channels_last)
                     state[key] = _like(p, checks.state_dtype(p, group)).copy_(state[key])
+                if "exp_avg_sq" not in checks.moment_keys(group):  # (AdaSGDF saved with "second_moment")
+                    state.pop("exp_avg_sq", None)
                 _adopt_storage_entries(p, state, group)
 
     # ------------------------------------------------------------------ step
@@ -254,7 +259,9 @@ class SGDF(Optimizer):
         for gi, group in enumerate(self.param_groups):
             if gi in in_one_call:
                 continue
-            lists = params, grads, exp_avgs, exp_vars, steps, master_params, rounding_seeds = [], [], [], [], [], [], []
+            lists = params, grads, exp_avgs, exp_vars, steps, master_params, rounding_seeds, exp_avg_sqs = (
+                [], [], [], [], [], [], [], [])
+            # (every list positionally: Dynamo writes back into the traced lists only the positional ones)
             path = self._init_group(group, *lists, check_all_groups=compiling and gi == 0)
             if params:
                 self._step_lists(group, path, lists, grad_scale, found_inf, compiling)
@@ -274,13 +281,14 @@ class SGDF(Optimizer):
     def _check_step(self) -> Dict[int, dict]:
         """Check every group, writing nothing. Returns the groups one kernel call steps (index -> their lists):
         checked by that call, which comes after these checks and before any write."""
-        in_one_call, others, device = {}, [], None
+        in_one_call, others, call_key = {}, [], None
         for gi, group in enumerate(self.param_groups):
             checks.check_hyperparameters(group, f"param group {gi}", read_device_lr=False)
             lists = self._one_call_lists(group) if group["fused"] is not False else None
-            if lists is not None and (device is None or lists["params"][0].device == device):
+            key = None if lists is None else (lists["params"][0].device, *map(group.get, _PER_CALL_OPTIONS))
+            if lists is not None and (call_key is None or key == call_key):
                 in_one_call[gi] = lists
-                device = lists["params"][0].device
+                call_key = key
             else:
                 others.append(gi)
         if others:
@@ -394,13 +402,16 @@ class SGDF(Optimizer):
             ops.fused_sgdf_(**in_one_call[0], updates=[], **lr_options(options.pop("lr")), **options,
                             grad_scale=scalar(grad_scale), found_inf=scalar(found_inf), rounding_offsets=[])
             return
-        lists, per_group = defaultdict(list), defaultdict(list)
+        lists, per_group, per_call = defaultdict(list), defaultdict(list), {}
         for gi, group in enumerate(self.param_groups):
             options = self._update_options(group)
+            call_options = {key: options.pop(key) for key in _PER_CALL_OPTIONS if key in options}
             group_lists = in_one_call.get(gi)
             if group_lists is None:  # an empty group, with the options (checked) of this one
                 group_lists = dict.fromkeys(next(iter(in_one_call.values())), ())
                 options["lr"] = 0.0
+            else:  # (the same in every group of the call: _check_step)
+                per_call.update(call_options)
             for key, values in group_lists.items():
                 lists[key].extend(values)
             options.update(lr_options(options.pop("lr")), group_sizes=len(group_lists["params"]),
@@ -408,15 +419,17 @@ class SGDF(Optimizer):
                            stochastic_rounding=bool(group_lists["rounding_seeds"]))
             for key, value in options.items():
                 per_group[key].append(value)
-        ops.fused_sgdf_grouped_(**lists, **per_group, grad_scale=scalar(grad_scale), found_inf=scalar(found_inf))
+        ops.fused_sgdf_grouped_(**lists, **per_group, **per_call, grad_scale=scalar(grad_scale),
+                                found_inf=scalar(found_inf))
 
     def _init_group(self, group: dict, params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor],
                     exp_vars: List[Tensor], steps: List[Tensor], master_params: List[Tensor],
-                    rounding_seeds: List[int], check_all_groups: bool = False) -> str:
+                    rounding_seeds: List[int], exp_avg_sqs: List[Tensor], check_all_groups: bool = False) -> str:
         """torch.optim's convention, which torch.compile relies on (Dynamo runs this eagerly while it traces and
         expects the lists filled in and a constant returned): collects the group's params that step now, their
-        grads and states (master copies and rounding seeds where the options use them), creating missing state;
-        returns the group's path. Runs after the checks (`check_all_groups`: runs them first, for every group)."""
+        grads and states (master copies and rounding seeds where the options use them; AdaSGDF's second moments
+        where its preconditioner keeps them), creating missing state; returns the group's path. Runs after the
+        checks (`check_all_groups`: runs them first, for every group)."""
         if check_all_groups:
             for gi, g in enumerate(self.param_groups):
                 checks.check_hyperparameters(g, f"param group {gi}", read_device_lr=False)
@@ -424,6 +437,7 @@ class SGDF(Optimizer):
         path = self._path(group)
         fused, master_weights = path == "fused", group["master_weights"]
         stochastic_rounding = group["stochastic_rounding"]
+        second_moment = "exp_avg_sq" in checks.moment_keys(group)
         for p in group["params"]:
             if p.grad is None or p.numel() == 0:
                 continue
@@ -445,16 +459,20 @@ class SGDF(Optimizer):
                 master_params.append(state["master_param"])
             if stochastic_rounding:
                 rounding_seeds.append(state["rounding_seed"])
+            if second_moment:
+                exp_avg_sqs.append(state["exp_avg_sq"])
         return path
 
     def _step_lists(self, group: dict, path: str, lists: tuple, grad_scale: Optional[Tensor],
                     found_inf: Optional[Tensor], compiling: bool) -> None:
         """Step a group's checked lists (from _init_group) on its path."""
-        params, grads, exp_avgs, exp_vars, steps, master_params, rounding_seeds = lists
+        params, grads, exp_avgs, exp_vars, steps, master_params, rounding_seeds, exp_avg_sqs = lists
         hyper = dict(self._update_options(group), orthogonalize_matrices=group["orthogonalize"],
                      ns_steps=group["ns_steps"], capturable=group["capturable"])
         storage = dict(master_params=master_params if group["master_weights"] else None,
                        rounding_seeds=rounding_seeds if group["stochastic_rounding"] else None)
+        if "exp_avg_sq" in checks.moment_keys(group):
+            storage["exp_avg_sqs"] = exp_avg_sqs
         if path == "fused" and not (compiling and _has_dtensor(params)):
             _fused_step(params, grads, exp_avgs, exp_vars, steps, hyper, storage, grad_scale, found_inf)
         else:  # (compiled with DTensor params, torch miscompiles the kernel's op: see _has_dtensor)

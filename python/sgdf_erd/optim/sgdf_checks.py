@@ -16,6 +16,8 @@ from .. import _native
 from ._dtensor import is_dtensor, shard_first_index
 
 STATE_KEYS = ("step", "exp_avg", "exp_var")
+# AdaSGDF's preconditioners (its param groups' "preconditioner"; SGDF's groups have none)
+PRECONDITIONERS = ("second_moment", "variance")
 # dtypes the state may be stored in (state_dtype=); the arithmetic stays float32 (float64 for float64 params)
 STATE_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 LOW_PRECISION = (torch.bfloat16, torch.float16)
@@ -27,7 +29,10 @@ GROUP_KEYS = ("lr", "betas", "eps", "gamma", "weight_decay", "decoupled_weight_d
 
 def moment_keys(group: dict) -> Tuple[str, ...]:
     """The state tensors of a group's update besides `step` (and the storage options' entries), each of the
-    parameter's shape in the group's state dtype."""
+    parameter's shape in the group's state dtype: exp_avg, exp_var, and AdaSGDF's exp_avg_sq with the
+    "second_moment" preconditioner."""
+    if group.get("preconditioner") == "second_moment":
+        return (*STATE_KEYS[1:], "exp_avg_sq")
     return STATE_KEYS[1:]
 
 
@@ -133,6 +138,9 @@ def check_hyperparameters(group: dict, where: str, read_device_lr: bool = True) 
     ns = group["ns_steps"]
     if not isinstance(ns, int) or isinstance(ns, bool) or (group["orthogonalize"] and ns < 2):
         raise ValueError(f"SGDF ({where}): invalid ns_steps={ns!r}; it must be an int >= 2 when orthogonalize=True")
+    if "preconditioner" in group and group["preconditioner"] not in PRECONDITIONERS:
+        raise ValueError(f"AdaSGDF ({where}): invalid preconditioner={group['preconditioner']!r}; it must be one of "
+                         f"{', '.join(map(repr, PRECONDITIONERS))}")
     state_dtype = group["state_dtype"]
     if state_dtype is not None and not isinstance(state_dtype, torch.dtype):
         raise TypeError(f"SGDF ({where}): `state_dtype` must be a torch.dtype or None, got {state_dtype!r}")
@@ -383,7 +391,7 @@ def checked_loaded_step(p: Tensor, state: dict, where: str, keys: Sequence[str] 
     missing = [key for key in keys if key not in state]
     if missing:
         raise ValueError(f"SGDF.load_state_dict: the state of {where} lacks {', '.join(missing)}; the checkpoint "
-                         "is incomplete or not from SGDF (each parameter needs step, exp_avg and exp_var)")
+                         f"is incomplete or from another optimizer (each parameter needs {', '.join(keys)})")
     step = state["step"]
     if isinstance(step, Tensor) and step.numel() == 1 and not step.is_complex():
         value = float(step)

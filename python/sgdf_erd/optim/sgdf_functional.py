@@ -11,6 +11,7 @@ those tensors, as in the release). ``master_weights`` and ``stochastic_rounding`
 kernels draw the same counter-based random numbers as the Python paths.
 """
 
+import math
 from collections import defaultdict
 from typing import List, Optional, Tuple, Union
 
@@ -19,7 +20,7 @@ from torch import Tensor
 
 from .. import ops
 from . import _dtensor
-from .counter_random import EXP_AVG_STREAM, EXP_VAR_STREAM, PARAM_STREAM
+from .counter_random import EXP_AVG_SQ_STREAM, EXP_AVG_STREAM, EXP_VAR_STREAM, PARAM_STREAM
 from .newton_schulz import is_matrix_shaped, orthogonalize
 from .stochastic_rounding import round_all_into_
 
@@ -47,6 +48,23 @@ def _bias_corrections(steps: List[Tensor], beta1: float, beta2: float, as_tensor
     return inv_bc1, bc2
 
 
+def _precondition_(updates, exp_vars, exp_avg_sqs, steps, beta2, eps, as_tensors):
+    """AdaSGDF: u = u / (sqrt(x / (1 - b2^t)) + eps), in place, where x is the second moment v (updated first:
+    v = b2 v + (1 - b2) u^2) when `exp_avg_sqs` are given, else the residual variance s. As the kernel computes it."""
+    if exp_avg_sqs is not None:
+        torch._foreach_mul_(exp_avg_sqs, beta2)
+        torch._foreach_addcmul_(exp_avg_sqs, updates, updates, value=1 - beta2)
+    if as_tensors:
+        inv_sqrt_bc = torch._foreach_rsqrt(torch._foreach_sub(torch._foreach_neg(torch._foreach_pow(beta2, steps)),
+                                                              -1.0))
+    else:
+        inv_sqrt_bc = [1.0 / math.sqrt(1.0 - beta2 ** float(t)) for t in steps]
+    denom = torch._foreach_sqrt(exp_avg_sqs if exp_avg_sqs is not None else exp_vars)
+    torch._foreach_mul_(denom, inv_sqrt_bc)
+    torch._foreach_add_(denom, eps)
+    torch._foreach_div_(updates, denom)
+
+
 def _apply_update(params, updates, lr, sign, orthogonalize_matrices, ns_steps, matrix_mask):
     """Optional sign / orthogonalisation of the filtered update, then p -= lr * u."""
     updates = list(updates)
@@ -72,14 +90,17 @@ def _widened(tensors: List[Tensor], dtypes: List[torch.dtype]) -> List[Tensor]:
 
 def foreach_sgdf(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor], exp_vars: List[Tensor],
                  steps: List[Tensor], *, master_params: Optional[List[Tensor]] = None,
-                 rounding_seeds: Optional[List[int]] = None, **hyper) -> None:
+                 rounding_seeds: Optional[List[int]] = None, exp_avg_sqs: Optional[List[Tensor]] = None,
+                 **hyper) -> None:
     """One SGDF step with foreach ops; steps are incremented here. `hyper`: lr, beta1, beta2, eps, gamma,
-    weight_decay, decoupled_weight_decay, sign, orthogonalize_matrices, ns_steps, maximize, capturable.
+    weight_decay, decoupled_weight_decay, sign, orthogonalize_matrices, ns_steps, maximize, capturable, and
+    AdaSGDF's preconditioner.
 
     `master_params`: float32 copies of bfloat16 / float16 params, updated instead of them; each param then
     receives its master rounded to nearest. `rounding_seeds` (stochastic rounding): per param, the seed of the
     counter-based generator that rounds the float32 results stochastically into low-precision storage (params
-    without master copies, and exp_avg / exp_var). On the CPU the tensors go a few at a time (about
+    without master copies, and exp_avg / exp_var). `preconditioner` "second_moment" (with `exp_avg_sqs`) or
+    "variance": AdaSGDF's step (_precondition_). On the CPU the tensors go a few at a time (about
     _CPU_CHUNK_ELEMENTS elements): the ~15 passes of a step then find them, and the two temporaries, in cache."""
     bounds, total = [0], 0
     if not (torch.compiler.is_compiling() or hyper["capturable"]) and params and params[0].device.type == "cpu":
@@ -91,19 +112,21 @@ def foreach_sgdf(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tenso
     for a, b in zip(bounds, bounds[1:] + [len(params)]):
         _foreach_sgdf(params[a:b], grads[a:b], exp_avgs[a:b], exp_vars[a:b], steps[a:b],
                       None if master_params is None else master_params[a:b],
-                      None if rounding_seeds is None else rounding_seeds[a:b], **hyper)
+                      None if rounding_seeds is None else rounding_seeds[a:b],
+                      None if exp_avg_sqs is None else exp_avg_sqs[a:b], **hyper)
 
 
 _CPU_CHUNK_ELEMENTS = 1 << 18  # about 1 MB per float32 list: with the two temporaries, within a core's L2 cache
 
 
-def _foreach_sgdf(params, grads, exp_avgs, exp_vars, steps, master_params, rounding_seeds, *, lr, beta1, beta2, eps,
-                  gamma, weight_decay, decoupled_weight_decay, sign, orthogonalize_matrices, ns_steps, maximize,
-                  capturable) -> None:
+def _foreach_sgdf(params, grads, exp_avgs, exp_vars, steps, master_params, rounding_seeds, exp_avg_sqs, *, lr, beta1,
+                  beta2, eps, gamma, weight_decay, decoupled_weight_decay, sign, orthogonalize_matrices, ns_steps,
+                  maximize, capturable, preconditioner="none") -> None:
     if not params:
         return
     matrix_mask = [is_matrix_shaped(p) for p in params]
     params, grads, exp_avgs, exp_vars = map(_real, (params, grads, exp_avgs, exp_vars))
+    exp_avg_sqs = _real(exp_avg_sqs) if exp_avg_sqs is not None else None
     torch._foreach_add_(steps, 1)
     compiling = torch.compiler.is_compiling()
     if isinstance(lr, Tensor) and not (capturable or compiling):
@@ -114,6 +137,7 @@ def _foreach_sgdf(params, grads, exp_avgs, exp_vars, steps, master_params, round
     dtypes = [_compute_dtype(p) for p in params]
     p = list(master_params) if master_params is not None else _widened(params, dtypes)
     m, s, g = (_widened(ts, dtypes) for ts in (exp_avgs, exp_vars, grads))
+    v = _widened(exp_avg_sqs, dtypes) if exp_avg_sqs is not None else None
 
     if maximize:
         g = torch._foreach_neg(g)
@@ -151,6 +175,8 @@ def _foreach_sgdf(params, grads, exp_avgs, exp_vars, steps, master_params, round
     torch._foreach_mul_(u, r)
     torch._foreach_add_(u, g)
     updates = u
+    if preconditioner != "none":
+        _precondition_(updates, s, v, steps, beta2, eps, as_tensors=capturable or compiling)
 
     _apply_update(p, updates, lr, sign, orthogonalize_matrices, ns_steps, matrix_mask)
     seeds = rounding_seeds if rounding_seeds is not None else [None] * len(params)
@@ -158,17 +184,19 @@ def _foreach_sgdf(params, grads, exp_avgs, exp_vars, steps, master_params, round
     param_seeds = [None] * len(params) if master_params is not None else seeds
     for stored, computed, stream, stream_seeds in ((params, p, PARAM_STREAM, param_seeds),
                                                    (exp_avgs, m, EXP_AVG_STREAM, seeds),
-                                                   (exp_vars, s, EXP_VAR_STREAM, seeds)):
+                                                   (exp_vars, s, EXP_VAR_STREAM, seeds),
+                                                   (exp_avg_sqs or [], v or [], EXP_AVG_SQ_STREAM, seeds)):
         round_all_into_(stored, computed, stream_seeds, steps, stream)
 
 
 def single_tensor_sgdf(params, grads, exp_avgs, exp_vars, steps, *, master_params=None, rounding_seeds=None,
-                       **hyper) -> None:
+                       exp_avg_sqs=None, **hyper) -> None:
     """One SGDF step, tensor by tensor (the foreach code on one-element lists)."""
     for i in range(len(params)):
         foreach_sgdf([params[i]], [grads[i]], [exp_avgs[i]], [exp_vars[i]], [steps[i]],
                      master_params=None if master_params is None else [master_params[i]],
-                     rounding_seeds=None if rounding_seeds is None else [rounding_seeds[i]], **hyper)
+                     rounding_seeds=None if rounding_seeds is None else [rounding_seeds[i]],
+                     exp_avg_sqs=None if exp_avg_sqs is None else [exp_avg_sqs[i]], **hyper)
 
 
 def _matching_layout(grad: Tensor, param: Tensor, copies: List[Tuple[Tensor, Tensor]]) -> Tensor:
@@ -190,13 +218,15 @@ def fused_sgdf(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor]
                gamma: float, weight_decay: float, decoupled_weight_decay: bool, sign: bool,
                orthogonalize_matrices: bool, ns_steps: int, maximize: bool, capturable: bool,
                grad_scale: Optional[Tensor] = None, found_inf: Optional[Tensor] = None,
-               master_params: Optional[List[Tensor]] = None, rounding_seeds: Optional[List[int]] = None) -> None:
+               master_params: Optional[List[Tensor]] = None, rounding_seeds: Optional[List[int]] = None,
+               preconditioner: str = "none", exp_avg_sqs: Optional[List[Tensor]] = None) -> None:
     """One SGDF step with the compiled kernel: one launch per (device, param dtype, state dtype) and update mode.
-    `master_params` and `rounding_seeds` as in foreach_sgdf."""
+    `master_params`, `rounding_seeds`, `preconditioner` and `exp_avg_sqs` as in foreach_sgdf."""
     if not params:
         return
     masters = master_params if master_params is not None else [None] * len(params)
     seeds = rounding_seeds if rounding_seeds is not None else [None] * len(params)
+    second_moments = exp_avg_sqs if exp_avg_sqs is not None else [None] * len(params)
     device, dtype, state_dtype = params[0].device, params[0].dtype, exp_avgs[0].dtype
     dtensor = _dtensor.dtensor_type() or ()  # isinstance(p, ()) is False
     # the common case, one launch: no per-tensor regrouping (this runs at every step, for every tensor)
@@ -206,33 +236,38 @@ def fused_sgdf(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor]
     if dtype.is_complex if uniform else any(p.is_complex() for p in params):
         grads = [g if not g.is_conj() else _copied(g, g.resolve_conj(), grad_copies) for g in grads]
         params, grads, exp_avgs, exp_vars = map(_real, (params, grads, exp_avgs, exp_vars))
+        second_moments = [None if v is None else torch.view_as_real(v) if v.is_complex() else v
+                          for v in second_moments]
     if uniform:
         groups = {(device, None, None, False): (params, [_matching_layout(g, p, grad_copies)
                                                          for g, p in zip(grads, params)],
                                                 exp_avgs, exp_vars, steps, masters, seeds, [0] * len(params),
-                                                [None] * len(params))}
+                                                [None] * len(params), second_moments)}
     else:
         keys = [(p.device, p.dtype, m.dtype, orthogonalize_matrices and is_matrix_shaped(p))
                 for p, m in zip(params, exp_avgs)]
         # params, grads, exp_avgs, exp_vars, steps, master copies, seeds, the number of each tensor's first element
-        # in its random numbers, and the DTensor each param is a shard of
-        groups = defaultdict(lambda: ([], [], [], [], [], [], [], [], []))
-        for key, p, g, m, s, t, w, seed in zip(keys, params, grads, exp_avgs, exp_vars, steps, masters, seeds):
+        # in its random numbers, the DTensor each param is a shard of, and the second moment (AdaSGDF)
+        groups = defaultdict(lambda: ([], [], [], [], [], [], [], [], [], []))
+        for key, p, g, m, s, t, w, seed, v in zip(keys, params, grads, exp_avgs, exp_vars, steps, masters, seeds,
+                                                  second_moments):
             sharded = p if isinstance(p, dtensor) else None
             first_index = 0
             if sharded is not None:  # the kernel is elementwise: it steps each rank's shards
                 p, g, m, s = (_dtensor.local_shard(x, sharded) for x in (p, g, m, s))
                 w = None if w is None else _dtensor.local_shard(w, sharded)
+                v = None if v is None else _dtensor.local_shard(v, sharded)
                 # numbered as in the whole tensor (the path choice sends other shards to foreach when rounding)
                 first_index = (_dtensor.shard_first_index(sharded) or 0) if seed is not None else 0
             for bucket, value in zip(groups[key], (p, _matching_layout(g, p, grad_copies), m, s, t, w, seed,
-                                                   first_index, sharded)):
+                                                   first_index, sharded, v)):
                 bucket.append(value)
 
     moved = {}  # lr / grad_scale / found_inf moved once per device
     for (device, _, _, orth), bucket in groups.items():
-        g_params, g_grads, g_exp_avgs, g_exp_vars, g_steps, g_masters, g_seeds, g_first, g_sharded = bucket
+        g_params, g_grads, g_exp_avgs, g_exp_vars, g_steps, g_masters, g_seeds, g_first, g_sharded, g_v = bucket
         g_masters = [] if master_params is None else g_masters
+        g_v = [] if exp_avg_sqs is None else g_v
         g_seeds = [] if rounding_seeds is None else g_seeds
         g_first = g_first if g_seeds and any(g_first) else []
         # zero-filled so that a step skipped for inf/NaN gradients orthogonalises to a zero update
@@ -241,7 +276,7 @@ def fused_sgdf(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor]
                                 g_seeds, g_first, moved, lr=lr, beta1=beta1, beta2=beta2, eps=eps, gamma=gamma,
                                 weight_decay=weight_decay, decoupled_weight_decay=decoupled_weight_decay,
                                 sign=sign and not orth, maximize=maximize, grad_scale=grad_scale,
-                                found_inf=found_inf)
+                                found_inf=found_inf, exp_avg_sqs=g_v, preconditioner=preconditioner)
         if orth:  # orthogonalisation is refused for complex parameters, so g_params are the originals
             directions = [orthogonalize(u, ns_steps) if sharded is None else
                           _dtensor.orthogonalize_shard(u, sharded, ns_steps) for u, sharded in zip(updates, g_sharded)]
@@ -269,7 +304,7 @@ def scalar_on(device: torch.device, t: Optional[Tensor], moved: dict) -> Optiona
 
 def _fused_call(device, params, grads, exp_avgs, exp_vars, updates, steps, master_params, rounding_seeds,
                 rounding_offsets, moved, *, lr, beta1, beta2, eps, gamma, weight_decay, decoupled_weight_decay, sign,
-                maximize, grad_scale, found_inf) -> Optional[Tensor]:
+                maximize, grad_scale, found_inf, exp_avg_sqs=(), preconditioner="none") -> Optional[Tensor]:
     """One kernel call over tensors of one device, param dtype and state dtype, laid out alike; it also advances
     the step counts, unless found_inf is set (then it changes nothing). Returns the lr tensor the kernel was given
     (None for a float lr). The kernel checks every argument before it writes anything."""
@@ -277,7 +312,7 @@ def _fused_call(device, params, grads, exp_avgs, exp_vars, updates, steps, maste
     ops.fused_sgdf_(params, grads, exp_avgs, exp_vars, updates, steps, 0.0 if lr_tensor is not None else float(lr),
                     lr_tensor, beta1, beta2, eps, gamma, weight_decay, decoupled_weight_decay, sign, maximize,
                     scalar_on(device, grad_scale, moved), scalar_on(device, found_inf, moved), master_params,
-                    rounding_seeds, rounding_offsets)
+                    rounding_seeds, rounding_offsets, exp_avg_sqs, preconditioner)
     return lr_tensor
 
 
