@@ -29,8 +29,9 @@ PATHS = {
 def _bits(t: torch.Tensor):
     """Everything that identifies a tensor's contents: metadata and the raw bytes (NaN-safe)."""
     dense = t.detach().to_dense() if t.layout != torch.strided else t.detach()
-    raw = dense.cpu().resolve_conj().contiguous().reshape(-1).view(torch.uint8).clone()
-    return (t.dtype, tuple(t.shape), t.stride(), t.device, t.is_conj(), raw)
+    raw = dense.cpu().resolve_conj().resolve_neg().contiguous().reshape(-1).view(torch.uint8).clone()
+    strides = t.stride() if t.layout == torch.strided else t.layout
+    return (t.dtype, tuple(t.shape), strides, t.device, t.is_conj(), t.is_neg(), raw)
 
 
 def _value(v):
@@ -845,4 +846,49 @@ def test_checkpoint_with_complex_state_for_a_real_param_changes_nothing(device):
     before = _snapshot(opt)
     with pytest.raises(ValueError, match="exp_var"):
         opt.load_state_dict(sd)
+    _assert_unchanged(opt, before)
+
+
+# ------------------------------------------- state that cannot be written in place, and step counts edited by hand
+def _edit_state(key, edit):
+    def change(params, opt):
+        state = opt.state[params[-1]]
+        state[key] = edit(state[key])
+    return change
+
+
+def _neg_grad(params, opt):
+    params[-1].grad = torch._neg_view(params[-1].grad.clone())
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("change,match", [
+    (_edit_state("exp_avg", lambda t: t.to_sparse()), "sparse|exp_avg"),
+    (_edit_state("exp_var", lambda t: t.to_sparse()), "sparse|exp_var"),
+    (_edit_state("exp_avg", lambda t: t.flatten()[:1].expand(t.shape) if t.dim() == 1 else
+                 t.reshape(-1)[:1].reshape([1] * t.dim()).expand(t.shape)), "share memory|overlap|expanded|exp_avg"),
+    (_edit_state("exp_var", lambda t: torch._neg_view(t.clone())), "negati|exp_var"),
+    (_edit_state("step", lambda t: torch.full_like(t, float("nan"))), "step"),
+    (_edit_state("step", lambda t: torch.full_like(t, -1.0)), "step"),
+    (_edit_state("step", lambda t: torch.full_like(t, float("inf"))), "step"),
+    (_neg_grad, "negati"),
+], ids=["sparse_exp_avg", "sparse_exp_var", "expanded_exp_avg", "neg_exp_var", "nan_step", "negative_step",
+        "inf_step", "neg_grad"])
+def test_state_a_step_cannot_write_is_refused_before_any_group_steps(device, path, change, match):
+    """The last group's state is made unwritable (or its step count invalid): raised before the first group steps."""
+    params, opt = _stepped(device, path)
+    change(params, opt)
+    before = _snapshot(opt)
+    with pytest.raises((ValueError, RuntimeError), match=match):
+        opt.step()
+    _assert_unchanged(opt, before)
+
+
+def test_state_made_in_inference_mode_is_refused_before_any_group_steps(device):
+    params, opt = _stepped(device, "foreach")
+    with torch.inference_mode():
+        opt.state[params[-1]]["exp_var"] = opt.state[params[-1]]["exp_var"].clone()
+    before = _snapshot(opt)
+    with pytest.raises(ValueError, match="inference"):
+        opt.step()
     _assert_unchanged(opt, before)

@@ -168,6 +168,14 @@ inline void check_fused_args(FusedArgs& a, const char* op) {
                    "' must be a one-element float32 tensor on ", DeviceName(device), ", got ", (*t)->numel(),
                    " elements of ", (*t)->scalar_type(), " on ", DeviceName((*t)->device()));
   }
+  // A step count edited by hand to NaN, inf or below 0 would turn every weight into NaN; read for free on the CPU
+  // (on a GPU it would need a host synchronisation).
+  for (size_t i = 0; i < a.steps.size() && a.steps[i].is_cpu(); ++i) {
+    const float value = cpu_scalar(a.steps[i]);
+    SGDF_ERD_CHECK_VALUE(std::isfinite(value) && value >= 0.f, op, ": 'steps[", i, "]' holds ", value,
+                         "; a step count is finite and >= 0 (the state was edited by hand: restore it from the "
+                         "optimizer's state_dict)");
+  }
   // A CPU lr tensor is read for free; reading a CUDA one would need a host synchronisation, so there its value is
   // the caller's to check.
   if (a.lr_tensor.has_value() && a.lr_tensor->is_cpu()) {

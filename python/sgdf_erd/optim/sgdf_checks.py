@@ -279,6 +279,9 @@ def check_grad(p: Tensor, grad: Tensor, where: str) -> None:
     if p.is_conj():
         raise ValueError(f"SGDF: {where} is a conjugate view (its conjugate bit is set), which an in-place update "
                          "cannot write through; optimize a tensor without it (p.resolve_conj())")
+    if grad.is_neg():
+        raise ValueError(f"SGDF: the gradient of {where} has the negative bit set (a lazily negated view, such as "
+                         "torch._neg_view gives); pass grad.resolve_neg()")
 
 
 def check_state(p: Tensor, state: dict, group: dict, on_device: bool, where: str) -> None:
@@ -314,21 +317,38 @@ def check_state(p: Tensor, state: dict, group: dict, on_device: bool, where: str
             raise ValueError(f"SGDF: the state of {where} holds '{key}' as {found}, but the parameter is "
                              f"{_describe(p)} and '{key}' must be {dtype} of its shape on its device; the state was "
                              "edited by hand: restore it from the optimizer's state_dict")
-        if t.is_conj():
-            raise ValueError(f"SGDF: '{key}' of {where} is a conjugate view; restore the state from the "
-                             "optimizer's state_dict")
+        _check_written(t, f"'{key}' of {where}")
     step = state["step"]
     if not (isinstance(step, Tensor) and step.numel() == 1 and step.dtype is torch.float32 and
-            (step.device == p.device or not on_device)):
+            (step.device == p.device or not on_device) and step.device.type != "meta"):
         found = _describe(step) if isinstance(step, Tensor) else type(step).__name__
         raise ValueError(f"SGDF: the state of {where} holds 'step' as {found}; it must be a one-element float32 "
                          f"tensor{f' on {p.device}' if on_device else ''}: restore it from the optimizer's "
                          "state_dict")
+    _check_written(step, f"'step' of {where}")
+    # a step count of NaN, inf or below 0 would turn the weights into NaN; read where that costs no synchronisation
+    if step.device.type == "cpu" and not (math.isfinite(float(step)) and float(step) >= 0.0):
+        raise ValueError(f"SGDF: the state of {where} holds 'step' {float(step)}; a step count is finite and >= 0: "
+                         "restore it from the optimizer's state_dict")
     seed = state.get("rounding_seed")
     if group["stochastic_rounding"] and (isinstance(seed, bool) or not isinstance(seed, int) or
                                          not 0 <= seed <= 0xFFFFFFFF):
         raise ValueError(f"SGDF: the state of {where} holds 'rounding_seed' {seed!r}; it must be an int in "
                          "[0, 2**32): restore it from the optimizer's state_dict")
+
+
+def _check_written(t: Tensor, what: str) -> None:
+    """What a step writes in place must take an in-place write: torch would refuse it in the middle of a step."""
+    problem = ("is sparse" if t.layout is not torch.strided else
+               "is a conjugate view" if t.is_conj() else
+               "has the negative bit set (a lazily negated view)" if t.is_neg() else
+               "is an inference tensor, which cannot be written outside torch.inference_mode()"
+               if t.is_inference() and not torch.is_inference_mode_enabled() else
+               "has elements that share memory (an expanded view)" if torch._debug_has_internal_overlap(t) == 1 else
+               None)
+    if problem:
+        raise ValueError(f"SGDF: {what} {problem}, so the step cannot update it in place; restore the state from "
+                         "the optimizer's state_dict (outside torch.inference_mode())")
 
 
 def check_no_shared_memory(operands: Iterable[Tuple[Tensor, bool, str]]) -> None:
