@@ -1,4 +1,4 @@
-"""SGDF vs SGD with momentum vs AdamW on small bundled datasets, with equal tuning effort and 95% intervals.
+"""SGDF and AdaSGDF vs SGD with momentum vs AdamW on small bundled datasets, with equal tuning effort and 95% intervals.
 
 For every optimizer: the same learning-rate sweep size (SWEEP points, a factor ~3 apart, centred on the usual
 value for that optimizer) scored by validation accuracy averaged over the sweep seeds; then the best learning rate
@@ -17,7 +17,7 @@ when that includes 0. Writes benchmarks/results/quality_sgdf_<device>.md and .js
     python benchmarks/quality_sgdf.py --quick    # smoke run (seconds)
     python benchmarks/quality_sgdf.py --reanalyse benchmarks/results/quality_sgdf_cpu.json   # tables from saved runs
 
-Adding an optimizer (AdaSGDF, say) is one entry in OPTIMIZERS; its comparison with AdamW is already listed.
+Adding an optimizer is one entry in OPTIMIZERS (and its comparisons in COMPARISONS).
 """
 
 import argparse
@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "python"))
-from sgdf_erd import SGDF  # noqa: E402
+from sgdf_erd import SGDF, AdaSGDF  # noqa: E402
 from sgdf_erd.demo.stats import format_interval, interval, paired_difference  # noqa: E402
 
 # name -> (factory(params, lr), lr grid): equal-size grids, a factor ~3 apart, around each optimizer's customary value
@@ -45,11 +45,17 @@ OPTIMIZERS = {
     "SGD+momentum": (lambda params, lr: torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=5e-4),
                      [0.01, 0.03, 0.1, 0.3, 1.0]),
     "AdamW": (lambda params, lr: torch.optim.AdamW(params, lr=lr, weight_decay=1e-2), [3e-4, 1e-3, 3e-3, 1e-2, 3e-2]),
+    # AdaSGDF as a drop-in for AdamW: AdamW's grid and weight decay, each preconditioner
+    "AdaSGDF": (lambda params, lr: AdaSGDF(params, lr=lr, weight_decay=1e-2, preconditioner="second_moment"),
+                [3e-4, 1e-3, 3e-3, 1e-2, 3e-2]),
+    "AdaSGDF-variance": (lambda params, lr: AdaSGDF(params, lr=lr, weight_decay=1e-2, preconditioner="variance"),
+                         [3e-4, 1e-3, 3e-3, 1e-2, 3e-2]),
 }
 LR_GRID = {name: grid for name, (_, grid) in OPTIMIZERS.items()}
 # paired differences A - B reported (those whose optimizers both ran): SGDF against momentum (the papers' claim) and
 # against AdamW; the adaptive variant against AdamW once it is in OPTIMIZERS
-COMPARISONS = [("SGDF", "SGD+momentum"), ("SGDF", "AdamW"), ("AdaSGDF", "AdamW")]
+COMPARISONS = [("SGDF", "SGD+momentum"), ("SGDF", "AdamW"), ("AdaSGDF", "AdamW"), ("AdaSGDF-variance", "AdamW"),
+               ("AdaSGDF-variance", "AdaSGDF")]
 
 
 def make_optimizer(name, params, lr):
