@@ -261,7 +261,9 @@ def _drop_one(args):
 
 
 BAD = {
-    "unknown preconditioner": (lambda a: a.update(preconditioner="adam"), ValueError, "invalid preconditioner"),
+    # (the raw op: its ValueError marker reaches Python as ValueError up to torch 2.14, RuntimeError from 2.15)
+    "unknown preconditioner": (lambda a: a.update(preconditioner="adam"), (ValueError, RuntimeError),
+                               "invalid preconditioner"),
     "missing exp_avg_sqs": (lambda a: a.update(exp_avg_sqs=None), RuntimeError, "exp_avg_sqs"),
     "one exp_avg_sq short": (_drop_one, RuntimeError, "exp_avg_sqs"),
     "exp_avg_sq of another dtype": (lambda a: a["exp_avg_sqs"].__setitem__(1, a["exp_avg_sqs"][1].double()),
