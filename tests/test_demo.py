@@ -17,7 +17,8 @@ from hypothesis import given, settings, strategies as st
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "python"))
-METHODS = ["erd+sgdf", "constant+sgdf", "min_snr+sgdf", "erd+adamw", "constant+adamw"]
+METHODS = ["erd+sgdf", "constant+sgdf", "min_snr+sgdf", "erd+adamw", "constant+adamw", "erd+adasgdf",
+           "constant+adasgdf"]
 FIGURES = ["samples_overview.png", "real_heldout.png", "weights_loss_share.png", "ntk_effective_rank.png",
            "training_curves.png", "convergence.png"] + [f"samples_{m.replace('+', '_')}.png" for m in METHODS]
 # two-sided 95% Student-t quantiles t_{0.975, df} from a printed table (NIST/SEMATECH e-Handbook, 1.3.6.7.2),
@@ -161,7 +162,8 @@ def test_demo_intervals_and_paired_differences_match_a_hand_calculation(smoke_ru
             assert point["heldout_mse"]["half_width"] == pytest.approx(half, rel=2e-3)
     differences = next(t for t in tables if "FD difference" in t[0])
     expected = [("erd+sgdf", "constant+sgdf"), ("min_snr+sgdf", "constant+sgdf"), ("erd+adamw", "constant+adamw"),
-                ("erd+sgdf", "erd+adamw"), ("constant+sgdf", "constant+adamw")]
+                ("erd+adasgdf", "constant+adasgdf"), ("erd+sgdf", "erd+adamw"), ("constant+sgdf", "constant+adamw"),
+                ("erd+adasgdf", "erd+adamw"), ("constant+adasgdf", "constant+adamw")]
     assert [(d["a"], d["b"]) for d in res["analysis"]["comparisons"]] == expected
     for (a, b), d in zip(expected, res["analysis"]["comparisons"]):
         per_seed = [x["quality"]["fd"] - y["quality"]["fd"] for x, y in zip(res["runs"][a], res["runs"][b])]
