@@ -138,6 +138,28 @@ STORAGE_CONFIGS = {
 PATH_OPTIONS = {"fused": dict(fused=True), "foreach": dict(foreach=True)}
 
 
+def timing_settings(args, device):
+    """(total elements, timed iterations per round, CPU thread counts) of a timing run."""
+    numel = int(args.numel or (8e6 if device.type == "cpu" else 1e8))
+    if args.quick:
+        numel, args.rounds = min(numel, 500_000), 2
+    iters = args.iters or (3 if device.type == "cpu" else 10)
+    threads = [int(n) for n in args.threads.split(",")] if device.type == "cpu" else [torch.get_num_threads()]
+    return numel, iters, threads
+
+
+def report_timings(name, args, device, total, table, data, load_start) -> None:
+    """Print a timing run's table and write it with its metadata under the results folder (if any)."""
+    meta = {**header(device), "device": device_name(device, threads=False),
+            "elements": f"{total:,} float32 in {args.tensors} tensors"
+                        + (f", {args.groups} param groups" if args.groups > 1 else ""),
+            "1-minute load average at start / end": [load_start, load_average()]}
+    print(table)
+    out = results_folder(args)
+    if out is not None:
+        print("wrote", write_results(name, device, meta, table, data, suffix=args.suffix, out_dir=out))
+
+
 def bytes_per_parameter(opt) -> float:
     """Bytes the params and the optimizer's state tensors hold per parameter element (gradients excluded)."""
     params = [p for g in opt.param_groups for p in g["params"]]
@@ -198,11 +220,7 @@ ADAPTIVE_TARGETS = {"variance": (28, 1.1), "second_moment": (36, 1.4)}
 
 
 def adaptive_benchmark(args, device) -> None:
-    numel = int(args.numel or (8e6 if device.type == "cpu" else 1e8))
-    if args.quick:
-        numel, args.rounds = min(numel, 500_000), 2
-    iters = args.iters or (3 if device.type == "cpu" else 10)
-    threads = [int(n) for n in args.threads.split(",")] if device.type == "cpu" else [torch.get_num_threads()]
+    numel, iters, threads = timing_settings(args, device)
     load_start = load_average()
     candidates = {"torch AdamW fused": torch.optim.AdamW(in_groups(make_params(numel, args.tensors, device),
                                                                    args.groups), lr=1e-3, fused=True).step}
@@ -232,14 +250,7 @@ def adaptive_benchmark(args, device) -> None:
             f"{'met' if r <= ADAPTIVE_TARGETS[k][1] else 'NOT met'})" for k, r in ratios.items()))
     table = markdown_table(["threads", "candidate", "bytes / elt", "ms / step", "GB/s", "time vs AdamW fused"], rows)
     table += "\n\n" + "\n".join(f"- {s}" for s in summary)
-    meta = {**header(device), "device": device_name(device, threads=False),
-            "elements": f"{total:,} float32 in {args.tensors} tensors"
-                        + (f", {args.groups} param groups" if args.groups > 1 else ""),
-            "1-minute load average at start / end": [load_start, load_average()]}
-    print(table)
-    out = results_folder(args)
-    if out is not None:
-        print("wrote", write_results("adasgdf", device, meta, table, data, suffix=args.suffix, out_dir=out))
+    report_timings("adasgdf", args, device, total, table, data, load_start)
 
 
 def main():
@@ -269,11 +280,7 @@ def main():
     if args.storage:
         storage_benchmark(args, device)
         return
-    numel = int(args.numel or (8e6 if device.type == "cpu" else 1e8))
-    if args.quick:
-        numel, args.rounds = min(numel, 500_000), 2
-    iters = args.iters or (3 if device.type == "cpu" else 10)
-    threads = [int(n) for n in args.threads.split(",")] if device.type == "cpu" else [torch.get_num_threads()]
+    numel, iters, threads = timing_settings(args, device)
     load_start = load_average()
 
     candidates, compile_note = build_candidates(numel, args.tensors, device, not args.no_compile, args.groups)
@@ -330,14 +337,7 @@ def main():
         data["copy_bandwidth_GBps"] = copy_gbps
     summary.append(f"torch.compile candidate: {compile_note}")
     table = markdown_table(headers, rows) + "\n\n" + "\n".join(f"- {s}" for s in summary)
-    meta = {**header(device), "device": device_name(device, threads=False),
-            "elements": f"{total:,} float32 in {args.tensors} tensors"
-                        + (f", {args.groups} param groups" if args.groups > 1 else ""),
-            "1-minute load average at start / end": [load_start, load_average()]}
-    print(table)
-    out = results_folder(args)
-    if out is not None:
-        print("wrote", write_results("sgdf", device, meta, table, data, suffix=args.suffix, out_dir=out))
+    report_timings("sgdf", args, device, total, table, data, load_start)
 
 
 if __name__ == "__main__":

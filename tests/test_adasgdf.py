@@ -2,8 +2,6 @@
 path (fused, foreach, single-tensor), dtype, storage option and device, and its optimizer contract: checkpoints,
 GradScaler, tensor lr, torch.compile, and bad input that raises and changes nothing. SGDF's helpers are reused."""
 
-import copy
-import io
 import itertools
 
 import pytest
@@ -15,7 +13,9 @@ import sgdf_erd
 from sgdf_erd import AdaSGDF
 from tests.devices import DEVICES, requires_cuda
 from tests.reference.adasgdf_reference import PRECONDITIONERS, ReferenceAdaSGDF
-from tests.test_sgdf import PATHS, TOL, _assert_close, _grads, _make_params, _run_against_reference
+from tests.test_sgdf import (PATHS, _assert_close, _grads, _make_params, _run_against_reference,
+                             resumed_across_paths)
+from tests.test_sgdf_cuda import assert_steps_without_host_sync
 
 OPTION_SETS = [
     dict(),
@@ -180,28 +180,8 @@ def test_complex_parameters_are_real_views(device, path):
 @pytest.mark.parametrize("saved_path,loaded_path", list(itertools.product(PATHS, PATHS)))
 def test_state_dict_round_trip_across_paths(device, preconditioner, saved_path, loaded_path):
     params = _make_params(torch.float32, shapes=SHAPES, seed=11, device=device)
-    twin = copy.deepcopy(params)
-    opt = AdaSGDF(params, lr=1e-2, preconditioner=preconditioner, **PATHS[saved_path])
-    twin_opt = AdaSGDF(twin, lr=1e-2, preconditioner=preconditioner, **PATHS[saved_path])
-    gen = torch.Generator().manual_seed(2)
-    grads_seq = [_grads(params, gen) for _ in range(12)]
-    for grads in grads_seq[:6]:
-        for ps, o in ((params, opt), (twin, twin_opt)):
-            for p, g in zip(ps, grads):
-                p.grad = g.to(device, copy=True)
-            o.step()
-    buffer = io.BytesIO()
-    torch.save(opt.state_dict(), buffer)
-    buffer.seek(0)
-    resumed = AdaSGDF(params, lr=1.0, preconditioner=preconditioner, **PATHS[loaded_path])
-    resumed.load_state_dict(torch.load(buffer, map_location="cpu"))
-    for grads in grads_seq[6:]:
-        for ps, o in ((params, resumed), (twin, twin_opt)):
-            for p, g in zip(ps, grads):
-                p.grad = g.to(device, copy=True)
-            o.step()
-    for a, b in zip(params, twin):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    resumed_across_paths(lambda ps, **kw: AdaSGDF(ps, **{"lr": 1e-2, "preconditioner": preconditioner, **kw}),
+                         params, device, saved_path, loaded_path, steps=12)
 
 
 def test_checkpoint_across_preconditioners(device):
@@ -393,17 +373,7 @@ def test_cuda_steps_have_no_host_sync(preconditioner, setup):
     if setup == "fused+amp":  # as GradScaler passes them
         opt.grad_scale = torch.full((), 4.0, device="cuda")
         opt.found_inf = torch.zeros((), device="cuda")
-    for p in params:
-        p.grad = torch.randn_like(p)
-    torch.cuda.synchronize()
-    previous = torch.cuda.get_sync_debug_mode()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        for _ in range(3):  # the first step creates the state
-            opt.step()
-    finally:
-        torch.cuda.set_sync_debug_mode(previous)
-    assert float(opt.state[params[0]]["step"]) == 3
+    assert_steps_without_host_sync(opt, params)
 
 
 @requires_cuda

@@ -244,12 +244,21 @@ def test_complex_parameters_are_real_views(device, path):
 @pytest.mark.parametrize("saved_path,loaded_path", list(itertools.product(PATHS, PATHS)))
 def test_state_dict_round_trip_across_paths(device, saved_path, loaded_path):
     params = _make_params(torch.float32, seed=11, device=device)
-    opt = SGDF(params, lr=0.05, weight_decay=1e-3, **PATHS[saved_path])
+    resumed = resumed_across_paths(lambda ps, **kw: SGDF(ps, **{"lr": 0.05, "weight_decay": 1e-3, **kw}), params,
+                                   device, saved_path, loaded_path, steps=20)
+    assert resumed.param_groups[0]["fused"] == PATHS[loaded_path].get("fused")
+    assert all(float(resumed.state[p]["step"]) == 20 for p in params)
+
+
+def resumed_across_paths(make_optimizer, params, device, saved_path, loaded_path, steps):
+    """Steps `params` and a copy, each with make_optimizer(params, **PATHS[saved_path]), for steps // 2 steps; loads
+    the first one's saved state dict into make_optimizer(params, lr=1.0, **PATHS[loaded_path]) (the lr comes from
+    the checkpoint); steps both to `steps` and checks that the params stay equal. Returns the resumed optimizer."""
     twin = copy.deepcopy(params)
-    twin_opt = SGDF(twin, lr=0.05, weight_decay=1e-3, **PATHS[saved_path])
+    opt, twin_opt = make_optimizer(params, **PATHS[saved_path]), make_optimizer(twin, **PATHS[saved_path])
     gen = torch.Generator().manual_seed(2)
-    grads_seq = [_grads(params, gen) for _ in range(20)]
-    for grads in grads_seq[:10]:
+    grads_seq = [_grads(params, gen) for _ in range(steps)]
+    for grads in grads_seq[:steps // 2]:
         for ps, o in ((params, opt), (twin, twin_opt)):
             for p, g in zip(ps, grads):
                 p.grad = g.to(device, copy=True)
@@ -257,17 +266,16 @@ def test_state_dict_round_trip_across_paths(device, saved_path, loaded_path):
     buffer = io.BytesIO()
     torch.save(opt.state_dict(), buffer)
     buffer.seek(0)
-    resumed = SGDF(params, lr=0.05, weight_decay=1e-3, **PATHS[loaded_path])
+    resumed = make_optimizer(params, lr=1.0, **PATHS[loaded_path])
     resumed.load_state_dict(torch.load(buffer, map_location="cpu"))
-    assert resumed.param_groups[0]["fused"] == PATHS[loaded_path].get("fused")
-    for grads in grads_seq[10:]:
+    for grads in grads_seq[steps // 2:]:
         for ps, o in ((params, resumed), (twin, twin_opt)):
             for p, g in zip(ps, grads):
                 p.grad = g.to(device, copy=True)
             o.step()
     for a, b in zip(params, twin):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-    assert all(float(resumed.state[p]["step"]) == 20 for p in params)
+    return resumed
 
 
 def test_loads_authors_release_checkpoint(device):

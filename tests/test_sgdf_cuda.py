@@ -107,6 +107,12 @@ def test_steps_have_no_host_sync(setup):
     if setup == "fused+amp":  # as GradScaler passes them
         opt.grad_scale = torch.full((), 4.0, device="cuda")
         opt.found_inf = torch.zeros((), device="cuda")
+    assert_steps_without_host_sync(opt, params)
+
+
+def assert_steps_without_host_sync(opt, params) -> None:
+    """Three steps of `opt` on random gradients of `params`, any host synchronisation an error (the first step
+    creates the state)."""
     for p in params:
         p.grad = torch.randn_like(p)
     torch.cuda.synchronize()
