@@ -170,7 +170,9 @@ inline void check_fused_args(FusedArgs& a, const char* op) {
   }
   // A step count edited by hand to NaN, inf or below 0 would turn every weight into NaN; read for free on the CPU
   // (on a GPU it would need a host synchronisation).
-  for (size_t i = 0; i < a.steps.size() && a.steps[i].is_cpu(); ++i) {
+  // (every step is on the params' device, checked above)
+  const bool steps_on_cpu = reference.device_type == aoti_torch_device_type_cpu();
+  for (size_t i = 0; steps_on_cpu && i < a.steps.size(); ++i) {
     const float value = cpu_scalar(a.steps[i]);
     SGDF_ERD_CHECK_VALUE(std::isfinite(value) && value >= 0.f, op, ": 'steps[", i, "]' holds ", value,
                          "; a step count is finite and >= 0 (the state was edited by hand: restore it from the "

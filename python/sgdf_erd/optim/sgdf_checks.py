@@ -327,8 +327,9 @@ def check_state(p: Tensor, state: dict, group: dict, on_device: bool, where: str
                          "state_dict")
     _check_written(step, f"'step' of {where}")
     # a step count of NaN, inf or below 0 would turn the weights into NaN; read where that costs no synchronisation
-    if step.device.type == "cpu" and not (math.isfinite(float(step)) and float(step) >= 0.0):
-        raise ValueError(f"SGDF: the state of {where} holds 'step' {float(step)}; a step count is finite and >= 0: "
+    count = float(step) if step.device.type == "cpu" else 0.0
+    if not (math.isfinite(count) and count >= 0.0):
+        raise ValueError(f"SGDF: the state of {where} holds 'step' {count}; a step count is finite and >= 0: "
                          "restore it from the optimizer's state_dict")
     seed = state.get("rounding_seed")
     if group["stochastic_rounding"] and (isinstance(seed, bool) or not isinstance(seed, int) or
