@@ -200,27 +200,40 @@ def test_bad_arguments():
         erd_weight(torch.rand(3, dtype=torch.complex64), torch.rand(3), "eps")
 
 
+# float64: the kernels' float64 maths against the transcription's, a few ulp apart (libm's hypot, pow; 1.3 ulp at
+# most on this grid). float32: the kernels compute in float64 from the float32 alpha and sigma and round once (at
+# most 2^-24 relative), and the authors' ERD weights (sigma, alpha, alpha sigma) leave out n = sqrt(alpha^2 +
+# sigma^2), 1 on the exact schedule but within 2^-24 of 1 for alpha and sigma rounded to float32: together at most
+# 2^-23, float32's eps (on this grid: ERD up to 1.38 * 2^-24, the other weightings within 2^-24).
+AUTHORS_RTOL = {torch.float64: 1e-12, torch.float32: torch.finfo(torch.float32).eps}
+
+
 @pytest.mark.parametrize("prediction,weighting", authors.PAIRS)
 @pytest.mark.parametrize("k,gamma", [(5.0, 1.0), (1.0, 0.5), (2.0, 0.0)])
-def test_loss_weight_equals_the_authors_code_on_a_cosine_grid(device, prediction, weighting, k, gamma):
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_loss_weight_equals_the_authors_code_on_a_cosine_grid(device, prediction, weighting, k, gamma, dtype):
     """loss_weight against a float64 transcription of the authors' compute_mse_loss_weight (tests/reference/
     erd_authors.py) on 2001 points of the cosine schedule, both ends included: t = 0 is sigma = 0 (infinite SNR),
-    t = 1 alpha = 6e-17 (float64 cos(pi / 2)). Flow takes the default linear-path derivatives, whose ERD weight is
-    the authors' 1. Then the same grid with alpha = 0 exactly at t = 1 (a zero-terminal-SNR schedule, or
+    t = 1 alpha = 6e-17 (float64 cos(pi / 2)). float32 alpha and sigma are the float64 grid rounded, and the
+    transcription reads those same values. Flow takes the default linear-path derivatives, whose ERD weight is the
+    authors' 1. Then the same grid with alpha = 0 exactly at t = 1 (a zero-terminal-SNR schedule, or
     ContinuousCosine in float32): equal too, but for Min-SNR x0 and v, which take their limit 0 there on purpose."""
     t = torch.linspace(0, 1, 2001, dtype=torch.float64)
-    alpha, sigma = torch.cos(t * (torch.pi / 2)), torch.sin(t * (torch.pi / 2))
-    assert sigma[0] == 0 and 0 < alpha[-1] < 1e-16
+    alpha = torch.cos(t * (torch.pi / 2)).to(dtype)
+    sigma = torch.sin(t * (torch.pi / 2)).to(dtype)
+    assert t[0] == 0 and t[-1] == 1 and sigma[0] == 0 and 0 < alpha[-1] < 1e-16
+    rtol = AUTHORS_RTOL[dtype]
     got = loss_weight(alpha.to(device), sigma.to(device), prediction, weighting, k=k, gamma=gamma).cpu()
-    torch.testing.assert_close(got, authors.authors_weight(alpha, sigma, prediction, weighting, k, gamma),
-                               rtol=1e-12, atol=0)
+    assert got.dtype == dtype
+    torch.testing.assert_close(got.double(), authors.authors_weight(alpha, sigma, prediction, weighting, k, gamma),
+                               rtol=rtol, atol=0)
     alpha[-1] = 0.0
-    got = loss_weight(alpha.to(device), sigma.to(device), prediction, weighting, k=k, gamma=gamma).cpu()
+    got = loss_weight(alpha.to(device), sigma.to(device), prediction, weighting, k=k, gamma=gamma).cpu().double()
     expected = authors.authors_weight(alpha, sigma, prediction, weighting, k, gamma)
     if weighting == "min_snr" and prediction in ("x0", "v"):
         assert expected[-1] == 1 and got[-1] == 0
         expected[-1] = 0.0
-    torch.testing.assert_close(got, expected, rtol=1e-12, atol=0)
+    torch.testing.assert_close(got, expected, rtol=rtol, atol=0)
 
 
 @pytest.mark.parametrize("prediction,weighting", [(p, "erd") for p in PREDICTIONS] + [(p, w) for w, p in BASELINE_PAIRS])

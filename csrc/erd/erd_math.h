@@ -47,9 +47,10 @@ inline bool is_nan(double x) { return std::isnan(x); }
 // except Min-SNR (zero-terminal-SNR schedules), which takes its formulas' limits there, eps 1, x0 0, v 0: diffusers'
 // snr_gamma loss gives 0 for x0 and v (for eps its bare formula is 0 / 0). Where snr is infinite (sigma = 0, t = 0)
 // every formula is evaluated as written, as the authors do: ERD eps 0, x0 1, v 0, flow |alpha'|; Min-SNR eps 0,
-// x0 k, v 0; P2 0 (gamma > 0); debias 0. NaN alpha or sigma, or alpha = sigma = 0, give a NaN weight (the loss then
-// shows it). Unsupported (prediction, weighting) pairs are rejected by the argument checks before any kernel runs;
-// here they return NaN.
+// x0 k, v 0; P2 0 (gamma > 0, 1 at gamma = 0); debias 0. Each is also the formula's limit as sigma -> 0: with
+// alpha != 0 none of them is 0 / 0, inf / inf or 0 * inf there, so none needs a case of its own. NaN alpha or
+// sigma, or alpha = sigma = 0, give a NaN weight (the loss then shows it). Unsupported (prediction, weighting) pairs
+// are rejected by the argument checks before any kernel runs; here they return NaN.
 C10_HOST_DEVICE inline double sample_weight(double alpha, double sigma, double alpha_prime, double sigma_prime,
                                             const WeightParams& p) {
   if (p.weighting == Weighting::kConstant) return 1.0;

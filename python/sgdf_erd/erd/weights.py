@@ -58,8 +58,8 @@ def loss_weight(alpha, sigma, prediction: str = "eps", weighting: str = "erd", *
     takes its formulas' limits there: eps 1, x0 0, v 0, the values of diffusers' ``snr_gamma`` loss for x0
     ("sample") and v (for eps its bare formula is 0 / 0). Where snr is infinite (sigma = 0: clean data, t = 0) the
     formulas stand, as in the authors' code: ``"erd"`` eps 0, x0 1, v 0, flow |alpha'|; ``"min_snr"`` eps 0, x0 k,
-    v 0; ``"p2"`` 0 (gamma > 0); ``"debias"`` 0. NaN alpha or sigma, or alpha = sigma = 0, give NaN (the
-    constant weighting excepted). ``prediction`` also takes
+    v 0; ``"p2"`` 0 (gamma > 0, 1 at gamma = 0); ``"debias"`` 0, each also the formula's limit as sigma -> 0.
+    NaN alpha or sigma, or alpha = sigma = 0, give NaN (the constant weighting excepted). ``prediction`` also takes
     diffusers' names ("epsilon", "sample", "v_prediction", "flow_prediction"). alpha and sigma broadcast against each
     other; the result has their broadcast shape and promoted floating dtype. Weights carry no gradient: they are
     functions of the schedule, constants of the loss.
