@@ -299,60 +299,48 @@ class SGDF(Optimizer):
         """The group's params (those with a gradient, not empty), grads, moments, steps, master copies and rounding
         seeds, by the kernel's argument names, for the one kernel call that checks them; or None where the group is
         checked in Python: it is not fused, or its tensors need what the kernel does not do (state to create,
-        several dtypes, complex, DTensor, views with gaps or grads in another layout, orthogonalisation), or its
-        state does not match its storage options, which the kernel does not know. Runs at every step for every
-        parameter, so it reads as little as it can."""
+        several dtypes or devices, complex, DTensor, views with gaps or grads in another layout,
+        orthogonalisation), or its state does not match its storage options, which the kernel does not know. Runs
+        at every step: whole-list passes, each asking one thing of every tensor."""
         if group["orthogonalize"] or (not group["fused"] and group["foreach"] is not None):
             return None
-        master_weights, stochastic_rounding = group["master_weights"], group["stochastic_rounding"]
-        moment_keys = checks.moment_keys(group)
-        entries = 1 + len(moment_keys) + master_weights + stochastic_rounding  # step, moments, options
-        state_of = self.state.get
-        moments_of = operator.itemgetter("step", *moment_keys)  # (a KeyError: state edited by hand)
-        dtensor = _dtensor.dtensor_type() or ()  # isinstance(p, ()) is False
-        params, grads, moments, master_params, rounding_seeds = [], [], [], [], []
-        dtype = state_dtype = device = None
-        try:
-            for p in group["params"]:
-                grad = p.grad
-                if grad is None:
-                    continue
-                state = state_of(p)
-                if not state:
-                    if p.numel() == 0:  # (never stepped, so without state)
-                        continue
-                    return None
-                if dtype is None:
-                    dtype, state_dtype, device = p.dtype, checks.state_dtype(p, group), p.device
-                    if dtype.is_complex or not _native.supports(device, dtype) or (
-                            group["fused"] is None and checks.fused_storage_unsupported([p], group)):
-                        return None
-                moment = moments_of(state)
-                # (the kernel checks that the other moments share the first's dtype and layout, and the rest)
-                if (len(state) != entries or p.dtype is not dtype or moment[1].dtype is not state_dtype
-                        or p.device != device or isinstance(p, dtensor)):
-                    return None
-                if not (p.is_contiguous() and grad.is_contiguous() and moment[1].is_contiguous()):
-                    stride = p.stride()  # (another dense layout, e.g. channels_last, the kernel walks as well)
-                    if grad.stride() != stride or moment[1].stride() != stride or not checks.is_dense(p):
-                        return None
-                if master_weights:
-                    master_params.append(state["master_param"])
-                if stochastic_rounding:
-                    seed = state["rounding_seed"]
-                    if type(seed) is not int:  # (edited by hand: the kernel's int[] would take a bool)
-                        return None
-                    rounding_seeds.append(seed)
-                params.append(p)
-                grads.append(grad)
-                moments.append(moment)
-        except (KeyError, AttributeError):  # state edited by hand: the Python checks say how
-            return None
+        params = group["params"]
+        grads = [p.grad for p in params]
+        states = list(map(self.state.get, params))
+        if not all(states) or any(g is None for g in grads):  # only those with a gradient step; of these, only
+            # empty params (never stepped: skipped) may be without state
+            kept = [i for i, (p, g, s) in enumerate(zip(params, grads, states)) if g is not None and (s or p.numel())]
+            if not all(states[i] for i in kept):
+                return None
+            params, grads, states = ([x[i] for i in kept] for x in (params, grads, states))
         if not params:
             return None
-        steps, *moment_lists = map(list, zip(*moments))
-        return dict(params=params, grads=grads, steps=steps, master_params=master_params,
-                    rounding_seeds=rounding_seeds, **{key + "s": ts for key, ts in zip(moment_keys, moment_lists)})
+        keys = ("step", *checks.moment_keys(group), *("master_param",) * group["master_weights"],
+                *("rounding_seed",) * group["stochastic_rounding"])
+        if set(map(len, states)) != {len(keys)}:
+            return None
+        try:
+            lists = [[state[key] for state in states] for key in keys]
+        except KeyError:  # state edited by hand: the Python checks say how
+            return None
+        first, moment = params[0], lists[1]
+        # (the kernel checks that the moments share the first's dtype and layout, and the rest)
+        if (first.dtype.is_complex or not _native.supports(first.device, first.dtype)
+                or (group["fused"] is None and checks.fused_storage_unsupported([first], group))
+                or moment[0].dtype is not checks.state_dtype(first, group)
+                or len(set(map(_dtype_of, params))) != 1 or len({p.get_device() for p in params}) != 1
+                or (_dtensor.dtensor_type() and any(isinstance(p, _dtensor.dtensor_type()) for p in params))
+                or (group["stochastic_rounding"] and any(type(seed) is not int for seed in lists[-1]))):
+            return None  # (a seed edited by hand: the kernel's int[] would take a bool)
+        contiguous = Tensor.is_contiguous
+        if not (all(map(contiguous, params)) and all(map(contiguous, grads)) and all(map(contiguous, moment))):
+            # another dense layout (e.g. channels_last) the kernel walks as well, if the grad and state share it
+            if not all(g.stride() == p.stride() == m.stride() and checks.is_dense(p)
+                       for p, g, m in zip(params, grads, moment)):
+                return None
+        named = dict(zip((key + "s" for key in keys), lists))
+        return dict(params=params, grads=grads, master_params=named.pop("master_params", []),
+                    rounding_seeds=named.pop("rounding_seeds", []), **named)
 
     def _check_groups(self, group_indices: List[int], in_one_call: Dict[int, dict]) -> None:
         """The checks of the groups the kernel call does not check: hyperparameters (checked by the caller), params,
@@ -478,6 +466,9 @@ class SGDF(Optimizer):
         else:  # (compiled with DTensor params, torch miscompiles the kernel's op: see _has_dtensor)
             step_path = single_tensor_sgdf if path == "single" else foreach_sgdf
             step_path(params, grads, exp_avgs, exp_vars, steps, **storage, **hyper)
+
+
+_dtype_of = operator.attrgetter("dtype")
 
 
 def _update_options(group: dict) -> dict:
