@@ -462,7 +462,8 @@ class SGDF(Optimizer):
         if "exp_avg_sq" in checks.moment_keys(group):
             storage["exp_avg_sqs"] = exp_avg_sqs
         if path == "fused" and not (compiling and _has_dtensor(params)):
-            _fused_step(params, grads, exp_avgs, exp_vars, steps, hyper, storage, grad_scale, found_inf)
+            fused_sgdf(params, grads, exp_avgs, exp_vars, steps, grad_scale=grad_scale, found_inf=found_inf,
+                       **storage, **hyper)
         else:  # (compiled with DTensor params, torch miscompiles the kernel's op: see _has_dtensor)
             step_path = single_tensor_sgdf if path == "single" else foreach_sgdf
             step_path(params, grads, exp_avgs, exp_vars, steps, **storage, **hyper)
@@ -485,26 +486,6 @@ def _update_options(group: dict) -> dict:
 def _state_operands(state: Optional[dict], where: str) -> list:
     """The state's tensors, as operands of checks.check_no_shared_memory (each written by a step)."""
     return [(t, True, f"'{key}' of {where}") for key, t in (state or {}).items() if isinstance(t, Tensor)]
-
-
-def _fused_step(params, grads, exp_avgs, exp_vars, steps, hyper, storage, grad_scale, found_inf) -> None:
-    """The fused kernel walks each tensor as one flat buffer: a param that is a view with gaps steps on a dense
-    copy in its own dtype and its state's (dense) layout, written back afterwards (with its unscaled gradient), so
-    it steps exactly as the same values in a dense tensor would, under every storage option."""
-    params, grads = list(params), list(grads)
-    copies = []
-    for i, p in enumerate(params):
-        if not checks.is_dense(p):
-            dense_param = torch.empty_like(exp_avgs[i], dtype=p.dtype).copy_(p)
-            dense_grad = torch.empty_like(exp_avgs[i], dtype=grads[i].dtype).copy_(grads[i])
-            copies.append((p, dense_param, grads[i], dense_grad))
-            params[i], grads[i] = dense_param, dense_grad
-    fused_sgdf(params, grads, exp_avgs, exp_vars, steps, grad_scale=grad_scale, found_inf=found_inf, **storage,
-               **hyper)
-    for p, dense_param, grad, dense_grad in copies:
-        p.copy_(dense_param)
-        if grad_scale is not None:
-            grad.copy_(dense_grad)
 
 
 def _has_dtensor(params: List[Tensor]) -> bool:

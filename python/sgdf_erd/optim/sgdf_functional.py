@@ -13,7 +13,7 @@ kernels draw the same counter-based random numbers as the Python paths.
 
 import math
 from collections import defaultdict
-from typing import List, Optional, Tuple, Union
+from typing import List, Optional, Union
 
 import torch
 from torch import Tensor
@@ -22,6 +22,7 @@ from .. import ops
 from . import _dtensor
 from .counter_random import EXP_AVG_SQ_STREAM, EXP_AVG_STREAM, EXP_VAR_STREAM, PARAM_STREAM
 from .newton_schulz import is_matrix_shaped, orthogonalize
+from .sgdf_checks import is_dense
 from .stochastic_rounding import round_all_into_
 
 def _real(tensors: List[Tensor]) -> List[Tensor]:
@@ -199,20 +200,6 @@ def single_tensor_sgdf(params, grads, exp_avgs, exp_vars, steps, *, master_param
                      exp_avg_sqs=None if exp_avg_sqs is None else [exp_avg_sqs[i]], **hyper)
 
 
-def _matching_layout(grad: Tensor, param: Tensor, copies: List[Tuple[Tensor, Tensor]]) -> Tensor:
-    """The fused kernel walks p, g and the states as one flat buffer each; a gradient with other strides is
-    copied into the parameter's layout, and (gradient, copy) appended to `copies`: the kernel unscales the copy,
-    which is written back (torch's fused optimizers unscale p.grad in place)."""
-    if grad.stride() == param.stride():
-        return grad
-    return _copied(grad, torch.empty_like(param).copy_(grad), copies)
-
-
-def _copied(grad: Tensor, copy: Tensor, copies: List[Tuple[Tensor, Tensor]]) -> Tensor:
-    copies.append((grad, copy))
-    return copy
-
-
 def fused_sgdf(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor], exp_vars: List[Tensor],
                steps: List[Tensor], *, lr: Union[float, Tensor], beta1: float, beta2: float, eps: float,
                gamma: float, weight_decay: float, decoupled_weight_decay: bool, sign: bool,
@@ -220,73 +207,70 @@ def fused_sgdf(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor]
                grad_scale: Optional[Tensor] = None, found_inf: Optional[Tensor] = None,
                master_params: Optional[List[Tensor]] = None, rounding_seeds: Optional[List[int]] = None,
                preconditioner: str = "none", exp_avg_sqs: Optional[List[Tensor]] = None) -> None:
-    """One SGDF step with the compiled kernel: one launch per (device, param dtype, state dtype) and update mode.
-    `master_params`, `rounding_seeds`, `preconditioner` and `exp_avg_sqs` as in foreach_sgdf."""
+    """One SGDF step with the compiled kernel: one launch per (device, param dtype, state dtype, orthogonalised or
+    not). `master_params`, `rounding_seeds`, `preconditioner` and `exp_avg_sqs` as in foreach_sgdf.
+
+    The kernel walks each tuple (param, grad, state) as flat buffers in one layout, the state's: a param that is a
+    view with gaps steps on a dense copy, and a gradient in another layout (or a conjugate view) is copied; the
+    copies are written back afterwards (a gradient's only when the kernel unscales it), so every tensor steps
+    exactly as the same values in a dense tensor would, under every storage option. Complex tensors step as their
+    real views, DTensors as each rank's shards."""
     if not params:
         return
-    masters = master_params if master_params is not None else [None] * len(params)
-    seeds = rounding_seeds if rounding_seeds is not None else [None] * len(params)
-    second_moments = exp_avg_sqs if exp_avg_sqs is not None else [None] * len(params)
-    device, dtype, state_dtype = params[0].device, params[0].dtype, exp_avgs[0].dtype
+    none = [None] * len(params)
     dtensor = _dtensor.dtensor_type() or ()  # isinstance(p, ()) is False
-    # the common case, one launch: no per-tensor regrouping (this runs at every step, for every tensor)
-    uniform = not orthogonalize_matrices and all(p.dtype is dtype and m.dtype is state_dtype and p.device == device
-                                                 and not isinstance(p, dtensor) for p, m in zip(params, exp_avgs))
-    grad_copies = []  # (gradient, its copy in the parameter's layout, or resolved from a conjugate view)
-    if dtype.is_complex if uniform else any(p.is_complex() for p in params):
-        grads = [g if not g.is_conj() else _copied(g, g.resolve_conj(), grad_copies) for g in grads]
-        params, grads, exp_avgs, exp_vars = map(_real, (params, grads, exp_avgs, exp_vars))
-        second_moments = [None if v is None else torch.view_as_real(v) if v.is_complex() else v
-                          for v in second_moments]
-    if uniform:
-        groups = {(device, None, None, False): (params, [_matching_layout(g, p, grad_copies)
-                                                         for g, p in zip(grads, params)],
-                                                exp_avgs, exp_vars, steps, masters, seeds, [0] * len(params),
-                                                [None] * len(params), second_moments)}
-    else:
-        keys = [(p.device, p.dtype, m.dtype, orthogonalize_matrices and is_matrix_shaped(p))
-                for p, m in zip(params, exp_avgs)]
-        # params, grads, exp_avgs, exp_vars, steps, master copies, seeds, the number of each tensor's first element
-        # in its random numbers, the DTensor each param is a shard of, and the second moment (AdaSGDF)
-        groups = defaultdict(lambda: ([], [], [], [], [], [], [], [], [], []))
-        for key, p, g, m, s, t, w, seed, v in zip(keys, params, grads, exp_avgs, exp_vars, steps, masters, seeds,
-                                                  second_moments):
-            sharded = p if isinstance(p, dtensor) else None
-            first_index = 0
-            if sharded is not None:  # the kernel is elementwise: it steps each rank's shards
-                p, g, m, s = (_dtensor.local_shard(x, sharded) for x in (p, g, m, s))
-                w = None if w is None else _dtensor.local_shard(w, sharded)
-                v = None if v is None else _dtensor.local_shard(v, sharded)
-                # numbered as in the whole tensor (the path choice sends other shards to foreach when rounding)
-                first_index = (_dtensor.shard_first_index(sharded) or 0) if seed is not None else 0
-            for bucket, value in zip(groups[key], (p, _matching_layout(g, p, grad_copies), m, s, t, w, seed,
-                                                   first_index, sharded, v)):
-                bucket.append(value)
+    copies = []  # (tensor, the copy the kernel steps): params', and gradients' where the kernel unscales them
+
+    def copied(t: Tensor, copy: Tensor, written_back: bool = True) -> Tensor:
+        if written_back:
+            copies.append((t, copy))
+        return copy
+
+    # per launch: params, grads, exp_avgs, exp_vars, steps, master copies, seeds, the number of each tensor's first
+    # element in its random numbers, the DTensor each param is a shard of, and the second moments (AdaSGDF)
+    launches = defaultdict(lambda: ([], [], [], [], [], [], [], [], [], []))
+    for p, g, m, s, t, w, seed, v in zip(params, grads, exp_avgs, exp_vars, steps, master_params or none,
+                                         rounding_seeds or none, exp_avg_sqs or none):
+        sharded, first_index = (p, _dtensor.shard_first_index(p) or 0) if isinstance(p, dtensor) else (None, 0)
+        if sharded is not None:  # the kernel is elementwise: it steps each rank's shards
+            p, g, m, s, w, v = (None if x is None else _dtensor.local_shard(x, sharded) for x in (p, g, m, s, w, v))
+        if g.is_conj():
+            g = copied(g, g.resolve_conj(), grad_scale is not None)
+        if p.is_complex():
+            p, g, m, s, v = (None if x is None else torch.view_as_real(x) for x in (p, g, m, s, v))
+        if not is_dense(p):
+            p = copied(p, torch.empty_like(m, dtype=p.dtype).copy_(p))
+        if g.stride() != p.stride():
+            g = copied(g, torch.empty_like(p).copy_(g), grad_scale is not None)
+        key = (p.device, p.dtype, m.dtype, orthogonalize_matrices and is_matrix_shaped(p))
+        # (numbered as in the whole tensor where rounded: the path choice sends other shards to foreach)
+        for launch, value in zip(launches[key], (p, g, m, s, t, w, seed, first_index if seed is not None else 0,
+                                                 sharded, v)):
+            launch.append(value)
 
     moved = {}  # lr / grad_scale / found_inf moved once per device
-    for (device, _, _, orth), bucket in groups.items():
-        g_params, g_grads, g_exp_avgs, g_exp_vars, g_steps, g_masters, g_seeds, g_first, g_sharded, g_v = bucket
-        g_masters = [] if master_params is None else g_masters
-        g_v = [] if exp_avg_sqs is None else g_v
-        g_seeds = [] if rounding_seeds is None else g_seeds
-        g_first = g_first if g_seeds and any(g_first) else []
+    for (device, _, _, orth), launch in launches.items():
+        l_params, l_grads, l_exp_avgs, l_exp_vars, l_steps, l_masters, l_seeds, l_first, l_sharded, l_v = launch
+        l_masters = [] if master_params is None else l_masters
+        l_v = [] if exp_avg_sqs is None else l_v
+        l_seeds = [] if rounding_seeds is None else l_seeds
+        l_first = l_first if l_seeds and any(l_first) else []
         # zero-filled so that a step skipped for inf/NaN gradients orthogonalises to a zero update
-        updates = [torch.zeros_like(p) for p in g_params] if orth else []
-        lr_tensor = _fused_call(device, g_params, g_grads, g_exp_avgs, g_exp_vars, updates, g_steps, g_masters,
-                                g_seeds, g_first, moved, lr=lr, beta1=beta1, beta2=beta2, eps=eps, gamma=gamma,
+        updates = [torch.zeros_like(p) for p in l_params] if orth else []
+        lr_tensor = _fused_call(device, l_params, l_grads, l_exp_avgs, l_exp_vars, updates, l_steps, l_masters,
+                                l_seeds, l_first, moved, lr=lr, beta1=beta1, beta2=beta2, eps=eps, gamma=gamma,
                                 weight_decay=weight_decay, decoupled_weight_decay=decoupled_weight_decay,
                                 sign=sign and not orth, maximize=maximize, grad_scale=grad_scale,
-                                found_inf=found_inf, exp_avg_sqs=g_v, preconditioner=preconditioner)
-        if orth:  # orthogonalisation is refused for complex parameters, so g_params are the originals
+                                found_inf=found_inf, exp_avg_sqs=l_v, preconditioner=preconditioner)
+        if orth:  # orthogonalisation is refused for complex parameters
             directions = [orthogonalize(u, ns_steps) if sharded is None else
-                          _dtensor.orthogonalize_shard(u, sharded, ns_steps) for u, sharded in zip(updates, g_sharded)]
-            _apply_orthogonalized(g_params, directions, g_steps, g_masters, g_seeds, g_first,
+                          _dtensor.orthogonalize_shard(u, sharded, ns_steps) for u, sharded in zip(updates, l_sharded)]
+            _apply_orthogonalized(l_params, directions, l_steps, l_masters, l_seeds, l_first,
                                   lr_tensor.reshape(()) if lr_tensor is not None else float(lr),
                                   weight_decay if decoupled_weight_decay else 0.0,
                                   scalar_on(device, found_inf, moved))
-    if grad_scale is not None:  # the unscaled copies back into the gradients
-        for grad, copy in reversed(grad_copies):  # (a layout copy of a resolved one first)
-            grad.copy_(copy)
+    for t, copy in reversed(copies):  # (a layout copy of a resolved gradient first)
+        t.copy_(copy)
 
 
 def scalar_on(device: torch.device, t: Optional[Tensor], moved: dict) -> Optional[Tensor]:
