@@ -169,6 +169,9 @@ BAD_STEPS = {
     "exp_var_float64": (_edit_state("exp_var", lambda t: t.double()), ValueError, r"'exp_var'|'exp_vars\["),
     "step_int": (_edit_state("step", lambda t: t.long()), ValueError, r"'step'|'steps\["),
     "step_two_elements": (_edit_state("step", lambda t: t.repeat(2)), ValueError, r"'step'|'steps\["),
+    # a number where a tensor belongs: named as state (the kernel's argument parser would say only "List[Tensor]")
+    "step_python_int": (_edit_state("step", lambda t: int(t)), ValueError, "the state of .* holds 'step' as int"),
+    "exp_avg_python_list": (_edit_state("exp_avg", lambda t: t.tolist()), ValueError, "holds 'exp_avg' as list"),
 }
 
 

@@ -1,5 +1,6 @@
 """SGDF: SGD with a Wiener-filtered first moment, as a drop-in ``torch.optim.Optimizer``."""
 
+import itertools
 import operator
 from collections import OrderedDict, defaultdict
 from typing import Dict, Iterable, List, Optional, Tuple, Union
@@ -323,6 +324,9 @@ class SGDF(Optimizer):
             lists = [[state[key] for state in states] for key in keys]
         except KeyError:  # state edited by hand: the Python checks say how
             return None
+        tensor_lists = lists[:len(lists) - group["stochastic_rounding"]]
+        if not all(issubclass(kind, Tensor) for kind in set(map(type, itertools.chain.from_iterable(tensor_lists)))):
+            return None  # (a state entry edited by hand into a number: the Python checks say how)
         first, moment = params[0], lists[1]
         # (the kernel checks that the moments share the first's dtype and layout, and the rest)
         if (first.dtype.is_complex or not _native.supports(first.device, first.dtype)
