@@ -56,44 +56,28 @@ class SGDF(Optimizer):
             those tensors (the release's ``use_muon``).
         maximize: maximise the objective instead of minimising.
         foreach: True: the ``torch._foreach_*`` implementation; False: one tensor at a time (as in torch.optim).
-        fused: use the compiled multi-tensor kernel (CPU and, when built with CUDA, CUDA; float32, float64,
-            float16 and bfloat16, with every storage option below). ``fused=True`` refuses parameters the kernel
-            cannot walk in place (views with gaps) and state dtypes it does not keep (float64 state for other than
-            float64 parameters, or the reverse). Default (both None): at each step, per param group, fused where
-            the build supports every parameter (as it is then: meta parameters materialised later step fused) and
-            the storage, else foreach; views with gaps then step on a dense copy within the same launch.
+        fused: the compiled multi-tensor kernel (CPU and, when built with CUDA, CUDA; float32, float64, float16,
+            bfloat16, complex as real views; every storage option below); refuses views with gaps and state dtypes
+            it does not keep (float64 state for non-float64 parameters, or the reverse). Default (both None): at each
+            step, per param group, fused where the build supports the parameters as they are then and the storage,
+            else foreach; views with gaps then step on a dense copy.
         capturable: keep step counts (and a tensor ``lr``) on the device so a step can be captured in a CUDA graph.
         stochastic_rounding: round float32 results into bfloat16 / float16 storage (parameters without master
-            copies, and low-precision state) stochastically, so that updates far below a bfloat16 spacing still
-            move the parameter on average; reproducible (a per-parameter seed drawn from torch's default generator,
-            the step count and the element's index), capturable in CUDA graphs. docs/sgdf.md has the details.
-        state_dtype: dtype of ``exp_avg`` / ``exp_var`` (bfloat16, float16, float32, float64; None: the
-            parameter's dtype). The arithmetic stays float32 (float64 for float64 parameters).
-        master_weights: for bfloat16 / float16 parameters, keep a float32 copy (state ``master_param``) that is
-            updated in float32; the parameter receives it rounded to nearest. Refused for other dtypes.
-        differentiable: accepted as False, as torch's optimizers take it; True (autograd through ``step()``) is
-            refused: the kernels and the in-place state updates do not record a graph.
+            copies, and low-precision state) stochastically and reproducibly (seeded from torch's default
+            generator), so that updates far below a bfloat16 spacing still move the parameter on average.
+        state_dtype: dtype of the moments (bfloat16, float16, float32, float64; None: the parameter's). The
+            arithmetic stays float32 (float64 for float64 parameters).
+        master_weights: for bfloat16 / float16 parameters, a float32 copy (state ``master_param``) is updated and
+            the parameter receives it rounded to nearest. Refused for other dtypes.
+        differentiable: accepted as False, as torch's optimizers take it; True is refused (no graph is recorded).
 
     State per parameter: ``step`` (float32 tensor), ``exp_avg``, ``exp_var`` (the release's names), and with the
-    options ``master_param`` (float32) and ``rounding_seed`` (int). Checkpoints of the authors' release (int
-    ``step``, ``use_*`` option names) load, and so do checkpoints of any of the paths. ``load_state_dict`` gives the
-    state each parameter's device, dtype and memory layout; the path and storage options (``fused``, ``foreach``,
-    ``capturable``, ``stochastic_rounding``, ``state_dtype``, ``master_weights``) stay those of the optimizer
-    that loads: state is cast to its ``state_dtype``, a missing master copy is made from the parameter (load the
-    model first) and a missing seed is drawn, and master copies or seeds the options do not use are dropped. Its
-    pre-hooks run before anything is loaded, its post-hooks after everything is. With ``fused=True`` the kernel
-    unscales the gradients for ``torch.amp.GradScaler`` as torch's fused optimizers do; on the default path the
-    scaler unscales them before the step (so they can be clipped).
-
-    ``torch.compile`` traces ``step`` whole (pass a tensor ``lr`` so that a scheduler changing it compiles nothing
-    new). DTensor parameters (FSDP2's ``fully_shard``) work on every path: the fused kernel steps each rank's shards,
-    and orthogonalisation acts on the whole matrix. Complex parameters step as their real views (a gradient with
-    the conjugate bit set is resolved first).
-
-    Zero-size parameters are skipped. A parameter may appear only once, and no two of the tensors a step writes or
-    reads (params, grads, state, master copies, of all groups) may share memory. Every check runs before anything
-    changes: a ``step``, ``add_param_group`` or ``load_state_dict`` that raises leaves params, grads, state and
-    param groups as they were.
+    options ``master_param`` and ``rounding_seed``. Checkpoints of every path and of the authors' release load;
+    the loading optimizer's path and storage options stay, and the state is converted to them. With ``fused=True``
+    the kernel unscales gradients for ``torch.amp.GradScaler`` as torch's fused optimizers do. ``torch.compile``,
+    CUDA graphs and DTensor (FSDP2) parameters work on every path. A parameter may appear only once, no two tensors
+    a step reads or writes may share memory, and a ``step``, ``add_param_group`` or ``load_state_dict`` that raises
+    changes nothing. docs/sgdf.md has the details.
     """
 
     def __init__(self, params: Iterable, lr: Union[float, Tensor] = 0.5, betas: Tuple[float, float] = (0.9, 0.999),
