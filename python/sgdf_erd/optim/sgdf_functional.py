@@ -234,9 +234,9 @@ def fused_sgdf(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor]
         sharded, first_index = (p, _dtensor.shard_first_index(p) or 0) if isinstance(p, dtensor) else (None, 0)
         if sharded is not None:  # the kernel is elementwise: it steps each rank's shards
             p, g, m, s, w, v = (None if x is None else _dtensor.local_shard(x, sharded) for x in (p, g, m, s, w, v))
-        if g.is_conj():
+        if g.dtype.is_complex and g.is_conj():  # (dtype first: torch.compile does not trace is_conj)
             g = copied(g, g.resolve_conj(), grad_scale is not None)
-        if p.is_complex():
+        if p.dtype.is_complex:
             p, g, m, s, v = (None if x is None else torch.view_as_real(x) for x in (p, g, m, s, v))
         if not is_dense(p):
             p = copied(p, torch.empty_like(m, dtype=p.dtype).copy_(p))
