@@ -55,7 +55,7 @@ def _same(a, b) -> bool:
 
 
 def _snapshot(opt: SGDF):
-    params = [p for g in opt.param_groups for p in g["params"]]
+    params = [p for g in opt.param_groups for p in g["params"] if isinstance(p, torch.Tensor)]
     return dict(
         attributes=sorted(opt.__dict__),
         amp=getattr(opt, "_step_supports_amp_scaling", None),
@@ -172,6 +172,9 @@ BAD_STEPS = {
     # a number where a tensor belongs: named as state (the kernel's argument parser would say only "List[Tensor]")
     "step_python_int": (_edit_state("step", lambda t: int(t)), ValueError, "the state of .* holds 'step' as int"),
     "exp_avg_python_list": (_edit_state("exp_avg", lambda t: t.tolist()), ValueError, "holds 'exp_avg' as list"),
+    # not a tensor, appended to a group by hand (AttributeError: 'list' object has no attribute 'grad' before)
+    "params_list_appended": (lambda params, opt: opt.param_groups[-1]["params"].append([1.0]), TypeError,
+                             "params must be tensors, got list"),
 }
 
 

@@ -290,8 +290,11 @@ class SGDF(Optimizer):
         if group["orthogonalize"] or (not group["fused"] and group["foreach"] is not None):
             return None
         params = group["params"]
-        grads = [p.grad for p in params]
-        states = list(map(self.state.get, params))
+        try:
+            grads = [p.grad for p in params]
+            states = list(map(self.state.get, params))
+        except (AttributeError, TypeError):  # not a tensor (appended by hand): the Python checks say so
+            return None
         if not all(states) or any(g is None for g in grads):  # only those with a gradient step; of these, only
             # empty params (never stepped: skipped) may be without state
             kept = [i for i, (p, g, s) in enumerate(zip(params, grads, states)) if g is not None and (s or p.numel())]
@@ -338,8 +341,8 @@ class SGDF(Optimizer):
         for gi in group_indices:
             group = self.param_groups[gi]
             path = self._path(group)
+            checks.check_param_kinds(group["params"], group, f"param group {gi}", stepping_only=True)
             stepping = [p for p in group["params"] if p.grad is not None and p.numel()]  # (the others are not read)
-            checks.check_param_kinds(stepping, group, f"param group {gi}")
             if path == "fused":
                 checks.check_fused_support(stepping, group, gi)
             on_device = path == "fused" or group["capturable"]

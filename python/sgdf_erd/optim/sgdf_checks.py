@@ -162,10 +162,13 @@ def _check_number(group: dict, key: str, where: str, valid, requirement: str) ->
 
 
 # ------------------------------------------------------------------------------------------ params and paths
-def check_param_kinds(params: Sequence, group: dict, where: str) -> None:
+def check_param_kinds(params: Sequence, group: dict, where: str, stepping_only: bool = False) -> None:
+    """`stepping_only`: of the tensors, only those a step reads (with a gradient, not empty) are checked."""
     for i, p in enumerate(params):
         if not isinstance(p, Tensor):
             raise TypeError(f"SGDF ({where}): params must be tensors, got {type(p).__name__} at position {i}")
+        if stepping_only and (p.grad is None or not p.numel()):
+            continue
         if not (p.is_leaf or p.retains_grad):
             raise ValueError(f"SGDF ({where}): parameter {i} is not a leaf tensor (it is computed from other "
                              "tensors, so its .grad is never filled); optimize the tensors it is computed from")
