@@ -360,6 +360,22 @@ def test_bad_state_or_grad_raises_and_changes_nothing(device, path):
         opt.step()
     params[1].grad = params[1].grad.to_dense()
     assert all(torch.equal(a, b) for a, b in zip(before, _everything(opt, params)))
+    # found by an adversarial probe: an exp_avg_sq with the negative bit set (same values) went into the kernel as
+    # its raw memory (the weights became NaN); SGDF-only options and a deleted preconditioner set by hand in the
+    # second group were stepped, or failed after the first group had stepped
+    neg = torch._neg_view(-opt.state[params[0]]["exp_avg_sq"])
+    for edit, match in [(lambda: opt.state[params[0]].__setitem__("exp_avg_sq", neg), "'exp_avg_sq' .* negative bit"),
+                        (lambda: opt.param_groups[1].__setitem__("sign", True), "sign=True; `sign` is an SGDF option"),
+                        (lambda: opt.param_groups[1].__setitem__("orthogonalize", True), "`orthogonalize` is an SGDF"),
+                        (lambda: opt.param_groups[1].pop("preconditioner"), "lacks 'preconditioner'")]:
+        saved_state, saved_group = dict(opt.state[params[0]]), dict(opt.param_groups[1])
+        edit()
+        before = _everything(opt, params)
+        with pytest.raises(ValueError, match=match):
+            opt.step()
+        assert all(torch.equal(a, b) for a, b in zip(before, _everything(opt, params)))
+        opt.state[params[0]].update(saved_state)
+        opt.param_groups[1].update(saved_group)
 
 
 # ------------------------------------------------------------------------------------------ CUDA only

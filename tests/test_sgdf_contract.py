@@ -62,7 +62,8 @@ def _snapshot(opt: SGDF):
         params=[(id(p), _bits(p), None if p.grad is None else (id(p.grad), _bits(p.grad))) for p in params],
         groups=[(id(g), [id(p) for p in g["params"]], {k: _value(v) for k, v in g.items() if k != "params"})
                 for g in opt.param_groups],
-        state=sorted(((id(p), {k: _value(v) for k, v in s.items()}) for p, s in opt.state.items()),
+        state=sorted(((id(p), {k: _value(v) for k, v in s.items()} if isinstance(s, dict) else repr(s))
+                      for p, s in opt.state.items()),
                      key=lambda item: item[0]),
     )
 
@@ -172,6 +173,25 @@ BAD_STEPS = {
     # a number where a tensor belongs: named as state (the kernel's argument parser would say only "List[Tensor]")
     "step_python_int": (_edit_state("step", lambda t: int(t)), ValueError, "the state of .* holds 'step' as int"),
     "exp_avg_python_list": (_edit_state("exp_avg", lambda t: t.tolist()), ValueError, "holds 'exp_avg' as list"),
+    # a param's .data replaced by a tensor a step cannot write in place (found by an adversarial probe: the other
+    # group stepped first, then torch refused the write)
+    "param_neg_bit": (lambda params, opt: setattr(params[-1], "data", torch._neg_view(-params[-1].data.clone())),
+                      ValueError, r"parameter \d of param group \d has the negative bit set"),
+    "param_expanded": (lambda params, opt: setattr(params[-1], "data", params[-1].data.flatten()[:1].reshape(
+        [1] * params[-1].dim()).expand(params[-1].shape)), ValueError, r"parameter \d of param group \d has elements that share memory"),
+    "state_none": (lambda params, opt: opt.state.__setitem__(params[-1], None), ValueError,
+                   "the state of .* is NoneType, not a dict"),
+    "param_as_strided_overlapping": (lambda params, opt: setattr(params[-1], "data", torch.randn(
+        params[-1].numel(), device=params[-1].device).as_strided(params[-1].shape, [1] * params[-1].dim())),
+        ValueError, "share memory"),
+    "state_list": (lambda params, opt: opt.state.__setitem__(params[-1], [1, 2, 3]), ValueError, "is list, not a dict"),
+    "state_int": (lambda params, opt: opt.state.__setitem__(params[-1], 7), ValueError, "is int, not a dict"),
+    "fused_yes": (_set_later_group("fused", "yes"), TypeError, "`fused` must be True, False or None"),
+    "fused_and_foreach": (lambda params, opt: opt.param_groups[-1].update(fused=True, foreach=True), RuntimeError,
+                          "cannot both be True"),
+    "grad_scale_float": (lambda params, opt: setattr(opt, "grad_scale", 4.0), ValueError, "`grad_scale`"),
+    "found_inf_two_elements": (lambda params, opt: setattr(opt, "found_inf", torch.zeros(2)), ValueError,
+                               "`found_inf`"),
     # not a tensor, appended to a group by hand (AttributeError: 'list' object has no attribute 'grad' before)
     "params_list_appended": (lambda params, opt: opt.param_groups[-1]["params"].append([1.0]), TypeError,
                              "params must be tensors, got list"),
@@ -897,4 +917,73 @@ def test_state_made_in_inference_mode_is_refused_before_any_group_steps(device):
     before = _snapshot(opt)
     with pytest.raises(ValueError, match="inference"):
         opt.step()
+    _assert_unchanged(opt, before)
+
+
+@pytest.mark.parametrize("make_grad", [
+    lambda p: (torch.randn(p.shape[-1:], device=p.device) * 4).expand(p.shape),  # elements sharing memory
+    lambda p: torch._neg_view(-torch.randn(p.shape, device=p.device) * 4),
+], ids=["expanded", "neg_bit"])
+def test_gradient_the_kernel_cannot_unscale_in_place_changes_nothing(device, make_grad):
+    """fused=True with a GradScaler's grad_scale: the kernel writes the unscaled gradients, so a gradient that cannot
+    be written in place is refused before any group steps (found by an adversarial probe: the first group stepped,
+    then writing the unscaled copy back failed)."""
+    params, opt = _stepped(device, "fused")
+    params[-1].grad = make_grad(params[-1])
+    opt.grad_scale, opt.found_inf = torch.tensor(4.0, device=device), torch.tensor(0.0, device=device)
+    before = _snapshot(opt)
+    with pytest.raises(ValueError, match="gradient of parameter 1 of param group 1"):
+        opt.step()
+    _assert_unchanged(opt, before)
+
+
+def test_view_with_gaps_and_state_relaid_by_hand_steps_as_without(device):
+    """A param that is a view with gaps, whose exp_var was given another dense layout by hand (same values), beside
+    a group the one kernel call steps: it steps as the same optimizer without the relayout (its state is converted
+    before it steps; the kernel refused it after the other group had stepped before)."""
+    results = []
+    for relaid in (False, True):
+        base = torch.zeros(4, 6, device=device)
+        a = torch.nn.Parameter(base[:, ::2])  # a view with gaps
+        with torch.no_grad():
+            a.copy_(torch.arange(12.0, device=device).reshape(4, 3) / 7)
+        b = torch.nn.Parameter(torch.linspace(-1, 1, 5, device=device))
+        opt = SGDF([{"params": [a]}, {"params": [b]}], lr=0.01)
+        for i in range(3):
+            a.grad, b.grad = torch.full((4, 3), 0.3 - 0.2 * i, device=device), torch.full((5,), 0.1 * i, device=device)
+            if i == 2 and relaid:
+                state = opt.state[a]
+                state["exp_var"] = state["exp_var"].t().contiguous().t()
+            opt.step()
+        results.append((a.detach().clone(), b.detach().clone(), {k: v.clone() for k, v in opt.state[a].items()}))
+    (a0, b0, s0), (a1, b1, s1) = results
+    assert torch.equal(a0, a1) and torch.equal(b0, b1)
+    for key in s0:
+        assert torch.equal(s0[key], s1[key]), key
+
+
+def test_checkpoint_with_a_state_that_is_not_a_dict_is_refused(device):
+    params, opt = _stepped(device)
+    checkpoint = opt.state_dict()
+    checkpoint["state"][0] = None
+    before = _snapshot(opt)
+    with pytest.raises(ValueError, match="holds NoneType as the state of a parameter"):
+        opt.load_state_dict(checkpoint)
+    _assert_unchanged(opt, before)
+
+
+@pytest.mark.parametrize("entry,value,match", [
+    ("step", 10**400, "'step' of .* is 1000"),  # (an OverflowError before)
+    ("step", lambda d: torch.tensor(1.0, device="meta"), "'step' of .* is a meta tensor"),
+    ("step", lambda d: torch.tensor(1 + 1j, device=d), "'step' of .* must be a real one-element dense tensor"),
+    ("exp_avg", lambda d: torch.zeros(5, 4, device="meta"), "'exp_avg' of .* is a meta tensor"),
+    ("exp_avg", lambda d: torch.zeros(5, 4, device=d).to_sparse(), "'exp_avg' of .* is torch.sparse_coo"),
+])
+def test_checkpoint_with_state_entries_without_values_is_refused(device, entry, value, match):
+    params, opt = _stepped(device)
+    checkpoint = opt.state_dict()
+    checkpoint["state"][0] = dict(checkpoint["state"][0], **{entry: value(device) if callable(value) else value})
+    before = _snapshot(opt)
+    with pytest.raises(ValueError, match=match):
+        opt.load_state_dict(checkpoint)
     _assert_unchanged(opt, before)

@@ -51,8 +51,7 @@ class AdaSGDF(SGDF):
                  master_weights: bool = False, differentiable: bool = False, sign: bool = False,
                  orthogonalize: bool = False, ns_steps: int = 5):
         # SGDF's defaults with the preconditioner; SGDF's sign / orthogonalize are taken (torch's convention
-        # AdaSGDF(params, **opt.defaults) passes them) and must stay off
-        _check_no_sgdf_options(dict(sign=sign, orthogonalize=orthogonalize))
+        # AdaSGDF(params, **opt.defaults) passes them) and must stay off (checks.check_hyperparameters)
         defaults = dict(lr=lr, betas=betas, eps=eps, gamma=gamma, weight_decay=weight_decay,
                         decoupled_weight_decay=decoupled_weight_decay, sign=sign, orthogonalize=orthogonalize,
                         ns_steps=ns_steps,
@@ -60,11 +59,6 @@ class AdaSGDF(SGDF):
                         stochastic_rounding=stochastic_rounding, state_dtype=state_dtype,
                         master_weights=master_weights, differentiable=differentiable, preconditioner=preconditioner)
         self._init_with_defaults(params, defaults)
-
-    def add_param_group(self, param_group: dict) -> None:
-        if isinstance(param_group, dict):
-            _check_no_sgdf_options(param_group)
-        super().add_param_group(param_group)
 
     def load_state_dict(self, state_dict: dict) -> None:
         """As SGDF's; param groups saved without a preconditioner (an SGDF checkpoint) take this optimizer's default
@@ -79,9 +73,3 @@ class AdaSGDF(SGDF):
     def _update_options(self, group: dict) -> dict:
         return dict(_update_options(group), preconditioner=group["preconditioner"])
 
-
-def _check_no_sgdf_options(options: dict) -> None:
-    for key in ("sign", "orthogonalize"):
-        if options.get(key) is not False and key in options:
-            raise ValueError(f"AdaSGDF: {key}={options[key]!r}; `{key}` is an SGDF option that AdaSGDF has not "
-                             "(leave it False, or use sgdf_erd.SGDF)")

@@ -98,7 +98,7 @@ class SGDF(Optimizer):
     # its update (_update_options) and its state's moment tensors (checks.moment_keys of a group); the checks,
     # the state and the paths are this class's.
     def _init_with_defaults(self, params: Iterable, defaults: dict) -> None:
-        checks.check_hyperparameters(defaults, "defaults")  # before the params, as torch's optimizers do
+        checks.check_hyperparameters(defaults, "defaults", defaults)  # before the params, as torch's optimizers do
         Optimizer.__init__(self, params, defaults)
 
     def _update_options(self, group: dict) -> dict:
@@ -127,7 +127,7 @@ class SGDF(Optimizer):
         params = [_unnamed(p, i, len(self.param_groups)) for i, p in enumerate(group["params"])]
         where = f"param group {len(self.param_groups)}"
         checks.check_param_kinds(params, group, where)
-        checks.check_hyperparameters(group, where)
+        checks.check_hyperparameters(group, where, self.defaults)
         checks.check_distinct([g["params"] for g in self.param_groups] + [params])
         checks.check_path_options(params, group)
         super().add_param_group(group)
@@ -189,7 +189,7 @@ class SGDF(Optimizer):
         steps = {}
         for gi, group in enumerate(self.param_groups):
             where = f"param group {gi} of the checkpoint"
-            checks.check_hyperparameters(group, where)
+            checks.check_hyperparameters(group, where, self.defaults)
             checks.check_param_kinds(group["params"], group, where)
             for i, p in enumerate(group["params"]):
                 if self.state.get(p):
@@ -230,6 +230,8 @@ class SGDF(Optimizer):
                 loss = closure()
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
+        if not compiling:
+            checks.check_amp_scalars(grad_scale, found_inf)
         if compiling and (grad_scale is not None or found_inf is not None) and any(
                 self._path(g) == "fused" and _has_dtensor(g["params"]) for g in self.param_groups):
             raise NotImplementedError("SGDF: a torch.compile'd step with a GradScaler is not supported for DTensor "
@@ -238,9 +240,13 @@ class SGDF(Optimizer):
                                       "or unscale with scaler.unscale_(opt) before the step")
         # Under torch.compile the checks run in _init_group, which Dynamo runs eagerly while tracing (reading data
         # pointers or a CPU `lr` in the traced code would break the graph), and no group is left to the kernel's.
-        in_one_call = {} if compiling else self._check_step()
+        in_one_call = {} if compiling else self._check_step(grad_scale is not None)
         if in_one_call:
-            self._step_in_one_call(in_one_call, grad_scale, found_inf)
+            try:
+                self._step_in_one_call(in_one_call, grad_scale, found_inf)
+            except (RuntimeError, ValueError, TypeError):  # refused before any write: the Python checks name the
+                self._check_groups(list(in_one_call), {}, grad_scale is not None)  # parameter, where they can
+                raise
         for gi, group in enumerate(self.param_groups):
             if gi in in_one_call:
                 continue
@@ -263,12 +269,12 @@ class SGDF(Optimizer):
                 return "fused"
         return "single" if group["foreach"] is False else "foreach"
 
-    def _check_step(self) -> Dict[int, dict]:
+    def _check_step(self, unscaling: bool) -> Dict[int, dict]:
         """Check every group, writing nothing. Returns the groups one kernel call steps (index -> their lists):
         checked by that call, which comes after these checks and before any write."""
         in_one_call, others, call_key = {}, [], None
         for gi, group in enumerate(self.param_groups):
-            checks.check_hyperparameters(group, f"param group {gi}", read_device_lr=False)
+            checks.check_hyperparameters(group, f"param group {gi}", self.defaults, read_device_lr=False)
             lists = self._one_call_lists(group) if group["fused"] is not False else None
             key = None if lists is None else (lists["params"][0].device, *map(group.get, _PER_CALL_OPTIONS))
             if lists is not None and (call_key is None or key == call_key):
@@ -277,7 +283,7 @@ class SGDF(Optimizer):
             else:
                 others.append(gi)
         if others:
-            self._check_groups(others, in_one_call)
+            self._check_groups(others, in_one_call, unscaling)
         return in_one_call
 
     def _one_call_lists(self, group: dict) -> Optional[Dict[str, list]]:
@@ -305,11 +311,11 @@ class SGDF(Optimizer):
             return None
         keys = ("step", *checks.moment_keys(group), *("master_param",) * group["master_weights"],
                 *("rounding_seed",) * group["stochastic_rounding"])
-        if set(map(len, states)) != {len(keys)}:
-            return None
         try:
+            if set(map(len, states)) != {len(keys)}:
+                return None
             lists = [[state[key] for state in states] for key in keys]
-        except KeyError:  # state edited by hand: the Python checks say how
+        except (KeyError, TypeError, IndexError):  # state edited by hand (not a dict): the Python checks say how
             return None
         tensor_lists = lists[:len(lists) - group["stochastic_rounding"]]
         if not all(issubclass(kind, Tensor) for kind in set(map(type, itertools.chain.from_iterable(tensor_lists)))):
@@ -323,6 +329,8 @@ class SGDF(Optimizer):
                 or (_dtensor.dtensor_type() and any(isinstance(p, _dtensor.dtensor_type()) for p in params))
                 or (group["stochastic_rounding"] and any(type(seed) is not int for seed in lists[-1]))):
             return None  # (a seed edited by hand: the kernel's int[] would take a bool)
+        if "exp_avg_sq" in keys and any(map(Tensor.is_neg, lists[keys.index("exp_avg_sq")])):
+            return None  # (an optional list of the kernel's, which torch's negation fallback does not resolve)
         contiguous = Tensor.is_contiguous
         if not (all(map(contiguous, params)) and all(map(contiguous, grads)) and all(map(contiguous, moment))):
             # another dense layout (e.g. channels_last) the kernel walks as well, if the grad and state share it
@@ -333,10 +341,11 @@ class SGDF(Optimizer):
         return dict(params=params, grads=grads, master_params=named.pop("master_params", []),
                     rounding_seeds=named.pop("rounding_seeds", []), **named)
 
-    def _check_groups(self, group_indices: List[int], in_one_call: Dict[int, dict]) -> None:
+    def _check_groups(self, group_indices: List[int], in_one_call: Dict[int, dict], unscaling: bool) -> None:
         """The checks of the groups the kernel call does not check: hyperparameters (checked by the caller), params,
         grads and state of each group, then memory shared by any two tensors a step reads or writes, in all
-        groups. Nothing changes here."""
+        groups. `unscaling`: a GradScaler's grad_scale is given (the fused kernel then writes the gradients).
+        Nothing changes here."""
         operands = []  # (tensor, written, what it is)
         for gi in group_indices:
             group = self.param_groups[gi]
@@ -351,10 +360,9 @@ class SGDF(Optimizer):
                 if grad is None or p.numel() == 0:
                     continue
                 where = f"parameter {i} of param group {gi}"
-                checks.check_grad(p, grad, where)
-                state = self.state.get(p)
-                if state:
-                    checks.check_state(p, state, group, on_device, where)
+                checks.check_grad(p, grad, where, written=unscaling and path == "fused")
+                state = self.state.get(p, {})
+                checks.check_state(p, state, group, on_device, where)  # (an empty one is made after the checks)
                 # the fused kernel unscales gradients in place: none may serve two params there
                 operands += [(p, True, where), (grad, path == "fused", f"the gradient of {where}")]
                 operands += _state_operands(state, where)
@@ -411,8 +419,8 @@ class SGDF(Optimizer):
         checks (`check_all_groups`: runs them first, for every group)."""
         if check_all_groups:
             for gi, g in enumerate(self.param_groups):
-                checks.check_hyperparameters(g, f"param group {gi}", read_device_lr=False)
-            self._check_groups(list(range(len(self.param_groups))), {})
+                checks.check_hyperparameters(g, f"param group {gi}", self.defaults, read_device_lr=False)
+            self._check_groups(list(range(len(self.param_groups))), {}, getattr(self, "grad_scale", None) is not None)
         path = self._path(group)
         fused, master_weights = path == "fused", group["master_weights"]
         stochastic_rounding = group["stochastic_rounding"]
@@ -510,16 +518,17 @@ def _adopt_storage_entries(p: Tensor, state: dict, group: dict) -> None:
 
 
 def _match_layout(p: Tensor, state: dict, moment_keys: Tuple[str, ...]) -> None:
-    """The fused kernel needs the state in the param's layout (dense for a view with gaps); a model converted
-    after its first steps (e.g. to channels_last) gets its state converted likewise, values and dtypes unchanged
-    (each entry on its own: one edited by hand may differ from the others)."""
-    dense = None  # whether p is dense, asked only when an entry's strides differ from p's
+    """The fused kernel needs the state in one layout: the param's, or for a view with gaps the dense one its state
+    is made in (its dense copy's). A model converted after its first steps (e.g. to channels_last), or state edited
+    by hand, gets its state converted likewise, values and dtypes unchanged (each entry on its own)."""
+    layout = None
     for key in (*moment_keys, "master_param"):
         t = state.get(key)
-        if t is None or t.stride() == p.stride():
+        if t is None:
             continue
-        dense = checks.is_dense(p) if dense is None else dense
-        if dense or not checks.is_dense(t):
+        if layout is None:
+            layout = p.stride() if checks.is_dense(p) else _like(p, t.dtype).stride()
+        if t.stride() != layout:
             state[key] = _like(p, t.dtype).copy_(t)
 
 

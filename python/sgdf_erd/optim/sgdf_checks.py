@@ -96,9 +96,11 @@ def _finite(value) -> bool:
         return False
 
 
-def check_hyperparameters(group: dict, where: str, read_device_lr: bool = True) -> None:
-    """`read_device_lr=False` (inside step()) leaves a tensor `lr` on an accelerator unread: that would sync."""
-    missing = [key for key in GROUP_KEYS if key not in group]
+def check_hyperparameters(group: dict, where: str, keys: Iterable[str] = GROUP_KEYS,
+                          read_device_lr: bool = True) -> None:
+    """`keys`: those a group of the optimizer has (its defaults'). `read_device_lr=False` (inside step()) leaves a
+    tensor `lr` on an accelerator unread: that would sync."""
+    missing = [key for key in keys if key not in group]
     if missing:
         raise ValueError(f"SGDF ({where}): the param group lacks {', '.join(map(repr, missing))} (deleted by hand?); "
                          "set it again, or rebuild the optimizer and load its state_dict")
@@ -135,12 +137,23 @@ def check_hyperparameters(group: dict, where: str, read_device_lr: bool = True) 
                 "master_weights"):
         if not isinstance(group[key], bool):
             raise TypeError(f"SGDF ({where}): `{key}` must be True or False, got {group[key]!r}")
+    for key in ("foreach", "fused"):
+        if group[key] is not None and not isinstance(group[key], bool):
+            raise TypeError(f"SGDF ({where}): `{key}` must be True, False or None (the default path), got "
+                            f"{group[key]!r}")
+    if group["fused"] and group["foreach"]:
+        raise RuntimeError(f"SGDF ({where}): `fused` and `foreach` cannot both be True; choose one")
     ns = group["ns_steps"]
     if not isinstance(ns, int) or isinstance(ns, bool) or (group["orthogonalize"] and ns < 2):
         raise ValueError(f"SGDF ({where}): invalid ns_steps={ns!r}; it must be an int >= 2 when orthogonalize=True")
-    if "preconditioner" in group and group["preconditioner"] not in PRECONDITIONERS:
-        raise ValueError(f"AdaSGDF ({where}): invalid preconditioner={group['preconditioner']!r}; it must be one of "
-                         f"{', '.join(map(repr, PRECONDITIONERS))}")
+    if "preconditioner" in group:  # AdaSGDF
+        if group["preconditioner"] not in PRECONDITIONERS:
+            raise ValueError(f"AdaSGDF ({where}): invalid preconditioner={group['preconditioner']!r}; it must be one "
+                             f"of {', '.join(map(repr, PRECONDITIONERS))}")
+        for key in ("sign", "orthogonalize"):
+            if group[key] is not False:
+                raise ValueError(f"AdaSGDF ({where}): {key}={group[key]!r}; `{key}` is an SGDF option that AdaSGDF "
+                                 "has not (leave it False, or use sgdf_erd.SGDF)")
     state_dtype = group["state_dtype"]
     if state_dtype is not None and not isinstance(state_dtype, torch.dtype):
         raise TypeError(f"SGDF ({where}): `state_dtype` must be a torch.dtype or None, got {state_dtype!r}")
@@ -162,6 +175,17 @@ def _check_number(group: dict, key: str, where: str, valid, requirement: str) ->
 
 
 # ------------------------------------------------------------------------------------------ params and paths
+def check_amp_scalars(grad_scale, found_inf) -> None:
+    """What torch.amp.GradScaler sets on an optimizer whose step unscales (fused=True): one-element float tensors."""
+    for name, t in (("grad_scale", grad_scale), ("found_inf", found_inf)):
+        if t is not None and not (isinstance(t, Tensor) and t.numel() == 1 and t.is_floating_point()
+                                  and not t.is_meta and t.layout is torch.strided):
+            found = _describe(t) if isinstance(t, Tensor) else type(t).__name__
+            raise ValueError(f"SGDF: the optimizer's `{name}` (set by torch.amp.GradScaler for fused=True) must be a "
+                             f"one-element float tensor, got {found}; let the GradScaler set it (scaler.step(opt)), "
+                             "or delete the attribute")
+
+
 def check_param_kinds(params: Sequence, group: dict, where: str, stepping_only: bool = False) -> None:
     """`stepping_only`: of the tensors, only those a step reads (with a gradient, not empty) are checked."""
     for i, p in enumerate(params):
@@ -232,8 +256,6 @@ def check_distinct(groups: Sequence[Sequence[Tensor]]) -> None:
 
 def check_path_options(params: Sequence[Tensor], group: dict) -> None:
     """An explicit choice of path, checked when a group joins (a default is decided at each step)."""
-    if group["fused"] and group["foreach"]:
-        raise RuntimeError("SGDF: `fused` and `foreach` cannot both be True; choose one")
     if not group["fused"]:
         return
     unsupported = fused_storage_unsupported(params, group)
@@ -270,7 +292,8 @@ def check_fused_support(params: Sequence[Tensor], group: dict, group_index: int)
 
 
 # ------------------------------------------------------------------------------------------ step inputs
-def check_grad(p: Tensor, grad: Tensor, where: str) -> None:
+def check_grad(p: Tensor, grad: Tensor, where: str, written: bool = False) -> None:
+    """`written`: the step writes the gradient (the fused kernel unscales it in place for a GradScaler)."""
     if grad.layout is not torch.strided:
         raise RuntimeError(f"SGDF: the gradient of {where} is {grad.layout}; SGDF does not support sparse "
                            "gradients: use a dense gradient (for example nn.Embedding(sparse=False)) or "
@@ -282,15 +305,23 @@ def check_grad(p: Tensor, grad: Tensor, where: str) -> None:
     if p.is_conj():
         raise ValueError(f"SGDF: {where} is a conjugate view (its conjugate bit is set), which an in-place update "
                          "cannot write through; optimize a tensor without it (p.resolve_conj())")
+    _check_written(p, where, "give the parameter data of its own (p.data = p.data.clone())")
     if grad.is_neg():
         raise ValueError(f"SGDF: the gradient of {where} has the negative bit set (a lazily negated view, such as "
                          "torch._neg_view gives); pass grad.resolve_neg()")
+    if written:
+        _check_written(grad, f"the gradient of {where}", "give it memory of its own (p.grad = p.grad.clone())")
 
 
 def check_state(p: Tensor, state: dict, group: dict, on_device: bool, where: str) -> None:
     """The state of a parameter that stepped before still fits it (its .data may have been replaced since) and its
     group's storage options (which may have been edited since), every entry as the fused kernel checks them (a
     state edited by hand would otherwise fail in the middle of a step)."""
+    if not isinstance(state, dict):
+        raise ValueError(f"SGDF: the state of {where} is {type(state).__name__}, not a dict (edited by hand?); delete "
+                         "it (del opt.state[p]) to start the parameter afresh, or restore the optimizer's state_dict")
+    if not state:
+        return
     moments = moment_keys(group)
     missing = [key for key in ("step", *moments) if key not in state]
     if missing:
@@ -341,18 +372,32 @@ def check_state(p: Tensor, state: dict, group: dict, on_device: bool, where: str
                          "[0, 2**32): restore it from the optimizer's state_dict")
 
 
-def _check_written(t: Tensor, what: str) -> None:
+def _check_written(t: Tensor, what: str, fix: str = "restore the state from the optimizer's state_dict (outside "
+                   "torch.inference_mode())") -> None:
     """What a step writes in place must take an in-place write: torch would refuse it in the middle of a step."""
     problem = ("is sparse" if t.layout is not torch.strided else
                "is a conjugate view" if t.is_conj() else
                "has the negative bit set (a lazily negated view)" if t.is_neg() else
                "is an inference tensor, which cannot be written outside torch.inference_mode()"
                if t.is_inference() and not torch.is_inference_mode_enabled() else
-               "has elements that share memory (an expanded view)" if torch._debug_has_internal_overlap(t) == 1 else
+               "has elements that share memory (an expanded view)" if _overlaps_itself(t) else
                None)
     if problem:
-        raise ValueError(f"SGDF: {what} {problem}, so the step cannot update it in place; restore the state from "
-                         "the optimizer's state_dict (outside torch.inference_mode())")
+        raise ValueError(f"SGDF: {what} {problem}, so the step cannot update it in place; {fix}")
+
+
+def _overlaps_itself(t: Tensor) -> bool:
+    """Whether two elements of `t` may share memory (an expanded or as_strided view). Where torch cannot tell, by
+    the strides: each dimension's stride must pass the furthest element the smaller-strided ones reach."""
+    overlap = torch._debug_has_internal_overlap(t)  # 0: no, 1: yes, 2: too hard for torch to tell
+    if overlap != 2:
+        return overlap == 1
+    reach = 0
+    for stride, size in sorted((st, sz) for sz, st in zip(t.shape, t.stride()) if sz > 1):
+        if stride <= reach:
+            return True
+        reach += (size - 1) * stride
+    return False
 
 
 def check_no_shared_memory(operands: Iterable[Tuple[Tensor, bool, str]]) -> None:
@@ -407,6 +452,11 @@ def check_checkpoint_layout(state_dict, groups: List[dict]) -> None:
             raise ValueError(f"SGDF.load_state_dict: param group {gi} has {len(s['params'])} parameters in the "
                              f"checkpoint but {len(g['params'])} here; build the optimizer with the param groups of "
                              "the one that saved it")
+    for key, entries in state_dict["state"].items():  # (torch's load copies them to the params' devices first)
+        for name, t in entries.items() if isinstance(entries, dict) else ():
+            if isinstance(t, Tensor) and t.is_meta:
+                raise ValueError(f"SGDF.load_state_dict: '{name}' of the state of parameter id {key!r} is a meta "
+                                 "tensor (no values); load a checkpoint saved by state_dict()")
 
 
 def checked_loaded_step(p: Tensor, state: dict, where: str, keys: Sequence[str] = STATE_KEYS) -> float:
@@ -417,22 +467,27 @@ def checked_loaded_step(p: Tensor, state: dict, where: str, keys: Sequence[str] 
         raise ValueError(f"SGDF.load_state_dict: the state of {where} lacks {', '.join(missing)}; the checkpoint "
                          f"is incomplete or from another optimizer (each parameter needs {', '.join(keys)})")
     step = state["step"]
-    if isinstance(step, Tensor) and step.numel() == 1 and not step.is_complex():
+    if isinstance(step, Tensor):
+        if step.numel() != 1 or step.is_complex() or step.is_meta or step.layout is not torch.strided:
+            raise ValueError(f"SGDF.load_state_dict: 'step' of {where} must be a real one-element dense tensor with a "
+                             f"value (or a number), got {_describe(step)}, {step.layout}")
         value = float(step)
     elif isinstance(step, (int, float)) and not isinstance(step, bool):
-        value = float(step)
-    elif isinstance(step, Tensor):
-        raise ValueError(f"SGDF.load_state_dict: 'step' of {where} must be a one-element tensor or a number, got "
-                         f"shape {tuple(step.shape)}")
+        value = step
     else:
         raise TypeError(f"SGDF.load_state_dict: 'step' of {where} must be a number or a one-element tensor, got "
                         f"{type(step).__name__}")
-    if not (math.isfinite(value) and value >= 0):
+    if not (_finite(value) and value >= 0):
         raise ValueError(f"SGDF.load_state_dict: 'step' of {where} is {value}; a step count is finite and >= 0")
+    value = float(value)
     for key in keys[1:]:
         t = state[key]
         if not isinstance(t, Tensor):
             raise TypeError(f"SGDF.load_state_dict: '{key}' of {where} must be a tensor, got {type(t).__name__}")
+        if t.is_meta or t.layout is not torch.strided:
+            found = "a meta tensor (no values)" if t.is_meta else t.layout
+            raise ValueError(f"SGDF.load_state_dict: '{key}' of {where} is {found}; the state is dense tensors with "
+                             "values: load a checkpoint saved by state_dict()")
         if not (t.is_floating_point() or t.is_complex()) or (t.is_complex() and not p.is_complex()):
             raise ValueError(f"SGDF.load_state_dict: '{key}' of {where} is {t.dtype} but the parameter is "
                              f"{p.dtype}; the state of a real parameter is real (a cast would drop the imaginary "
@@ -454,9 +509,12 @@ def checked_loaded_step(p: Tensor, state: dict, where: str, keys: Sequence[str] 
     return value
 
 
-def check_state_keys(state: Iterable, params: Iterable[Tensor]) -> None:
+def check_state_keys(state: dict, params: Iterable[Tensor]) -> None:
     known = {id(p) for p in params}
-    for key in state:
+    for key, entries in state.items():
         if not isinstance(key, Tensor) or id(key) not in known:
             raise ValueError(f"SGDF.load_state_dict: the checkpoint holds state for parameter id {key!r}, which no "
                              "param group lists; the checkpoint belongs to another optimizer or model")
+        if not isinstance(entries, dict):
+            raise ValueError(f"SGDF.load_state_dict: the checkpoint holds {type(entries).__name__} as the state of a "
+                             "parameter; each parameter's state is a dict (leave out a parameter without state)")
