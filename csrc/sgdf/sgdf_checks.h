@@ -34,18 +34,16 @@ inline void check_hyperparameters(double lr, const Hyper<double>& h, const char*
 // The value of a one-element float32 CPU tensor (checked by the caller): a plain read, no synchronisation.
 inline float cpu_scalar(const Tensor& t) { return *static_cast<const float*>(t.const_data_ptr()); }
 
-inline const TensorList kNoExpAvgSqs{};
-
 // The arguments of one fused_sgdf_ call, or of one param group of a fused_sgdf_grouped_ call, checked
 // (check_fused_args): what the CPU and CUDA kernels share.
 struct FusedArgs {
-  const TensorList& params;
-  const TensorList& grads;
-  const TensorList& exp_avgs;
-  const TensorList& exp_vars;
-  const TensorList& updates;
-  const TensorList& steps;
-  const TensorList& master_params;
+  TensorList params;
+  TensorList grads;
+  TensorList exp_avgs;
+  TensorList exp_vars;
+  TensorList updates;
+  TensorList steps;
+  TensorList master_params;
   const std::vector<int64_t>& rounding_seeds;
   const std::vector<int64_t>& rounding_offsets;
   double lr;
@@ -53,7 +51,7 @@ struct FusedArgs {
   Hyper<double> hyper;
   const std::optional<Tensor>& grad_scale;
   const std::optional<Tensor>& found_inf;
-  const TensorList& exp_avg_sqs = kNoExpAvgSqs;  // AdaSGDF's second moments (preconditioner kSecondMoment)
+  TensorList exp_avg_sqs = {};  // AdaSGDF's second moments (preconditioner kSecondMoment)
   ScalarType param_dtype = ScalarType::Float;
   ScalarType state_dtype = ScalarType::Float;
   // What check_fused_args read of the tensors: the lists' metadata, the step counts' and the single tensors'
@@ -84,16 +82,16 @@ inline bool is_16_bit(ScalarType t) { return t == ScalarType::BFloat16 || t == S
 inline void check_fused_args(FusedArgs& a, const char* op) {
   check_hyperparameters(a.lr, a.hyper, op);
   std::vector<NamedList>& lists = a.lists;
-  lists = {{&a.params, "params"},
-           {&a.grads, "grads"},
-           {&a.exp_avgs, "exp_avgs", false},
-           {&a.exp_vars, "exp_vars", false}};
+  lists = {{a.params, "params"},
+           {a.grads, "grads"},
+           {a.exp_avgs, "exp_avgs", false},
+           {a.exp_vars, "exp_vars", false}};
   const bool second_moment = a.hyper.preconditioner == Preconditioner::kSecondMoment;
   SGDF_ERD_CHECK(second_moment || a.exp_avg_sqs.empty(), op, ": 'exp_avg_sqs' has ", a.exp_avg_sqs.size(),
                  " tensors but only the 'second_moment' preconditioner keeps them; pass none");
-  if (second_moment) lists.push_back({&a.exp_avg_sqs, "exp_avg_sqs", false});  // (lists[4])
-  if (a.update_mode()) lists.push_back({&a.updates, "updates"});
-  if (a.has_master()) lists.push_back({&a.master_params, "master_params", false});
+  if (second_moment) lists.push_back({a.exp_avg_sqs, "exp_avg_sqs", false});  // (lists[4])
+  if (a.update_mode()) lists.push_back({a.updates, "updates"});
+  if (a.has_master()) lists.push_back({a.master_params, "master_params", false});
   check_tensor_lists(lists, op);
   SGDF_ERD_CHECK(a.steps.size() == a.params.size(), op, ": 'steps' has ", a.steps.size(), " tensors for ",
                  a.params.size(), " params; pass one step tensor per parameter");
@@ -162,7 +160,7 @@ inline void check_fused_args(FusedArgs& a, const char* op) {
   for (const auto& [t, name] : {std::pair{&a.lr_tensor, "lr_tensor"}, std::pair{&a.grad_scale, "grad_scale"},
                                 std::pair{&a.found_inf, "found_inf"}}) {
     if (!t->has_value()) continue;
-    scalars.emplace_back(t->value());
+    scalars.emplace_back(t->value().get());
     scalar_names.push_back(name);
     SGDF_ERD_CHECK(is_one_float_on_device(scalars.back()), op, ": '", name,
                    "' must be a one-element float32 tensor on ", DeviceName(device), ", got ", (*t)->numel(),
@@ -173,7 +171,7 @@ inline void check_fused_args(FusedArgs& a, const char* op) {
   // (every step is on the params' device, checked above)
   const bool steps_on_cpu = reference.device_type == aoti_torch_device_type_cpu();
   for (size_t i = 0; steps_on_cpu && i < a.steps.size(); ++i) {
-    const float value = cpu_scalar(a.steps[i]);
+    const float value = *reinterpret_cast<const float*>(steps[i].address);
     SGDF_ERD_CHECK_VALUE(std::isfinite(value) && value >= 0.f, op, ": 'steps[", i, "]' holds ", value,
                          "; a step count is finite and >= 0 (the state was edited by hand: restore it from the "
                          "optimizer's state_dict)");
@@ -188,15 +186,15 @@ inline void check_fused_args(FusedArgs& a, const char* op) {
 }
 
 // The schema's arguments, checked before anything is written (both entry points start here).
-inline FusedArgs make_fused_args(const TensorList& params, const TensorList& grads, const TensorList& exp_avgs,
-                                 const TensorList& exp_vars, const TensorList& updates, const TensorList& steps,
+inline FusedArgs make_fused_args(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_vars,
+                                 TensorList updates, TensorList steps,
                                  double lr, const std::optional<Tensor>& lr_tensor, double beta1, double beta2,
                                  double eps, double gamma, double weight_decay, bool decoupled_weight_decay,
                                  bool sign, bool maximize, const std::optional<Tensor>& grad_scale,
-                                 const std::optional<Tensor>& found_inf, const TensorList& master_params,
+                                 const std::optional<Tensor>& found_inf, TensorList master_params,
                                  const std::vector<int64_t>& rounding_seeds,
                                  const std::vector<int64_t>& rounding_offsets,
-                                 const TensorList& exp_avg_sqs = kNoExpAvgSqs,
+                                 TensorList exp_avg_sqs = {},
                                  Preconditioner preconditioner = Preconditioner::kNone) {
   FusedArgs args{params,    grads,
                  exp_avgs,  exp_vars,

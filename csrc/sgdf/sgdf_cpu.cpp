@@ -53,7 +53,7 @@ void run_cpu(const FusedArgs& a, double lr) {
     coeffs[i] = step_coeffs<acc_t>(a.hyper.beta1, a.hyper.beta2, step);
     // Stochastic rounding of 16-bit storage, one random stream per stored tensor; a param with a master copy
     // takes it rounded to nearest (the master keeps what rounding drops).
-    auto operand = [&](const Tensor& t, int index, ScalarType dtype, bool stochastic, uint32_t stream) {
+    auto operand = [&](TensorRef t, int index, ScalarType dtype, bool stochastic, uint32_t stream) {
       const bool rounded = stochastic && a.stochastic() && is_16_bit(dtype);
       const uint32_t key = rounded ? random::tensor_key(static_cast<uint32_t>(a.rounding_seeds[i]),
                                                         static_cast<uint32_t>(step), stream)
@@ -103,13 +103,13 @@ void step_cpu(const FusedArgs& a) {
 }  // namespace
 
 STABLE_TORCH_LIBRARY_IMPL(sgdf_erd, CPU, m) {
-  m.impl("fused_sgdf_", TORCH_BOX(&fused_sgdf<step_cpu>));
-  m.impl("fused_sgdf_grouped_", TORCH_BOX(&fused_sgdf_grouped<step_cpu>));
+  m.impl("fused_sgdf_", SGDF_ERD_BOX(&fused_sgdf<step_cpu>));
+  m.impl("fused_sgdf_grouped_", SGDF_ERD_BOX(&fused_sgdf_grouped<step_cpu>));
 }
 // Sparse tensors reach the same checks, which name the argument, instead of the dispatcher's "could not run".
 STABLE_TORCH_LIBRARY_IMPL(sgdf_erd, SparseCPU, m) {
-  m.impl("fused_sgdf_", TORCH_BOX(&fused_sgdf<step_cpu>));
-  m.impl("fused_sgdf_grouped_", TORCH_BOX(&fused_sgdf_grouped<step_cpu>));
+  m.impl("fused_sgdf_", SGDF_ERD_BOX(&fused_sgdf<step_cpu>));
+  m.impl("fused_sgdf_grouped_", SGDF_ERD_BOX(&fused_sgdf_grouped<step_cpu>));
 }
 
 }  // namespace sgdf_erd::sgdf
