@@ -196,12 +196,13 @@ struct NamedList {
   TensorMetas metas = {};
 };
 
-// Whether two tensors of one shape walk their elements in the same order through memory: equal strides in every
-// dimension of size 2 or more (a stride of a dimension of size 1 is never used to step, and tensors made elsewhere
-// may give it any value).
-inline bool same_layout(const TensorMeta& a, const TensorMeta& b) {
-  for (size_t d = 0; d < a.sizes.size(); ++d) {
-    if (a.sizes[d] >= 2 && a.strides[d] != b.strides[d]) return false;
+// Whether two tensors have one shape and walk their elements in the same order through memory: equal strides in
+// every dimension of size 2 or more (a stride of a dimension of size 1 is never used to step, and tensors made
+// elsewhere may give it any value).
+inline bool same_shape_and_layout(const TensorMeta& a, const TensorMeta& b) {
+  if (a.sizes.size() != b.sizes.size()) return false;
+  for (size_t d = 0; d < a.sizes.size(); ++d) {  // (a loop: a call to memcmp costs more for a few dimensions)
+    if (a.sizes[d] != b.sizes[d] || (a.sizes[d] >= 2 && a.strides[d] != b.strides[d])) return false;
   }
   return true;
 }
@@ -235,7 +236,7 @@ inline void check_tensor_lists(std::vector<NamedList>& lists, const char* op) {
       SGDF_ERD_CHECK(!lists[l].dtype_of_reference || m.dtype == ref.dtype, op, ": '", name, "[", i, "]' is ",
                      t.scalar_type(), " but '", reference.name, "[", i, "]' is ", ref_tensor.scalar_type(),
                      "; they must share a dtype");
-      SGDF_ERD_CHECK(m.sizes.equals(ref.sizes) && same_layout(m, ref), op, ": '", name, "[", i,
+      SGDF_ERD_CHECK(same_shape_and_layout(m, ref), op, ": '", name, "[", i,
                      "]' has shape/strides ", Shape{m.sizes}, "/", Shape{m.strides}, " but '", reference.name, "[",
                      i, "]' has ", Shape{ref.sizes}, "/", Shape{ref.strides},
                      "; they must have the same memory layout");
@@ -243,73 +244,94 @@ inline void check_tensor_lists(std::vector<NamedList>& lists, const char* op) {
   }
 }
 
-// Operands of one multi-tensor call, for check_no_shared_memory: tensors of lists the kernel may write (each must
-// own its memory) and single tensors it only reads (these may share memory with each other, not with the lists).
-// Names are built only for an error message: this runs on every optimizer step.
-struct MemoryOperand {
-  const TensorMeta* meta;
-  const char* name;  // the argument
-  int64_t index;     // position in the list, or -1 for a single tensor
-  bool exclusive;
-  int64_t group = -1;  // the param group, in a call over several (its lists are then numbered within it)
+// Operands of one multi-tensor call, for check_no_shared_memory: the tensors of lists the kernel may write (each
+// must own its memory) and single tensors it only reads (these may share memory with each other, not with the
+// lists). Kept as whole lists (the metadata check_tensor_lists read): names are built only for an error message.
+class MemoryOperands {
+ public:
+  // `group`: the param group, in a call over several (its lists are then numbered within it), else -1.
+  void add_list(const TensorMetas& metas, const char* name, int64_t group = -1) {
+    sources_.push_back({metas.data(), metas.size(), name, group, true});
+    count_ += metas.size();
+  }
+  void add_single(const TensorMeta& meta, const char* name, int64_t group = -1) {
+    sources_.push_back({&meta, 1, name, group, false});
+    count_ += 1;
+  }
+
+ private:
+  struct Source {
+    const TensorMeta* metas;
+    size_t size;
+    const char* name;  // the argument
+    int64_t group;
+    bool is_list;  // else a single tensor, which may share memory with other single tensors
+  };
+  std::vector<Source> sources_;
+  size_t count_ = 0;
+  friend void check_no_shared_memory(const MemoryOperands& operands, const char* op);
 };
-
-inline void add_operands(std::vector<MemoryOperand>& out, const TensorMetas& metas, const char* name,
-                         int64_t group = -1) {
-  for (size_t i = 0; i < metas.size(); ++i) out.push_back({&metas[i], name, static_cast<int64_t>(i), true, group});
-}
-
-inline std::string operand_name(const MemoryOperand& o) {
-  std::string name = o.index < 0 ? std::string(o.name) : std::string(o.name) + "[" + std::to_string(o.index) + "]";
-  return o.group < 0 ? name : name + " of param group " + std::to_string(o.group);
-}
 
 // Rejects operands that share memory (the same tensor twice, `params[i] is grads[i]`, overlapping views of one
 // storage): a kernel walking them as separate buffers would read values another operand already overwrote, and
 // threads would race on them. All operands must be strided and on one device (check that first). Sorting the byte
 // ranges keeps this O(n log n): optimizer calls pass thousands of tensors.
-inline void check_no_shared_memory(const std::vector<MemoryOperand>& operands, const char* op) {
+inline void check_no_shared_memory(const MemoryOperands& operands, const char* op) {
   struct Range {
     uintptr_t begin, end;
-    const MemoryOperand* operand;
+    uint32_t source, index;  // the operand: operands.sources_[source], its tensor `index`
   };
   std::vector<Range> ranges;
-  ranges.reserve(operands.size());
+  ranges.reserve(operands.count_);
   int32_t sized_dtype = -1;  // element sizes looked up once per dtype (the operands mostly share one)
   size_t element_size = 0;
-  for (const auto& o : operands) {
-    const TensorMeta& m = *o.meta;
-    if (m.numel() == 0) continue;  // no memory to share
-    int64_t extent = 1;  // elements from the first to one past the last (strides are never negative)
-    for (size_t d = 0; d < m.sizes.size(); ++d) extent += (m.sizes[d] - 1) * m.strides[d];
-    if (m.dtype != sized_dtype) {
-      sized_dtype = m.dtype;
-      element_size = aoti_torch_dtype_element_size(m.dtype);
+  for (size_t s = 0; s < operands.sources_.size(); ++s) {
+    const MemoryOperands::Source& source = operands.sources_[s];
+    for (size_t i = 0; i < source.size; ++i) {
+      const TensorMeta& m = source.metas[i];
+      int64_t extent = 1;  // elements from the first to one past the last (strides are never negative)
+      bool empty = false;
+      for (size_t d = 0; d < m.sizes.size(); ++d) {
+        empty |= m.sizes[d] == 0;
+        extent += (m.sizes[d] - 1) * m.strides[d];
+      }
+      if (empty) continue;  // no memory to share
+      if (m.dtype != sized_dtype) {
+        sized_dtype = m.dtype;
+        element_size = aoti_torch_dtype_element_size(m.dtype);
+      }
+      ranges.push_back({m.address, m.address + static_cast<uintptr_t>(extent) * element_size,
+                        static_cast<uint32_t>(s), static_cast<uint32_t>(i)});
     }
-    ranges.push_back({m.address, m.address + static_cast<uintptr_t>(extent) * element_size, &o});
   }
-  std::sort(ranges.begin(), ranges.end(), [](const Range& a, const Range& b) { return a.begin < b.begin; });
+  auto by_begin = [](const Range& a, const Range& b) { return a.begin < b.begin; };
+  if (!std::is_sorted(ranges.begin(), ranges.end(), by_begin)) std::sort(ranges.begin(), ranges.end(), by_begin);
+  auto exclusive = [&](const Range& r) { return operands.sources_[r.source].is_list; };
   // Sweep in order of start: a range overlaps an earlier one iff it starts before the furthest end seen so far.
   const Range* furthest = nullptr;            // among all earlier ranges
   const Range* furthest_exclusive = nullptr;  // among earlier ranges that must own their memory
-  for (const auto& r : ranges) {
+  for (const Range& r : ranges) {
     const Range* clash = nullptr;
     if (furthest_exclusive != nullptr && r.begin < furthest_exclusive->end) {
       clash = furthest_exclusive;
-    } else if (r.operand->exclusive && furthest != nullptr && r.begin < furthest->end) {
+    } else if (exclusive(r) && furthest != nullptr && r.begin < furthest->end) {
       clash = furthest;
     }
-    if (clash != nullptr) {
+    if (C10_UNLIKELY(clash != nullptr)) {
       // name the pair in argument order, whatever order equal addresses were sorted in
-      const auto [first, second] = std::minmax(clash->operand, r.operand);
-      SGDF_ERD_CHECK(false, op, ": '", operand_name(*first), "' and '", operand_name(*second),
+      auto name = [&](const Range* o) {
+        const MemoryOperands::Source& source = operands.sources_[o->source];
+        std::string name = source.is_list ? str_cat(source.name, "[", o->index, "]") : std::string(source.name);
+        return source.group < 0 ? name : str_cat(name, " of param group ", source.group);
+      };
+      auto order = [](const Range* o) { return std::pair{o->source, o->index}; };
+      const auto [first, second] = order(clash) < order(&r) ? std::pair{clash, &r} : std::pair{&r, clash};
+      SGDF_ERD_CHECK(false, op, ": '", name(first), "' and '", name(second),
                      "' share memory (the same tensor, or views of one storage that overlap); every tensor of the "
                      "call must have memory of its own: pass distinct tensors (e.g. .clone() one of them)");
     }
     if (furthest == nullptr || r.end > furthest->end) furthest = &r;
-    if (r.operand->exclusive && (furthest_exclusive == nullptr || r.end > furthest_exclusive->end)) {
-      furthest_exclusive = &r;
-    }
+    if (exclusive(r) && (furthest_exclusive == nullptr || r.end > furthest_exclusive->end)) furthest_exclusive = &r;
   }
 }
 

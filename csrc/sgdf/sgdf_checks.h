@@ -58,14 +58,15 @@ struct FusedArgs {
   // (lr_tensor, grad_scale, found_inf, where given), for the check that no two operands share memory.
   std::vector<NamedList> lists = {};
   TensorMetas step_metas = {};
+  int exp_avg_sqs_list = -1, updates_list = -1, master_list = -1;  // their place in `lists`, where the call has them
   std::vector<TensorMeta> scalars = {};
   std::vector<const char*> scalar_names = {};
 
   // The call's operands for check_no_shared_memory; `group`: the param group's index in a grouped call, or -1.
-  void add_memory_operands(std::vector<MemoryOperand>& out, int64_t group = -1) const {
-    for (const NamedList& l : lists) add_operands(out, l.metas, l.name, group);
-    add_operands(out, step_metas, "steps", group);
-    for (size_t s = 0; s < scalars.size(); ++s) out.push_back({&scalars[s], scalar_names[s], -1, false, group});
+  void add_memory_operands(MemoryOperands& out, int64_t group = -1) const {
+    for (const NamedList& l : lists) out.add_list(l.metas, l.name, group);
+    out.add_list(step_metas, "steps", group);
+    for (size_t s = 0; s < scalars.size(); ++s) out.add_single(scalars[s], scalar_names[s], group);
   }
 
   bool has_master() const { return !master_params.empty(); }
@@ -89,9 +90,13 @@ inline void check_fused_args(FusedArgs& a, const char* op) {
   const bool second_moment = a.hyper.preconditioner == Preconditioner::kSecondMoment;
   SGDF_ERD_CHECK(second_moment || a.exp_avg_sqs.empty(), op, ": 'exp_avg_sqs' has ", a.exp_avg_sqs.size(),
                  " tensors but only the 'second_moment' preconditioner keeps them; pass none");
-  if (second_moment) lists.push_back({a.exp_avg_sqs, "exp_avg_sqs", false});  // (lists[4])
-  if (a.update_mode()) lists.push_back({a.updates, "updates"});
-  if (a.has_master()) lists.push_back({a.master_params, "master_params", false});
+  auto add = [&](int& place, TensorList tensors, const char* name, bool dtype_of_reference) {
+    place = static_cast<int>(lists.size());
+    lists.push_back({tensors, name, dtype_of_reference});
+  };
+  if (second_moment) add(a.exp_avg_sqs_list, a.exp_avg_sqs, "exp_avg_sqs", false);
+  if (a.update_mode()) add(a.updates_list, a.updates, "updates", true);
+  if (a.has_master()) add(a.master_list, a.master_params, "master_params", false);
   check_tensor_lists(lists, op);
   SGDF_ERD_CHECK(a.steps.size() == a.params.size(), op, ": 'steps' has ", a.steps.size(), " tensors for ",
                  a.params.size(), " params; pass one step tensor per parameter");
@@ -113,7 +118,7 @@ inline void check_fused_args(FusedArgs& a, const char* op) {
   const TensorMetas& params = lists[0].metas;
   const TensorMetas& exp_avgs = lists[2].metas;
   const TensorMetas& exp_vars = lists[3].metas;
-  const TensorMetas* masters = a.has_master() ? &lists.back().metas : nullptr;
+  const TensorMetas* masters = a.has_master() ? &lists[a.master_list].metas : nullptr;
   const ScalarType dtype = a.params[0].scalar_type();
   const ScalarType state = a.exp_avgs[0].scalar_type();
   a.param_dtype = dtype;
@@ -145,8 +150,8 @@ inline void check_fused_args(FusedArgs& a, const char* op) {
                    ": 'exp_avgs[", i, "]' and 'exp_vars[", i, "]' are ", a.exp_avgs[i].scalar_type(), " and ",
                    a.exp_vars[i].scalar_type(), " but 'exp_avgs[0]' is ", state,
                    "; all state of one call must share a dtype (the Python optimizer groups them)");
-    SGDF_ERD_CHECK(!second_moment || lists[4].metas[i].dtype == exp_avgs[0].dtype, op, ": 'exp_avg_sqs[", i,
-                   "]' is ", a.exp_avg_sqs[i].scalar_type(), " but 'exp_avgs[0]' is ", state,
+    SGDF_ERD_CHECK(!second_moment || lists[a.exp_avg_sqs_list].metas[i].dtype == exp_avgs[0].dtype, op,
+                   ": 'exp_avg_sqs[", i, "]' is ", a.exp_avg_sqs[i].scalar_type(), " but 'exp_avgs[0]' is ", state,
                    "; all state of one call must share a dtype (the Python optimizer groups them)");
     SGDF_ERD_CHECK(masters == nullptr || (*masters)[i].dtype == float32, op, ": 'master_params[", i, "]' is ",
                    a.master_params[i].scalar_type(), "; master copies are float32");
@@ -205,8 +210,7 @@ inline FusedArgs make_fused_args(TensorList params, TensorList grads, TensorList
                  grad_scale, found_inf, exp_avg_sqs};
   constexpr const char* op = "sgdf_erd::fused_sgdf_";
   check_fused_args(args, op);
-  std::vector<MemoryOperand> operands;
-  operands.reserve(params.size() * (args.lists.size() + 1) + args.scalars.size());
+  MemoryOperands operands;
   args.add_memory_operands(operands);
   check_no_shared_memory(operands, op);
   return args;

@@ -128,7 +128,7 @@ inline GroupedArgs make_grouped_args(TensorList params, TensorList grads, Tensor
   // between any two operands of any groups.
   const TensorMeta* device = nullptr;
   size_t device_group = 0;
-  std::vector<MemoryOperand> operands;
+  MemoryOperands operands;
   for (size_t g = 0; g < num_groups; ++g) {
     const FusedArgs& a = args.groups[g];
     if (a.params.empty()) continue;
