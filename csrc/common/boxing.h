@@ -11,6 +11,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "common/python_gil.h"
 #include "common/stable.h"
 #include "common/tensor_lists.h"
 
@@ -38,6 +39,13 @@ struct Unbox<std::optional<TensorHandles>> {
   }
 };
 
+template <typename T>
+void release(T&) {}  // (the rest is released with the arguments)
+inline void release(TensorHandles& list) { list.release(); }
+inline void release(std::optional<TensorHandles>& list) {
+  if (list.has_value()) list->release();
+}
+
 template <typename Fn>
 struct Boxer;
 
@@ -55,7 +63,19 @@ struct Boxer<void (*)(Params...)> {
   template <void (*func)(Params...), size_t... I>
   static void call(StableIValue* stack, std::index_sequence<I...>) {
     // braces: unboxed in order, and those done are released if a later one throws
-    std::tuple<std::decay_t<Params>...> args{Unbox<std::decay_t<Params>>::call(stack[I])...};
+    using Args = std::tuple<std::decay_t<Params>...>;
+    Args args{Unbox<std::decay_t<Params>>::call(stack[I])...};
+    // The op's references are mostly the last C++ references to tensors that Python holds: releasing one makes
+    // torch hand the Python object's ownership back, which takes the GIL (the dispatcher runs the op without it).
+    // Released under one hold of the GIL, whether func returns or throws: once per call instead of once per tensor
+    // (measured: a seventh of a fused SGDF step over 1000 one-element params).
+    struct ReleaseHandles {
+      Args& args;
+      ~ReleaseHandles() {
+        const ScopedGil gil;
+        std::apply([](auto&... arg) { (release(arg), ...); }, args);
+      }
+    } release_handles{args};
     std::apply(func, args);
   }
 };

@@ -99,12 +99,13 @@ class TensorHandles {
   operator TensorList() const { return {handles_.data(), handles_.size()}; }  // NOLINT: a borrow, as in torch
   size_t size() const { return handles_.size(); }
   bool empty() const { return handles_.empty(); }
-
- private:
-  void release() {
+  // Releases the references now (the object is then empty). SGDF_ERD_BOX does so holding the GIL: see there.
+  void release() noexcept {
     for (AtenTensorHandle h : handles_) aoti_torch_delete_tensor_object(h);  // (cannot fail for a valid handle)
     handles_.clear();
   }
+
+ private:
   std::vector<AtenTensorHandle> handles_;
 };
 
