@@ -150,7 +150,11 @@ struct TensorMeta {
   int32_t layout = 0, dtype = 0, device_type = 0, device_index = 0;
   IntArrayRef sizes, strides;  // empty for a tensor that is not strided (sparse: it has no strides)
   uintptr_t address = 0;
+  // Elements, and elements from the first to one past the last (strides are never negative; 0 when empty): worked
+  // out while the tensor's sizes are in cache, for the checks that walk thousands of tensors afterwards.
+  int64_t numel = 1, extent = 1;
 
+  TensorMeta() = default;
   explicit TensorMeta(AtenTensorHandle h) {
     SGDF_ERD_SHIM_CHECK(aoti_torch_get_layout(h, &layout));
     SGDF_ERD_SHIM_CHECK(aoti_torch_get_dtype(h, &dtype));
@@ -168,15 +172,15 @@ struct TensorMeta {
     sizes = IntArrayRef(size_data, static_cast<size_t>(dim));
     strides = IntArrayRef(stride_data, static_cast<size_t>(dim));
     address = reinterpret_cast<uintptr_t>(data);
+    for (int64_t d = 0; d < dim; ++d) {
+      numel *= size_data[d];
+      extent += (size_data[d] - 1) * stride_data[d];
+    }
+    if (numel == 0) extent = 0;
   }
   bool strided() const { return layout == strided_layout_code(); }
   bool same_device(const TensorMeta& other) const {
     return device_type == other.device_type && device_index == other.device_index;
-  }
-  int64_t numel() const {
-    int64_t n = 1;
-    for (const int64_t size : sizes) n *= size;
-    return n;
   }
 };
 
@@ -211,14 +215,16 @@ inline bool same_shape_and_layout(const TensorMeta& a, const TensorMeta& b) {
 // lists[0] is the reference (the parameters); every other list must match it tensor by tensor: device, layout,
 // shape and strides, and dtype unless the list has its own. Reads each tensor's metadata (NamedList::metas).
 inline void check_tensor_lists(std::vector<NamedList>& lists, const char* op) {
-  const NamedList& reference = lists[0];
+  NamedList& reference = lists[0];
   const size_t n = reference.tensors.size();
   for (NamedList& l : lists) {
     SGDF_ERD_CHECK(l.tensors.size() == n, op, ": '", l.name, "' has ", l.tensors.size(), " tensors but '",
                    reference.name, "' has ", n, "; pass one entry per parameter");
-    l.metas = read_metas(l.tensors);
+    l.metas.resize(n);
   }
+  // Read and checked one param at a time: its tensors' metadata are still in cache for the comparisons.
   for (size_t i = 0; i < n; ++i) {
+    for (NamedList& l : lists) l.metas[i] = TensorMeta(l.tensors[i].get());
     const TensorMeta& ref = reference.metas[i];
     const TensorRef ref_tensor = reference.tensors[i];
     SGDF_ERD_CHECK(ref.strided(), op, ": '", reference.name, "[", i, "]' is ", LayoutName{ref_tensor.layout()},
@@ -290,18 +296,12 @@ inline void check_no_shared_memory(const MemoryOperands& operands, const char* o
     const MemoryOperands::Source& source = operands.sources_[s];
     for (size_t i = 0; i < source.size; ++i) {
       const TensorMeta& m = source.metas[i];
-      int64_t extent = 1;  // elements from the first to one past the last (strides are never negative)
-      bool empty = false;
-      for (size_t d = 0; d < m.sizes.size(); ++d) {
-        empty |= m.sizes[d] == 0;
-        extent += (m.sizes[d] - 1) * m.strides[d];
-      }
-      if (empty) continue;  // no memory to share
+      if (m.numel == 0) continue;  // no memory to share
       if (m.dtype != sized_dtype) {
         sized_dtype = m.dtype;
         element_size = aoti_torch_dtype_element_size(m.dtype);
       }
-      ranges.push_back({m.address, m.address + static_cast<uintptr_t>(extent) * element_size,
+      ranges.push_back({m.address, m.address + static_cast<uintptr_t>(m.extent) * element_size,
                         static_cast<uint32_t>(s), static_cast<uint32_t>(i)});
     }
   }

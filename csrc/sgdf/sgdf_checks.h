@@ -137,7 +137,7 @@ inline void check_fused_args(FusedArgs& a, const char* op) {
   const TensorMeta& reference = params[0];
   const auto device = a.params[0].device();
   auto is_one_float_on_device = [&](const TensorMeta& m) {
-    return m.strided() && m.numel() == 1 && m.dtype == float32 && m.same_device(reference);
+    return m.strided() && m.numel == 1 && m.dtype == float32 && m.same_device(reference);
   };
   a.step_metas = read_metas(a.steps);
   const TensorMetas& steps = a.step_metas;

@@ -81,7 +81,7 @@ void run_cpu(const FusedArgs& a, double lr) {
   float coeffs_step = -1.f;  // the step of the last coefficients computed (steps are >= 0): params mostly share one
   StepCoeffs<acc_t> step_coeffs_cache{};
   for (size_t i = 0; i < n; ++i) {
-    numels[i] = metas[Ops::kParam][i].numel();
+    numels[i] = metas[Ops::kParam][i].numel;
     first_indices[i] = a.first_index(i);
     float& step = *reinterpret_cast<float*>(a.step_metas[i].address);
     step += 1.f;
