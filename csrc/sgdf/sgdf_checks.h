@@ -35,7 +35,7 @@ inline void check_hyperparameters(double lr, const Hyper<double>& h, const char*
 inline float cpu_scalar(const Tensor& t) { return *static_cast<const float*>(t.const_data_ptr()); }
 
 // The arguments of one fused_sgdf_ call, or of one param group of a fused_sgdf_grouped_ call, checked
-// (check_fused_args): what the CPU and CUDA kernels share.
+// (check_fused_args): what the CPU and CUDA kernels share. The lists are views of the call's (TensorHandles).
 struct FusedArgs {
   TensorList params;
   TensorList grads;
