@@ -6,6 +6,9 @@ The update's numbers are checked against the float64 reference through the optim
 steps its fused groups with this op.
 """
 
+import gc
+import weakref
+
 import pytest
 import torch
 from hypothesis import assume, given, settings
@@ -203,6 +206,28 @@ def test_memory_shared_between_groups_is_refused(device):
     with pytest.raises(RuntimeError, match="'grads\\[0\\] of param group 0' and 'grads\\[0\\] of param group 1'"):
         call_grouped(args)
     assert_bit_identical(args, before)
+
+
+@pytest.mark.parametrize("raises", [False, True], ids=["steps", "raises"])
+def test_op_keeps_no_reference_to_its_tensors(device, raises):
+    """Every list's tensor handles are released (csrc/common/tensor_lists.h, TensorHandles), also when a check
+    raises: else the tensors would never be freed."""
+    args = grouped(mixed_groups(device, lr_tensor="mixed", amp=False), grad_scale=torch.ones(1, device=device),
+                   found_inf=torch.zeros(1, device=device))
+    args["exp_avg_sqs"] = [torch.zeros_like(m) for m in args["exp_avgs"]]
+    args["preconditioner"] = "second_moment"
+    if raises:
+        args["lr"][1] = -1.0
+    refs = [weakref.ref(t) for name, value in args.items() for t in (value if isinstance(value, list) else [value])
+            if isinstance(t, torch.Tensor)]
+    if raises:
+        with pytest.raises(RuntimeError, match="invalid lr"):
+            call_grouped(args)
+    else:
+        call_grouped(args)
+    del args
+    gc.collect()
+    assert sum(r() is not None for r in refs) == 0
 
 
 def test_groups_on_several_devices_are_refused():

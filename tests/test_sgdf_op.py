@@ -4,7 +4,9 @@ under AMP, and its contract for bad input: a clear error, and every input bit-id
 The update's numbers are checked against the float64 reference in tests/test_sgdf.py (through the optimizer).
 """
 
+import gc
 import time
+import weakref
 
 import pytest
 import torch
@@ -335,6 +337,26 @@ def test_alias_check_scales_to_many_tensors():
     call(args)
     assert time.perf_counter() - start < 5.0
     assert float(args["steps"][-1]) == 1.0
+
+
+@pytest.mark.parametrize("raises", [False, True], ids=["steps", "raises"])
+def test_op_keeps_no_reference_to_its_tensors(device, raises):
+    """The op receives its lists as tensor handles it owns (csrc/common/tensor_lists.h, TensorHandles): each must be
+    released, also when a check raises, or the tensors would never be freed (weak references stay alive)."""
+    args = make_args(device, amp=True, lr_tensor=True, updates=True)
+    args["exp_avg_sqs"] = [torch.zeros_like(m) for m in args["exp_avgs"]]
+    args["preconditioner"] = "second_moment"
+    if raises:  # refused by the last check, after every tensor was read
+        args["found_inf"] = args["steps"][0].view(1)
+    refs = [weakref.ref(t) for t in tensors_of(args).values()]
+    if raises:
+        with pytest.raises(RuntimeError, match="share memory"):
+            call(args)
+    else:
+        call(args)
+    del args
+    gc.collect()
+    assert sum(r() is not None for r in refs) == 0
 
 
 @requires_cuda

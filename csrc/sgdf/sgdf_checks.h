@@ -34,18 +34,16 @@ inline void check_hyperparameters(double lr, const Hyper<double>& h, const char*
 // The value of a one-element float32 CPU tensor (checked by the caller): a plain read, no synchronisation.
 inline float cpu_scalar(const Tensor& t) { return *static_cast<const float*>(t.const_data_ptr()); }
 
-inline const TensorList kNoExpAvgSqs{};
-
 // The arguments of one fused_sgdf_ call, or of one param group of a fused_sgdf_grouped_ call, checked
-// (check_fused_args): what the CPU and CUDA kernels share.
+// (check_fused_args): what the CPU and CUDA kernels share. The lists are views of the call's (TensorHandles).
 struct FusedArgs {
-  const TensorList& params;
-  const TensorList& grads;
-  const TensorList& exp_avgs;
-  const TensorList& exp_vars;
-  const TensorList& updates;
-  const TensorList& steps;
-  const TensorList& master_params;
+  TensorList params;
+  TensorList grads;
+  TensorList exp_avgs;
+  TensorList exp_vars;
+  TensorList updates;
+  TensorList steps;
+  TensorList master_params;
   const std::vector<int64_t>& rounding_seeds;
   const std::vector<int64_t>& rounding_offsets;
   double lr;
@@ -53,21 +51,22 @@ struct FusedArgs {
   Hyper<double> hyper;
   const std::optional<Tensor>& grad_scale;
   const std::optional<Tensor>& found_inf;
-  const TensorList& exp_avg_sqs = kNoExpAvgSqs;  // AdaSGDF's second moments (preconditioner kSecondMoment)
+  TensorList exp_avg_sqs = {};  // AdaSGDF's second moments (preconditioner kSecondMoment)
   ScalarType param_dtype = ScalarType::Float;
   ScalarType state_dtype = ScalarType::Float;
   // What check_fused_args read of the tensors: the lists' metadata, the step counts' and the single tensors'
   // (lr_tensor, grad_scale, found_inf, where given), for the check that no two operands share memory.
   std::vector<NamedList> lists = {};
   TensorMetas step_metas = {};
+  int exp_avg_sqs_list = -1, updates_list = -1, master_list = -1;  // their place in `lists`, where the call has them
   std::vector<TensorMeta> scalars = {};
   std::vector<const char*> scalar_names = {};
 
   // The call's operands for check_no_shared_memory; `group`: the param group's index in a grouped call, or -1.
-  void add_memory_operands(std::vector<MemoryOperand>& out, int64_t group = -1) const {
-    for (const NamedList& l : lists) add_operands(out, l.metas, l.name, group);
-    add_operands(out, step_metas, "steps", group);
-    for (size_t s = 0; s < scalars.size(); ++s) out.push_back({&scalars[s], scalar_names[s], -1, false, group});
+  void add_memory_operands(MemoryOperands& out, int64_t group = -1) const {
+    for (const NamedList& l : lists) out.add_list(l.metas, l.name, group);
+    out.add_list(step_metas, "steps", group);
+    for (size_t s = 0; s < scalars.size(); ++s) out.add_single(scalars[s], scalar_names[s], group);
   }
 
   bool has_master() const { return !master_params.empty(); }
@@ -84,16 +83,20 @@ inline bool is_16_bit(ScalarType t) { return t == ScalarType::BFloat16 || t == S
 inline void check_fused_args(FusedArgs& a, const char* op) {
   check_hyperparameters(a.lr, a.hyper, op);
   std::vector<NamedList>& lists = a.lists;
-  lists = {{&a.params, "params"},
-           {&a.grads, "grads"},
-           {&a.exp_avgs, "exp_avgs", false},
-           {&a.exp_vars, "exp_vars", false}};
+  lists = {{a.params, "params"},
+           {a.grads, "grads"},
+           {a.exp_avgs, "exp_avgs", false},
+           {a.exp_vars, "exp_vars", false}};
   const bool second_moment = a.hyper.preconditioner == Preconditioner::kSecondMoment;
   SGDF_ERD_CHECK(second_moment || a.exp_avg_sqs.empty(), op, ": 'exp_avg_sqs' has ", a.exp_avg_sqs.size(),
                  " tensors but only the 'second_moment' preconditioner keeps them; pass none");
-  if (second_moment) lists.push_back({&a.exp_avg_sqs, "exp_avg_sqs", false});  // (lists[4])
-  if (a.update_mode()) lists.push_back({&a.updates, "updates"});
-  if (a.has_master()) lists.push_back({&a.master_params, "master_params", false});
+  auto add = [&](int& place, TensorList tensors, const char* name, bool dtype_of_reference) {
+    place = static_cast<int>(lists.size());
+    lists.push_back({tensors, name, dtype_of_reference});
+  };
+  if (second_moment) add(a.exp_avg_sqs_list, a.exp_avg_sqs, "exp_avg_sqs", false);
+  if (a.update_mode()) add(a.updates_list, a.updates, "updates", true);
+  if (a.has_master()) add(a.master_list, a.master_params, "master_params", false);
   check_tensor_lists(lists, op);
   SGDF_ERD_CHECK(a.steps.size() == a.params.size(), op, ": 'steps' has ", a.steps.size(), " tensors for ",
                  a.params.size(), " params; pass one step tensor per parameter");
@@ -115,7 +118,7 @@ inline void check_fused_args(FusedArgs& a, const char* op) {
   const TensorMetas& params = lists[0].metas;
   const TensorMetas& exp_avgs = lists[2].metas;
   const TensorMetas& exp_vars = lists[3].metas;
-  const TensorMetas* masters = a.has_master() ? &lists.back().metas : nullptr;
+  const TensorMetas* masters = a.has_master() ? &lists[a.master_list].metas : nullptr;
   const ScalarType dtype = a.params[0].scalar_type();
   const ScalarType state = a.exp_avgs[0].scalar_type();
   a.param_dtype = dtype;
@@ -134,7 +137,7 @@ inline void check_fused_args(FusedArgs& a, const char* op) {
   const TensorMeta& reference = params[0];
   const auto device = a.params[0].device();
   auto is_one_float_on_device = [&](const TensorMeta& m) {
-    return m.strided() && m.numel() == 1 && m.dtype == float32 && m.same_device(reference);
+    return m.strided() && m.numel == 1 && m.dtype == float32 && m.same_device(reference);
   };
   a.step_metas = read_metas(a.steps);
   const TensorMetas& steps = a.step_metas;
@@ -147,8 +150,8 @@ inline void check_fused_args(FusedArgs& a, const char* op) {
                    ": 'exp_avgs[", i, "]' and 'exp_vars[", i, "]' are ", a.exp_avgs[i].scalar_type(), " and ",
                    a.exp_vars[i].scalar_type(), " but 'exp_avgs[0]' is ", state,
                    "; all state of one call must share a dtype (the Python optimizer groups them)");
-    SGDF_ERD_CHECK(!second_moment || lists[4].metas[i].dtype == exp_avgs[0].dtype, op, ": 'exp_avg_sqs[", i,
-                   "]' is ", a.exp_avg_sqs[i].scalar_type(), " but 'exp_avgs[0]' is ", state,
+    SGDF_ERD_CHECK(!second_moment || lists[a.exp_avg_sqs_list].metas[i].dtype == exp_avgs[0].dtype, op,
+                   ": 'exp_avg_sqs[", i, "]' is ", a.exp_avg_sqs[i].scalar_type(), " but 'exp_avgs[0]' is ", state,
                    "; all state of one call must share a dtype (the Python optimizer groups them)");
     SGDF_ERD_CHECK(masters == nullptr || (*masters)[i].dtype == float32, op, ": 'master_params[", i, "]' is ",
                    a.master_params[i].scalar_type(), "; master copies are float32");
@@ -162,7 +165,7 @@ inline void check_fused_args(FusedArgs& a, const char* op) {
   for (const auto& [t, name] : {std::pair{&a.lr_tensor, "lr_tensor"}, std::pair{&a.grad_scale, "grad_scale"},
                                 std::pair{&a.found_inf, "found_inf"}}) {
     if (!t->has_value()) continue;
-    scalars.emplace_back(t->value());
+    scalars.emplace_back(t->value().get());
     scalar_names.push_back(name);
     SGDF_ERD_CHECK(is_one_float_on_device(scalars.back()), op, ": '", name,
                    "' must be a one-element float32 tensor on ", DeviceName(device), ", got ", (*t)->numel(),
@@ -173,7 +176,7 @@ inline void check_fused_args(FusedArgs& a, const char* op) {
   // (every step is on the params' device, checked above)
   const bool steps_on_cpu = reference.device_type == aoti_torch_device_type_cpu();
   for (size_t i = 0; steps_on_cpu && i < a.steps.size(); ++i) {
-    const float value = cpu_scalar(a.steps[i]);
+    const float value = *reinterpret_cast<const float*>(steps[i].address);
     SGDF_ERD_CHECK_VALUE(std::isfinite(value) && value >= 0.f, op, ": 'steps[", i, "]' holds ", value,
                          "; a step count is finite and >= 0 (the state was edited by hand: restore it from the "
                          "optimizer's state_dict)");
@@ -188,15 +191,15 @@ inline void check_fused_args(FusedArgs& a, const char* op) {
 }
 
 // The schema's arguments, checked before anything is written (both entry points start here).
-inline FusedArgs make_fused_args(const TensorList& params, const TensorList& grads, const TensorList& exp_avgs,
-                                 const TensorList& exp_vars, const TensorList& updates, const TensorList& steps,
+inline FusedArgs make_fused_args(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_vars,
+                                 TensorList updates, TensorList steps,
                                  double lr, const std::optional<Tensor>& lr_tensor, double beta1, double beta2,
                                  double eps, double gamma, double weight_decay, bool decoupled_weight_decay,
                                  bool sign, bool maximize, const std::optional<Tensor>& grad_scale,
-                                 const std::optional<Tensor>& found_inf, const TensorList& master_params,
+                                 const std::optional<Tensor>& found_inf, TensorList master_params,
                                  const std::vector<int64_t>& rounding_seeds,
                                  const std::vector<int64_t>& rounding_offsets,
-                                 const TensorList& exp_avg_sqs = kNoExpAvgSqs,
+                                 TensorList exp_avg_sqs = {},
                                  Preconditioner preconditioner = Preconditioner::kNone) {
   FusedArgs args{params,    grads,
                  exp_avgs,  exp_vars,
@@ -207,8 +210,7 @@ inline FusedArgs make_fused_args(const TensorList& params, const TensorList& gra
                  grad_scale, found_inf, exp_avg_sqs};
   constexpr const char* op = "sgdf_erd::fused_sgdf_";
   check_fused_args(args, op);
-  std::vector<MemoryOperand> operands;
-  operands.reserve(params.size() * (args.lists.size() + 1) + args.scalars.size());
+  MemoryOperands operands;
   args.add_memory_operands(operands);
   check_no_shared_memory(operands, op);
   return args;

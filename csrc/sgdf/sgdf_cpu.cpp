@@ -40,39 +40,62 @@ void run_cpu(const FusedArgs& a, double lr) {
   plan.unscale = a.grad_scale.has_value();
   plan.scale = plan.unscale ? static_cast<acc_t>(cpu_scalar(*a.grad_scale)) : acc_t(1);
 
-  // Operands gathered once: the parallel region then makes no calls into torch.
+  // Operands gathered once, from what the checks read of each tensor: the parallel region then makes no calls into
+  // torch.
   const size_t n = a.params.size();
+  std::array<const TensorMeta*, Depth> metas{};
+  metas[Ops::kParam] = a.lists[0].metas.data();
+  metas[Ops::kGrad] = a.lists[1].metas.data();
+  metas[Ops::kExpAvg] = a.lists[2].metas.data();
+  metas[Ops::kExpVar] = a.lists[3].metas.data();
+  if constexpr (kMaster) metas[Ops::kMasterParam] = a.lists[a.master_list].metas.data();
+  if constexpr (kUpdate) metas[Ops::kUpdateBuffer] = a.lists[a.updates_list].metas.data();
+  if constexpr (kPre == Preconditioner::kSecondMoment) {
+    metas[Ops::kExpAvgSq] = a.lists[a.exp_avg_sqs_list].metas.data();
+  }
+  std::array<ScalarType, Depth> dtypes{};
+  for (int d = 0; d < Depth; ++d) dtypes[d] = d == Ops::kExpAvg || d == Ops::kExpVar ? a.state_dtype : a.param_dtype;
+  if constexpr (kMaster) dtypes[Ops::kMasterParam] = ScalarType::Float;
+  if constexpr (kPre == Preconditioner::kSecondMoment) dtypes[Ops::kExpAvgSq] = a.state_dtype;
+  // Stochastic rounding of 16-bit storage, one random stream per stored tensor; a param with a master copy takes it
+  // rounded to nearest (the master keeps what rounding drops).
+  std::array<bool, Depth> rounded{};
+  std::array<uint32_t, Depth> streams{};
+  auto round_stochastically = [&](int operand, uint32_t stream) {
+    rounded[operand] = true;
+    streams[operand] = stream;
+  };
+  if (a.stochastic()) {
+    if (!kMaster && is_16_bit(a.param_dtype)) round_stochastically(Ops::kParam, random::kParamStream);
+    if (is_16_bit(a.state_dtype)) {
+      round_stochastically(Ops::kExpAvg, random::kExpAvgStream);
+      round_stochastically(Ops::kExpVar, random::kExpVarStream);
+      if constexpr (kPre == Preconditioner::kSecondMoment) {
+        round_stochastically(Ops::kExpAvgSq, random::kExpAvgSqStream);
+      }
+    }
+  }
   std::vector<std::array<cpu::Operand, Depth>> base(n);
   std::vector<int64_t> numels(n), first_indices(n);
   std::vector<StepCoeffs<acc_t>> coeffs(n);
+  float coeffs_step = -1.f;  // the step of the last coefficients computed (steps are >= 0): params mostly share one
+  StepCoeffs<acc_t> step_coeffs_cache{};
   for (size_t i = 0; i < n; ++i) {
-    numels[i] = a.params[i].numel();
+    numels[i] = metas[Ops::kParam][i].numel;
     first_indices[i] = a.first_index(i);
-    float& step = *static_cast<float*>(a.steps[i].data_ptr());
+    float& step = *reinterpret_cast<float*>(a.step_metas[i].address);
     step += 1.f;
-    coeffs[i] = step_coeffs<acc_t>(a.hyper.beta1, a.hyper.beta2, step);
-    // Stochastic rounding of 16-bit storage, one random stream per stored tensor; a param with a master copy
-    // takes it rounded to nearest (the master keeps what rounding drops).
-    auto operand = [&](const Tensor& t, int index, ScalarType dtype, bool stochastic, uint32_t stream) {
-      const bool rounded = stochastic && a.stochastic() && is_16_bit(dtype);
-      const uint32_t key = rounded ? random::tensor_key(static_cast<uint32_t>(a.rounding_seeds[i]),
-                                                        static_cast<uint32_t>(step), stream)
-                                   : 0u;
-      return cpu::Operand{t.data_ptr(), dtype, Ops::written(index, plan.unscale), {rounded, key}};
-    };
-    auto& o = base[i];
-    o[Ops::kParam] = operand(a.params[i], Ops::kParam, a.param_dtype, !kMaster, random::kParamStream);
-    o[Ops::kGrad] = operand(a.grads[i], Ops::kGrad, a.param_dtype, false, 0);
-    o[Ops::kExpAvg] = operand(a.exp_avgs[i], Ops::kExpAvg, a.state_dtype, true, random::kExpAvgStream);
-    o[Ops::kExpVar] = operand(a.exp_vars[i], Ops::kExpVar, a.state_dtype, true, random::kExpVarStream);
-    if constexpr (kMaster) {
-      o[Ops::kMasterParam] = operand(a.master_params[i], Ops::kMasterParam, ScalarType::Float, false, 0);
+    if (step != coeffs_step) {
+      step_coeffs_cache = step_coeffs<acc_t>(a.hyper.beta1, a.hyper.beta2, step);
+      coeffs_step = step;
     }
-    if constexpr (kUpdate) {
-      o[Ops::kUpdateBuffer] = operand(a.updates[i], Ops::kUpdateBuffer, a.param_dtype, false, 0);
-    }
-    if constexpr (kPre == Preconditioner::kSecondMoment) {
-      o[Ops::kExpAvgSq] = operand(a.exp_avg_sqs[i], Ops::kExpAvgSq, a.state_dtype, true, random::kExpAvgSqStream);
+    coeffs[i] = step_coeffs_cache;
+    for (int d = 0; d < Depth; ++d) {
+      const uint32_t key = rounded[d] ? random::tensor_key(static_cast<uint32_t>(a.rounding_seeds[i]),
+                                                           static_cast<uint32_t>(step), streams[d])
+                                      : 0u;
+      base[i][d] = cpu::Operand{reinterpret_cast<void*>(metas[d][i].address), dtypes[d],
+                                Ops::written(d, plan.unscale), {rounded[d], key}};
     }
   }
   plan.operands = base.data();
@@ -103,13 +126,13 @@ void step_cpu(const FusedArgs& a) {
 }  // namespace
 
 STABLE_TORCH_LIBRARY_IMPL(sgdf_erd, CPU, m) {
-  m.impl("fused_sgdf_", TORCH_BOX(&fused_sgdf<step_cpu>));
-  m.impl("fused_sgdf_grouped_", TORCH_BOX(&fused_sgdf_grouped<step_cpu>));
+  m.impl("fused_sgdf_", SGDF_ERD_BOX(&fused_sgdf<step_cpu>));
+  m.impl("fused_sgdf_grouped_", SGDF_ERD_BOX(&fused_sgdf_grouped<step_cpu>));
 }
 // Sparse tensors reach the same checks, which name the argument, instead of the dispatcher's "could not run".
 STABLE_TORCH_LIBRARY_IMPL(sgdf_erd, SparseCPU, m) {
-  m.impl("fused_sgdf_", TORCH_BOX(&fused_sgdf<step_cpu>));
-  m.impl("fused_sgdf_grouped_", TORCH_BOX(&fused_sgdf_grouped<step_cpu>));
+  m.impl("fused_sgdf_", SGDF_ERD_BOX(&fused_sgdf<step_cpu>));
+  m.impl("fused_sgdf_grouped_", SGDF_ERD_BOX(&fused_sgdf_grouped<step_cpu>));
 }
 
 }  // namespace sgdf_erd::sgdf

@@ -4,7 +4,6 @@
 // that raises leaves every group as it was.
 #pragma once
 
-#include <iterator>
 #include <optional>
 #include <string>
 #include <vector>
@@ -15,21 +14,17 @@
 
 namespace sgdf_erd::sgdf {
 
-// One param group's tensors, moved out of the call's flat lists (no reference counting), which its FusedArgs
-// refer to.
-struct GroupLists {
-  TensorList params, grads, exp_avgs, exp_vars, steps, master_params, exp_avg_sqs;
+// What a param group's FusedArgs refers to that is not a slice of the call's arguments.
+struct GroupStorage {
   std::vector<int64_t> rounding_seeds;
-  std::optional<Tensor> lr_tensor;
   std::string op;  // what its messages start with
 };
 
 struct GroupedArgs {
-  std::vector<GroupLists> lists;  // reserved before the FusedArgs refer to its elements: never reallocated
+  std::vector<GroupStorage> storage;  // reserved before the FusedArgs refer to its elements: never reallocated
   std::vector<FusedArgs> groups;
 };
 
-inline const TensorList kNoTensors{};
 inline const std::vector<int64_t> kNoIndices{};
 
 // The per-group arguments of the schema, for make_grouped_args.
@@ -49,11 +44,11 @@ struct GroupOptions {
   const std::vector<bool>& stochastic_rounding;
 };
 
-inline GroupedArgs make_grouped_args(TensorList& params, TensorList& grads, TensorList& exp_avgs, TensorList& exp_vars,
-                                     TensorList& steps, TensorList& master_params,
+inline GroupedArgs make_grouped_args(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_vars,
+                                     TensorList steps, TensorList master_params,
                                      const std::vector<int64_t>& rounding_seeds, const GroupOptions& o,
                                      const std::optional<Tensor>& grad_scale,
-                                     const std::optional<Tensor>& found_inf, TensorList& exp_avg_sqs,
+                                     const std::optional<Tensor>& found_inf, TensorList exp_avg_sqs,
                                      Preconditioner preconditioner) {
   constexpr const char* op = "sgdf_erd::fused_sgdf_grouped_";
   const size_t num_groups = o.group_sizes.size();
@@ -87,9 +82,9 @@ inline GroupedArgs make_grouped_args(TensorList& params, TensorList& grads, Tens
   }
   SGDF_ERD_CHECK(total == params.size(), op, ": 'group_sizes' add up to ", total, " but 'params' has ",
                  params.size(), " tensors; the groups' params follow each other in 'params'");
-  for (const auto& [list, name] : {std::pair{&grads, "grads"}, std::pair{&exp_avgs, "exp_avgs"},
-                                   std::pair{&exp_vars, "exp_vars"}, std::pair{&steps, "steps"}}) {
-    SGDF_ERD_CHECK(list->size() == total, op, ": '", name, "' has ", list->size(), " tensors but 'params' has ",
+  for (const auto& [list, name] : {std::pair{grads, "grads"}, std::pair{exp_avgs, "exp_avgs"},
+                                   std::pair{exp_vars, "exp_vars"}, std::pair{steps, "steps"}}) {
+    SGDF_ERD_CHECK(list.size() == total, op, ": '", name, "' has ", list.size(), " tensors but 'params' has ",
                    total, "; pass one entry per parameter");
   }
   const bool second_moment = preconditioner == Preconditioner::kSecondMoment;
@@ -103,46 +98,37 @@ inline GroupedArgs make_grouped_args(TensorList& params, TensorList& grads, Tens
                  " params; pass one seed per param of those groups");
 
   GroupedArgs args;
-  args.lists.reserve(num_groups);
+  args.storage.reserve(num_groups);
   args.groups.reserve(num_groups);
   size_t first = 0, first_master = 0, first_seed = 0;
-  auto take = [](TensorList& from, size_t begin, size_t count) {  // moved: the call's lists are its own copies
-    return TensorList(std::make_move_iterator(from.begin() + begin),
-                      std::make_move_iterator(from.begin() + begin + count));
-  };
   for (size_t g = 0; g < num_groups; ++g) {
     const auto size = static_cast<size_t>(o.group_sizes[g]);
-    GroupLists& l = args.lists.emplace_back();
-    l.params = take(params, first, size);
-    l.grads = take(grads, first, size);
-    l.exp_avgs = take(exp_avgs, first, size);
-    l.exp_vars = take(exp_vars, first, size);
-    l.steps = take(steps, first, size);
-    if (second_moment) l.exp_avg_sqs = take(exp_avg_sqs, first, size);
+    GroupStorage& l = args.storage.emplace_back();
+    TensorList group_master_params;
     if (o.master_weights[g]) {
-      l.master_params = take(master_params, first_master, size);
+      group_master_params = master_params.slice(first_master, size);
       first_master += size;
     }
     if (o.stochastic_rounding[g]) {
       l.rounding_seeds.assign(rounding_seeds.begin() + first_seed, rounding_seeds.begin() + first_seed + size);
       first_seed += size;
     }
-    first += size;
-    l.lr_tensor = o.lr_tensor[g];
     l.op = str_cat(op, " (param group ", g, ")");
     FusedArgs& a = args.groups.emplace_back(FusedArgs{
-        l.params, l.grads, l.exp_avgs, l.exp_vars, kNoTensors, l.steps, l.master_params, l.rounding_seeds,
-        kNoIndices, o.lr[g], l.lr_tensor,
+        params.slice(first, size), grads.slice(first, size), exp_avgs.slice(first, size),
+        exp_vars.slice(first, size), TensorList(), steps.slice(first, size), group_master_params, l.rounding_seeds,
+        kNoIndices, o.lr[g], o.lr_tensor[g],
         Hyper<double>{o.beta1[g], o.beta2[g], o.eps[g], o.gamma[g], o.weight_decay[g], o.decoupled_weight_decay[g],
                       o.sign[g], o.maximize[g], preconditioner},
-        grad_scale, found_inf, l.exp_avg_sqs});
+        grad_scale, found_inf, second_moment ? exp_avg_sqs.slice(first, size) : TensorList()});
+    first += size;
     check_fused_args(a, l.op.c_str());
   }
   // One device for the whole call (the dispatcher chose its kernel by the first tensor), and no memory shared
   // between any two operands of any groups.
   const TensorMeta* device = nullptr;
   size_t device_group = 0;
-  std::vector<MemoryOperand> operands;
+  MemoryOperands operands;
   for (size_t g = 0; g < num_groups; ++g) {
     const FusedArgs& a = args.groups[g];
     if (a.params.empty()) continue;

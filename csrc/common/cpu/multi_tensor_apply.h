@@ -40,20 +40,14 @@ inline void apply_to_arrays(const std::array<acc_t*, Depth>& work, int64_t len, 
     // The last elements go through the same vector code, padded with zeros (computed, then dropped): a scalar tail
     // could round differently (where the compiler fuses a multiply-add in one and not in the other), and an
     // element's result must not depend on where its tensor, or a shard of it, starts.
-    const auto rest = static_cast<size_t>(len - i);
-    alignas(64) acc_t pad[Depth][V::size()] = {};
+    // (Masked loads and stores: for tensors of a few elements each, copies through a padded buffer cost more than
+    // the arithmetic.)
+    const auto rest = static_cast<int>(len - i);
     std::array<V, Depth> v;
-    for (int d = 0; d < Depth; ++d) {
-      std::memcpy(pad[d], work[d] + i, rest * sizeof(acc_t));
-      v[d] = V::loadu(pad[d]);
-    }
+    for (int d = 0; d < Depth; ++d) v[d] = V::loadu(work[d] + i, rest);
     fn(v);
-    for (int d = 0; d < Depth; ++d) {
-      if (write_mask & (1u << d)) {
-        v[d].store(pad[d]);
-        std::memcpy(work[d] + i, pad[d], rest * sizeof(acc_t));
-      }
-    }
+    for (int d = 0; d < Depth; ++d)
+      if (write_mask & (1u << d)) v[d].store(work[d] + i, rest);
   }
 }
 

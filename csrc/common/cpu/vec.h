@@ -53,7 +53,14 @@ struct Vec {
     std::memcpy(v.lane, p, sizeof(v.lane));
     return v;
   }
+  // The first `count` lanes (0 < count < kSize) from p, the others zero; store(p, count) writes only those.
+  static Vec loadu(const T* p, int count) {
+    Vec v(T(0));
+    std::memcpy(v.lane, p, count * sizeof(T));
+    return v;
+  }
   void store(T* p) const { std::memcpy(p, lane, sizeof(lane)); }
+  void store(T* p, int count) const { std::memcpy(p, lane, count * sizeof(T)); }
 
   template <typename Op>
   Vec map(Op op) const {
@@ -103,7 +110,10 @@ struct Vec<float> {
   Vec(__m512 x) : v(x) {}  // NOLINT(google-explicit-constructor)
   Vec(float x) : v(_mm512_set1_ps(x)) {}  // NOLINT(google-explicit-constructor)
   static Vec loadu(const float* p) { return _mm512_loadu_ps(p); }
+  static Vec loadu(const float* p, int count) { return _mm512_maskz_loadu_ps(first_lanes(count), p); }
   void store(float* p) const { _mm512_storeu_ps(p, v); }
+  void store(float* p, int count) const { _mm512_mask_storeu_ps(p, first_lanes(count), v); }
+  static __mmask16 first_lanes(int count) { return static_cast<__mmask16>((1u << count) - 1); }
 
   Vec operator+(const Vec& b) const { return _mm512_add_ps(v, b.v); }
   Vec operator-(const Vec& b) const { return _mm512_sub_ps(v, b.v); }
@@ -140,7 +150,10 @@ struct Vec<double> {
   Vec(__m512d x) : v(x) {}  // NOLINT(google-explicit-constructor)
   Vec(double x) : v(_mm512_set1_pd(x)) {}  // NOLINT(google-explicit-constructor)
   static Vec loadu(const double* p) { return _mm512_loadu_pd(p); }
+  static Vec loadu(const double* p, int count) { return _mm512_maskz_loadu_pd(first_lanes(count), p); }
   void store(double* p) const { _mm512_storeu_pd(p, v); }
+  void store(double* p, int count) const { _mm512_mask_storeu_pd(p, first_lanes(count), v); }
+  static __mmask8 first_lanes(int count) { return static_cast<__mmask8>((1u << count) - 1); }
 
   Vec operator+(const Vec& b) const { return _mm512_add_pd(v, b.v); }
   Vec operator-(const Vec& b) const { return _mm512_sub_pd(v, b.v); }
@@ -177,7 +190,12 @@ struct Vec<float> {
   Vec(__m256 x) : v(x) {}  // NOLINT(google-explicit-constructor)
   Vec(float x) : v(_mm256_set1_ps(x)) {}  // NOLINT(google-explicit-constructor)
   static Vec loadu(const float* p) { return _mm256_loadu_ps(p); }
+  static Vec loadu(const float* p, int count) { return _mm256_maskload_ps(p, first_lanes(count)); }
   void store(float* p) const { _mm256_storeu_ps(p, v); }
+  void store(float* p, int count) const { _mm256_maskstore_ps(p, first_lanes(count), v); }
+  static __m256i first_lanes(int count) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(count), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  }
 
   Vec operator+(const Vec& b) const { return _mm256_add_ps(v, b.v); }
   Vec operator-(const Vec& b) const { return _mm256_sub_ps(v, b.v); }
@@ -219,7 +237,12 @@ struct Vec<double> {
   Vec(__m256d x) : v(x) {}  // NOLINT(google-explicit-constructor)
   Vec(double x) : v(_mm256_set1_pd(x)) {}  // NOLINT(google-explicit-constructor)
   static Vec loadu(const double* p) { return _mm256_loadu_pd(p); }
+  static Vec loadu(const double* p, int count) { return _mm256_maskload_pd(p, first_lanes(count)); }
   void store(double* p) const { _mm256_storeu_pd(p, v); }
+  void store(double* p, int count) const { _mm256_maskstore_pd(p, first_lanes(count), v); }
+  static __m256i first_lanes(int count) {
+    return _mm256_cmpgt_epi64(_mm256_set1_epi64x(count), _mm256_setr_epi64x(0, 1, 2, 3));
+  }
 
   Vec operator+(const Vec& b) const { return _mm256_add_pd(v, b.v); }
   Vec operator-(const Vec& b) const { return _mm256_sub_pd(v, b.v); }

@@ -15,6 +15,7 @@
 #include "common/scalar_types.h"
 #include "common/stable.h"
 #include "common/stochastic_rounding.h"
+#include "common/tensor_lists.h"
 
 namespace sgdf_erd::cuda {
 
@@ -39,23 +40,23 @@ __global__ void __launch_bounds__(kBlockSize)
 // Launches functor over lists[d][i] (d < Depth), with scalars[i], seeds[i] and first_indices[i] (each list may be
 // empty: null / 0) as the per-tuple scalar, seed and first element number.
 template <int Depth, typename Functor>
-void multi_tensor_apply(const std::vector<const std::vector<Tensor>*>& lists, const std::vector<Tensor>& scalars,
+void multi_tensor_apply(const std::vector<TensorList>& lists, TensorList scalars,
                         const Functor& functor, const std::vector<int64_t>& seeds = {},
                         const std::vector<int64_t>& first_indices = {}) {
   static_assert(sizeof(TensorListMetadata<Depth>) + sizeof(Functor) <= 4096, "kernel arguments exceed 4 KiB");
   SGDF_ERD_CHECK(lists.size() == Depth, "multi_tensor_apply: ", lists.size(), " lists for depth ", Depth);
-  const size_t n_tensors = lists[0]->size();
+  const size_t n_tensors = lists[0].size();
   if (n_tensors == 0) return;
-  const int32_t device = (*lists[0])[0].get_device_index();
+  const int32_t device = lists[0][0].get_device_index();
   const torch::stable::accelerator::DeviceGuard guard(device);
   const cudaStream_t stream = current_stream(device);
   constexpr int kMaxTensors = TensorListMetadata<Depth>::kMaxTensors;
 
   TensorListMetadata<Depth> meta{};
   auto place = [&](size_t t, int entry) {
-    for (int d = 0; d < Depth; ++d) meta.addresses[d][entry] = (*lists[d])[t].data_ptr();
-    meta.numel[entry] = (*lists[0])[t].numel();
-    meta.scalar[entry] = scalars.empty() ? nullptr : static_cast<const float*>(scalars[t].const_data_ptr());
+    for (int d = 0; d < Depth; ++d) meta.addresses[d][entry] = lists[d][t].data_ptr();
+    meta.numel[entry] = lists[0][t].numel();
+    meta.scalar[entry] = scalars.empty() ? nullptr : static_cast<const float*>(scalars[t].data_ptr());
     meta.seed[entry] = seeds.empty() ? 0u : static_cast<uint32_t>(seeds[t]);
     meta.first_index[entry] = first_indices.empty() ? 0 : first_indices[t];
   };
@@ -64,7 +65,7 @@ void multi_tensor_apply(const std::vector<const std::vector<Tensor>*>& lists, co
     check_launch("multi_tensor_kernel");
   };
   plan_launches<kMaxTensors>(
-      n_tensors, [&](size_t t) { return (*lists[0])[t].numel(); }, place, launch, meta.block_to_tensor,
+      n_tensors, [&](size_t t) { return lists[0][t].numel(); }, place, launch, meta.block_to_tensor,
       meta.block_to_chunk);
 }
 

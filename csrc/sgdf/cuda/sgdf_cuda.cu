@@ -98,11 +98,11 @@ void step_cuda(const FusedArgs& a) {
     return t.has_value() ? static_cast<const float*>(t->const_data_ptr()) : nullptr;
   };
   // Blocks of one tensor read its step concurrently, so the increment is a launch of its own before the update.
-  cuda::multi_tensor_apply<1>({&a.steps}, {}, AdvanceStepFunctor{ptr(a.found_inf)});
-  std::vector<const TensorList*> lists{&a.params, &a.grads, &a.exp_avgs, &a.exp_vars};
-  if (a.has_master()) lists.push_back(&a.master_params);
-  if (a.update_mode()) lists.push_back(&a.updates);
-  if (a.hyper.preconditioner == Preconditioner::kSecondMoment) lists.push_back(&a.exp_avg_sqs);
+  cuda::multi_tensor_apply<1>({a.steps}, {}, AdvanceStepFunctor{ptr(a.found_inf)});
+  std::vector<TensorList> lists{a.params, a.grads, a.exp_avgs, a.exp_vars};
+  if (a.has_master()) lists.push_back(a.master_params);
+  if (a.update_mode()) lists.push_back(a.updates);
+  if (a.hyper.preconditioner == Preconditioner::kSecondMoment) lists.push_back(a.exp_avg_sqs);
   dispatch_preconditioner(a.hyper.preconditioner, [&](auto mode) {
     dispatch_storage(a, [&](auto param, auto state, auto master, auto update) {
       using Functor =
@@ -118,13 +118,13 @@ void step_cuda(const FusedArgs& a) {
 }  // namespace
 
 STABLE_TORCH_LIBRARY_IMPL(sgdf_erd, CUDA, m) {
-  m.impl("fused_sgdf_", TORCH_BOX(&fused_sgdf<step_cuda>));
-  m.impl("fused_sgdf_grouped_", TORCH_BOX(&fused_sgdf_grouped<step_cuda>));
+  m.impl("fused_sgdf_", SGDF_ERD_BOX(&fused_sgdf<step_cuda>));
+  m.impl("fused_sgdf_grouped_", SGDF_ERD_BOX(&fused_sgdf_grouped<step_cuda>));
 }
 // Sparse tensors reach the same checks, which name the argument, instead of the dispatcher's "could not run".
 STABLE_TORCH_LIBRARY_IMPL(sgdf_erd, SparseCUDA, m) {
-  m.impl("fused_sgdf_", TORCH_BOX(&fused_sgdf<step_cuda>));
-  m.impl("fused_sgdf_grouped_", TORCH_BOX(&fused_sgdf_grouped<step_cuda>));
+  m.impl("fused_sgdf_", SGDF_ERD_BOX(&fused_sgdf<step_cuda>));
+  m.impl("fused_sgdf_grouped_", SGDF_ERD_BOX(&fused_sgdf_grouped<step_cuda>));
 }
 
 }  // namespace sgdf_erd::sgdf
