@@ -1,6 +1,5 @@
 """SGDF: SGD with a Wiener-filtered first moment, as a drop-in ``torch.optim.Optimizer``."""
 
-import itertools
 import operator
 from collections import OrderedDict, defaultdict
 from typing import Dict, Iterable, List, Optional, Tuple, Union
@@ -315,31 +314,36 @@ class SGDF(Optimizer):
             if set(map(len, states)) != {len(keys)}:
                 return None
             lists = [[state[key] for state in states] for key in keys]
-        except (KeyError, TypeError, IndexError):  # state edited by hand (not a dict): the Python checks say how
-            return None
-        tensor_lists = lists[:len(lists) - group["stochastic_rounding"]]
-        if not all(issubclass(kind, Tensor) for kind in set(map(type, itertools.chain.from_iterable(tensor_lists)))):
-            return None  # (a state entry edited by hand into a number: the Python checks say how)
+            if not self._kernel_takes(group, params, grads, lists, keys):
+                return None
+        except (KeyError, TypeError, IndexError, AttributeError):  # state edited by hand (not a dict, a number
+            return None  # where a tensor belongs): the Python checks say how
+        named = dict(zip((key + "s" for key in keys), lists))
+        return dict(params=params, grads=grads, master_params=named.pop("master_params", []),
+                    rounding_seeds=named.pop("rounding_seeds", []), **named)
+
+    @staticmethod
+    def _kernel_takes(group: dict, params: List[Tensor], grads: List[Tensor], lists: List[list],
+                      keys: Tuple[str, ...]) -> bool:
+        """Whether the kernel walks the group's tensors as they are (the rest of _one_call_lists' question)."""
         first, moment = params[0], lists[1]
-        # (the kernel checks that the moments share the first's dtype and layout, and the rest)
+        # (the kernel checks that the moments share the first's dtype and layout, and the rest; a refusal of its
+        # argument parser, e.g. for a number where a state tensor belongs, is named by the Python checks: step)
         if (first.dtype.is_complex or not _native.supports(first.device, first.dtype)
                 or (group["fused"] is None and checks.fused_storage_unsupported([first], group))
                 or moment[0].dtype is not checks.state_dtype(first, group)
                 or len(set(map(_dtype_of, params))) != 1 or len({p.get_device() for p in params}) != 1
                 or (_dtensor.dtensor_type() and any(isinstance(p, _dtensor.dtensor_type()) for p in params))
-                or (group["stochastic_rounding"] and any(type(seed) is not int for seed in lists[-1]))):
-            return None  # (a seed edited by hand: the kernel's int[] would take a bool)
-        if "exp_avg_sq" in keys and any(map(Tensor.is_neg, lists[keys.index("exp_avg_sq")])):
-            return None  # (an optional list of the kernel's, which torch's negation fallback does not resolve)
+                or (group["stochastic_rounding"] and any(type(seed) is not int for seed in lists[-1]))
+                # (a seed edited by hand: the kernel's int[] would take a bool)
+                or ("exp_avg_sq" in keys and any(map(Tensor.is_neg, lists[keys.index("exp_avg_sq")])))):
+            return False  # (exp_avg_sqs: an optional list of the kernel's, which torch's negation fallback skips)
         contiguous = Tensor.is_contiguous
-        if not (all(map(contiguous, params)) and all(map(contiguous, grads)) and all(map(contiguous, moment))):
-            # another dense layout (e.g. channels_last) the kernel walks as well, if the grad and state share it
-            if not all(g.stride() == p.stride() == m.stride() and checks.is_dense(p)
-                       for p, g, m in zip(params, grads, moment)):
-                return None
-        named = dict(zip((key + "s" for key in keys), lists))
-        return dict(params=params, grads=grads, master_params=named.pop("master_params", []),
-                    rounding_seeds=named.pop("rounding_seeds", []), **named)
+        if all(map(contiguous, params)) and all(map(contiguous, grads)) and all(map(contiguous, moment)):
+            return True
+        # another dense layout (e.g. channels_last) the kernel walks as well, if the grad and state share it
+        return all(g.stride() == p.stride() == m.stride() and checks.is_dense(p)
+                   for p, g, m in zip(params, grads, moment))
 
     def _check_groups(self, group_indices: List[int], in_one_call: Dict[int, dict], unscaling: bool) -> None:
         """The checks of the groups the kernel call does not check: hyperparameters (checked by the caller), params,
