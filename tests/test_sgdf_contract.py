@@ -14,7 +14,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sgdf_erd import SGDF
+from sgdf_erd import SGDF, AdaSGDF
 from tests.reference.sgdf_reference import ReferenceSGDF
 
 PATHS = {
@@ -186,6 +186,8 @@ BAD_STEPS = {
         ValueError, "share memory"),
     "state_list": (lambda params, opt: opt.state.__setitem__(params[-1], [1, 2, 3]), ValueError, "is list, not a dict"),
     "state_int": (lambda params, opt: opt.state.__setitem__(params[-1], 7), ValueError, "is int, not a dict"),
+    "state_tensor": (lambda params, opt: opt.state.__setitem__(params[-1], torch.zeros(3)), ValueError,
+                     "is Tensor, not a dict"),
     "fused_yes": (_set_later_group("fused", "yes"), TypeError, "`fused` must be True, False or None"),
     "fused_and_foreach": (lambda params, opt: opt.param_groups[-1].update(fused=True, foreach=True), RuntimeError,
                           "cannot both be True"),
@@ -312,23 +314,26 @@ def _with_gaps(t):
 @pytest.mark.parametrize("key,edit", [("exp_var", _other_layout), ("master_param", _other_layout),
                                       ("exp_var", _with_gaps), ("master_param", _with_gaps)],
                          ids=["exp_var_other_layout", "master_other_layout", "exp_var_with_gaps", "master_with_gaps"])
-def test_state_in_another_layout_is_refused_by_the_kernel(device, key, edit):
-    """An exp_var or master copy edited by hand into another memory layout in a later group: the one kernel call
-    that steps the groups refuses it (the kernel walks each tensor as one flat buffer) before anything changes.
-    (State in another layout than a param converted after stepping is converted: see
-    test_model_converted_to_channels_last_after_stepping_keeps_stepping.)"""
-    params = [torch.nn.Parameter(torch.randn(4, 5, generator=torch.Generator().manual_seed(i)).to(torch.bfloat16)
-                                 .to(device)) for i in range(2)]
-    opt = SGDF([{"params": params[:1]}, {"params": params[1:], "lr": 0.02}], lr=0.05, master_weights=True)
-    _fill_grads(params, seed=0)
-    opt.step()
-    state = opt.state[params[1]]
-    state[key] = edit(state[key])
-    _fill_grads(params, seed=1)
-    before = _snapshot(opt)
-    with pytest.raises(RuntimeError, match="memory layout"):
+def test_state_in_another_layout_is_converted_and_steps(device, key, edit):
+    """An exp_var or master copy edited by hand into another memory layout (or a view with gaps) in a later group
+    is converted to the layout the kernel walks (as for a model converted after stepping:
+    test_model_converted_to_channels_last_after_stepping_keeps_stepping) and steps as the unedited state would
+    (it was refused before, where foreach stepped it)."""
+    results = []
+    for edited in (False, True):
+        params = [torch.nn.Parameter(torch.randn(4, 5, generator=torch.Generator().manual_seed(i))
+                                     .to(torch.bfloat16).to(device)) for i in range(2)]
+        opt = SGDF([{"params": params[:1]}, {"params": params[1:], "lr": 0.02}], lr=0.05, master_weights=True)
+        _fill_grads(params, seed=0)
         opt.step()
-    _assert_unchanged(opt, before)
+        if edited:
+            state = opt.state[params[1]]
+            state[key] = edit(state[key])
+        _fill_grads(params, seed=1)
+        opt.step()
+        results.append([p.detach().clone() for p in params] + [opt.state[params[1]][key].clone()])
+    for got, want in zip(*results):
+        assert torch.equal(got, want)
 
 
 @pytest.mark.parametrize("stepped_before", [False, True])  # True: the first group is stepped by one kernel call
@@ -987,3 +992,43 @@ def test_checkpoint_with_state_entries_without_values_is_refused(device, entry, 
     with pytest.raises(ValueError, match=match):
         opt.load_state_dict(checkpoint)
     _assert_unchanged(opt, before)
+
+
+@pytest.mark.parametrize("key", ["exp_var", "master_param", "exp_avg_sq"])
+def test_state_relaid_by_hand_steps_as_without(device, key):
+    """A state entry given another dense layout by hand (same values) is converted and stepped on the default path,
+    as foreach steps it (a reviewer found the one kernel call refusing all but exp_avg)."""
+    results = []
+    for relaid in (False, True):
+        params = [torch.nn.Parameter(torch.linspace(-1, 1, 15, device=device).reshape(3, 5).to(
+            torch.bfloat16 if key == "master_param" else torch.float32))]
+        opt = (AdaSGDF(params, lr=0.01) if key == "exp_avg_sq" else
+               SGDF(params, lr=0.01, master_weights=key == "master_param"))
+        for i in range(3):
+            params[0].grad = torch.full_like(params[0], 0.3 - 0.2 * i)
+            if i == 2 and relaid:
+                opt.state[params[0]][key] = opt.state[params[0]][key].t().contiguous().t()
+            opt.step()
+        results.append((params[0].detach().clone(), {k: v.clone() for k, v in opt.state[params[0]].items()
+                                                      if isinstance(v, torch.Tensor)}))
+    (p0, s0), (p1, s1) = results
+    assert torch.equal(p0, p1)
+    for k in s0:
+        assert torch.equal(s0[k], s1[k]), k
+
+
+def test_conjugate_gradient_unscaled_by_the_fused_kernel(device):
+    """fused=True with a GradScaler's grad_scale and a complex gradient with the conjugate bit set: it steps as the
+    same values without the bit, and the unscaled gradient is written back through the view (the first check of
+    written gradients refused it)."""
+    results = []
+    for conj in (False, True):
+        p = torch.nn.Parameter(torch.tensor([1 + 2j, -0.5 + 0.25j, 3 - 1j], device=device))
+        opt = SGDF([p], lr=0.01, fused=True)
+        g = torch.tensor([4 - 8j, 2 + 2j, -4 + 1j], device=device)
+        p.grad = g.conj().resolve_conj().conj() if conj else g.clone()  # same values; the bit set when conj
+        assert p.grad.is_conj() == conj
+        opt.grad_scale, opt.found_inf = torch.tensor(4.0, device=device), torch.tensor(0.0, device=device)
+        opt.step()
+        results.append((p.detach().clone(), p.grad.resolve_conj().clone()))
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])

@@ -300,6 +300,8 @@ class SGDF(Optimizer):
             states = list(map(self.state.get, params))
         except (AttributeError, TypeError):  # not a tensor (appended by hand): the Python checks say so
             return None
+        if not set(map(type, states)) <= {dict, type(None)}:
+            return None  # (a state edited by hand into something else: the Python checks name it)
         if not all(states) or any(g is None for g in grads):  # only those with a gradient step; of these, only
             # empty params (never stepped: skipped) may be without state
             kept = [i for i, (p, g, s) in enumerate(zip(params, grads, states)) if g is not None and (s or p.numel())]
@@ -338,12 +340,12 @@ class SGDF(Optimizer):
                 # (a seed edited by hand: the kernel's int[] would take a bool)
                 or ("exp_avg_sq" in keys and any(map(Tensor.is_neg, lists[keys.index("exp_avg_sq")])))):
             return False  # (exp_avg_sqs: an optional list of the kernel's, which torch's negation fallback skips)
-        contiguous = Tensor.is_contiguous
-        if all(map(contiguous, params)) and all(map(contiguous, grads)) and all(map(contiguous, moment)):
+        tensors = [params, grads, *lists[1:len(lists) - group["stochastic_rounding"]]]  # (moments, master copies)
+        if all(all(map(Tensor.is_contiguous, ts)) for ts in tensors):
             return True
         # another dense layout (e.g. channels_last) the kernel walks as well, if the grad and state share it
-        return all(g.stride() == p.stride() == m.stride() and checks.is_dense(p)
-                   for p, g, m in zip(params, grads, moment))
+        return all(checks.is_dense(p) and all(t.stride() == p.stride() for t in ts)
+                   for p, *ts in zip(*tensors))
 
     def _check_groups(self, group_indices: List[int], in_one_call: Dict[int, dict], unscaling: bool) -> None:
         """The checks of the groups the kernel call does not check: hyperparameters (checked by the caller), params,
@@ -530,8 +532,8 @@ def _match_layout(p: Tensor, state: dict, moment_keys: Tuple[str, ...]) -> None:
         t = state.get(key)
         if t is None:
             continue
-        if layout is None:
-            layout = p.stride() if checks.is_dense(p) else _like(p, t.dtype).stride()
+        if layout is None:  # (a view with gaps: the strides its dense state is made with, from a meta tensor)
+            layout = p.stride() if checks.is_dense(p) else torch.empty_like(p, device="meta").stride()
         if t.stride() != layout:
             state[key] = _like(p, t.dtype).copy_(t)
 

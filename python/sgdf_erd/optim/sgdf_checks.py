@@ -309,8 +309,9 @@ def check_grad(p: Tensor, grad: Tensor, where: str, written: bool = False) -> No
     if grad.is_neg():
         raise ValueError(f"SGDF: the gradient of {where} has the negative bit set (a lazily negated view, such as "
                          "torch._neg_view gives); pass grad.resolve_neg()")
-    if written:
-        _check_written(grad, f"the gradient of {where}", "give it memory of its own (p.grad = p.grad.clone())")
+    if written:  # (a conjugate one is resolved into a copy, written back through the view)
+        _check_written(grad, f"the gradient of {where}", "give it memory of its own (p.grad = p.grad.clone())",
+                       conjugate_ok=True)
 
 
 def check_state(p: Tensor, state: dict, group: dict, on_device: bool, where: str) -> None:
@@ -373,10 +374,10 @@ def check_state(p: Tensor, state: dict, group: dict, on_device: bool, where: str
 
 
 def _check_written(t: Tensor, what: str, fix: str = "restore the state from the optimizer's state_dict (outside "
-                   "torch.inference_mode())") -> None:
+                   "torch.inference_mode())", conjugate_ok: bool = False) -> None:
     """What a step writes in place must take an in-place write: torch would refuse it in the middle of a step."""
     problem = ("is sparse" if t.layout is not torch.strided else
-               "is a conjugate view" if t.is_conj() else
+               "is a conjugate view" if t.is_conj() and not conjugate_ok else
                "has the negative bit set (a lazily negated view)" if t.is_neg() else
                "is an inference tensor, which cannot be written outside torch.inference_mode()"
                if t.is_inference() and not torch.is_inference_mode_enabled() else

@@ -231,7 +231,9 @@ def fused_sgdf(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor]
     launches = defaultdict(lambda: ([], [], [], [], [], [], [], [], [], []))
     for p, g, m, s, t, w, seed, v in zip(params, grads, exp_avgs, exp_vars, steps, master_params or none,
                                          rounding_seeds or none, exp_avg_sqs or none):
-        sharded, first_index = (p, _dtensor.shard_first_index(p) or 0) if isinstance(p, dtensor) else (None, 0)
+        sharded = p if isinstance(p, dtensor) else None
+        # (numbered as in the whole tensor where rounded: the path choice sends other shards to foreach)
+        first_index = (_dtensor.shard_first_index(p) or 0) if sharded is not None and seed is not None else 0
         if sharded is not None:  # the kernel is elementwise: it steps each rank's shards
             p, g, m, s, w, v = (None if x is None else _dtensor.local_shard(x, sharded) for x in (p, g, m, s, w, v))
         if g.dtype.is_complex and g.is_conj():  # (dtype first: torch.compile does not trace is_conj)
@@ -243,17 +245,15 @@ def fused_sgdf(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor]
         if g.stride() != p.stride():
             g = copied(g, torch.empty_like(p).copy_(g), grad_scale is not None)
         key = (p.device, p.dtype, m.dtype, orthogonalize_matrices and is_matrix_shaped(p))
-        # (numbered as in the whole tensor where rounded: the path choice sends other shards to foreach)
-        for launch, value in zip(launches[key], (p, g, m, s, t, w, seed, first_index if seed is not None else 0,
-                                                 sharded, v)):
+        for launch, value in zip(launches[key], (p, g, m, s, t, w, seed, first_index, sharded, v)):
             launch.append(value)
 
     moved = {}  # lr / grad_scale / found_inf moved once per device
     for (device, _, _, orth), launch in launches.items():
         l_params, l_grads, l_exp_avgs, l_exp_vars, l_steps, l_masters, l_seeds, l_first, l_sharded, l_v = launch
-        l_masters = [] if master_params is None else l_masters
-        l_v = [] if exp_avg_sqs is None else l_v
-        l_seeds = [] if rounding_seeds is None else l_seeds
+        l_masters = l_masters if master_params else []
+        l_v = l_v if exp_avg_sqs else []
+        l_seeds = l_seeds if rounding_seeds else []
         l_first = l_first if l_seeds and any(l_first) else []
         # zero-filled so that a step skipped for inf/NaN gradients orthogonalises to a zero update
         updates = [torch.zeros_like(p) for p in l_params] if orth else []
