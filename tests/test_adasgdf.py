@@ -15,7 +15,7 @@ from tests.devices import DEVICES, requires_cuda
 from tests.reference.adasgdf_reference import PRECONDITIONERS, ReferenceAdaSGDF
 from tests.test_sgdf import (PATHS, _assert_close, _grads, _make_params, _run_against_reference,
                              resumed_across_paths)
-from tests.test_sgdf_cuda import assert_steps_without_host_sync
+from tests.test_sgdf_cuda import assert_steps_without_host_sync, captured_step
 
 OPTION_SETS = [
     dict(),
@@ -408,15 +408,8 @@ def test_cuda_graph_replays_match_reference(preconditioner, path):
     grads = _grads(cpu_params, gen)
     for g, s in zip(grads, static_grads):
         s.copy_(g)
-    stream = torch.cuda.Stream()  # warm up (state creation) on a side stream, as capture requires
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        opt.step()
-    torch.cuda.current_stream().wait_stream(stream)
+    graph = captured_step(opt.step)
     ref.step(grads)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        opt.step()
     for _ in range(5):
         grads = _grads(cpu_params, gen)
         for g, s in zip(grads, static_grads):

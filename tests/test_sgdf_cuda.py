@@ -110,6 +110,20 @@ def test_steps_have_no_host_sync(setup):
     assert_steps_without_host_sync(opt, params)
 
 
+def captured_step(step) -> "torch.cuda.CUDAGraph":
+    """`step` run once on a side stream (the first step creates the state, which capture cannot), then captured in a
+    CUDA graph (capture records, it does not run the step)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    return graph
+
+
 def assert_steps_without_host_sync(opt, params) -> None:
     """Three steps of `opt` on random gradients of `params`, any host synchronisation an error (the first step
     creates the state)."""
@@ -153,18 +167,10 @@ def test_cuda_graph_replays_with_found_inf_changing(path, groups):
         for g, s in zip(grads, static_grads):
             s.copy_(g * scale)
 
-    # warm up on a side stream (state creation), as CUDA graph capture requires
     grads = _grads(cpu_params, gen)
     load(grads)
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        opt.step()
-    torch.cuda.current_stream().wait_stream(stream)
+    graph = captured_step(opt.step)
     ref.step(grads)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        opt.step()
     found_infs = [0.0, 1.0, 0.0, 2.0, 0.0, 0.0, 3.0, 0.0] if amp else [0.0] * 8
     for found_inf in found_infs:
         grads = _grads(cpu_params, gen)

@@ -30,6 +30,7 @@ from sgdf_erd.optim.stochastic_rounding import round_all_into_, round_into_, sto
 from tests.devices import DEVICES, requires_cuda
 from tests.reference.sgdf_reference import ReferenceSGDF
 from tests.test_sgdf_contract import _assert_unchanged, _same, _snapshot
+from tests.test_sgdf_cuda import captured_step
 
 PATHS = {"default": dict(), "fused": dict(fused=True), "foreach": dict(foreach=True), "single": dict(foreach=False)}
 SHAPES = [(7,), (3, 5), (4, 3, 2, 2), (33, 17)]
@@ -645,14 +646,7 @@ def test_cuda_graph_replays_draw_new_numbers_and_match_eager_steps(path):
             s.copy_(g)
 
     load(0)
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # the first step creates the state, outside the capture
-        opt.step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        opt.step()
+    graph = captured_step(opt.step)
     _step_with(twin, twin_opt, grads[:1])
     previous = torch.cuda.get_sync_debug_mode()
     for step in range(1, 6):
