@@ -339,34 +339,24 @@ def test_alias_check_scales_to_many_tensors():
     assert float(args["steps"][-1]) == 1.0
 
 
-def assert_call_keeps_no_tensor(call_op, args, match=None) -> None:
-    """`call_op(args)` (raising a RuntimeError matching `match`, where given) leaves no tensor of `args` referenced
-    once `args` is gone: the op must release the tensor handles it owns on every exit. Pass `args` as a temporary
-    (the caller must not keep a reference)."""
-    refs = [weakref.ref(t) for t in tensors_of(args).values()]
-    if match is None:
-        call_op(args)
-    else:
-        with pytest.raises(RuntimeError, match=match):
-            call_op(args)
-    del args
-    gc.collect()
-    assert sum(r() is not None for r in refs) == 0
-
-
 @pytest.mark.parametrize("raises", [False, True], ids=["steps", "raises"])
 def test_op_keeps_no_reference_to_its_tensors(device, raises):
     """The op receives its lists as tensor handles it owns (csrc/common/tensor_lists.h, TensorHandles): each must be
     released, also when a check raises, or the tensors would never be freed (weak references stay alive)."""
-    def args_of_call():
-        args = make_args(device, amp=True, lr_tensor=True, updates=True)
-        args["exp_avg_sqs"] = [torch.zeros_like(m) for m in args["exp_avgs"]]
-        args["preconditioner"] = "second_moment"
-        if raises:  # refused by the last check, after every tensor was read
-            args["found_inf"] = args["steps"][0].view(1)
-        return args
-
-    assert_call_keeps_no_tensor(call, args_of_call(), "share memory" if raises else None)
+    args = make_args(device, amp=True, lr_tensor=True, updates=True)
+    args["exp_avg_sqs"] = [torch.zeros_like(m) for m in args["exp_avgs"]]
+    args["preconditioner"] = "second_moment"
+    if raises:  # refused by the last check, after every tensor was read
+        args["found_inf"] = args["steps"][0].view(1)
+    refs = [weakref.ref(t) for t in tensors_of(args).values()]
+    if raises:
+        with pytest.raises(RuntimeError, match="share memory"):
+            call(args)
+    else:
+        call(args)
+    del args
+    gc.collect()
+    assert sum(r() is not None for r in refs) == 0
 
 
 @requires_cuda
