@@ -1,6 +1,5 @@
 """SGDF: SGD with a Wiener-filtered first moment, as a drop-in ``torch.optim.Optimizer``."""
 
-import operator
 from collections import OrderedDict, defaultdict
 from typing import Dict, Iterable, List, Optional, Tuple, Union
 
@@ -239,12 +238,12 @@ class SGDF(Optimizer):
                                       "or unscale with scaler.unscale_(opt) before the step")
         # Under torch.compile the checks run in _init_group, which Dynamo runs eagerly while tracing (reading data
         # pointers or a CPU `lr` in the traced code would break the graph), and no group is left to the kernel's.
-        in_one_call = {} if compiling else self._check_step(grad_scale is not None)
+        in_one_call = {} if compiling else self._check_step()
         if in_one_call:
             try:
                 self._step_in_one_call(in_one_call, grad_scale, found_inf)
             except (RuntimeError, ValueError, TypeError):  # refused before any write: the Python checks name the
-                self._check_groups(list(in_one_call), {}, grad_scale is not None)  # parameter, where they can
+                self._check_groups(list(in_one_call), {})  # parameter, where they can
                 raise
         for gi, group in enumerate(self.param_groups):
             if gi in in_one_call:
@@ -268,7 +267,7 @@ class SGDF(Optimizer):
                 return "fused"
         return "single" if group["foreach"] is False else "foreach"
 
-    def _check_step(self, unscaling: bool) -> Dict[int, dict]:
+    def _check_step(self) -> Dict[int, dict]:
         """Check every group, writing nothing. Returns the groups one kernel call steps (index -> their lists):
         checked by that call, which comes after these checks and before any write."""
         in_one_call, others, call_key = {}, [], None
@@ -282,7 +281,7 @@ class SGDF(Optimizer):
             else:
                 others.append(gi)
         if others:
-            self._check_groups(others, in_one_call, unscaling)
+            self._check_groups(others, in_one_call)
         return in_one_call
 
     def _one_call_lists(self, group: dict) -> Optional[Dict[str, list]]:
@@ -334,7 +333,7 @@ class SGDF(Optimizer):
         if (first.dtype.is_complex or not _native.supports(first.device, first.dtype)
                 or (group["fused"] is None and checks.fused_storage_unsupported([first], group))
                 or moment[0].dtype is not checks.state_dtype(first, group)
-                or len(set(map(_dtype_of, params))) != 1 or len({p.get_device() for p in params}) != 1
+                or len({p.dtype for p in params}) != 1 or len({p.get_device() for p in params}) != 1
                 or (_dtensor.dtensor_type() and any(isinstance(p, _dtensor.dtensor_type()) for p in params))
                 or (group["stochastic_rounding"] and any(type(seed) is not int for seed in lists[-1]))
                 # (a seed edited by hand: the kernel's int[] would take a bool)
@@ -347,11 +346,11 @@ class SGDF(Optimizer):
         return all(checks.is_dense(p) and all(t.stride() == p.stride() for t in ts)
                    for p, *ts in zip(*tensors))
 
-    def _check_groups(self, group_indices: List[int], in_one_call: Dict[int, dict], unscaling: bool) -> None:
+    def _check_groups(self, group_indices: List[int], in_one_call: Dict[int, dict]) -> None:
         """The checks of the groups the kernel call does not check: hyperparameters (checked by the caller), params,
         grads and state of each group, then memory shared by any two tensors a step reads or writes, in all
-        groups. `unscaling`: a GradScaler's grad_scale is given (the fused kernel then writes the gradients).
-        Nothing changes here."""
+        groups. Nothing changes here."""
+        unscaling = getattr(self, "grad_scale", None) is not None  # (the fused kernel then writes the gradients)
         operands = []  # (tensor, written, what it is)
         for gi in group_indices:
             group = self.param_groups[gi]
@@ -426,7 +425,7 @@ class SGDF(Optimizer):
         if check_all_groups:
             for gi, g in enumerate(self.param_groups):
                 checks.check_hyperparameters(g, f"param group {gi}", self.defaults, read_device_lr=False)
-            self._check_groups(list(range(len(self.param_groups))), {}, getattr(self, "grad_scale", None) is not None)
+            self._check_groups(list(range(len(self.param_groups))), {})
         path = self._path(group)
         fused, master_weights = path == "fused", group["master_weights"]
         stochastic_rounding = group["stochastic_rounding"]
@@ -472,9 +471,6 @@ class SGDF(Optimizer):
         else:  # (compiled with DTensor params, torch miscompiles the kernel's op: see _has_dtensor)
             step_path = single_tensor_sgdf if path == "single" else foreach_sgdf
             step_path(params, grads, exp_avgs, exp_vars, steps, **storage, **hyper)
-
-
-_dtype_of = operator.attrgetter("dtype")
 
 
 def _update_options(group: dict) -> dict:

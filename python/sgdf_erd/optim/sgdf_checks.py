@@ -302,9 +302,6 @@ def check_grad(p: Tensor, grad: Tensor, where: str, written: bool = False) -> No
         raise ValueError(f"SGDF: the gradient of {where} is {_describe(grad)} but the parameter is {_describe(p)}; "
                          "a gradient must match its parameter (was the parameter's .data replaced after backward? "
                          "zero_grad() and run backward again)")
-    if p.is_conj():
-        raise ValueError(f"SGDF: {where} is a conjugate view (its conjugate bit is set), which an in-place update "
-                         "cannot write through; optimize a tensor without it (p.resolve_conj())")
     _check_written(p, where, "give the parameter data of its own (p.data = p.data.clone())")
     if grad.is_neg():
         raise ValueError(f"SGDF: the gradient of {where} has the negative bit set (a lazily negated view, such as "
