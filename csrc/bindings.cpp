@@ -39,13 +39,15 @@ constexpr const char* kOperatorSchemas[] = {
     // master_weights, in group order; rounding_seeds likewise for those with stochastic_rounding). Each group is
     // stepped as fused_sgdf_ would step it (no update buffers, every tensor numbered from 0), and all groups are
     // checked, as fused_sgdf_ checks one, before anything is written; all tensors are on one device. One
-    // `preconditioner` for the whole call (with "second_moment", one exp_avg_sqs entry per param).
+    // `preconditioner` for the whole call (with "second_moment", one exp_avg_sqs entry per param). `check_only`
+    // (empty, or one value per group): groups that are checked with the others, shared memory included, and left
+    // unchanged (SGDF's foreach groups, which it then steps itself).
     "fused_sgdf_grouped_(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] exp_avgs, Tensor(d!)[] exp_vars, "
     "Tensor(e!)[] steps, Tensor(f!)[] master_params, int[] rounding_seeds, int[] group_sizes, float[] lr, "
     "Tensor?[] lr_tensor, float[] beta1, float[] beta2, float[] eps, float[] gamma, float[] weight_decay, "
     "bool[] decoupled_weight_decay, bool[] sign, bool[] maximize, bool[] master_weights, "
     "bool[] stochastic_rounding, Tensor? grad_scale, Tensor? found_inf, Tensor(g!)[]? exp_avg_sqs=None, "
-    "str preconditioner=\"none\") -> ()",
+    "str preconditioner=\"none\", bool[] check_only=[]) -> ()",
     // ERD loss (csrc/erd): per-sample weights; the fused loss forward (per-sample MSE, weights, batch loss and
     // per-log-SNR-bin sums [count, sum mse, sum mse^2, sum loss] x num_bins) and its backward. Their autograd and
     // batching rules are registered from Python (python/sgdf_erd/erd/), so torch.func transforms see them.

@@ -336,6 +336,40 @@ def test_state_in_another_layout_is_converted_and_steps(device, key, edit):
         assert torch.equal(got, want)
 
 
+@pytest.mark.parametrize("path", ["foreach", "single"])
+def test_one_grad_shared_by_params_of_two_groups_steps_where_only_read(device, path):
+    """foreach and single-tensor steps only read gradients, so one gradient may serve params of two groups (after
+    the first step the kernel's call checks these groups too, without stepping them): the steps equal those with
+    a copy each."""
+    results = []
+    for shared in (True, False):
+        params = [torch.nn.Parameter(torch.randn(4, generator=torch.Generator().manual_seed(i)).to(device))
+                  for i in range(2)]
+        opt = SGDF([{"params": params[:1]}, {"params": params[1:], "lr": 0.02}], lr=0.05, **PATHS[path])
+        for step in range(3):
+            grad = torch.randn(4, generator=torch.Generator().manual_seed(10 + step)).to(device)
+            params[0].grad, params[1].grad = (grad, grad) if shared else (grad, grad.clone())
+            opt.step()
+        results.append([p.detach().clone() for p in params])
+    for got, want in zip(*results):
+        assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_param_emptied_after_stepping_is_skipped_on_every_path(device, path):
+    """A param whose .data was replaced by an empty tensor keeps its (stale) state and is skipped, as every empty
+    param is, beside a group the kernel's call checks (it refused the stale state there, where foreach skipped)."""
+    params, opt = _stepped(device, path)
+    params[-1].data = torch.zeros(0, device=device)
+    params[-1].grad = torch.zeros(0, device=device)
+    stale = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in opt.state[params[-1]].items()}
+    expected = [p.detach().clone() for p in params[:-1]]
+    opt.step()
+    assert not any(torch.equal(p.detach(), e) for p, e in zip(params[:-1], expected))  # the others stepped
+    for key, value in opt.state[params[-1]].items():
+        assert torch.equal(value, stale[key]) if isinstance(value, torch.Tensor) else value == stale[key]
+
+
 @pytest.mark.parametrize("stepped_before", [False, True])  # True: the first group is stepped by one kernel call
 def test_one_grad_shared_by_two_fused_params_is_refused(device, stepped_before):
     """The fused kernel unscales gradients in place, so a shared one would be unscaled twice."""

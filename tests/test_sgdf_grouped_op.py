@@ -50,6 +50,12 @@ def call_grouped(args):
     grouped_op(*args.values())
 
 
+def _with_check_only(args, check_only):
+    """`args` (grouped's) with the trailing arguments up to check_only, by position."""
+    args.update(exp_avg_sqs=None, preconditioner="none", check_only=check_only)
+    return args
+
+
 MIXED = [  # (param dtype, state dtype, master copies, stochastic rounding, hyperparameters) of each group
     (torch.float32, None, False, False, {}),
     (torch.bfloat16, torch.bfloat16, True, True, dict(weight_decay=0.1, decoupled_weight_decay=True, gamma=1.0)),
@@ -73,6 +79,12 @@ def test_opcheck(device, scalars):
     groups = mixed_groups(device, lr_tensor=scalars, amp=bool(scalars))
     amp = groups[0]
     torch.library.opcheck(grouped_op.default, tuple(grouped(groups, amp["grad_scale"], amp["found_inf"]).values()))
+
+
+def test_opcheck_with_check_only_groups(device):
+    groups = mixed_groups(device, lr_tensor="mixed")
+    torch.library.opcheck(grouped_op.default, tuple(_with_check_only(grouped(groups), [True, False, False, True])
+                                                    .values()))
 
 
 # --------------------------------------------------------------------------------------------- the step
@@ -125,6 +137,53 @@ def test_random_groups_step_as_fused_sgdf_alone(device, spec, seed):
     _assert_groups_equal(groups, alone)
 
 
+@pytest.mark.parametrize("found_inf", [0.0, 1.0])
+def test_check_only_groups_are_left_as_they_are(device, found_inf):
+    """Groups marked check_only are not stepped (their step counts included); the others step as fused_sgdf_
+    steps them alone."""
+    groups = mixed_groups(device)
+    alone = [_clone(g) for g in groups]
+    grad_scale, inf = torch.full((1,), 4.0, device=device), torch.full((1,), found_inf, device=device)
+    call_grouped(_with_check_only(grouped(groups, grad_scale, inf), [False, True, False, True]))
+    for g in alone[::2]:
+        g["grad_scale"], g["found_inf"] = grad_scale, inf
+        single_op(*g.values())
+    _assert_groups_equal(groups, alone)  # (groups 1 and 3 against their unstepped clones)
+    assert [float(s) for g in groups for s in g["steps"]][:3] == [0.0 if found_inf else 1.0] * 3
+    assert all(float(s) == 0.0 for g in groups[1::2] for s in g["steps"])
+
+
+def test_check_only_groups_are_checked(device):
+    groups = mixed_groups(device)
+    groups[3]["steps"][1] = groups[3]["steps"][1].long()
+    args = _with_check_only(grouped(groups), [False, False, False, True])
+    before = snapshot(args)
+    with pytest.raises(RuntimeError, match="param group 3.*steps\\[1\\]"):
+        call_grouped(args)
+    assert_bit_identical(args, before)
+
+
+@pytest.mark.parametrize("shared", ["grad of two check_only groups", "grad and a stepped group's param",
+                                    "grad and a stepped group's grad"])
+def test_gradients_of_check_only_groups_are_only_read(device, shared):
+    """A check_only group's gradients are read only (its caller steps it without writing them): they may share
+    memory with each other, not with a tensor the call (or a stepped group, which unscales its gradients) writes."""
+    groups = _two_float32_groups(device)
+    if shared == "grad and a stepped group's param":
+        groups[1]["grads"][0] = groups[0]["params"][0]
+    else:
+        _grad_in_two_groups(groups)
+    accepted = shared == "grad of two check_only groups"
+    args = _with_check_only(grouped(groups), [accepted, True])
+    before = snapshot(args)
+    if accepted:
+        call_grouped(args)
+    else:
+        with pytest.raises(RuntimeError, match="share memory"):
+            call_grouped(args)
+    assert_bit_identical(args, before)
+
+
 # --------------------------------------------------------------------------------------------- bad input
 def _in_group(index, edit):
     def change(groups):
@@ -171,6 +230,8 @@ BAD = {
     "later group: negative beta1": (_in_group(3, lambda g: g.update(beta1=-0.1)), "param group 3.*beta1"),
     "later group: int step": (_in_group(3, _set_item("steps", 1, lambda g: g["steps"][1].long())),
                               "param group 3.*steps\\[1\\]"),
+    "check_only list too short": (_merged(lambda a: _with_check_only(a, [True])),
+                                  "'check_only' has 1 values for 4 param groups"),
 }
 
 

@@ -251,18 +251,19 @@ inline void check_tensor_lists(std::vector<NamedList>& lists, const char* op) {
   }
 }
 
-// Operands of one multi-tensor call, for check_no_shared_memory: the tensors of lists the kernel may write (each
-// must own its memory) and single tensors it only reads (these may share memory with each other, not with the
-// lists). Kept as whole lists (the metadata check_tensor_lists read): names are built only for an error message.
+// Operands of one multi-tensor call, for check_no_shared_memory: the tensors the kernel may write (each must own its
+// memory) and those it only reads (single tensors, or lists the caller marks so: these may share memory with each
+// other, not with written ones). Kept as whole lists (the metadata check_tensor_lists read): names are built only for an error message.
 class MemoryOperands {
  public:
   // `group`: the param group, in a call over several (its lists are then numbered within it), else -1.
-  void add_list(const TensorMetas& metas, const char* name, int64_t group = -1) {
-    sources_.push_back({metas.data(), metas.size(), name, group, true});
+  // `written`: false for a list the call only reads (it may then share memory with other read-only operands).
+  void add_list(const TensorMetas& metas, const char* name, int64_t group = -1, bool written = true) {
+    sources_.push_back({metas.data(), metas.size(), name, group, true, written});
     count_ += metas.size();
   }
   void add_single(const TensorMeta& meta, const char* name, int64_t group = -1) {
-    sources_.push_back({&meta, 1, name, group, false});
+    sources_.push_back({&meta, 1, name, group, false, false});
     count_ += 1;
   }
 
@@ -272,7 +273,8 @@ class MemoryOperands {
     size_t size;
     const char* name;  // the argument
     int64_t group;
-    bool is_list;  // else a single tensor, which may share memory with other single tensors
+    bool is_list;  // else a single tensor
+    bool written;  // else only read: it may share memory with other operands that are only read
   };
   std::vector<Source> sources_;
   size_t count_ = 0;
@@ -307,7 +309,7 @@ inline void check_no_shared_memory(const MemoryOperands& operands, const char* o
   }
   auto by_begin = [](const Range& a, const Range& b) { return a.begin < b.begin; };
   if (!std::is_sorted(ranges.begin(), ranges.end(), by_begin)) std::sort(ranges.begin(), ranges.end(), by_begin);
-  auto exclusive = [&](const Range& r) { return operands.sources_[r.source].is_list; };
+  auto exclusive = [&](const Range& r) { return operands.sources_[r.source].written; };
   // Sweep in order of start: a range overlaps an earlier one iff it starts before the furthest end seen so far.
   const Range* furthest = nullptr;            // among all earlier ranges
   const Range* furthest_exclusive = nullptr;  // among earlier ranges that must own their memory

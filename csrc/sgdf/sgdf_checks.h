@@ -63,8 +63,9 @@ struct FusedArgs {
   std::vector<const char*> scalar_names = {};
 
   // The call's operands for check_no_shared_memory; `group`: the param group's index in a grouped call, or -1.
-  void add_memory_operands(MemoryOperands& out, int64_t group = -1) const {
-    for (const NamedList& l : lists) out.add_list(l.metas, l.name, group);
+  // `grads_written`: false for a group only checked (check_only), whose gradients a step then only reads.
+  void add_memory_operands(MemoryOperands& out, int64_t group = -1, bool grads_written = true) const {
+    for (const NamedList& l : lists) out.add_list(l.metas, l.name, group, grads_written || &l != &lists[1]);
     out.add_list(step_metas, "steps", group);
     for (size_t s = 0; s < scalars.size(); ++s) out.add_single(scalars[s], scalar_names[s], group);
   }

@@ -54,14 +54,16 @@ void fused_sgdf_grouped(const TensorHandles& params, const TensorHandles& grads,
                         const std::vector<bool>& maximize, const std::vector<bool>& master_weights,
                         const std::vector<bool>& stochastic_rounding, const std::optional<Tensor>& grad_scale,
                         const std::optional<Tensor>& found_inf, const std::optional<TensorHandles>& exp_avg_sqs,
-                        const std::string& preconditioner) {
+                        const std::string& preconditioner, const std::vector<bool>& check_only) {
   const Preconditioner mode = parse_preconditioner(preconditioner, "sgdf_erd::fused_sgdf_grouped_");
   const GroupedArgs args = make_grouped_args(
       params, grads, exp_avgs, exp_vars, steps, master_params, rounding_seeds,
       {group_sizes, lr, lr_tensor, beta1, beta2, eps, gamma, weight_decay, decoupled_weight_decay, sign, maximize,
-       master_weights, stochastic_rounding},
+       master_weights, stochastic_rounding, check_only},
       grad_scale, found_inf, exp_avg_sqs ? TensorList(*exp_avg_sqs) : TensorList(), mode);
-  for (const FusedArgs& a : args.groups) Step(a);
+  for (size_t g = 0; g < args.groups.size(); ++g) {
+    if (!args.check_only(g)) Step(args.groups[g]);
+  }
 }
 
 }  // namespace sgdf_erd::sgdf

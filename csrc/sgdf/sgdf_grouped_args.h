@@ -23,6 +23,8 @@ struct GroupStorage {
 struct GroupedArgs {
   std::vector<GroupStorage> storage;  // reserved before the FusedArgs refer to its elements: never reallocated
   std::vector<FusedArgs> groups;
+  std::vector<bool> check_only_groups;  // empty: none
+  bool check_only(size_t g) const { return !check_only_groups.empty() && check_only_groups[g]; }
 };
 
 inline const std::vector<int64_t> kNoIndices{};
@@ -42,6 +44,7 @@ struct GroupOptions {
   const std::vector<bool>& maximize;
   const std::vector<bool>& master_weights;
   const std::vector<bool>& stochastic_rounding;
+  const std::vector<bool>& check_only;  // empty, or per group: checked, not stepped (the caller steps it)
 };
 
 inline GroupedArgs make_grouped_args(TensorList params, TensorList grads, TensorList exp_avgs, TensorList exp_vars,
@@ -67,6 +70,9 @@ inline GroupedArgs make_grouped_args(TensorList params, TensorList grads, Tensor
   check_per_group(o.maximize.size(), "maximize");
   check_per_group(o.master_weights.size(), "master_weights");
   check_per_group(o.stochastic_rounding.size(), "stochastic_rounding");
+  SGDF_ERD_CHECK(o.check_only.empty() || o.check_only.size() == num_groups, op, ": 'check_only' has ",
+                 o.check_only.size(), " values for ", num_groups,
+                 " param groups (the length of 'group_sizes'); pass one per group, or none");
   SGDF_ERD_CHECK(o.lr_tensor.size() == num_groups, op, ": 'lr_tensor' has ", o.lr_tensor.size(), " entries for ",
                  num_groups, " param groups; pass one per group: a tensor replacing the group's 'lr', or None");
   size_t total = 0, with_master = 0, with_seeds = 0;
@@ -98,6 +104,7 @@ inline GroupedArgs make_grouped_args(TensorList params, TensorList grads, Tensor
                  " params; pass one seed per param of those groups");
 
   GroupedArgs args;
+  args.check_only_groups = o.check_only;
   args.storage.reserve(num_groups);
   args.groups.reserve(num_groups);
   size_t first = 0, first_master = 0, first_seed = 0;
@@ -140,7 +147,7 @@ inline GroupedArgs make_grouped_args(TensorList params, TensorList grads, Tensor
     SGDF_ERD_CHECK(m.same_device(*device), op, ": the params of param group ", g, " are on ",
                    DeviceName(a.params[0].device()), " but those of param group ", device_group, " are on ",
                    DeviceName(args.groups[device_group].params[0].device()), "; make one call per device");
-    a.add_memory_operands(operands, static_cast<int64_t>(g));
+    a.add_memory_operands(operands, static_cast<int64_t>(g), !args.check_only(g));
   }
   check_no_shared_memory(operands, op);
   return args;

@@ -100,7 +100,7 @@ def fused_sgdf_grouped_(params: List[Tensor], grads: List[Tensor], exp_avgs: Lis
                         decoupled_weight_decay: List[bool], sign: List[bool], maximize: List[bool],
                         master_weights: List[bool], stochastic_rounding: List[bool], grad_scale: Optional[Tensor],
                         found_inf: Optional[Tensor], exp_avg_sqs: Optional[Sequence[Tensor]] = (),
-                        preconditioner: str = "none") -> None:
+                        preconditioner: str = "none", check_only: Sequence[bool] = ()) -> None:
     """One SGDF step over several param groups of one device, in place: fused_sgdf_ for each group (without update
     buffers or rounding offsets), in one call that checks every group before it writes anything.
 
@@ -109,7 +109,8 @@ def fused_sgdf_grouped_(params: List[Tensor], grads: List[Tensor], exp_avgs: Lis
     value per group; ``lr_tensor`` one entry per group, a tensor replacing the group's ``lr`` or None.
     ``master_params`` and ``rounding_seeds`` hold one entry per param of the groups whose option is set, in group
     order. ``preconditioner`` (one for the call) and ``exp_avg_sqs`` (with "second_moment", one per param) as in
-    fused_sgdf_. Refusals raise RuntimeError (ValueError for a seed out of range) with messages starting with
+    fused_sgdf_. ``check_only`` (empty, or one value per group): groups checked with the others (shared memory
+    included) and left unchanged, for a caller that steps them otherwise. Refusals raise RuntimeError (ValueError for a seed out of range) with messages starting with
     FUSED_SGDF_REFUSED. A call without any tensor does nothing.
     """
     op = "sgdf_erd::fused_sgdf_grouped_"
@@ -121,14 +122,15 @@ def fused_sgdf_grouped_(params: List[Tensor], grads: List[Tensor], exp_avgs: Lis
     _native.ops.fused_sgdf_grouped_(params, grads, exp_avgs, exp_vars, steps, master_params, rounding_seeds,
                                     group_sizes, lr, lr_tensor, beta1, beta2, eps, gamma, weight_decay,
                                     decoupled_weight_decay, sign, maximize, master_weights, stochastic_rounding,
-                                    grad_scale, found_inf, list(exp_avg_sqs or ()) or None, preconditioner)
+                                    grad_scale, found_inf, list(exp_avg_sqs or ()) or None, preconditioner,
+                                    list(check_only))
 
 
 @torch.library.register_fake("sgdf_erd::fused_sgdf_grouped_")
 def _fused_sgdf_grouped_fake(params, grads, exp_avgs, exp_vars, steps, master_params, rounding_seeds, group_sizes,
                              lr, lr_tensor, beta1, beta2, eps, gamma, weight_decay, decoupled_weight_decay, sign,
                              maximize, master_weights, stochastic_rounding, grad_scale, found_inf, exp_avg_sqs=None,
-                             preconditioner="none"):
+                             preconditioner="none", check_only=()):
     _check_fake_devices("fused_sgdf_grouped_", dict(params=params, grads=grads, exp_avgs=exp_avgs, exp_vars=exp_vars,
                                                     steps=steps, master_params=master_params, lr_tensor=lr_tensor,
                                                     exp_avg_sqs=exp_avg_sqs or ()),

@@ -212,11 +212,11 @@ class SGDF(Optimizer):
     def step(self, closure=None):
         """Perform one optimisation step; `closure` re-evaluates the model and returns the loss.
 
-        One way for every group: check everything, writing nothing (_check_step), then write. The fused groups
-        whose state exists and whose tensors the kernel walks as they are step in one kernel call, which checks
-        all of them (memory shared by any two of their tensors included) before it writes; the other groups are
-        checked in Python with the same rules (and against the kernel's groups' tensors), before that call. Their
-        missing state is made after it, then each steps on its path."""
+        One way for every group: check everything, writing nothing (_check_step), then write. The groups whose
+        state exists and whose tensors the kernel walks as they are are checked by one kernel call (memory shared
+        by any two of their tensors included), which steps the fused ones; the other groups are checked in Python
+        with the same rules (and against the kernel's groups' tensors), before that call. Their missing state is
+        made after it, then each group the kernel did not step steps on its path."""
         compiling = torch.compiler.is_compiling()
         if not compiling and _is_capturing() and not any(g["capturable"] or self._path(g) == "fused"
                                                          for g in self.param_groups):
@@ -246,7 +246,7 @@ class SGDF(Optimizer):
                 self._check_groups(list(in_one_call), {})  # parameter, where they can
                 raise
         for gi, group in enumerate(self.param_groups):
-            if gi in in_one_call:
+            if gi in in_one_call and _kernel_path(group):
                 continue
             lists = params, grads, exp_avgs, exp_vars, steps, master_params, rounding_seeds, exp_avg_sqs = (
                 [], [], [], [], [], [], [], [])
@@ -268,12 +268,12 @@ class SGDF(Optimizer):
         return "single" if group["foreach"] is False else "foreach"
 
     def _check_step(self) -> Dict[int, dict]:
-        """Check every group, writing nothing. Returns the groups one kernel call steps (index -> their lists):
-        checked by that call, which comes after these checks and before any write."""
+        """Check every group, writing nothing. Returns the groups one kernel call checks (index -> their lists),
+        stepping the fused ones: that call comes after these checks and before any write."""
         in_one_call, others, call_key = {}, [], None
         for gi, group in enumerate(self.param_groups):
             checks.check_hyperparameters(group, f"param group {gi}", self.defaults, read_device_lr=False)
-            lists = self._one_call_lists(group) if group["fused"] is not False else None
+            lists = self._one_call_lists(group)
             key = None if lists is None else (lists["params"][0].device, *map(group.get, _PER_CALL_OPTIONS))
             if lists is not None and (call_key is None or key == call_key):
                 in_one_call[gi] = lists
@@ -286,12 +286,13 @@ class SGDF(Optimizer):
 
     def _one_call_lists(self, group: dict) -> Optional[Dict[str, list]]:
         """The group's params (those with a gradient, not empty), grads, moments, steps, master copies and rounding
-        seeds, by the kernel's argument names, for the one kernel call that checks them; or None where the group is
-        checked in Python: it is not fused, or its tensors need what the kernel does not do (state to create,
-        several dtypes or devices, complex, DTensor, views with gaps or grads in another layout,
-        orthogonalisation), or its state does not match its storage options, which the kernel does not know. Runs
-        at every step: whole-list passes, each asking one thing of every tensor."""
-        if group["orthogonalize"] or (not group["fused"] and group["foreach"] is not None):
+        seeds, by the kernel's argument names, for the one kernel call that checks them (and steps them where the
+        group's path is the kernel's); or None where the group is checked in Python: its tensors need what the
+        kernel does not do (state to create, several dtypes or devices, complex, DTensor, views with gaps or grads
+        in another layout, orthogonalisation, storage it does not keep, step counts on the host for CUDA params), or
+        its state does not match its storage options, which the kernel does not know. Runs at every step:
+        whole-list passes, each asking one thing of every tensor."""
+        if group["orthogonalize"]:
             return None
         params = group["params"]
         try:
@@ -301,10 +302,9 @@ class SGDF(Optimizer):
             return None
         if not set(map(type, states)) <= {dict, type(None)}:
             return None  # (a state edited by hand into something else: the Python checks name it)
-        if not all(states) or any(g is None for g in grads):  # only those with a gradient step; of these, only
-            # empty params (never stepped: skipped) may be without state
-            kept = [i for i, (p, g, s) in enumerate(zip(params, grads, states)) if g is not None and (s or p.numel())]
-            if not all(states[i] for i in kept):
+        if not all(states) or any(g is None for g in grads) or not all(map(Tensor.numel, params)):
+            kept = [i for i, (p, g) in enumerate(zip(params, grads)) if g is not None and p.numel()]  # (those that
+            if not all(states[i] for i in kept):  # step: every path skips the others, whatever their state)
                 return None
             params, grads, states = ([x[i] for i in kept] for x in (params, grads, states))
         if not params:
@@ -331,15 +331,19 @@ class SGDF(Optimizer):
         # (the kernel checks that the moments share the first's dtype and layout, and the rest; a refusal of its
         # argument parser, e.g. for a number where a state tensor belongs, is named by the Python checks: step)
         if (first.dtype.is_complex or not _native.supports(first.device, first.dtype)
-                or (group["fused"] is None and checks.fused_storage_unsupported([first], group))
+                or (group["fused"] is not True and checks.fused_storage_unsupported([first], group))
+                or lists[0][0].device != first.device  # (the kernel takes them there; a host-side step: Python)
                 or moment[0].dtype is not checks.state_dtype(first, group)
                 or len({p.dtype for p in params}) != 1 or len({p.get_device() for p in params}) != 1
-                or (_dtensor.dtensor_type() and any(isinstance(p, _dtensor.dtensor_type()) for p in params))
+                or _has_dtensor(params)
                 or (group["stochastic_rounding"] and any(type(seed) is not int for seed in lists[-1]))
                 # (a seed edited by hand: the kernel's int[] would take a bool)
                 or ("exp_avg_sq" in keys and any(map(Tensor.is_neg, lists[keys.index("exp_avg_sq")])))):
             return False  # (exp_avg_sqs: an optional list of the kernel's, which torch's negation fallback skips)
         tensors = [params, grads, *lists[1:len(lists) - group["stochastic_rounding"]]]  # (moments, master copies)
+        if not (_kernel_path(group) or torch.is_inference_mode_enabled()) and any(
+                any(map(Tensor.is_inference, ts)) for ts in (*tensors, lists[0])):
+            return False  # (torch's in-place ops refuse them, as the Python checks do; the kernel cannot tell)
         if all(all(map(Tensor.is_contiguous, ts)) for ts in tensors):
             return True
         # another dense layout (e.g. channels_last) the kernel walks as well, if the grad and state share it
@@ -373,28 +377,29 @@ class SGDF(Optimizer):
                 operands += _state_operands(state, where)
         for gi, lists in in_one_call.items():
             params, grads = lists["params"], lists["grads"]
+            stepped = _kernel_path(self.param_groups[gi])  # (else its gradients are only read)
             for i, p in enumerate(params):
                 where = f"a parameter of param group {gi}"
-                operands += [(p, True, where), (grads[i], True, f"the gradient of {where}")]
+                operands += [(p, True, where), (grads[i], stepped, f"the gradient of {where}")]
                 operands += _state_operands(self.state[p], where)
         checks.check_no_shared_memory(operands)
 
     def _step_in_one_call(self, in_one_call: Dict[int, dict], grad_scale: Optional[Tensor],
                           found_inf: Optional[Tensor]) -> None:
-        """Step the groups of `in_one_call` (index -> _one_call_lists) by one kernel call, which checks them all
-        before it writes anything. Groups stepped otherwise take part as empty groups, so that the kernel's
-        messages number the groups as param_groups does."""
+        """Check the groups of `in_one_call` (index -> _one_call_lists) by one kernel call, which steps those whose
+        path is the kernel's after checking them all. Groups checked otherwise take part as empty groups, so that
+        the kernel's messages number the groups as param_groups does."""
         moved = {}  # lr / grad_scale / found_inf moved once to the call's device
         device = next(iter(in_one_call.values()))["params"][0].device
         scalar = lambda t: scalar_on(device, t, moved)  # noqa: E731
         lr_options = lambda lr: dict(lr=0.0, lr_tensor=scalar(lr)) if isinstance(lr, Tensor) else dict(  # noqa: E731
             lr=lr, lr_tensor=None)
-        if len(self.param_groups) == 1:  # fused_sgdf_, whose arguments cost less to pass
+        if len(self.param_groups) == 1 and _kernel_path(self.param_groups[0]):  # fused_sgdf_: fewer arguments
             options = self._update_options(self.param_groups[0])
             ops.fused_sgdf_(**in_one_call[0], updates=[], **lr_options(options.pop("lr")), **options,
                             grad_scale=scalar(grad_scale), found_inf=scalar(found_inf), rounding_offsets=[])
             return
-        lists, per_group, per_call = defaultdict(list), defaultdict(list), {}
+        lists, per_group, per_call, check_only = defaultdict(list), defaultdict(list), {}, []
         for gi, group in enumerate(self.param_groups):
             options = self._update_options(group)
             call_options = {key: options.pop(key) for key in _PER_CALL_OPTIONS if key in options}
@@ -411,8 +416,9 @@ class SGDF(Optimizer):
                            stochastic_rounding=bool(group_lists["rounding_seeds"]))
             for key, value in options.items():
                 per_group[key].append(value)
+            check_only.append(not _kernel_path(group))
         ops.fused_sgdf_grouped_(**lists, **per_group, **per_call, grad_scale=scalar(grad_scale),
-                                found_inf=scalar(found_inf))
+                                found_inf=scalar(found_inf), check_only=check_only)
 
     def _init_group(self, group: dict, params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor],
                     exp_vars: List[Tensor], steps: List[Tensor], master_params: List[Tensor],
@@ -484,6 +490,11 @@ def _update_options(group: dict) -> dict:
                 maximize=group["maximize"])
 
 
+def _kernel_path(group: dict) -> bool:
+    """Whether the group steps on the kernel when the kernel takes its tensors: fused, or by default."""
+    return group["fused"] or (group["fused"] is None and group["foreach"] is None)
+
+
 def _state_operands(state: Optional[dict], where: str) -> list:
     """The state's tensors, as operands of checks.check_no_shared_memory (each written by a step)."""
     return [(t, True, f"'{key}' of {where}") for key, t in (state or {}).items() if isinstance(t, Tensor)]
@@ -496,7 +507,7 @@ def _has_dtensor(params: List[Tensor]) -> bool:
     must not be empty for symbol", and after torch._dynamo.reset() a graph that updates wrong values), where the
     same update in torch ops compiles correctly. docs/sgdf.md has a reproducer without SGDF."""
     dtensor = _dtensor.dtensor_type()
-    return dtensor is not None and any(isinstance(p, dtensor) for p in params)
+    return dtensor is not None and any(issubclass(kind, dtensor) for kind in set(map(type, params)))
 
 
 def _like(p: Tensor, dtype: torch.dtype) -> Tensor:
