@@ -1,5 +1,6 @@
 """SGDF: SGD with a Wiener-filtered first moment, as a drop-in ``torch.optim.Optimizer``."""
 
+import itertools
 from collections import OrderedDict, defaultdict
 from typing import Dict, Iterable, List, Optional, Tuple, Union
 
@@ -334,8 +335,8 @@ class SGDF(Optimizer):
                 or (group["fused"] is not True and checks.fused_storage_unsupported([first], group))
                 or lists[0][0].device != first.device  # (the kernel takes them there; a host-side step: Python)
                 or moment[0].dtype is not checks.state_dtype(first, group)
-                or len({p.dtype for p in params}) != 1 or len({p.get_device() for p in params}) != 1
                 or _has_dtensor(params)
+                or len(Optimizer._group_tensors_by_device_and_dtype([params])) != 1  # (torch's, in C++)
                 or (group["stochastic_rounding"] and any(type(seed) is not int for seed in lists[-1]))
                 # (a seed edited by hand: the kernel's int[] would take a bool)
                 or ("exp_avg_sq" in keys and any(map(Tensor.is_neg, lists[keys.index("exp_avg_sq")])))):
@@ -344,7 +345,7 @@ class SGDF(Optimizer):
         if not (_kernel_path(group) or torch.is_inference_mode_enabled()) and any(
                 any(map(Tensor.is_inference, ts)) for ts in (*tensors, lists[0])):
             return False  # (torch's in-place ops refuse them, as the Python checks do; the kernel cannot tell)
-        if all(all(map(Tensor.is_contiguous, ts)) for ts in tensors):
+        if all(map(Tensor.is_contiguous, itertools.chain(*tensors))):
             return True
         # another dense layout (e.g. channels_last) the kernel walks as well, if the grad and state share it
         return all(checks.is_dense(p) and all(t.stride() == p.stride() for t in ts)
