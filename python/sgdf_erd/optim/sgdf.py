@@ -104,6 +104,10 @@ class SGDF(Optimizer):
         """The options of the update itself, as every path's keyword arguments."""
         return _update_options(group)
 
+    def _check_hyperparameters(self, group: dict, where: str, read_device_lr: bool = True) -> None:
+        """A group's options, against the keys this optimizer's groups have (its defaults')."""
+        checks.check_hyperparameters(group, where, self.defaults, read_device_lr)
+
     @property
     def _step_supports_amp_scaling(self) -> bool:
         """Whether torch.amp.GradScaler hands grad_scale / found_inf to step(), for the kernel to unscale the
@@ -126,7 +130,7 @@ class SGDF(Optimizer):
         params = [_unnamed(p, i, len(self.param_groups)) for i, p in enumerate(group["params"])]
         where = f"param group {len(self.param_groups)}"
         checks.check_param_kinds(params, group, where)
-        checks.check_hyperparameters(group, where, self.defaults)
+        self._check_hyperparameters(group, where)
         checks.check_distinct([g["params"] for g in self.param_groups] + [params])
         checks.check_path_options(params, group)
         super().add_param_group(group)
@@ -188,7 +192,7 @@ class SGDF(Optimizer):
         steps = {}
         for gi, group in enumerate(self.param_groups):
             where = f"param group {gi} of the checkpoint"
-            checks.check_hyperparameters(group, where, self.defaults)
+            self._check_hyperparameters(group, where)
             checks.check_param_kinds(group["params"], group, where)
             for i, p in enumerate(group["params"]):
                 if self.state.get(p):
@@ -273,7 +277,7 @@ class SGDF(Optimizer):
         stepping the fused ones: that call comes after these checks and before any write."""
         in_one_call, others, call_key = {}, [], None
         for gi, group in enumerate(self.param_groups):
-            checks.check_hyperparameters(group, f"param group {gi}", self.defaults, read_device_lr=False)
+            self._check_hyperparameters(group, f"param group {gi}", read_device_lr=False)
             lists = self._one_call_lists(group)
             key = None if lists is None else (lists["params"][0].device, *map(group.get, _PER_CALL_OPTIONS))
             if lists is not None and (call_key is None or key == call_key):
@@ -431,7 +435,7 @@ class SGDF(Optimizer):
         checks (`check_all_groups`: runs them first, for every group)."""
         if check_all_groups:
             for gi, g in enumerate(self.param_groups):
-                checks.check_hyperparameters(g, f"param group {gi}", self.defaults, read_device_lr=False)
+                self._check_hyperparameters(g, f"param group {gi}", read_device_lr=False)
             self._check_groups(list(range(len(self.param_groups))), {})
         path = self._path(group)
         fused, master_weights = path == "fused", group["master_weights"]
