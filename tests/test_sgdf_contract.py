@@ -11,6 +11,7 @@ import math
 
 import pytest
 import torch
+import torch.utils._pytree as pytree
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -351,6 +352,51 @@ def test_one_grad_shared_by_params_of_two_groups_steps_where_only_read(device, p
             params[0].grad, params[1].grad = (grad, grad) if shared else (grad, grad.clone())
             opt.step()
         results.append([p.detach().clone() for p in params])
+    for got, want in zip(*results):
+        assert torch.equal(got, want)
+
+
+class _OwnOpsTensor(torch.Tensor):
+    """A tensor subclass that runs torch's ops on the tensor it wraps and knows no other op, as torchao's do."""
+
+    @staticmethod
+    def __new__(cls, elem):
+        return torch.Tensor._make_wrapper_subclass(cls, elem.shape, dtype=elem.dtype, device=elem.device,
+                                                   strides=elem.stride())
+
+    def __init__(self, elem):
+        self.elem = elem
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        if func.namespace != "aten":
+            raise NotImplementedError(f"{cls.__name__} does not implement {func}")
+        unwrap = lambda t: t.elem if isinstance(t, cls) else t  # noqa: E731
+        out = func(*pytree.tree_map(unwrap, args), **pytree.tree_map(unwrap, kwargs or {}))
+        returns = func._schema.returns
+        if not returns:
+            return None
+        if returns[0].alias_info is not None and returns[0].alias_info.is_write:  # in place: the tensor written
+            return args[0]
+        return pytree.tree_map_only(torch.Tensor, cls, out)
+
+
+@pytest.mark.parametrize("path", ["foreach", "single"])
+def test_params_of_a_subclass_that_runs_its_own_ops_step_on_foreach_paths(device, path):
+    """Tensor subclasses that implement torch's ops (the foreach paths' ops) but not the kernel's step on those paths
+    at every step, as plain tensors do (the kernel's call, which checks such groups once they have state, leaves
+    them to the Python checks)."""
+    results = []
+    for wrap in (True, False):
+        params = [torch.nn.Parameter(_OwnOpsTensor(p.detach()) if wrap else p.detach()) for p in _model(device)]
+        opt = SGDF([{"params": params[:1]}, {"params": params[1:], "lr": 0.02}], lr=0.05, **PATHS[path])
+        for step in range(3):
+            _fill_grads(params, seed=step)
+            if wrap:
+                for p in params:
+                    p.grad = _OwnOpsTensor(p.grad)
+            opt.step()
+        results.append([p.elem if wrap else p.detach() for p in params])
     for got, want in zip(*results):
         assert torch.equal(got, want)
 
