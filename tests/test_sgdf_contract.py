@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sgdf_erd import SGDF, AdaSGDF
+from tests.devices import requires_cuda
 from tests.reference.sgdf_reference import ReferenceSGDF
 
 PATHS = {
@@ -351,6 +352,27 @@ def test_one_grad_shared_by_params_of_two_groups_steps_where_only_read(device, p
             grad = torch.randn(4, generator=torch.Generator().manual_seed(10 + step)).to(device)
             params[0].grad, params[1].grad = (grad, grad) if shared else (grad, grad.clone())
             opt.step()
+        results.append([p.detach().clone() for p in params])
+    for got, want in zip(*results):
+        assert torch.equal(got, want)
+
+
+@requires_cuda
+@pytest.mark.parametrize("path", ["foreach", "single"])
+def test_step_counts_on_host_and_device_in_one_group_step(path):
+    """A non-capturable group off the fused path keeps its step counts on the host, and the checks accept one on
+    the parameter's device too (e.g. from a time the group was fused): such a group steps, whichever param comes
+    first (the kernel's call, which takes step counts only on the device, leaves these groups to the Python
+    checks)."""
+    results = []
+    for moved in (True, False):
+        params = _model("cuda")
+        opt = SGDF([{"params": params[:1]}, {"params": params[1:], "lr": 0.02}], lr=0.05, **PATHS[path])
+        for step in range(3):
+            _fill_grads(params, seed=step)
+            opt.step()
+            if moved and step == 0:
+                opt.state[params[1]]["step"] = opt.state[params[1]]["step"].cuda()  # the first of its group
         results.append([p.detach().clone() for p in params])
     for got, want in zip(*results):
         assert torch.equal(got, want)

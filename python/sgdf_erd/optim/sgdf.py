@@ -310,6 +310,8 @@ class SGDF(Optimizer):
             params, grads, states = ([x[i] for i in kept] for x in (params, grads, states))
         if not params:
             return None
+        if params[0].device.type != "cpu" and not (_kernel_path(group) or group["capturable"]):
+            return None  # (its step counts may be on the host, as the Python checks accept, which the kernel refuses)
         keys = ("step", *checks.moment_keys(group), *("master_param",) * group["master_weights"],
                 *("rounding_seed",) * group["stochastic_rounding"])
         try:
