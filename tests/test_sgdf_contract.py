@@ -338,11 +338,13 @@ def test_state_in_another_layout_is_converted_and_steps(device, key, edit):
         assert torch.equal(got, want)
 
 
+@pytest.mark.parametrize("second_starts", [0, 1])
 @pytest.mark.parametrize("path", ["foreach", "single"])
-def test_one_grad_shared_by_params_of_two_groups_steps_where_only_read(device, path):
+def test_one_grad_shared_by_params_of_two_groups_steps_where_only_read(device, path, second_starts):
     """foreach and single-tensor steps only read gradients, so one gradient may serve params of two groups (after
-    the first step the kernel's call checks these groups too, without stepping them): the steps equal those with
-    a copy each."""
+    the first step the kernel's call checks these groups too, without stepping them; with `second_starts` 1 the
+    second group, without state at step 1, is checked in Python then, beside the first in the kernel's call): the
+    steps equal those with a copy each."""
     results = []
     for shared in (True, False):
         params = [torch.nn.Parameter(torch.randn(4, generator=torch.Generator().manual_seed(i)).to(device))
@@ -351,6 +353,8 @@ def test_one_grad_shared_by_params_of_two_groups_steps_where_only_read(device, p
         for step in range(3):
             grad = torch.randn(4, generator=torch.Generator().manual_seed(10 + step)).to(device)
             params[0].grad, params[1].grad = (grad, grad) if shared else (grad, grad.clone())
+            if step < second_starts:
+                params[1].grad = None
             opt.step()
         results.append([p.detach().clone() for p in params])
     for got, want in zip(*results):
