@@ -8,6 +8,7 @@ state saved from a channels_last model) must work and match the float64 referenc
 
 import copy
 import math
+import re
 
 import pytest
 import torch
@@ -359,6 +360,18 @@ def test_one_grad_shared_by_params_of_two_groups_steps_where_only_read(device, p
         results.append([p.detach().clone() for p in params])
     for got, want in zip(*results):
         assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_step_count_of_another_dtype_is_refused_naming_where_it_belongs(device, path):
+    """The message names the device(s) a step count may be on: the parameter's, or the CPU too for a group that
+    keeps them on the host (not capturable, not fused) with params elsewhere."""
+    params, opt = _stepped(device, path)
+    opt.state[params[-1]]["step"] = opt.state[params[-1]]["step"].double()
+    on_host = path in ("foreach", "single") and device.type != "cpu"
+    places = f"{'the CPU or ' if on_host else ''}{params[-1].device}"
+    with pytest.raises(ValueError, match=re.escape(f"tensor on {places}:")):
+        opt.step()
 
 
 @requires_cuda
