@@ -8,13 +8,16 @@ state saved from a channels_last model) must work and match the float64 referenc
 
 import copy
 import math
+import re
 
 import pytest
 import torch
+import torch.utils._pytree as pytree
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sgdf_erd import SGDF, AdaSGDF
+from tests.devices import requires_cuda
 from tests.reference.sgdf_reference import ReferenceSGDF
 
 PATHS = {
@@ -336,11 +339,13 @@ def test_state_in_another_layout_is_converted_and_steps(device, key, edit):
         assert torch.equal(got, want)
 
 
+@pytest.mark.parametrize("second_starts", [0, 1])
 @pytest.mark.parametrize("path", ["foreach", "single"])
-def test_one_grad_shared_by_params_of_two_groups_steps_where_only_read(device, path):
+def test_one_grad_shared_by_params_of_two_groups_steps_where_only_read(device, path, second_starts):
     """foreach and single-tensor steps only read gradients, so one gradient may serve params of two groups (after
-    the first step the kernel's call checks these groups too, without stepping them): the steps equal those with
-    a copy each."""
+    the first step the kernel's call checks these groups too, without stepping them; with `second_starts` 1 the
+    second group, without state at step 1, is checked in Python then, beside the first in the kernel's call): the
+    steps equal those with a copy each."""
     results = []
     for shared in (True, False):
         params = [torch.nn.Parameter(torch.randn(4, generator=torch.Generator().manual_seed(i)).to(device))
@@ -349,8 +354,88 @@ def test_one_grad_shared_by_params_of_two_groups_steps_where_only_read(device, p
         for step in range(3):
             grad = torch.randn(4, generator=torch.Generator().manual_seed(10 + step)).to(device)
             params[0].grad, params[1].grad = (grad, grad) if shared else (grad, grad.clone())
+            if step < second_starts:
+                params[1].grad = None
             opt.step()
         results.append([p.detach().clone() for p in params])
+    for got, want in zip(*results):
+        assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_step_count_of_another_dtype_is_refused_naming_where_it_belongs(device, path):
+    """The message names the device(s) a step count may be on: the parameter's, or the CPU too for a group that
+    keeps them on the host (not capturable, not fused) with params elsewhere."""
+    params, opt = _stepped(device, path)
+    opt.state[params[-1]]["step"] = opt.state[params[-1]]["step"].double()
+    on_host = path in ("foreach", "single") and device.type != "cpu"
+    places = f"{'the CPU or ' if on_host else ''}{params[-1].device}"
+    with pytest.raises(ValueError, match=re.escape(f"tensor on {places}:")):
+        opt.step()
+
+
+@requires_cuda
+@pytest.mark.parametrize("path", ["foreach", "single"])
+def test_step_counts_on_host_and_device_in_one_group_step(path):
+    """A non-capturable group off the fused path keeps its step counts on the host, and the checks accept one on
+    the parameter's device too (e.g. from a time the group was fused): such a group steps, whichever param comes
+    first (the kernel's call, which takes step counts only on the device, leaves these groups to the Python
+    checks)."""
+    results = []
+    for moved in (True, False):
+        params = _model("cuda")
+        opt = SGDF([{"params": params[:1]}, {"params": params[1:], "lr": 0.02}], lr=0.05, **PATHS[path])
+        for step in range(3):
+            _fill_grads(params, seed=step)
+            opt.step()
+            if moved and step == 0:
+                opt.state[params[1]]["step"] = opt.state[params[1]]["step"].cuda()  # the first of its group
+        results.append([p.detach().clone() for p in params])
+    for got, want in zip(*results):
+        assert torch.equal(got, want)
+
+
+class _OwnOpsTensor(torch.Tensor):
+    """A tensor subclass that runs torch's ops on the tensor it wraps and knows no other op, as torchao's do."""
+
+    @staticmethod
+    def __new__(cls, elem):
+        return torch.Tensor._make_wrapper_subclass(cls, elem.shape, dtype=elem.dtype, device=elem.device,
+                                                   strides=elem.stride())
+
+    def __init__(self, elem):
+        self.elem = elem
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        if func.namespace != "aten":
+            raise NotImplementedError(f"{cls.__name__} does not implement {func}")
+        unwrap = lambda t: t.elem if isinstance(t, cls) else t  # noqa: E731
+        out = func(*pytree.tree_map(unwrap, args), **pytree.tree_map(unwrap, kwargs or {}))
+        returns = func._schema.returns
+        if not returns:
+            return None
+        if returns[0].alias_info is not None and returns[0].alias_info.is_write:  # in place: the tensor written
+            return args[0]
+        return pytree.tree_map_only(torch.Tensor, cls, out)
+
+
+@pytest.mark.parametrize("path", ["foreach", "single"])
+def test_params_of_a_subclass_that_runs_its_own_ops_step_on_foreach_paths(device, path):
+    """Tensor subclasses that implement torch's ops (the foreach paths' ops) but not the kernel's step on those paths
+    at every step, as plain tensors do (the kernel's call, which checks such groups once they have state, leaves
+    them to the Python checks)."""
+    results = []
+    for wrap in (True, False):
+        params = [torch.nn.Parameter(_OwnOpsTensor(p.detach()) if wrap else p.detach()) for p in _model(device)]
+        opt = SGDF([{"params": params[:1]}, {"params": params[1:], "lr": 0.02}], lr=0.05, **PATHS[path])
+        for step in range(3):
+            _fill_grads(params, seed=step)
+            if wrap:
+                for p in params:
+                    p.grad = _OwnOpsTensor(p.grad)
+            opt.step()
+        results.append([p.elem if wrap else p.detach() for p in params])
     for got, want in zip(*results):
         assert torch.equal(got, want)
 

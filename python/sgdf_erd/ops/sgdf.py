@@ -109,9 +109,11 @@ def fused_sgdf_grouped_(params: List[Tensor], grads: List[Tensor], exp_avgs: Lis
     value per group; ``lr_tensor`` one entry per group, a tensor replacing the group's ``lr`` or None.
     ``master_params`` and ``rounding_seeds`` hold one entry per param of the groups whose option is set, in group
     order. ``preconditioner`` (one for the call) and ``exp_avg_sqs`` (with "second_moment", one per param) as in
-    fused_sgdf_. ``check_only`` (empty, or one value per group): groups checked with the others (shared memory
-    included) and left unchanged, for a caller that steps them otherwise. Refusals raise RuntimeError (ValueError for a seed out of range) with messages starting with
-    FUSED_SGDF_REFUSED. A call without any tensor does nothing.
+    fused_sgdf_. ``check_only`` (empty, or one value per group): groups checked with the others and left
+    unchanged, for a caller that steps them otherwise; their gradients count as only read there (they may share
+    memory with each other, not with a tensor the call or such a step writes). Refusals raise RuntimeError
+    (ValueError for a seed out of range) with messages starting with FUSED_SGDF_REFUSED. A call without any tensor
+    does nothing.
     """
     op = "sgdf_erd::fused_sgdf_grouped_"
     rounding_seeds = _int_list(op, "rounding_seeds", rounding_seeds)

@@ -314,6 +314,8 @@ class SGDF(Optimizer):
             params, grads, states = ([x[i] for i in kept] for x in (params, grads, states))
         if not params:
             return None
+        if params[0].device.type != "cpu" and not (_kernel_path(group) or group["capturable"]):
+            return None  # (its step counts may be on the host, as the Python checks accept, which the kernel refuses)
         keys = ("step", *checks.moment_keys(group), *("master_param",) * group["master_weights"],
                 *("rounding_seed",) * group["stochastic_rounding"])
         try:
@@ -345,6 +347,8 @@ class SGDF(Optimizer):
                 # (a seed edited by hand: the kernel's int[] would take a bool)
                 or ("exp_avg_sq" in keys and any(map(Tensor.is_neg, lists[keys.index("exp_avg_sq")])))):
             return False  # (exp_avg_sqs: an optional list of the kernel's, which torch's negation fallback skips)
+        if not _kernel_path(group) and _dispatches_itself([*params, *grads]):
+            return False  # (its foreach ops reach the subclass as torch's ops; the kernel's op may be unknown to it)
         tensors = [params, grads, *lists[1:len(lists) - group["stochastic_rounding"]]]  # (moments, master copies)
         if not (_kernel_path(group) or torch.is_inference_mode_enabled()) and any(
                 any(map(Tensor.is_inference, ts)) for ts in (*tensors, lists[0])):
@@ -513,6 +517,12 @@ def _has_dtensor(params: List[Tensor]) -> bool:
     same update in torch ops compiles correctly. docs/sgdf.md has a reproducer without SGDF."""
     dtensor = _dtensor.dtensor_type()
     return dtensor is not None and any(issubclass(kind, dtensor) for kind in set(map(type, params)))
+
+
+def _dispatches_itself(tensors: List[Tensor]) -> bool:
+    """Whether a tensor subclass with a __torch_dispatch__ of its own is among `tensors` (DTensor, torchao's
+    quantized tensors, ...): it runs every op on them itself, and may implement torch's ops but not the kernel's."""
+    return any(kind.__torch_dispatch__ is not Tensor.__torch_dispatch__ for kind in set(map(type, tensors)))
 
 
 def _like(p: Tensor, dtype: torch.dtype) -> Tensor:

@@ -355,9 +355,9 @@ def check_state(p: Tensor, state: dict, group: dict, on_device: bool, where: str
             (step.device == p.device or (not on_device and step.device.type == "cpu")) and
             step.device.type != "meta"):
         found = _describe(step) if isinstance(step, Tensor) else type(step).__name__
+        places = p.device if on_device or p.device.type == "cpu" else f"the CPU or {p.device}"
         raise ValueError(f"SGDF: the state of {where} holds 'step' as {found}; it must be a one-element float32 "
-                         f"tensor on {p.device if on_device else 'the CPU or ' + str(p.device)}: restore it from the "
-                         "optimizer's state_dict")
+                         f"tensor on {places}: restore it from the optimizer's state_dict")
     _check_written(step, f"'step' of {where}")
     # a step count of NaN, inf or below 0 would turn the weights into NaN; read where that costs no synchronisation
     count = float(step) if step.device.type == "cpu" else 0.0
