@@ -355,6 +355,37 @@ def test_one_grad_shared_by_params_of_two_groups_steps_where_only_read(device, p
         assert torch.equal(got, want)
 
 
+@pytest.mark.parametrize("orthogonalize", [False, True])  # True: the later group is checked in Python
+@pytest.mark.parametrize("path", list(PATHS))
+def test_tensor_lr_sharing_memory_with_its_groups_state_changes_nothing(device, path, orthogonalize):
+    """A tensor `lr` that views a state tensor of its group would be read while the step writes it: refused, on
+    every path, before anything changes (the kernel's call refused it for the groups it checks, the Python checks
+    did not, so foreach stepped on the first path and an earlier group stepped before the refusal on the other)."""
+    params, opt = _stepped(device, path)
+    opt.param_groups[-1]["orthogonalize"] = orthogonalize
+    exp_avg = opt.state[params[-1]]["exp_avg"]
+    exp_avg.view(-1)[0] = 0.01
+    opt.param_groups[-1]["lr"] = exp_avg.view(-1)[0]
+    before = _snapshot(opt)
+    with pytest.raises(ValueError, match="`lr` of param group 1 and 'exp_avg'"):
+        opt.step()
+    _assert_unchanged(opt, before)
+
+
+@pytest.mark.parametrize("stepped_before", [False, True])  # True: the groups are checked by one kernel call
+@pytest.mark.parametrize("path", ["default", "fused"])
+def test_grad_scale_sharing_memory_with_a_later_groups_grad_changes_nothing(device, path, stepped_before):
+    """The fused kernel unscales gradients in place by `grad_scale`: one sharing memory with a gradient of a later
+    group is refused before the first group steps."""
+    params, opt = _stepped(device, path, steps=2 if stepped_before else 0)
+    params[-1].grad.view(-1)[0] = 2.0
+    opt.grad_scale, opt.found_inf = params[-1].grad.view(-1)[0], torch.zeros((), device=device)
+    before = _snapshot(opt)
+    with pytest.raises(ValueError, match="`grad_scale` and the gradient of parameter 1 of param group 1"):
+        opt.step()
+    _assert_unchanged(opt, before)
+
+
 @pytest.mark.parametrize("path", list(PATHS))
 def test_param_emptied_after_stepping_is_skipped_on_every_path(device, path):
     """A param whose .data was replaced by an empty tensor keeps its (stale) state and is skipped, as every empty

@@ -356,7 +356,11 @@ class SGDF(Optimizer):
         grads and state of each group, then memory shared by any two tensors a step reads or writes, in all
         groups. Nothing changes here."""
         unscaling = getattr(self, "grad_scale", None) is not None  # (the fused kernel then writes the gradients)
-        operands = []  # (tensor, written, what it is)
+        # (tensor, written, what it is); the kernel reads grad_scale, found_inf and a tensor lr with every group
+        operands = [(t, False, f"the optimizer's `{name}`") for name in ("grad_scale", "found_inf")
+                    for t in [getattr(self, name, None)] if isinstance(t, Tensor)]
+        operands += [(self.param_groups[gi]["lr"], False, f"the `lr` of param group {gi}")
+                     for gi in (*group_indices, *in_one_call) if isinstance(self.param_groups[gi]["lr"], Tensor)]
         for gi in group_indices:
             group = self.param_groups[gi]
             path = self._path(group)
