@@ -386,6 +386,23 @@ def test_grad_scale_sharing_memory_with_a_later_groups_grad_changes_nothing(devi
     _assert_unchanged(opt, before)
 
 
+@pytest.mark.parametrize("groups", ["one", "two"])
+@pytest.mark.parametrize("path", list(PATHS))
+def test_tensor_lr_with_the_negative_bit_steps_as_its_value(device, path, groups):
+    """A tensor `lr` that is a lazily negated view (of a negative number) is the positive number it reads as: the
+    kernel's call, which reads its memory, refused it as negative on the groups it checks after the first step."""
+    results = []
+    for negated in (True, False):
+        params, opt = _stepped(device, path, groups=groups)
+        lr = torch._neg_view(torch.tensor(-0.03, device=device)) if negated else torch.tensor(0.03, device=device)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        opt.step()
+        results.append([p.detach().clone() for p in params])
+    for got, want in zip(*results):
+        assert torch.equal(got, want)
+
+
 @pytest.mark.parametrize("path", list(PATHS))
 def test_param_emptied_after_stepping_is_skipped_on_every_path(device, path):
     """A param whose .data was replaced by an empty tensor keeps its (stale) state and is skipped, as every empty
