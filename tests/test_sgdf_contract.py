@@ -403,6 +403,28 @@ def test_tensor_lr_with_the_negative_bit_steps_as_its_value(device, path, groups
         assert torch.equal(got, want)
 
 
+@pytest.mark.parametrize("steps", [0, 2])  # 2: the groups are checked by one kernel call
+@pytest.mark.parametrize("path", list(PATHS))
+def test_efficient_zero_grad_in_a_later_group(device, path, steps):
+    """An efficient zero gradient (torch._efficientzerotensor), which torch's dispatch refuses to the kernel as an
+    argument it may write: the fused paths refuse it before anything changes (the first group stepped first), the
+    foreach and single-tensor paths step it as zeros (the kernel's call refused it after the first step)."""
+    results = []
+    for zero in (torch._efficientzerotensor, torch.zeros):
+        params, opt = _stepped(device, path, steps=steps)
+        params[-1].grad = zero(params[-1].shape, device=device)
+        if path in ("default", "fused") and zero is torch._efficientzerotensor:
+            before = _snapshot(opt)
+            with pytest.raises(ValueError, match="gradient of parameter 1 of param group 1 is an efficient zero"):
+                opt.step()
+            _assert_unchanged(opt, before)
+            return
+        opt.step()
+        results.append([p.detach().clone() for p in params])
+    for got, want in zip(*results):
+        assert torch.equal(got, want)
+
+
 @pytest.mark.parametrize("path", list(PATHS))
 def test_param_emptied_after_stepping_is_skipped_on_every_path(device, path):
     """A param whose .data was replaced by an empty tensor keeps its (stale) state and is skipped, as every empty

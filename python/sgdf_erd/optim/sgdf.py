@@ -345,6 +345,8 @@ class SGDF(Optimizer):
         if not (_kernel_path(group) or torch.is_inference_mode_enabled()) and any(
                 any(map(Tensor.is_inference, ts)) for ts in (*tensors, lists[0])):
             return False  # (torch's in-place ops refuse them, as the Python checks do; the kernel cannot tell)
+        if not _kernel_path(group) and any(map(Tensor._is_zerotensor, grads)):
+            return False  # (an efficient zero gradient: foreach reads it, torch's dispatch refuses it to the kernel)
         if all(map(Tensor.is_contiguous, itertools.chain(*tensors))):
             return True
         # another dense layout (e.g. channels_last) the kernel walks as well, if the grad and state share it
@@ -374,7 +376,7 @@ class SGDF(Optimizer):
                 if grad is None or p.numel() == 0:
                     continue
                 where = f"parameter {i} of param group {gi}"
-                checks.check_grad(p, grad, where, written=unscaling and path == "fused")
+                checks.check_grad(p, grad, where, written=unscaling and path == "fused", fused=path == "fused")
                 state = self.state.get(p, {})
                 checks.check_state(p, state, group, on_device, where)  # (an empty one is made after the checks)
                 # the fused kernel unscales gradients in place: none may serve two params there
