@@ -372,6 +372,21 @@ def test_tensor_lr_sharing_memory_with_its_groups_state_changes_nothing(device, 
     _assert_unchanged(opt, before)
 
 
+@pytest.mark.parametrize("path", list(PATHS))
+def test_tensor_lr_viewing_a_param_of_its_group_is_refused_on_the_first_step(device, path):
+    """On the first step (groups checked in Python) too: the single-tensor path reads the lr again for each param,
+    after writing the earlier ones (a silently wrong step), and a later fused group's own kernel call refused it
+    after the first group stepped."""
+    params, opt = _stepped(device, path, steps=0)
+    with torch.no_grad():
+        params[-1].view(-1)[0] = 0.01
+    opt.param_groups[-1]["lr"] = params[-1].detach().view(-1)[0]
+    before = _snapshot(opt)
+    with pytest.raises(ValueError, match="`lr` of param group 1 and parameter 1 of param group 1"):
+        opt.step()
+    _assert_unchanged(opt, before)
+
+
 @pytest.mark.parametrize("stepped_before", [False, True])  # True: the groups are checked by one kernel call
 @pytest.mark.parametrize("path", ["default", "fused"])
 def test_grad_scale_sharing_memory_with_a_later_groups_grad_changes_nothing(device, path, stepped_before):
