@@ -362,6 +362,91 @@ def test_one_grad_shared_by_params_of_two_groups_steps_where_only_read(device, p
         assert torch.equal(got, want)
 
 
+@pytest.mark.parametrize("orthogonalize", [False, True])  # True: the later group is checked in Python
+@pytest.mark.parametrize("path", list(PATHS))
+def test_tensor_lr_sharing_memory_with_its_groups_state_changes_nothing(device, path, orthogonalize):
+    """A tensor `lr` that views a state tensor of its group would be read while the step writes it: refused, on
+    every path, before anything changes (the kernel's call refused it for the groups it checks, the Python checks
+    did not, so foreach stepped on the first path and an earlier group stepped before the refusal on the other)."""
+    params, opt = _stepped(device, path)
+    opt.param_groups[-1]["orthogonalize"] = orthogonalize
+    exp_avg = opt.state[params[-1]]["exp_avg"]
+    exp_avg.view(-1)[0] = 0.01
+    opt.param_groups[-1]["lr"] = exp_avg.view(-1)[0]
+    before = _snapshot(opt)
+    with pytest.raises(ValueError, match="`lr` of param group 1 and 'exp_avg'"):
+        opt.step()
+    _assert_unchanged(opt, before)
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_tensor_lr_viewing_a_param_of_its_group_is_refused_on_the_first_step(device, path):
+    """On the first step (groups checked in Python) too: the single-tensor path reads the lr again for each param,
+    after writing the earlier ones (a silently wrong step), and a later fused group's own kernel call refused it
+    after the first group stepped."""
+    params, opt = _stepped(device, path, steps=0)
+    with torch.no_grad():
+        params[-1].view(-1)[0] = 0.01
+    opt.param_groups[-1]["lr"] = params[-1].detach().view(-1)[0]
+    before = _snapshot(opt)
+    with pytest.raises(ValueError, match="`lr` of param group 1 and parameter 1 of param group 1"):
+        opt.step()
+    _assert_unchanged(opt, before)
+
+
+@pytest.mark.parametrize("stepped_before", [False, True])  # True: the groups are checked by one kernel call
+@pytest.mark.parametrize("path", ["default", "fused"])
+def test_grad_scale_sharing_memory_with_a_later_groups_grad_changes_nothing(device, path, stepped_before):
+    """The fused kernel unscales gradients in place by `grad_scale`: one sharing memory with a gradient of a later
+    group is refused before the first group steps."""
+    params, opt = _stepped(device, path, steps=2 if stepped_before else 0)
+    params[-1].grad.view(-1)[0] = 2.0
+    opt.grad_scale, opt.found_inf = params[-1].grad.view(-1)[0], torch.zeros((), device=device)
+    before = _snapshot(opt)
+    with pytest.raises(ValueError, match="`grad_scale` and the gradient of parameter 1 of param group 1"):
+        opt.step()
+    _assert_unchanged(opt, before)
+
+
+@pytest.mark.parametrize("groups", ["one", "two"])
+@pytest.mark.parametrize("path", list(PATHS))
+def test_tensor_lr_with_the_negative_bit_steps_as_its_value(device, path, groups):
+    """A tensor `lr` that is a lazily negated view (of a negative number) is the positive number it reads as: the
+    kernel's call, which reads its memory, refused it as negative on the groups it checks after the first step."""
+    results = []
+    for negated in (True, False):
+        params, opt = _stepped(device, path, groups=groups)
+        lr = torch._neg_view(torch.tensor(-0.03, device=device)) if negated else torch.tensor(0.03, device=device)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        opt.step()
+        results.append([p.detach().clone() for p in params])
+    for got, want in zip(*results):
+        assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("steps", [0, 2])  # 2: the groups are checked by one kernel call
+@pytest.mark.parametrize("path", list(PATHS))
+def test_efficient_zero_grad_in_a_later_group(device, path, steps):
+    """An efficient zero gradient (torch._efficientzerotensor), which torch's dispatch refuses to the kernel as an
+    argument it may write: the fused paths refuse it before anything changes (the first group stepped first), the
+    foreach and single-tensor paths step it as zeros (the kernel's call refused it after the first step)."""
+    results = []
+    for zero in (torch._efficientzerotensor, torch.zeros):
+        params, opt = _stepped(device, path, steps=steps)
+        params[-1].grad = zero(params[-1].shape, device=device)
+        if path in ("default", "fused") and zero is torch._efficientzerotensor:
+            before = _snapshot(opt)
+            with pytest.raises(ValueError, match="gradient of parameter 1 of param group 1 is an efficient zero"):
+                opt.step()
+            _assert_unchanged(opt, before)
+            return
+        opt.step()
+        results.append([p.detach().clone() for p in params])
+    for got, want in zip(*results):
+        assert torch.equal(got, want)
+
+
 @pytest.mark.parametrize("path", list(PATHS))
 def test_step_count_of_another_dtype_is_refused_naming_where_it_belongs(device, path):
     """The message names the device(s) a step count may be on: the parameter's, or the CPU too for a group that

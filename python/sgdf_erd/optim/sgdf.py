@@ -353,6 +353,8 @@ class SGDF(Optimizer):
         if not (_kernel_path(group) or torch.is_inference_mode_enabled()) and any(
                 any(map(Tensor.is_inference, ts)) for ts in (*tensors, lists[0])):
             return False  # (torch's in-place ops refuse them, as the Python checks do; the kernel cannot tell)
+        if not _kernel_path(group) and any(map(Tensor._is_zerotensor, grads)):
+            return False  # (an efficient zero gradient: foreach reads it, torch's dispatch refuses it to the kernel)
         if all(map(Tensor.is_contiguous, itertools.chain(*tensors))):
             return True
         # another dense layout (e.g. channels_last) the kernel walks as well, if the grad and state share it
@@ -364,7 +366,11 @@ class SGDF(Optimizer):
         grads and state of each group, then memory shared by any two tensors a step reads or writes, in all
         groups. Nothing changes here."""
         unscaling = getattr(self, "grad_scale", None) is not None  # (the fused kernel then writes the gradients)
-        operands = []  # (tensor, written, what it is)
+        # (tensor, written, what it is); the kernel reads grad_scale, found_inf and a tensor lr with every group
+        operands = [(t, False, f"the optimizer's `{name}`") for name in ("grad_scale", "found_inf")
+                    for t in [getattr(self, name, None)] if isinstance(t, Tensor)]
+        operands += [(self.param_groups[gi]["lr"], False, f"the `lr` of param group {gi}")
+                     for gi in (*group_indices, *in_one_call) if isinstance(self.param_groups[gi]["lr"], Tensor)]
         for gi in group_indices:
             group = self.param_groups[gi]
             path = self._path(group)
@@ -378,7 +384,7 @@ class SGDF(Optimizer):
                 if grad is None or p.numel() == 0:
                     continue
                 where = f"parameter {i} of param group {gi}"
-                checks.check_grad(p, grad, where, written=unscaling and path == "fused")
+                checks.check_grad(p, grad, where, written=unscaling and path == "fused", fused=path == "fused")
                 state = self.state.get(p, {})
                 checks.check_state(p, state, group, on_device, where)  # (an empty one is made after the checks)
                 # the fused kernel unscales gradients in place: none may serve two params there

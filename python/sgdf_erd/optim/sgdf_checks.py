@@ -292,8 +292,9 @@ def check_fused_support(params: Sequence[Tensor], group: dict, group_index: int)
 
 
 # ------------------------------------------------------------------------------------------ step inputs
-def check_grad(p: Tensor, grad: Tensor, where: str, written: bool = False) -> None:
-    """`written`: the step writes the gradient (the fused kernel unscales it in place for a GradScaler)."""
+def check_grad(p: Tensor, grad: Tensor, where: str, written: bool = False, fused: bool = False) -> None:
+    """`written`: the step writes the gradient (the fused kernel unscales it in place for a GradScaler); `fused`:
+    the fused kernel takes it."""
     if grad.layout is not torch.strided:
         raise RuntimeError(f"SGDF: the gradient of {where} is {grad.layout}; SGDF does not support sparse "
                            "gradients: use a dense gradient (for example nn.Embedding(sparse=False)) or "
@@ -306,6 +307,10 @@ def check_grad(p: Tensor, grad: Tensor, where: str, written: bool = False) -> No
     if grad.is_neg():
         raise ValueError(f"SGDF: the gradient of {where} has the negative bit set (a lazily negated view, such as "
                          "torch._neg_view gives); pass grad.resolve_neg()")
+    if fused and grad._is_zerotensor():  # (torch's dispatch refuses it as an argument the kernel may write)
+        raise ValueError(f"SGDF: the gradient of {where} is an efficient zero tensor (torch._efficientzerotensor), "
+                         "which the fused kernel cannot take; materialize it (p.grad = torch.zeros_like(p)), or "
+                         "use foreach=True for this group")
     if written:  # (a conjugate one is resolved into a copy, written back through the view)
         _check_written(grad, f"the gradient of {where}", "give it memory of its own (p.grad = p.grad.clone())",
                        conjugate_ok=True)

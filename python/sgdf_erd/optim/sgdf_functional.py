@@ -281,8 +281,10 @@ def scalar_on(device: torch.device, t: Optional[Tensor], moved: dict) -> Optiona
     if (device, id(t)) not in moved:
         # Only a copy *to* a CUDA device may be non-blocking (it is ordered on the stream before the kernel); a
         # non-blocking copy to the CPU returns before the value has arrived, and the CPU kernel reads it at once.
+        # (a lazily negated one resolved: the kernel reads its memory, and torch's negation fallback skips the
+        # kernel's list of optional lr tensors)
         moved[(device, id(t))] = t.to(device=device, dtype=torch.float32,
-                                      non_blocking=device.type == "cuda").reshape(1)
+                                      non_blocking=device.type == "cuda").resolve_neg().reshape(1)
     return moved[(device, id(t))]
 
 
