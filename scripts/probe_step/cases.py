@@ -1,4 +1,4 @@
-"""Cases for probe/harness.py: edits made after `pre` steps (0: before the first step), in the edited group
+"""Cases for scripts/probe_step/harness.py: edits made after `pre` steps (0: before the first step), in the edited group
 (ctx.target, group 0: foreach in 'mixed', single in 'mixed2', the path's own elsewhere)."""
 import torch
 from torch import Tensor

@@ -1,5 +1,5 @@
 """Summarise probe results and compare them with a run of the old code (10145ee).
-Usage: python probe/classify.py new.jsonl [old.jsonl]"""
+Usage: python scripts/probe_step/classify.py new.jsonl [old.jsonl]"""
 import collections, json, sys
 
 

@@ -10,12 +10,12 @@ every group) accept the same state (KERNEL_REFUSES_PY_ACCEPTS when they do); the
 and change nothing.
 
 PROBE_TREE=old runs the code of 10145ee (exported to /tmp/probe3_old/python, same _C.abi3.so) for a comparison.
-Usage: python probe/harness.py [name-filter] [out.jsonl]
+Usage: python scripts/probe_step/harness.py [name-filter] [out.jsonl]
 """
 import copy, json, os, select, signal, sys, time, traceback
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-TREE = '/tmp/probe3_old/python' if os.environ.get('PROBE_TREE') == 'old' else os.path.join(HERE, '..', 'python')
+TREE = '/tmp/probe3_old/python' if os.environ.get('PROBE_TREE') == 'old' else os.path.join(HERE, '..', '..', 'python')
 sys.path[:0] = [TREE, HERE]
 import torch
 from torch import Tensor

@@ -1,7 +1,7 @@
 """Cross-path check: the same data stepped 4 times on every path (default, fused, foreach, single, mixed, mixed2;
 1-3 groups; every config) must agree with the single-tensor path up to float tolerance. The harness compares each
 case with the same optimizer, so a fault shared by a path and its reference shows only here.
-Usage: python probe/crosspath.py"""
+Usage: python scripts/probe_step/crosspath.py"""
 import os, sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch
