@@ -149,6 +149,9 @@ BAD_STEPS = {
     "lr_negative": (_set_later_group("lr", -1.0), ValueError, "lr"),
     "lr_nan": (_set_later_group("lr", float("nan")), ValueError, "lr"),
     "lr_inf": (_set_later_group("lr", float("inf")), ValueError, "lr"),
+    # beyond float32 (the arithmetic of every path): foreach refused it midway through the step (probe, F4)
+    "lr_beyond_float32": (_set_later_group("lr", 1e39), ValueError, "lr=1e\\+39"),
+    "weight_decay_beyond_float32": (_set_later_group("weight_decay", 1e39), ValueError, "weight_decay=1e\\+39"),
     "lr_cpu_tensor_nan": (_set_later_group("lr", lambda d: torch.tensor(float("nan"))), ValueError, "lr"),
     "lr_cpu_tensor_negative": (_set_later_group("lr", lambda d: torch.tensor(-0.1)), ValueError, "lr"),
     "lr_int_tensor": (_set_later_group("lr", lambda d: torch.tensor(1, device=d)), TypeError, "lr"),

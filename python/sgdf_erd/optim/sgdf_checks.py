@@ -132,7 +132,8 @@ def check_hyperparameters(group: dict, where: str, keys: Iterable[str] = GROUP_K
             raise ValueError(f"SGDF ({where}): invalid betas[{i}]={b!r}; each beta must be a float in [0, 1)")
     _check_number(group, "eps", where, lambda v: v >= 0.0, "a finite float >= 0")
     _check_number(group, "gamma", where, lambda v: v > 0.0, "a finite float > 0 (0.5 is the release default)")
-    _check_number(group, "weight_decay", where, lambda v: v >= 0.0, "a finite float >= 0")
+    _check_number(group, "weight_decay", where, lambda v: 0.0 <= v <= _FLOAT32_MAX,
+                  f"a float >= 0 and <= {_FLOAT32_MAX:.4g} (the float32 arithmetic's range)")
     for key in ("decoupled_weight_decay", "sign", "orthogonalize", "maximize", "capturable", "stochastic_rounding",
                 "master_weights"):
         if not isinstance(group[key], bool):
@@ -163,9 +164,15 @@ def check_hyperparameters(group: dict, where: str, keys: Iterable[str] = GROUP_K
                          "parameter's dtype)")
 
 
+# lr and weight_decay scale the weights in the float32 arithmetic of every path (the foreach ops take them as float32
+# scalars and refuse larger ones, midway through a step)
+_FLOAT32_MAX = torch.finfo(torch.float32).max
+
+
 def _check_lr_value(lr, where: str) -> None:
-    if not (_finite(lr) and lr >= 0.0):
-        raise ValueError(f"SGDF ({where}): invalid learning rate lr={lr}; it must be finite and >= 0")
+    if not (_finite(lr) and 0.0 <= lr <= _FLOAT32_MAX):
+        raise ValueError(f"SGDF ({where}): invalid learning rate lr={lr}; it must be finite, >= 0 and <= "
+                         f"{_FLOAT32_MAX:.4g} (the float32 arithmetic's range)")
 
 
 def _check_number(group: dict, key: str, where: str, valid, requirement: str) -> None:
