@@ -40,14 +40,14 @@ class SGDF(Optimizer):
 
     Args:
         params: parameters or param groups.
-        lr: learning rate, finite and >= 0 (float, or a one-element tensor; a CUDA tensor with
+        lr: learning rate, in [0, 3.4e38] (float32's range; float, or a one-element tensor; a CUDA tensor with
             ``capturable=True`` or ``fused=True`` keeps the step free of host synchronisation). Release default
             0.5. A CPU tensor is checked at every step; a CUDA tensor only at construction, ``add_param_group`` and
             ``load_state_dict``, since reading it in ``step()`` would synchronise with the device.
         betas: (b1, b2), each in [0, 1).
         eps: added to the gain's denominator (>= 0).
         gamma: exponent of the gain, > 0 (0.5: square root, the release default; 1: plain Wiener gain).
-        weight_decay: L2 coefficient (>= 0), added to the gradient, or with ``decoupled_weight_decay=True``
+        weight_decay: L2 coefficient in [0, 3.4e38], added to the gradient, or with ``decoupled_weight_decay=True``
             applied as ``p *= 1 - lr * weight_decay``.
         sign: apply ``sign`` to the filtered update (the release's ``use_sign``).
         orthogonalize: Muon-style Newton-Schulz orthogonalisation of the update of every matrix-shaped tensor
