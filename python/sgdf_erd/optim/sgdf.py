@@ -347,14 +347,13 @@ class SGDF(Optimizer):
                 # (a seed edited by hand: the kernel's int[] would take a bool)
                 or ("exp_avg_sq" in keys and any(map(Tensor.is_neg, lists[keys.index("exp_avg_sq")])))):
             return False  # (exp_avg_sqs: an optional list of the kernel's, which torch's negation fallback skips)
-        if not _kernel_path(group) and _dispatches_itself([*params, *grads]):
-            return False  # (its foreach ops reach the subclass as torch's ops; the kernel's op may be unknown to it)
         tensors = [params, grads, *lists[1:len(lists) - group["stochastic_rounding"]]]  # (moments, master copies)
-        if not (_kernel_path(group) or torch.is_inference_mode_enabled()) and any(
-                any(map(Tensor.is_inference, ts)) for ts in (*tensors, lists[0])):
-            return False  # (torch's in-place ops refuse them, as the Python checks do; the kernel cannot tell)
-        if not _kernel_path(group) and any(map(Tensor._is_zerotensor, grads)):
-            return False  # (an efficient zero gradient: foreach reads it, torch's dispatch refuses it to the kernel)
+        if not _kernel_path(group) and (  # the foreach / single-tensor ops take these otherwise than the kernel:
+                _dispatches_itself([*params, *grads])  # a subclass runs them itself (the kernel's op may be unknown)
+                or any(map(Tensor._is_zerotensor, grads))  # they read efficient zeros, which torch refuses the kernel
+                or (not torch.is_inference_mode_enabled()  # they refuse to write inference tensors, as the Python
+                    and any(any(map(Tensor.is_inference, ts)) for ts in (*tensors, lists[0])))):  # checks; the
+            return False  # kernel cannot tell
         if all(map(Tensor.is_contiguous, itertools.chain(*tensors))):
             return True
         # another dense layout (e.g. channels_last) the kernel walks as well, if the grad and state share it
