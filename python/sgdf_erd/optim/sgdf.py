@@ -341,7 +341,9 @@ class SGDF(Optimizer):
                 or (group["fused"] is not True and checks.fused_storage_unsupported([first], group))
                 or lists[0][0].device != first.device  # (the kernel takes them there; a host-side step: Python)
                 or moment[0].dtype is not checks.state_dtype(first, group)
-                or _has_dtensor(params)
+                # (a subclass running torch's ops itself: DTensor on the kernel's path, where fused_sgdf steps its
+                # shards; any on the others', whose ops reach it as torch's while the kernel's op may be unknown)
+                or (_has_dtensor(params) if _kernel_path(group) else _dispatches_itself([*params, *grads]))
                 or len(Optimizer._group_tensors_by_device_and_dtype([params])) != 1  # (torch's, in C++)
                 or (group["stochastic_rounding"] and any(type(seed) is not int for seed in lists[-1]))
                 # (a seed edited by hand: the kernel's int[] would take a bool)
@@ -349,8 +351,7 @@ class SGDF(Optimizer):
             return False  # (exp_avg_sqs: an optional list of the kernel's, which torch's negation fallback skips)
         tensors = [params, grads, *lists[1:len(lists) - group["stochastic_rounding"]]]  # (moments, master copies)
         if not _kernel_path(group) and (  # the foreach / single-tensor ops take these otherwise than the kernel:
-                _dispatches_itself([*params, *grads])  # a subclass runs them itself (the kernel's op may be unknown)
-                or any(map(Tensor._is_zerotensor, grads))  # they read efficient zeros, which torch refuses the kernel
+                any(map(Tensor._is_zerotensor, grads))  # they read efficient zeros, which torch refuses the kernel
                 or (not torch.is_inference_mode_enabled()  # they refuse to write inference tensors, as the Python
                     and any(any(map(Tensor.is_inference, ts)) for ts in (*tensors, lists[0])))):  # checks; the
             return False  # kernel cannot tell
