@@ -148,11 +148,20 @@ def timing_settings(args, device):
     return numel, iters, threads
 
 
+def cold_start(device, args):
+    """What runs untimed before each timed step: on the CPU, cache eviction, so that every step starts from memory
+    as after a backward pass (interleaved timing otherwise leaves a candidate's data warm or cold by the order of
+    the candidates, and small steps warm across the iterations of a round); none with --warm-caches."""
+    return evict_cpu_caches if device.type == "cpu" and not args.warm_caches else None
+
+
 def report_timings(name, args, device, total, table, data, load_start) -> None:
     """Print a timing run's table and write it with its metadata under the results folder (if any)."""
     meta = {**header(device), "device": device_name(device, threads=False),
             "elements": f"{total:,} float32 in {args.tensors} tensors"
                         + (f", {args.groups} param groups" if args.groups > 1 else ""),
+            **({"caches": "kept between the timed steps of a round (--warm-caches)" if args.warm_caches else
+                "evicted before every timed step (256 MB read)"} if device.type == "cpu" else {}),
             "1-minute load average at start / end": [load_start, load_average()]}
     print(table)
     out = results_folder(args)
@@ -184,9 +193,7 @@ def storage_benchmark(args, device) -> None:
             opt.step()  # creates the state
             sizes[name] = bytes_per_parameter(opt)
             candidates[(name, path)] = opt.step
-    # CPU: every step starts from memory, as after a backward pass (evict_cpu_caches)
-    times = time_interleaved(candidates, device, rounds=args.rounds, iters=iters,
-                             before_each=evict_cpu_caches if device.type == "cpu" else None)
+    times = time_interleaved(candidates, device, rounds=args.rounds, iters=iters, before_each=cold_start(device, args))
     base = times[("fp32 params + fp32 state", "fused")]
     rows = [[name, path, f"{sizes[name]:g}", f"{t * 1e3:.2f}", f"{t / base:.2f}x"] for (name, path), t in times.items()]
     summary = []
@@ -206,6 +213,8 @@ def storage_benchmark(args, device) -> None:
     total = sum(p.numel() for p in make_params(numel, args.tensors, "cpu"))
     meta = {**header(device), "elements": f"{total:,} in {args.tensors} tensors",
             **({"caches": "evicted before every timed step (256 MB read)"} if device.type == "cpu" else {}),
+            **({"caches": "kept between the timed steps of a round (--warm-caches)" if args.warm_caches else
+                "evicted before every timed step (256 MB read)"} if device.type == "cpu" else {}),
             "1-minute load average at start / end": [load_start, load_average()]}
     print(table)
     data = {"numel": total, "tensors": args.tensors, "bytes_per_param": sizes,
@@ -237,7 +246,8 @@ def adaptive_benchmark(args, device) -> None:
                                    "ratio_to_adamw": {}}
     for n_threads in threads:
         torch.set_num_threads(n_threads)
-        times = time_interleaved(candidates, device, rounds=args.rounds, iters=iters)
+        times = time_interleaved(candidates, device, rounds=args.rounds, iters=iters,
+                                 before_each=cold_start(device, args))
         data["seconds"][n_threads] = times
         adamw = times["torch AdamW fused"]
         for name, t in times.items():
@@ -265,6 +275,8 @@ def main():
     parser.add_argument("--iters", type=int, default=None)
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile candidate")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--warm-caches", action="store_true",
+                        help="CPU: do not evict the caches before each timed step (the default does)")
     parser.add_argument("--out", default=None,
                         help="folder for the results files (default benchmarks/results/; --quick: only with --out)")
     parser.add_argument("--suffix", default="", help="appended to the results file name, e.g. _small")
@@ -296,7 +308,8 @@ def main():
     data = {"numel": total, "tensors": args.tensors, "groups": args.groups, "seconds": {}, "compile": compile_note}
     for n_threads in threads:
         torch.set_num_threads(n_threads)
-        times = time_interleaved(candidates, device, rounds=args.rounds, iters=iters)
+        times = time_interleaved(candidates, device, rounds=args.rounds, iters=iters,
+                                 before_each=cold_start(device, args))
         data["seconds"][n_threads] = times
         fused = times["sgdf fused"]
         for name, t in times.items():

@@ -528,6 +528,44 @@ def test_params_of_a_subclass_that_runs_its_own_ops_step_on_foreach_paths(device
         assert torch.equal(got, want)
 
 
+def test_params_of_a_subclass_that_runs_its_own_ops_are_refused_by_fused_and_step_foreach_by_default(device):
+    """The kernel's op is unknown to such a subclass: fused=True refuses its params when the group joins, and the
+    default path steps them on foreach (beside a plain group the kernel's call steps), as plain tensors step."""
+    with pytest.raises(NotImplementedError, match="_OwnOpsTensor parameters .* runs torch's ops itself"):
+        SGDF([torch.nn.Parameter(_OwnOpsTensor(torch.zeros(3, device=device)))], fused=True)
+    results = []
+    for wrap in (True, False):
+        params = _model(device)
+        wrapped = [torch.nn.Parameter(_OwnOpsTensor(p.detach()) if wrap else p.detach()) for p in params[1:]]
+        path = {} if wrap else {"foreach": True}  # (the foreach path's rounding, not the kernel's)
+        opt = SGDF([{"params": params[:1]}, {"params": wrapped, "lr": 0.02, **path}], lr=0.05)
+        for step in range(3):
+            _fill_grads(params[:1] + wrapped, seed=step)
+            if wrap:
+                for p in wrapped:
+                    p.grad = _OwnOpsTensor(p.grad)
+            opt.step()
+        results.append([params[0].detach()] + [p.elem if wrap else p.detach() for p in wrapped])
+    for got, want in zip(*results):
+        assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("steps", [0, 2])
+@pytest.mark.parametrize("path", list(PATHS))
+def test_grad_of_a_subclass_that_runs_its_own_ops_for_a_plain_param_is_refused(device, path, steps):
+    """A gradient that runs torch's ops itself (TwoTensor: every op once per tensor it holds) for a plain parameter
+    was stepped twice per step on the kernel's paths and wrongly on the others (the state updated once per held
+    tensor); it is refused on every path, first step or later, before anything changes."""
+    from torch.testing._internal.two_tensor import TwoTensor
+    params, opt = _stepped(device, path, steps=steps)
+    params[-1].grad = TwoTensor(params[-1].grad, params[-1].grad.clone())
+    before = _snapshot(opt)
+    with pytest.raises(ValueError, match=r"gradient of parameter 1 of param group 1 is a TwoTensor, a tensor subclass "
+                                         r"that runs torch's ops itself"):
+        opt.step()
+    _assert_unchanged(opt, before)
+
+
 @pytest.mark.parametrize("path", list(PATHS))
 def test_param_emptied_after_stepping_is_skipped_on_every_path(device, path):
     """A param whose .data was replaced by an empty tensor keeps its (stale) state and is skipped, as every empty

@@ -341,9 +341,9 @@ class SGDF(Optimizer):
                 or (group["fused"] is not True and checks.fused_storage_unsupported([first], group))
                 or lists[0][0].device != first.device  # (the kernel takes them there; a host-side step: Python)
                 or moment[0].dtype is not checks.state_dtype(first, group)
-                # (a subclass running torch's ops itself: DTensor on the kernel's path, where fused_sgdf steps its
-                # shards; any on the others', whose ops reach it as torch's while the kernel's op may be unknown)
-                or (_has_dtensor(params) if _kernel_path(group) else _dispatches_itself([*params, *grads]))
+                # (a subclass running torch's ops itself: DTensor, whose shards fused_sgdf steps; others, which may
+                # know torch's ops but not the kernel's; such a gradient of a plain parameter, which is refused)
+                or _dispatches_itself([*params, *grads])
                 or len(Optimizer._group_tensors_by_device_and_dtype([params])) != 1  # (torch's, in C++)
                 or (group["stochastic_rounding"] and any(type(seed) is not int for seed in lists[-1]))
                 # (a seed edited by hand: the kernel's int[] would take a bool)
@@ -526,9 +526,8 @@ def _has_dtensor(params: List[Tensor]) -> bool:
 
 
 def _dispatches_itself(tensors: List[Tensor]) -> bool:
-    """Whether a tensor subclass with a __torch_dispatch__ of its own is among `tensors` (DTensor, torchao's
-    quantized tensors, ...): it runs every op on them itself, and may implement torch's ops but not the kernel's."""
-    return any(kind.__torch_dispatch__ is not Tensor.__torch_dispatch__ for kind in set(map(type, tensors)))
+    """Whether a tensor subclass that runs torch's ops itself is among `tensors` (checks.dispatches_itself)."""
+    return any(map(checks.dispatches_itself, set(map(type, tensors))))
 
 
 def _like(p: Tensor, dtype: torch.dtype) -> Tensor:

@@ -36,6 +36,12 @@ def moment_keys(group: dict) -> Tuple[str, ...]:
     return STATE_KEYS[1:]
 
 
+def dispatches_itself(kind: type) -> bool:
+    """Whether tensors of this type run every op themselves (a __torch_dispatch__ of their own: DTensor, torchao's
+    quantized tensors, ...): they may implement torch's ops but not the kernel's."""
+    return kind.__torch_dispatch__ is not Tensor.__torch_dispatch__
+
+
 def real_dtype(p: Tensor) -> torch.dtype:
     return p.real.dtype if p.is_complex() else p.dtype
 
@@ -230,10 +236,15 @@ def state_dtype(p: Tensor, group: dict) -> torch.dtype:
 
 
 def fused_storage_unsupported(params: Sequence[Tensor], group: dict) -> Optional[str]:
-    """Why the fused kernels cannot step this group as its storage options ask, or None: they keep float32,
-    bfloat16 or float16 state for float32 / bfloat16 / float16 params and float64 state for float64 params, and
-    round DTensor shards stochastically where each shard's elements are consecutive in the whole tensor."""
+    """Why the fused kernels cannot step these params as their group's options ask, or None: they step plain
+    tensors and DTensors' shards (not other subclasses that run torch's ops themselves, which may not know the
+    kernel's), keep float32, bfloat16 or float16 state for float32 / bfloat16 / float16 params and float64 state for
+    float64 params, and round DTensor shards stochastically where each shard's elements are consecutive in the whole
+    tensor."""
     for i, p in enumerate(params):
+        if dispatches_itself(type(p)) and not is_dtensor(p):
+            return (f"{type(p).__name__} parameters (parameter {i}), a tensor subclass that runs torch's ops itself: "
+                    "the fused kernels step plain tensors and DTensors' shards")
         dtype, state = real_dtype(p), state_dtype(p, group)
         if (dtype == torch.float64) != (state == torch.float64):
             return (f"state_dtype={state} for {dtype} parameters (parameter {i}): the fused kernels keep float32, "
@@ -310,6 +321,11 @@ def check_grad(p: Tensor, grad: Tensor, where: str, written: bool = False, fused
         raise ValueError(f"SGDF: the gradient of {where} is {_describe(grad)} but the parameter is {_describe(p)}; "
                          "a gradient must match its parameter (was the parameter's .data replaced after backward? "
                          "zero_grad() and run backward again)")
+    if dispatches_itself(type(grad)) and not dispatches_itself(type(p)):
+        raise ValueError(f"SGDF: the gradient of {where} is a {type(grad).__name__}, a tensor subclass that runs "
+                         f"torch's ops itself (__torch_dispatch__), but the parameter is a {type(p).__name__}: each "
+                         "in-place op of the step would run once per tensor the subclass holds; give the parameter a "
+                         "plain tensor gradient (or make the parameter the same subclass)")
     _check_written(p, where, "give the parameter data of its own (p.data = p.data.clone())")
     if grad.is_neg():
         raise ValueError(f"SGDF: the gradient of {where} has the negative bit set (a lazily negated view, such as "
