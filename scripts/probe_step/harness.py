@@ -126,7 +126,10 @@ def st(opt, gi, i):
 def tsnap(t):
     if not isinstance(t, Tensor):
         try:
-            return ('obj', repr(copy.deepcopy(t)) + '|' + type(t).__name__)
+            r = repr(copy.deepcopy(t))
+            if ' at 0x' in r:  # (an object without a repr of its own: the copy's address differs)
+                r = repr(t)
+            return ('obj', r + '|' + type(t).__name__)
         except Exception:
             return ('obj', repr(t))
     meta = (str(t.dtype), tuple(t.shape), str(t.device), str(t.layout), bool(t.requires_grad), type(t).__name__)
@@ -155,9 +158,14 @@ def same(a, b):
 def snapshot(opt, ctx):
     s = {'n_groups': ('obj', repr(len(opt.param_groups)))}
     for gi, g in enumerate(opt.param_groups):
+        if not isinstance(g, dict):  # (a group replaced by hand: cases4)
+            s[f'g{gi}'] = ('obj', type(g).__name__ + ':' + repr(id(g)))
+            continue
         s[f'g{gi}.keys'] = ('obj', repr(sorted(g)))
         for k, v in g.items():
             if k == 'params':
+                s[f'g{gi}.params.type'] = ('obj', type(v).__name__ + ':' + repr(id(v)))
+                v = _param_list(g, gi, ctx)
                 s[f'g{gi}.params.ids'] = ('obj', repr([id(p) for p in v]))
                 for i, p in enumerate(v):
                     s[f'g{gi}.p{i}'] = tsnap(p)
@@ -167,7 +175,7 @@ def snapshot(opt, ctx):
                 s[f'g{gi}.{k}'] = tsnap(v)
     names = {}
     for gi, g in enumerate(opt.param_groups):
-        for i, p in enumerate(g.get('params', [])):
+        for i, p in enumerate(_param_list(g, gi, ctx) if isinstance(g, dict) else []):
             names.setdefault(id(p), f'g{gi}.p{i}')
     s['state.keys'] = ('obj', repr(sorted(names.get(id(k), '?') for k in opt.state)))
     for k, stt in list(opt.state.items()):
@@ -182,6 +190,15 @@ def snapshot(opt, ctx):
     for k, v in ctx.extra.items():
         s[f'extra.{k}'] = tsnap(v)
     return s
+
+
+def _param_list(g, gi, ctx):
+    """A group's params without consuming them: a list or tuple as it is, anything else (a generator, a set, a single
+    tensor put there by hand) by the list the case kept in ctx.param_lists (else nothing)."""
+    v = g.get('params', [])
+    if isinstance(v, (list, tuple)):
+        return v
+    return getattr(ctx, 'param_lists', {}).get(gi, [])
 
 
 def diff(a, b):
@@ -201,10 +218,16 @@ def _clean(t):
 def make_ref(opt, ctx):
     groups, pairs = [], []
     for gi, g in enumerate(opt.param_groups):
+        if not isinstance(g, dict):
+            raise NoRef('group not a dict')
         ng = {k: (float(v) if k == 'lr' and isinstance(v, Tensor) else v) for k, v in g.items() if k != 'params'}
+        ng.update(getattr(ctx, 'ref_over', {}).get(gi, {}))  # the canonical value of an odd-typed option
         ps = []
-        for i, p in enumerate(g['params']):
-            if not isinstance(p, Tensor) or not p.is_floating_point() or p.device.type == 'meta':
+        plist = g['params'] if isinstance(g['params'], (list, tuple)) else getattr(ctx, 'param_lists', {}).get(gi)
+        if plist is None:
+            raise NoRef('params not a list')
+        for i, p in enumerate(plist):
+            if not isinstance(p, Tensor) or not (p.is_floating_point() or p.is_complex()) or p.device.type == 'meta':
                 raise NoRef('odd param')
             q = _clean(p).requires_grad_(True)
             if p.grad is not None:
@@ -242,6 +265,8 @@ def make_ref(opt, ctx):
         v = getattr(opt, attr, None)
         if v is not None:
             setattr(ref, attr, _clean(v) if isinstance(v, Tensor) else v)
+    for attr, v in getattr(ctx, 'ref_attrs', {}).items():
+        setattr(ref, attr, v)
     rscaler = None
     if ctx.scaler is not None:
         rscaler = torch.amp.GradScaler('cpu', init_scale=SCALE)
@@ -254,7 +279,8 @@ def close(a, b):
         return 0.0 if a == b else float('inf')
     if a.shape != b.shape:
         return float('inf')
-    a, b = _clean(a).double(), _clean(b).double()
+    a, b = (torch.view_as_real(x) if x.is_complex() else x for x in (_clean(a), _clean(b)))
+    a, b = a.double(), b.double()
     if (torch.isnan(a) != torch.isnan(b)).any():
         return float('inf')
     m = ~torch.isnan(a)
@@ -391,6 +417,8 @@ def run_case(case):
         out['detail'] = f'ref step raised {type(e).__name__}: {e}'[:300]
         return out
     bad = compare_ref(opt, pairs, ref)
+    if getattr(ctx, 'post_check', None) is not None:
+        bad += ctx.post_check(opt, ref)
     out['status'] = 'OK_MISMATCH' if bad else 'OK_MATCH'
     out['detail'] = bad[:12]
     return out
