@@ -6,6 +6,7 @@ the optimizer's attributes. Edge inputs that are valid (zero-size params, non-de
 state saved from a channels_last model) must work and match the float64 reference.
 """
 
+import contextlib
 import copy
 import math
 import re
@@ -58,13 +59,15 @@ def _same(a, b) -> bool:
 
 
 def _snapshot(opt: SGDF):
-    params = [p for g in opt.param_groups for p in g["params"] if isinstance(p, torch.Tensor)]
+    groups = [g if isinstance(g, dict) else {"(not a dict)": g} for g in opt.param_groups]  # (edited by hand)
+    lists = [g["params"] for g in groups if type(g.get("params")) is list]
+    params = [p for ps in lists for p in ps if isinstance(p, torch.Tensor)]
     return dict(
         attributes=sorted(opt.__dict__),
         amp=getattr(opt, "_step_supports_amp_scaling", None),
         params=[(id(p), _bits(p), None if p.grad is None else (id(p.grad), _bits(p.grad))) for p in params],
-        groups=[(id(g), [id(p) for p in g["params"]], {k: _value(v) for k, v in g.items() if k != "params"})
-                for g in opt.param_groups],
+        groups=[(id(g), {k: [id(p) for p in v] if k == "params" and type(v) is list else _value(v)
+                         for k, v in g.items()}) for g in groups],
         state=sorted(((id(p), {k: _value(v) for k, v in s.items()} if isinstance(s, dict) else repr(s))
                       for p, s in opt.state.items()),
                      key=lambda item: item[0]),
@@ -203,6 +206,25 @@ BAD_STEPS = {
     # not a tensor, appended to a group by hand (AttributeError: 'list' object has no attribute 'grad' before)
     "params_list_appended": (lambda params, opt: opt.param_groups[-1]["params"].append([1.0]), TypeError,
                              "params must be tensors, got list"),
+    # found by an adversarial probe (cases4): a tensor as 'params' was walked as its rows and silently not stepped;
+    # the others gave Python's own messages
+    "params_a_tensor": (lambda params, opt: opt.param_groups[-1].__setitem__("params", params[-1]), TypeError,
+                        "holds 'params' as Parameter; 'params' is a list of tensors"),
+    "params_a_tuple": (lambda params, opt: opt.param_groups[-1].__setitem__("params", tuple(params[1:])), TypeError,
+                       "holds 'params' as tuple"),
+    "params_deleted": (lambda params, opt: opt.param_groups[-1].pop("params"), TypeError, "holds no 'params'"),
+    "group_replaced_by_none": (lambda params, opt: opt.param_groups.__setitem__(-1, None), TypeError,
+                               "a param group is a dict, got NoneType"),
+    # float32, the kernels' arithmetic, rounds these to 1 and to inf: the paths stepped them differently (probe)
+    "beta2_one_in_float32": (_set_later_group("betas", (0.9, 0.99999999)), ValueError, "stays below 1 in float32"),
+    "eps_beyond_float32": (_set_later_group("eps", 1e39), ValueError, "eps=1e\\+39"),
+    # AdaSGDF's option in an SGDF group: the state gained exp_avg_sq, which the kernel refused after earlier groups
+    # had stepped (probe)
+    "preconditioner_in_sgdf_group": (_set_later_group("preconditioner", "second_moment"), ValueError,
+                                     "AdaSGDF's option 'preconditioner'"),
+    # a sparse tensor lr failed in a reshape after earlier groups had stepped (probe)
+    "lr_sparse_tensor": (_set_later_group("lr", lambda d: torch.tensor([0.01], device=d).to_sparse()), ValueError,
+                         "must be dense, got torch.sparse_coo"),
 }
 
 
@@ -695,6 +717,7 @@ BAD_GROUPS = {
     "no_params": (dict(params=None), TypeError, "params"),
     "non_leaf": (dict(params=[torch.ones(2, requires_grad=True) * 2]), ValueError, "leaf"),
     "params_missing": ("drop", ValueError, "params"),
+    "adasgdf_preconditioner": (dict(preconditioner="second_moment"), ValueError, "AdaSGDF's option 'preconditioner'"),
 }
 
 
@@ -792,6 +815,13 @@ BAD_CHECKPOINTS = {
     "group_size": (_group_size, ValueError, "group 1"),
     "no_param_groups": (_no_groups, ValueError, "param_groups"),
     "group_without_params": (_group_without_params, ValueError, "'params'"),
+    # found by an adversarial probe (cases4): Python's AttributeError ('list' object has no attribute 'items'); an
+    # AdaSGDF checkpoint made SGDF keep exp_avg_sq, which the kernel refused at every step
+    "state_a_list": (lambda sd: sd.__setitem__("state", list(sd["state"].values())), TypeError,
+                     "'state' is list, not a dict"),
+    "param_groups_none": (lambda sd: sd.__setitem__("param_groups", None), TypeError, "'param_groups' is NoneType"),
+    "adasgdf_preconditioner": (_set_group("preconditioner", "variance"), ValueError,
+                               "AdaSGDF's option 'preconditioner'"),
 }
 
 
@@ -1029,6 +1059,55 @@ def test_release_checkpoint_with_int_step_still_loads(device):
     _fill_grads(params)
     opt.step()
     assert all(float(opt.state[p]["step"]) == 4 for p in params)
+
+
+@pytest.mark.parametrize("value", ["int64", "float32", "int32"])
+def test_checkpoint_step_as_a_numpy_scalar_loads(device, value):
+    """A step count stored as a numpy scalar loads as the number it is (np.int64 was refused, np.float64 taken)."""
+    np = pytest.importorskip("numpy")
+    params, opt, sd = _saved(device)
+    for state in sd["state"].values():
+        state["step"] = getattr(np, value)(float(state["step"]))
+    opt.load_state_dict(sd)
+    opt.step()
+    assert all(float(opt.state[p]["step"]) == 3 for p in params)
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_state_replaced_by_a_plain_dict_steps_a_group_added_after(device, path):
+    """opt.state as a plain dict (not torch's defaultdict): the state of a group added afterwards is made as with the
+    defaultdict (a KeyError came after the earlier groups had stepped)."""
+    results = []
+    for plain in (True, False):
+        params = _model(device)
+        opt = SGDF([{"params": params[:1]}], lr=0.05, **PATHS[path])
+        _fill_grads(params, seed=0)
+        opt.step()
+        if plain:
+            opt.state = dict(opt.state)
+        opt.add_param_group({"params": params[1:], "lr": 0.02})
+        _fill_grads(params, seed=1)
+        opt.step()
+        results.append([p.detach().clone() for p in params])
+    for got, want in zip(*results):
+        assert torch.equal(got, want)
+
+
+def test_first_step_under_a_meta_default_device_draws_rounding_seeds(device):
+    """A step run inside torch.device("meta") (as model-building code may leave it) draws its rounding seeds on the
+    CPU, as without the context (the seed's draw on the meta device raised after the state was made)."""
+    results = []
+    for meta in (True, False):
+        torch.manual_seed(0)
+        params = _model(device, dtype=torch.bfloat16)
+        opt = SGDF(params, lr=0.05, stochastic_rounding=True, foreach=True)
+        _fill_grads(params)
+        with torch.device("meta") if meta else contextlib.nullcontext():
+            opt.step()
+        results.append([p.detach().clone() for p in params] + [opt.state[p]["rounding_seed"] for p in params])
+    assert results[0][3:] == results[1][3:]
+    for got, want in zip(results[0][:3], results[1][:3]):
+        assert torch.equal(got, want)
 
 
 # ----------------------------------------------------------------------------------------- minor bad inputs

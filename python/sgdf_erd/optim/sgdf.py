@@ -105,7 +105,8 @@ class SGDF(Optimizer):
         return _update_options(group)
 
     def _check_hyperparameters(self, group: dict, where: str, read_device_lr: bool = True) -> None:
-        """A group's options, against the keys this optimizer's groups have (its defaults')."""
+        """A group's params list and options, against the keys this optimizer's groups have (its defaults')."""
+        checks.check_group_params(group, where)
         checks.check_hyperparameters(group, where, self.defaults, read_device_lr)
 
     @property
@@ -454,7 +455,7 @@ class SGDF(Optimizer):
         for p in group["params"]:
             if p.grad is None or p.numel() == 0:
                 continue
-            state = self.state[p]
+            state = self.state.setdefault(p, {})  # (opt.state may have been replaced by a plain dict)
             if not state:
                 device = p.device if fused or group["capturable"] else "cpu"
                 state["step"] = torch.zeros((), dtype=torch.float32, device=device)
@@ -545,7 +546,8 @@ def _adopt_storage_entries(p: Tensor, state: dict, group: dict) -> None:
         state.pop("master_param", None)
     if group["stochastic_rounding"]:
         if "rounding_seed" not in state:
-            state["rounding_seed"] = int(torch.randint(0, 2**32, (), dtype=torch.int64))
+            # (on the CPU whatever the default device: a meta one would give no value)
+            state["rounding_seed"] = int(torch.randint(0, 2**32, (), dtype=torch.int64, device="cpu"))
     else:
         state.pop("rounding_seed", None)
 

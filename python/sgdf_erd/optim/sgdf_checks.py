@@ -6,6 +6,7 @@ run them all before it touches a tensor.
 
 import math
 import numbers
+import struct
 from collections import defaultdict
 from typing import Iterable, List, Optional, Sequence, Tuple
 
@@ -86,7 +87,8 @@ def _span(t: Tensor):
 
 
 def _describe(t: Tensor) -> str:
-    return f"{t.dtype} on {t.device} with shape {tuple(t.shape)}"
+    layout = "" if t.layout is torch.strided else f" ({t.layout})"
+    return f"{t.dtype}{layout} on {t.device} with shape {tuple(t.shape)}"
 
 
 # ------------------------------------------------------------------------------------------ hyperparameters
@@ -100,6 +102,18 @@ def _finite(value) -> bool:
         return math.isfinite(value)
     except OverflowError:  # an int beyond a float's range
         return False
+
+
+def check_group_params(group, where: str) -> None:
+    """A param group as the optimizer keeps it (param_groups may be edited by hand): a dict whose 'params' is a list
+    (a tensor there would be walked as its rows, none of which has a gradient)."""
+    if not isinstance(group, dict):
+        raise TypeError(f"SGDF ({where}): a param group is a dict, got {type(group).__name__}; param_groups was "
+                        "edited by hand: put back a dict with 'params' and the options")
+    if type(group.get("params")) is not list:
+        found = f"'params' as {type(group['params']).__name__}" if "params" in group else "no 'params'"
+        raise TypeError(f"SGDF ({where}): the param group holds {found}; 'params' is a list of tensors (edited by "
+                        "hand? group['params'] = [tensors])")
 
 
 def check_hyperparameters(group: dict, where: str, keys: Iterable[str] = GROUP_KEYS,
@@ -116,6 +130,9 @@ def check_hyperparameters(group: dict, where: str, keys: Iterable[str] = GROUP_K
                          "False")
     lr = group["lr"]
     if isinstance(lr, Tensor):
+        if lr.layout is not torch.strided:
+            raise ValueError(f"SGDF ({where}): a tensor `lr` must be dense, got {lr.layout}; pass a 0-dim tensor or "
+                             "a float")
         if lr.numel() != 1:
             raise ValueError(f"SGDF ({where}): a tensor `lr` must hold one element, got shape {tuple(lr.shape)}; "
                              "pass a 0-dim tensor or a float")
@@ -134,9 +151,12 @@ def check_hyperparameters(group: dict, where: str, keys: Iterable[str] = GROUP_K
     if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
         raise ValueError(f"SGDF ({where}): `betas` must be a pair (beta1, beta2), got {betas!r}")
     for i, b in enumerate(betas):
-        if not _is_real_number(b) or not 0.0 <= b < 1.0:
-            raise ValueError(f"SGDF ({where}): invalid betas[{i}]={b!r}; each beta must be a float in [0, 1)")
-    _check_number(group, "eps", where, lambda v: v >= 0.0, "a finite float >= 0")
+        # (the kernels' arithmetic is float32, where a beta within 3e-8 of 1 is 1)
+        if not _is_real_number(b) or not 0.0 <= b < 1.0 or struct.unpack("f", struct.pack("f", b))[0] == 1.0:
+            raise ValueError(f"SGDF ({where}): invalid betas[{i}]={b!r}; each beta must be a float in [0, 1) that "
+                             "stays below 1 in float32 (at most 0.99999994)")
+    _check_number(group, "eps", where, lambda v: 0.0 <= v <= _FLOAT32_MAX,
+                  f"a float >= 0 and <= {_FLOAT32_MAX:.4g} (the float32 arithmetic's range)")
     _check_number(group, "gamma", where, lambda v: v > 0.0, "a finite float > 0 (0.5 is the release default)")
     _check_number(group, "weight_decay", where, lambda v: 0.0 <= v <= _FLOAT32_MAX,
                   f"a float >= 0 and <= {_FLOAT32_MAX:.4g} (the float32 arithmetic's range)")
@@ -154,6 +174,10 @@ def check_hyperparameters(group: dict, where: str, keys: Iterable[str] = GROUP_K
     if not isinstance(ns, int) or isinstance(ns, bool) or (group["orthogonalize"] and ns < 2):
         raise ValueError(f"SGDF ({where}): invalid ns_steps={ns!r}; it must be an int >= 2 when orthogonalize=True")
     if "preconditioner" in group:  # AdaSGDF
+        if "preconditioner" not in keys:
+            raise ValueError(f"SGDF ({where}): the param group has AdaSGDF's option 'preconditioner' (an adaptive "
+                             "step), which SGDF has not; remove it from the group, or use sgdf_erd.AdaSGDF (an "
+                             "AdaSGDF checkpoint loads into AdaSGDF)")
         if group["preconditioner"] not in PRECONDITIONERS:
             raise ValueError(f"AdaSGDF ({where}): invalid preconditioner={group['preconditioner']!r}; it must be one "
                              f"of {', '.join(map(repr, PRECONDITIONERS))}")
@@ -245,7 +269,8 @@ def fused_storage_unsupported(params: Sequence[Tensor], group: dict) -> Optional
         if dispatches_itself(type(p)) and not is_dtensor(p):
             return (f"{type(p).__name__} parameters (parameter {i}), a tensor subclass that runs torch's ops itself: "
                     "the fused kernels step plain tensors and DTensors' shards")
-        dtype, state = real_dtype(p), state_dtype(p, group)
+        dtype = real_dtype(p)
+        state = dtype if p.is_complex() else state_dtype(p, group)  # (complex: its own, stepped as real views)
         if (dtype == torch.float64) != (state == torch.float64):
             return (f"state_dtype={state} for {dtype} parameters (parameter {i}): the fused kernels keep float32, "
                     "bfloat16 or float16 state for float32 / bfloat16 / float16 parameters and float64 state for "
@@ -463,10 +488,13 @@ def check_checkpoint_layout(state_dict, groups: List[dict]) -> None:
     if not isinstance(state_dict, dict):
         raise TypeError(f"SGDF.load_state_dict: expected the dict returned by state_dict(), got "
                         f"{type(state_dict).__name__}")
-    for key in ("state", "param_groups"):
+    for key, kind in (("state", dict), ("param_groups", list)):
         if key not in state_dict:
             raise ValueError(f"SGDF.load_state_dict: the checkpoint lacks '{key}'; pass the dict returned by "
                              "state_dict()")
+        if not isinstance(state_dict[key], kind):
+            raise TypeError(f"SGDF.load_state_dict: the checkpoint's '{key}' is {type(state_dict[key]).__name__}, "
+                            f"not a {kind.__name__}; pass the dict returned by state_dict()")
     saved = state_dict["param_groups"]
     if len(saved) != len(groups):
         raise ValueError(f"SGDF.load_state_dict: the checkpoint has {len(saved)} param groups but this optimizer "
@@ -499,7 +527,7 @@ def checked_loaded_step(p: Tensor, state: dict, where: str, keys: Sequence[str] 
             raise ValueError(f"SGDF.load_state_dict: 'step' of {where} must be a real one-element dense tensor with a "
                              f"value (or a number), got {_describe(step)}, {step.layout}")
         value = float(step)
-    elif isinstance(step, (int, float)) and not isinstance(step, bool):
+    elif _is_real_number(step):  # (numpy's too)
         value = step
     else:
         raise TypeError(f"SGDF.load_state_dict: 'step' of {where} must be a number or a one-element tensor, got "
