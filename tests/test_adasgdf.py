@@ -314,8 +314,12 @@ def test_fused_groups_of_different_preconditioners_step_in_separate_calls(device
     (dict(gamma=0.0), ValueError, "gamma"),
 ])
 def test_invalid_hyperparameters(kwargs, exc, match):
-    with pytest.raises(exc, match=match):
+    """Refused with a message that names AdaSGDF (it said SGDF) and the option."""
+    with pytest.raises(exc, match=rf"^AdaSGDF \(defaults\): .*{match}"):
         AdaSGDF(_make_params(torch.float32), **kwargs)
+    opt = AdaSGDF(_make_params(torch.float32, shapes=[(3,)]))
+    with pytest.raises(exc, match=rf"^AdaSGDF \(param group 1\): .*{match}"):
+        opt.add_param_group({"params": _make_params(torch.float32, shapes=[(2,)]), **kwargs})
 
 
 def test_sgdf_only_options_are_refused():

@@ -97,7 +97,8 @@ class SGDF(Optimizer):
     # its update (_update_options) and its state's moment tensors (checks.moment_keys of a group); the checks,
     # the state and the paths are this class's.
     def _init_with_defaults(self, params: Iterable, defaults: dict) -> None:
-        checks.check_hyperparameters(defaults, "defaults", defaults)  # before the params, as torch's optimizers do
+        # before the params, as torch's optimizers do
+        checks.check_hyperparameters(defaults, f"{type(self).__name__} (defaults)", defaults)
         Optimizer.__init__(self, params, defaults)
 
     def _update_options(self, group: dict) -> dict:
@@ -106,6 +107,7 @@ class SGDF(Optimizer):
 
     def _check_hyperparameters(self, group: dict, where: str, read_device_lr: bool = True) -> None:
         """A group's params list and options, against the keys this optimizer's groups have (its defaults')."""
+        where = f"{type(self).__name__} ({where})"  # (messages name the optimizer: AdaSGDF's say AdaSGDF)
         checks.check_group_params(group, where)
         checks.check_hyperparameters(group, where, self.defaults, read_device_lr)
 

@@ -105,14 +105,15 @@ def _finite(value) -> bool:
 
 
 def check_group_params(group, where: str) -> None:
-    """A param group as the optimizer keeps it (param_groups may be edited by hand): a dict whose 'params' is a list
+    """(`where`, here and in check_hyperparameters: the optimizer and the group, e.g. "SGDF (param group 0)".)
+    A param group as the optimizer keeps it (param_groups may be edited by hand): a dict whose 'params' is a list
     (a tensor there would be walked as its rows, none of which has a gradient)."""
     if not isinstance(group, dict):
-        raise TypeError(f"SGDF ({where}): a param group is a dict, got {type(group).__name__}; param_groups was "
+        raise TypeError(f"{where}: a param group is a dict, got {type(group).__name__}; param_groups was "
                         "edited by hand: put back a dict with 'params' and the options")
     if type(group.get("params")) is not list:
         found = f"'params' as {type(group['params']).__name__}" if "params" in group else "no 'params'"
-        raise TypeError(f"SGDF ({where}): the param group holds {found}; 'params' is a list of tensors (edited by "
+        raise TypeError(f"{where}: the param group holds {found}; 'params' is a list of tensors (edited by "
                         "hand? group['params'] = [tensors])")
 
 
@@ -122,38 +123,38 @@ def check_hyperparameters(group: dict, where: str, keys: Iterable[str] = GROUP_K
     tensor `lr` on an accelerator unread: that would sync."""
     missing = [key for key in keys if key not in group]
     if missing:
-        raise ValueError(f"SGDF ({where}): the param group lacks {', '.join(map(repr, missing))} (deleted by hand?); "
+        raise ValueError(f"{where}: the param group lacks {', '.join(map(repr, missing))} (deleted by hand?); "
                          "set it again, or rebuild the optimizer and load its state_dict")
     if group["differentiable"] is not False:
-        raise ValueError(f"SGDF ({where}): differentiable={group['differentiable']!r} is not supported (autograd "
+        raise ValueError(f"{where}: differentiable={group['differentiable']!r} is not supported (autograd "
                          "through step(): the kernels and the in-place state updates record no graph); leave it "
                          "False")
     lr = group["lr"]
     if isinstance(lr, Tensor):
         if lr.layout is not torch.strided:
-            raise ValueError(f"SGDF ({where}): a tensor `lr` must be dense, got {lr.layout}; pass a 0-dim tensor or "
+            raise ValueError(f"{where}: a tensor `lr` must be dense, got {lr.layout}; pass a 0-dim tensor or "
                              "a float")
         if lr.numel() != 1:
-            raise ValueError(f"SGDF ({where}): a tensor `lr` must hold one element, got shape {tuple(lr.shape)}; "
+            raise ValueError(f"{where}: a tensor `lr` must hold one element, got shape {tuple(lr.shape)}; "
                              "pass a 0-dim tensor or a float")
         if not lr.is_floating_point():
-            raise TypeError(f"SGDF ({where}): a tensor `lr` must be floating point, got {lr.dtype}")
+            raise TypeError(f"{where}: a tensor `lr` must be floating point, got {lr.dtype}")
         if lr.device.type == "meta":
-            raise ValueError(f"SGDF ({where}): a tensor `lr` on the meta device holds no value; pass a float or a "
+            raise ValueError(f"{where}: a tensor `lr` on the meta device holds no value; pass a float or a "
                              "tensor on the CPU or the parameters' device")
         if lr.device.type == "cpu" or read_device_lr:
             _check_lr_value(float(lr), where)
     elif not _is_real_number(lr):
-        raise TypeError(f"SGDF ({where}): `lr` must be a float or a one-element tensor, got {type(lr).__name__}")
+        raise TypeError(f"{where}: `lr` must be a float or a one-element tensor, got {type(lr).__name__}")
     else:
         _check_lr_value(lr, where)
     betas = group["betas"]
     if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
-        raise ValueError(f"SGDF ({where}): `betas` must be a pair (beta1, beta2), got {betas!r}")
+        raise ValueError(f"{where}: `betas` must be a pair (beta1, beta2), got {betas!r}")
     for i, b in enumerate(betas):
         # (the kernels' arithmetic is float32, where a beta within 3e-8 of 1 is 1)
         if not _is_real_number(b) or not 0.0 <= b < 1.0 or struct.unpack("f", struct.pack("f", b))[0] == 1.0:
-            raise ValueError(f"SGDF ({where}): invalid betas[{i}]={b!r}; each beta must be a float in [0, 1) that "
+            raise ValueError(f"{where}: invalid betas[{i}]={b!r}; each beta must be a float in [0, 1) that "
                              "stays below 1 in float32 (at most 0.99999994)")
     _check_number(group, "eps", where, lambda v: 0.0 <= v <= _FLOAT32_MAX,
                   f"a float >= 0 and <= {_FLOAT32_MAX:.4g} (the float32 arithmetic's range)")
@@ -163,33 +164,33 @@ def check_hyperparameters(group: dict, where: str, keys: Iterable[str] = GROUP_K
     for key in ("decoupled_weight_decay", "sign", "orthogonalize", "maximize", "capturable", "stochastic_rounding",
                 "master_weights"):
         if not isinstance(group[key], bool):
-            raise TypeError(f"SGDF ({where}): `{key}` must be True or False, got {group[key]!r}")
+            raise TypeError(f"{where}: `{key}` must be True or False, got {group[key]!r}")
     for key in ("foreach", "fused"):
         if group[key] is not None and not isinstance(group[key], bool):
-            raise TypeError(f"SGDF ({where}): `{key}` must be True, False or None (the default path), got "
+            raise TypeError(f"{where}: `{key}` must be True, False or None (the default path), got "
                             f"{group[key]!r}")
     if group["fused"] and group["foreach"]:
-        raise RuntimeError(f"SGDF ({where}): `fused` and `foreach` cannot both be True; choose one")
+        raise RuntimeError(f"{where}: `fused` and `foreach` cannot both be True; choose one")
     ns = group["ns_steps"]
     if not isinstance(ns, int) or isinstance(ns, bool) or (group["orthogonalize"] and ns < 2):
-        raise ValueError(f"SGDF ({where}): invalid ns_steps={ns!r}; it must be an int >= 2 when orthogonalize=True")
+        raise ValueError(f"{where}: invalid ns_steps={ns!r}; it must be an int >= 2 when orthogonalize=True")
     if "preconditioner" in group:  # AdaSGDF
         if "preconditioner" not in keys:
-            raise ValueError(f"SGDF ({where}): the param group has AdaSGDF's option 'preconditioner' (an adaptive "
+            raise ValueError(f"{where}: the param group has AdaSGDF's option 'preconditioner' (an adaptive "
                              "step), which SGDF has not; remove it from the group, or use sgdf_erd.AdaSGDF (an "
                              "AdaSGDF checkpoint loads into AdaSGDF)")
         if group["preconditioner"] not in PRECONDITIONERS:
-            raise ValueError(f"AdaSGDF ({where}): invalid preconditioner={group['preconditioner']!r}; it must be one "
+            raise ValueError(f"{where}: invalid preconditioner={group['preconditioner']!r}; it must be one "
                              f"of {', '.join(map(repr, PRECONDITIONERS))}")
         for key in ("sign", "orthogonalize"):
             if group[key] is not False:
-                raise ValueError(f"AdaSGDF ({where}): {key}={group[key]!r}; `{key}` is an SGDF option that AdaSGDF "
+                raise ValueError(f"{where}: {key}={group[key]!r}; `{key}` is an SGDF option that AdaSGDF "
                                  "has not (leave it False, or use sgdf_erd.SGDF)")
     state_dtype = group["state_dtype"]
     if state_dtype is not None and not isinstance(state_dtype, torch.dtype):
-        raise TypeError(f"SGDF ({where}): `state_dtype` must be a torch.dtype or None, got {state_dtype!r}")
+        raise TypeError(f"{where}: `state_dtype` must be a torch.dtype or None, got {state_dtype!r}")
     if state_dtype is not None and state_dtype not in STATE_DTYPES:
-        raise ValueError(f"SGDF ({where}): invalid state_dtype={state_dtype}; exp_avg and exp_var are stored in a "
+        raise ValueError(f"{where}: invalid state_dtype={state_dtype}; exp_avg and exp_var are stored in a "
                          "floating dtype: torch.bfloat16, torch.float16, torch.float32 or torch.float64 (None: the "
                          "parameter's dtype)")
 
@@ -201,14 +202,14 @@ _FLOAT32_MAX = torch.finfo(torch.float32).max
 
 def _check_lr_value(lr, where: str) -> None:
     if not (_finite(lr) and 0.0 <= lr <= _FLOAT32_MAX):
-        raise ValueError(f"SGDF ({where}): invalid learning rate lr={lr}; it must be finite, >= 0 and <= "
+        raise ValueError(f"{where}: invalid learning rate lr={lr}; it must be finite, >= 0 and <= "
                          f"{_FLOAT32_MAX:.4g} (the float32 arithmetic's range)")
 
 
 def _check_number(group: dict, key: str, where: str, valid, requirement: str) -> None:
     value = group[key]
     if not _is_real_number(value) or not _finite(value) or not valid(value):
-        raise ValueError(f"SGDF ({where}): invalid {key}={value!r}; it must be {requirement}")
+        raise ValueError(f"{where}: invalid {key}={value!r}; it must be {requirement}")
 
 
 # ------------------------------------------------------------------------------------------ params and paths
