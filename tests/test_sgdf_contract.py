@@ -60,13 +60,13 @@ def _same(a, b) -> bool:
 
 def _snapshot(opt: SGDF):
     groups = [g if isinstance(g, dict) else {"(not a dict)": g} for g in opt.param_groups]  # (edited by hand)
-    lists = [g["params"] for g in groups if type(g.get("params")) is list]
+    lists = [g["params"] for g in groups if type(g.get("params")) in (list, tuple)]
     params = [p for ps in lists for p in ps if isinstance(p, torch.Tensor)]
     return dict(
         attributes=sorted(opt.__dict__),
         amp=getattr(opt, "_step_supports_amp_scaling", None),
         params=[(id(p), _bits(p), None if p.grad is None else (id(p.grad), _bits(p.grad))) for p in params],
-        groups=[(id(g), {k: [id(p) for p in v] if k == "params" and type(v) is list else _value(v)
+        groups=[(id(g), {k: [id(p) for p in v] if k == "params" and type(v) in (list, tuple) else _value(v)
                          for k, v in g.items()}) for g in groups],
         state=sorted(((id(p), {k: _value(v) for k, v in s.items()} if isinstance(s, dict) else repr(s))
                       for p, s in opt.state.items()),
@@ -210,8 +210,8 @@ BAD_STEPS = {
     # the others gave Python's own messages
     "params_a_tensor": (lambda params, opt: opt.param_groups[-1].__setitem__("params", params[-1]), TypeError,
                         "holds 'params' as Parameter; 'params' is a list of tensors"),
-    "params_a_tuple": (lambda params, opt: opt.param_groups[-1].__setitem__("params", tuple(params[1:])), TypeError,
-                       "holds 'params' as tuple"),
+    "params_a_generator": (lambda params, opt: opt.param_groups[-1].__setitem__("params", iter(params[1:])),
+                           TypeError, "holds 'params' as list_iterator"),
     "params_deleted": (lambda params, opt: opt.param_groups[-1].pop("params"), TypeError, "holds no 'params'"),
     "group_replaced_by_none": (lambda params, opt: opt.param_groups.__setitem__(-1, None), TypeError,
                                "a param group is a dict, got NoneType"),
@@ -1071,6 +1071,19 @@ def test_checkpoint_step_as_a_numpy_scalar_loads(device, value):
     opt.load_state_dict(sd)
     opt.step()
     assert all(float(opt.state[p]["step"]) == 3 for p in params)
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_params_set_to_a_tuple_by_hand_step_as_a_list(device, path):
+    results = []
+    for as_tuple in (True, False):
+        params, opt = _stepped(device, path)
+        if as_tuple:
+            opt.param_groups[-1]["params"] = tuple(opt.param_groups[-1]["params"])
+        opt.step()
+        results.append([p.detach().clone() for p in params])
+    for got, want in zip(*results):
+        assert torch.equal(got, want)
 
 
 @pytest.mark.parametrize("path", list(PATHS))

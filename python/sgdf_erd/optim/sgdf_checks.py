@@ -107,11 +107,11 @@ def _finite(value) -> bool:
 def check_group_params(group, where: str) -> None:
     """(`where`, here and in check_hyperparameters: the optimizer and the group, e.g. "SGDF (param group 0)".)
     A param group as the optimizer keeps it (param_groups may be edited by hand): a dict whose 'params' is a list
-    (a tensor there would be walked as its rows, none of which has a gradient)."""
+    (or a tuple: a tensor there would be walked as its rows, none of which has a gradient, a generator consumed)."""
     if not isinstance(group, dict):
         raise TypeError(f"{where}: a param group is a dict, got {type(group).__name__}; param_groups was "
                         "edited by hand: put back a dict with 'params' and the options")
-    if type(group.get("params")) is not list:
+    if type(group.get("params")) not in (list, tuple):
         found = f"'params' as {type(group['params']).__name__}" if "params" in group else "no 'params'"
         raise TypeError(f"{where}: the param group holds {found}; 'params' is a list of tensors (edited by "
                         "hand? group['params'] = [tensors])")
