@@ -588,6 +588,37 @@ def test_grad_of_a_subclass_that_runs_its_own_ops_for_a_plain_param_is_refused(d
     _assert_unchanged(opt, before)
 
 
+@pytest.mark.parametrize("path", ["default", "fused"])
+def test_step_traced_with_fake_tensors_runs_the_kernel(device, path):
+    """torch's tracing tensors (FakeTensor here, as torch.optim.swap_in_optimizer_params_and_state's make_fx recipe
+    gives a step) run the kernel's op through its fake implementation: they are not subclasses that may not know it.
+    The traced step calls the kernel, and the live optimizer is unchanged (fused=True refused them, and the default
+    path sent them to foreach, which cannot be traced with host step counts, when they counted as such subclasses)."""
+    from torch._subclasses import FakeTensorMode
+    from torch.fx.experimental.proxy_tensor import make_fx
+    params = _model(device)
+    opt = SGDF([{"params": params[:1]}, {"params": params[1:], "lr": 0.02}], lr=0.05, **PATHS[path])
+    _fill_grads(params, seed=0)
+    opt.step()
+    _fill_grads(params, seed=1)
+    fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
+    with fake_mode:
+        fakes = {str(i): fake_mode.from_tensor(p) for i, p in enumerate(params)}
+        for p, fake in zip(params, fakes.values()):
+            fake.grad = fake_mode.from_tensor(p.grad)
+        fake_state = torch.utils._pytree.tree_map_only(torch.Tensor, fake_mode.from_tensor, opt.state_dict())
+
+    def step(live, state_dict):
+        with torch.optim.swap_in_optimizer_params_and_state(opt, live, state_dict):
+            opt.step()
+        return live, state_dict
+
+    before = _snapshot(opt)
+    traced = make_fx(step)(fakes, fake_state)
+    _assert_unchanged(opt, before)
+    assert any(str(node.target).startswith("sgdf_erd.fused_sgdf") for node in traced.graph.nodes)
+
+
 @pytest.mark.parametrize("path", list(PATHS))
 def test_param_emptied_after_stepping_is_skipped_on_every_path(device, path):
     """A param whose .data was replaced by an empty tensor keeps its (stale) state and is skipped, as every empty

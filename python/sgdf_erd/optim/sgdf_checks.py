@@ -12,6 +12,8 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
+from torch._subclasses.fake_tensor import FakeTensor
+from torch._subclasses.functional_tensor import FunctionalTensor
 
 from .. import _native
 from ._dtensor import is_dtensor, shard_first_index
@@ -37,10 +39,15 @@ def moment_keys(group: dict) -> Tuple[str, ...]:
     return STATE_KEYS[1:]
 
 
+# torch's tracing tensors (make_fx, torch.export, torch.optim.swap_in_optimizer_params_and_state): they run every op,
+# the kernel's included, through its registered fake / functional implementation, as plain tensors would
+_TRACING_TENSORS = (FakeTensor, FunctionalTensor)
+
+
 def dispatches_itself(kind: type) -> bool:
     """Whether tensors of this type run every op themselves (a __torch_dispatch__ of their own: DTensor, torchao's
-    quantized tensors, ...): they may implement torch's ops but not the kernel's."""
-    return kind.__torch_dispatch__ is not Tensor.__torch_dispatch__
+    quantized tensors, ...): they may implement torch's ops but not the kernel's. Not torch's tracing tensors."""
+    return kind.__torch_dispatch__ is not Tensor.__torch_dispatch__ and not issubclass(kind, _TRACING_TENSORS)
 
 
 def real_dtype(p: Tensor) -> torch.dtype:
