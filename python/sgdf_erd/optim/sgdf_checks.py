@@ -525,6 +525,11 @@ def checked_loaded_step(p: Tensor, state: dict, where: str, keys: Sequence[str] 
     """Check one parameter's loaded state against the parameter (`keys`: the entries it needs); returns its step
     count."""
     missing = [key for key in keys if key not in state]
+    if missing == ["exp_avg_sq"]:  # (AdaSGDF's "second_moment" group, an SGDF or "variance" state)
+        raise ValueError(f"SGDF.load_state_dict: the state of {where} lacks exp_avg_sq, which AdaSGDF's "
+                         "preconditioner='second_moment' resumes: the checkpoint is an SGDF one or was saved with "
+                         "preconditioner='variance' (no second moment to resume); set 'preconditioner': 'variance' in "
+                         "its param_groups (an SGDF checkpoint: construct AdaSGDF(preconditioner='variance'))")
     if missing:
         raise ValueError(f"SGDF.load_state_dict: the state of {where} lacks {', '.join(missing)}; the checkpoint "
                          f"is incomplete or from another optimizer (each parameter needs {', '.join(keys)})")
