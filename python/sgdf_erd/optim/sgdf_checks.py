@@ -269,11 +269,13 @@ def state_dtype(p: Tensor, group: dict) -> torch.dtype:
 def fused_storage_unsupported(params: Sequence[Tensor], group: dict) -> Optional[str]:
     """Why the fused kernels cannot step these params as their group's options ask, or None: they step plain
     tensors and DTensors' shards (not other subclasses that run torch's ops themselves, which may not know the
-    kernel's), keep float32, bfloat16 or float16 state for float32 / bfloat16 / float16 params and float64 state for
+    kernel's, unless frozen), keep float32, bfloat16 or float16 state for float32 / bfloat16 / float16 params and float64 state for
     float64 params, and round DTensor shards stochastically where each shard's elements are consecutive in the whole
     tensor."""
     for i, p in enumerate(params):
-        if dispatches_itself(type(p)) and not is_dtensor(p):
+        # (a frozen one, such as a quantized base weight beside adapters, never reaches the kernel: every path skips
+        # a parameter without a gradient; one that gets a gradient is refused at that step, before any write)
+        if dispatches_itself(type(p)) and not is_dtensor(p) and (p.requires_grad or p.grad is not None):
             return (f"{type(p).__name__} parameters (parameter {i}), a tensor subclass that runs torch's ops itself: "
                     "the fused kernels step plain tensors and DTensors' shards")
         dtype = real_dtype(p)
