@@ -269,9 +269,9 @@ def state_dtype(p: Tensor, group: dict) -> torch.dtype:
 def fused_storage_unsupported(params: Sequence[Tensor], group: dict) -> Optional[str]:
     """Why the fused kernels cannot step these params as their group's options ask, or None: they step plain
     tensors and DTensors' shards (not other subclasses that run torch's ops themselves, which may not know the
-    kernel's, unless frozen), keep float32, bfloat16 or float16 state for float32 / bfloat16 / float16 params and float64 state for
-    float64 params, and round DTensor shards stochastically where each shard's elements are consecutive in the whole
-    tensor."""
+    kernel's, unless frozen), keep float32, bfloat16 or float16 state for float32 / bfloat16 / float16 params and
+    float64 state for float64 params, and round DTensor shards stochastically where each shard's elements are
+    consecutive in the whole tensor."""
     for i, p in enumerate(params):
         # (a frozen one, such as a quantized base weight beside adapters, never reaches the kernel: every path skips
         # a parameter without a gradient; one that gets a gradient is refused at that step, before any write)
