@@ -155,13 +155,20 @@ def cold_start(device, args):
     return evict_cpu_caches if device.type == "cpu" and not args.warm_caches else None
 
 
+def caches_note(device, args) -> dict:
+    """The results files' record of what cold_start did."""
+    if device.type != "cpu":
+        return {}
+    return {"caches": "kept between the timed steps of a round (--warm-caches)" if args.warm_caches else
+            "evicted before every timed step (256 MB read)"}
+
+
 def report_timings(name, args, device, total, table, data, load_start) -> None:
     """Print a timing run's table and write it with its metadata under the results folder (if any)."""
     meta = {**header(device), "device": device_name(device, threads=False),
             "elements": f"{total:,} float32 in {args.tensors} tensors"
                         + (f", {args.groups} param groups" if args.groups > 1 else ""),
-            **({"caches": "kept between the timed steps of a round (--warm-caches)" if args.warm_caches else
-                "evicted before every timed step (256 MB read)"} if device.type == "cpu" else {}),
+            **caches_note(device, args),
             "1-minute load average at start / end": [load_start, load_average()]}
     print(table)
     out = results_folder(args)
@@ -212,9 +219,7 @@ def storage_benchmark(args, device) -> None:
     table += "\n\n" + "\n".join(f"- {s}" for s in summary)
     total = sum(p.numel() for p in make_params(numel, args.tensors, "cpu"))
     meta = {**header(device), "elements": f"{total:,} in {args.tensors} tensors",
-            **({"caches": "evicted before every timed step (256 MB read)"} if device.type == "cpu" else {}),
-            **({"caches": "kept between the timed steps of a round (--warm-caches)" if args.warm_caches else
-                "evicted before every timed step (256 MB read)"} if device.type == "cpu" else {}),
+            **caches_note(device, args),
             "1-minute load average at start / end": [load_start, load_average()]}
     print(table)
     data = {"numel": total, "tensors": args.tensors, "bytes_per_param": sizes,

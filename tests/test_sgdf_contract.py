@@ -572,6 +572,37 @@ def test_params_of_a_subclass_that_runs_its_own_ops_are_refused_by_fused_and_ste
         assert torch.equal(got, want)
 
 
+@pytest.mark.parametrize("path", ["default", "fused"])
+def test_frozen_params_of_a_subclass_that_runs_its_own_ops_leave_the_group_fused(device, path):
+    """A frozen parameter of such a subclass (a quantized base weight passed along with model.parameters()) is never
+    stepped: the group is built with fused=True and its other params step fused by default, as without it (it was
+    refused, and sent the whole group to foreach). Given a gradient, it is refused at that step, changing nothing."""
+    results = []
+    for frozen in (False, True):  # (the frozen one last: its optimizer is used below)
+        params = _model(device)
+        base = [torch.nn.Parameter(_OwnOpsTensor(torch.zeros(4, device=device)), requires_grad=False)] * frozen
+        opt = SGDF([{"params": params[:1]}, {"params": base + params[1:], "lr": 0.02}], lr=0.05, **PATHS[path])
+        for step in range(3):
+            _fill_grads(params, seed=step)
+            opt.step()
+        assert opt._path(opt.param_groups[1]) == "fused"
+        results.append([p.detach() for p in params])
+    for got, want in zip(*results):
+        assert torch.equal(got, want)
+    base[0].requires_grad_(True)
+    base[0].grad = _OwnOpsTensor(torch.ones(4, device=device))
+    _fill_grads(params, seed=3)
+    if path == "default":  # (the group goes to foreach, the subclass's ops)
+        assert opt._path(opt.param_groups[1]) == "foreach"
+        opt.step()
+        assert int(opt.state[base[0]]["step"]) == 1
+        return
+    before = _snapshot(opt)
+    with pytest.raises(NotImplementedError, match="_OwnOpsTensor parameters .* runs torch's ops itself"):
+        opt.step()
+    _assert_unchanged(opt, before)
+
+
 @pytest.mark.parametrize("steps", [0, 2])
 @pytest.mark.parametrize("path", list(PATHS))
 def test_grad_of_a_subclass_that_runs_its_own_ops_for_a_plain_param_is_refused(device, path, steps):
@@ -586,6 +617,37 @@ def test_grad_of_a_subclass_that_runs_its_own_ops_for_a_plain_param_is_refused(d
                                          r"that runs torch's ops itself"):
         opt.step()
     _assert_unchanged(opt, before)
+
+
+@pytest.mark.parametrize("path", ["default", "fused"])
+def test_step_traced_with_fake_tensors_runs_the_kernel(device, path):
+    """torch's tracing tensors (FakeTensor here, as torch.optim.swap_in_optimizer_params_and_state's make_fx recipe
+    gives a step) run the kernel's op through its fake implementation: they are not subclasses that may not know it.
+    The traced step calls the kernel, and the live optimizer is unchanged (fused=True refused them, and the default
+    path sent them to foreach, which cannot be traced with host step counts, when they counted as such subclasses)."""
+    from torch._subclasses import FakeTensorMode
+    from torch.fx.experimental.proxy_tensor import make_fx
+    params = _model(device)
+    opt = SGDF([{"params": params[:1]}, {"params": params[1:], "lr": 0.02}], lr=0.05, **PATHS[path])
+    _fill_grads(params, seed=0)
+    opt.step()
+    _fill_grads(params, seed=1)
+    fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
+    with fake_mode:
+        fakes = {str(i): fake_mode.from_tensor(p) for i, p in enumerate(params)}
+        for p, fake in zip(params, fakes.values()):
+            fake.grad = fake_mode.from_tensor(p.grad)
+        fake_state = torch.utils._pytree.tree_map_only(torch.Tensor, fake_mode.from_tensor, opt.state_dict())
+
+    def step(live, state_dict):
+        with torch.optim.swap_in_optimizer_params_and_state(opt, live, state_dict):
+            opt.step()
+        return live, state_dict
+
+    before = _snapshot(opt)
+    traced = make_fx(step)(fakes, fake_state)
+    _assert_unchanged(opt, before)
+    assert any(str(node.target).startswith("sgdf_erd.fused_sgdf") for node in traced.graph.nodes)
 
 
 @pytest.mark.parametrize("path", list(PATHS))

@@ -56,10 +56,11 @@ class SGDF(Optimizer):
         maximize: maximise the objective instead of minimising.
         foreach: True: the ``torch._foreach_*`` implementation; False: one tensor at a time (as in torch.optim).
         fused: the compiled multi-tensor kernel (CPU and, when built with CUDA, CUDA; float32, float64, float16,
-            bfloat16, complex as real views; every storage option below); refuses views with gaps and state dtypes
-            it does not keep (float64 state for non-float64 parameters, or the reverse). Default (both None): at each
-            step, per param group, fused where the build supports the parameters as they are then and the storage,
-            else foreach; views with gaps then step on a dense copy.
+            bfloat16, complex as real views; every storage option below); refuses views with gaps, state dtypes
+            it does not keep (float64 state for non-float64 parameters, or the reverse) and trainable parameters of
+            tensor subclasses that run their own ops (``__torch_dispatch__``) other than DTensor. Default (both
+            None): at each step, per param group, fused where the build supports the parameters as they are then
+            and the storage, else foreach; views with gaps then step on a dense copy.
         capturable: keep step counts (and a tensor ``lr``) on the device so a step can be captured in a CUDA graph.
         stochastic_rounding: round float32 results into bfloat16 / float16 storage (parameters without master
             copies, and low-precision state) stochastically and reproducibly (seeded from torch's default

@@ -12,6 +12,8 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
+from torch._subclasses.fake_tensor import FakeTensor
+from torch._subclasses.functional_tensor import FunctionalTensor
 
 from .. import _native
 from ._dtensor import is_dtensor, shard_first_index
@@ -37,10 +39,15 @@ def moment_keys(group: dict) -> Tuple[str, ...]:
     return STATE_KEYS[1:]
 
 
+# torch's tracing tensors (make_fx, torch.export, torch.optim.swap_in_optimizer_params_and_state): they run every op,
+# the kernel's included, through its registered fake / functional implementation, as plain tensors would
+_TRACING_TENSORS = (FakeTensor, FunctionalTensor)
+
+
 def dispatches_itself(kind: type) -> bool:
     """Whether tensors of this type run every op themselves (a __torch_dispatch__ of their own: DTensor, torchao's
-    quantized tensors, ...): they may implement torch's ops but not the kernel's."""
-    return kind.__torch_dispatch__ is not Tensor.__torch_dispatch__
+    quantized tensors, ...): they may implement torch's ops but not the kernel's. Not torch's tracing tensors."""
+    return kind.__torch_dispatch__ is not Tensor.__torch_dispatch__ and not issubclass(kind, _TRACING_TENSORS)
 
 
 def real_dtype(p: Tensor) -> torch.dtype:
@@ -263,11 +270,13 @@ def state_dtype(p: Tensor, group: dict) -> torch.dtype:
 def fused_storage_unsupported(params: Sequence[Tensor], group: dict) -> Optional[str]:
     """Why the fused kernels cannot step these params as their group's options ask, or None: they step plain
     tensors and DTensors' shards (not other subclasses that run torch's ops themselves, which may not know the
-    kernel's), keep float32, bfloat16 or float16 state for float32 / bfloat16 / float16 params and float64 state for
-    float64 params, and round DTensor shards stochastically where each shard's elements are consecutive in the whole
-    tensor."""
+    kernel's, unless frozen), keep float32, bfloat16 or float16 state for float32 / bfloat16 / float16 params and
+    float64 state for float64 params, and round DTensor shards stochastically where each shard's elements are
+    consecutive in the whole tensor."""
     for i, p in enumerate(params):
-        if dispatches_itself(type(p)) and not is_dtensor(p):
+        # (a frozen one, such as a quantized base weight beside adapters, never reaches the kernel: every path skips
+        # a parameter without a gradient; one that gets a gradient is refused at that step, before any write)
+        if dispatches_itself(type(p)) and not is_dtensor(p) and (p.requires_grad or p.grad is not None):
             return (f"{type(p).__name__} parameters (parameter {i}), a tensor subclass that runs torch's ops itself: "
                     "the fused kernels step plain tensors and DTensors' shards")
         dtype = real_dtype(p)
@@ -519,6 +528,11 @@ def checked_loaded_step(p: Tensor, state: dict, where: str, keys: Sequence[str] 
     """Check one parameter's loaded state against the parameter (`keys`: the entries it needs); returns its step
     count."""
     missing = [key for key in keys if key not in state]
+    if missing == ["exp_avg_sq"]:  # (AdaSGDF's "second_moment" group, an SGDF or "variance" state)
+        raise ValueError(f"SGDF.load_state_dict: the state of {where} lacks exp_avg_sq, which AdaSGDF's "
+                         "preconditioner='second_moment' resumes: the checkpoint is an SGDF one or was saved with "
+                         "preconditioner='variance' (no second moment to resume); set 'preconditioner': 'variance' in "
+                         "its param_groups (an SGDF checkpoint: construct AdaSGDF(preconditioner='variance'))")
     if missing:
         raise ValueError(f"SGDF.load_state_dict: the state of {where} lacks {', '.join(missing)}; the checkpoint "
                          f"is incomplete or from another optimizer (each parameter needs {', '.join(keys)})")
