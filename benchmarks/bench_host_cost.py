@@ -2,20 +2,27 @@
 
     python benchmarks/bench_host_cost.py                 # CPU: 1000 one-element float32 params, 1 thread
     python benchmarks/bench_host_cost.py --tensors 4000
+    python benchmarks/bench_host_cost.py --abi-probe     # also the entry cost of an operator with those five lists
 
 Parts timed (interleaved rounds, median per part; each timed call after evicting the caches, then the same with
 the caches kept): SGDF(fused=True)'s step, its eligibility passes (`SGDF._check_step`: the Python that decides which
 groups the kernel call takes and gathers their lists) and its kernel call alone (`SGDF._step_in_one_call` on those
 lists); AdamW(fused=True)'s step, torch's `_fused_adamw_` over as many tensors (params, grads, two moments, step
 counts: the lists SGDF's call takes) and `_foreach_add_` over the step counts, which AdamW's CPU step runs before its
-kernel. The SGDF parts use the optimizer's internals: a diagnostic, not an API. Writes
-benchmarks/results/host_cost_cpu.*
+kernel. The SGDF parts use the optimizer's internals: a diagnostic, not an API. --abi-probe compiles
+benchmarks/abi_probe/abi_probe.cpp (g++, torch's headers) and times its two operators on SGDF's five lists: one
+that does nothing (what calling an operator of the LibTorch stable ABI with 5 x n tensors costs) and one that reads
+every tensor's metadata as the kernel's checks do. Writes benchmarks/results/host_cost_cpu.*
 """
 
 import argparse
 import os
+import re
 import statistics
+import subprocess
 import sys
+import sysconfig
+import tempfile
 
 import torch
 
@@ -33,7 +40,28 @@ def one_element_params(n: int):
     return params
 
 
-def parts(n: int) -> dict:
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_abi_probe() -> None:
+    """Compile benchmarks/abi_probe/abi_probe.cpp as the library is compiled (stable ABI of the torch it targets,
+    CPython's limited API) and load its operators (torch.ops.sgdf_erd_abi_probe)."""
+    from torch.utils.cpp_extension import include_paths
+    with open(os.path.join(ROOT, "setup.py")) as f:
+        major, minor = map(int, re.search(r"^TARGET_TORCH = \((\d+), (\d+)\)", f.read(), re.M).groups())
+    out = os.path.join(tempfile.mkdtemp(), "abi_probe.so")
+    lib = os.path.join(os.path.dirname(torch.__file__), "lib")
+    subprocess.run(["g++", "-O3", "-std=c++17", "-shared", "-fPIC", "-fvisibility=hidden",
+                    f"-DTORCH_TARGET_VERSION=0x{major:02x}{minor:02x}000000000000", "-DPy_LIMITED_API=0x030A0000",
+                    f"-I{os.path.join(ROOT, 'csrc')}", *(f"-I{p}" for p in include_paths()),
+                    f"-I{sysconfig.get_paths()['include']}", os.path.join(ROOT, "benchmarks", "abi_probe",
+                                                                           "abi_probe.cpp"),
+                    os.path.join(ROOT, "csrc", "common", "python_gil.cpp"), f"-L{lib}", "-ltorch_cpu", "-lc10",
+                    "-o", out], check=True)
+    torch.ops.load_library(out)
+
+
+def parts(n: int, abi_probe: bool = False) -> dict:
     """name -> zero-argument callable; each optimizer owns its tensors and has stepped once (its state exists)."""
     sgdf = SGDF(one_element_params(n), lr=1e-3, fused=True)
     sgdf.step()
@@ -49,10 +77,16 @@ def parts(n: int) -> dict:
         torch._fused_adamw_(*lists, lr=1e-3, beta1=0.9, beta2=0.999, weight_decay=1e-2, eps=1e-8, amsgrad=False,
                             maximize=False)
 
+    (group,) = in_one_call.values()
+    sgdf_lists = [group[key] for key in ("params", "grads", "exp_avgs", "exp_vars", "steps")]
+    probe = {} if not abi_probe else {
+        "    an operator taking those lists, doing nothing": lambda: torch.ops.sgdf_erd_abi_probe.noop5(*sgdf_lists),
+        "    the same, reading every tensor's metadata": lambda: torch.ops.sgdf_erd_abi_probe.metas5(*sgdf_lists)}
     return {
         "SGDF(fused=True) step": sgdf.step,
         "  its eligibility passes (Python)": sgdf._check_step,
         "  its kernel call (fused_sgdf_)": lambda: sgdf._step_in_one_call(in_one_call, None, None),
+        **probe,
         "AdamW(fused=True) step": adamw.step,
         "  torch._fused_adamw_ (same lists)": adamw_kernel,
         "  torch._foreach_add_ (step counts)": lambda: torch._foreach_add_(lists[5], 1),
@@ -67,12 +101,15 @@ def main():
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     parser.add_argument("--suffix", default="")
+    parser.add_argument("--abi-probe", action="store_true", help="also time benchmarks/abi_probe's operators")
     args = parser.parse_args()
     args.quick = False
     torch.set_num_threads(args.threads)
     device = torch.device("cpu")
     load_start = load_average()
-    candidates = parts(args.tensors)
+    if args.abi_probe:
+        load_abi_probe()
+    candidates = parts(args.tensors, args.abi_probe)
     with torch.no_grad():  # (as inside step(): the kernel call alone would otherwise meet autograd's fallback)
         cold = time_interleaved_samples(candidates, device, args.rounds, args.iters, before_each=evict_cpu_caches)
         warm = time_interleaved_samples(candidates, device, args.rounds, args.iters)
