@@ -251,3 +251,13 @@ def test_weight_of_float64_alpha_and_sigma_at_extreme_scales(device, prediction,
         expected = expected * scale
     actual = loss_weight((alpha * scale).to(device), (sigma * scale).to(device), prediction, weighting)
     assert_close(actual, expected, rtol=1e-13, atol=0)
+
+
+def test_p2_negative_gamma_and_bool_coefficients_are_refused():
+    """Found by an adversarial probe (scripts/probe_erd): gamma < 0 gave an infinite loss weight at sigma = 0, and
+    bool alpha / sigma were taken as 1.0."""
+    with pytest.raises(ValueError, match="p2 needs gamma >= 0, got -1"):
+        loss_weight(torch.tensor([1.0]), torch.tensor([0.0]), "eps", "p2", gamma=-1.0)
+    with pytest.raises(TypeError, match="got torch.bool"):
+        loss_weight(torch.tensor([True]), torch.tensor([True]))
+    assert loss_weight(torch.tensor([1.0]), torch.tensor([0.5]), "eps", "p2", gamma=0.0).item() == 1.0

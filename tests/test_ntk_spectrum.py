@@ -399,3 +399,27 @@ def test_overlapping_calls_on_one_model_are_refused():
     assert not first.is_alive() and model.training
     assert_state_unchanged(model, before)
     ntk_spectrum(model, x, logsnr, num_bins=1)  # free again
+
+
+def test_spectrum_statistics_of_eigenvalues_near_float32_max():
+    """The ratios do not overflow where the eigenvalues' squares (or sum) would in float32 (an adversarial probe
+    found NaN and a wrong effective rank); against the float64 reference."""
+    for row in ([1e20, 1e19, 0.0], [3e38, 1e38, 0.0]):
+        got = spectrum_statistics(torch.tensor([row]), torch.tensor([3]))
+        _, _, erank, pr = spectrum_statistics_reference(np.array(row, dtype=np.float64))
+        assert got["effective_rank"].item() == pytest.approx(erank, rel=1e-5)
+        assert got["participation_ratio"].item() == pytest.approx(pr, rel=1e-5)
+
+
+@pytest.mark.parametrize("num_bins,logsnr_range,error,match", [
+    (4, (1.0, -1.0), ValueError, "min < max"),
+    (0, (-1.0, 1.0), ValueError, "'num_bins'"),
+    (4, (-1e308, 1e308), ValueError, "max - min finite"),
+])
+def test_logsnr_bin_ids_checks_its_bins(num_bins, logsnr_range, error, match):
+    """(it binned a reversed range, and any values with num_bins=0, without a word; a range whose width overflows
+    gave NaN edges, in erd_loss too)"""
+    with pytest.raises(error, match=f"logsnr_bin_ids: .*{match}"):
+        ntk.logsnr_bin_ids(torch.tensor([-0.9, 0.0, 0.9]), num_bins, logsnr_range)
+    with pytest.raises(TypeError, match="'logsnr' must be a tensor"):
+        ntk.logsnr_bin_ids([0.0], 4, (-1.0, 1.0))

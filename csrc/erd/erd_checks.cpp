@@ -69,7 +69,11 @@ WeightParams parse_weight_params(const std::string& prediction, const std::strin
   SGDF_ERD_CHECK_VALUE(std::isfinite(k) && std::isfinite(gamma), op, ": k and gamma must be finite, got k=", k,
                        ", gamma=", gamma);
   if (p.weighting == Weighting::kMinSnr) SGDF_ERD_CHECK_VALUE(k > 0, op, ": min_snr needs k > 0, got ", k);
-  if (p.weighting == Weighting::kP2) SGDF_ERD_CHECK_VALUE(k >= 0, op, ": p2 needs k >= 0, got ", k);
+  if (p.weighting == Weighting::kP2) {
+    SGDF_ERD_CHECK_VALUE(k >= 0, op, ": p2 needs k >= 0, got ", k);
+    // (a negative exponent would weight the cleanest samples most, infinitely at sigma = 0)
+    SGDF_ERD_CHECK_VALUE(gamma >= 0, op, ": p2 needs gamma >= 0, got ", gamma);
+  }
   p.k = k;
   p.gamma = gamma;
   return p;

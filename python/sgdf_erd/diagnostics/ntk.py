@@ -14,7 +14,7 @@ from typing import Dict, Iterator, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..erd.loss import logsnr_bin_edges
+from ..erd.loss import _check_bins, logsnr_bin_edges
 from ..ops import MAX_NUM_BINS, binned_gram_eigvalsh
 
 __all__ = ["ntk_spectrum", "spectrum_statistics", "logsnr_bin_ids"]
@@ -33,6 +33,9 @@ def logsnr_bin_ids(logsnr: Tensor, num_bins: int, logsnr_range: Sequence[float])
     """Bin index of each log-SNR value, as ERDLoss's statistics bin it: uniform bins over ``[lo, hi]``, bin b
     holding ``bin_edges[b] <= l < bin_edges[b + 1]`` (:func:`sgdf_erd.erd.logsnr_bin_edges`), values outside the
     range in the end bins, and -1 (no bin) for NaN."""
+    if not isinstance(logsnr, Tensor):
+        raise TypeError(f"logsnr_bin_ids: 'logsnr' must be a tensor, got {type(logsnr).__name__}")
+    _check_bins(num_bins, logsnr_range, "logsnr_bin_ids")
     logsnr = logsnr.detach().double()
     interior = logsnr_bin_edges(num_bins, logsnr_range)[1:-1].to(logsnr.device)
     ids = torch.searchsorted(interior, logsnr, right=True)
@@ -54,13 +57,18 @@ def spectrum_statistics(eigenvalues: Tensor, counts: Tensor) -> Dict[str, Tensor
     else:
         max_eig = torch.zeros_like(trace)
     positive = (trace > 0) & (counts > 0)
-    safe_trace = torch.where(positive, trace, torch.ones_like(trace))
-    p = eig / safe_trace.unsqueeze(1)
+    # both ratios are scale-free: taken of the spectrum over its largest magnitude, so that sums and squares of
+    # eigenvalues near float32's largest (which the eigensolver returns finite) do not overflow
+    scale = eig.abs().amax(dim=1, keepdim=True) if eig.shape[1] > 0 else torch.ones_like(trace).unsqueeze(1)
+    q = eig / torch.where(scale > 0, scale, torch.ones_like(scale))
+    q_sum = q.sum(dim=1)
+    safe_sum = torch.where(positive, q_sum, torch.ones_like(q_sum))
+    p = q / safe_sum.unsqueeze(1)
     entropy = -torch.special.xlogy(p, p).sum(dim=1)
     effective_rank = torch.where(positive, entropy.exp(), torch.zeros_like(trace))
-    sum_sq = (eig * eig).sum(dim=1)
+    sum_sq = (q * q).sum(dim=1)
     safe_sq = torch.where(positive, sum_sq, torch.ones_like(sum_sq))
-    participation = torch.where(positive, trace * trace / safe_sq, torch.zeros_like(trace))
+    participation = torch.where(positive, q_sum * q_sum / safe_sq, torch.zeros_like(trace))
     return {
         "trace": trace,
         "max_eigenvalue": max_eig,

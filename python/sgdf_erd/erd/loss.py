@@ -36,8 +36,9 @@ def _check_bins(num_bins, logsnr_range, where: str) -> Tuple[float, float]:
         lo, hi = (float(v) for v in logsnr_range)
     except (TypeError, ValueError):
         raise ValueError(f"{where}: 'logsnr_range' must be two numbers (min, max), got {logsnr_range!r}") from None
-    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-        raise ValueError(f"{where}: 'logsnr_range' must be finite with min < max, got {logsnr_range!r}")
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi and math.isfinite(hi - lo)):
+        raise ValueError(f"{where}: 'logsnr_range' must be finite with min < max (and max - min finite), got "
+                         f"{logsnr_range!r}")
     return lo, hi
 
 
@@ -45,7 +46,7 @@ def logsnr_bin_edges(num_bins: int, logsnr_range: Tuple[float, float]) -> Tensor
     """The num_bins + 1 edges (float64) of the statistics' uniform log-SNR bins: bin b holds edge b <= log-SNR <
     edge b + 1 (values outside the range fall into the end bins). The interior edges are the doubles the kernels
     compare with (csrc/erd/erd_math.h, logsnr_bin_edge), so a log-SNR on an edge lands in the bin the edges say."""
-    lo, hi = float(logsnr_range[0]), float(logsnr_range[1])
+    lo, hi = _check_bins(num_bins, logsnr_range, "logsnr_bin_edges")
     edges = lo + (hi - lo) * torch.arange(num_bins + 1, dtype=torch.float64) / num_bins
     edges[-1] = hi
     return edges

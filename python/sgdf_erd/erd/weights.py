@@ -82,6 +82,9 @@ def loss_weight(alpha, sigma, prediction: str = "eps", weighting: str = "erd", *
     if dtype.is_complex:
         raise TypeError(f"loss_weight: alpha, sigma (and alpha_prime, sigma_prime) must be real, got {dtype}; a "
                         "schedule's coefficients are real numbers")
+    if dtype == torch.bool:
+        raise TypeError("loss_weight: alpha, sigma (and alpha_prime, sigma_prime) must be numbers, got torch.bool; "
+                        "pass the schedule's coefficients as floating-point tensors")
     if not dtype.is_floating_point:
         dtype = torch.get_default_dtype()
     tensors = [t.detach().to(dtype) for t in torch.broadcast_tensors(*tensors)]
