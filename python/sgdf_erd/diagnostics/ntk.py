@@ -14,7 +14,7 @@ from typing import Dict, Iterator, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..erd.loss import _check_bins, logsnr_bin_edges
+from ..erd.loss import _bin_edges, _check_bins
 from ..ops import MAX_NUM_BINS, binned_gram_eigvalsh
 
 __all__ = ["ntk_spectrum", "spectrum_statistics", "logsnr_bin_ids"]
@@ -35,9 +35,9 @@ def logsnr_bin_ids(logsnr: Tensor, num_bins: int, logsnr_range: Sequence[float])
     range in the end bins, and -1 (no bin) for NaN."""
     if not isinstance(logsnr, Tensor):
         raise TypeError(f"logsnr_bin_ids: 'logsnr' must be a tensor, got {type(logsnr).__name__}")
-    _check_bins(num_bins, logsnr_range, "logsnr_bin_ids")
+    lo, hi = _check_bins(num_bins, logsnr_range, "logsnr_bin_ids")
     logsnr = logsnr.detach().double()
-    interior = logsnr_bin_edges(num_bins, logsnr_range)[1:-1].to(logsnr.device)
+    interior = _bin_edges(num_bins, lo, hi)[1:-1].to(logsnr.device)
     ids = torch.searchsorted(interior, logsnr, right=True)
     return torch.where(logsnr.isnan(), -1, ids)
 

@@ -46,7 +46,11 @@ def logsnr_bin_edges(num_bins: int, logsnr_range: Tuple[float, float]) -> Tensor
     """The num_bins + 1 edges (float64) of the statistics' uniform log-SNR bins: bin b holds edge b <= log-SNR <
     edge b + 1 (values outside the range fall into the end bins). The interior edges are the doubles the kernels
     compare with (csrc/erd/erd_math.h, logsnr_bin_edge), so a log-SNR on an edge lands in the bin the edges say."""
-    lo, hi = _check_bins(num_bins, logsnr_range, "logsnr_bin_edges")
+    return _bin_edges(num_bins, *_check_bins(num_bins, logsnr_range, "logsnr_bin_edges"))
+
+
+def _bin_edges(num_bins: int, lo: float, hi: float) -> Tensor:
+    """logsnr_bin_edges for arguments its callers have checked (_check_bins)."""
     edges = lo + (hi - lo) * torch.arange(num_bins + 1, dtype=torch.float64) / num_bins
     edges[-1] = hi
     return edges
@@ -175,7 +179,7 @@ class ERDLoss(nn.Module):
         self.k = float(k)
         self.p2_gamma = float(p2_gamma)
         # derived from the constructor arguments, so not part of the state_dict
-        self.register_buffer("bin_edges", logsnr_bin_edges(num_bins, (lo, hi)), persistent=False)
+        self.register_buffer("bin_edges", _bin_edges(num_bins, lo, hi), persistent=False)
         self.register_buffer("batch_sums", torch.zeros(4, num_bins, dtype=torch.float64))
         self.register_buffer("running_sums", torch.zeros(4, num_bins, dtype=torch.float64))
         self.register_buffer("num_batches_tracked", torch.zeros((), dtype=torch.long))

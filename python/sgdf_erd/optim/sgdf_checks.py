@@ -163,11 +163,9 @@ def check_hyperparameters(group: dict, where: str, keys: Iterable[str] = GROUP_K
         if not _is_real_number(b) or not 0.0 <= b < 1.0 or struct.unpack("f", struct.pack("f", b))[0] == 1.0:
             raise ValueError(f"{where}: invalid betas[{i}]={b!r}; each beta must be a float in [0, 1) that "
                              "stays below 1 in float32 (at most 0.99999994)")
-    _check_number(group, "eps", where, lambda v: 0.0 <= v <= _FLOAT32_MAX,
-                  f"a float >= 0 and <= {_FLOAT32_MAX:.4g} (the float32 arithmetic's range)")
+    _check_number(group, "eps", where, *_IN_FLOAT32_RANGE)
     _check_number(group, "gamma", where, lambda v: v > 0.0, "a finite float > 0 (0.5 is the release default)")
-    _check_number(group, "weight_decay", where, lambda v: 0.0 <= v <= _FLOAT32_MAX,
-                  f"a float >= 0 and <= {_FLOAT32_MAX:.4g} (the float32 arithmetic's range)")
+    _check_number(group, "weight_decay", where, *_IN_FLOAT32_RANGE)
     for key in ("decoupled_weight_decay", "sign", "orthogonalize", "maximize", "capturable", "stochastic_rounding",
                 "master_weights"):
         if not isinstance(group[key], bool):
@@ -202,9 +200,12 @@ def check_hyperparameters(group: dict, where: str, keys: Iterable[str] = GROUP_K
                          "parameter's dtype)")
 
 
-# lr and weight_decay scale the weights in the float32 arithmetic of every path (the foreach ops take them as float32
-# scalars and refuse larger ones, midway through a step)
+# lr, weight_decay and eps enter the float32 arithmetic of every path (the foreach ops take lr and weight_decay as
+# float32 scalars and refuse larger ones, midway through a step; eps beyond it is inf there)
 _FLOAT32_MAX = torch.finfo(torch.float32).max
+# _check_number's test and requirement for eps and weight_decay
+_IN_FLOAT32_RANGE = (lambda v: 0.0 <= v <= _FLOAT32_MAX,
+                     f"a float >= 0 and <= {_FLOAT32_MAX:.4g} (the float32 arithmetic's range)")
 
 
 def _check_lr_value(lr, where: str) -> None:
@@ -540,7 +541,7 @@ def checked_loaded_step(p: Tensor, state: dict, where: str, keys: Sequence[str] 
     if isinstance(step, Tensor):
         if step.numel() != 1 or step.is_complex() or step.is_meta or step.layout is not torch.strided:
             raise ValueError(f"SGDF.load_state_dict: 'step' of {where} must be a real one-element dense tensor with a "
-                             f"value (or a number), got {_describe(step)}, {step.layout}")
+                             f"value (or a number), got {_describe(step)}")
         value = float(step)
     elif _is_real_number(step):  # (numpy's too)
         value = step
