@@ -80,6 +80,14 @@ def _assert_unchanged(opt: SGDF, before) -> None:
         assert _same(before[key], after[key]), f"the failed call changed the optimizer's {key}"
 
 
+def _assert_step_refused(opt: SGDF, error, match=None) -> None:
+    """opt.step() raises `error` (its message matching `match`) and changes nothing."""
+    before = _snapshot(opt)
+    with pytest.raises(error, match=match):
+        opt.step()
+    _assert_unchanged(opt, before)
+
+
 def _model(device, dtype=torch.float32, seed=0):
     gen = torch.Generator().manual_seed(seed)
     shapes = [(5, 4), (6,), (3, 2, 2)]
@@ -241,10 +249,7 @@ def test_bad_step_changes_nothing(device, path, case, groups):
     if exc is None:
         opt.step()
         return
-    before = _snapshot(opt)
-    with pytest.raises(_refusal(exc, path), match=match):
-        opt.step()
-    _assert_unchanged(opt, before)
+    _assert_step_refused(opt, _refusal(exc, path), match=match)
 
 
 def _refusal(exc, path):
@@ -271,10 +276,7 @@ def test_storage_state_edited_by_hand_in_a_later_group_changes_nothing(device, p
         _fill_grads(params, seed=i)
         opt.step()
     edit(params, opt)
-    before = _snapshot(opt)
-    with pytest.raises(_refusal(ValueError, path), match=match):
-        opt.step()
-    _assert_unchanged(opt, before)
+    _assert_step_refused(opt, _refusal(ValueError, path), match=match)
 
 
 @pytest.mark.parametrize("stepped_before", [False, True])  # True: the first group is stepped by one kernel call
@@ -291,10 +293,7 @@ def test_overlapping_grads_of_fused_params_are_refused(device, stepped_before, s
     buf = torch.ones(6, device=device)
     a.grad = torch.ones(4, device=device) if same_group else buf[:4]
     b.grad, c.grad = buf[2:], torch.ones(4, device=device) if not same_group else buf[:4]
-    before = _snapshot(opt)
-    with pytest.raises(_refusal(ValueError, "fused"), match="share memory"):
-        opt.step()
-    _assert_unchanged(opt, before)
+    _assert_step_refused(opt, _refusal(ValueError, "fused"), match="share memory")
 
 
 def test_grads_as_disjoint_views_of_one_buffer_step(device):
@@ -325,10 +324,7 @@ def test_state_tensor_serving_two_params_is_refused(device, path):
         _fill_grads(params, seed=i)
         opt.step()
     opt.state[params[1]]["exp_var"] = opt.state[params[0]]["exp_var"]
-    before = _snapshot(opt)
-    with pytest.raises(_refusal(ValueError, path), match="same tensor"):
-        opt.step()
-    _assert_unchanged(opt, before)
+    _assert_step_refused(opt, _refusal(ValueError, path), match="same tensor")
 
 
 def _other_layout(t):
@@ -398,10 +394,7 @@ def test_tensor_lr_sharing_memory_with_its_groups_state_changes_nothing(device, 
     exp_avg = opt.state[params[-1]]["exp_avg"]
     exp_avg.view(-1)[0] = 0.01
     opt.param_groups[-1]["lr"] = exp_avg.view(-1)[0]
-    before = _snapshot(opt)
-    with pytest.raises(ValueError, match="`lr` of param group 1 and 'exp_avg'"):
-        opt.step()
-    _assert_unchanged(opt, before)
+    _assert_step_refused(opt, ValueError, match="`lr` of param group 1 and 'exp_avg'")
 
 
 @pytest.mark.parametrize("path", list(PATHS))
@@ -413,10 +406,7 @@ def test_tensor_lr_viewing_a_param_of_its_group_is_refused_on_the_first_step(dev
     with torch.no_grad():
         params[-1].view(-1)[0] = 0.01
     opt.param_groups[-1]["lr"] = params[-1].detach().view(-1)[0]
-    before = _snapshot(opt)
-    with pytest.raises(ValueError, match="`lr` of param group 1 and parameter 1 of param group 1"):
-        opt.step()
-    _assert_unchanged(opt, before)
+    _assert_step_refused(opt, ValueError, match="`lr` of param group 1 and parameter 1 of param group 1")
 
 
 @pytest.mark.parametrize("stepped_before", [False, True])  # True: the groups are checked by one kernel call
@@ -427,10 +417,7 @@ def test_grad_scale_sharing_memory_with_a_later_groups_grad_changes_nothing(devi
     params, opt = _stepped(device, path, steps=2 if stepped_before else 0)
     params[-1].grad.view(-1)[0] = 2.0
     opt.grad_scale, opt.found_inf = params[-1].grad.view(-1)[0], torch.zeros((), device=device)
-    before = _snapshot(opt)
-    with pytest.raises(ValueError, match="`grad_scale` and the gradient of parameter 1 of param group 1"):
-        opt.step()
-    _assert_unchanged(opt, before)
+    _assert_step_refused(opt, ValueError, match="`grad_scale` and the gradient of parameter 1 of param group 1")
 
 
 @pytest.mark.parametrize("groups", ["one", "two"])
@@ -461,10 +448,7 @@ def test_efficient_zero_grad_in_a_later_group(device, path, steps):
         params, opt = _stepped(device, path, steps=steps)
         params[-1].grad = zero(params[-1].shape, device=device)
         if path in ("default", "fused") and zero is torch._efficientzerotensor:
-            before = _snapshot(opt)
-            with pytest.raises(ValueError, match="gradient of parameter 1 of param group 1 is an efficient zero"):
-                opt.step()
-            _assert_unchanged(opt, before)
+            _assert_step_refused(opt, ValueError, match="gradient of parameter 1 of param group 1 is an efficient zero")
             return
         opt.step()
         results.append([p.detach().clone() for p in params])
@@ -597,10 +581,7 @@ def test_frozen_params_of_a_subclass_that_runs_its_own_ops_leave_the_group_fused
         opt.step()
         assert int(opt.state[base[0]]["step"]) == 1
         return
-    before = _snapshot(opt)
-    with pytest.raises(NotImplementedError, match="_OwnOpsTensor parameters .* runs torch's ops itself"):
-        opt.step()
-    _assert_unchanged(opt, before)
+    _assert_step_refused(opt, NotImplementedError, match="_OwnOpsTensor parameters .* runs torch's ops itself")
 
 
 @pytest.mark.parametrize("steps", [0, 2])
@@ -674,19 +655,13 @@ def test_one_grad_shared_by_two_fused_params_is_refused(device, stepped_before):
         a.grad, b.grad = torch.ones(4, device=device), torch.ones(4, device=device)
         opt.step()
     a.grad = b.grad = torch.ones(4, device=device)
-    before = _snapshot(opt)
-    with pytest.raises(_refusal(ValueError, "fused"), match="share memory"):
-        opt.step()
-    _assert_unchanged(opt, before)
+    _assert_step_refused(opt, _refusal(ValueError, "fused"), match="share memory")
 
 
 def test_ns_steps_checked_at_step(device):
     params, opt = _stepped(device)
     opt.param_groups[-1].update(orthogonalize=True, ns_steps=1)
-    before = _snapshot(opt)
-    with pytest.raises(ValueError, match="ns_steps"):
-        opt.step()
-    _assert_unchanged(opt, before)
+    _assert_step_refused(opt, ValueError, match="ns_steps")
 
 
 @pytest.mark.parametrize("path", list(PATHS))
@@ -695,10 +670,7 @@ def test_sparse_grad_in_a_later_group_changes_nothing(device, path):
     emb = torch.nn.Embedding(10, 3, sparse=True).to(device)
     opt.add_param_group({"params": emb.parameters()})
     emb(torch.tensor([1, 2], device=device)).sum().backward()
-    before = _snapshot(opt)
-    with pytest.raises(RuntimeError, match="sparse"):
-        opt.step()
-    _assert_unchanged(opt, before)
+    _assert_step_refused(opt, RuntimeError, match="sparse")
 
 
 def test_param_and_grad_in_one_buffer_without_overlap_step(device):
@@ -716,10 +688,7 @@ def test_state_of_a_param_changed_after_stepping_is_refused(device):
     params, opt = _stepped(device)
     params[-1].data = params[-1].data.double()
     params[-1].grad = torch.ones_like(params[-1])
-    before = _snapshot(opt)
-    with pytest.raises(ValueError, match="state"):
-        opt.step()
-    _assert_unchanged(opt, before)
+    _assert_step_refused(opt, ValueError, match="state")
 
 
 @pytest.mark.parametrize("path", list(PATHS))
@@ -1211,10 +1180,7 @@ def test_key_deleted_by_hand_is_named_and_changes_nothing(device, path, change, 
     """A state entry or group key deleted by hand: a ValueError naming it, not a bare KeyError."""
     params, opt = _stepped(device, path)
     change(params, opt)
-    before = _snapshot(opt)
-    with pytest.raises(ValueError, match=match):
-        opt.step()
-    _assert_unchanged(opt, before)
+    _assert_step_refused(opt, ValueError, match=match)
 
 
 @pytest.mark.parametrize("path", list(PATHS))
@@ -1308,20 +1274,14 @@ def test_state_a_step_cannot_write_is_refused_before_any_group_steps(device, pat
     """The last group's state is made unwritable (or its step count invalid): raised before the first group steps."""
     params, opt = _stepped(device, path)
     change(params, opt)
-    before = _snapshot(opt)
-    with pytest.raises((ValueError, RuntimeError), match=match):
-        opt.step()
-    _assert_unchanged(opt, before)
+    _assert_step_refused(opt, (ValueError, RuntimeError), match=match)
 
 
 def test_state_made_in_inference_mode_is_refused_before_any_group_steps(device):
     params, opt = _stepped(device, "foreach")
     with torch.inference_mode():
         opt.state[params[-1]]["exp_var"] = opt.state[params[-1]]["exp_var"].clone()
-    before = _snapshot(opt)
-    with pytest.raises(ValueError, match="inference"):
-        opt.step()
-    _assert_unchanged(opt, before)
+    _assert_step_refused(opt, ValueError, match="inference")
 
 
 @pytest.mark.parametrize("make_grad", [
@@ -1335,10 +1295,7 @@ def test_gradient_the_kernel_cannot_unscale_in_place_changes_nothing(device, mak
     params, opt = _stepped(device, "fused")
     params[-1].grad = make_grad(params[-1])
     opt.grad_scale, opt.found_inf = torch.tensor(4.0, device=device), torch.tensor(0.0, device=device)
-    before = _snapshot(opt)
-    with pytest.raises(ValueError, match="gradient of parameter 1 of param group 1"):
-        opt.step()
-    _assert_unchanged(opt, before)
+    _assert_step_refused(opt, ValueError, match="gradient of parameter 1 of param group 1")
 
 
 def test_view_with_gaps_and_state_relaid_by_hand_steps_as_without(device):
