@@ -5,6 +5,11 @@ It never calls sgdf_erd and always runs on the CPU (parameters and gradients fro
 `round_to` emulates keeping parameters and state in a reduced dtype: after every step p and the state are rounded to
 that dtype; `state_round_to` (when given) rounds the state to another dtype instead. With `round_to=torch.float32`,
 p follows a float32 master copy.
+
+Two per-element scales of the error a reduced-precision step may make, for tests/test_adasgdf_op.py's
+assert_weights_close: `peak`, the largest |p| along the trajectory (the initial and every stepped value), and
+`sensitivity`, the sum over steps of lr (|grad| + |wd p| + |m^|) / (d + eps): how far the weight moves per unit of
+relative error in the numerator's inputs, which the division by d + eps amplifies where eps dominates it.
 """
 
 import torch
@@ -24,6 +29,8 @@ class ReferenceAdaSGDF:
         self.s = [torch.zeros_like(p) for p in self.p]
         self.v = [torch.zeros_like(p) for p in self.p]
         self.t = [0 for _ in self.p]
+        self.peak = [self._real(p).abs() for p in self.p]
+        self.sensitivity = [torch.zeros_like(x) for x in self.peak]
         self.lr, self.b1, self.b2, self.eps, self.gamma = lr, betas[0], betas[1], eps, gamma
         self.wd, self.decoupled, self.maximize, self.preconditioner = (weight_decay, decoupled_weight_decay,
                                                                        maximize, preconditioner)
@@ -36,6 +43,10 @@ class ReferenceAdaSGDF:
         if self.preconditioner == "second_moment":
             out["exp_avg_sq"] = self.v[i]
         return out
+
+    @staticmethod
+    def _real(x):
+        return torch.view_as_real(x) if x.is_complex() else x
 
     @staticmethod
     def _round(x, dtype):
@@ -57,10 +68,12 @@ class ReferenceAdaSGDF:
             t = self.t[i]
             if self.maximize:
                 g = -g
+            numerator_inputs = g.abs()  # (the magnitudes of what the numerator g^ is computed from)
             if self.wd:
                 if self.decoupled:
                     p.mul_(1 - lr * self.wd)
                 else:
+                    numerator_inputs += (self.wd * p).abs()
                     g = g + self.wd * p
             m.mul_(b1).add_((1 - b1) * g)
             s.mul_(b2).add_((1 - b2) * (g - m) ** 2)  # against the m just updated
@@ -68,6 +81,7 @@ class ReferenceAdaSGDF:
             bc2 = (1 + b1) * (1 - b2**t) / ((1 - b1) * (1 - b1 ** (2 * t)))
             m_hat = m / bc1
             r = g - m_hat
+            numerator_inputs += m_hat.abs()
             gain = (s / (bc2 * r**2 + s + eps)) ** self.gamma
             g_hat = m_hat + gain * r
             if self.preconditioner == "second_moment":
@@ -76,6 +90,8 @@ class ReferenceAdaSGDF:
             else:
                 d = torch.sqrt(s / (1 - b2**t))
             p.sub_(lr * g_hat / (d + eps))
+            self.sensitivity[i] += lr * numerator_inputs / (d + eps)
             p.copy_(self._round(p, self.round_to))
+            torch.maximum(self.peak[i], p.abs(), out=self.peak[i])
             for x in (m, s, v):
                 x.copy_(self._round(x, self.state_round_to))
