@@ -140,3 +140,28 @@ def running_statistics(history, decay, num_bins, lo, hi):
         "loss_mean": s_loss / count,
         "loss_share": s_loss / s_loss.sum(),
     }
+
+
+def exact_schedule(t, schedule):
+    """(alpha, sigma, alpha', sigma', log-SNR) of a continuous schedule from the spec at each float t, evaluated with
+    50 significant digits (mpmath, which torch brings through sympy) and rounded to float64 once; log-SNR is
+    log(alpha^2 / sigma^2), +-inf where sigma or alpha is 0. schedule: "cosine" (alpha = cos(pi t / 2),
+    sigma = sin(pi t / 2)) or "flow" (alpha = 1 - t, sigma = t)."""
+    import mpmath
+
+    rows = []
+    with mpmath.workdps(50):
+        for x in _f64(t).reshape(-1).tolist():
+            u = mpmath.mpf(x)
+            if schedule == "cosine":
+                # cos(pi / 2) is 0 exactly; mpmath's is 1e-51
+                a = mpmath.mpf(0) if x == 1.0 else mpmath.cos(mpmath.pi * u / 2)
+                s = mpmath.sin(mpmath.pi * u / 2)
+                ap, sp = -mpmath.pi / 2 * s, mpmath.pi / 2 * a
+            elif schedule == "flow":
+                a, s, ap, sp = 1 - u, u, mpmath.mpf(-1), mpmath.mpf(1)
+            else:
+                raise ValueError(schedule)
+            logsnr = math.inf if s == 0 else -math.inf if a == 0 else 2 * (mpmath.log(abs(a)) - mpmath.log(s))
+            rows.append([float(v) for v in (a, s, ap, sp, logsnr)])
+    return torch.tensor(rows, dtype=F64).reshape(*_f64(t).shape, 5).unbind(-1)
