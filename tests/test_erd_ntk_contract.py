@@ -2,6 +2,8 @@
 exception with a message that says what is wrong, and leaves everything it was given bit-identical (the loss
 module's running statistics and step count, the model's parameters, buffers and training flags, the inputs)."""
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -230,6 +232,42 @@ CASES = [
     ("ntk_frozen", lambda e: ntk_spectrum(e["frozen_model"], e["x"], e["logsnr"]), ValueError,
      "no parameters that require grad"),
     ("ntk_not_module", lambda e: ntk_spectrum(lambda x: x, e["x"], e["logsnr"]), TypeError, "nn.Module"),
+    # found by an adversarial probe (scripts/probe_erd, F8 / F10): schedule constructors took non-finite or degenerate
+    # arguments (NaN schedules), and these refusals came from torch or Python without naming the argument
+    ("logsnr_schedule_infinite", lambda e: schedules.LinearLogSNR(math.inf, -10.0), ValueError,
+     "'logsnr_max' and 'logsnr_min' must be finite with logsnr_min < logsnr_max"),
+    ("logsnr_schedule_str", lambda e: schedules.LinearLogSNR("a", "b"), TypeError,
+     "LinearLogSNR: 'logsnr_max' must be a real number"),
+    ("cosine_betas_negative_s", lambda e: schedules.cosine_betas(10, s=-1.0), ValueError,
+     "cosine_betas: the offset 's' must be finite and >= 0"),
+    ("cosine_betas_nan_s", lambda e: schedules.cosine_betas(10, s=math.nan), ValueError, "'s' must be finite"),
+    ("vp_cosine_negative_s", lambda e: schedules.DiscreteVP.cosine(s=-1.0), ValueError, "'s' must be finite and >= 0"),
+    ("cosine_betas_max_beta", lambda e: schedules.cosine_betas(10, max_beta=0.0), ValueError,
+     r"'max_beta' must lie in \(0, 1\]"),
+    ("linear_betas_zero", lambda e: schedules.linear_betas(100, 0.0, 0.0), ValueError, "beta_end > 0"),
+    ("vp_table_str", lambda e: schedules.DiscreteVP("abc"), TypeError,
+     r"DiscreteVP: 'alphas_cumprod' must be a tensor \(or a sequence\) of real numbers, got str"),
+    ("vp_betas_none", lambda e: schedules.DiscreteVP.from_betas(None), TypeError, "'betas' must be a tensor"),
+    ("weight_shapes", lambda e: loss_weight(torch.ones(3), torch.ones(2)), ValueError,
+     r"loss_weight: alpha \(3,\), sigma \(2,\) must broadcast together"),
+    ("weight_flow_derivative_shapes", lambda e: loss_weight(e["alpha"], e["sigma"], "flow",
+                                                            alpha_prime=torch.ones(2), sigma_prime=torch.ones(4)),
+     ValueError, r"alpha_prime \(2,\), sigma_prime \(4,\) must broadcast together"),
+    ("weight_alpha_str", lambda e: loss_weight("a", e["sigma"]), TypeError, "'alpha' must be a tensor"),
+    ("weight_sigma_none", lambda e: loss_weight(e["alpha"], None), TypeError, "'sigma' must be a tensor"),
+    ("weight_k_tensor", lambda e: loss_weight(e["alpha"], e["sigma"], "eps", "p2", k=torch.tensor([1.0, 2.0])),
+     TypeError, "loss_weight: 'k' must be a real number"),
+    ("erd_loss_k_str", lambda e: call_erd_loss(e, weighting="min_snr", k="x"), TypeError,
+     "erd_loss: 'k' must be a real number"),
+    ("loss_callable_str", lambda e: ERDLoss("eps", lambda a, s: "abc")(e["output"], e["target"], e["alpha"],
+                                                                       e["sigma"]),
+     TypeError, "the weighting callable must return a tensor"),
+    ("module_ema_decay_str", lambda e: ERDLoss(ema_decay="0.9"), TypeError, "ERDLoss: 'ema_decay' must be a real"),
+    ("module_k_str", lambda e: ERDLoss(weighting="min_snr", k="a"), TypeError, "ERDLoss: 'k' must be a real number"),
+    ("ntk_logsnr_range_int", lambda e: ntk_spectrum(e["model"], e["x"], e["logsnr"], logsnr_range=5), ValueError,
+     r"ntk_spectrum: 'logsnr_range' must be two numbers \(min, max\), got 5"),
+    ("ntk_logsnr_range_str", lambda e: ntk_spectrum(e["model"], e["x"], e["logsnr"], logsnr_range=("a", "b")),
+     ValueError, "'logsnr_range' must be two numbers"),
 ]
 
 

@@ -4,9 +4,12 @@ import math
 
 import pytest
 import torch
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from tests.devices import requires_cuda
-from sgdf_erd.erd import ERDLoss, schedules
+from tests.reference import erd_reference as ref
+from sgdf_erd.erd import ERDLoss, loss_weight, schedules
 
 F64 = torch.float64
 CONTINUOUS = [schedules.ContinuousCosine(), schedules.LinearLogSNR(), schedules.LinearLogSNR(5.0, -7.0),
@@ -31,6 +34,44 @@ def test_continuous_cosine_values():
     torch.testing.assert_close(alpha, torch.cos(math.pi * t / 2).clamp_min(0))
     torch.testing.assert_close(alpha**2 + sigma**2, torch.ones_like(t))
     assert float(alpha[-1]) >= 0 and float(schedules.ContinuousCosine().alpha_sigma(torch.ones(1))[0]) >= 0
+
+
+FLOAT_DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+
+
+def _assert_near_exact(got, exact, dtype, what, atol=0.0):
+    """got (t's dtype) within 2 ulp of the exact value, plus dtype's subnormal spacing and `atol`."""
+    assert got.dtype == dtype, what
+    info = torch.finfo(dtype)
+    got, exact = got.double(), exact.double()
+    same_inf = torch.isinf(exact) & (got == exact)
+    bound = 2 * info.eps * exact.abs() + info.tiny * info.eps + atol
+    bad = ~same_inf & ~((got - exact).abs() <= bound)
+    assert not bad.any(), f"{what} {dtype}: t -> got {got[bad].tolist()}, exact {exact[bad].tolist()}"
+
+
+@settings(max_examples=60, deadline=None)
+@given(t=st.floats(0.0, 1.0), dtype=st.sampled_from(FLOAT_DTYPES))
+@example(t=1.0, dtype=torch.bfloat16)  # pi / 2 rounds to 1.5703 in bfloat16: alpha(1) was 4.8e-4
+@example(t=1.0, dtype=torch.float16)
+@example(t=1 - 2**-24, dtype=torch.float32)  # cos of the rounded pi t / 2 was 4 % off
+@example(t=1e-3, dtype=torch.float16)  # alpha^2 / sigma^2 overflowed float16: log-SNR inf
+@example(t=1e-20, dtype=torch.float32)  # and float32
+@example(t=0.0, dtype=torch.float64)
+def test_continuous_schedules_match_exact_values_in_every_dtype(t, dtype):
+    """ContinuousCosine's alpha, sigma, derivatives and log-SNR, and LinearFlow's log-SNR, within 2 ulp of t's dtype
+    of the spec's values at the (rounded) t; alpha(1) = 0 exactly (SNR 0, weight pinned to 1)."""
+    t = torch.tensor([t, 1 - t]).to(dtype)
+    exact = ref.exact_schedule(t, "cosine")
+    got = schedules.ContinuousCosine()(t)
+    compute_eps = torch.finfo(torch.promote_types(dtype, torch.float32)).eps
+    for name, value, want in zip(got._fields, got, exact):
+        # the log-SNR's absolute error is that of log alpha - log sigma: a few ulp of the compute dtype
+        _assert_near_exact(value, want, dtype, f"ContinuousCosine {name}", 8 * compute_eps if name == "logsnr" else 0)
+    _, _, _, _, exact_flow = ref.exact_schedule(t, "flow")
+    _assert_near_exact(schedules.LinearFlow().logsnr(t), exact_flow, dtype, "LinearFlow logsnr", 8 * compute_eps)
+    at_one = t == 1
+    assert (got.alpha[at_one] == 0).all() and (loss_weight(got.alpha, got.sigma, "x0")[at_one] == 1).all()
 
 
 def test_linear_logsnr_end_points_and_path():

@@ -5,6 +5,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.reference import erd_reference as ref
 from sgdf_erd.diagnostics import logsnr_bin_ids
@@ -158,7 +160,7 @@ def test_a_logsnr_on_a_bin_edge_lands_in_the_bin_the_edges_say(num_bins, logsnr_
         for _ in range(9):
             alphas.append(alpha)
             alpha = math.nextafter(alpha, math.inf)
-    logsnrs = [math.log(a * a / (1.0 * 1.0)) for a in alphas]  # sigma = 1
+    logsnrs = [2 * (math.log(a) - math.log(1.0)) for a in alphas]  # sigma = 1
     expected = [sum(value >= edge for edge in edges[1:-1]) for value in logsnrs]
     alpha = torch.tensor(alphas, dtype=torch.float64)
     zeros = torch.zeros(len(alphas), 1, dtype=torch.float64)
@@ -171,6 +173,28 @@ def test_a_logsnr_on_a_bin_edge_lands_in_the_bin_the_edges_say(num_bins, logsnr_
     ids = logsnr_bin_ids(torch.tensor(logsnrs, dtype=torch.float64), num_bins, logsnr_range)
     assert ids.tolist() == expected
     assert len(set(expected)) == num_bins  # every bin was reached: values on both sides of every edge
+
+
+WIDE_FLOATS = st.one_of(st.just(0.0), st.just(math.inf),
+                        st.builds(lambda m, e: m * 10.0**e, st.floats(1.0, 9.99), st.integers(-320, 300)))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(WIDE_FLOATS, WIDE_FLOATS), min_size=1, max_size=10))
+def test_bins_of_float64_alpha_and_sigma_at_any_scale(pairs):
+    """Found by an adversarial probe (scripts/probe_erd): the kernel's log-SNR came from alpha^2 / sigma^2, which is
+    0 / 0 at alpha = sigma = 1e-200 (the sample silently left the statistics) and -inf at 1e-200 / 1e200 (-921)."""
+    alpha, sigma = (torch.tensor(col, dtype=torch.float64) for col in zip(*pairs))
+    num_bins, logsnr_range = 8, (-1600.0, 1600.0)
+    logsnr = ref.exact_logsnr(alpha, sigma)
+    edges = ref.batch_statistics(torch.ones(1), torch.ones(1), torch.ones(1), torch.ones(1), num_bins,
+                                 *logsnr_range)["bin_edges"][1:-1]
+    kept = ~logsnr.isnan()
+    expected = torch.bincount(torch.searchsorted(edges, logsnr[kept], right=True), minlength=num_bins).double()
+    batch = alpha.numel()
+    *_, bin_sums = erd_loss(torch.zeros(batch, 2, dtype=torch.float64), torch.ones(batch, 2, dtype=torch.float64),
+                            alpha, sigma, "eps", "constant", num_bins=num_bins, logsnr_range=logsnr_range)
+    assert torch.equal(bin_sums[0], expected), (logsnr.tolist(), bin_sums[0].tolist())
 
 
 def test_logsnr_bin_ids_of_nan_and_infinities():

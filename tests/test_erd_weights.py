@@ -194,7 +194,7 @@ def test_bad_arguments():
         erd_weight(torch.rand(3), torch.rand(3), "eps", alpha_prime=torch.ones(3), sigma_prime=torch.ones(3))
     with pytest.raises(ValueError, match="both"):
         erd_weight(torch.rand(3), torch.rand(3), "flow", alpha_prime=torch.ones(3))
-    with pytest.raises(RuntimeError):  # shapes that do not broadcast
+    with pytest.raises(ValueError, match=r"alpha \(3,\), sigma \(4,\) must broadcast together"):
         erd_weight(torch.rand(3), torch.rand(4), "eps")
     with pytest.raises(TypeError, match="must be real"):  # not silently the real part
         erd_weight(torch.rand(3, dtype=torch.complex64), torch.rand(3), "eps")
@@ -251,6 +251,38 @@ def test_weight_of_float64_alpha_and_sigma_at_extreme_scales(device, prediction,
         expected = expected * scale
     actual = loss_weight((alpha * scale).to(device), (sigma * scale).to(device), prediction, weighting)
     assert_close(actual, expected, rtol=1e-13, atol=0)
+
+
+# normal float64 numbers across (nearly) the whole exponent range and 0 (and infinity, for sigma: SNR 0): the SNR
+# alpha^2 / sigma^2 of such a pair under- or overflows float64 although it is neither 0 nor infinite (alpha / sigma
+# < 1.5e-162 or > 1.3e154)
+WIDE_FLOATS = st.one_of(st.just(0.0), st.builds(lambda m, e: m * 10.0**e, st.floats(1.0, 9.99),
+                                                st.integers(-307, 300)))
+FLOW_DERIVATIVES = st.sampled_from([-1.0, 1.0, -2.5, 0.5, 0.0])
+WEIGHTINGS = [(p, "erd") for p in PREDICTIONS] + [(p, w) for w, p in BASELINE_PAIRS]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@settings(max_examples=150, deadline=None)
+@given(rows=st.lists(st.tuples(WIDE_FLOATS, st.one_of(WIDE_FLOATS, st.just(math.inf)), FLOW_DERIVATIVES,
+                               FLOW_DERIVATIVES), min_size=1,
+                     max_size=8),
+       pair=st.sampled_from(WEIGHTINGS), k=st.sampled_from([5.0, 1e-3, 0.0]),
+       gamma=st.sampled_from([1.0, 0.5, 2.5, 0.0]))
+def test_weight_at_any_float64_scale_matches_the_exact_value(device, rows, pair, k, gamma):
+    """Found by an adversarial probe (scripts/probe_erd): the weight was pinned to 1 where snr = alpha^2 / sigma^2
+    underflowed float64 (P2 at alpha = 1e-170, sigma = 1 gave 1 for 0.2; ERD x0 1 for 1e-170; debias 1 for 1e170),
+    Min-SNR eps was 0 / 0 there, and weights of an overflowed snr (P2: (k + snr)^-gamma) were 0."""
+    prediction, weighting = pair
+    if weighting == "min_snr" and k == 0.0:
+        k = 5.0  # min_snr needs k > 0
+    alpha, sigma, ap, sp = (torch.tensor(col, dtype=torch.float64) for col in zip(*rows))
+    flow = dict(alpha_prime=ap, sigma_prime=sp) if prediction == "flow" else {}
+    got = loss_weight(alpha.to(device), sigma.to(device), prediction, weighting, k=k, gamma=gamma,
+                      **{name: v.to(device) for name, v in flow.items()})
+    expected = ref.exact_weight(alpha, sigma, prediction, weighting, k, gamma, **flow)
+    # a log-domain P2 weight is within ~|gamma log snr| ulp; subnormal results hold a few digits
+    assert_close(got, expected, rtol=1e-12, atol=1e-320)
 
 
 def test_p2_negative_gamma_and_bool_coefficients_are_refused():

@@ -423,3 +423,14 @@ def test_logsnr_bin_ids_checks_its_bins(num_bins, logsnr_range, error, match):
         ntk.logsnr_bin_ids(torch.tensor([-0.9, 0.0, 0.9]), num_bins, logsnr_range)
     with pytest.raises(TypeError, match="'logsnr' must be a tensor"):
         ntk.logsnr_bin_ids([0.0], 4, (-1.0, 1.0))
+
+
+def test_more_bins_than_the_loss_statistics_allow():
+    """ntk_spectrum takes up to 2**24 bins; it binned its samples through logsnr_bin_ids, whose check (the loss
+    statistics' 2**16) refused 70000 after the model had been run. Bins as the reference's uniform edges say."""
+    logsnr = torch.tensor([-9.9, 0.0, 0.00001, 9.9])
+    out = ntk_spectrum(TinyDenoiser(), torch.randn(4, 2, dtype=torch.float64), logsnr, num_bins=70000,
+                       sketch_dim=None)
+    edges = torch.linspace(-10.0, 10.0, 70001, dtype=torch.float64)
+    expected = torch.bincount(torch.searchsorted(edges[1:-1], logsnr.double(), right=True), minlength=70000)
+    assert torch.equal(out["count"].cpu().long(), expected)

@@ -29,10 +29,19 @@ struct WeightParams {
 #ifdef __CUDA_ARCH__
 C10_HOST_DEVICE inline bool is_finite(double x) { return ::isfinite(x); }
 C10_HOST_DEVICE inline bool is_nan(double x) { return ::isnan(x); }
+C10_HOST_DEVICE inline bool is_inf(double x) { return ::isinf(x); }
 #else
 inline bool is_finite(double x) { return std::isfinite(x); }
 inline bool is_nan(double x) { return std::isnan(x); }
+inline bool is_inf(double x) { return std::isinf(x); }
 #endif
+
+// log(alpha^2 / sigma^2) as 2 (log|alpha| - log sigma): the squares underflow (overflow) in float64 where alpha and
+// sigma are ~1e-162 (~1e154) or smaller (larger); alpha = sigma = 1e-200 gave 0 / 0, a NaN log-SNR. -inf at alpha = 0,
+// +inf at sigma = 0, NaN where both are 0 or infinite, or sigma < 0.
+C10_HOST_DEVICE inline double log_snr(double alpha, double sigma) {
+  return 2.0 * (::log(::fabs(alpha)) - ::log(sigma));
+}
 
 // Weight of one sample with corruption x_t = alpha * x0 + sigma * eps. alpha enters only through |alpha| (a
 // cosine schedule evaluated in float32 gives alpha = -4e-8 at t = 1). alpha_prime, sigma_prime are the time
@@ -56,35 +65,48 @@ C10_HOST_DEVICE inline double sample_weight(double alpha, double sigma, double a
   if (p.weighting == Weighting::kConstant) return 1.0;
   const double a = ::fabs(alpha);
   const double s = sigma;
-  // (a / s)^2, as the authors compute it, rather than a^2 / s^2: float64 alpha and sigma both below 1e-162 (or
-  // both above 1e154) would square to 0 / 0 (inf / inf), a NaN weight for a well-defined SNR
-  const double ratio = a / s;
+  const double ratio = a / s;  // sqrt(snr)
+  if (is_nan(ratio)) return NAN;  // NaN alpha or sigma, alpha = sigma = 0 (no signal, no noise), or both infinite
+  // The SNR is 0 where alpha = 0 (or sigma = inf), not where snr = ratio^2 underflows: that happens in float64 for
+  // ratio < 1.5e-162, and overflows for ratio > 1.3e154, where the SNR is neither 0 nor infinite. Every formula
+  // below that would divide by or add to an underflowed / overflowed snr takes the ratio instead.
+  if ((a == 0.0 || is_inf(s)) && p.weighting == Weighting::kMinSnr) {
+    return p.prediction == Prediction::kEps ? 1.0 : 0.0;
+  }
+  if (a == 0.0 || is_inf(s)) return 1.0;
   const double snr = ratio * ratio;
-  if (is_nan(snr)) return NAN;  // NaN alpha or sigma, or alpha = sigma = 0 (no signal, no noise)
-  if (snr == 0.0 && p.weighting == Weighting::kMinSnr) return p.prediction == Prediction::kEps ? 1.0 : 0.0;
-  if (snr == 0.0) return 1.0;
   switch (p.weighting) {
     case Weighting::kErd: {
       const double n = ::hypot(a, s);
       switch (p.prediction) {
         case Prediction::kEps: return s / n;
         case Prediction::kX0: return a / n;
-        case Prediction::kV: return a * (s / n);  // s / n <= 1: no overflow of a * s
+        // the larger of a, s over n (in [0.7, 1]) times the smaller: a * s would overflow, and s / n (a / n)
+        // underflow to a subnormal, losing digits, where the other is far larger
+        case Prediction::kV: return a >= s ? s * (a / n) : a * (s / n);
         case Prediction::kFlow: return ::hypot(alpha_prime * a, sigma_prime * s) / n;
       }
       return NAN;
     }
     case Weighting::kMinSnr: {
-      const double clipped = snr < p.k ? snr : p.k;
+      // k / snr and k / (snr + 1) (= k / snr once snr + 1 rounds to snr) as k / ratio / ratio where snr overflows
+      const double k_over_snr = is_finite(snr) ? p.k / snr : p.k / ratio / ratio;
       switch (p.prediction) {
-        case Prediction::kEps: return clipped / snr;
-        case Prediction::kX0: return clipped;
-        case Prediction::kV: return clipped / (snr + 1.0);
+        case Prediction::kEps: return snr < p.k ? 1.0 : k_over_snr;
+        case Prediction::kX0: return snr < p.k ? snr : p.k;
+        case Prediction::kV: return snr < p.k ? snr / (snr + 1.0) : (is_finite(snr) ? p.k / (snr + 1.0) : k_over_snr);
         default: return NAN;
       }
     }
-    case Weighting::kP2:
-      return p.prediction == Prediction::kEps ? 1.0 / ::pow(p.k + snr, p.gamma) : NAN;
+    case Weighting::kP2: {
+      if (p.prediction != Prediction::kEps) return NAN;
+      if (p.gamma == 0.0) return 1.0;
+      // (a negative exponent, not 1 / pow: (k + snr)^gamma overflows where the weight is still a subnormal)
+      if (p.k > 0.0 && is_finite(snr)) return ::pow(p.k + snr, -p.gamma);
+      // snr overflowed, or k = 0 (snr alone, which may underflow): (k + snr)^-gamma from the log-SNR
+      const double logsnr = log_snr(a, s);
+      return ::exp(-p.gamma * (p.k > 0.0 ? logsnr + ::log1p(p.k * ::exp(-logsnr)) : logsnr));
+    }
     case Weighting::kDebias:
       return p.prediction == Prediction::kEps ? s / a : NAN;
     default:
@@ -102,7 +124,7 @@ C10_HOST_DEVICE inline double logsnr_bin_edge(double lo, double hi, int64_t b, i
 // fall into the first (last) bin, including log-SNR = -inf (alpha = 0) and +inf (sigma = 0). Returns -1 for an
 // undefined log-SNR (NaN alpha or sigma, alpha = sigma = 0): such samples stay out of the statistics.
 C10_HOST_DEVICE inline int64_t logsnr_bin(double alpha, double sigma, double lo, double hi, int64_t num_bins) {
-  const double logsnr = ::log((alpha * alpha) / (sigma * sigma));
+  const double logsnr = log_snr(alpha, sigma);
   if (is_nan(logsnr)) return -1;
   const double x = (logsnr - lo) / (hi - lo) * static_cast<double>(num_bins);
   if (!(x >= 0.0)) return 0;

@@ -140,3 +140,82 @@ def running_statistics(history, decay, num_bins, lo, hi):
         "loss_mean": s_loss / count,
         "loss_share": s_loss / s_loss.sum(),
     }
+
+
+def exact_schedule(t, schedule):
+    """(alpha, sigma, alpha', sigma', log-SNR) of a continuous schedule from the spec at each float t, evaluated with
+    50 significant digits (mpmath, which torch brings through sympy) and rounded to float64 once; log-SNR is
+    log(alpha^2 / sigma^2), +-inf where sigma or alpha is 0. schedule: "cosine" (alpha = cos(pi t / 2),
+    sigma = sin(pi t / 2)) or "flow" (alpha = 1 - t, sigma = t)."""
+    import mpmath
+
+    rows = []
+    with mpmath.workdps(50):
+        for x in _f64(t).reshape(-1).tolist():
+            u = mpmath.mpf(x)
+            if schedule == "cosine":
+                # cos(pi / 2) is 0 exactly; mpmath's is 1e-51
+                a = mpmath.mpf(0) if x == 1.0 else mpmath.cos(mpmath.pi * u / 2)
+                s = mpmath.sin(mpmath.pi * u / 2)
+                ap, sp = -mpmath.pi / 2 * s, mpmath.pi / 2 * a
+            elif schedule == "flow":
+                a, s, ap, sp = 1 - u, u, mpmath.mpf(-1), mpmath.mpf(1)
+            else:
+                raise ValueError(schedule)
+            logsnr = math.inf if s == 0 else -math.inf if a == 0 else 2 * (mpmath.log(abs(a)) - mpmath.log(s))
+            rows.append([float(v) for v in (a, s, ap, sp, logsnr)])
+    return torch.tensor(rows, dtype=F64).reshape(*_f64(t).shape, 5).unbind(-1)
+
+
+def exact_weight(alpha, sigma, prediction, weighting, k=5.0, gamma=1.0, alpha_prime=None, sigma_prime=None):
+    """The spec's weights (erd_weight, baseline_weight) at float alpha, sigma of any magnitude: evaluated with 50
+    significant digits and an unbounded exponent (mpmath), so snr = alpha^2 / sigma^2 never under- or overflows,
+    and rounded to float64 once. SNR 0 (alpha = 0 or sigma = inf): 1, Min-SNR its limits (eps 1, x0 0, v 0); SNR
+    infinite (sigma = 0): the formulas' values; alpha = sigma = 0: NaN."""
+    import mpmath
+
+    alpha, sigma = _f64(alpha).reshape(-1).tolist(), _f64(sigma).reshape(-1).tolist()
+    ap = [-1.0] * len(alpha) if alpha_prime is None else _f64(alpha_prime).reshape(-1).tolist()
+    sp = [1.0] * len(alpha) if sigma_prime is None else _f64(sigma_prime).reshape(-1).tolist()
+    out = []
+    with mpmath.workdps(50):
+        for a, s, dap, dsp in zip(alpha, sigma, ap, sp):
+            a = abs(a)
+            if weighting == "constant":
+                out.append(1.0)
+            elif math.isnan(a) or math.isnan(s) or a == s == 0 or a == s == math.inf:
+                out.append(math.nan)
+            elif a == 0 or s == math.inf:  # snr = 0
+                out.append(0.0 if (weighting, prediction) in (("min_snr", "x0"), ("min_snr", "v")) else 1.0)
+            elif s == 0:  # snr = inf: the formulas' values
+                out.append({("erd", "eps"): 0.0, ("erd", "x0"): 1.0, ("erd", "v"): 0.0, ("erd", "flow"): abs(dap),
+                            ("min_snr", "eps"): 0.0, ("min_snr", "x0"): k, ("min_snr", "v"): 0.0,
+                            ("p2", "eps"): 0.0 if gamma > 0 else 1.0, ("debias", "eps"): 0.0}[weighting, prediction])
+            else:
+                a, s, kk = mpmath.mpf(a), mpmath.mpf(s), mpmath.mpf(k)
+                snr, n = a**2 / s**2, mpmath.sqrt(a**2 + s**2)
+                w = {("erd", "eps"): lambda: s / n, ("erd", "x0"): lambda: a / n, ("erd", "v"): lambda: a * s / n,
+                     ("erd", "flow"): lambda: mpmath.sqrt((dap * a) ** 2 + (dsp * s) ** 2) / n,
+                     ("min_snr", "eps"): lambda: min(snr, kk) / snr, ("min_snr", "x0"): lambda: min(snr, kk),
+                     ("min_snr", "v"): lambda: min(snr, kk) / (snr + 1),
+                     ("p2", "eps"): lambda: (kk + snr) ** -gamma, ("debias", "eps"): lambda: s / a,
+                     }[weighting, prediction]()
+                # float() of an mpf beyond float64's range gives inf / 0, as rounding does
+                out.append(float(w))
+    return torch.tensor(out, dtype=F64)
+
+
+def exact_logsnr(alpha, sigma):
+    """log(alpha^2 / sigma^2) of float alpha, sigma of any magnitude (mpmath, 50 digits), rounded to float64; -inf at
+    alpha = 0, +inf at sigma = 0, NaN where both are 0 (or NaN)."""
+    import mpmath
+
+    out = []
+    with mpmath.workdps(50):
+        for a, s in zip(_f64(alpha).reshape(-1).tolist(), _f64(sigma).reshape(-1).tolist()):
+            if math.isnan(a) or math.isnan(s) or a == s == 0:
+                out.append(math.nan)
+            else:
+                out.append(math.inf if s == 0 else -math.inf if a == 0 else
+                           float(2 * (mpmath.log(abs(mpmath.mpf(a))) - mpmath.log(mpmath.mpf(s)))))
+    return torch.tensor(out, dtype=F64)

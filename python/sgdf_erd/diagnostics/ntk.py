@@ -14,7 +14,7 @@ from typing import Dict, Iterator, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..erd.loss import _bin_edges, _check_bins
+from ..erd.loss import _bin_edges, _check_bins, _check_range
 from ..ops import MAX_NUM_BINS, binned_gram_eigvalsh
 
 __all__ = ["ntk_spectrum", "spectrum_statistics", "logsnr_bin_ids"]
@@ -35,7 +35,11 @@ def logsnr_bin_ids(logsnr: Tensor, num_bins: int, logsnr_range: Sequence[float])
     range in the end bins, and -1 (no bin) for NaN."""
     if not isinstance(logsnr, Tensor):
         raise TypeError(f"logsnr_bin_ids: 'logsnr' must be a tensor, got {type(logsnr).__name__}")
-    lo, hi = _check_bins(num_bins, logsnr_range, "logsnr_bin_ids")
+    return _bin_ids(logsnr, num_bins, *_check_bins(num_bins, logsnr_range, "logsnr_bin_ids"))
+
+
+def _bin_ids(logsnr: Tensor, num_bins: int, lo: float, hi: float) -> Tensor:
+    """logsnr_bin_ids for arguments its callers have checked."""
     logsnr = logsnr.detach().double()
     interior = _bin_edges(num_bins, lo, hi)[1:-1].to(logsnr.device)
     ids = torch.searchsorted(interior, logsnr, right=True)
@@ -142,14 +146,12 @@ def _check_args(model, inputs, logsnr, num_bins, logsnr_range, sketch_dim, chunk
     if isinstance(num_bins, bool) or not isinstance(num_bins, int) or not 1 <= num_bins <= MAX_NUM_BINS:
         raise ValueError(f"ntk_spectrum: 'num_bins' must be an int in [1, 2**24] (each bin is a row of the "
                          f"eigenvalue output), got {num_bins!r}")
-    if len(logsnr_range) != 2 or not float(logsnr_range[0]) < float(logsnr_range[1]) or not all(
-            math.isfinite(float(v)) for v in logsnr_range):
-        raise ValueError(f"ntk_spectrum: 'logsnr_range' must be finite (lo, hi) with lo < hi, got {logsnr_range!r}")
+    lo, hi = _check_range(logsnr_range, "ntk_spectrum")
     if sketch_dim is not None and (isinstance(sketch_dim, bool) or not isinstance(sketch_dim, int) or sketch_dim < 1):
         raise ValueError(f"ntk_spectrum: 'sketch_dim' must be an int >= 1 or None (no sketch), got {sketch_dim!r}")
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"ntk_spectrum: 'chunk_size' must be an int >= 1 or None (automatic), got {chunk_size!r}")
-    return logsnr
+    return logsnr, lo, hi
 
 
 # Ids of the modules that running ntk_spectrum calls hold (see _held_in_eval_mode).
@@ -293,15 +295,14 @@ def ntk_spectrum(model: nn.Module, inputs: Tensor, logsnr, /, num_bins: int = 16
     3.3e12 multiply-adds of sketching and 6.6e11 regenerated random numbers, so on large models the sketch, not
     the eigenvalues, sets the cost; a larger ``chunk_size`` (if memory allows) cuts the regeneration.
     """
-    logsnr = _check_args(model, inputs, logsnr, num_bins, logsnr_range, sketch_dim, chunk_size)
+    logsnr, lo, hi = _check_args(model, inputs, logsnr, num_bins, logsnr_range, sketch_dim, chunk_size)
     with _held_in_eval_mode(model):
         features = _ntk_features(model, inputs, sketch_dim, seed, chunk_size, model_kwargs)
     device = inputs.device
-    bin_ids = logsnr_bin_ids(logsnr, num_bins, logsnr_range).to(device)
+    bin_ids = _bin_ids(logsnr, num_bins, lo, hi).to(device)
     eigenvalues, counts = binned_gram_eigvalsh(features, bin_ids, num_bins)
     result = {"count": counts, "eigenvalues": eigenvalues}
     result.update(spectrum_statistics(eigenvalues, counts))
-    lo, hi = float(logsnr_range[0]), float(logsnr_range[1])
     result["bin_edges"] = torch.linspace(lo, hi, num_bins + 1, dtype=features.dtype, device=device)
     return result
 

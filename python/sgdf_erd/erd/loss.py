@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from .._native import require
 from ._autograd import loss_forward
-from .schedules import NoiseSchedule, from_diffusers
+from .schedules import NoiseSchedule, as_real, from_diffusers
 from .weights import check_weighting, prediction_name
 
 __all__ = ["ERDLoss", "erd_loss"]
@@ -32,6 +32,12 @@ def _check_bins(num_bins, logsnr_range, where: str) -> Tuple[float, float]:
     if not 1 <= num_bins <= MAX_NUM_BINS:
         raise ValueError(f"{where}: 'num_bins' must lie in [1, {MAX_NUM_BINS}] (the statistics form a log-SNR "
                          f"histogram of [4, num_bins] float64 sums per step), got {num_bins}")
+    return _check_range(logsnr_range, where)
+
+
+def _check_range(logsnr_range, where: str) -> Tuple[float, float]:
+    """ValueError for a logsnr_range that is not two finite numbers (min, max) with min < max and a finite width;
+    returns it as two floats."""
     try:
         lo, hi = (float(v) for v in logsnr_range)
     except (TypeError, ValueError):
@@ -87,6 +93,7 @@ def erd_loss(output: Tensor, target: Tensor, alpha: Tensor, sigma: Tensor, predi
                             f"{type(value).__name__}; e.g. torch.full((batch,), value)")
     prediction = prediction_name(prediction)
     lo, hi = _check_bins(num_bins, logsnr_range, "erd_loss")
+    k, gamma = as_real(k, "k", "erd_loss"), as_real(gamma, "gamma", "erd_loss")
     output, target = _promote(output, target)
     require(output.device, "sgdf_erd ERD loss")
     weights = None
@@ -97,13 +104,17 @@ def erd_loss(output: Tensor, target: Tensor, alpha: Tensor, sigma: Tensor, predi
         check_weighting(prediction, weighting)
     # the op with its derivative (output and target; weights are constants), erd/_autograd.py
     return loss_forward(output, target, alpha, sigma, alpha_prime, sigma_prime, weights, prediction, weighting,
-                        float(k), float(gamma), num_bins, lo, hi)
+                        k, gamma, num_bins, lo, hi)
 
 
 def _call_weight_fn(fn: WeightFn, alpha: Tensor, sigma: Tensor, output: Tensor) -> Tensor:
     weights = fn(alpha, sigma)
     if not isinstance(weights, Tensor):
-        weights = torch.as_tensor(weights, dtype=torch.float32, device=output.device)
+        try:
+            weights = torch.as_tensor(weights, dtype=torch.float32, device=output.device)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise TypeError(f"the weighting callable must return a tensor (or numbers) of one weight per sample, "
+                            f"got {type(weights).__name__} {weights!r}") from err
     batch = output.shape[0] if output.dim() else 0
     if weights.shape != (batch,):
         raise ValueError(f"the weighting callable must return one weight per sample, shape [{batch}], got "
@@ -161,6 +172,8 @@ class ERDLoss(nn.Module):
         elif not callable(weighting):
             raise TypeError(f"weighting must be a name or a callable (alpha, sigma) -> weights, got {weighting!r}")
         lo, hi = _check_bins(num_bins, logsnr_range, "ERDLoss")
+        ema_decay = as_real(ema_decay, "ema_decay", "ERDLoss")
+        k, p2_gamma = as_real(k, "k", "ERDLoss"), as_real(p2_gamma, "p2_gamma", "ERDLoss")
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"ema_decay must lie in [0, 1), got {ema_decay}")
         if weighting == "min_snr" and not k > 0:
@@ -174,10 +187,10 @@ class ERDLoss(nn.Module):
         self.weighting = weighting
         self.num_bins = num_bins
         self.logsnr_range = (lo, hi)
-        self.ema_decay = float(ema_decay)
+        self.ema_decay = ema_decay
         self.sync_statistics = bool(sync_statistics)
-        self.k = float(k)
-        self.p2_gamma = float(p2_gamma)
+        self.k = k
+        self.p2_gamma = p2_gamma
         # derived from the constructor arguments, so not part of the state_dict
         self.register_buffer("bin_edges", _bin_edges(num_bins, lo, hi), persistent=False)
         self.register_buffer("batch_sums", torch.zeros(4, num_bins, dtype=torch.float64))

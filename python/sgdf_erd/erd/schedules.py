@@ -40,7 +40,10 @@ class ScheduleValues(NamedTuple):
 
 class NoiseSchedule:
     """Base class: subclasses define :meth:`alpha_sigma` and :meth:`derivatives`; :meth:`logsnr` and
-    :meth:`__call__` follow."""
+    :meth:`__call__` follow.
+
+    The continuous schedules return values in t's floating dtype. For float16 and bfloat16 t (autocast) the cosine
+    and log-SNR schedules, and :meth:`logsnr`, compute in float32 and round to t's dtype at the end."""
 
     def alpha_sigma(self, t: Tensor) -> Tuple[Tensor, Tensor]:
         raise NotImplementedError
@@ -50,8 +53,12 @@ class NoiseSchedule:
         raise NotImplementedError
 
     def logsnr(self, t: Tensor) -> Tensor:
-        alpha, sigma = self.alpha_sigma(t)
-        return torch.log(alpha.square() / sigma.square())
+        """log(alpha^2 / sigma^2) at t, as 2 (log|alpha| - log|sigma|): the squares would overflow float16 above a
+        log-SNR of 11.1, float32 above 88 (and underflow float64 below alpha, sigma ~ 1e-162)."""
+        t = as_times(t, type(self).__name__)
+        alpha, sigma = self.alpha_sigma(t.to(_compute_dtype(t.dtype)))
+        logsnr = 2 * (alpha.abs().log() - sigma.abs().log())
+        return logsnr.to(t.dtype) if t.dtype in _WIDENED else logsnr
 
     def sample_t(self, batch_size: int, *, device=None, generator: Optional[torch.Generator] = None) -> Tensor:
         """Times drawn uniformly, as the authors train (continuous: U(0, 1); discrete: uniform integers)."""
@@ -85,6 +92,17 @@ def as_times(t, name: str) -> Tensor:
         raise TypeError(f"{name}: timesteps must be a tensor (or numbers), got {type(t).__name__} {t!r}") from err
 
 
+def as_real(value, name: str, where: str) -> float:
+    """A real-number argument (int, float, numpy scalar, one-element tensor) as a float; TypeError naming it for
+    anything else (a string, None, a bool, a tensor of several values). Ranges are the caller's to check."""
+    if not isinstance(value, (str, bytes, bool)):
+        try:
+            return float(value)
+        except (TypeError, ValueError, RuntimeError):
+            pass
+    raise TypeError(f"{where}: '{name}' must be a real number, got {type(value).__name__} {value!r}")
+
+
 def require_inside(t: Tensor, inside: Tensor, name: str, expected: str) -> None:
     """ValueError naming the range of the values of t outside `inside` (where checked_on_host). NaN is let through,
     as off the host: it gives NaN values, which the loss shows."""
@@ -93,6 +111,15 @@ def require_inside(t: Tensor, inside: Tensor, name: str, expected: str) -> None:
         values = t.detach()[outside]
         raise ValueError(f"{name}: {expected}, got values in [{values.min().item()}, {values.max().item()}] "
                          "outside it")
+
+
+# Dtypes the continuous schedules compute in float32 and round to at the end (torch's "opmath" rule): in bfloat16,
+# pi / 2 itself is 1.5703, so cos(pi t / 2) at t = 1 was 4.8e-4, not 0.
+_WIDENED = (torch.float16, torch.bfloat16)
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in _WIDENED else dtype
 
 
 def _float_times(t, name: str) -> Tensor:
@@ -109,39 +136,55 @@ def _float_times(t, name: str) -> Tensor:
 
 
 class ContinuousCosine(NoiseSchedule):
-    """alpha = cos(pi t / 2), sigma = sin(pi t / 2) for t in [0, 1]; alpha is clamped at 0 (float rounding
-    makes cos(pi / 2) slightly negative)."""
+    """alpha = cos(pi t / 2), sigma = sin(pi t / 2) for t in [0, 1], in t's dtype. alpha is evaluated as
+    sin(pi (1 - t) / 2): exactly 0 at t = 1 (pure noise, SNR 0) in every dtype, and accurate to the dtype near it,
+    where cos of the rounded pi t / 2 is not (4 % off at float32 t = 1 - 1e-7)."""
+
+    def _values(self, t):
+        t = _float_times(t, "ContinuousCosine")
+        wide = t.to(_compute_dtype(t.dtype))
+        return torch.sin((1 - wide) * (math.pi / 2)), torch.sin(wide * (math.pi / 2)), t.dtype
 
     def alpha_sigma(self, t):
-        t = _float_times(t, "ContinuousCosine")
-        return torch.cos(t * (math.pi / 2)).clamp_min(0), torch.sin(t * (math.pi / 2))
+        alpha, sigma, dtype = self._values(t)
+        return alpha.to(dtype), sigma.to(dtype)
 
     def derivatives(self, t):
-        t = _float_times(t, "ContinuousCosine")
-        return -(math.pi / 2) * torch.sin(t * (math.pi / 2)), (math.pi / 2) * torch.cos(t * (math.pi / 2))
+        alpha, sigma, dtype = self._values(t)
+        return (-(math.pi / 2) * sigma).to(dtype), ((math.pi / 2) * alpha).to(dtype)
 
 
 class LinearLogSNR(NoiseSchedule):
     """log-SNR linear in t from ``logsnr_max`` (t = 0) to ``logsnr_min`` (t = 1), with alpha = sigmoid(lambda / 2)
-    and sigma = sigmoid(-lambda / 2): log(alpha^2 / sigma^2) = lambda exactly, and alpha + sigma = 1."""
+    and sigma = sigmoid(-lambda / 2): log(alpha^2 / sigma^2) = lambda exactly, and alpha + sigma = 1. Both ends must
+    be finite, with logsnr_min < logsnr_max."""
 
     def __init__(self, logsnr_max: float = 10.0, logsnr_min: float = -10.0):
-        if not logsnr_min < logsnr_max:
-            raise ValueError(f"LinearLogSNR: need logsnr_min < logsnr_max, got {logsnr_min}, {logsnr_max}")
-        self.logsnr_max, self.logsnr_min = float(logsnr_max), float(logsnr_min)
+        hi, lo = as_real(logsnr_max, "logsnr_max", "LinearLogSNR"), as_real(logsnr_min, "logsnr_min", "LinearLogSNR")
+        # (infinite ends made every alpha and sigma NaN)
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise ValueError(f"LinearLogSNR: 'logsnr_max' and 'logsnr_min' must be finite with logsnr_min < "
+                             f"logsnr_max, got logsnr_max={logsnr_max}, logsnr_min={logsnr_min}")
+        self.logsnr_max, self.logsnr_min = hi, lo
+
+    def _values(self, t):
+        """(lambda, alpha, sigma) in the compute dtype, and t's dtype."""
+        t = _float_times(t, "LinearLogSNR")
+        lam = self.logsnr_max + t.to(_compute_dtype(t.dtype)) * (self.logsnr_min - self.logsnr_max)
+        return lam, torch.sigmoid(lam / 2), torch.sigmoid(-lam / 2), t.dtype
 
     def logsnr(self, t):
-        t = _float_times(t, "LinearLogSNR")
-        return self.logsnr_max + t * (self.logsnr_min - self.logsnr_max)
+        lam, _, _, dtype = self._values(t)
+        return lam.to(dtype)
 
     def alpha_sigma(self, t):
-        lam = self.logsnr(t)
-        return torch.sigmoid(lam / 2), torch.sigmoid(-lam / 2)
+        _, alpha, sigma, dtype = self._values(t)
+        return alpha.to(dtype), sigma.to(dtype)
 
     def derivatives(self, t):
-        alpha, sigma = self.alpha_sigma(t)
+        _, alpha, sigma, dtype = self._values(t)
         # d sigmoid(lambda / 2) / dt = sigmoid' * lambda' / 2, sigmoid' = alpha * sigma
-        alpha_prime = (self.logsnr_min - self.logsnr_max) / 2 * alpha * sigma
+        alpha_prime = ((self.logsnr_min - self.logsnr_max) / 2 * alpha * sigma).to(dtype)
         return alpha_prime, -alpha_prime
 
     def __repr__(self):
@@ -170,10 +213,14 @@ def _check_num_steps(num_steps, where: str) -> None:
 def linear_betas(num_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> Tensor:
     """Ho et al.'s linear betas (float64). As in the authors' code, the end points scale by 1000 / num_steps so
     other step counts keep the same overall noise; so num_steps must be at least 1000 * beta_end (20 by default)
-    for the scaled betas to stay in [0, 1]."""
+    for the scaled betas to stay in [0, 1]. Needs 0 <= beta_start <= beta_end and beta_end > 0."""
     _check_num_steps(num_steps, "linear_betas")
-    if not 0 <= beta_start <= beta_end:
-        raise ValueError(f"linear_betas: need 0 <= beta_start <= beta_end, got {beta_start}, {beta_end}")
+    beta_start = as_real(beta_start, "beta_start", "linear_betas")
+    beta_end = as_real(beta_end, "beta_end", "linear_betas")
+    # (all-zero betas would give a schedule without noise: an infinite SNR at every timestep)
+    if not (0 <= beta_start <= beta_end and beta_end > 0):
+        raise ValueError(f"linear_betas: need 0 <= 'beta_start' <= 'beta_end' and beta_end > 0, got beta_start="
+                         f"{beta_start}, beta_end={beta_end}")
     scale = 1000 / num_steps
     if scale * beta_end > 1:
         raise ValueError(f"linear_betas: 'num_steps'={num_steps} scales beta_end to {scale * beta_end:g} > 1 (the "
@@ -183,11 +230,31 @@ def linear_betas(num_steps: int = 1000, beta_start: float = 1e-4, beta_end: floa
 
 def cosine_betas(num_steps: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> Tensor:
     """Nichol and Dhariwal's cosine betas (float64): alpha_bar(u) = cos((u + s) / (1 + s) * pi / 2)^2,
-    beta_i = min(1 - alpha_bar((i + 1) / T) / alpha_bar(i / T), max_beta)."""
+    beta_i = min(1 - alpha_bar((i + 1) / T) / alpha_bar(i / T), max_beta), for a finite offset s >= 0 and max_beta
+    in (0, 1] (1: zero terminal SNR)."""
     _check_num_steps(num_steps, "cosine_betas")
+    s, max_beta = as_real(s, "s", "cosine_betas"), as_real(max_beta, "max_beta", "cosine_betas")
+    # s < 0 makes alpha_bar rise at first (negative betas; s = -1 divides by 0), NaN / inf make every beta NaN
+    if not (math.isfinite(s) and s >= 0):
+        raise ValueError(f"cosine_betas: the offset 's' must be finite and >= 0 (Nichol and Dhariwal: 0.008), got {s}")
+    if not 0 < max_beta <= 1:
+        raise ValueError(f"cosine_betas: 'max_beta' must lie in (0, 1] (Nichol and Dhariwal: 0.999), got {max_beta}")
     u = torch.arange(num_steps + 1, dtype=torch.float64) / num_steps
     alpha_bar = torch.cos((u + s) / (1 + s) * math.pi / 2).square()
     return (1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(max=max_beta)
+
+
+def _float64_table(values, name: str, where: str) -> Tensor:
+    """A schedule's table (a tensor or a sequence of numbers) as a flat float64 CPU tensor; TypeError naming it for
+    anything else (a string, None, complex numbers)."""
+    try:
+        table = torch.as_tensor(values)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise TypeError(f"{where}: '{name}' must be a tensor (or a sequence) of real numbers, got "
+                        f"{type(values).__name__} {values!r}") from err
+    if table.is_complex() or table.dtype == torch.bool:
+        raise TypeError(f"{where}: '{name}' must hold real numbers, got {table.dtype}")
+    return table.detach().to("cpu", torch.float64).flatten()
 
 
 class DiscreteVP(NoiseSchedule):
@@ -201,7 +268,7 @@ class DiscreteVP(NoiseSchedule):
     """
 
     def __init__(self, alphas_cumprod):
-        table = torch.as_tensor(alphas_cumprod).detach().to("cpu", torch.float64).flatten()
+        table = _float64_table(alphas_cumprod, "alphas_cumprod", "DiscreteVP")
         if table.numel() < 2:
             raise ValueError("DiscreteVP: alphas_cumprod needs at least 2 timesteps")
         if not bool(((table >= 0) & (table <= 1)).all()):
@@ -214,7 +281,7 @@ class DiscreteVP(NoiseSchedule):
 
     @classmethod
     def from_betas(cls, betas) -> "DiscreteVP":
-        betas = torch.as_tensor(betas, dtype=torch.float64)
+        betas = _float64_table(betas, "betas", "DiscreteVP.from_betas")
         if not bool(((betas >= 0) & (betas <= 1)).all()):
             raise ValueError("DiscreteVP.from_betas: betas must lie in [0, 1]")
         return cls(torch.cumprod(1 - betas, dim=0))

@@ -9,6 +9,7 @@ from torch import Tensor
 
 from .. import ops
 from .._native import require
+from .schedules import as_real
 
 __all__ = ["erd_weight", "loss_weight", "PREDICTIONS", "WEIGHTINGS", "DIFFUSERS_PREDICTIONS"]
 
@@ -66,16 +67,17 @@ def loss_weight(alpha, sigma, prediction: str = "eps", weighting: str = "erd", *
     """
     prediction = prediction_name(prediction)
     check_weighting(prediction, weighting)
-    alpha = torch.as_tensor(alpha)
-    sigma = torch.as_tensor(sigma, device=alpha.device)
-    tensors = [alpha, sigma]
+    k, gamma = as_real(k, "k", "loss_weight"), as_real(gamma, "gamma", "loss_weight")
+    alpha = _coefficient(alpha, "alpha", None)
+    names, tensors = ["alpha", "sigma"], [alpha, _coefficient(sigma, "sigma", alpha.device)]
     if prediction == "flow" and (alpha_prime is None) != (sigma_prime is None):
         raise ValueError("pass both alpha_prime and sigma_prime, or neither (the linear path: -1 and 1)")
     if alpha_prime is not None or sigma_prime is not None:
         if prediction != "flow":
             raise ValueError(f"alpha_prime/sigma_prime are read by prediction 'flow' only, not {prediction!r}")
-        tensors += [torch.as_tensor(alpha_prime, device=alpha.device),
-                    torch.as_tensor(sigma_prime, device=alpha.device)]
+        names += ["alpha_prime", "sigma_prime"]
+        tensors += [_coefficient(alpha_prime, "alpha_prime", alpha.device),
+                    _coefficient(sigma_prime, "sigma_prime", alpha.device)]
     dtype = tensors[0].dtype
     for t in tensors[1:]:
         dtype = torch.promote_types(dtype, t.dtype)
@@ -87,11 +89,24 @@ def loss_weight(alpha, sigma, prediction: str = "eps", weighting: str = "erd", *
                         "pass the schedule's coefficients as floating-point tensors")
     if not dtype.is_floating_point:
         dtype = torch.get_default_dtype()
-    tensors = [t.detach().to(dtype) for t in torch.broadcast_tensors(*tensors)]
-    shape = tensors[0].shape
+    try:
+        shape = torch.broadcast_shapes(*(t.shape for t in tensors))
+    except RuntimeError:
+        shapes = ", ".join(f"{name} {tuple(t.shape)}" for name, t in zip(names, tensors))
+        raise ValueError(f"loss_weight: {shapes} must broadcast together (one value per sample, or scalars)") from None
+    tensors = [t.detach().to(dtype).expand(shape) for t in tensors]
     require(alpha.device, "sgdf_erd.loss_weight")
     flat = [t.reshape(-1) for t in tensors] + [None] * (4 - len(tensors))
-    return ops.erd_weights(*flat, prediction, weighting, float(k), float(gamma)).reshape(shape)
+    return ops.erd_weights(*flat, prediction, weighting, k, gamma).reshape(shape)
+
+
+def _coefficient(value, name: str, device) -> Tensor:
+    """A schedule coefficient (tensor or numbers) as a tensor; TypeError naming it for anything else."""
+    try:
+        return torch.as_tensor(value, device=device)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise TypeError(f"loss_weight: '{name}' must be a tensor (or numbers), got {type(value).__name__} "
+                        f"{value!r}") from err
 
 
 def erd_weight(alpha, sigma, prediction: str = "eps", alpha_prime=None, sigma_prime=None) -> Tensor:
