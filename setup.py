@@ -225,7 +225,7 @@ setup(
     # The stable ABI is forward compatible: the oldest torch targeted (TARGET_TORCH) and every later one.
     install_requires=[f"torch>={TARGET_TORCH[0]}.{TARGET_TORCH[1]}", "numpy"],
     extras_require={
-        "test": ["pytest", "hypothesis", "scipy"],
+        "test": ["pytest", "hypothesis", "scipy", "mpmath"],
         "demo": ["scikit-learn", "scipy", "matplotlib", "pillow", "tqdm"],
     },
 )
