@@ -142,7 +142,7 @@ def tsnap(t):
         d = t.detach().resolve_conj().resolve_neg()
         if d.is_complex():
             d = torch.view_as_real(d)
-        return ('t', meta, d.contiguous().reshape(-1).view(torch.uint8).clone())
+        return ('t', meta, d.reshape(-1).clone(memory_format=torch.contiguous_format).view(torch.uint8))
 
 
 def same(a, b):
@@ -397,6 +397,14 @@ def run_case(case):
             out['second'] = 'raised' + (' same' if type(e) is type(exc) else f' other {type(e).__name__}')
         if diff(after, snapshot(opt, ctx)) and out['second'] != 'stepped':
             out['second'] += ' DIRTY'
+        return out
+    if getattr(ctx, 'check_ok', None) is not None:  # (cases5: direct op calls) the case's own check of a success
+        if getattr(ctx, 'must_raise', False):  # an invalid input the call accepted
+            out['status'] = 'ACCEPTED_BAD'
+            out['detail'] = changed[:12]
+            return out
+        out['status'], detail = ctx.check_ok()  # (OK_MATCH / OK_MISMATCH / OK_NONFINITE / OK_NOREF, details)
+        out['detail'] = list(detail)[:12]
         return out
     if getattr(ctx, 'late_ref', None) is not None:  # made by the action (after a load_state_dict)
         ref, pairs, rscaler = ctx.late_ref
