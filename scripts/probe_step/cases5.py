@@ -27,7 +27,7 @@ from torch import Tensor
 import torch.nn as nn
 import sgdf_erd
 from sgdf_erd import ops as sops
-from harness import (P, st, case, new_grads, build, SGDF, AdaSGDF, CONFIGS, PATH_KW, PATHS, close, _clean)
+from harness import (P, st, case, new_grads, build, SGDF, AdaSGDF, CONFIGS, PATH_KW, PATHS, SHAPES, close, _clean)
 
 f32, f64, bf16, f16 = torch.float32, torch.float64, torch.bfloat16, torch.float16
 OPS = torch.ops.sgdf_erd
@@ -695,3 +695,908 @@ OTHER = {
 }
 for nm, fn in OTHER.items():
     _other_op(nm, fn)
+
+
+# ================================================================== B. modules: parametrize, weight_norm, tied weights,
+# requires_grad toggles, conversions after the optimizer has state, functional_call, meta init + to_empty
+MOD = dict(paths=('default', 'fused', 'foreach', 'single', 'mixed'), ngroups=(1, 2), pres=(0, 2))
+MOD_LITE = dict(paths=('default', 'foreach', 'single'), ngroups=(1,), pres=(0, 2))
+
+
+def _opt_over(ctx, params, **over):
+    gps = ctx.group_paths()
+    chunks = [params[i::len(gps)] for i in range(len(gps))]
+    groups = [{'params': ch, 'lr': 0.01 * (gi + 1), **PATH_KW[gp]} for gi, (ch, gp) in enumerate(zip(chunks, gps)) if ch]
+    kw = dict(ctx.opts)
+    kw.update(over)
+    return ctx.cls(groups, betas=(0.9, 0.99), **kw)
+
+
+def _loss(model, x):
+    return model(x).float().square().mean()
+
+
+class Symmetric(nn.Module):
+    def forward(self, X):
+        return X.triu() + X.triu(1).transpose(-1, -2)
+
+
+def _mlp(ctx):
+    m = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 3)).to(ctx.dtype)
+    return m, torch.randn(5, 4, dtype=f64).to(ctx.dtype)
+
+
+def _conv(ctx):
+    m = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 2, 1)).to(ctx.dtype)
+    return m, torch.randn(2, 3, 5, 5, dtype=f64).to(ctx.dtype)
+
+
+class _Tied(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(10, 4)
+        self.mid = nn.Linear(4, 4)
+        self.head = nn.Linear(4, 10, bias=False)
+        self.head.weight = self.emb.weight
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.mid(self.emb(x))))
+
+
+def _tied(ctx):
+    return _Tied().to(ctx.dtype), torch.tensor([1, 2, 3, 7, 9])
+
+
+def _with(make, fn):
+    def mk(ctx):
+        m, x = make(ctx)
+        fn(m)
+        return m, x
+    return mk
+
+
+def _model_case(name, make, edit=None, grad_edit=None, configs=('plain',), grid=MOD, action=None):
+    def mk(ctx):
+        torch.manual_seed(0)
+        model, x = make(ctx)
+        opt = _opt_over(ctx, list(model.parameters()))
+        for _ in range(ctx.pre):
+            opt.zero_grad()
+            _loss(model, x).backward()
+            opt.step()
+        if edit:
+            edit(model, opt, ctx, x)
+        opt.zero_grad()
+        _loss(model, x).backward()
+        if grad_edit:
+            grad_edit(model, opt, ctx, x)
+        if action:
+            ctx.action = lambda o: action(model, o, ctx, x)
+        return opt
+    add(name, mk, configs=configs, builds=True, **grid)
+
+
+P_CFG = ('plain', 'ada_sm', 'master')
+_model_case('mod_parametrize_symmetric', _with(_mlp, lambda m: nn.utils.parametrize.register_parametrization(
+    m[0], 'weight', Symmetric())), configs=P_CFG)
+_model_case('mod_parametrize_after_opt', _mlp, edit=lambda m, o, c, x: nn.utils.parametrize.register_parametrization(
+    m[0], 'weight', Symmetric()), configs=P_CFG)
+_model_case('mod_parametrize_removed_after_opt', _with(_mlp, lambda m: nn.utils.parametrize.register_parametrization(
+    m[0], 'weight', Symmetric())), edit=lambda m, o, c, x: nn.utils.parametrize.remove_parametrizations(
+    m[0], 'weight', leave_parametrized=True), configs=('plain', 'ada_sm'))
+_model_case('mod_parametrize_orthogonal', _with(_mlp, lambda m: nn.utils.parametrizations.orthogonal(m[0])),
+            configs=('plain', 'ada_var'))
+_model_case('mod_spectral_norm', _with(_mlp, lambda m: nn.utils.parametrizations.spectral_norm(m[2])),
+            configs=('plain',))
+_model_case('mod_weight_norm_new', _with(_conv, lambda m: nn.utils.parametrizations.weight_norm(m[0])),
+            configs=P_CFG + ('cl',))
+_model_case('mod_weight_norm_old', _with(_mlp, lambda m: nn.utils.weight_norm(m[0])), configs=('plain', 'sr'))
+_model_case('mod_weight_norm_old_after_opt', _mlp, edit=lambda m, o, c, x: nn.utils.weight_norm(m[0]),
+            configs=('plain',))
+_model_case('mod_tied_emb_head', _tied, configs=('plain', 'ada_sm', 'master', 'sr'))
+
+
+def _tied_twice(groups):
+    def mk(ctx):
+        torch.manual_seed(0)
+        m, x = _tied(ctx)
+        ps = groups(m)
+        ctx.no_ref = 'constructor'
+        ctx.action = lambda o: ctx.cls(ps, lr=0.01, **PATH_KW[ctx.path])
+        return ctx.cls(list(m.parameters()), lr=0.01)
+    return mk
+
+
+add('ctor_tied_listed_twice', _tied_twice(lambda m: [m.emb.weight, m.head.weight, m.mid.weight]),
+    configs=('plain', 'ada_sm'), paths=('default', 'fused', 'foreach', 'single'), ngroups=(1,), pres=(0,), builds=True)
+add('ctor_tied_across_groups', _tied_twice(lambda m: [{'params': [m.emb.weight]}, {'params': [m.head.weight]}]),
+    configs=('plain', 'ada_sm'), paths=('default', 'fused', 'foreach', 'single'), ngroups=(1,), pres=(0,), builds=True)
+
+
+def _add_tied_group(model, opt, ctx, x):  # the tied weight added again through add_param_group
+    opt.add_param_group({'params': [model.head.weight]})
+
+
+_model_case('mod_tied_add_param_group', _tied, action=_add_tied_group, configs=('plain',), grid=MOD_LITE)
+
+
+def _retie_after(model, opt, ctx, x):  # tied after the optimizer was built: the head's own weight is orphaned
+    model.head.weight = model.emb.weight
+
+
+class _Untied(_Tied):
+    def __init__(self):
+        super().__init__()
+        self.head.weight = nn.Parameter(self.emb.weight.detach().clone())
+
+
+_model_case('mod_tied_after_opt', lambda ctx: (_Untied().to(ctx.dtype), torch.tensor([1, 2, 3, 7, 9])),
+            edit=_retie_after, configs=('plain', 'ada_sm'))
+
+
+def _rg_off(idx, with_grad=True):
+    def e(model, opt, ctx, x):
+        p = list(model.parameters())[idx]
+        p.requires_grad_(False)
+        if with_grad:
+            p.grad = torch.randn_like(p)
+    return e
+
+
+_model_case('mod_requires_grad_off_keeps_grad', _mlp, grad_edit=_rg_off(0), configs=('plain', 'ada_sm', 'sr'))
+_model_case('mod_requires_grad_off_before_backward', _mlp, edit=lambda m, o, c, x: m[0].requires_grad_(False),
+            configs=('plain', 'ada_sm'))
+_model_case('mod_requires_grad_all_off_with_grads', _mlp, grad_edit=lambda m, o, c, x: m.requires_grad_(False),
+            configs=('plain',))
+
+
+def _convert(fn):
+    def e(model, opt, ctx, x):
+        fn(model)
+        ctx.model_x = x
+    return e
+
+
+def _with_input_dtype(conv):  # the model converted after state exists; the input follows
+    def mk(ctx):
+        torch.manual_seed(0)
+        model, x = _mlp(ctx) if conv[1] != 'cl' else _conv(ctx)
+        return model, x
+    return mk
+
+
+CONVERSIONS = {
+    'half': (lambda m: m.half(), torch.float16), 'double': (lambda m: m.double(), f64),
+    'bfloat16': (lambda m: m.bfloat16(), bf16), 'float': (lambda m: m.float(), f32),
+}
+
+
+def _conv_case(name, conv, dtype, configs):
+    def mk(ctx):
+        torch.manual_seed(0)
+        model, x = _mlp(ctx)
+        opt = _opt_over(ctx, list(model.parameters()))
+        for _ in range(ctx.pre):
+            opt.zero_grad()
+            _loss(model, x).backward()
+            opt.step()
+        conv(model)
+        opt.zero_grad()
+        _loss(model, x.to(dtype)).backward()
+        return opt
+    add(name, mk, configs=configs, builds=True, **MOD)
+
+
+for nm, (conv, dt) in CONVERSIONS.items():
+    _conv_case(f'mod_to_{nm}_after_state', conv, dt, ('plain', 'master') if nm != 'float' else ('master', 'sr'))
+
+
+def _swap_half(m):
+    torch.__future__.set_swap_module_params_on_conversion(True)
+    try:
+        m.half()
+    finally:
+        torch.__future__.set_swap_module_params_on_conversion(False)
+
+
+_conv_case('mod_swap_tensors_half_after_state', _swap_half, torch.float16, ('plain', 'ada_sm'))
+
+
+def _swap_one(m):  # torch.utils.swap_tensors of a param with a new tensor of another shape
+    p = m[0].weight
+    with torch.no_grad():
+        q = nn.Parameter(torch.randn(4, 4, dtype=p.dtype))
+    torch.utils.swap_tensors(p, q)
+
+
+_conv_case('mod_swap_tensors_same_shape', _swap_one, f32, ('plain', 'ada_sm', 'sdt_bf16'))
+
+
+def _cl_after(model, opt, ctx, x):
+    model.to(memory_format=torch.channels_last)
+
+
+_model_case('mod_conv_to_channels_last_after_state', _conv, edit=_cl_after, configs=('plain', 'ada_sm', 'master', 'sr'))
+_model_case('mod_conv_channels_last_grads_contiguous', _conv, edit=_cl_after,
+            grad_edit=lambda m, o, c, x: [setattr(p, 'grad', p.grad.contiguous()) for p in m.parameters()],
+            configs=('plain', 'ada_sm'))
+
+
+def _freed(what, idx=0):
+    def e(model, opt, ctx, x):
+        p = list(model.parameters())[idx]
+        t = {'param': p, 'grad': p.grad, 'exp_avg': opt.state.get(p, {}).get('exp_avg'),
+             'step': opt.state.get(p, {}).get('step')}[what]
+        if t is None:
+            raise RuntimeError('nothing to free')
+        t.untyped_storage().resize_(0)
+    return e
+
+
+for what in ('param', 'grad'):
+    _model_case(f'mod_storage_freed_{what}', _mlp, grad_edit=_freed(what), configs=('plain', 'ada_sm'), grid=MOD)
+for what in ('exp_avg', 'step'):
+    _model_case(f'mod_storage_freed_{what}', _mlp, grad_edit=_freed(what), configs=('plain', 'ada_sm'),
+                grid=dict(MOD, pres=(2,)))
+
+
+def _fc_grads(batched):
+    def e(model, opt, ctx, x):
+        opt.zero_grad()
+        named = {n: p.detach().clone().requires_grad_() for n, p in model.named_parameters()}
+        torch.func.functional_call(model, named, (x,)).float().square().mean().backward()
+        for (n, p) in model.named_parameters():
+            g = named[n].grad
+            p.grad = g.unsqueeze(0).expand(3, *g.shape) if batched else g
+    return e
+
+
+_model_case('mod_functional_call_grads_copied', _mlp, grad_edit=_fc_grads(False), configs=('plain', 'ada_sm'))
+_model_case('mod_functional_call_batched_grads', _mlp, grad_edit=_fc_grads(True), configs=('plain',))
+
+
+def _func_grad(model, opt, ctx, x):  # torch.func.grad's grads assigned as .grad
+    params = dict(model.named_parameters())
+    gr = torch.func.grad(lambda ps: torch.func.functional_call(model, ps, (x,)).float().square().mean())(
+        {n: p.detach() for n, p in params.items()})
+    for n, p in params.items():
+        p.grad = gr[n]
+
+
+_model_case('mod_func_grad_assigned', _mlp, grad_edit=_func_grad, configs=('plain', 'master'))
+
+
+def _step_in_reparametrized(model, o, ctx, x):
+    with torch.nn.utils.stateless._reparametrize_module(model, {'0.weight': torch.zeros(4, 4, dtype=ctx.dtype)}):
+        return o.step()
+
+
+_model_case('mod_step_inside_reparametrize', _mlp, action=_step_in_reparametrized, configs=('plain',))
+
+
+def _meta_init(step_on_meta=False, load=False):
+    def mk(ctx):
+        torch.manual_seed(0)
+        with torch.device('meta'):
+            model = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 3)).to(ctx.dtype)
+        opt = _opt_over(ctx, list(model.parameters()))
+        if step_on_meta:
+            _loss(model, torch.randn(5, 4, device='meta', dtype=ctx.dtype)).backward()
+            opt.step()
+            opt.zero_grad()
+        if load:  # a real checkpoint loaded while the params are on meta
+            torch.manual_seed(0)
+            real = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 3)).to(ctx.dtype)
+            ro = _opt_over(ctx, list(real.parameters()))
+            _loss(real, torch.randn(5, 4, dtype=ctx.dtype)).backward()
+            ro.step()
+            opt.load_state_dict(ro.state_dict())
+        model.to_empty(device='cpu')
+        torch.manual_seed(1)
+        for p in model.parameters():
+            with torch.no_grad():
+                p.copy_(torch.randn(p.shape, dtype=f64).to(p.dtype))
+        _loss(model, torch.randn(5, 4, dtype=f64).to(ctx.dtype)).backward()
+        return opt
+    return mk
+
+
+for nm, kw in (('', {}), ('_after_meta_step', {'step_on_meta': True}), ('_after_load_on_meta', {'load': True})):
+    add(f'mod_meta_init_to_empty{nm}', _meta_init(**kw), configs=('plain', 'ada_sm', 'master', 'sr'), builds=True,
+        paths=('default', 'fused', 'foreach', 'single', 'mixed'), ngroups=(1, 2), pres=(0,))
+
+
+# ================================================================== C. layouts, ranks, complex
+def _shaped(shapes, edit=None):
+    def mk(ctx):
+        opt = build(ctx, shapes=shapes)
+        if edit:
+            edit(opt, ctx)
+        return opt
+    return mk
+
+
+def _perm_like(t, perm):  # t's values in the dense layout of t.permute(perm) (same shape)
+    inv = [perm.index(i) for i in range(len(perm))]
+    return t.permute(perm).contiguous().permute(inv)
+
+
+def _layouts(p_perm, g_perm, s_perm):
+    def e(opt, ctx):
+        p = P(opt, 0, 2)
+        with torch.no_grad():
+            if p_perm:
+                p.data = _perm_like(p.data, p_perm)
+        if g_perm is not None:
+            p.grad = _perm_like(p.grad, g_perm) if g_perm else p.grad.contiguous()
+        s = opt.state.get(p)
+        if s and s_perm is not None:
+            for k in ('exp_avg', 'exp_var', 'exp_avg_sq', 'master_param'):
+                if k in s:
+                    s[k] = _perm_like(s[k], s_perm) if s_perm else s[k].contiguous()
+    return e
+
+
+CL, ODD, ODD2 = (0, 2, 3, 1), (3, 1, 0, 2), (2, 0, 3, 1)
+LAYOUTS = {
+    'p_cl_g_contig_s_contig': (CL, (), ()), 'p_contig_g_cl_s_cl': (None, CL, CL), 'p_cl_g_cl_s_contig': (CL, CL, ()),
+    'p_odd_g_odd_s_odd': (ODD, ODD, ODD), 'p_odd_g_odd2_s_odd': (ODD, ODD2, ODD), 'p_odd_g_odd_s_odd2': (ODD, ODD, ODD2),
+    'p_odd_g_contig_s_cl': (ODD, (), CL), 'p_cl_g_odd_s_odd2': (CL, ODD, ODD2),
+}
+for nm, (pp, gp, sp) in LAYOUTS.items():
+    add(f'layout_{nm}', _shaped(SHAPES, _layouts(pp, gp, sp)), configs=('plain', 'ada_sm', 'master', 'sr', 'cl'),
+        builds=True, paths=PATHS, ngroups=(1, 2), pres=(0, 2))
+
+
+def _cl3d(opt, ctx):
+    p = P(opt, 0, 0)
+    with torch.no_grad():
+        p.data = p.data.contiguous(memory_format=torch.channels_last_3d)
+    p.grad = p.grad.contiguous(memory_format=torch.channels_last_3d)
+
+
+HIGH_RANK = {
+    'rank25': [(1,) * 23 + (2, 3), (5,)], 'rank40': [(1,) * 39 + (3,), (2, 2)], 'rank64': [(1,) * 62 + (2, 2)],
+    'zero_dim_only': [(), ()], 'size1_everywhere': [(1, 1, 1, 1), (1,), (1, 1)],
+    'rank30_mixed_numel0': [(1,) * 28 + (0, 2), (3,)], 'rank5_cl3d': [(2, 3, 2, 2, 2), (4,)],
+}
+for nm, shapes in HIGH_RANK.items():
+    add(f'shape_{nm}', _shaped(shapes, _cl3d if nm == 'rank5_cl3d' else None),
+        configs=('plain', 'ada_sm', 'master', 'sr'), builds=True, paths=PATHS, ngroups=(1, 2), pres=(0, 2))
+
+
+def _hr_perm(opt, ctx):  # a rank-30 dense param in a permuted layout, its grad in another, its state contiguous
+    p = P(opt, 0, 0)
+    perm = list(range(30))
+    perm[27], perm[29] = perm[29], perm[27]
+    perm2 = list(range(30))
+    perm2[28], perm2[29] = 29, 28
+    with torch.no_grad():
+        p.data = _perm_like(p.data, perm)
+    p.grad = _perm_like(p.grad, perm2)
+
+
+add('shape_rank30_permuted_param_and_grad', _shaped([(1,) * 27 + (2, 3, 2), (4,)], _hr_perm),
+    configs=('plain', 'ada_sm', 'master'), builds=True, paths=PATHS, ngroups=(1, 2), pres=(0, 2))
+
+
+def _complex_groups(real_first, mixed_within=False, conj_neg=False):
+    def mk(ctx):
+        torch.manual_seed(0)
+        gps = ctx.group_paths()
+        groups = []
+        for gi, gp in enumerate(gps):
+            cx = (gi % 2 == 0) != real_first
+            ps = []
+            for j, s in enumerate(((3, 2), (4,))):
+                use_cx = cx if not mixed_within else (j == 0)
+                t = torch.randn(s, dtype=torch.complex64 if use_cx else f32)
+                ps.append(t.requires_grad_())
+            groups.append({'params': ps, 'lr': 0.01 * (gi + 1), **PATH_KW[gp]})
+        opt = ctx.cls(groups, betas=(0.9, 0.99), **ctx.opts)
+        for _ in range(ctx.pre):
+            new_grads(opt)
+            opt.step()
+        new_grads(opt)
+        if conj_neg:
+            for g in opt.param_groups:
+                for p in g['params']:
+                    if p.is_complex():
+                        with torch.no_grad():
+                            p.data = p.data.conj_physical().conj()  # (the same values, conj bit set)
+                        p.grad = torch._neg_view(-p.grad)
+                        s = opt.state.get(p)
+                        if s:
+                            s['exp_avg'] = s['exp_avg'].conj_physical().conj()
+                            s['exp_var'] = torch._neg_view(-s['exp_var'])
+        return opt
+    return mk
+
+
+for nm, kw in (('complex_then_real', {}), ('real_then_complex', {'real_first': True}),
+               ('mixed_within_group', {'mixed_within': True}), ('conj_neg_views', {'conj_neg': True})):
+    kw.setdefault('real_first', False)
+    add(f'cx_{nm}', _complex_groups(**kw), configs=('plain', 'ada_sm', 'ada_var', 'wd'), builds=True, paths=PATHS,
+        ngroups=(1, 2, 3) if nm != 'mixed_within_group' else (1, 2), pres=(0, 2))
+
+
+# ================================================================== D. AdaSGDF: preconditioner switched, checkpoints
+def _group_set(key, value, groups='all'):
+    def e(opt, ctx):
+        for gi, g in enumerate(opt.param_groups):
+            if groups == 'all' or gi in groups:
+                g[key] = value
+    return e
+
+
+ADA_SWITCH = {
+    'pre_sm_to_var': ('ada_sm', _group_set('preconditioner', 'variance')),
+    'pre_var_to_sm': ('ada_var', _group_set('preconditioner', 'second_moment')),
+    'pre_sm_to_none': ('ada_sm', _group_set('preconditioner', 'none')),
+    'pre_var_to_sm_group0': ('ada_var', _group_set('preconditioner', 'second_moment', (0,))),
+    'pre_sm_to_var_last_group': ('ada_sm', lambda o, c: o.param_groups[-1].__setitem__('preconditioner', 'variance')),
+    'pre_deleted': ('ada_sm', lambda o, c: [g.pop('preconditioner') for g in o.param_groups]),
+    'sign_on': ('ada_sm', _group_set('sign', True)),
+    'orthogonalize_on': ('ada_var', _group_set('orthogonalize', True)),
+    'dwd_off': ('ada_sm', _group_set('decoupled_weight_decay', False)),
+    'sdt_to_bf16': ('ada_sm', _group_set('state_dtype', bf16)),
+    'pre_var_to_sm_with_fake_sq': ('ada_var', lambda o, c: [
+        _group_set('preconditioner', 'second_moment')(o, c),
+        [s.__setitem__('exp_avg_sq', torch.zeros_like(s['exp_avg'])) for s in o.state.values()]]),
+}
+for nm, (cfg, e) in ADA_SWITCH.items():
+    add(f'ada_{nm}', e, configs=(cfg,), paths=PATHS, ngroups=(1, 2, 3), pres=(0, 2))
+
+
+def _ckpt_chain(chain):
+    """Train the harness's optimizer, then carry its checkpoint through `chain` (optimizer classes and options) over
+    the same params, one step each; the last optimizer's step is the action (no reference: the outcome is the
+    question)."""
+    def mk(ctx):
+        opt = build(ctx)
+        params = [p for g in opt.param_groups for p in g['params']]
+        sd = opt.state_dict()
+        cur = opt
+        for i, (cls, kw) in enumerate(chain):
+            nxt = cls([{'params': g['params']} for g in opt.param_groups], **kw)
+            nxt.load_state_dict(sd)
+            if i < len(chain) - 1:
+                nxt.step()
+                new_grads(nxt)
+                sd = nxt.state_dict()
+            cur = nxt
+        ctx.no_ref = 'chain'
+        return cur
+    return mk
+
+
+CHAINS = {
+    'ada_sm_into_sgdf_back_into_ada_sm': [(SGDF, {}), (AdaSGDF, {'preconditioner': 'second_moment'})],
+    'ada_sm_into_sgdf_back_into_ada_var': [(SGDF, {}), (AdaSGDF, {'preconditioner': 'variance'})],
+    'ada_var_into_sgdf_into_ada_default': [(SGDF, {}), (AdaSGDF, {})],
+    'ada_sm_into_ada_var_into_ada_sm': [(AdaSGDF, {'preconditioner': 'variance'}), (AdaSGDF, {})],
+    'sgdf_into_ada_var_into_sgdf': [(AdaSGDF, {'preconditioner': 'variance'}), (SGDF, {})],
+    'ada_sm_into_sgdf_fused': [(SGDF, {'fused': True})],
+    'ada_sm_into_sgdf_master': [(SGDF, {'master_weights': True})],
+}
+for nm, chain in CHAINS.items():
+    cfgs = ('plain',) if nm.startswith('sgdf') else ('ada_var',) if nm.startswith('ada_var') else ('ada_sm',)
+    add(f'ckpt_{nm}', _ckpt_chain(chain), configs=cfgs, paths=PATHS, ngroups=(1, 2), pres=(2,), builds=True)
+
+
+def _ada_into_sgdf_check_state(opt, ctx):  # after an AdaSGDF(second_moment) checkpoint loads into SGDF, the state
+    sgdf = SGDF([{'params': g['params']} for g in opt.param_groups])   # must hold no exp_avg_sq
+    sgdf.load_state_dict(opt.state_dict())
+    ctx.no_ref = 'state check'
+    ctx.action = lambda o: (lambda bad: (_ for _ in ()).throw(AssertionError(bad)) if bad else sgdf.step())(
+        [k for s in sgdf.state.values() for k in s if k == 'exp_avg_sq'])
+    return None
+
+
+add('ckpt_ada_sm_into_sgdf_drops_exp_avg_sq', _ada_into_sgdf_check_state, configs=('ada_sm',), paths=PATHS,
+    ngroups=(1, 2), pres=(2,))
+
+
+# ================================================================== E. hooks
+def _pre_hook(fn):
+    def mut(opt, ctx):
+        opt.register_step_pre_hook(lambda o, args, kwargs: fn(o, ctx))
+    return mut
+
+
+def _post_hook(fn, twice=True):
+    def mut(opt, ctx):
+        opt.register_step_post_hook(lambda o, args, kwargs: fn(o, ctx))
+        if twice:  # the post-hook's edit meets the next step
+            ctx.action = lambda o: (o.step(), new_grads(o), o.step())
+            ctx.no_ref = 'two steps'
+    return mut
+
+
+def _h_data_f64(o, ctx):
+    p = P(o, 0, 0)
+    p.data = p.data.double()
+    p.grad = p.grad.double()
+
+
+def _h_data_shape(o, ctx):
+    p = P(o, 0, 1)
+    p.data = torch.randn(7, dtype=p.dtype)
+    p.grad = torch.randn(7, dtype=p.dtype)
+
+
+def _h_state_f16(o, ctx):
+    for s in o.state.values():
+        s['exp_avg'] = s['exp_avg'].half()
+
+
+def _h_state_clear(o, ctx):
+    for s in o.state.values():
+        s.clear()
+
+
+def _h_state_step_drop(o, ctx):
+    for s in o.state.values():
+        s.pop('step', None)
+
+
+def _h_grad_alias(o, ctx):  # param 1's grad made a view of param 0's
+    a, b = P(o, 0, 0), P(o, 0, 1)
+    b.grad = a.grad.view(-1)[:b.numel()].view(b.shape)
+
+
+def _h_grad_noncontig(o, ctx):
+    p = P(o, 0, 0)
+    p.grad = p.grad.t().contiguous().t()
+
+
+def _h_set_grad_scale(o, ctx):
+    o.grad_scale = torch.tensor(4.0)
+    o.found_inf = torch.tensor(0.0)
+
+
+def _h_set_found_inf_one(o, ctx):
+    o.grad_scale = torch.tensor(1.0)
+    o.found_inf = torch.tensor(1.0)
+
+
+def _h_swap_groups(o, ctx):
+    o.param_groups.reverse()
+
+
+def _h_lr_nan(o, ctx):
+    o.param_groups[-1]['lr'] = float('nan')
+
+
+def _h_returns_bad(o, ctx):
+    return 5
+
+
+def _h_returns_args_closure(o, ctx):  # returns (args, kwargs) with a closure that raises
+    def closure():
+        raise ValueError('closure from a pre-hook')
+    return (closure,), {}
+
+
+def _h_requires_grad_off(o, ctx):
+    for g in o.param_groups:
+        for p in g['params']:
+            p.requires_grad_(False)
+
+
+def _h_detach_params(o, ctx):  # the param replaced in the group by a detached copy (state keyed by the old one)
+    g = o.param_groups[0]
+    old = g['params'][0]
+    new = old.detach().clone().requires_grad_()
+    new.grad = old.grad
+    g['params'][0] = new
+
+
+STEP_PRE = {'data_f64': _h_data_f64, 'data_shape': _h_data_shape, 'state_f16': _h_state_f16,
+            'state_clear': _h_state_clear, 'state_step_drop': _h_state_step_drop, 'grad_alias': _h_grad_alias,
+            'grad_noncontig': _h_grad_noncontig, 'set_grad_scale': _h_set_grad_scale,
+            'set_found_inf_one': _h_set_found_inf_one, 'swap_groups': _h_swap_groups, 'lr_nan': _h_lr_nan,
+            'returns_bad': _h_returns_bad, 'returns_args_closure': _h_returns_args_closure,
+            'requires_grad_off': _h_requires_grad_off, 'detach_param': _h_detach_params}
+for nm, fn in STEP_PRE.items():
+    add(f'hook_pre_{nm}', _pre_hook(fn), configs=('plain', 'ada_sm'), paths=PATHS, ngroups=(1, 2),
+        pres=(0, 2) if not nm.startswith('state') else (2,))
+for nm in ('state_f16', 'state_clear', 'state_step_drop', 'data_f64', 'set_found_inf_one', 'lr_nan'):
+    add(f'hook_post_{nm}', _post_hook(STEP_PRE[nm]), configs=('plain',), paths=PATHS, ngroups=(1, 2), pres=(0, 2))
+
+
+def _sd_hook(register):
+    def mut(opt, ctx):
+        register(opt, ctx)
+        ctx.action = lambda o: (o.load_state_dict(o.state_dict()), o.step())
+        ctx.no_ref = 'round trip'
+    return mut
+
+
+SD_HOOKS = {
+    'sd_post_returns_list': lambda o, c: o.register_state_dict_post_hook(lambda opt, sd: [sd]),
+    'sd_post_returns_str': lambda o, c: o.register_state_dict_post_hook(lambda opt, sd: 'checkpoint'),
+    'sd_post_drops_groups': lambda o, c: o.register_state_dict_post_hook(lambda opt, sd: {'state': sd['state']}),
+    'sd_post_state_to_list': lambda o, c: o.register_state_dict_post_hook(
+        lambda opt, sd: dict(sd, state=list(sd['state'].values()))),
+    'sd_post_adds_group': lambda o, c: o.register_state_dict_post_hook(
+        lambda opt, sd: dict(sd, param_groups=sd['param_groups'] + [dict(sd['param_groups'][0], params=[99])])),
+    'sd_post_keys_shifted': lambda o, c: o.register_state_dict_post_hook(
+        lambda opt, sd: dict(sd, state={k + 1: v for k, v in sd['state'].items()})),
+    'sd_pre_edits_lr': lambda o, c: o.register_state_dict_pre_hook(
+        lambda opt: opt.param_groups[0].__setitem__('lr', -1.0)),
+    'load_pre_returns_list': lambda o, c: o.register_load_state_dict_pre_hook(lambda opt, sd: [sd]),
+    'load_pre_returns_tensor': lambda o, c: o.register_load_state_dict_pre_hook(lambda opt, sd: torch.zeros(3)),
+    'load_pre_returns_opt': lambda o, c: o.register_load_state_dict_pre_hook(lambda opt, sd: opt),
+    'load_pre_drops_state': lambda o, c: o.register_load_state_dict_pre_hook(
+        lambda opt, sd: {'param_groups': sd['param_groups']}),
+    'load_pre_state_none': lambda o, c: o.register_load_state_dict_pre_hook(lambda opt, sd: dict(sd, state=None)),
+    'load_pre_mutates_in_place': lambda o, c: o.register_load_state_dict_pre_hook(
+        lambda opt, sd: [s.__setitem__('exp_avg', s['exp_avg'].double()) for s in sd['state'].values()] and None),
+    'load_pre_lr_tensor_neg': lambda o, c: o.register_load_state_dict_pre_hook(
+        lambda opt, sd: dict(sd, param_groups=[dict(g, lr=torch.tensor(-0.1)) for g in sd['param_groups']])),
+    'load_post_returns_value': lambda o, c: o.register_load_state_dict_post_hook(lambda opt: 'ignored?'),
+    'load_post_clears_state': lambda o, c: o.register_load_state_dict_post_hook(lambda opt: opt.state.clear()),
+    'load_post_breaks_state': lambda o, c: o.register_load_state_dict_post_hook(
+        lambda opt: [s.__setitem__('exp_var', s['exp_var'][:1]) for s in opt.state.values()]),
+}
+for nm, reg in SD_HOOKS.items():
+    add(f'hook_{nm}', _sd_hook(reg), configs=('plain', 'ada_sm'), paths=('default', 'foreach', 'single', 'mixed'),
+        ngroups=(1, 2), pres=(0, 2) if 'state' not in nm and 'mutates' not in nm else (2,))
+
+
+# ================================================================== F. copies of the optimizer mid-training
+def _copy_then_step(make_copy):
+    def mut(opt, ctx):
+        def action(o):
+            c = make_copy(o)
+            for g in c.param_groups:  # the copy steps on its own params first: the original must not notice
+                for p in g['params']:
+                    if p.grad is not None:
+                        p.grad.mul_(-3.0)
+            c.step()
+            return o.step()
+        ctx.action = action
+    return mut
+
+
+def _deepcopy_with_model(o):  # model and optimizer copied together (one memo): the copy's state follows its params
+    return copy.deepcopy({'opt': o, 'params': [p for g in o.param_groups for p in g['params']]})['opt']
+
+
+def _pickle_roundtrip(o):
+    return pickle.loads(pickle.dumps(o))
+
+
+def _torch_save_weights_only_false(o):
+    buf = io.BytesIO()
+    torch.save(o, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=False)
+
+
+COPIES = {'deepcopy_with_params': _deepcopy_with_model, 'pickle': _pickle_roundtrip,
+          'torch_save_whole': _torch_save_weights_only_false}
+for nm, mk in COPIES.items():
+    add(f'copy_{nm}_then_both_step', _copy_then_step(mk), configs=('tlr', 'scale', 'sr', 'master', 'ada_sm', 'sdt_bf16'),
+        paths=('default', 'fused', 'foreach', 'single', 'mixed'), ngroups=(1, 2), pres=(0, 2))
+
+
+def _copy_with_hooks(opt, ctx):  # a deepcopy made while hooks are registered (they are copied too: they must not
+    calls = []                   # run the original's state edits on the copy)
+    opt.register_step_pre_hook(lambda o, a, k: calls.append(id(o)))
+    c = copy.deepcopy(opt)
+    ctx.action = lambda o: (c.step(), o.step())
+    ctx.no_ref = 'copy'
+
+
+add('copy_deepcopy_with_hooks', _copy_with_hooks, configs=('plain',), paths=PATHS, ngroups=(1, 2), pres=(0, 2))
+
+
+# ================================================================== G. LR schedulers producing odd lr
+def _sched(make, steps=2, tensor_lr=False):
+    def mut(opt, ctx):
+        if tensor_lr:
+            for g in opt.param_groups:
+                g['lr'] = torch.tensor(float(g['lr']))
+        s = make(opt)
+        for _ in range(steps):
+            s.step()
+    return mut
+
+
+LS = torch.optim.lr_scheduler
+SCHED5 = {
+    'lambda_tensor': (lambda o: LS.LambdaLR(o, lambda e: torch.tensor(0.5) ** e), False),
+    'lambda_nan': (lambda o: LS.LambdaLR(o, lambda e: float('nan') if e else 1.0), False),
+    'lambda_neg': (lambda o: LS.LambdaLR(o, lambda e: -1.0 if e else 1.0), False),
+    'lambda_huge': (lambda o: LS.LambdaLR(o, lambda e: 1e40 if e else 1.0), False),
+    'lambda_tensor_lr_nan': (lambda o: LS.LambdaLR(o, lambda e: float('nan') if e else 1.0), True),
+    'multiplicative_tensor_lr': (lambda o: LS.MultiplicativeLR(o, lambda e: 0.5), True),
+    'exponential_overflow': (lambda o: LS.ExponentialLR(o, gamma=1e25), False),
+    'exponential_overflow_tensor_lr': (lambda o: LS.ExponentialLR(o, gamma=1e25), True),
+    'cyclic_momentum_to_one': (lambda o: LS.CyclicLR(o, 0.01, 0.1, step_size_up=1, cycle_momentum=True,
+                                                     base_momentum=0.8, max_momentum=1.0), False),
+    'cyclic_momentum_above_one': (lambda o: LS.CyclicLR(o, 0.01, 0.1, step_size_up=1, cycle_momentum=True,
+                                                        base_momentum=0.8, max_momentum=1.2), False),
+    'onecycle_momentum_one': (lambda o: LS.OneCycleLR(o, 0.1, total_steps=10, base_momentum=1.0,
+                                                      max_momentum=1.0), False),
+    'onecycle_tensor_lr': (lambda o: LS.OneCycleLR(o, 0.1, total_steps=10), True),
+    'warm_restarts_tensor_lr': (lambda o: LS.CosineAnnealingWarmRestarts(o, T_0=2), True),
+    'polynomial_power_neg': (lambda o: LS.PolynomialLR(o, total_iters=4, power=-1.0), False),
+    'sequential_tensor_lr': (lambda o: LS.SequentialLR(o, [LS.ConstantLR(o, factor=0.5, total_iters=1),
+                                                           LS.ExponentialLR(o, gamma=0.9)], milestones=[1]), True),
+    'chained_tensor_lr': (lambda o: LS.ChainedScheduler([LS.ConstantLR(o, factor=0.5, total_iters=3),
+                                                         LS.ExponentialLR(o, gamma=0.9)]), True),
+    'plateau_tensor_lr': (lambda o: (lambda s: types.SimpleNamespace(step=lambda: s.step(1.0)))(
+        LS.ReduceLROnPlateau(o, patience=0, factor=0.1)), True),
+    'linear_end_factor_zero': (lambda o: LS.LinearLR(o, start_factor=1.0, end_factor=0.0, total_iters=1), False),
+}
+for nm, (mk, tlr) in SCHED5.items():
+    add(f'sched_{nm}', _sched(mk, tensor_lr=tlr), configs=('plain', 'ada_sm'), paths=PATHS, ngroups=(1, 2),
+        pres=(0, 2))
+
+
+# ================================================================== H. manual amp scalars on every path, GradScaler
+def _manual_amp(scale, found):
+    """grad_scale / found_inf set by hand (as GradScaler does for fused=True): every path must honour them as the
+    kernel path does, or refuse them; the case's check is against a fused twin stepped the same way."""
+    def mut(opt, ctx):
+        opt.grad_scale = torch.tensor(scale)
+        opt.found_inf = torch.tensor(found)
+        twin_groups = []
+        for g in opt.param_groups:
+            ng = {k: v for k, v in g.items() if k != 'params'}
+            ng.update(fused=True, foreach=None)
+            ps = []
+            for p in g['params']:
+                q = _clean(p).requires_grad_()
+                q.grad = _clean(p.grad)
+                ps.append(q)
+            ng['params'] = ps
+            twin_groups.append(ng)
+        twin = type(opt)(twin_groups)
+        for g, tg in zip(opt.param_groups, twin.param_groups):
+            for p, q in zip(g['params'], tg['params']):
+                if opt.state.get(p):
+                    twin.state[q] = {k: (_clean(v) if isinstance(v, Tensor) else v) for k, v in opt.state[p].items()}
+        twin.grad_scale, twin.found_inf = torch.tensor(scale), torch.tensor(found)
+
+        def post(o, ref):
+            twin.step()
+            bad = []
+            for g, tg in zip(o.param_groups, twin.param_groups):
+                for p, q in zip(g['params'], tg['params']):
+                    d = close(p, q)
+                    if d > 1e-5 * (1 + float(q.detach().abs().max())):
+                        bad.append(f'vs the fused path: |diff|={d:.3g}')
+            return bad[:2]
+        ctx.post_check = post
+    return mut
+
+
+for nm, (sc, fi) in {'scale4': (4.0, 0.0), 'found_inf': (4.0, 1.0), 'scale1_found_inf': (1.0, 1.0)}.items():
+    add(f'amp_manual_{nm}_vs_fused', _manual_amp(sc, fi), configs=('plain', 'ada_sm', 'master'),
+        paths=('default', 'foreach', 'single', 'mixed', 'mixed2'), ngroups=(1, 2), pres=(0, 2))
+
+
+def _scaler_case(init_scale=1024.0, enabled=True, inf_group=None, nan=False, dtype=None, growth_interval=2000):
+    def mk(ctx):
+        torch.manual_seed(0)
+        c = dict(ctx.c)
+        dt = dtype or ctx.dtype
+        groups = []
+        for gi, gp in enumerate(ctx.group_paths()):
+            ps = [torch.randn(s, dtype=f64).to(dt).requires_grad_() for s in ((4, 3), (5,))]
+            groups.append({'params': ps, 'lr': 0.01 * (gi + 1), **PATH_KW[gp]})
+        opt = ctx.cls(groups, betas=(0.9, 0.99), **ctx.opts)
+        for _ in range(ctx.pre):
+            new_grads(opt)
+            opt.step()
+        new_grads(opt, init_scale if enabled else 1.0)
+        if inf_group is not None and inf_group < len(opt.param_groups):
+            P(opt, inf_group, 1).grad[0] = float('nan') if nan else float('inf')
+        ctx.scaler = torch.amp.GradScaler('cpu', init_scale=init_scale, enabled=enabled, growth_interval=growth_interval)
+        ctx.scaler.scale(torch.ones(()))
+        ctx.no_ref = 'scaler'
+        ctx.action = lambda o: (ctx.scaler.step(o), ctx.scaler.update())
+        if inf_group is not None:
+            ctx.expect_skip = True
+        return opt
+    return mk
+
+
+SCALER5 = {
+    'inf_last_group': dict(inf_group=1), 'nan_first_group': dict(inf_group=0, nan=True),
+    'f16_params': dict(dtype=f16), 'f16_params_inf': dict(dtype=f16, inf_group=0),
+    'disabled': dict(enabled=False), 'huge_scale': dict(init_scale=3e38), 'tiny_scale': dict(init_scale=1e-30),
+    'bf16_inf': dict(dtype=bf16, inf_group=0), 'growth_every_step': dict(growth_interval=1),
+}
+for nm, kw in SCALER5.items():
+    for fused_nm, over in (('fused', {'fused': True}), ('default', {})):
+        add(f'scaler5_{nm}_{fused_nm}', _scaler_case(**kw), configs=('plain', 'ada_sm', 'master')
+            if 'f16' in nm or 'bf16' in nm else ('plain', 'ada_sm'),
+            paths=('fused',) if fused_nm == 'fused' else ('default', 'foreach', 'mixed'), ngroups=(1, 2), pres=(0, 2),
+            builds=True)
+
+
+# ================================================================== I. 5000 tiny params, one bad one at the end
+def _many(bad):
+    def mk(ctx):
+        torch.manual_seed(0)
+        gps = ctx.group_paths()
+        n = 5000 // len(gps)
+        groups = [{'params': [torch.randn(2, dtype=ctx.dtype).requires_grad_() for _ in range(n)],
+                   'lr': 0.01 * (gi + 1), **PATH_KW[gp]} for gi, gp in enumerate(gps)]
+        opt = ctx.cls(groups, betas=(0.9, 0.99), **ctx.opts)
+        for _ in range(ctx.pre):
+            for g in opt.param_groups:
+                for p in g['params']:
+                    p.grad = torch.randn_like(p)
+            opt.step()
+        for g in opt.param_groups:
+            for p in g['params']:
+                p.grad = torch.randn_like(p)
+        bad(opt, ctx, P(opt, len(gps) - 1, n - 1), P(opt, 0, 0))
+        return opt
+    return mk
+
+
+def _b_grad_data(make):
+    def e(opt, ctx, last, first):
+        last.grad.data = make(last.grad)
+    return e
+
+
+def _b_state(key, make):
+    def e(opt, ctx, last, first):
+        s = opt.state[last]
+        s[key] = make(s[key])
+    return e
+
+
+MANY = {
+    'grad_f64': _b_grad_data(lambda g: g.double()), 'grad_shape': _b_grad_data(lambda g: torch.randn(3)),
+    'grad_meta': _b_grad_data(lambda g: g.to('meta')),
+    'grad_alias_first_grad': lambda o, c, last, first: setattr(last, 'grad', first.grad),
+    'grad_is_first_param': lambda o, c, last, first: setattr(last, 'grad', first),
+    'grad_nan': lambda o, c, last, first: last.grad.fill_(float('nan')),
+    'grad_noncontig': lambda o, c, last, first: setattr(last, 'grad', torch.randn(2, 2)[:, 0]),
+    'param_data_f16': lambda o, c, last, first: setattr(last, 'data', last.data.half()),
+    'param_requires_grad_off': lambda o, c, last, first: last.requires_grad_(False),
+    'param_appended_twice': lambda o, c, last, first: o.param_groups[-1]['params'].append(first),
+    'state_exp_avg_f16': _b_state('exp_avg', lambda t: t.half()),
+    'state_exp_var_shape': _b_state('exp_var', lambda t: t[:1]),
+    'state_step_nan': _b_state('step', lambda t: torch.tensor(float('nan'))),
+    'state_exp_avg_is_first_param': lambda o, c, last, first: o.state[last].__setitem__('exp_avg', first),
+}
+for nm, bad in MANY.items():
+    pres = (1,) if nm.startswith('state') else (0, 1)
+    add(f'many5000_{nm}', _many(bad), configs=('plain',), builds=True, paths=('default', 'fused', 'foreach', 'single'),
+        ngroups=(1,), pres=pres)
+    add(f'many5000_{nm}', _many(bad), configs=('plain', 'ada_sm'), builds=True, paths=('mixed',), ngroups=(2,), pres=pres)
+
+
+# ================================================================== J. torch.compile(backend="eager") steps (few: slow)
+def _compiled(edit):
+    def mut(opt, ctx):
+        if edit:
+            edit(opt, ctx)
+        torch._dynamo.reset()
+        step = torch.compile(opt.step, backend='eager')
+        ctx.action = lambda o: step()
+        ctx.ref_action = lambda o: o.step()
+    return mut
+
+
+COMPILED = {
+    'plain': None,
+    'grad_f64_data': lambda o, c: setattr(P(o, 0, 0).grad, 'data', P(o, 0, 0).grad.data.double()),
+    'state_f16': lambda o, c: o.state[P(o, 0, 0)].__setitem__('exp_avg', o.state[P(o, 0, 0)]['exp_avg'].half()),
+    'tensor_lr_neg': lambda o, c: o.param_groups[0].__setitem__('lr', torch.tensor(-0.01)),
+    'grad_alias': lambda o, c: setattr(P(o, 0, 1), 'grad', P(o, 0, 0).grad.view(-1)[:5]),
+    'beta_one': lambda o, c: o.param_groups[0].__setitem__('betas', (1.0, 0.99)),
+}
+for nm, e in COMPILED.items():
+    add(f'compile_{nm}', _compiled(e), configs=('plain',), paths=('default', 'foreach'), ngroups=(1,),
+        pres=(2,) if nm == 'state_f16' else (0,))

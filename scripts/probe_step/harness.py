@@ -132,6 +132,8 @@ def tsnap(t):
             return ('obj', r + '|' + type(t).__name__)
         except Exception:
             return ('obj', repr(t))
+    if t.is_nested:  # (cases5: no shape to read)
+        return ('obj', f'nested {id(t)}')
     meta = (str(t.dtype), tuple(t.shape), str(t.device), str(t.layout), bool(t.requires_grad), type(t).__name__)
     if t.layout is not torch.strided:
         return ('sparse', meta, t.detach().to_dense().clone())
