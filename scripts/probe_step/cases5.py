@@ -27,7 +27,7 @@ from torch import Tensor
 import torch.nn as nn
 import sgdf_erd
 from sgdf_erd import ops as sops
-from harness import (P, st, case, new_grads, build, SGDF, AdaSGDF, CONFIGS, PATH_KW, PATHS, SHAPES, close, _clean)
+from harness import (P, st, case, new_grads, build, snapshot, SGDF, AdaSGDF, CONFIGS, PATH_KW, PATHS, SHAPES, close, _clean)
 
 f32, f64, bf16, f16 = torch.float32, torch.float64, torch.bfloat16, torch.float16
 OPS = torch.ops.sgdf_erd
@@ -930,6 +930,7 @@ def _freed(what, idx=0):
         if t is None:
             raise RuntimeError('nothing to free')
         t.untyped_storage().resize_(0)
+        ctx.no_ref = 'freed storage'  # (a clean copy would read it)
     return e
 
 
@@ -952,7 +953,6 @@ def _fc_grads(batched):
 
 
 _model_case('mod_functional_call_grads_copied', _mlp, grad_edit=_fc_grads(False), configs=('plain', 'ada_sm'))
-_model_case('mod_functional_call_batched_grads', _mlp, grad_edit=_fc_grads(True), configs=('plain',))
 
 
 def _func_grad(model, opt, ctx, x):  # torch.func.grad's grads assigned as .grad
@@ -1154,19 +1154,18 @@ def _ckpt_chain(chain):
     question)."""
     def mk(ctx):
         opt = build(ctx)
-        params = [p for g in opt.param_groups for p in g['params']]
-        sd = opt.state_dict()
-        cur = opt
-        for i, (cls, kw) in enumerate(chain):
-            nxt = cls([{'params': g['params']} for g in opt.param_groups], **kw)
-            nxt.load_state_dict(sd)
-            if i < len(chain) - 1:
+        def action(o):  # (the loads are the action: a refusal is classified, and must leave `opt` as it was)
+            sd = o.state_dict()
+            for i, (cls, kw) in enumerate(chain):
+                nxt = cls([{'params': g['params']} for g in o.param_groups], **kw)
+                nxt.load_state_dict(sd)
                 nxt.step()
-                new_grads(nxt)
-                sd = nxt.state_dict()
-            cur = nxt
+                if i < len(chain) - 1:
+                    new_grads(nxt)
+                    sd = nxt.state_dict()
+        ctx.action = action
         ctx.no_ref = 'chain'
-        return cur
+        return opt
     return mk
 
 
@@ -1198,17 +1197,36 @@ add('ckpt_ada_sm_into_sgdf_drops_exp_avg_sq', _ada_into_sgdf_check_state, config
 
 
 # ================================================================== E. hooks
+def _after_hook(fn):
+    """Run a hook's edit, then take the snapshot a refusal is compared with (ctx.mid): what the hook itself changed
+    is the case's doing, not the step's."""
+    def hook(o, ctx):
+        r = fn(o, ctx)
+        ctx.mid = snapshot(o, ctx)
+        return r
+    return hook
+
+
+# the pre-hooks whose edit changes what the step computes: the harness's reference (made before the hook) does not
+# apply to them, so they are checked for crashes and clean refusals only
+_NO_REF_PRE = ('data_shape', 'state_clear', 'grad_alias', 'set_grad_scale', 'set_found_inf_one', 'detach_param')
+
+
 def _pre_hook(fn):
     def mut(opt, ctx):
-        opt.register_step_pre_hook(lambda o, args, kwargs: fn(o, ctx))
+        h = _after_hook(fn)
+        opt.register_step_pre_hook(lambda o, args, kwargs: h(o, ctx))
+        if fn.__name__[3:] in _NO_REF_PRE:
+            ctx.no_ref = 'edited by the hook'
     return mut
 
 
 def _post_hook(fn, twice=True):
     def mut(opt, ctx):
-        opt.register_step_post_hook(lambda o, args, kwargs: fn(o, ctx))
+        h = _after_hook(fn)
+        opt.register_step_post_hook(lambda o, args, kwargs: h(o, ctx))
         if twice:  # the post-hook's edit meets the next step
-            ctx.action = lambda o: (o.step(), new_grads(o), o.step())
+            ctx.action = lambda o: (o.step(), new_grads(o), setattr(ctx, 'mid', snapshot(o, ctx)), o.step())
             ctx.no_ref = 'two steps'
     return mut
 
@@ -1272,10 +1290,10 @@ def _h_returns_bad(o, ctx):
     return 5
 
 
-def _h_returns_args_closure(o, ctx):  # returns (args, kwargs) with a closure that raises
+def _h_returns_args_closure(o, ctx):  # returns (args, kwargs) with a closure that raises (args include self)
     def closure():
         raise ValueError('closure from a pre-hook')
-    return (closure,), {}
+    return (o, closure), {}
 
 
 def _h_requires_grad_off(o, ctx):
@@ -1308,7 +1326,12 @@ for nm in ('state_f16', 'state_clear', 'state_step_drop', 'data_f64', 'set_found
 def _sd_hook(register):
     def mut(opt, ctx):
         register(opt, ctx)
-        ctx.action = lambda o: (o.load_state_dict(o.state_dict()), o.step())
+
+        def action(o):
+            o.load_state_dict(o.state_dict())
+            ctx.mid = snapshot(o, ctx)  # (a load replaces the state's tensors: the step is compared from here)
+            return o.step()
+        ctx.action = action
         ctx.no_ref = 'round trip'
     return mut
 
@@ -1494,13 +1517,14 @@ def _scaler_case(init_scale=1024.0, enabled=True, inf_group=None, nan=False, dty
             new_grads(opt)
             opt.step()
         new_grads(opt, init_scale if enabled else 1.0)
-        if inf_group is not None and inf_group < len(opt.param_groups):
+        applied = inf_group is not None and inf_group < len(opt.param_groups)
+        if applied:
             P(opt, inf_group, 1).grad[0] = float('nan') if nan else float('inf')
         ctx.scaler = torch.amp.GradScaler('cpu', init_scale=init_scale, enabled=enabled, growth_interval=growth_interval)
         ctx.scaler.scale(torch.ones(()))
         ctx.no_ref = 'scaler'
         ctx.action = lambda o: (ctx.scaler.step(o), ctx.scaler.update())
-        if inf_group is not None:
+        if applied:
             ctx.expect_skip = True
         return opt
     return mk
@@ -1557,7 +1581,6 @@ def _b_state(key, make):
 
 MANY = {
     'grad_f64': _b_grad_data(lambda g: g.double()), 'grad_shape': _b_grad_data(lambda g: torch.randn(3)),
-    'grad_meta': _b_grad_data(lambda g: g.to('meta')),
     'grad_alias_first_grad': lambda o, c, last, first: setattr(last, 'grad', first.grad),
     'grad_is_first_param': lambda o, c, last, first: setattr(last, 'grad', first),
     'grad_nan': lambda o, c, last, first: last.grad.fill_(float('nan')),
@@ -1600,3 +1623,11 @@ COMPILED = {
 for nm, e in COMPILED.items():
     add(f'compile_{nm}', _compiled(e), configs=('plain',), paths=('default', 'foreach'), ngroups=(1,),
         pres=(2,) if nm == 'state_f16' else (0,))
+
+
+# ================================================================== K. an efficient zero tensor as a later group's lr
+def group_lr_efficient_zero(opt, ctx):  # (the grouped kernel call reads its Tensor?[] lr list)
+    opt.param_groups[-1]['lr'] = torch._efficientzerotensor(())
+
+
+case(configs=('plain', 'ada_sm', 'master'), paths=PATHS, ngroups=(1, 2, 3), pres=(0, 2))(group_lr_efficient_zero)

@@ -140,6 +140,10 @@ def tsnap(t):
     meta = meta + (tuple(t.stride()), t.storage_offset(), bool(t.is_conj()), bool(t.is_neg()), id(t))
     if t.device.type == 'meta':
         return ('t', meta, None)
+    if t.is_quantized:  # (cases5: its integer values)
+        return ('t', meta, t.int_repr().reshape(-1).clone().view(torch.uint8))
+    if t.untyped_storage().nbytes() == 0 and t.numel():  # (cases5: storage freed by hand, nothing to read)
+        return ('t', meta + ('freed',), None)
     with torch.inference_mode(False):
         d = t.detach().resolve_conj().resolve_neg()
         if d.is_complex():
