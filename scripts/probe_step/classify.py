@@ -40,6 +40,7 @@ def show(title, items):
 
 
 show('CRASH/HANG/HARNESS_ERROR', [(k, r) for k, r in new.items() if r['status'] in ('CRASH', 'HANG', 'HARNESS_ERROR')])
+show('ACCEPTED_BAD (an invalid input accepted)', [(k, r) for k, r in new.items() if r['status'] == 'ACCEPTED_BAD'])
 show('RAISE_DIRTY', [(k, r) for k, r in new.items() if r['status'] == 'RAISE_DIRTY'])
 show('OK_MISMATCH', [(k, r) for k, r in new.items() if r['status'] == 'OK_MISMATCH'])
 show('kernel refuses what the Python checks accept', [(k, r) for k, r in new.items()

@@ -132,17 +132,23 @@ def tsnap(t):
             return ('obj', r + '|' + type(t).__name__)
         except Exception:
             return ('obj', repr(t))
+    if t.is_nested:  # (cases5: no shape to read)
+        return ('obj', f'nested {id(t)}')
     meta = (str(t.dtype), tuple(t.shape), str(t.device), str(t.layout), bool(t.requires_grad), type(t).__name__)
     if t.layout is not torch.strided:
         return ('sparse', meta, t.detach().to_dense().clone())
     meta = meta + (tuple(t.stride()), t.storage_offset(), bool(t.is_conj()), bool(t.is_neg()), id(t))
     if t.device.type == 'meta':
         return ('t', meta, None)
+    if t.is_quantized:  # (cases5: its integer values)
+        return ('t', meta, t.int_repr().reshape(-1).clone().view(torch.uint8))
+    if t.untyped_storage().nbytes() == 0 and t.numel():  # (cases5: storage freed by hand, nothing to read)
+        return ('t', meta + ('freed',), None)
     with torch.inference_mode(False):
         d = t.detach().resolve_conj().resolve_neg()
         if d.is_complex():
             d = torch.view_as_real(d)
-        return ('t', meta, d.contiguous().reshape(-1).view(torch.uint8).clone())
+        return ('t', meta, d.reshape(-1).clone(memory_format=torch.contiguous_format).view(torch.uint8))
 
 
 def same(a, b):
@@ -397,6 +403,14 @@ def run_case(case):
             out['second'] = 'raised' + (' same' if type(e) is type(exc) else f' other {type(e).__name__}')
         if diff(after, snapshot(opt, ctx)) and out['second'] != 'stepped':
             out['second'] += ' DIRTY'
+        return out
+    if getattr(ctx, 'check_ok', None) is not None:  # (cases5: direct op calls) the case's own check of a success
+        if getattr(ctx, 'must_raise', False):  # an invalid input the call accepted
+            out['status'] = 'ACCEPTED_BAD'
+            out['detail'] = changed[:12]
+            return out
+        out['status'], detail = ctx.check_ok()  # (OK_MATCH / OK_MISMATCH / OK_NONFINITE / OK_NOREF, details)
+        out['detail'] = list(detail)[:12]
         return out
     if getattr(ctx, 'late_ref', None) is not None:  # made by the action (after a load_state_dict)
         ref, pairs, rscaler = ctx.late_ref
