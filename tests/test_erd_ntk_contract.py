@@ -301,3 +301,28 @@ def test_extreme_finite_float32_features_never_give_nan(features):
     assert torch.isinf(eig[0][big]).all() and torch.isfinite(eig[0][~big]).all()
     error = (eig[0][~big].double() - exact[~big]).abs()
     assert (error <= 1e-6 * exact.max() + torch.finfo(torch.float32).tiny).all()
+
+
+def _freed(t: torch.Tensor) -> torch.Tensor:
+    t = t.clone()
+    t.untyped_storage().resize_(0)
+    return t
+
+
+@pytest.mark.parametrize("call,name", [
+    (lambda e: ops.erd_weights(_freed(e["alpha"]), e["sigma"], None, None, "eps", "erd", 5.0, 1.0), "alpha"),
+    (lambda e: erd_loss(e["output"], e["target"], e["alpha"], _freed(e["sigma"])), "sigma"),
+    (lambda e: erd_loss(_freed(e["output"]), e["target"], e["alpha"], e["sigma"]), "output"),
+    (lambda e: erd_loss(e["output"], _freed(e["target"]), e["alpha"], e["sigma"]), "target"),
+    (lambda e: binned_gram_eigvalsh(_freed(e["features"]), e["bin_ids"], 3), "features"),
+    (lambda e: binned_gram_eigvalsh(e["features"], _freed(e["bin_ids"]), 3), "bin_ids"),
+], ids=["erd_weights-alpha", "erd_loss-sigma", "erd_loss-output", "erd_loss-target", "gram-features",
+        "gram-bin_ids"])
+def test_a_freed_storage_is_refused(call, name):
+    """A tensor whose storage was freed (untyped_storage().resize_(0), as FSDP frees unsharded parameters) was read
+    through a null pointer: a segfault."""
+    env = make_env()
+    before = snapshot(env)
+    with pytest.raises(ValueError, match=f"'{name}' has elements but no memory"):
+        call(env)
+    assert_bit_identical(before, snapshot(env))

@@ -1388,3 +1388,76 @@ def test_conjugate_gradient_unscaled_by_the_fused_kernel(device):
         opt.step()
         results.append((p.detach().clone(), p.grad.resolve_conj().clone()))
     assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+
+
+# ------------------------------------------------------------------------- the sixth adversarial run's findings
+@pytest.mark.parametrize("freed", ["param", "grad", "exp_avg", "step"])
+@pytest.mark.parametrize("path", list(PATHS))
+def test_a_freed_storage_is_refused_before_any_write(device, path, freed):
+    """A tensor whose storage was freed (untyped_storage().resize_(0), as FSDP frees unsharded parameters) was read
+    and written through a null pointer on every path: a segfault. Now a refusal naming it, the first group left as
+    it was."""
+    params, opt = _stepped(device, path)
+    p = params[-1]
+    tensor = {"param": p, "grad": p.grad, "exp_avg": opt.state[p]["exp_avg"], "step": opt.state[p]["step"]}[freed]
+    first = params[0].detach().clone(), opt.state[params[0]]["exp_avg"].clone(), float(opt.state[params[0]]["step"])
+    tensor.untyped_storage().resize_(0)
+    with pytest.raises(ValueError, match="storage does not hold"):
+        opt.step()
+    assert torch.equal(params[0], first[0]) and torch.equal(opt.state[params[0]]["exp_avg"], first[1])
+    assert float(opt.state[params[0]]["step"]) == first[2]
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_an_efficient_zero_tensor_lr_is_refused(device, path):
+    """An efficient zero tensor has no memory: the kernel's call read its lr through a null pointer (a segfault on
+    the second step)."""
+    with pytest.raises(ValueError, match="efficient zero tensor"):
+        SGDF(_model(device), lr=torch._efficientzerotensor((), device=device), **PATHS[path])
+    params, opt = _stepped(device, path)
+    opt.param_groups[-1]["lr"] = torch._efficientzerotensor((), device=device)
+    _assert_step_refused(opt, ValueError, match="efficient zero tensor")
+
+
+@pytest.mark.parametrize("path", ["foreach", "single", "mixed"])
+def test_grad_scale_on_a_path_that_does_not_unscale_is_refused(device, path):
+    """grad_scale / found_inf set by hand: the kernel unscales and skips, the foreach and single-tensor paths stepped
+    on the scaled gradients (found_inf = 1 skipped the fused group and stepped the others)."""
+    params, opt = _stepped(device, "foreach" if path == "mixed" else path)
+    if path == "mixed":
+        opt.param_groups[0]["foreach"], opt.param_groups[0]["fused"] = None, True
+    opt.grad_scale, opt.found_inf = torch.full((), 4.0, device=device), torch.ones((), device=device)
+    first = 1 if path == "mixed" else 0
+    _assert_step_refused(opt, ValueError, match=f"param group {first} steps on the (foreach|single) path, which neither")
+
+
+@pytest.mark.parametrize("scale", [0.0, -2.0, float("nan"), float("inf")])
+def test_a_loss_scale_that_is_not_positive_and_finite_is_refused(scale):
+    """0 or NaN turned the weights into NaN, a negative one flipped the step (read on the CPU only: a CUDA scale
+    would cost a host synchronisation)."""
+    params, opt = _stepped(torch.device("cpu"), "fused")
+    opt.grad_scale, opt.found_inf = torch.full((), scale), torch.zeros(())
+    _assert_step_refused(opt, ValueError, match="a loss scale is finite and > 0")
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_loading_state_onto_meta_parameters_is_refused(path):
+    """torch's load moves the state to the parameters' device: on meta its values were lost without a word (the
+    fused path refused, blaming the checkpoint)."""
+    params, opt = _stepped(torch.device("cpu"), path)
+    checkpoint = opt.state_dict()
+    meta = [torch.nn.Parameter(torch.empty_like(p, device="meta")) for p in params]
+    fresh = SGDF([{"params": meta[:1]}, {"params": meta[1:], "lr": 0.02}], lr=0.01, **PATHS[path])
+    with pytest.raises(ValueError, match="on the meta device .* materialize the model first"):
+        fresh.load_state_dict(checkpoint)
+    assert not fresh.state
+
+
+def test_switching_adasgdf_to_the_second_moment_after_a_step_names_the_switch(device):
+    """The 'variance' preconditioner keeps no second moment: the refusal said the state was edited by hand."""
+    params = _model(device)
+    opt = AdaSGDF(params, lr=0.01, preconditioner="variance")
+    _fill_grads(params)
+    opt.step()
+    opt.param_groups[0]["preconditioner"] = "second_moment"
+    _assert_step_refused(opt, ValueError, match="preconditioner was switched to 'second_moment'")

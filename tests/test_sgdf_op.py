@@ -5,6 +5,7 @@ The update's numbers are checked against the float64 reference in tests/test_sgd
 """
 
 import gc
+import re
 import time
 import weakref
 
@@ -274,6 +275,11 @@ BAD_INPUTS = {
     "eps inf": (_set("eps", float("inf")), "eps"),
     "gamma inf": (_set("gamma", float("inf")), "gamma"),
     "weight_decay inf": (_set("weight_decay", float("inf")), "weight_decay"),
+    # (beyond float32's range, where the arithmetic runs: the weights became inf)
+    "lr beyond float32": (_set("lr", 1e39), "lr"),
+    "grad_scale zero": (_set("grad_scale", lambda a: torch.zeros(1, device=_device(a))), "grad_scale"),
+    "eps beyond float32": (_set("eps", 1e39), "eps"),
+    "weight_decay beyond float32": (_set("weight_decay", 1e39), "weight_decay"),
     # aliasing
     "params[i] is grads[i]": (_set_item("grads", 0, lambda a: a["params"][0]), "'params\\[0\\]' and 'grads\\[0\\]'"),
     "exp_avgs[i] is exp_vars[i]": (_set_item("exp_vars", 1, lambda a: a["exp_avgs"][1]), "exp_avgs\\[1\\].*exp_vars\\[1\\]"),
@@ -293,6 +299,47 @@ def test_bad_input_raises_and_changes_nothing(device, case):
     with pytest.raises(RuntimeError, match=match):
         call(args)
     assert_bit_identical(args, before)
+
+
+@pytest.mark.parametrize("name", ["params", "grads", "exp_avgs", "exp_vars", "steps", "lr_tensor"])
+def test_a_tensor_without_memory_is_refused(device, name):
+    """A freed storage (untyped_storage().resize_(0), as FSDP frees unsharded parameters) or an efficient zero tensor
+    was read and written through a null pointer: a segfault."""
+    args = make_args(device, amp=True, lr_tensor=True)
+    listed = isinstance(args[name], list)
+    if listed:
+        args[name][1].untyped_storage().resize_(0)
+    else:
+        args[name] = torch._efficientzerotensor(1, device=device)
+    freed = f"{name}[1]" if listed else name
+    before = {key: t.clone() for key, t in tensors_of(args).items() if key != freed}
+    with pytest.raises(RuntimeError, match=re.escape(f"'{freed}' has elements but no memory")):
+        torch.ops.sgdf_erd.fused_sgdf_grouped_(  # (the one-group op: torch's fallback materialises zero tensors)
+            args["params"], args["grads"], args["exp_avgs"], args["exp_vars"], args["steps"], [], [],
+            [len(args["params"])], [args["lr"]], [args["lr_tensor"]], [0.9], [0.999], [1e-8], [0.5], [0.0], [False],
+            [False], [False], [False], [False], args["grad_scale"], args["found_inf"])
+    if listed:
+        with pytest.raises(RuntimeError, match=re.escape(f"'{freed}' has elements but no memory")):
+            call(args)
+    for key, t in before.items():
+        assert torch.equal(bits(tensors_of(args)[key]), bits(t)), f"{key} changed"
+
+
+@pytest.mark.parametrize("name", ["lr_tensor", "grad_scale", "found_inf", "exp_avg_sqs"])
+def test_lazily_negated_optional_arguments_are_refused(device, name):
+    """torch's fallback for lazily negated tensors resolves the op's required lists but passes the optional ones as
+    stored, so the kernel read the opposite values: exp_avg_sqs came out negated, a negated lr stepped uphill."""
+    args = make_args(device, amp=True, lr_tensor=True)
+    args.update(exp_avg_sqs=[torch.rand_like(p) for p in args["params"]], preconditioner="second_moment")
+    if name == "exp_avg_sqs":
+        args[name][1] = torch._neg_view(-args[name][1])
+    else:
+        args[name] = torch._neg_view(-args[name])
+    params = [p.clone() for p in args["params"]]
+    with pytest.raises(ValueError, match=re.escape(f"'{name}{'[1]' if name == 'exp_avg_sqs' else ''}' has the "
+                                                   "negative bit set")):
+        sgdf_erd.ops.fused_sgdf_(**args)
+    assert all(torch.equal(a, b) for a, b in zip(args["params"], params))
 
 
 @pytest.mark.parametrize("value", [float("nan"), -0.5, float("inf")])

@@ -157,3 +157,16 @@ std::string str_cat(const Args&... args) {
 #define SGDF_ERD_CHECK(cond, ...) SGDF_ERD_CHECK_AS(std::runtime_error, cond, __VA_ARGS__)
 #define SGDF_ERD_CHECK_VALUE(cond, ...) SGDF_ERD_CHECK_AS(std::invalid_argument, cond, "ValueError: ", __VA_ARGS__)
 #define SGDF_ERD_CHECK_TYPE(cond, ...) SGDF_ERD_CHECK_AS(std::invalid_argument, cond, "TypeError: ", __VA_ARGS__)
+
+namespace sgdf_erd {
+
+// The end of the message for a tensor with elements but no memory, after its name: its storage freed
+// (untyped_storage().resize_(0), as FSDP frees unsharded parameters) or an efficient zero tensor, which a kernel
+// would read and write through a null pointer.
+inline constexpr const char* kNoMemory =
+    " has elements but no memory (its storage was freed, e.g. by untyped_storage().resize_(0), or it is an efficient "
+    "zero tensor); pass a tensor whose memory is allocated";
+
+inline bool has_memory(const Tensor& t) { return t.numel() == 0 || t.data_ptr() != nullptr; }
+
+}  // namespace sgdf_erd

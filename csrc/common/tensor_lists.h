@@ -179,6 +179,9 @@ struct TensorMeta {
     if (numel == 0) extent = 0;
   }
   bool strided() const { return layout == strided_layout_code(); }
+  // False for a tensor with elements but no memory: its storage freed (untyped_storage().resize_(0), as FSDP frees
+  // unsharded parameters) or an efficient zero tensor; a kernel would read and write through a null pointer.
+  bool has_memory() const { return numel == 0 || address != 0; }
   bool same_device(const TensorMeta& other) const {
     return device_type == other.device_type && device_index == other.device_index;
   }
@@ -229,6 +232,7 @@ inline void check_tensor_lists(std::vector<NamedList>& lists, const char* op) {
     const TensorRef ref_tensor = reference.tensors[i];
     SGDF_ERD_CHECK(ref.strided(), op, ": '", reference.name, "[", i, "]' is ", LayoutName{ref_tensor.layout()},
                    "; sparse tensors are not supported, use a dense optimizer path");
+    SGDF_ERD_CHECK(ref.has_memory(), op, ": '", reference.name, "[", i, "]'", kNoMemory);
     SGDF_ERD_CHECK(is_non_overlapping_and_dense(ref.sizes, ref.strides), op, ": '", reference.name, "[", i,
                    "]' is not dense (it is a view with gaps or overlaps); use foreach=True instead of fused");
     for (size_t l = 1; l < lists.size(); ++l) {
@@ -237,6 +241,7 @@ inline void check_tensor_lists(std::vector<NamedList>& lists, const char* op) {
       const char* name = lists[l].name;
       SGDF_ERD_CHECK(m.strided(), op, ": '", name, "[", i, "]' is ", LayoutName{t.layout()},
                      "; sparse tensors are not supported");
+      SGDF_ERD_CHECK(m.has_memory(), op, ": '", name, "[", i, "]'", kNoMemory);
       SGDF_ERD_CHECK(m.same_device(ref), op, ": '", name, "[", i, "]' is on ", DeviceName(t.device()), " but '",
                      reference.name, "[", i, "]' is on ", DeviceName(ref_tensor.device()),
                      "; move them to one device");

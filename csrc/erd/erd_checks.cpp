@@ -83,6 +83,7 @@ void check_per_sample(const Tensor& t, const char* name, int64_t batch, const to
                       const char* op) {
   SGDF_ERD_CHECK_TYPE(is_floating(t.scalar_type()), op, ": '", name, "' must be a floating-point tensor, got ",
                       t.scalar_type());
+  SGDF_ERD_CHECK_VALUE(has_memory(t), op, ": '", name, "'", kNoMemory);
   SGDF_ERD_CHECK_VALUE(t.dim() == 1 && t.size(0) == batch, op, ": '", name, "' must have shape [", batch,
                        "] (one value per sample), got ", Shape{t.sizes()},
                        "; index your schedule with the batch's timesteps");
@@ -159,6 +160,8 @@ void check_loss_operands(const Tensor& output, const Tensor& target, const char*
                        Shape{output.sizes()});
   SGDF_ERD_CHECK_VALUE(output.numel() > 0, op, ": every sample is empty (shape ", Shape{output.sizes()},
                        "); the per-sample mean is undefined");
+  SGDF_ERD_CHECK_VALUE(has_memory(output), op, ": 'output'", kNoMemory);
+  SGDF_ERD_CHECK_VALUE(has_memory(target), op, ": 'target'", kNoMemory);
 }
 
 // num_bins in [1, kMaxNumBins] and a finite, non-empty log-SNR range.

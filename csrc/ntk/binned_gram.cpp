@@ -32,6 +32,8 @@ void check_args(const Tensor& features, const Tensor& bin_ids, int64_t num_bins)
   SGDF_ERD_CHECK(features.layout() == torch::headeronly::Layout::Strided &&
                  bin_ids.layout() == torch::headeronly::Layout::Strided,
                  kOpName, ": sparse tensors are not supported; pass dense tensors");
+  SGDF_ERD_CHECK_VALUE(has_memory(features), kOpName, ": 'features'", kNoMemory);
+  SGDF_ERD_CHECK_VALUE(has_memory(bin_ids), kOpName, ": 'bin_ids'", kNoMemory);
 }
 
 BinGroups group_rows(const Tensor& ids, int64_t num_bins) {

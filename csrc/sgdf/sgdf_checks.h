@@ -16,19 +16,23 @@
 
 namespace sgdf_erd::sgdf {
 
+// The largest lr, eps and weight decay: they enter float32 arithmetic (float32's largest value).
+inline constexpr double kFloat32Max = 3.4028234663852886e38;
+
 // The optimizer's own rules (SGDF's documented ranges), so the op refuses what SGDF refuses. Each condition is
-// written so that NaN fails it; infinities are refused too (an infinite lr or weight decay turns every weight into
-// inf or NaN).
+// written so that NaN fails it; infinities, and values beyond float32's range that the arithmetic would turn into
+// them, are refused too (an infinite lr or weight decay turns every weight into inf or NaN).
 inline void check_hyperparameters(double lr, const Hyper<double>& h, const char* op) {
-  SGDF_ERD_CHECK(std::isfinite(lr) && lr >= 0.0, op, ": invalid lr=", lr,
-                 "; the learning rate must be finite and >= 0");
+  SGDF_ERD_CHECK(lr >= 0.0 && lr <= kFloat32Max, op, ": invalid lr=", lr,
+                 "; the learning rate must be >= 0 and <= 3.4028e+38 (float32's range)");
   SGDF_ERD_CHECK(h.beta1 >= 0.0 && h.beta1 < 1.0, op, ": invalid beta1=", h.beta1, "; it must be in [0, 1)");
   SGDF_ERD_CHECK(h.beta2 >= 0.0 && h.beta2 < 1.0, op, ": invalid beta2=", h.beta2, "; it must be in [0, 1)");
-  SGDF_ERD_CHECK(std::isfinite(h.eps) && h.eps >= 0.0, op, ": invalid eps=", h.eps, "; it must be finite and >= 0");
+  SGDF_ERD_CHECK(h.eps >= 0.0 && h.eps <= kFloat32Max, op, ": invalid eps=", h.eps,
+                 "; it must be >= 0 and <= 3.4028e+38 (float32's range)");
   SGDF_ERD_CHECK(std::isfinite(h.gamma) && h.gamma > 0.0, op, ": invalid gamma=", h.gamma,
                  "; it must be finite and > 0 (0.5 is the release default)");
-  SGDF_ERD_CHECK(std::isfinite(h.weight_decay) && h.weight_decay >= 0.0, op, ": invalid weight_decay=",
-                 h.weight_decay, "; it must be finite and >= 0");
+  SGDF_ERD_CHECK(h.weight_decay >= 0.0 && h.weight_decay <= kFloat32Max, op, ": invalid weight_decay=",
+                 h.weight_decay, "; it must be >= 0 and <= 3.4028e+38 (float32's range)");
 }
 
 // The value of a one-element float32 CPU tensor (checked by the caller): a plain read, no synchronisation.
@@ -156,6 +160,7 @@ inline void check_fused_args(FusedArgs& a, const char* op) {
                    "; all state of one call must share a dtype (the Python optimizer groups them)");
     SGDF_ERD_CHECK(masters == nullptr || (*masters)[i].dtype == float32, op, ": 'master_params[", i, "]' is ",
                    a.master_params[i].scalar_type(), "; master copies are float32");
+    SGDF_ERD_CHECK(steps[i].has_memory(), op, ": 'steps[", i, "]'", kNoMemory);
     SGDF_ERD_CHECK(is_one_float_on_device(steps[i]), op, ": 'steps[", i,
                    "]' must be a one-element float32 tensor on ", DeviceName(device), ", got ", a.steps[i].numel(),
                    " elements of ", a.steps[i].scalar_type(), " on ", DeviceName(a.steps[i].device()));
@@ -168,6 +173,7 @@ inline void check_fused_args(FusedArgs& a, const char* op) {
     if (!t->has_value()) continue;
     scalars.emplace_back(t->value().get());
     scalar_names.push_back(name);
+    SGDF_ERD_CHECK(scalars.back().has_memory(), op, ": '", name, "'", kNoMemory);
     SGDF_ERD_CHECK(is_one_float_on_device(scalars.back()), op, ": '", name,
                    "' must be a one-element float32 tensor on ", DeviceName(device), ", got ", (*t)->numel(),
                    " elements of ", (*t)->scalar_type(), " on ", DeviceName((*t)->device()));
@@ -182,12 +188,17 @@ inline void check_fused_args(FusedArgs& a, const char* op) {
                          "; a step count is finite and >= 0 (the state was edited by hand: restore it from the "
                          "optimizer's state_dict)");
   }
-  // A CPU lr tensor is read for free; reading a CUDA one would need a host synchronisation, so there its value is
-  // the caller's to check.
+  // A CPU lr tensor or loss scale is read for free; reading a CUDA one would need a host synchronisation, so there
+  // its value is the caller's to check.
   if (a.lr_tensor.has_value() && a.lr_tensor->is_cpu()) {
     const float value = cpu_scalar(*a.lr_tensor);
     SGDF_ERD_CHECK(std::isfinite(value) && value >= 0.f, op, ": invalid lr_tensor=", value,
-                   "; the learning rate must be finite and >= 0");
+                   "; the learning rate must be finite, >= 0 and <= 3.4028e+38 (float32's range)");
+  }
+  if (a.grad_scale.has_value() && a.grad_scale->is_cpu()) {  // (0 or NaN gives NaN weights, < 0 flips the step)
+    const float value = cpu_scalar(*a.grad_scale);
+    SGDF_ERD_CHECK(std::isfinite(value) && value > 0.f, op, ": invalid grad_scale=", value,
+                   "; a loss scale is finite and > 0");
   }
 }
 

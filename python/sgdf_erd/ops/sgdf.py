@@ -47,6 +47,8 @@ def fused_sgdf_(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor
     op = "sgdf_erd::fused_sgdf_"
     rounding_seeds = _int_list(op, "rounding_seeds", rounding_seeds)
     rounding_offsets = _int_list(op, "rounding_offsets", rounding_offsets)
+    _check_not_negated(op, lr_tensor=[lr_tensor], grad_scale=[grad_scale], found_inf=[found_inf],
+                       exp_avg_sqs=exp_avg_sqs or ())
     if _no_tensors(params, grads, exp_avgs, exp_vars, updates, steps, master_params, exp_avg_sqs, lr_tensor,
                    grad_scale, found_inf):
         return
@@ -67,6 +69,22 @@ def _int_list(op: str, name: str, values: Sequence) -> List[int]:
         if not -(2**63) <= v < 2**63:
             raise ValueError(f"{op}: '{name}[{i}]'={v} is out of range (beyond int64)")
     return [int(v) for v in values]
+
+
+def _check_not_negated(op: str, indexed: Sequence[str] = ("exp_avg_sqs",),
+                       **lists: Sequence[Optional[Tensor]]) -> None:
+    """The optional arguments (single tensors, and optional lists) reach the kernels as they are stored: torch's
+    fallback for lazily negated tensors resolves the others, and the kernels cannot see the negative bit. Such a
+    tensor holds the opposite of its values in memory. Not asked under torch.compile, where it would break the graph
+    (the optimizer resolves the scalars it passes, and refuses negated state)."""
+    if torch.compiler.is_compiling():
+        return
+    for name, tensors in lists.items():
+        for i, t in enumerate(tensors):
+            if isinstance(t, Tensor) and t.is_neg():
+                where = f"{name}[{i}]" if name in indexed else name
+                raise ValueError(f"{op}: '{where}' has the negative bit set (a lazily negated view, whose memory "
+                                 "holds the opposite values, which the kernel would read); pass t.resolve_neg()")
 
 
 def _no_tensors(*args) -> bool:
@@ -118,6 +136,8 @@ def fused_sgdf_grouped_(params: List[Tensor], grads: List[Tensor], exp_avgs: Lis
     op = "sgdf_erd::fused_sgdf_grouped_"
     rounding_seeds = _int_list(op, "rounding_seeds", rounding_seeds)
     group_sizes = _int_list(op, "group_sizes", group_sizes)
+    _check_not_negated(op, ("lr_tensor", "exp_avg_sqs"), lr_tensor=lr_tensor, grad_scale=[grad_scale],
+                       found_inf=[found_inf], exp_avg_sqs=exp_avg_sqs or ())
     if _no_tensors(params, grads, exp_avgs, exp_vars, steps, master_params, exp_avg_sqs, grad_scale, found_inf,
                    [t for t in lr_tensor if t is not None]):
         return

@@ -239,6 +239,7 @@ class SGDF(Optimizer):
         found_inf = getattr(self, "found_inf", None)
         if not compiling:
             checks.check_amp_scalars(grad_scale, found_inf)
+
         if compiling and (grad_scale is not None or found_inf is not None) and any(
                 self._path(g) == "fused" and _has_dtensor(g["params"]) for g in self.param_groups):
             raise NotImplementedError("SGDF: a torch.compile'd step with a GradScaler is not supported for DTensor "
@@ -280,8 +281,15 @@ class SGDF(Optimizer):
         """Check every group, writing nothing. Returns the groups one kernel call checks (index -> their lists),
         stepping the fused ones: that call comes after these checks and before any write."""
         in_one_call, others, call_key = {}, [], None
+        unscaling = getattr(self, "grad_scale", None) is not None or getattr(self, "found_inf", None) is not None
         for gi, group in enumerate(self.param_groups):
             self._check_hyperparameters(group, f"param group {gi}", read_device_lr=False)
+            if unscaling and self._path(group) != "fused":  # (only the kernel unscales and skips)
+                raise ValueError(f"{type(self).__name__}: grad_scale / found_inf are set on the optimizer (torch.amp."
+                                 f"GradScaler sets them where every group has fused=True), but param group {gi} "
+                                 f"steps on the {self._path(group)} path, which neither unscales nor skips; pass "
+                                 "fused=True for every group, or delete the attributes and unscale with "
+                                 "scaler.unscale_(opt)")
             lists = self._one_call_lists(group)
             key = None if lists is None else (lists["params"][0].device, *map(group.get, _PER_CALL_OPTIONS))
             if lists is not None and (call_key is None or key == call_key):

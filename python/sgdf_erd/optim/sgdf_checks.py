@@ -146,9 +146,11 @@ def check_hyperparameters(group: dict, where: str, keys: Iterable[str] = GROUP_K
                              "pass a 0-dim tensor or a float")
         if not lr.is_floating_point():
             raise TypeError(f"{where}: a tensor `lr` must be floating point, got {lr.dtype}")
-        if lr.device.type == "meta":
-            raise ValueError(f"{where}: a tensor `lr` on the meta device holds no value; pass a float or a "
-                             "tensor on the CPU or the parameters' device")
+        # (neither has memory the kernel could read; traced tensors, torch.compile's, have none to ask about)
+        if lr.device.type == "meta" or (not torch.compiler.is_compiling() and lr._is_zerotensor()):
+            kind = "on the meta device" if lr.is_meta else "that is an efficient zero tensor"
+            raise ValueError(f"{where}: a tensor `lr` {kind} holds no value in memory; pass a float or a tensor on "
+                             "the CPU or the parameters' device (torch.zeros(()) for a zero lr)")
         if lr.device.type == "cpu" or read_device_lr:
             _check_lr_value(float(lr), where)
     elif not _is_real_number(lr):
@@ -222,14 +224,19 @@ def _check_number(group: dict, key: str, where: str, valid, requirement: str) ->
 
 # ------------------------------------------------------------------------------------------ params and paths
 def check_amp_scalars(grad_scale, found_inf) -> None:
-    """What torch.amp.GradScaler sets on an optimizer whose step unscales (fused=True): one-element float tensors."""
+    """What torch.amp.GradScaler sets on an optimizer whose step unscales (fused=True): one-element float tensors,
+    the scale finite and > 0 (read where that costs no synchronisation: on the CPU)."""
     for name, t in (("grad_scale", grad_scale), ("found_inf", found_inf)):
         if t is not None and not (isinstance(t, Tensor) and t.numel() == 1 and t.is_floating_point()
-                                  and not t.is_meta and t.layout is torch.strided):
+                                  and not t.is_meta and t.layout is torch.strided and not t._is_zerotensor()):
             found = _describe(t) if isinstance(t, Tensor) else type(t).__name__
             raise ValueError(f"SGDF: the optimizer's `{name}` (set by torch.amp.GradScaler for fused=True) must be a "
-                             f"one-element float tensor, got {found}; let the GradScaler set it (scaler.step(opt)), "
-                             "or delete the attribute")
+                             f"one-element float tensor with its value in memory, got {found}; let the GradScaler set "
+                             "it (scaler.step(opt)), or delete the attribute")
+    scale = float(grad_scale) if grad_scale is not None and grad_scale.device.type == "cpu" else 1.0
+    if not (math.isfinite(scale) and scale > 0):  # (0 or NaN would turn the weights into NaN, < 0 flip the step)
+        raise ValueError(f"SGDF: the optimizer's `grad_scale` is {scale}; a loss scale is finite and > 0: let "
+                         "torch.amp.GradScaler set it (scaler.step(opt)), or delete the attribute")
 
 
 def check_param_kinds(params: Sequence, group: dict, where: str, stepping_only: bool = False) -> None:
@@ -363,6 +370,9 @@ def check_grad(p: Tensor, grad: Tensor, where: str, written: bool = False, fused
                          "in-place op of the step would run once per tensor the subclass holds; give the parameter a "
                          "plain tensor gradient (or make the parameter the same subclass)")
     _check_written(p, where, "give the parameter data of its own (p.data = p.data.clone())")
+    if _lacks_memory(grad):
+        raise ValueError(f"SGDF: the gradient of {where} has elements its storage does not hold (freed or shrunk: "
+                         "untyped_storage().resize_()); zero_grad() and run backward again")
     if grad.is_neg():
         raise ValueError(f"SGDF: the gradient of {where} has the negative bit set (a lazily negated view, such as "
                          "torch._neg_view gives); pass grad.resolve_neg()")
@@ -386,6 +396,10 @@ def check_state(p: Tensor, state: dict, group: dict, on_device: bool, where: str
         return
     moments = moment_keys(group)
     missing = [key for key in ("step", *moments) if key not in state]
+    if missing == ["exp_avg_sq"]:
+        raise ValueError(f"SGDF: the state of {where} lacks 'exp_avg_sq': the group's preconditioner was switched to "
+                         "'second_moment' after the parameter stepped with 'variance', which keeps no second moment; "
+                         "switch it back, or delete the parameter's state (del opt.state[p]) to start it afresh")
     if missing:
         raise ValueError(f"SGDF: the state of {where} lacks {', '.join(map(repr, missing))}; the state was edited "
                          "by hand: restore it from the optimizer's state_dict (or delete the parameter's whole "
@@ -439,6 +453,8 @@ def _check_written(t: Tensor, what: str, fix: str = "restore the state from the 
                    "torch.inference_mode())", conjugate_ok: bool = False) -> None:
     """What a step writes in place must take an in-place write: torch would refuse it in the middle of a step."""
     problem = ("is sparse" if t.layout is not torch.strided else
+               "has elements its storage does not hold (the storage was freed or shrunk: untyped_storage().resize_())"
+               if _lacks_memory(t) else
                "is a conjugate view" if t.is_conj() and not conjugate_ok else
                "has the negative bit set (a lazily negated view)" if t.is_neg() else
                "is an inference tensor, which cannot be written outside torch.inference_mode()"
@@ -447,6 +463,21 @@ def _check_written(t: Tensor, what: str, fix: str = "restore the state from the 
                None)
     if problem:
         raise ValueError(f"SGDF: {what} {problem}, so the step cannot update it in place; {fix}")
+
+
+def _lacks_memory(t: Tensor) -> bool:
+    """Whether a strided tensor has elements beyond its storage's bytes: a storage freed (FSDP frees unsharded
+    parameters with untyped_storage().resize_(0)) or shrunk by hand, which a step would read and write past.
+    Subclasses that run their own ops keep their data elsewhere; traced tensors (torch.compile) have no storage to
+    read."""
+    if not t.numel() or dispatches_itself(type(t)) or torch.compiler.is_compiling():
+        return False
+    try:
+        nbytes = t.untyped_storage().nbytes()
+    except (RuntimeError, NotImplementedError):  # (no storage to free)
+        return False
+    extent = 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
+    return nbytes < (t.storage_offset() + extent) * t.element_size()
 
 
 def _overlaps_itself(t: Tensor) -> bool:
@@ -528,6 +559,10 @@ def check_checkpoint_layout(state_dict, groups: List[dict]) -> None:
 def checked_loaded_step(p: Tensor, state: dict, where: str, keys: Sequence[str] = STATE_KEYS) -> float:
     """Check one parameter's loaded state against the parameter (`keys`: the entries it needs); returns its step
     count."""
+    if p.is_meta:  # (torch's load would move the state to the meta device, dropping its values)
+        raise ValueError(f"SGDF.load_state_dict: {where} is on the meta device (no values), so its loaded state "
+                         "would lose its values; materialize the model first (to_empty() and its weights), build the "
+                         "optimizer over the materialized parameters, then load the optimizer's checkpoint")
     missing = [key for key in keys if key not in state]
     if missing == ["exp_avg_sq"]:  # (AdaSGDF's "second_moment" group, an SGDF or "variance" state)
         raise ValueError(f"SGDF.load_state_dict: the state of {where} lacks exp_avg_sq, which AdaSGDF's "
