@@ -371,8 +371,8 @@ def check_grad(p: Tensor, grad: Tensor, where: str, written: bool = False, fused
                          "plain tensor gradient (or make the parameter the same subclass)")
     _check_written(p, where, "give the parameter data of its own (p.data = p.data.clone())")
     if _lacks_memory(grad):
-        raise ValueError(f"SGDF: the gradient of {where} has elements its storage does not hold (freed or shrunk: "
-                         "untyped_storage().resize_()); zero_grad() and run backward again")
+        raise ValueError(f"SGDF: the gradient of {where} has elements but no memory (its storage was freed: "
+                         "untyped_storage().resize_(0)); zero_grad() and run backward again")
     if grad.is_neg():
         raise ValueError(f"SGDF: the gradient of {where} has the negative bit set (a lazily negated view, such as "
                          "torch._neg_view gives); pass grad.resolve_neg()")
@@ -453,7 +453,7 @@ def _check_written(t: Tensor, what: str, fix: str = "restore the state from the 
                    "torch.inference_mode())", conjugate_ok: bool = False) -> None:
     """What a step writes in place must take an in-place write: torch would refuse it in the middle of a step."""
     problem = ("is sparse" if t.layout is not torch.strided else
-               "has elements its storage does not hold (the storage was freed or shrunk: untyped_storage().resize_())"
+               "has elements but no memory (its storage was freed: untyped_storage().resize_(0))"
                if _lacks_memory(t) else
                "is a conjugate view" if t.is_conj() and not conjugate_ok else
                "has the negative bit set (a lazily negated view)" if t.is_neg() else
@@ -466,18 +466,13 @@ def _check_written(t: Tensor, what: str, fix: str = "restore the state from the 
 
 
 def _lacks_memory(t: Tensor) -> bool:
-    """Whether a strided tensor has elements beyond its storage's bytes: a storage freed (FSDP frees unsharded
-    parameters with untyped_storage().resize_(0)) or shrunk by hand, which a step would read and write past.
-    Subclasses that run their own ops keep their data elsewhere; traced tensors (torch.compile) have no storage to
-    read."""
-    if not t.numel() or dispatches_itself(type(t)) or torch.compiler.is_compiling():
+    """Whether `t` has elements but no memory: a storage freed by hand (FSDP frees unsharded parameters with
+    untyped_storage().resize_(0)), which a step would read and write through a null pointer; the kernels refuse the
+    same. One address read in the common case; tensors that keep no data here (meta, efficient zeros, subclasses
+    that run their own ops, torch.compile's traced ones) have none either."""
+    if torch.compiler.is_compiling() or _address(t) or not t.numel():
         return False
-    try:
-        nbytes = t.untyped_storage().nbytes()
-    except (RuntimeError, NotImplementedError):  # (no storage to free)
-        return False
-    extent = 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
-    return nbytes < (t.storage_offset() + extent) * t.element_size()
+    return not (t.is_meta or t._is_zerotensor() or dispatches_itself(type(t)))
 
 
 def _overlaps_itself(t: Tensor) -> bool:
