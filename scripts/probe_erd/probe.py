@@ -10,7 +10,7 @@ goes through `guard`, which compares the inputs' bits before and after: INPUT_CH
 
 Usage: PYTHONPATH=python:. python scripts/probe_erd/probe.py [name-filter] [out.jsonl]
 """
-import json, math, os, select, signal, sys, time
+import json, math, os, sys, time
 from fractions import Fraction
 
 import numpy as np
@@ -19,6 +19,9 @@ from torch import Tensor, nn
 
 import sgdf_erd
 from sgdf_erd import ops
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import forked  # noqa: E402  (scripts/forked.py)
 from sgdf_erd.erd import ERDLoss, erd_loss, erd_weight, loss_weight, logsnr_bin_edges, schedules as S
 from sgdf_erd.diagnostics import ntk_spectrum, spectrum_statistics, logsnr_bin_ids
 
@@ -1678,38 +1681,10 @@ def run_case(c):
 
 
 def run_forked(c, timeout):
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(r)
-        try:
-            torch.set_num_threads(1)
-            st, msg = run_case(c)
-        except BaseException as e:  # noqa: BLE001
-            st, msg = 'HARNESS_ERROR', repr(e)[:300]
-        os.write(w, json.dumps({'status': st, 'msg': msg}).encode())
-        os.close(w)
-        os._exit(0)
-    os.close(w)
-    buf, t0 = b'', time.time()
-    while True:
-        left = timeout - (time.time() - t0)
-        if left <= 0:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            os.close(r)
-            return {'status': 'HANG', 'msg': f'> {timeout} s'}
-        rl, _, _ = select.select([r], [], [], left)
-        if rl:
-            chunk = os.read(r, 1 << 20)
-            if not chunk:
-                break
-            buf += chunk
-    os.close(r)
-    _, stt = os.waitpid(pid, 0)
-    if buf:
-        return json.loads(buf)
-    return {'status': 'CRASH', 'msg': f'wait status {stt} (signal {os.WTERMSIG(stt) if os.WIFSIGNALED(stt) else None})'}
+    def status_and_message():
+        status, msg = run_case(c)
+        return {'status': status, 'msg': msg}
+    return forked.run_forked(status_and_message, timeout)
 
 
 def main():

@@ -112,20 +112,27 @@ def _call(entry, opname, kw):
     return getattr(OPS, opname)(**kw)
 
 
+def _no_memory(t):  # a freed storage: reading it (torch.isfinite, clone) would crash the case, not the op
+    try:
+        return t.layout is torch.strided and not t.is_meta and t.numel() > 0 and t.data_ptr() == 0
+    except Exception:
+        return False
+
+
 def _flat(kw):
     out = {}
     for k, v in kw.items():
         if isinstance(v, (list, tuple)):
             for i, t in enumerate(v):
-                if isinstance(t, Tensor):
+                if isinstance(t, Tensor) and not _no_memory(t):
                     out[f'{k}{i}'] = t
-        elif isinstance(v, Tensor):
+        elif isinstance(v, Tensor) and not _no_memory(v):
             out[k] = v
     return out
 
 
 def _clean_kw(kw):
-    c = lambda t: _clean(t) if isinstance(t, Tensor) else t  # noqa: E731
+    c = lambda t: _clean(t) if isinstance(t, Tensor) and not _no_memory(t) else t  # noqa: E731
     return {k: ([c(t) for t in v] if isinstance(v, (list, tuple)) else c(v)) for k, v in kw.items()}
 
 

@@ -12,11 +12,12 @@ and change nothing.
 PROBE_TREE=old runs the code of 10145ee (exported to /tmp/probe3_old/python, same _C.abi3.so) for a comparison.
 Usage: python scripts/probe_step/harness.py [name-filter] [out.jsonl]
 """
-import copy, json, os, select, signal, sys, time, traceback
+import copy, json, os, sys, time, traceback
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TREE = '/tmp/probe3_old/python' if os.environ.get('PROBE_TREE') == 'old' else os.path.join(HERE, '..', '..', 'python')
-sys.path[:0] = [TREE, HERE]
+sys.path[:0] = [TREE, HERE, os.path.dirname(HERE)]
+import forked  # noqa: E402  (scripts/forked.py)
 import torch
 from torch import Tensor
 import sgdf_erd
@@ -439,40 +440,8 @@ def run_case(case):
 
 
 def run_forked(case, timeout=60):
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(r)
-        try:
-            torch.set_num_threads(1)
-            res = run_case(case)
-        except BaseException as e:
-            res = {'name': case[0], 'path': case[1], 'config': case[2], 'ngroups': case[3], 'pre': case[4],
-                   'status': 'HARNESS_ERROR', 'msg': repr(e)[:300]}
-        os.write(w, json.dumps(res, default=str).encode())
-        os.close(w)
-        os._exit(0)
-    os.close(w)
-    buf, t0 = b'', time.time()
     base = {'name': case[0], 'path': case[1], 'config': case[2], 'ngroups': case[3], 'pre': case[4]}
-    while True:
-        left = timeout - (time.time() - t0)
-        if left <= 0:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            os.close(r)
-            return {**base, 'status': 'HANG'}
-        rl, _, _ = select.select([r], [], [], left)
-        if rl:
-            chunk = os.read(r, 1 << 20)
-            if not chunk:
-                break
-            buf += chunk
-    os.close(r)
-    _, stt = os.waitpid(pid, 0)
-    if buf:
-        return json.loads(buf)
-    return {**base, 'status': 'CRASH', 'msg': f'wait status {stt}'}
+    return {**base, **forked.run_forked(lambda: run_case(case), timeout)}
 
 
 REG = []
