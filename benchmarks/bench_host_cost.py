@@ -11,8 +11,10 @@ lists); AdamW(fused=True)'s step, torch's `_fused_adamw_` over as many tensors (
 counts: the lists SGDF's call takes) and `_foreach_add_` over the step counts, which AdamW's CPU step runs before its
 kernel. The SGDF parts use the optimizer's internals: a diagnostic, not an API. --abi-probe compiles
 benchmarks/abi_probe/abi_probe.cpp (g++, torch's headers) and times its two operators on SGDF's five lists: one
-that does nothing (what calling an operator of the LibTorch stable ABI with 5 x n tensors costs) and one that reads
-every tensor's metadata as the kernel's checks do. Writes benchmarks/results/host_cost_cpu.*
+that does nothing (what calling an operator of the LibTorch stable ABI with 5 x n tensors costs), one that reads
+every tensor's metadata as the kernel's checks do, and one that takes only params and grads with three single tensors
+(what the call would take with each group's state in flat buffers: a design not built). Writes
+benchmarks/results/host_cost_cpu.*
 """
 
 import argparse
@@ -81,7 +83,10 @@ def parts(n: int, abi_probe: bool = False) -> dict:
     sgdf_lists = [group[key] for key in ("params", "grads", "exp_avgs", "exp_vars", "steps")]
     probe = {} if not abi_probe else {
         "    an operator taking those lists, doing nothing": lambda: torch.ops.sgdf_erd_abi_probe.noop5(*sgdf_lists),
-        "    the same, reading every tensor's metadata": lambda: torch.ops.sgdf_erd_abi_probe.metas5(*sgdf_lists)}
+        "    the same, reading every tensor's metadata": lambda: torch.ops.sgdf_erd_abi_probe.metas5(*sgdf_lists),
+        "    an operator taking params, grads and three flat tensors (state in flat buffers), doing nothing":
+            lambda: torch.ops.sgdf_erd_abi_probe.noop2(*sgdf_lists[:2], *flat)}
+    flat = [torch.zeros(n) for _ in range(3)]
     return {
         "SGDF(fused=True) step": sgdf.step,
         "  its eligibility passes (Python)": sgdf._check_step,
