@@ -1,4 +1,4 @@
-// A probe, not part of the library: two operators with the list arguments of SGDF's fused kernel call (five lists of
+// A probe, not part of the library: operators with the list arguments of SGDF's fused kernel call (five lists of
 // tensors) that do nothing (noop5), or only read every tensor's metadata as the kernel's checks do (metas5), and one
 // with only the params' and grads' lists beside three single tensors (noop2: state in flat buffers), built
 // on the LibTorch stable ABI as the library is. benchmarks/bench_host_cost.py --abi-probe compiles it and times
