@@ -469,10 +469,11 @@ def _lacks_memory(t: Tensor) -> bool:
     """Whether `t` has elements but no memory: a storage freed by hand (FSDP frees unsharded parameters with
     untyped_storage().resize_(0)), which a step would read and write through a null pointer; the kernels refuse the
     same. One address read in the common case; tensors that keep no data here (meta, efficient zeros, subclasses
-    that run their own ops, torch.compile's traced ones) have none either."""
-    if torch.compiler.is_compiling() or _address(t) or not t.numel():
+    that run their own ops, torch's tracing tensors) have none either. Asked under torch.compile too: Dynamo runs
+    the checks on the real tensors (_init_group), and a compiled step segfaults on a freed one as an eager one."""
+    if _address(t) or not t.numel():
         return False
-    return not (t.is_meta or t._is_zerotensor() or dispatches_itself(type(t)))
+    return not (t.is_meta or t._is_zerotensor() or dispatches_itself(type(t)) or isinstance(t, _TRACING_TENSORS))
 
 
 def _overlaps_itself(t: Tensor) -> bool:
