@@ -1409,6 +1409,17 @@ def test_a_freed_storage_is_refused_before_any_write(device, path, freed):
 
 
 @pytest.mark.parametrize("path", list(PATHS))
+def test_a_freed_parameter_is_not_told_to_clone_itself(device, path):
+    """The fix named for a parameter that cannot be written in place, p.data = p.data.clone(), reads the freed
+    memory too (a segfault): its refusal names one that works."""
+    params, opt = _stepped(device, path)
+    params[-1].untyped_storage().resize_(0)
+    with pytest.raises(ValueError, match="parameter 1 of param group 1 has elements but no memory") as info:
+        opt.step()
+    assert "clone" not in str(info.value) and "build the optimizer over the sharded" in str(info.value)
+
+
+@pytest.mark.parametrize("path", list(PATHS))
 def test_an_efficient_zero_tensor_lr_is_refused(device, path):
     """An efficient zero tensor has no memory: the kernel's call read its lr through a null pointer (a segfault on
     the second step)."""

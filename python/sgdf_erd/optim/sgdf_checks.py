@@ -452,9 +452,12 @@ def check_state(p: Tensor, state: dict, group: dict, on_device: bool, where: str
 def _check_written(t: Tensor, what: str, fix: str = "restore the state from the optimizer's state_dict (outside "
                    "torch.inference_mode())", conjugate_ok: bool = False) -> None:
     """What a step writes in place must take an in-place write: torch would refuse it in the middle of a step."""
+    if t.layout is torch.strided and _lacks_memory(t):  # (`fix` would copy it: a clone reads the freed memory too)
+        raise ValueError(f"SGDF: {what} has elements but no memory (its storage was freed: untyped_storage()."
+                         "resize_(0)), so the step can neither read nor write it; step while its storage is allocated "
+                         "(FSDP frees unsharded parameters after use: build the optimizer over the sharded ones), or "
+                         "load the values from a checkpoint into a tensor with memory")
     problem = ("is sparse" if t.layout is not torch.strided else
-               "has elements but no memory (its storage was freed: untyped_storage().resize_(0))"
-               if _lacks_memory(t) else
                "is a conjugate view" if t.is_conj() and not conjugate_ok else
                "has the negative bit set (a lazily negated view)" if t.is_neg() else
                "is an inference tensor, which cannot be written outside torch.inference_mode()"
