@@ -471,12 +471,19 @@ def _check_written(t: Tensor, what: str, fix: str = "restore the state from the 
 def _lacks_memory(t: Tensor) -> bool:
     """Whether `t` has elements but no memory: a storage freed by hand (FSDP frees unsharded parameters with
     untyped_storage().resize_(0)), which a step would read and write through a null pointer; the kernels refuse the
-    same. One address read in the common case; tensors that keep no data here (meta, efficient zeros, subclasses
-    that run their own ops, torch's tracing tensors) have none either. Asked under torch.compile too: Dynamo runs
-    the checks on the real tensors (_init_group), and a compiled step segfaults on a freed one as an eager one."""
+    same. One address read in the common case. Only a storage of 0 bytes counts: other tensors without an address
+    keep their data elsewhere or not at all (meta, efficient zeros, subclasses that run their own ops, torch's
+    tracing tensors, backends such as XLA or torch's lazy tensors, which the foreach path steps). Asked under
+    torch.compile too: Dynamo runs the checks on the real tensors (_init_group), and a compiled step segfaults on a
+    freed one as an eager one does."""
     if _address(t) or not t.numel():
         return False
-    return not (t.is_meta or t._is_zerotensor() or dispatches_itself(type(t)) or isinstance(t, _TRACING_TENSORS))
+    if t.is_meta or t._is_zerotensor() or dispatches_itself(type(t)) or isinstance(t, _TRACING_TENSORS):
+        return False
+    try:
+        return t.untyped_storage().nbytes() == 0
+    except (RuntimeError, NotImplementedError):  # (no storage to ask: nothing freed)
+        return False
 
 
 def _overlaps_itself(t: Tensor) -> bool:
