@@ -316,8 +316,12 @@ def _freed(t: torch.Tensor) -> torch.Tensor:
     (lambda e: erd_loss(e["output"], _freed(e["target"]), e["alpha"], e["sigma"]), "target"),
     (lambda e: binned_gram_eigvalsh(_freed(e["features"]), e["bin_ids"], 3), "features"),
     (lambda e: binned_gram_eigvalsh(e["features"], _freed(e["bin_ids"]), 3), "bin_ids"),
+    (lambda e: ops.erd_loss_backward(_freed(torch.ones(())), e["output"], e["target"], torch.ones(len(e["alpha"])),
+                                     False), "grad"),
+    (lambda e: ops.erd_loss_backward(torch.ones(()), e["output"], e["target"], _freed(torch.ones(len(e["alpha"]))),
+                                     False), "weight"),
 ], ids=["erd_weights-alpha", "erd_loss-sigma", "erd_loss-output", "erd_loss-target", "gram-features",
-        "gram-bin_ids"])
+        "gram-bin_ids", "backward-grad", "backward-weight"])
 def test_a_freed_storage_is_refused(call, name):
     """A tensor whose storage was freed (untyped_storage().resize_(0), as FSDP frees unsharded parameters) was read
     through a null pointer: a segfault."""

@@ -285,6 +285,14 @@ def test_weight_at_any_float64_scale_matches_the_exact_value(device, rows, pair,
     assert_close(got, expected, rtol=1e-12, atol=1e-320)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_p2_weight_where_k_plus_snr_overflows(device):
+    """k + snr beyond float64 with snr finite: pow(inf, -gamma) gave 0 for a weight of 0.49 (gamma = 1e-3)."""
+    alpha, sigma = torch.tensor([1e154, 1e100], dtype=torch.float64), torch.ones(2, dtype=torch.float64)
+    got = loss_weight(alpha.to(device), sigma.to(device), "eps", "p2", k=1e308, gamma=1e-3)
+    assert_close(got.cpu(), ref.exact_weight(alpha, sigma, "eps", "p2", 1e308, 1e-3), rtol=1e-12, atol=0)
+
+
 def test_p2_negative_gamma_and_bool_coefficients_are_refused():
     """Found by an adversarial probe (scripts/probe_erd): gamma < 0 gave an infinite loss weight at sigma = 0, and
     bool alpha / sigma were taken as 1.0."""

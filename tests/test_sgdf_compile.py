@@ -198,3 +198,24 @@ def test_compiled_step_checks_before_anything_changes():
         torch.compile(opt.step)()  # Dynamo wraps the ValueError raised while it traces
     assert not opt.state
     assert torch.equal(a, before[0]) and torch.equal(b, before[1])
+
+
+@pytest.mark.parametrize("bad", ["freed storage", "grad_scale on foreach"])
+def test_compiled_step_refuses_what_the_eager_step_refuses(bad):
+    """The checks the eager step runs before its kernel call run under compile too: a parameter whose storage was
+    freed was read and written through a null pointer (a segfault), grad_scale / found_inf on a foreach group were
+    ignored (found_inf = 1 stepped it)."""
+    a, b = torch.nn.Parameter(torch.randn(3)), torch.nn.Parameter(torch.randn(2, 2))
+    opt = SGDF([{"params": [a]}, {"params": [b]}], lr=0.1, foreach=True)
+    a.grad, b.grad = torch.randn(3), torch.randn(2, 2)
+    opt.step()
+    first = a.detach().clone(), opt.state[a]["exp_avg"].clone()
+    if bad == "freed storage":
+        b.untyped_storage().resize_(0)
+        match = r"ValueError: SGDF: parameter 0 of param group 1 has elements but no memory"
+    else:
+        opt.grad_scale, opt.found_inf = torch.tensor(4.0), torch.tensor(1.0)
+        match = r"ValueError: SGDF: grad_scale / found_inf are set .* param group 0 steps on the foreach path"
+    with pytest.raises(Exception, match=match):
+        torch.compile(opt.step, backend="eager")()  # Dynamo wraps the ValueError raised while it traces
+    assert torch.equal(a, first[0]) and torch.equal(opt.state[a]["exp_avg"], first[1])

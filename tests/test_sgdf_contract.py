@@ -10,6 +10,8 @@ import contextlib
 import copy
 import math
 import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -1406,6 +1408,43 @@ def test_a_freed_storage_is_refused_before_any_write(device, path, freed):
         opt.step()
     assert torch.equal(params[0], first[0]) and torch.equal(opt.state[params[0]]["exp_avg"], first[1])
     assert float(opt.state[params[0]]["step"]) == first[2]
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_a_freed_parameter_is_not_told_to_clone_itself(device, path):
+    """The fix named for a parameter that cannot be written in place, p.data = p.data.clone(), reads the freed
+    memory too (a segfault): its refusal names one that works."""
+    params, opt = _stepped(device, path)
+    params[-1].untyped_storage().resize_(0)
+    with pytest.raises(ValueError, match="parameter 1 of param group 1 has elements but no memory") as info:
+        opt.step()
+    assert "clone" not in str(info.value) and "build the optimizer over the sharded" in str(info.value)
+
+
+_LAZY_DEVICE_STEPS = """
+import torch, torch._lazy, torch._lazy.ts_backend
+torch._lazy.ts_backend.init()
+from sgdf_erd import SGDF
+p = torch.nn.Parameter(torch.ones(4, device="lazy"))
+p.grad = torch.ones(4, device="lazy")
+assert p.data_ptr() == 0  # (the backend keeps the data)
+opt = SGDF([p], lr=0.1, foreach={foreach})
+for _ in range(2):
+    opt.step()
+torch._lazy.mark_step()
+assert (p.cpu() < 1).all()
+"""
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+def test_a_device_without_data_pointers_steps(foreach):
+    """The freed-storage check read 'no address' as 'freed': parameters of a backend that keeps its data itself
+    (torch's lazy tensors here, XLA's alike), which the foreach and single-tensor paths stepped, were refused. A
+    subprocess: the lazy backend's start is for the whole process."""
+    pytest.importorskip("torch._lazy.ts_backend")
+    result = subprocess.run([sys.executable, "-c", _LAZY_DEVICE_STEPS.format(foreach=foreach)], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
 
 
 @pytest.mark.parametrize("path", list(PATHS))

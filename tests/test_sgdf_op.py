@@ -267,6 +267,9 @@ BAD_INPUTS = {
     "beta1 nan": (_set("beta1", float("nan")), "beta1"),
     "beta2 = 1": (_set("beta2", 1.0), "beta2"),
     "beta2 negative": (_set("beta2", -0.5), "beta2"),
+    # (1 in float32, where the arithmetic runs: no update for beta1, a step of ~1e6 with the variance preconditioner)
+    "beta1 1 in float32": (_set("beta1", 0.999999999), "beta1=.*stay below 1 in float32"),
+    "beta2 1 in float32": (_set("beta2", 0.9999999999), "beta2=.*stay below 1 in float32"),
     "eps negative": (_set("eps", -1e-8), "eps"),
     "gamma zero": (_set("gamma", 0.0), "gamma"),
     "gamma negative": (_set("gamma", -0.5), "gamma"),

@@ -22,6 +22,8 @@
 #include <torch/headeronly/util/shim_utils.h>
 
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -73,6 +75,20 @@ inline std::ostream& operator<<(std::ostream& os, const Shape& s) {
   os << '[';
   for (size_t i = 0; i < s.dims.size(); ++i) os << (i ? ", " : "") << s.dims[i];
   return os << ']';
+}
+
+// A double as the shortest decimal that reads back as it: beta1=0.999999999 where the stream's default 6 digits
+// print 1, the bound it is refused for.
+struct Exact {
+  double value;
+};
+inline std::ostream& operator<<(std::ostream& os, Exact x) {
+  char text[32];
+  for (int digits = 6; digits <= 17; ++digits) {  // (NaN never reads back equal: it prints with 17)
+    std::snprintf(text, sizeof text, "%.*g", digits, x.value);
+    if (digits == 17 || std::strtod(text, nullptr) == x.value) break;
+  }
+  return os << text;
 }
 
 // (type and index rather than the Device itself: torch::stable types have hidden visibility)

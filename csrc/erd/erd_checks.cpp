@@ -244,6 +244,8 @@ LossBackwardCall prepare_loss_backward(const Tensor& grad, const Tensor& output,
                                        const Tensor& weight, bool target_requires_grad) {
   constexpr const char* op = "sgdf_erd::erd_loss_backward";
   check_loss_operands(output, target, op);
+  SGDF_ERD_CHECK_VALUE(has_memory(grad), op, ": 'grad'", kNoMemory);
+  SGDF_ERD_CHECK_VALUE(has_memory(weight), op, ": 'weight'", kNoMemory);
   SGDF_ERD_CHECK_VALUE(grad.numel() == 1 && grad.device() == output.device(), op,
                        ": 'grad' must be a one-element tensor on ", DeviceName{output.device()}, ", got ", grad.numel(),
                        " elements on ", DeviceName{grad.device()});

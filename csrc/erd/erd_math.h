@@ -102,8 +102,8 @@ C10_HOST_DEVICE inline double sample_weight(double alpha, double sigma, double a
       if (p.prediction != Prediction::kEps) return NAN;
       if (p.gamma == 0.0) return 1.0;
       // (a negative exponent, not 1 / pow: (k + snr)^gamma overflows where the weight is still a subnormal)
-      if (p.k > 0.0 && is_finite(snr)) return ::pow(p.k + snr, -p.gamma);
-      // snr overflowed, or k = 0 (snr alone, which may underflow): (k + snr)^-gamma from the log-SNR
+      if (p.k > 0.0 && is_finite(p.k + snr)) return ::pow(p.k + snr, -p.gamma);
+      // snr or k + snr overflowed, or k = 0 (snr alone, which may underflow): (k + snr)^-gamma from the log-SNR
       const double logsnr = log_snr(a, s);
       return ::exp(-p.gamma * (p.k > 0.0 ? logsnr + ::log1p(p.k * ::exp(-logsnr)) : logsnr));
     }

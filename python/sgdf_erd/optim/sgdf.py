@@ -281,15 +281,8 @@ class SGDF(Optimizer):
         """Check every group, writing nothing. Returns the groups one kernel call checks (index -> their lists),
         stepping the fused ones: that call comes after these checks and before any write."""
         in_one_call, others, call_key = {}, [], None
-        unscaling = getattr(self, "grad_scale", None) is not None or getattr(self, "found_inf", None) is not None
         for gi, group in enumerate(self.param_groups):
-            self._check_hyperparameters(group, f"param group {gi}", read_device_lr=False)
-            if unscaling and self._path(group) != "fused":  # (only the kernel unscales and skips)
-                raise ValueError(f"{type(self).__name__}: grad_scale / found_inf are set on the optimizer (torch.amp."
-                                 f"GradScaler sets them where every group has fused=True), but param group {gi} "
-                                 f"steps on the {self._path(group)} path, which neither unscales nor skips; pass "
-                                 "fused=True for every group, or delete the attributes and unscale with "
-                                 "scaler.unscale_(opt)")
+            self._check_step_options(group, gi)
             lists = self._one_call_lists(group)
             key = None if lists is None else (lists["params"][0].device, *map(group.get, _PER_CALL_OPTIONS))
             if lists is not None and (call_key is None or key == call_key):
@@ -300,6 +293,18 @@ class SGDF(Optimizer):
         if others:
             self._check_groups(others, in_one_call)
         return in_one_call
+
+    def _check_step_options(self, group: dict, gi: int) -> None:
+        """A group's options as a step reads them (the eager step's and the compiled one's checks): hyperparameters,
+        and a path that unscales where grad_scale / found_inf are set."""
+        self._check_hyperparameters(group, f"param group {gi}", read_device_lr=False)
+        unscaling = getattr(self, "grad_scale", None) is not None or getattr(self, "found_inf", None) is not None
+        if unscaling and self._path(group) != "fused":  # (only the kernel unscales and skips)
+            raise ValueError(f"{type(self).__name__}: grad_scale / found_inf are set on the optimizer (torch.amp."
+                             f"GradScaler sets them where every group has fused=True), but param group {gi} "
+                             f"steps on the {self._path(group)} path, which neither unscales nor skips; pass "
+                             "fused=True for every group, or delete the attributes and unscale with "
+                             "scaler.unscale_(opt)")
 
     def _one_call_lists(self, group: dict) -> Optional[Dict[str, list]]:
         """The group's params (those with a gradient, not empty), grads, moments, steps, master copies and rounding
@@ -457,7 +462,7 @@ class SGDF(Optimizer):
         checks (`check_all_groups`: runs them first, for every group)."""
         if check_all_groups:
             for gi, g in enumerate(self.param_groups):
-                self._check_hyperparameters(g, f"param group {gi}", read_device_lr=False)
+                self._check_step_options(g, gi)
             self._check_groups(list(range(len(self.param_groups))), {})
         path = self._path(group)
         fused, master_weights = path == "fused", group["master_weights"]

@@ -452,9 +452,12 @@ def check_state(p: Tensor, state: dict, group: dict, on_device: bool, where: str
 def _check_written(t: Tensor, what: str, fix: str = "restore the state from the optimizer's state_dict (outside "
                    "torch.inference_mode())", conjugate_ok: bool = False) -> None:
     """What a step writes in place must take an in-place write: torch would refuse it in the middle of a step."""
+    if t.layout is torch.strided and _lacks_memory(t):  # (`fix` would copy it: a clone reads the freed memory too)
+        raise ValueError(f"SGDF: {what} has elements but no memory (its storage was freed: untyped_storage()."
+                         "resize_(0)), so the step can neither read nor write it; step while its storage is allocated "
+                         "(FSDP frees unsharded parameters after use: build the optimizer over the sharded ones), or "
+                         "load the values from a checkpoint into a tensor with memory")
     problem = ("is sparse" if t.layout is not torch.strided else
-               "has elements but no memory (its storage was freed: untyped_storage().resize_(0))"
-               if _lacks_memory(t) else
                "is a conjugate view" if t.is_conj() and not conjugate_ok else
                "has the negative bit set (a lazily negated view)" if t.is_neg() else
                "is an inference tensor, which cannot be written outside torch.inference_mode()"
@@ -468,11 +471,19 @@ def _check_written(t: Tensor, what: str, fix: str = "restore the state from the 
 def _lacks_memory(t: Tensor) -> bool:
     """Whether `t` has elements but no memory: a storage freed by hand (FSDP frees unsharded parameters with
     untyped_storage().resize_(0)), which a step would read and write through a null pointer; the kernels refuse the
-    same. One address read in the common case; tensors that keep no data here (meta, efficient zeros, subclasses
-    that run their own ops, torch.compile's traced ones) have none either."""
-    if torch.compiler.is_compiling() or _address(t) or not t.numel():
+    same. One address read in the common case. Only a storage of 0 bytes counts: other tensors without an address
+    keep their data elsewhere or not at all (meta, efficient zeros, subclasses that run their own ops, torch's
+    tracing tensors, backends such as XLA or torch's lazy tensors, which the foreach path steps). Asked under
+    torch.compile too: Dynamo runs the checks on the real tensors (_init_group), and a compiled step segfaults on a
+    freed one as an eager one does."""
+    if _address(t) or not t.numel():
         return False
-    return not (t.is_meta or t._is_zerotensor() or dispatches_itself(type(t)))
+    if t.is_meta or t._is_zerotensor() or dispatches_itself(type(t)) or isinstance(t, _TRACING_TENSORS):
+        return False
+    try:
+        return t.untyped_storage().nbytes() == 0
+    except (RuntimeError, NotImplementedError):  # (no storage to ask: nothing freed)
+        return False
 
 
 def _overlaps_itself(t: Tensor) -> bool:
