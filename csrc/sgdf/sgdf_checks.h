@@ -24,18 +24,18 @@ inline constexpr double kFloat32Max = 3.4028234663852886e38;
 // them, are refused too (an infinite lr or weight decay turns every weight into inf or NaN).
 inline void check_hyperparameters(double lr, const Hyper<double>& h, const char* op) {
   SGDF_ERD_CHECK(lr >= 0.0 && lr <= kFloat32Max, op, ": invalid lr=", Exact{lr},
-                 "; the learning rate must be >= 0 and <= 3.4028e+38 (float32's range)");
+                 "; the learning rate must be >= 0 and <= 3.4028234663852886e+38 (float32's largest value)");
   // (a beta within 3e-8 of 1 is 1 in float32: no update, or a step of ~1e6 where 1 - beta2^t divides)
   SGDF_ERD_CHECK(h.beta1 >= 0.0 && static_cast<float>(h.beta1) < 1.0f, op, ": invalid beta1=", Exact{h.beta1},
                  "; it must be in [0, 1) and stay below 1 in float32 (at most 0.99999994)");
   SGDF_ERD_CHECK(h.beta2 >= 0.0 && static_cast<float>(h.beta2) < 1.0f, op, ": invalid beta2=", Exact{h.beta2},
                  "; it must be in [0, 1) and stay below 1 in float32 (at most 0.99999994)");
   SGDF_ERD_CHECK(h.eps >= 0.0 && h.eps <= kFloat32Max, op, ": invalid eps=", Exact{h.eps},
-                 "; it must be >= 0 and <= 3.4028e+38 (float32's range)");
+                 "; it must be >= 0 and <= 3.4028234663852886e+38 (float32's largest value)");
   SGDF_ERD_CHECK(std::isfinite(h.gamma) && h.gamma > 0.0, op, ": invalid gamma=", Exact{h.gamma},
                  "; it must be finite and > 0 (0.5 is the release default)");
   SGDF_ERD_CHECK(h.weight_decay >= 0.0 && h.weight_decay <= kFloat32Max, op, ": invalid weight_decay=",
-                 Exact{h.weight_decay}, "; it must be >= 0 and <= 3.4028e+38 (float32's range)");
+                 Exact{h.weight_decay}, "; it must be >= 0 and <= 3.4028234663852886e+38 (float32's largest value)");
 }
 
 // The value of a one-element float32 CPU tensor (checked by the caller): a plain read, no synchronisation.
@@ -196,7 +196,7 @@ inline void check_fused_args(FusedArgs& a, const char* op) {
   if (a.lr_tensor.has_value() && a.lr_tensor->is_cpu()) {
     const float value = cpu_scalar(*a.lr_tensor);
     SGDF_ERD_CHECK(std::isfinite(value) && value >= 0.f, op, ": invalid lr_tensor=", value,
-                   "; the learning rate must be finite, >= 0 and <= 3.4028e+38 (float32's range)");
+                   "; the learning rate must be finite, >= 0 and <= 3.4028234663852886e+38 (float32's largest value)");
   }
   if (a.grad_scale.has_value() && a.grad_scale->is_cpu()) {  // (0 or NaN gives NaN weights, < 0 flips the step)
     const float value = cpu_scalar(*a.grad_scale);

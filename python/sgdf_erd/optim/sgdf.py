@@ -362,10 +362,9 @@ class SGDF(Optimizer):
                 # know torch's ops but not the kernel's; such a gradient of a plain parameter, which is refused)
                 or _dispatches_itself([*params, *grads])
                 or len(Optimizer._group_tensors_by_device_and_dtype([params])) != 1  # (torch's, in C++)
-                or (group["stochastic_rounding"] and any(type(seed) is not int for seed in lists[-1]))
                 # (a seed edited by hand: the kernel's int[] would take a bool)
-                or ("exp_avg_sq" in keys and any(map(Tensor.is_neg, lists[keys.index("exp_avg_sq")])))):
-            return False  # (exp_avg_sqs: an optional list of the kernel's, which torch's negation fallback skips)
+                or (group["stochastic_rounding"] and any(type(seed) is not int for seed in lists[-1]))):
+            return False  # (a negated exp_avg_sq: the op's Python face refuses it, then step's checks name it)
         tensors = [params, grads, *lists[1:len(lists) - group["stochastic_rounding"]]]  # (moments, master copies)
         if not _kernel_path(group) and (  # the foreach / single-tensor ops take these otherwise than the kernel:
                 any(map(Tensor._is_zerotensor, grads))  # they read efficient zeros, which torch refuses the kernel

@@ -207,13 +207,13 @@ def check_hyperparameters(group: dict, where: str, keys: Iterable[str] = GROUP_K
 _FLOAT32_MAX = torch.finfo(torch.float32).max
 # _check_number's test and requirement for eps and weight_decay
 _IN_FLOAT32_RANGE = (lambda v: 0.0 <= v <= _FLOAT32_MAX,
-                     f"a float >= 0 and <= {_FLOAT32_MAX:.4g} (the float32 arithmetic's range)")
+                     f"a float >= 0 and <= {_FLOAT32_MAX!r} (float32's largest value)")
 
 
 def _check_lr_value(lr, where: str) -> None:
     if not (_finite(lr) and 0.0 <= lr <= _FLOAT32_MAX):
         raise ValueError(f"{where}: invalid learning rate lr={lr}; it must be finite, >= 0 and <= "
-                         f"{_FLOAT32_MAX:.4g} (the float32 arithmetic's range)")
+                         f"{_FLOAT32_MAX!r} (float32's largest value)")
 
 
 def _check_number(group: dict, key: str, where: str, valid, requirement: str) -> None:
