@@ -239,7 +239,6 @@ class SGDF(Optimizer):
         found_inf = getattr(self, "found_inf", None)
         if not compiling:
             checks.check_amp_scalars(grad_scale, found_inf)
-
         if compiling and (grad_scale is not None or found_inf is not None) and any(
                 self._path(g) == "fused" and _has_dtensor(g["params"]) for g in self.param_groups):
             raise NotImplementedError("SGDF: a torch.compile'd step with a GradScaler is not supported for DTensor "
@@ -364,7 +363,7 @@ class SGDF(Optimizer):
                 or len(Optimizer._group_tensors_by_device_and_dtype([params])) != 1  # (torch's, in C++)
                 # (a seed edited by hand: the kernel's int[] would take a bool)
                 or (group["stochastic_rounding"] and any(type(seed) is not int for seed in lists[-1]))):
-            return False  # (a negated exp_avg_sq: the op's Python face refuses it, then step's checks name it)
+            return False  # (a negated exp_avg_sq is taken: the op's Python face refuses it, then step's checks name it)
         tensors = [params, grads, *lists[1:len(lists) - group["stochastic_rounding"]]]  # (moments, master copies)
         if not _kernel_path(group) and (  # the foreach / single-tensor ops take these otherwise than the kernel:
                 any(map(Tensor._is_zerotensor, grads))  # they read efficient zeros, which torch refuses the kernel
