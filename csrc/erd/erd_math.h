@@ -70,10 +70,10 @@ C10_HOST_DEVICE inline double sample_weight(double alpha, double sigma, double a
   // The SNR is 0 where alpha = 0 (or sigma = inf), not where snr = ratio^2 underflows: that happens in float64 for
   // ratio < 1.5e-162, and overflows for ratio > 1.3e154, where the SNR is neither 0 nor infinite. Every formula
   // below that would divide by or add to an underflowed / overflowed snr takes the ratio instead.
-  if ((a == 0.0 || is_inf(s)) && p.weighting == Weighting::kMinSnr) {
-    return p.prediction == Prediction::kEps ? 1.0 : 0.0;
+  if (a == 0.0 || is_inf(s)) {
+    if (p.weighting == Weighting::kMinSnr) return p.prediction == Prediction::kEps ? 1.0 : 0.0;
+    return 1.0;
   }
-  if (a == 0.0 || is_inf(s)) return 1.0;
   const double snr = ratio * ratio;
   switch (p.weighting) {
     case Weighting::kErd: {

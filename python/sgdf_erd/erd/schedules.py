@@ -81,15 +81,18 @@ def checked_on_host(t: Tensor) -> bool:
             and not torch._C._are_functorch_transforms_active())
 
 
-def as_times(t, name: str) -> Tensor:
-    """t as a tensor (numbers and sequences of them are converted); TypeError naming `name` for anything else
-    (a string, ...)."""
-    if isinstance(t, Tensor):
-        return t
+def as_tensor(value, what: str, where: str, kind: str = "a tensor (or numbers)", **kwargs) -> Tensor:
+    """`value` as a tensor (numbers and sequences of them are converted; torch.as_tensor's keyword arguments);
+    TypeError saying `what` must be `kind` for anything else (a string, None, ...)."""
     try:
-        return torch.as_tensor(t)
+        return torch.as_tensor(value, **kwargs)
     except (TypeError, ValueError, RuntimeError) as err:
-        raise TypeError(f"{name}: timesteps must be a tensor (or numbers), got {type(t).__name__} {t!r}") from err
+        raise TypeError(f"{where}: {what} must be {kind}, got {type(value).__name__} {value!r}") from err
+
+
+def as_times(t, name: str) -> Tensor:
+    """t as a tensor (as_tensor), for the schedule `name`."""
+    return as_tensor(t, "timesteps", name)
 
 
 def as_real(value, name: str, where: str) -> float:
@@ -247,11 +250,7 @@ def cosine_betas(num_steps: int = 1000, s: float = 0.008, max_beta: float = 0.99
 def _float64_table(values, name: str, where: str) -> Tensor:
     """A schedule's table (a tensor or a sequence of numbers) as a flat float64 CPU tensor; TypeError naming it for
     anything else (a string, None, complex numbers)."""
-    try:
-        table = torch.as_tensor(values)
-    except (TypeError, ValueError, RuntimeError) as err:
-        raise TypeError(f"{where}: '{name}' must be a tensor (or a sequence) of real numbers, got "
-                        f"{type(values).__name__} {values!r}") from err
+    table = as_tensor(values, f"'{name}'", where, "a tensor (or a sequence) of real numbers")
     if table.is_complex() or table.dtype == torch.bool:
         raise TypeError(f"{where}: '{name}' must hold real numbers, got {table.dtype}")
     return table.detach().to("cpu", torch.float64).flatten()

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from .. import ops
 from .._native import require
-from .schedules import as_real
+from .schedules import as_real, as_tensor
 
 __all__ = ["erd_weight", "loss_weight", "PREDICTIONS", "WEIGHTINGS", "DIFFUSERS_PREDICTIONS"]
 
@@ -68,16 +68,16 @@ def loss_weight(alpha, sigma, prediction: str = "eps", weighting: str = "erd", *
     prediction = prediction_name(prediction)
     check_weighting(prediction, weighting)
     k, gamma = as_real(k, "k", "loss_weight"), as_real(gamma, "gamma", "loss_weight")
-    alpha = _coefficient(alpha, "alpha", None)
-    names, tensors = ["alpha", "sigma"], [alpha, _coefficient(sigma, "sigma", alpha.device)]
+    alpha = as_tensor(alpha, "'alpha'", "loss_weight")
+    names, tensors = ["alpha", "sigma"], [alpha, as_tensor(sigma, "'sigma'", "loss_weight", device=alpha.device)]
     if prediction == "flow" and (alpha_prime is None) != (sigma_prime is None):
         raise ValueError("pass both alpha_prime and sigma_prime, or neither (the linear path: -1 and 1)")
     if alpha_prime is not None or sigma_prime is not None:
         if prediction != "flow":
             raise ValueError(f"alpha_prime/sigma_prime are read by prediction 'flow' only, not {prediction!r}")
         names += ["alpha_prime", "sigma_prime"]
-        tensors += [_coefficient(alpha_prime, "alpha_prime", alpha.device),
-                    _coefficient(sigma_prime, "sigma_prime", alpha.device)]
+        tensors += [as_tensor(alpha_prime, "'alpha_prime'", "loss_weight", device=alpha.device),
+                    as_tensor(sigma_prime, "'sigma_prime'", "loss_weight", device=alpha.device)]
     dtype = tensors[0].dtype
     for t in tensors[1:]:
         dtype = torch.promote_types(dtype, t.dtype)
@@ -98,15 +98,6 @@ def loss_weight(alpha, sigma, prediction: str = "eps", weighting: str = "erd", *
     require(alpha.device, "sgdf_erd.loss_weight")
     flat = [t.reshape(-1) for t in tensors] + [None] * (4 - len(tensors))
     return ops.erd_weights(*flat, prediction, weighting, k, gamma).reshape(shape)
-
-
-def _coefficient(value, name: str, device) -> Tensor:
-    """A schedule coefficient (tensor or numbers) as a tensor; TypeError naming it for anything else."""
-    try:
-        return torch.as_tensor(value, device=device)
-    except (TypeError, ValueError, RuntimeError) as err:
-        raise TypeError(f"loss_weight: '{name}' must be a tensor (or numbers), got {type(value).__name__} "
-                        f"{value!r}") from err
 
 
 def erd_weight(alpha, sigma, prediction: str = "eps", alpha_prime=None, sigma_prime=None) -> Tensor:
