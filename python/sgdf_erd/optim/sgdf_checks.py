@@ -205,13 +205,13 @@ def check_hyperparameters(group: dict, where: str, keys: Iterable[str] = GROUP_K
 # lr, weight_decay and eps enter the float32 arithmetic of every path (the foreach ops take lr and weight_decay as
 # float32 scalars and refuse larger ones, midway through a step; eps beyond it is inf there)
 _FLOAT32_MAX = torch.finfo(torch.float32).max
-# _check_number's test and requirement for eps and weight_decay
+# _check_number's test and requirement for eps and weight_decay (the lr's test too)
 _IN_FLOAT32_RANGE = (lambda v: 0.0 <= v <= _FLOAT32_MAX,
                      f"a float >= 0 and <= {_FLOAT32_MAX!r} (float32's largest value)")
 
 
 def _check_lr_value(lr, where: str) -> None:
-    if not (_finite(lr) and 0.0 <= lr <= _FLOAT32_MAX):
+    if not (_finite(lr) and _IN_FLOAT32_RANGE[0](lr)):
         raise ValueError(f"{where}: invalid learning rate lr={lr}; it must be finite, >= 0 and <= "
                          f"{_FLOAT32_MAX!r} (float32's largest value)")
 
