@@ -57,6 +57,7 @@ def _assert_near_exact(got, exact, dtype, what, atol=0.0):
 @example(t=1 - 2**-24, dtype=torch.float32)  # cos of the rounded pi t / 2 was 4 % off
 @example(t=1e-3, dtype=torch.float16)  # alpha^2 / sigma^2 overflowed float16: log-SNR inf
 @example(t=1e-20, dtype=torch.float32)  # and float32
+@example(t=1.401298464324817e-45, dtype=torch.float32)  # a subnormal sigma in float32: log-SNR 205.17 for 205.65
 @example(t=0.0, dtype=torch.float64)
 def test_continuous_schedules_match_exact_values_in_every_dtype(t, dtype):
     """ContinuousCosine's alpha, sigma, derivatives and log-SNR, and LinearFlow's log-SNR, within 2 ulp of t's dtype

@@ -54,11 +54,14 @@ class NoiseSchedule:
 
     def logsnr(self, t: Tensor) -> Tensor:
         """log(alpha^2 / sigma^2) at t, as 2 (log|alpha| - log|sigma|): the squares would overflow float16 above a
-        log-SNR of 11.1, float32 above 88 (and underflow float64 below alpha, sigma ~ 1e-162)."""
+        log-SNR of 11.1, float32 above 88 (and underflow float64 below alpha, sigma ~ 1e-162). Computed in float64
+        and rounded to t's dtype once: a float32 sigma below 1e-38 (t that small) is subnormal, with few digits left
+        (t = 1.4e-45 gave 205.17 for 205.65)."""
         t = as_times(t, type(self).__name__)
-        alpha, sigma = self.alpha_sigma(t.to(_compute_dtype(t.dtype)))
+        floating = t.is_floating_point()  # (other t go to the schedule as they are, which refuses or converts them)
+        alpha, sigma = self.alpha_sigma(t.to(torch.float64) if floating else t)
         logsnr = 2 * (alpha.abs().log() - sigma.abs().log())
-        return logsnr.to(t.dtype) if t.dtype in _WIDENED else logsnr
+        return logsnr.to(t.dtype) if floating else logsnr
 
     def sample_t(self, batch_size: int, *, device=None, generator: Optional[torch.Generator] = None) -> Tensor:
         """Times drawn uniformly, as the authors train (continuous: U(0, 1); discrete: uniform integers)."""
