@@ -43,7 +43,7 @@ class NoiseSchedule:
     :meth:`__call__` follow.
 
     The continuous schedules return values in t's floating dtype. For float16 and bfloat16 t (autocast) the cosine
-    and log-SNR schedules, and :meth:`logsnr`, compute in float32 and round to t's dtype at the end."""
+    and log-SNR schedules compute in float32 and round to t's dtype at the end; :meth:`logsnr` computes in float64."""
 
     def alpha_sigma(self, t: Tensor) -> Tuple[Tensor, Tensor]:
         raise NotImplementedError
