@@ -322,6 +322,50 @@ def test_invalid_hyperparameters(kwargs, exc, match):
         opt.add_param_group({"params": _make_params(torch.float32, shapes=[(2,)]), **kwargs})
 
 
+def _state_of_another_shape(opt, p):
+    opt.state[p]["exp_avg"] = torch.zeros(2)
+
+
+def _sparse_grad(opt, p):
+    p.grad = p.grad.to_sparse()
+
+
+def _grad_is_exp_avg(opt, p):
+    p.grad = opt.state[p]["exp_avg"]
+
+
+def _two_groups_as_a_set(opt, p):
+    opt.add_param_group({"params": {torch.nn.Parameter(torch.zeros(2))}})
+
+
+def _checkpoint_without_state(opt, p):
+    opt.load_state_dict({"param_groups": opt.state_dict()["param_groups"]})
+
+
+def _checkpoint_with_a_short_exp_avg(opt, p):
+    saved = opt.state_dict()
+    saved["state"][0]["exp_avg"] = torch.zeros(2)
+    opt.load_state_dict(saved)
+
+
+@pytest.mark.parametrize("path", ["default", "foreach"])
+@pytest.mark.parametrize("edit", [_state_of_another_shape, _sparse_grad, _grad_is_exp_avg, _two_groups_as_a_set,
+                                  _checkpoint_without_state, _checkpoint_with_a_short_exp_avg])
+def test_refusals_name_adasgdf(edit, path):
+    """Every refusal of an AdaSGDF's step, add_param_group or load_state_dict names AdaSGDF, not the SGDF class it
+    inherits its checks from, and changes nothing."""
+    p = torch.nn.Parameter(torch.randn(3))
+    opt = AdaSGDF([p], foreach=True if path == "foreach" else None)
+    p.grad = torch.randn(3)
+    opt.step()
+    p.grad = torch.randn(3)
+    before = p.detach().clone()
+    with pytest.raises((ValueError, TypeError, RuntimeError), match=r"^AdaSGDF[ :(.]"):
+        edit(opt, p)
+        opt.step()
+    assert torch.equal(p, before)
+
+
 def test_sgdf_only_options_are_refused():
     with pytest.raises(ValueError, match="sign"):
         AdaSGDF(_make_params(torch.float32), sign=True)

@@ -123,20 +123,21 @@ class SGDF(Optimizer):
     def add_param_group(self, param_group: dict) -> None:
         """Add a group; it is checked whole (hyperparameters, params, repeats, path) before it joins."""
         if not isinstance(param_group, dict):
-            raise TypeError(f"SGDF: a param group must be a dict with a 'params' entry, got "
+            raise TypeError(f"{type(self).__name__}: a param group must be a dict with a 'params' entry, got "
                             f"{type(param_group).__name__}")
         if "params" not in param_group:
-            raise ValueError("SGDF: a param group needs a 'params' entry (the tensors to optimize)")
+            raise ValueError(f"{type(self).__name__}: a param group needs a 'params' entry (the tensors to optimize)")
         group = dict(param_group)  # the caller's dict stays as it was
-        group["params"] = _as_list(group["params"])
+        group["params"] = _as_list(group["params"], type(self).__name__)
         for key, value in self.defaults.items():
             group.setdefault(key, value)
-        params = [_unnamed(p, i, len(self.param_groups)) for i, p in enumerate(group["params"])]
+        who = type(self).__name__
+        params = [_unnamed(p, i, len(self.param_groups), who) for i, p in enumerate(group["params"])]
         where = f"param group {len(self.param_groups)}"
-        checks.check_param_kinds(params, group, where)
+        checks.check_param_kinds(params, group, where, who=who)
         self._check_hyperparameters(group, where)
-        checks.check_distinct([g["params"] for g in self.param_groups] + [params])
-        checks.check_path_options(params, group)
+        checks.check_distinct([g["params"] for g in self.param_groups] + [params], who)
+        checks.check_path_options(params, group, who)
         super().add_param_group(group)
 
     def __setstate__(self, state: dict) -> None:
@@ -158,7 +159,7 @@ class SGDF(Optimizer):
         for hook in self._optimizer_load_state_dict_pre_hooks.values():
             result = hook(self, state_dict)
             state_dict = state_dict if result is None else result
-        checks.check_checkpoint_layout(state_dict, self.param_groups)
+        checks.check_checkpoint_layout(state_dict, self.param_groups, type(self).__name__)
         kept = self.state, self.param_groups  # torch's load builds new state and groups; these stay untouched
         paths = [{k: g[k] for k in _PATH_KEYS} for g in self.param_groups]
         # torch's load casts floating state to the parameter's dtype, which would round a float32 master copy (or
@@ -192,16 +193,17 @@ class SGDF(Optimizer):
         """Check the freshly loaded groups and state, then give the state the layout the paths need and the dtypes
         and entries the group's storage options need. Everything is checked before anything is converted (or a
         seed drawn)."""
-        checks.check_state_keys(self.state, (p for g in self.param_groups for p in g["params"]))
+        who = type(self).__name__
+        checks.check_state_keys(self.state, (p for g in self.param_groups for p in g["params"]), who)
         steps = {}
         for gi, group in enumerate(self.param_groups):
             where = f"param group {gi} of the checkpoint"
             self._check_hyperparameters(group, where)
-            checks.check_param_kinds(group["params"], group, where)
+            checks.check_param_kinds(group["params"], group, where, who=who)
             for i, p in enumerate(group["params"]):
                 if self.state.get(p):
                     steps[p] = checks.checked_loaded_step(p, self.state[p], f"parameter {i} of param group {gi}",
-                                                          ("step", *checks.moment_keys(group)))
+                                                          ("step", *checks.moment_keys(group)), who)
         for group in self.param_groups:
             on_device = group["capturable"] or self._path(group) == "fused"
             for p in group["params"]:
@@ -229,8 +231,8 @@ class SGDF(Optimizer):
         compiling = torch.compiler.is_compiling()
         if not compiling and _is_capturing() and not any(g["capturable"] or self._path(g) == "fused"
                                                          for g in self.param_groups):
-            raise RuntimeError("SGDF: a step is being captured in a CUDA graph but neither capturable=True nor "
-                               "fused=True was set; construct SGDF(..., capturable=True)")
+            raise RuntimeError(f"{type(self).__name__}: a step is being captured in a CUDA graph but neither capturable=True nor "
+                               f"fused=True was set; construct {type(self).__name__}(..., capturable=True)")
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -238,10 +240,10 @@ class SGDF(Optimizer):
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
         if not compiling:
-            checks.check_amp_scalars(grad_scale, found_inf)
+            checks.check_amp_scalars(grad_scale, found_inf, type(self).__name__)
         if compiling and (grad_scale is not None or found_inf is not None) and any(
                 self._path(g) == "fused" and _has_dtensor(g["params"]) for g in self.param_groups):
-            raise NotImplementedError("SGDF: a torch.compile'd step with a GradScaler is not supported for DTensor "
+            raise NotImplementedError(f"{type(self).__name__}: a torch.compile'd step with a GradScaler is not supported for DTensor "
                                       "(FSDP2) parameters: torch miscompiles the fused kernel's op on their shards, "
                                       "so such steps take the foreach path, which does not unscale; step eagerly, "
                                       "or unscale with scaler.unscale_(opt) before the step")
@@ -380,6 +382,7 @@ class SGDF(Optimizer):
         """The checks of the groups the kernel call does not check: hyperparameters (checked by the caller), params,
         grads and state of each group, then memory shared by any two tensors a step reads or writes, in all
         groups. Nothing changes here."""
+        who = type(self).__name__
         unscaling = getattr(self, "grad_scale", None) is not None  # (the fused kernel then writes the gradients)
         # (tensor, written, what it is); the kernel reads grad_scale, found_inf and a tensor lr with every group
         operands = [(t, False, f"the optimizer's `{name}`") for name in ("grad_scale", "found_inf")
@@ -389,19 +392,20 @@ class SGDF(Optimizer):
         for gi in group_indices:
             group = self.param_groups[gi]
             path = self._path(group)
-            checks.check_param_kinds(group["params"], group, f"param group {gi}", stepping_only=True)
+            checks.check_param_kinds(group["params"], group, f"param group {gi}", stepping_only=True, who=who)
             stepping = [p for p in group["params"] if p.grad is not None and p.numel()]  # (the others are not read)
             if path == "fused":
-                checks.check_fused_support(stepping, group, gi)
+                checks.check_fused_support(stepping, group, gi, who)
             on_device = path == "fused" or group["capturable"]
             for i, p in enumerate(group["params"]):
                 grad = p.grad
                 if grad is None or p.numel() == 0:
                     continue
                 where = f"parameter {i} of param group {gi}"
-                checks.check_grad(p, grad, where, written=unscaling and path == "fused", fused=path == "fused")
+                checks.check_grad(p, grad, where, written=unscaling and path == "fused", fused=path == "fused",
+                                  who=who)
                 state = self.state.get(p, {})
-                checks.check_state(p, state, group, on_device, where)  # (an empty one is made after the checks)
+                checks.check_state(p, state, group, on_device, where, who)  # (an empty one is made after the checks)
                 # the fused kernel unscales gradients in place: none may serve two params there
                 operands += [(p, True, where), (grad, path == "fused", f"the gradient of {where}")]
                 operands += _state_operands(state, where)
@@ -412,7 +416,7 @@ class SGDF(Optimizer):
                 where = f"a parameter of param group {gi}"
                 operands += [(p, True, where), (grads[i], stepped, f"the gradient of {where}")]
                 operands += _state_operands(self.state[p], where)
-        checks.check_no_shared_memory(operands)
+        checks.check_no_shared_memory(operands, who)
 
     def _step_in_one_call(self, in_one_call: Dict[int, dict], grad_scale: Optional[Tensor],
                           found_inf: Optional[Tensor]) -> None:
@@ -581,28 +585,28 @@ def _match_layout(p: Tensor, state: dict, moment_keys: Tuple[str, ...]) -> None:
             state[key] = _like(p, t.dtype).copy_(t)
 
 
-def _unnamed(p, index: int, group_index: int):
+def _unnamed(p, index: int, group_index: int, who: str):
     """The tensor of a (name, tensor) pair, as torch's optimizers take named parameters; anything else as given (its
     kind is checked after)."""
     if not isinstance(p, tuple):
         return p
     if len(p) == 2 and isinstance(p[0], str):
         return p[1]
-    raise TypeError(f"SGDF (param group {group_index}): entry {index} of 'params' is a tuple of "
+    raise TypeError(f"{who} (param group {group_index}): entry {index} of 'params' is a tuple of "
                     f"{', '.join(type(x).__name__ for x in p) or 'nothing'}; a named parameter is a (str, tensor) pair, "
                     "as model.named_parameters() yields")
 
 
-def _as_list(params) -> list:
+def _as_list(params, who: str) -> list:
     if isinstance(params, Tensor):
         return [params]
     if isinstance(params, set):
-        raise TypeError("SGDF: optimizer params must be an ordered collection (a list or a generator such as "
+        raise TypeError(f"{who}: optimizer params must be an ordered collection (a list or a generator such as "
                         "model.parameters()), not a set, whose order changes between runs")
     try:
         return list(params)
     except TypeError:
-        raise TypeError(f"SGDF: 'params' must be a tensor or an iterable of tensors, got "
+        raise TypeError(f"{who}: 'params' must be a tensor or an iterable of tensors, got "
                         f"{type(params).__name__}") from None
 
 

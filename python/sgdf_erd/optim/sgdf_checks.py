@@ -223,49 +223,50 @@ def _check_number(group: dict, key: str, where: str, valid, requirement: str) ->
 
 
 # ------------------------------------------------------------------------------------------ params and paths
-def check_amp_scalars(grad_scale, found_inf) -> None:
+def check_amp_scalars(grad_scale, found_inf, who: str = "SGDF") -> None:
     """What torch.amp.GradScaler sets on an optimizer whose step unscales (fused=True): one-element float tensors,
     the scale finite and > 0 (read where that costs no synchronisation: on the CPU)."""
     for name, t in (("grad_scale", grad_scale), ("found_inf", found_inf)):
         if t is not None and not (isinstance(t, Tensor) and t.numel() == 1 and t.is_floating_point()
                                   and not t.is_meta and t.layout is torch.strided and not t._is_zerotensor()):
             found = _describe(t) if isinstance(t, Tensor) else type(t).__name__
-            raise ValueError(f"SGDF: the optimizer's `{name}` (set by torch.amp.GradScaler for fused=True) must be a "
+            raise ValueError(f"{who}: the optimizer's `{name}` (set by torch.amp.GradScaler for fused=True) must be a "
                              f"one-element float tensor with its value in memory, got {found}; let the GradScaler set "
                              "it (scaler.step(opt)), or delete the attribute")
     scale = float(grad_scale) if grad_scale is not None and grad_scale.device.type == "cpu" else 1.0
     if not (math.isfinite(scale) and scale > 0):  # (0 or NaN would turn the weights into NaN, < 0 flip the step)
-        raise ValueError(f"SGDF: the optimizer's `grad_scale` is {scale}; a loss scale is finite and > 0: let "
+        raise ValueError(f"{who}: the optimizer's `grad_scale` is {scale}; a loss scale is finite and > 0: let "
                          "torch.amp.GradScaler set it (scaler.step(opt)), or delete the attribute")
 
 
-def check_param_kinds(params: Sequence, group: dict, where: str, stepping_only: bool = False) -> None:
+def check_param_kinds(params: Sequence, group: dict, where: str, stepping_only: bool = False,
+                      who: str = "SGDF") -> None:
     """`stepping_only`: of the tensors, only those a step reads (with a gradient, not empty) are checked."""
     for i, p in enumerate(params):
         if not isinstance(p, Tensor):
-            raise TypeError(f"SGDF ({where}): params must be tensors, got {type(p).__name__} at position {i}")
+            raise TypeError(f"{who} ({where}): params must be tensors, got {type(p).__name__} at position {i}")
         if stepping_only and (p.grad is None or not p.numel()):
             continue
         if not (p.is_leaf or p.retains_grad):
-            raise ValueError(f"SGDF ({where}): parameter {i} is not a leaf tensor (it is computed from other "
+            raise ValueError(f"{who} ({where}): parameter {i} is not a leaf tensor (it is computed from other "
                              "tensors, so its .grad is never filled); optimize the tensors it is computed from")
         if not (p.is_floating_point() or p.is_complex()):
-            raise TypeError(f"SGDF ({where}): parameters must be floating point or complex, got {p.dtype} at "
+            raise TypeError(f"{who} ({where}): parameters must be floating point or complex, got {p.dtype} at "
                             f"position {i}")
         if p.is_complex() and group["orthogonalize"]:
-            raise ValueError(f"SGDF ({where}): orthogonalize=True is not defined for complex parameters; put them "
+            raise ValueError(f"{who} ({where}): orthogonalize=True is not defined for complex parameters; put them "
                              "in a param group with orthogonalize=False")
-        _check_storage_options(p, i, group, where)
+        _check_storage_options(p, i, group, where, who)
 
 
-def _check_storage_options(p: Tensor, i: int, group: dict, where: str) -> None:
+def _check_storage_options(p: Tensor, i: int, group: dict, where: str, who: str) -> None:
     if group["master_weights"] and p.dtype not in LOW_PRECISION:
-        raise ValueError(f"SGDF ({where}): master_weights=True keeps float32 copies of bfloat16 / float16 "
+        raise ValueError(f"{who} ({where}): master_weights=True keeps float32 copies of bfloat16 / float16 "
                          f"parameters, but parameter {i} is {p.dtype}; put it in a param group with "
                          "master_weights=False (it is its own master copy)")
     state_dtype = group["state_dtype"]
     if p.is_complex() and state_dtype is not None and state_dtype != real_dtype(p):
-        raise ValueError(f"SGDF ({where}): state_dtype={state_dtype} is not supported for complex parameters "
+        raise ValueError(f"{who} ({where}): state_dtype={state_dtype} is not supported for complex parameters "
                          f"(parameter {i} is {p.dtype}); put them in a param group with state_dtype=None")
 
 
@@ -300,122 +301,123 @@ def fused_storage_unsupported(params: Sequence[Tensor], group: dict) -> Optional
     return None
 
 
-def check_distinct(groups: Sequence[Sequence[Tensor]]) -> None:
+def check_distinct(groups: Sequence[Sequence[Tensor]], who: str = "SGDF") -> None:
     """Each parameter once, and no two parameters sharing memory: either would be stepped twice per call."""
     seen = {}
     for gi, params in enumerate(groups):
         for i, p in enumerate(params):
             if id(p) in seen:
                 gj, j = seen[id(p)]
-                raise ValueError(f"SGDF: parameter {i} of param group {gi} is the same tensor as parameter {j} of "
+                raise ValueError(f"{who}: parameter {i} of param group {gi} is the same tensor as parameter {j} of "
                                  f"param group {gj}; each parameter may appear only once (it would be stepped twice "
                                  "per call): remove the repeat")
             seen[id(p)] = (gi, i)
     check_no_shared_memory([(p, True, f"parameter {i} of param group {gi}") for gi, params in enumerate(groups)
-                            for i, p in enumerate(params)])
+                            for i, p in enumerate(params)], who)
 
 
-def check_path_options(params: Sequence[Tensor], group: dict) -> None:
+def check_path_options(params: Sequence[Tensor], group: dict, who: str = "SGDF") -> None:
     """An explicit choice of path, checked when a group joins (a default is decided at each step)."""
     if not group["fused"]:
         return
     unsupported = fused_storage_unsupported(params, group)
     if unsupported:
-        raise NotImplementedError(f"SGDF(fused=True): no fused kernel for {unsupported}. Leave `fused` unset "
+        raise NotImplementedError(f"{who}(fused=True): no fused kernel for {unsupported}. Leave `fused` unset "
                                   "or pass foreach=True for this param group")
     for i, p in enumerate(params):
         if p.device.type != "meta":  # (deferred initialisation: checked at the step, once materialised)
-            _check_fused_device(p, i)
+            _check_fused_device(p, i, who)
         if p.numel() and not is_dense(p):
-            raise ValueError(f"SGDF(fused=True): parameter {i} is a view with gaps or overlaps (shape "
+            raise ValueError(f"{who}(fused=True): parameter {i} is a view with gaps or overlaps (shape "
                              f"{tuple(p.shape)}, strides {p.stride()}), which the fused kernel cannot walk "
                              "in place; leave `fused` unset (the default steps such tensors on a dense copy) "
                              "or pass foreach=True")
 
 
-def _check_fused_device(p: Tensor, i: int) -> None:
-    _native.require(p.device, "SGDF(fused=True)")
+def _check_fused_device(p: Tensor, i: int, who: str) -> None:
+    _native.require(p.device, f"{who}(fused=True)")
     if not _native.supports(p.device, real_dtype(p)):
-        raise RuntimeError(f"SGDF(fused=True): no fused kernel for {p.dtype} on {p.device.type} (parameter {i}); "
+        raise RuntimeError(f"{who}(fused=True): no fused kernel for {p.dtype} on {p.device.type} (parameter {i}); "
                            "the fused kernels take float32, float64, float16 and bfloat16 (and complex as real "
                            "views); use foreach=True for other dtypes")
 
 
-def check_fused_support(params: Sequence[Tensor], group: dict, group_index: int) -> None:
+def check_fused_support(params: Sequence[Tensor], group: dict, group_index: int, who: str = "SGDF") -> None:
     """A group about to step fused: its parameters that step on a device and in a dtype the build has kernels for
     (meta parameters are refused until materialised), and storage the kernels keep."""
     for i, p in enumerate(params):
-        _check_fused_device(p, i)
+        _check_fused_device(p, i, who)
     unsupported = fused_storage_unsupported(params, group)
     if unsupported:
-        raise NotImplementedError(f"SGDF(fused=True) (param group {group_index}): no fused kernel for "
+        raise NotImplementedError(f"{who}(fused=True) (param group {group_index}): no fused kernel for "
                                   f"{unsupported}; pass foreach=True for this param group")
 
 
 # ------------------------------------------------------------------------------------------ step inputs
-def check_grad(p: Tensor, grad: Tensor, where: str, written: bool = False, fused: bool = False) -> None:
+def check_grad(p: Tensor, grad: Tensor, where: str, written: bool = False, fused: bool = False,
+               who: str = "SGDF") -> None:
     """`written`: the step writes the gradient (the fused kernel unscales it in place for a GradScaler); `fused`:
     the fused kernel takes it."""
     if grad.layout is not torch.strided:
-        raise RuntimeError(f"SGDF: the gradient of {where} is {grad.layout}; SGDF does not support sparse "
+        raise RuntimeError(f"{who}: the gradient of {where} is {grad.layout}; {who} does not support sparse "
                            "gradients: use a dense gradient (for example nn.Embedding(sparse=False)) or "
                            "torch.optim.SparseAdam for that parameter")
     if grad.dtype is not p.dtype or grad.shape != p.shape or grad.device != p.device:
-        raise ValueError(f"SGDF: the gradient of {where} is {_describe(grad)} but the parameter is {_describe(p)}; "
+        raise ValueError(f"{who}: the gradient of {where} is {_describe(grad)} but the parameter is {_describe(p)}; "
                          "a gradient must match its parameter (was the parameter's .data replaced after backward? "
                          "zero_grad() and run backward again)")
     if dispatches_itself(type(grad)) and not dispatches_itself(type(p)):
-        raise ValueError(f"SGDF: the gradient of {where} is a {type(grad).__name__}, a tensor subclass that runs "
+        raise ValueError(f"{who}: the gradient of {where} is a {type(grad).__name__}, a tensor subclass that runs "
                          f"torch's ops itself (__torch_dispatch__), but the parameter is a {type(p).__name__}: each "
                          "in-place op of the step would run once per tensor the subclass holds; give the parameter a "
                          "plain tensor gradient (or make the parameter the same subclass)")
-    _check_written(p, where, "give the parameter data of its own (p.data = p.data.clone())")
+    _check_written(p, where, "give the parameter data of its own (p.data = p.data.clone())", who=who)
     if _lacks_memory(grad):
-        raise ValueError(f"SGDF: the gradient of {where} has elements but no memory (its storage was freed: "
+        raise ValueError(f"{who}: the gradient of {where} has elements but no memory (its storage was freed: "
                          "untyped_storage().resize_(0)); zero_grad() and run backward again")
     if grad.is_neg():
-        raise ValueError(f"SGDF: the gradient of {where} has the negative bit set (a lazily negated view, such as "
+        raise ValueError(f"{who}: the gradient of {where} has the negative bit set (a lazily negated view, such as "
                          "torch._neg_view gives); pass grad.resolve_neg()")
     if fused and grad._is_zerotensor():  # (torch's dispatch refuses it as an argument the kernel may write)
-        raise ValueError(f"SGDF: the gradient of {where} is an efficient zero tensor (torch._efficientzerotensor), "
+        raise ValueError(f"{who}: the gradient of {where} is an efficient zero tensor (torch._efficientzerotensor), "
                          "which the fused kernel cannot take; materialize it (p.grad = torch.zeros_like(p)), or "
                          "use foreach=True for this group")
     if written:  # (a conjugate one is resolved into a copy, written back through the view)
         _check_written(grad, f"the gradient of {where}", "give it memory of its own (p.grad = p.grad.clone())",
-                       conjugate_ok=True)
+                       conjugate_ok=True, who=who)
 
 
-def check_state(p: Tensor, state: dict, group: dict, on_device: bool, where: str) -> None:
+def check_state(p: Tensor, state: dict, group: dict, on_device: bool, where: str, who: str = "SGDF") -> None:
     """The state of a parameter that stepped before still fits it (its .data may have been replaced since) and its
     group's storage options (which may have been edited since), every entry as the fused kernel checks them (a
     state edited by hand would otherwise fail in the middle of a step)."""
     if not isinstance(state, dict):
-        raise ValueError(f"SGDF: the state of {where} is {type(state).__name__}, not a dict (edited by hand?); delete "
+        raise ValueError(f"{who}: the state of {where} is {type(state).__name__}, not a dict (edited by hand?); delete "
                          "it (del opt.state[p]) to start the parameter afresh, or restore the optimizer's state_dict")
     if not state:
         return
     moments = moment_keys(group)
     missing = [key for key in ("step", *moments) if key not in state]
     if missing == ["exp_avg_sq"]:
-        raise ValueError(f"SGDF: the state of {where} lacks 'exp_avg_sq': the group's preconditioner was switched to "
+        raise ValueError(f"{who}: the state of {where} lacks 'exp_avg_sq': the group's preconditioner was switched to "
                          "'second_moment' after the parameter stepped with 'variance', which keeps no second moment; "
                          "switch it back, or delete the parameter's state (del opt.state[p]) to start it afresh")
     if missing:
-        raise ValueError(f"SGDF: the state of {where} lacks {', '.join(map(repr, missing))}; the state was edited "
+        raise ValueError(f"{who}: the state of {where} lacks {', '.join(map(repr, missing))}; the state was edited "
                          "by hand: restore it from the optimizer's state_dict (or delete the parameter's whole "
                          "state to start it afresh)")
     first = state[moments[0]]
     expected = state_dtype(p, group)
     if isinstance(first, Tensor) and (first.dtype is not expected or first.shape != p.shape or
                                       first.device != p.device):
-        raise ValueError(f"SGDF: the state of {where} is {_describe(first)} but the parameter is now "
+        raise ValueError(f"{who}: the state of {where} is {_describe(first)} but the parameter is now "
                          f"{_describe(p)} (state in {expected}); the parameter or the group's state_dtype changed "
                          "after the optimizer stepped. Cast or move the model before building the optimizer, or "
                          "save and load the optimizer's state_dict, which converts the state to the parameters and "
                          "options")
     if group["master_weights"] != ("master_param" in state) or group["stochastic_rounding"] != ("rounding_seed" in
                                                                                                 state):
-        raise ValueError(f"SGDF: the state of {where} was made with other master_weights / stochastic_rounding "
+        raise ValueError(f"{who}: the state of {where} was made with other master_weights / stochastic_rounding "
                          "settings than the group has now; set them when building the optimizer, or save and load "
                          "the optimizer's state_dict, which creates or drops master copies and seeds as the options "
                          "require")
@@ -424,36 +426,36 @@ def check_state(p: Tensor, state: dict, group: dict, on_device: bool, where: str
         t = state[key]
         if not isinstance(t, Tensor) or t.dtype is not dtype or t.shape != p.shape or t.device != p.device:
             found = _describe(t) if isinstance(t, Tensor) else type(t).__name__
-            raise ValueError(f"SGDF: the state of {where} holds '{key}' as {found}, but the parameter is "
+            raise ValueError(f"{who}: the state of {where} holds '{key}' as {found}, but the parameter is "
                              f"{_describe(p)} and '{key}' must be {dtype} of its shape on its device; the state was "
                              "edited by hand: restore it from the optimizer's state_dict")
-        _check_written(t, f"'{key}' of {where}")
+        _check_written(t, f"'{key}' of {where}", who=who)
     step = state["step"]
     if not (isinstance(step, Tensor) and step.numel() == 1 and step.dtype is torch.float32 and
             (step.device == p.device or (not on_device and step.device.type == "cpu")) and
             step.device.type != "meta"):
         found = _describe(step) if isinstance(step, Tensor) else type(step).__name__
         places = p.device if on_device or p.device.type == "cpu" else f"the CPU or {p.device}"
-        raise ValueError(f"SGDF: the state of {where} holds 'step' as {found}; it must be a one-element float32 "
+        raise ValueError(f"{who}: the state of {where} holds 'step' as {found}; it must be a one-element float32 "
                          f"tensor on {places}: restore it from the optimizer's state_dict")
-    _check_written(step, f"'step' of {where}")
+    _check_written(step, f"'step' of {where}", who=who)
     # a step count of NaN, inf or below 0 would turn the weights into NaN; read where that costs no synchronisation
     count = float(step) if step.device.type == "cpu" else 0.0
     if not (math.isfinite(count) and count >= 0.0):
-        raise ValueError(f"SGDF: the state of {where} holds 'step' {count}; a step count is finite and >= 0: "
+        raise ValueError(f"{who}: the state of {where} holds 'step' {count}; a step count is finite and >= 0: "
                          "restore it from the optimizer's state_dict")
     seed = state.get("rounding_seed")
     if group["stochastic_rounding"] and (isinstance(seed, bool) or not isinstance(seed, int) or
                                          not 0 <= seed <= 0xFFFFFFFF):
-        raise ValueError(f"SGDF: the state of {where} holds 'rounding_seed' {seed!r}; it must be an int in "
+        raise ValueError(f"{who}: the state of {where} holds 'rounding_seed' {seed!r}; it must be an int in "
                          "[0, 2**32): restore it from the optimizer's state_dict")
 
 
 def _check_written(t: Tensor, what: str, fix: str = "restore the state from the optimizer's state_dict (outside "
-                   "torch.inference_mode())", conjugate_ok: bool = False) -> None:
+                   "torch.inference_mode())", conjugate_ok: bool = False, who: str = "SGDF") -> None:
     """What a step writes in place must take an in-place write: torch would refuse it in the middle of a step."""
     if t.layout is torch.strided and _lacks_memory(t):  # (`fix` would copy it: a clone reads the freed memory too)
-        raise ValueError(f"SGDF: {what} has elements but no memory (its storage was freed: untyped_storage()."
+        raise ValueError(f"{who}: {what} has elements but no memory (its storage was freed: untyped_storage()."
                          "resize_(0)), so the step can neither read nor write it; step while its storage is allocated "
                          "(FSDP frees unsharded parameters after use: build the optimizer over the sharded ones), or "
                          "load the values from a checkpoint into a tensor with memory")
@@ -465,7 +467,7 @@ def _check_written(t: Tensor, what: str, fix: str = "restore the state from the 
                "has elements that share memory (an expanded view)" if _overlaps_itself(t) else
                None)
     if problem:
-        raise ValueError(f"SGDF: {what} {problem}, so the step cannot update it in place; {fix}")
+        raise ValueError(f"{who}: {what} {problem}, so the step cannot update it in place; {fix}")
 
 
 def _lacks_memory(t: Tensor) -> bool:
@@ -500,7 +502,7 @@ def _overlaps_itself(t: Tensor) -> bool:
     return False
 
 
-def check_no_shared_memory(operands: Iterable[Tuple[Tensor, bool, str]]) -> None:
+def check_no_shared_memory(operands: Iterable[Tuple[Tensor, bool, str]], who: str = "SGDF") -> None:
     """No two of a step's tensors share memory where one of them is written: `operands` are (tensor, written,
     what it is). The same tensor twice, or overlapping views of one buffer, would be stepped twice or read after
     being overwritten. Byte ranges are compared only within a storage that holds several operands (the common
@@ -521,7 +523,7 @@ def check_no_shared_memory(operands: Iterable[Tuple[Tensor, bool, str]]) -> None
             if clash is None and written and furthest and start < furthest[0]:
                 clash = furthest
             if clash is not None:
-                raise ValueError(f"SGDF: {clash[1]} and {what} share memory (the same tensor, or overlapping views "
+                raise ValueError(f"{who}: {clash[1]} and {what} share memory (the same tensor, or overlapping views "
                                  "of one buffer), so a step would write one while reading or writing the other; give "
                                  "each its own tensor (e.g. p.grad = g.clone()), or optimize the tensor they view once")
             if furthest is None or end > furthest[0]:
@@ -531,102 +533,103 @@ def check_no_shared_memory(operands: Iterable[Tuple[Tensor, bool, str]]) -> None
 
 
 # ------------------------------------------------------------------------------------------ checkpoints
-def check_checkpoint_layout(state_dict, groups: List[dict]) -> None:
+def check_checkpoint_layout(state_dict, groups: List[dict], who: str = "SGDF") -> None:
     """The parts torch.optim would otherwise reject with a bare KeyError or an unclear message."""
     if not isinstance(state_dict, dict):
-        raise TypeError(f"SGDF.load_state_dict: expected the dict returned by state_dict(), got "
+        raise TypeError(f"{who}.load_state_dict: expected the dict returned by state_dict(), got "
                         f"{type(state_dict).__name__}")
     for key, kind in (("state", dict), ("param_groups", list)):
         if key not in state_dict:
-            raise ValueError(f"SGDF.load_state_dict: the checkpoint lacks '{key}'; pass the dict returned by "
+            raise ValueError(f"{who}.load_state_dict: the checkpoint lacks '{key}'; pass the dict returned by "
                              "state_dict()")
         if not isinstance(state_dict[key], kind):
-            raise TypeError(f"SGDF.load_state_dict: the checkpoint's '{key}' is {type(state_dict[key]).__name__}, "
+            raise TypeError(f"{who}.load_state_dict: the checkpoint's '{key}' is {type(state_dict[key]).__name__}, "
                             f"not a {kind.__name__}; pass the dict returned by state_dict()")
     saved = state_dict["param_groups"]
     if len(saved) != len(groups):
-        raise ValueError(f"SGDF.load_state_dict: the checkpoint has {len(saved)} param groups but this optimizer "
+        raise ValueError(f"{who}.load_state_dict: the checkpoint has {len(saved)} param groups but this optimizer "
                          f"has {len(groups)}; build the optimizer with the param groups of the one that saved it")
     for gi, (s, g) in enumerate(zip(saved, groups)):
         if not (isinstance(s, dict) and "params" in s):
-            raise ValueError(f"SGDF.load_state_dict: param group {gi} of the checkpoint is not a dict with a "
+            raise ValueError(f"{who}.load_state_dict: param group {gi} of the checkpoint is not a dict with a "
                              "'params' entry; pass the dict returned by state_dict()")
         if len(s["params"]) != len(g["params"]):
-            raise ValueError(f"SGDF.load_state_dict: param group {gi} has {len(s['params'])} parameters in the "
+            raise ValueError(f"{who}.load_state_dict: param group {gi} has {len(s['params'])} parameters in the "
                              f"checkpoint but {len(g['params'])} here; build the optimizer with the param groups of "
                              "the one that saved it")
     for key, entries in state_dict["state"].items():  # (torch's load copies them to the params' devices first)
         for name, t in entries.items() if isinstance(entries, dict) else ():
             if isinstance(t, Tensor) and t.is_meta:
-                raise ValueError(f"SGDF.load_state_dict: '{name}' of the state of parameter id {key!r} is a meta "
+                raise ValueError(f"{who}.load_state_dict: '{name}' of the state of parameter id {key!r} is a meta "
                                  "tensor (no values); load a checkpoint saved by state_dict()")
 
 
-def checked_loaded_step(p: Tensor, state: dict, where: str, keys: Sequence[str] = STATE_KEYS) -> float:
+def checked_loaded_step(p: Tensor, state: dict, where: str, keys: Sequence[str] = STATE_KEYS,
+                        who: str = "SGDF") -> float:
     """Check one parameter's loaded state against the parameter (`keys`: the entries it needs); returns its step
     count."""
     if p.is_meta:  # (torch's load would move the state to the meta device, dropping its values)
-        raise ValueError(f"SGDF.load_state_dict: {where} is on the meta device (no values), so its loaded state "
+        raise ValueError(f"{who}.load_state_dict: {where} is on the meta device (no values), so its loaded state "
                          "would lose its values; materialize the model first (to_empty() and its weights), build the "
                          "optimizer over the materialized parameters, then load the optimizer's checkpoint")
     missing = [key for key in keys if key not in state]
     if missing == ["exp_avg_sq"]:  # (AdaSGDF's "second_moment" group, an SGDF or "variance" state)
-        raise ValueError(f"SGDF.load_state_dict: the state of {where} lacks exp_avg_sq, which AdaSGDF's "
+        raise ValueError(f"{who}.load_state_dict: the state of {where} lacks exp_avg_sq, which AdaSGDF's "
                          "preconditioner='second_moment' resumes: the checkpoint is an SGDF one or was saved with "
                          "preconditioner='variance' (no second moment to resume); set 'preconditioner': 'variance' in "
                          "its param_groups (an SGDF checkpoint: construct AdaSGDF(preconditioner='variance'))")
     if missing:
-        raise ValueError(f"SGDF.load_state_dict: the state of {where} lacks {', '.join(missing)}; the checkpoint "
+        raise ValueError(f"{who}.load_state_dict: the state of {where} lacks {', '.join(missing)}; the checkpoint "
                          f"is incomplete or from another optimizer (each parameter needs {', '.join(keys)})")
     step = state["step"]
     if isinstance(step, Tensor):
         if step.numel() != 1 or step.is_complex() or step.is_meta or step.layout is not torch.strided:
-            raise ValueError(f"SGDF.load_state_dict: 'step' of {where} must be a real one-element dense tensor with a "
+            raise ValueError(f"{who}.load_state_dict: 'step' of {where} must be a real one-element dense tensor with a "
                              f"value (or a number), got {_describe(step)}")
         value = float(step)
     elif _is_real_number(step):  # (numpy's too)
         value = step
     else:
-        raise TypeError(f"SGDF.load_state_dict: 'step' of {where} must be a number or a one-element tensor, got "
+        raise TypeError(f"{who}.load_state_dict: 'step' of {where} must be a number or a one-element tensor, got "
                         f"{type(step).__name__}")
     if not (_finite(value) and value >= 0):
-        raise ValueError(f"SGDF.load_state_dict: 'step' of {where} is {value}; a step count is finite and >= 0")
+        raise ValueError(f"{who}.load_state_dict: 'step' of {where} is {value}; a step count is finite and >= 0")
     value = float(value)
     for key in keys[1:]:
         t = state[key]
         if not isinstance(t, Tensor):
-            raise TypeError(f"SGDF.load_state_dict: '{key}' of {where} must be a tensor, got {type(t).__name__}")
+            raise TypeError(f"{who}.load_state_dict: '{key}' of {where} must be a tensor, got {type(t).__name__}")
         if t.is_meta or t.layout is not torch.strided:
             found = "a meta tensor (no values)" if t.is_meta else t.layout
-            raise ValueError(f"SGDF.load_state_dict: '{key}' of {where} is {found}; the state is dense tensors with "
+            raise ValueError(f"{who}.load_state_dict: '{key}' of {where} is {found}; the state is dense tensors with "
                              "values: load a checkpoint saved by state_dict()")
         if not (t.is_floating_point() or t.is_complex()) or (t.is_complex() and not p.is_complex()):
-            raise ValueError(f"SGDF.load_state_dict: '{key}' of {where} is {t.dtype} but the parameter is "
+            raise ValueError(f"{who}.load_state_dict: '{key}' of {where} is {t.dtype} but the parameter is "
                              f"{p.dtype}; the state of a real parameter is real (a cast would drop the imaginary "
                              "part): the checkpoint belongs to another model")
         if t.shape != p.shape:
-            raise ValueError(f"SGDF.load_state_dict: '{key}' of {where} has shape {tuple(t.shape)} but the "
+            raise ValueError(f"{who}.load_state_dict: '{key}' of {where} has shape {tuple(t.shape)} but the "
                              f"parameter has shape {tuple(p.shape)}; the checkpoint's parameters are in another "
                              "order or belong to another model")
     master = state.get("master_param")
     if master is not None and not (isinstance(master, Tensor) and master.shape == p.shape and
                                    master.is_floating_point()):
-        raise ValueError(f"SGDF.load_state_dict: 'master_param' of {where} must be a floating-point tensor of the "
+        raise ValueError(f"{who}.load_state_dict: 'master_param' of {where} must be a floating-point tensor of the "
                          f"parameter's shape {tuple(p.shape)}, got "
                          f"{_describe(master) if isinstance(master, Tensor) else type(master).__name__}")
     seed = state.get("rounding_seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= 0xFFFFFFFF):
-        raise ValueError(f"SGDF.load_state_dict: 'rounding_seed' of {where} must be an int in [0, 2**32), got "
+        raise ValueError(f"{who}.load_state_dict: 'rounding_seed' of {where} must be an int in [0, 2**32), got "
                          f"{seed!r}")
     return value
 
 
-def check_state_keys(state: dict, params: Iterable[Tensor]) -> None:
+def check_state_keys(state: dict, params: Iterable[Tensor], who: str = "SGDF") -> None:
     known = {id(p) for p in params}
     for key, entries in state.items():
         if not isinstance(key, Tensor) or id(key) not in known:
-            raise ValueError(f"SGDF.load_state_dict: the checkpoint holds state for parameter id {key!r}, which no "
+            raise ValueError(f"{who}.load_state_dict: the checkpoint holds state for parameter id {key!r}, which no "
                              "param group lists; the checkpoint belongs to another optimizer or model")
         if not isinstance(entries, dict):
-            raise ValueError(f"SGDF.load_state_dict: the checkpoint holds {type(entries).__name__} as the state of a "
+            raise ValueError(f"{who}.load_state_dict: the checkpoint holds {type(entries).__name__} as the state of a "
                              "parameter; each parameter's state is a dict (leave out a parameter without state)")
