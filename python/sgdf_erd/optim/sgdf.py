@@ -137,7 +137,8 @@ class SGDF(Optimizer):
         checks.check_param_kinds(params, group, where, who=who)
         self._check_hyperparameters(group, where)
         checks.check_distinct([g["params"] for g in self.param_groups] + [params], who)
-        checks.check_path_options(params, group, who)
+        if group["fused"]:  # (an explicit choice; a default is decided at each step)
+            checks.check_fused_support(params, group, where, joining=True, who=who)
         super().add_param_group(group)
 
     def __setstate__(self, state: dict) -> None:
@@ -395,7 +396,7 @@ class SGDF(Optimizer):
             checks.check_param_kinds(group["params"], group, f"param group {gi}", stepping_only=True, who=who)
             stepping = [p for p in group["params"] if p.grad is not None and p.numel()]  # (the others are not read)
             if path == "fused":
-                checks.check_fused_support(stepping, group, gi, who)
+                checks.check_fused_support(stepping, group, f"param group {gi}", who=who)
             on_device = path == "fused" or group["capturable"]
             for i, p in enumerate(group["params"]):
                 grad = p.grad

@@ -316,41 +316,28 @@ def check_distinct(groups: Sequence[Sequence[Tensor]], who: str = "SGDF") -> Non
                             for i, p in enumerate(params)], who)
 
 
-def check_path_options(params: Sequence[Tensor], group: dict, who: str = "SGDF") -> None:
-    """An explicit choice of path, checked when a group joins (a default is decided at each step)."""
-    if not group["fused"]:
-        return
+def check_fused_support(params: Sequence[Tensor], group: dict, where: str, joining: bool = False,
+                        who: str = "SGDF") -> None:
+    """A group on the fused path (`joining`: one with fused=True joining the optimizer, whose meta parameters wait
+    for the step): storage the kernels keep, parameters on a device and in a dtype the build has kernels for, and
+    when joining no view with gaps (the default path steps those on a dense copy)."""
     unsupported = fused_storage_unsupported(params, group)
     if unsupported:
-        raise NotImplementedError(f"{who}(fused=True): no fused kernel for {unsupported}. Leave `fused` unset "
-                                  "or pass foreach=True for this param group")
+        raise NotImplementedError(f"{who}(fused=True) ({where}): no fused kernel for {unsupported}; leave `fused` "
+                                  "unset or pass foreach=True for this param group")
     for i, p in enumerate(params):
-        if p.device.type != "meta":  # (deferred initialisation: checked at the step, once materialised)
-            _check_fused_device(p, i, who)
-        if p.numel() and not is_dense(p):
+        if joining and p.is_meta:  # (deferred initialisation: checked at the step, once materialised)
+            continue
+        _native.require(p.device, f"{who}(fused=True)")
+        if not _native.supports(p.device, real_dtype(p)):
+            raise RuntimeError(f"{who}(fused=True): no fused kernel for {p.dtype} on {p.device.type} (parameter {i}); "
+                               "the fused kernels take float32, float64, float16 and bfloat16 (and complex as real "
+                               "views); use foreach=True for other dtypes")
+        if joining and p.numel() and not is_dense(p):
             raise ValueError(f"{who}(fused=True): parameter {i} is a view with gaps or overlaps (shape "
-                             f"{tuple(p.shape)}, strides {p.stride()}), which the fused kernel cannot walk "
-                             "in place; leave `fused` unset (the default steps such tensors on a dense copy) "
-                             "or pass foreach=True")
-
-
-def _check_fused_device(p: Tensor, i: int, who: str) -> None:
-    _native.require(p.device, f"{who}(fused=True)")
-    if not _native.supports(p.device, real_dtype(p)):
-        raise RuntimeError(f"{who}(fused=True): no fused kernel for {p.dtype} on {p.device.type} (parameter {i}); "
-                           "the fused kernels take float32, float64, float16 and bfloat16 (and complex as real "
-                           "views); use foreach=True for other dtypes")
-
-
-def check_fused_support(params: Sequence[Tensor], group: dict, group_index: int, who: str = "SGDF") -> None:
-    """A group about to step fused: its parameters that step on a device and in a dtype the build has kernels for
-    (meta parameters are refused until materialised), and storage the kernels keep."""
-    for i, p in enumerate(params):
-        _check_fused_device(p, i, who)
-    unsupported = fused_storage_unsupported(params, group)
-    if unsupported:
-        raise NotImplementedError(f"{who}(fused=True) (param group {group_index}): no fused kernel for "
-                                  f"{unsupported}; pass foreach=True for this param group")
+                             f"{tuple(p.shape)}, strides {p.stride()}), which the fused kernel cannot walk in place; "
+                             "leave `fused` unset (the default steps such tensors on a dense copy) or pass "
+                             "foreach=True")
 
 
 # ------------------------------------------------------------------------------------------ step inputs
