@@ -408,14 +408,14 @@ class SGDF(Optimizer):
                 state = self.state.get(p, {})
                 checks.check_state(p, state, group, on_device, where, who)  # (an empty one is made after the checks)
                 # the fused kernel unscales gradients in place: none may serve two params there
-                operands += [(p, True, where), (grad, path == "fused", f"the gradient of {where}")]
+                operands += [(p, True, where), (grad, path == "fused", ("the gradient of {}", where))]
                 operands += _state_operands(state, where)
         for gi, lists in in_one_call.items():
             params, grads = lists["params"], lists["grads"]
             stepped = _kernel_path(self.param_groups[gi])  # (else its gradients are only read)
             for i, p in enumerate(params):
                 where = f"a parameter of param group {gi}"
-                operands += [(p, True, where), (grads[i], stepped, f"the gradient of {where}")]
+                operands += [(p, True, where), (grads[i], stepped, ("the gradient of {}", where))]
                 operands += _state_operands(self.state[p], where)
         checks.check_no_shared_memory(operands, who)
 
@@ -532,7 +532,7 @@ def _kernel_path(group: dict) -> bool:
 
 def _state_operands(state: Optional[dict], where: str) -> list:
     """The state's tensors, as operands of checks.check_no_shared_memory (each written by a step)."""
-    return [(t, True, f"'{key}' of {where}") for key, t in (state or {}).items() if isinstance(t, Tensor)]
+    return [(t, True, ("'{}' of {}", key, where)) for key, t in (state or {}).items() if isinstance(t, Tensor)]
 
 
 def _has_dtensor(params: List[Tensor]) -> bool:
