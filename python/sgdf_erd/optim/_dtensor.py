@@ -6,7 +6,7 @@ a sharded update is gathered, orthogonalised whole (every rank the same) and eac
 
 import functools
 import sys
-from typing import Optional, Tuple, Type
+from typing import List, Optional, Tuple, Type
 
 import torch
 from torch import Tensor
@@ -32,6 +32,21 @@ def local_shard(t: Tensor, like: Tensor) -> Tensor:
     if t.placements != like.placements:
         t = t.redistribute(like.device_mesh, like.placements)
     return t.to_local()
+
+
+def local_shards(params: List[Tensor], grads: List[Tensor],
+                 states: List[List[Tensor]]) -> Optional[Tuple[List[Tensor], List[Tensor], List[List[Tensor]]]]:
+    """This rank's shards of DTensor `params`, of their gradients and of each list of their state tensors, for the
+    fused kernel; None unless every one is a DTensor on its parameter's mesh with its placements (others step on
+    the functional path, which redistributes them)."""
+    dtensor = dtensor_type()
+    shards = []
+    for tensors in (params, grads, *states):
+        if not all(isinstance(t, dtensor) and t.device_mesh is p.device_mesh and t.placements == p.placements
+                   for t, p in zip(tensors, params)):
+            return None
+        shards.append([t.to_local() for t in tensors])
+    return shards[0], shards[1], shards[2:]
 
 
 def _shard_shape_and_offsets(t: Tensor) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:

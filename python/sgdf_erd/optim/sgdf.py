@@ -341,6 +341,12 @@ class SGDF(Optimizer):
             if set(map(len, states)) != {len(keys)}:
                 return None
             lists = [[state[key] for state in states] for key in keys]
+            if _has_dtensor(params):  # (FSDP2, tensor parallelism: the kernel, elementwise, steps each rank's shards)
+                shards = None if group["stochastic_rounding"] else _dtensor.local_shards(params, grads, lists[1:])
+                if shards is None:
+                    return None
+                params, grads, moments = shards
+                lists = [lists[0], *moments]
             if not self._kernel_takes(group, params, grads, lists, keys):
                 return None
         except (KeyError, TypeError, IndexError, AttributeError):  # state edited by hand (not a dict, a number
@@ -410,13 +416,13 @@ class SGDF(Optimizer):
                 # the fused kernel unscales gradients in place: none may serve two params there
                 operands += [(p, True, where), (grad, path == "fused", ("the gradient of {}", where))]
                 operands += _state_operands(state, where)
-        for gi, lists in in_one_call.items():
-            params, grads = lists["params"], lists["grads"]
+        for gi, lists in in_one_call.items():  # (by their lists: a DTensor's are its shards)
+            where = f"a parameter of param group {gi}"
             stepped = _kernel_path(self.param_groups[gi])  # (else its gradients are only read)
-            for i, p in enumerate(params):
-                where = f"a parameter of param group {gi}"
-                operands += [(p, True, where), (grads[i], stepped, ("the gradient of {}", where))]
-                operands += _state_operands(self.state[p], where)
+            operands += [(p, True, where) for p in lists["params"]]
+            operands += [(g, stepped, ("the gradient of {}", where)) for g in lists["grads"]]
+            operands += [(t, True, ("'{}' of {}", name[:-1], where)) for name, ts in lists.items()
+                         if name not in ("params", "grads", "rounding_seeds") for t in ts]
         checks.check_no_shared_memory(operands, who)
 
     def _step_in_one_call(self, in_one_call: Dict[int, dict], grad_scale: Optional[Tensor],
