@@ -667,6 +667,53 @@ for kind in ('logsnr_bf16', 'empty', 'logsnr_int', 'model_nan_weight'):  # (a Li
     good(f'ntk7_{kind}', _ntk_odd(kind))
 
 
+# ---------------------------------------------------------------- ERDLoss state: odd checkpoints, timesteps
+def _erdloss_state(kind):
+    def fn():
+        from sgdf_erd.erd import ERDLoss
+        m = ERDLoss(num_bins=4)
+        o, y = torch.randn(3, 2), torch.randn(3, 2)
+        a = torch.tensor([0.9, 0.6, 0.3])
+        m(o, y, a, (1 - a * a).sqrt())
+        sd = {k: v.clone() for k, v in m.state_dict().items()}
+        if kind == 'negative_counts':
+            sd['running_sums'][0] = -1.0
+        elif kind == 'nan_sums':
+            sd['running_sums'][1, 1] = math.nan
+        elif kind == 'negative_num_batches':
+            sd['num_batches_tracked'] = torch.tensor(-5)
+        elif kind == 'float_num_batches':
+            sd['num_batches_tracked'] = torch.tensor(2.5)
+        elif kind == 'inf_sums':
+            sd['running_sums'][3, 0] = math.inf
+        m2 = ERDLoss(num_bins=4)
+        m2.load_state_dict(sd)
+        st = m2.statistics(ema=True)
+        raise P.Fail('ACCEPTED_BAD', f'{kind}: loaded; statistics(ema=True) count {st["count"].tolist()}')
+    return fn
+
+
+for kind in ('negative_counts', 'nan_sums', 'negative_num_batches', 'float_num_batches', 'inf_sums'):
+    bad(f'erdloss7_load_{kind}', _erdloss_state(kind), 'running_sums', 'num_batches', 'count', 'finite', 'negative')
+
+
+def _erdloss_timesteps(kind):
+    def fn():
+        from sgdf_erd.erd import ERDLoss
+        disc = kind.startswith('disc')
+        m = ERDLoss(num_bins=4, schedule=S.DiscreteVP.linear(20) if disc else S.ContinuousCosine())
+        o, y = torch.randn(3, 2), torch.randn(3, 2)
+        ts = {'disc_2d': torch.tensor([[1], [2], [3]]), 'disc_scalar': torch.tensor(3),
+              'cont_2d': torch.rand(3, 1), 'cont_scalar': torch.tensor(0.5), 'cont_len1': torch.tensor([0.5])}[kind]
+        m(o, y, timesteps=ts)
+        raise P.Fail('ACCEPTED_BAD', f'timesteps of shape {tuple(ts.shape)} accepted for a batch of 3')
+    return fn
+
+
+for kind in ('disc_2d', 'disc_scalar', 'cont_2d', 'cont_scalar', 'cont_len1'):
+    bad(f'erdloss7_timesteps_{kind}', _erdloss_timesteps(kind), 'timesteps')
+
+
 # ---------------------------------------------------------------- running
 def run_case(c):
     name, kind, fn, words = c

@@ -720,3 +720,29 @@ for kind in ('step_f64', 'step_shape1', 'step_int', 'step_2pow24', 'step_python_
              'lr_python_then_tensor'):
     add(f'cap6_{kind}', _cap_edit(kind), configs=('cap', 'cap_ada', 'cap_sr'), paths=P4, ngroups=(1, 2),
         pres=(0, 2) if not kind.startswith('step') else (2,))
+
+
+# ================================================================== K. checkpoint step counts at float32's limits
+def _ckpt_step(kind):
+    def mut(opt, ctx):
+        def action(o):
+            sd = copy.deepcopy(o.state_dict())
+            for s in sd['state'].values():
+                s['step'] = {'int_1e40': 10 ** 40, 'int_2pow64': 2 ** 64, 'float_3p5e38': 3.5e38,
+                             'f64_1e39': torch.tensor(1e39, dtype=f64), 'int_2pow24p1': 2 ** 24 + 1,
+                             'i64_2pow24p3': torch.tensor(2 ** 24 + 3), 'f64_2pow24p1': torch.tensor(2.0 ** 24 + 1,
+                                                                                                    dtype=f64)}[kind]
+            o.load_state_dict(sd)
+            o.step()
+            if kind in ('int_2pow24p1', 'i64_2pow24p3', 'f64_2pow24p1'):  # one step later the count must be +1
+                want = float(int(float(sd['state'][0]['step'])) + 1)
+                got = [float(s['step']) for s in o.state.values()]
+                assert all(g == want for g in got), f'step count {got[0]} after loading {want - 1} and one step'
+        ctx.action = action
+        ctx.no_ref = 'checks itself'
+    return mut
+
+
+for kind in ('int_1e40', 'int_2pow64', 'float_3p5e38', 'f64_1e39', 'int_2pow24p1', 'i64_2pow24p3', 'f64_2pow24p1'):
+    add(f'ckpt6_step_{kind}', _ckpt_step(kind), configs=('plain', 'sr', 'ada_sm', 'f64'), paths=P4, ngroups=(1, 2),
+        pres=(2,))

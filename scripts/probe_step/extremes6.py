@@ -22,7 +22,9 @@ f32, f64, bf16, f16 = torch.float32, torch.float64, torch.bfloat16, torch.float1
 PATHS = {'default': {}, 'fused': {'fused': True}, 'foreach': {'foreach': True}, 'single': {'foreach': False}}
 # capturable=True (on the CPU too): the foreach path then computes the bias corrections from the step tensors
 CAPTURABLE = {'foreach_cap': {'foreach': True, 'capturable': True}, 'fused_cap': {'fused': True, 'capturable': True}}
-ALL_PATHS = {**PATHS, **CAPTURABLE}
+# torch.compile(opt.step, backend="eager") (a few scenarios: compiling is slow here)
+COMPILED = {'foreach_compiled': {'foreach': True}, 'default_compiled': {}}
+ALL_PATHS = {**PATHS, **CAPTURABLE, **COMPILED}
 N = 64  # elements per tensor (two tensors: a (8, 8) matrix and a (64,) vector)
 
 # storage configs: param dtype, state dtype the reference rounds m / s to, options
@@ -210,10 +212,11 @@ def path_run(sc, path):
                 st['master_param'] = p.detach().float().clone()
             sd['state'][i] = st
         opt.load_state_dict(sd)
+    step = torch.compile(opt.step, backend='eager') if path.endswith('_compiled') else opt.step
     for k in range(sc['steps']):
         for j, p in enumerate(ps):
             p.grad = GRADS[sc['grad']](p.shape, dt, k + 7 * j)
-        opt.step()
+        step()
     res = []
     for p in ps:
         s = opt.state[p]
@@ -328,9 +331,14 @@ def scenarios():
                     out.append(dict(store=st, hyper=h, grad=g, param='randn', steps=3, pre=pre))
         for t0 in (1e7, 1e30):
             out.append(dict(store='f32', hyper='base', grad='randn', param='randn', steps=2, t0=t0, pre=pre))
+    # 6. a few with torch.compile'd steps too
+    for st in ('f32', 'f64'):
+        for h in ('base', 'b2_close1', 'b1_close1', 'wd_decoupled'):
+            out.append(dict(store=st, hyper=h, grad='randn', param='randn', steps=3, compiled=True))
     for sc in out:
         sc['name'] = '/'.join(str(sc[k]) for k in ('store', 'hyper', 'grad', 'param', 'steps')) + \
-            (f'/t0={sc["t0"]:g}' if sc.get('t0') else '') + (f'/ada_{sc["pre"]}' if sc.get('pre') else '')
+            (f'/t0={sc["t0"]:g}' if sc.get('t0') else '') + (f'/ada_{sc["pre"]}' if sc.get('pre') else '') + \
+            ('/compiled' if sc.get('compiled') else '')
     return out
 
 
@@ -351,7 +359,8 @@ if __name__ == '__main__':
     counts, ncases = {}, 0
     with open(outp, 'w') as f:
         for sc in todo:
-            paths = list(PATHS) + (list(CAPTURABLE) if sc['store'] in ('f32', 'f64', 'bf16') else [])
+            paths = list(PATHS) + (list(CAPTURABLE) if sc['store'] in ('f32', 'f64', 'bf16') else []) + \
+                (list(COMPILED) if sc.get('compiled') else [])
             runs = {p: forked.run_forked(lambda p=p: one(sc, p), 60) for p in paths}
             try:
                 spec = spec_run(sc)
