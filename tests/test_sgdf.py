@@ -416,6 +416,30 @@ def test_capturable_and_tensor_lr(device):
         _assert_close(ps, ref, torch.float32)
 
 
+@pytest.mark.parametrize("capturable", [False, True], ids=["", "capturable"])
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("lr", [torch.tensor([0.05]), torch.tensor([[0.05]]), torch.tensor(0.05, dtype=torch.bfloat16),
+                                torch.tensor(0.05, dtype=torch.float16), torch.tensor(0.05, dtype=torch.float64)],
+                         ids=["shape-1", "shape-1x1", "bfloat16", "float16", "float64"])
+def test_tensor_lr_of_any_one_element_shape_and_float_dtype(device, lr, path, capturable):
+    """A one-element lr tensor of any shape and float dtype steps as the float it holds, decoupled weight decay
+    included. With capturable=True the foreach and single-tensor paths raised after writing the state for a shape-[1]
+    lr (torch's foreach ops take a 0-dim tensor), and computed 1 - lr * weight_decay in a 16-bit lr's dtype, where it
+    rounds to 1 (no decay)."""
+    by_tensor = _make_params(torch.float32, seed=3, device=device)
+    by_float = copy.deepcopy(by_tensor)
+    options = dict(weight_decay=0.01, decoupled_weight_decay=True, capturable=capturable, **PATHS[path])
+    opts = SGDF(by_tensor, lr=lr.to(device), **options), SGDF(by_float, lr=float(lr), **options)
+    gen = torch.Generator().manual_seed(4)
+    for _ in range(3):
+        for p, q, g in zip(by_tensor, by_float, _grads(by_tensor, gen)):
+            p.grad, q.grad = g.to(device), g.to(device)
+        for opt in opts:
+            opt.step()
+    for p, q in zip(by_tensor, by_float):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+
+
 def test_add_param_group_joins_the_path(device):
     a, b = _make_params(torch.float32, shapes=[(3,), (4,)], device=device)
     opt = SGDF([a], lr=0.1)

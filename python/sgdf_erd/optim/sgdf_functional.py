@@ -130,8 +130,9 @@ def _foreach_sgdf(params, grads, exp_avgs, exp_vars, steps, master_params, round
     exp_avg_sqs = _real(exp_avg_sqs) if exp_avg_sqs is not None else None
     torch._foreach_add_(steps, 1)
     compiling = torch.compiler.is_compiling()
-    if isinstance(lr, Tensor) and not (capturable or compiling):
-        lr = lr.item()
+    if isinstance(lr, Tensor):  # (one element of any shape and float dtype: the foreach ops take a 0-dim tensor,
+        # and 1 - lr * weight_decay in a 16-bit lr's dtype would round to 1; float32, as the kernel reads it)
+        lr = lr.to(params[0].device, torch.float32).reshape(()) if capturable or compiling else lr.item()
 
     # Arithmetic in float32 (float64 for float64 params) on copies of the tensors stored narrower, which are
     # written back (rounded) at the end.
