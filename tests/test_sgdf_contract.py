@@ -1337,6 +1337,9 @@ def test_checkpoint_with_a_state_that_is_not_a_dict_is_refused(device):
 
 @pytest.mark.parametrize("entry,value,match", [
     ("step", 10**400, "'step' of .* is 1000"),  # (an OverflowError before)
+    # beyond float32's range, where step counts are kept (loaded as inf, refused at the next step)
+    ("step", 10**40, "'step' of .* is 1000.*float32's largest value"),
+    ("step", lambda d: torch.tensor(1e39, dtype=torch.float64, device=d), "'step' of .* is 1e\\+39"),
     ("step", lambda d: torch.tensor(1.0, device="meta"), "'step' of .* is a meta tensor"),
     ("step", lambda d: torch.tensor(1 + 1j, device=d), "'step' of .* must be a real one-element dense tensor"),
     ("exp_avg", lambda d: torch.zeros(5, 4, device="meta"), "'exp_avg' of .* is a meta tensor"),

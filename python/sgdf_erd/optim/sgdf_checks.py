@@ -580,8 +580,9 @@ def checked_loaded_step(p: Tensor, state: dict, where: str, keys: Sequence[str] 
     else:
         raise TypeError(f"{who}.load_state_dict: 'step' of {where} must be a number or a one-element tensor, got "
                         f"{type(step).__name__}")
-    if not (_finite(value) and value >= 0):
-        raise ValueError(f"{who}.load_state_dict: 'step' of {where} is {value}; a step count is finite and >= 0")
+    if not (_finite(value) and 0 <= value <= _FLOAT32_MAX):  # (step counts are kept in float32)
+        raise ValueError(f"{who}.load_state_dict: 'step' of {where} is {value}; a step count is finite, >= 0 and <= "
+                         f"{_FLOAT32_MAX!r} (float32's largest value)")
     value = float(value)
     for key in keys[1:]:
         t = state[key]
