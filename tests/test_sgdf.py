@@ -440,6 +440,20 @@ def test_tensor_lr_of_any_one_element_shape_and_float_dtype(device, lr, path, ca
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("eps", [1e-45, 1e-40, 1e-39])
+def test_subnormal_eps_with_zero_gradients_keeps_weights_on_every_path(device, eps):
+    """With eps below float32's smallest normal and zero gradients the gain's denominator (eps) has no finite
+    reciprocal in float32: the foreach and single-tensor paths gave NaN weights (s * (1 / denominator) = 0 * inf),
+    where the kernel and the spec, s / denominator = 0, leave the weights as they are."""
+    for path in PATHS:
+        w = torch.nn.Parameter(torch.ones(5, device=device))
+        opt = SGDF([w], lr=0.1, eps=eps, **PATHS[path])
+        for _ in range(2):
+            w.grad = torch.zeros(5, device=device)
+            opt.step()
+        assert torch.equal(w.detach(), torch.ones(5, device=device)), path
+
+
 def test_add_param_group_joins_the_path(device):
     a, b = _make_params(torch.float32, shapes=[(3,), (4,)], device=device)
     opt = SGDF([a], lr=0.1)

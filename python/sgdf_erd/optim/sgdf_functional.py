@@ -117,6 +117,7 @@ def foreach_sgdf(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tenso
                       None if exp_avg_sqs is None else exp_avg_sqs[a:b], **hyper)
 
 
+_FLOAT32_TINY = torch.finfo(torch.float32).tiny
 _CPU_CHUNK_ELEMENTS = 1 << 18  # about 1 MB per float32 list: with the two temporaries, within a core's L2 cache
 
 
@@ -167,8 +168,11 @@ def _foreach_sgdf(params, grads, exp_avgs, exp_vars, steps, master_params, round
         torch._foreach_mul_(u, bc2)
         torch._foreach_add_(u, s)
     torch._foreach_add_(u, eps)
-    torch._foreach_reciprocal_(u)
-    torch._foreach_mul_(u, s)  # the gain K = s / (bc2 r^2 + s + eps)
+    if eps >= _FLOAT32_TINY:  # the gain K = s / (bc2 r^2 + s + eps), in place
+        torch._foreach_reciprocal_(u)
+        torch._foreach_mul_(u, s)
+    else:  # (a denominator below float32's smallest normal may have no finite reciprocal: 0 * inf is NaN)
+        u = torch._foreach_div(s, u)
     if gamma == 0.5:
         torch._foreach_sqrt_(u)
     elif gamma != 1:
