@@ -454,6 +454,30 @@ def test_subnormal_eps_with_zero_gradients_keeps_weights_on_every_path(device, e
         assert torch.equal(w.detach(), torch.ones(5, device=device)), path
 
 
+@pytest.mark.parametrize("optimizer", ["SGDF", "AdaSGDF"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("betas", [(0.9, 0.999), (0.9, 0.99999), (0.0, 0.9999), (0.99, 0.0)])
+def test_capturable_bias_corrections_match_the_hosts(device, betas, dtype, optimizer):
+    """The capturable foreach path computes the bias corrections from the step tensors on the device as the
+    non-capturable one does from their values on the host, in double: within float32 (float64) rounding. They were
+    float32 powers of betas rounded to float32 (1 - 0.99999 0.14 % off), also for float64 params."""
+    cls = getattr(sgdf_erd, optimizer)
+    by_device = _make_params(dtype, seed=5, device=device)
+    by_host = copy.deepcopy(by_device)
+    opts = [cls(ps, lr=0.01, betas=betas, foreach=True, capturable=capturable)
+            for ps, capturable in ((by_device, True), (by_host, False))]
+    gen = torch.Generator().manual_seed(6)
+    for _ in range(4):
+        for p, q, g in zip(by_device, by_host, _grads(by_device, gen)):
+            p.grad, q.grad = g.to(device), g.to(device)
+        for opt in opts:
+            opt.step()
+    # (float64: the host's 1 - beta**t in double is itself ~1e-11 off where beta^t is near 1)
+    tol = dict(rtol=1e-6, atol=1e-7) if dtype == torch.float32 else dict(rtol=1e-9, atol=1e-11)
+    for p, q in zip(by_device, by_host):
+        torch.testing.assert_close(p, q, **tol)
+
+
 def test_add_param_group_joins_the_path(device):
     a, b = _make_params(torch.float32, shapes=[(3,), (4,)], device=device)
     opt = SGDF([a], lr=0.1)

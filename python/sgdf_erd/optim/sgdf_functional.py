@@ -31,6 +31,13 @@ def _real(tensors: List[Tensor]) -> List[Tensor]:
     return [torch.view_as_real(t.resolve_conj()) if t.is_complex() else t for t in tensors]
 
 
+def _one_minus_power(steps: List[Tensor], beta: float, times: int = 1) -> List[Tensor]:
+    """1 - beta^(times t) per step count t, as -expm1(times t log beta): 1 - pow(beta, t) in float32 loses most
+    digits where beta^t is near 1 (beta rounded to float32 first: 1 - beta2 with beta2 = 0.99999 is 0.14 % off)."""
+    log_beta = math.log(beta) if beta > 0 else -math.inf  # (beta = 0: 1 - 0^t = 1, t >= 1)
+    return torch._foreach_neg(torch._foreach_expm1(torch._foreach_mul(steps, times * log_beta)))
+
+
 def _bias_corrections(steps: List[Tensor], beta1: float, beta2: float, as_tensors: bool):
     """1 / bc1 and bc2 per tensor: python floats read from the steps, or tensors computed from them (capturable:
     no host sync; torch.compile: no specialisation on the step's value)."""
@@ -39,13 +46,10 @@ def _bias_corrections(steps: List[Tensor], beta1: float, beta2: float, as_tensor
         inv_bc1 = [1.0 / (1.0 - beta1**t) for t in values]
         bc2 = [(1 + beta1) * (1 - beta2**t) / ((1 - beta1) * (1 - beta1 ** (2 * t))) for t in values]
         return inv_bc1, bc2
-    b1t = torch._foreach_pow(beta1, steps)
-    b2t = torch._foreach_pow(beta2, steps)
-    inv_bc1 = torch._foreach_reciprocal(torch._foreach_sub(torch._foreach_neg(b1t), -1.0))
-    b1_2t = torch._foreach_mul(b1t, b1t)
+    inv_bc1 = torch._foreach_reciprocal(_one_minus_power(steps, beta1))
     # bc2 = (1 + b1)(1 - b2^t) / ((1 - b1)(1 - b1^2t))
-    numer = torch._foreach_mul(torch._foreach_sub(torch._foreach_neg(b2t), -1.0), (1 + beta1) / (1 - beta1))
-    bc2 = torch._foreach_div(numer, torch._foreach_sub(torch._foreach_neg(b1_2t), -1.0))
+    numer = torch._foreach_mul(_one_minus_power(steps, beta2), (1 + beta1) / (1 - beta1))
+    bc2 = torch._foreach_div(numer, _one_minus_power(steps, beta1, 2))
     return inv_bc1, bc2
 
 
@@ -56,8 +60,7 @@ def _precondition_(updates, exp_vars, exp_avg_sqs, steps, beta2, eps, as_tensors
         torch._foreach_mul_(exp_avg_sqs, beta2)
         torch._foreach_addcmul_(exp_avg_sqs, updates, updates, value=1 - beta2)
     if as_tensors:
-        inv_sqrt_bc = torch._foreach_rsqrt(torch._foreach_sub(torch._foreach_neg(torch._foreach_pow(beta2, steps)),
-                                                              -1.0))
+        inv_sqrt_bc = torch._foreach_rsqrt(_one_minus_power(steps, beta2))
     else:
         inv_sqrt_bc = [1.0 / math.sqrt(1.0 - beta2 ** float(t)) for t in steps]
     denom = torch._foreach_sqrt(exp_avg_sqs if exp_avg_sqs is not None else exp_vars)
@@ -157,7 +160,10 @@ def _foreach_sgdf(params, grads, exp_avgs, exp_vars, steps, master_params, round
     torch._foreach_mul_(s, beta2)
     torch._foreach_addcmul_(s, r, r, value=1 - beta2)
 
-    inv_bc1, bc2 = _bias_corrections(steps, beta1, beta2, as_tensors=capturable or compiling)
+    as_tensors = capturable or compiling
+    # (for float64 params from float64 step counts, as the kernel computes them)
+    counts = [t.double() if d == torch.float64 else t for t, d in zip(steps, dtypes)] if as_tensors else steps
+    inv_bc1, bc2 = _bias_corrections(counts, beta1, beta2, as_tensors)
     if isinstance(inv_bc1[0], float) and len(set(inv_bc1)) == 1 and len(set(bc2)) == 1:
         torch._foreach_add_(r, m, alpha=1 - inv_bc1[0])  # g - m^ = (g - m) + (1 - 1/bc1) m
         u = torch._foreach_addcmul(s, r, r, value=bc2[0])
@@ -182,7 +188,7 @@ def _foreach_sgdf(params, grads, exp_avgs, exp_vars, steps, master_params, round
     torch._foreach_add_(u, g)
     updates = u
     if preconditioner != "none":
-        _precondition_(updates, s, v, steps, beta2, eps, as_tensors=capturable or compiling)
+        _precondition_(updates, s, v, counts, beta2, eps, as_tensors)
 
     _apply_update(p, updates, lr, sign, orthogonalize_matrices, ns_steps, matrix_mask)
     seeds = rounding_seeds if rounding_seeds is not None else [None] * len(params)
