@@ -478,6 +478,20 @@ def test_capturable_bias_corrections_match_the_hosts(device, betas, dtype, optim
         torch.testing.assert_close(p, q, **tol)
 
 
+@pytest.mark.parametrize("betas", [(0.9999, 0.999), (0.9, 0.9999), (0.99999, 0.99999)])
+def test_betas_near_one_follow_the_reference_on_every_path(device, betas):
+    """1 - beta enters the moments as the double beta's complement, as in the bias corrections: the kernel formed it
+    in float32 from beta rounded to float32, 1.7e-4 off for 0.9999 (its first step moved a weight by 1.00008 lr
+    for lr 1, grad 1 and beta1 0.9999), while foreach takes it from Python's double."""
+    for path in PATHS:
+        params = _make_params(torch.float32, shapes=[(3, 5), (130, 257)], seed=9, device=device)
+        opt = SGDF(params, lr=0.01, betas=betas, **PATHS[path])
+        ref = ReferenceSGDF(params, lr=0.01, betas=betas)
+        _run_against_reference(params, opt, ref, steps=3)
+        for p, q in zip(params, ref.p):
+            torch.testing.assert_close(p.detach().cpu().double(), q, rtol=2e-6, atol=1e-7, msg=path)
+
+
 def test_add_param_group_joins_the_path(device):
     a, b = _make_params(torch.float32, shapes=[(3,), (4,)], device=device)
     opt = SGDF([a], lr=0.1)

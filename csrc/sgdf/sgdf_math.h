@@ -19,13 +19,16 @@ struct Hyper {
   acc_t beta1, beta2, eps, gamma, weight_decay;
   bool decoupled_weight_decay, sign, maximize;
   Preconditioner preconditioner = Preconditioner::kNone;
+  // 1 - beta1 and 1 - beta2, set by cast_hyper from the double betas: 1 - beta in float32 after rounding beta to
+  // float32 is 1.7e-4 off for beta = 0.9999, where the bias corrections use the exact beta
+  acc_t one_minus_beta1 = acc_t(0), one_minus_beta2 = acc_t(0);
 };
 
 template <typename acc_t>
 C10_HOST_DEVICE inline Hyper<acc_t> cast_hyper(const Hyper<double>& h) {
   return {static_cast<acc_t>(h.beta1), static_cast<acc_t>(h.beta2), static_cast<acc_t>(h.eps),
           static_cast<acc_t>(h.gamma), static_cast<acc_t>(h.weight_decay), h.decoupled_weight_decay, h.sign,
-          h.maximize, h.preconditioner};
+          h.maximize, h.preconditioner, static_cast<acc_t>(1.0 - h.beta1), static_cast<acc_t>(1.0 - h.beta2)};
 }
 
 // Per-tensor values that depend on its step count t.
@@ -63,9 +66,9 @@ C10_HOST_DEVICE inline V filtered_update(V& p, V g, V& m, V& s, V* v, acc_t lr, 
       g = g + V(h.weight_decay) * p;
     }
   }
-  m = V(h.beta1) * m + V(acc_t(1) - h.beta1) * g;
+  m = V(h.beta1) * m + V(h.one_minus_beta1) * g;
   const V residual_new_mean = g - m;  // the variance is taken around the updated mean
-  s = V(h.beta2) * s + V(acc_t(1) - h.beta2) * residual_new_mean * residual_new_mean;
+  s = V(h.beta2) * s + V(h.one_minus_beta2) * residual_new_mean * residual_new_mean;
   const V m_hat = m * V(c.inv_bias_correction1);
   const V r = g - m_hat;
   // eps sits outside the bc2 scaling, as in the authors' latest SGDF.py
@@ -90,7 +93,7 @@ C10_HOST_DEVICE inline V filtered_update(V& p, V g, V& m, V& s, V* v, acc_t lr, 
   }
   V u = m_hat + gain * r;
   if constexpr (kPre == Preconditioner::kSecondMoment) {
-    *v = V(h.beta2) * *v + V(acc_t(1) - h.beta2) * u * u;
+    *v = V(h.beta2) * *v + V(h.one_minus_beta2) * u * u;
     u = u / (op_sqrt(*v) * V(c.inv_sqrt_bias_correction_b2) + V(h.eps));
   } else if constexpr (kPre == Preconditioner::kVariance) {
     u = u / (op_sqrt(s) * V(c.inv_sqrt_bias_correction_b2) + V(h.eps));
