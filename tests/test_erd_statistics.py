@@ -66,6 +66,34 @@ def test_undefined_logsnr_is_left_out(device):
     assert sums[0].sum() == 1.0 and torch.isfinite(sums).all()
 
 
+def test_a_negative_alpha_bins_as_its_magnitude(device):
+    """The log-SNR is log(alpha^2 / sigma^2), blind to alpha's sign (a float32 cosine schedule gives alpha = -4e-8 at
+    t = 1): a sample with alpha < 0 lands in the bin of |alpha|, not out of the statistics."""
+    output, target, alpha, sigma = random_step(4)
+    alpha[::2] = -alpha[::2]
+    loss_fn = ERDLoss("eps", num_bins=8).to(device)
+    loss_fn(*(t.to(device) for t in (output, target, alpha, sigma)))
+    w = ref.erd_weight(alpha, sigma, "eps")
+    expected = ref.batch_statistics(ref.per_sample_mse(output, target), w, alpha, sigma, 8, -10.0, 10.0)
+    assert_stats_close(loss_fn.statistics(), expected)
+    assert loss_fn.statistics()["count"].sum() == output.shape[0]
+
+
+def test_a_sample_whose_squared_mse_overflows_is_left_out(device):
+    """A finite MSE whose square overflows float64 (1e200) would make its bin's sum of squares, hence its variance,
+    infinite: the sample stays out of the statistics, as one with a non-finite MSE does; the loss counts it."""
+    output, target, alpha, sigma = (t.double() for t in random_step(3, batch=8))
+    output[0] = 1e100
+    loss_fn = ERDLoss("eps", num_bins=4).to(device)
+    loss = loss_fn(*(t.to(device) for t in (output, target, alpha, sigma)))
+    assert torch.isfinite(loss) and loss > 1e190
+    keep = torch.arange(8) != 0
+    w = ref.erd_weight(alpha, sigma, "eps")
+    expected = ref.batch_statistics(ref.per_sample_mse(output, target)[keep], w[keep], alpha[keep], sigma[keep], 4,
+                                    -10.0, 10.0)
+    assert_stats_close(loss_fn.statistics(), expected)
+
+
 def test_running_statistics_match_reference(device):
     decay = 0.9
     loss_fn = ERDLoss("eps", num_bins=8, ema_decay=decay).to(device)
