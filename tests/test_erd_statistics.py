@@ -94,6 +94,20 @@ def test_a_sample_whose_squared_mse_overflows_is_left_out(device):
     assert_stats_close(loss_fn.statistics(), expected)
 
 
+def test_equal_mses_have_a_variance_of_zero_not_a_negative_round_off(device):
+    """sum(mse^2) / n - mean^2 of equal MSEs rounds below 0 (-5.6e-17 for three MSEs of 0.7 on the CPU): the
+    population variance is clamped at 0, in the batch's statistics and in the moving averages'."""
+    n = 3
+    output = torch.full((n, 1), 0.7, dtype=torch.float64).sqrt()
+    target = torch.zeros(n, 1, dtype=torch.float64)
+    alpha, sigma = torch.full((n,), 0.6, dtype=torch.float64), torch.full((n,), 0.8, dtype=torch.float64)
+    loss_fn = ERDLoss(num_bins=1, logsnr_range=(-1.0, 1.0)).to(device)
+    loss_fn(*(t.to(device) for t in (output, target, alpha, sigma)))
+    for ema in (False, True):
+        var = loss_fn.statistics(ema)["mse_var"].item()
+        assert 0.0 <= var < 1e-15, (ema, var)
+
+
 def test_running_statistics_match_reference(device):
     decay = 0.9
     loss_fn = ERDLoss("eps", num_bins=8, ema_decay=decay).to(device)
