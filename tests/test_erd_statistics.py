@@ -66,6 +66,48 @@ def test_undefined_logsnr_is_left_out(device):
     assert sums[0].sum() == 1.0 and torch.isfinite(sums).all()
 
 
+def test_a_negative_alpha_bins_as_its_magnitude(device):
+    """The log-SNR is log(alpha^2 / sigma^2), blind to alpha's sign (a float32 cosine schedule gives alpha = -4e-8 at
+    t = 1): a sample with alpha < 0 lands in the bin of |alpha|, not out of the statistics."""
+    output, target, alpha, sigma = random_step(4)
+    alpha[::2] = -alpha[::2]
+    loss_fn = ERDLoss("eps", num_bins=8).to(device)
+    loss_fn(*(t.to(device) for t in (output, target, alpha, sigma)))
+    w = ref.erd_weight(alpha, sigma, "eps")
+    expected = ref.batch_statistics(ref.per_sample_mse(output, target), w, alpha, sigma, 8, -10.0, 10.0)
+    assert_stats_close(loss_fn.statistics(), expected)
+    assert loss_fn.statistics()["count"].sum() == output.shape[0]
+
+
+def test_a_sample_whose_squared_mse_overflows_is_left_out(device):
+    """A finite MSE whose square overflows float64 (1e200) would make its bin's sum of squares, hence its variance,
+    infinite: the sample stays out of the statistics, as one with a non-finite MSE does; the loss counts it."""
+    output, target, alpha, sigma = (t.double() for t in random_step(3, batch=8))
+    output[0] = 1e100
+    loss_fn = ERDLoss("eps", num_bins=4).to(device)
+    loss = loss_fn(*(t.to(device) for t in (output, target, alpha, sigma)))
+    assert torch.isfinite(loss) and loss > 1e190
+    keep = torch.arange(8) != 0
+    w = ref.erd_weight(alpha, sigma, "eps")
+    expected = ref.batch_statistics(ref.per_sample_mse(output, target)[keep], w[keep], alpha[keep], sigma[keep], 4,
+                                    -10.0, 10.0)
+    assert_stats_close(loss_fn.statistics(), expected)
+
+
+def test_equal_mses_have_a_variance_of_zero_not_a_negative_round_off(device):
+    """sum(mse^2) / n - mean^2 of equal MSEs rounds below 0 (-5.6e-17 for three MSEs of 0.7 on the CPU): the
+    population variance is clamped at 0, in the batch's statistics and in the moving averages'."""
+    n = 3
+    output = torch.full((n, 1), 0.7, dtype=torch.float64).sqrt()
+    target = torch.zeros(n, 1, dtype=torch.float64)
+    alpha, sigma = torch.full((n,), 0.6, dtype=torch.float64), torch.full((n,), 0.8, dtype=torch.float64)
+    loss_fn = ERDLoss(num_bins=1, logsnr_range=(-1.0, 1.0)).to(device)
+    loss_fn(*(t.to(device) for t in (output, target, alpha, sigma)))
+    for ema in (False, True):
+        var = loss_fn.statistics(ema)["mse_var"].item()
+        assert 0.0 <= var < 1e-15, (ema, var)
+
+
 def test_running_statistics_match_reference(device):
     decay = 0.9
     loss_fn = ERDLoss("eps", num_bins=8, ema_decay=decay).to(device)
