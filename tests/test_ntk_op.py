@@ -273,6 +273,11 @@ BAD_INPUTS = [
 
 @pytest.mark.parametrize("features,bin_ids,num_bins,error,match", BAD_INPUTS + [
     ([[1.0]], torch.zeros(1, dtype=torch.long), 1, TypeError, "features"),
+    # (torch's "Internal error: NestedTensorImpl doesn't support sizes. Please file an issue." before)
+    (torch.nested.nested_tensor([torch.randn(2, 3), torch.randn(2, 3)]), torch.zeros(2, dtype=torch.long), 1,
+     ValueError, "'features' must be a dense tensor, got a nested tensor"),
+    (torch.randn(4, 2).to_sparse(), torch.zeros(4, dtype=torch.long), 1, ValueError, "'features' must be a dense"),
+    (torch.randn(4, 2), torch.zeros(4, dtype=torch.long).to_sparse(), 1, ValueError, "'bin_ids' must be a dense"),
 ])
 def test_bad_inputs(features, bin_ids, num_bins, error, match):
     with pytest.raises(error, match=match):

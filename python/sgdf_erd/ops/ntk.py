@@ -65,6 +65,11 @@ def binned_gram_eigvalsh(features: Tensor, bin_ids: Tensor, num_bins: int) -> Tu
     if not 1 <= num_bins <= MAX_NUM_BINS:
         raise ValueError(f"binned_gram_eigvalsh: 'num_bins' must lie in [1, 2**24] (each bin is a row of the "
                          f"output), got {num_bins}")
+    for name, t in (("features", features), ("bin_ids", bin_ids)):
+        if t.is_nested or t.layout is not torch.strided:  # (torch's own errors about these name no argument)
+            raise ValueError(f"binned_gram_eigvalsh: '{name}' must be a dense tensor, got "
+                             f"{'a nested tensor' if t.is_nested else t.layout}; pass one dense tensor (e.g. "
+                             "t.to_dense(), or the samples stacked with torch.stack)")
     if features.dim() != 2:
         raise ValueError(
             f"binned_gram_eigvalsh: 'features' must be 2-D [n, k], got shape {tuple(features.shape)}; "
