@@ -277,6 +277,7 @@ def test_op_keeps_no_reference_to_its_tensors(device, raises):
                    found_inf=torch.zeros(1, device=device))
     args["exp_avg_sqs"] = [torch.zeros_like(m) for m in args["exp_avgs"]]
     args["preconditioner"] = "second_moment"
+    args["sign"] = [False] * len(args["sign"])  # (not defined with a preconditioner)
     if raises:
         args["lr"][1] = -1.0
     refs = [weakref.ref(t) for name, value in args.items() for t in (value if isinstance(value, list) else [value])
