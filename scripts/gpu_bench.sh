@@ -5,14 +5,14 @@
 #   bash scripts/gpu_bench.sh --dry-run OUTDIR  # anywhere: each benchmark --quick on the CPU, same time boxes
 #
 # Stages (seconds; GPU_STAGE_BUDGET_<name> overrides one, 0 skips it):
-#   facts                10  GPU, driver, torch
+#   facts                30  GPU, driver, torch (a first import of CUDA torch on a fresh machine)
 #   build               140  the extension for this GPU's architecture (incremental: seconds when already built)
 #   sgdf                 75  bench_sgdf.py: 1e8 float32 in 1000 tensors (and replayed from CUDA graphs)
 #   sgdf_small           35    1e6 in 200 tensors (the launch-bound regime)
 #   sgdf_small_2groups   35    the same in two param groups (one grouped kernel call)
 #   sgdf_storage         75    --storage: bfloat16 state, stochastic rounding, master weights (1e8 in 1000)
-#   erd                  50  bench_erd.py
-#   ntk                  50  bench_ntk.py
+#   erd                  40  bench_erd.py
+#   ntk                  40  bench_ntk.py
 #   targets              10  benchmarks/targets.py over the results: its verdict lines go into summary.txt
 # Fewer rounds than the benchmarks' defaults (medians of 5 interleaved rounds instead of 7-15). OUTDIR ends up with
 # summary.txt and logs.tar.gz (every log and results file) only, whatever happens (scripts/gpu_stages.sh).
@@ -20,8 +20,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 . scripts/gpu_stages.sh
 
-BUDGET=([facts]=10 [build]=140 [sgdf]=75 [sgdf_small]=35 [sgdf_small_2groups]=35 [sgdf_storage]=75 [erd]=50
-        [ntk]=50 [targets]=10)
+BUDGET=([facts]=30 [build]=140 [sgdf]=75 [sgdf_small]=35 [sgdf_small_2groups]=35 [sgdf_storage]=75 [erd]=40
+        [ntk]=40 [targets]=10)
 
 # bench NAME SCRIPT ARGS...: one benchmark, its results files into the logs (so into the tarball)
 bench() {

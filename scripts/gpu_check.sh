@@ -7,7 +7,8 @@
 # For a machine where CUDA torch, pytest, hypothesis and scipy are installed and nothing can be downloaded
 # (pytest-xdist and pytest-timeout are used where installed). Stages, most important first, each under its own
 # time box (seconds; GPU_STAGE_BUDGET_<name> overrides one, 0 skips it):
-#   facts          10  GPU, driver, torch, compute-sanitizer (dry run: the CPU and torch)
+#   facts          30  GPU, driver, torch, compute-sanitizer (dry run: the CPU and torch); a first `import torch`
+#                      with CUDA on a fresh machine reads GBs of libraries, and a failed facts stage skips all
 #   build         140  the extension in place for this GPU's architecture only (dry run: CPU-only, incremental)
 #   tests         100  the CUDA tests (`-m cuda`) but the torch.compile ones, SGDF_ERD_REQUIRE_CUDA=1 so none can
 #                      pass by skipping, in parallel (pytest-xdist), 60 s per test (dry run: a few CPU tests)
@@ -15,7 +16,7 @@
 #   racecheck      50    result compared with the CPU), checking this project's kernels only (initcheck: all);
 #   synccheck      30    memcheck without torch's caching allocator (every tensor its own allocation, so overruns
 #   initcheck      30    between tensors show). Dry run: skipped, with the reason
-#   compile_tests  60  the CUDA tests of torch.compile (dry run: one CPU one)
+#   compile_tests  40  the CUDA tests of torch.compile (dry run: one CPU one)
 # A failed build (or no GPU) skips the stages after it. OUTDIR ends up with summary.txt and logs.tar.gz only,
 # whatever happens (scripts/gpu_stages.sh); the exit status is non-zero when a stage failed or timed out.
 # Environment: PYTHON (default python3), MAX_JOBS (build jobs, default all cores), XDIST_WORKERS (default up to 12).
@@ -23,8 +24,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 . scripts/gpu_stages.sh
 
-BUDGET=([facts]=10 [build]=140 [tests]=100 [memcheck]=60 [racecheck]=50 [synccheck]=30 [initcheck]=30
-        [compile_tests]=60)
+BUDGET=([facts]=30 [build]=140 [tests]=100 [memcheck]=60 [racecheck]=50 [synccheck]=30 [initcheck]=30
+        [compile_tests]=40)
 # dry run: a few quick CPU tests (the launch-table walk, the CUDA test file's CPU cases)
 DRY_RUN_TESTS=${DRY_RUN_TESTS:-"chunk_walk or test_sgdf_cuda"}
 KERNEL_FILTER=kns=sgdf_erd  # every kernel of this project is in namespace sgdf_erd (so in its mangled name)

@@ -30,6 +30,8 @@ pytestmark = pytest.mark.skipif(not all(shutil.which(tool) for tool in ("bash", 
 def launch(script, out, tmp_path, budgets, **env):
     """Starts `bash scripts/SCRIPT --dry-run OUT` with these stage budgets; its temporary files under tmp_path."""
     variables = dict(os.environ, PYTHON=sys.executable, TMPDIR=str(tmp_path), SNAPSHOT_S="1", **env)
+    # (facts imports torch: 60 s, as a loaded machine may need, unless a test sets it)
+    budgets = {"facts": 60, **budgets}
     variables.update({f"GPU_STAGE_BUDGET_{name}": str(seconds) for name, seconds in budgets.items()})
     return subprocess.Popen(["bash", str(ROOT / "scripts" / script), "--dry-run", str(out)], env=variables,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -154,6 +156,7 @@ def test_gpu_bench_dry_run_writes_a_line_per_stage_and_the_targets(tmp_path):
 def test_dry_run_may_follow_outdir_and_a_misspelt_option_is_refused(tmp_path, script):
     stages = CHECK_STAGES if script == "gpu_check.sh" else BENCH_STAGES
     variables = dict(os.environ, PYTHON=sys.executable, TMPDIR=str(tmp_path),
+                     GPU_STAGE_BUDGET_facts="60",
                      **{f"GPU_STAGE_BUDGET_{name}": "0" for name in stages if name != "facts"})
     out = tmp_path / "out"
     run = subprocess.run(["bash", str(ROOT / "scripts" / script), str(out), "--dry-run"], env=variables,
