@@ -304,7 +304,7 @@ BAD = {
                                      "exp_avg_sqs|memory"),
     "exp_avg_sqs without their mode": (lambda a: a.update(preconditioner="variance"), RuntimeError,
                                        "only the 'second_moment'"),
-    # (the kernels took it: the variance mode's fast path applied no sign, the others a sign before dividing)
+    # (the kernels took it and returned sign(u / d), i.e. sign(u): the preconditioner did nothing but update its state)
     "sign with a preconditioner": (lambda a: a.update(sign=True), RuntimeError, "sign=True is SGDF's option"),
 }
 
