@@ -74,8 +74,21 @@ def assert_matches(args, ref, dtype, state_dtype, master):
         state = ref.state(i)
         assert int(args["steps"][i]) == state["step"]
         for key, name in (("exp_avg", "exp_avgs"), ("exp_var", "exp_vars"), ("exp_avg_sq", "exp_avg_sqs")):
-            if key in state:
-                torch.testing.assert_close(args[name][i].double().cpu(), state[key], **tol[state_dtype])
+            if key not in state:
+                continue
+            actual, expected = args[name][i].double().cpu(), state[key]
+            if key == "exp_avg" and ref.wd and not ref.decoupled:
+                # coupled decay: each g = grad + wd p carries wd times the weight's error (assert_weights_close's
+                # bound), which a cancellation in g leaves large against m itself (lr 0.3, wd 0.2, eps 1e-3,
+                # beta1 0, maximize, seed 6845: m = -36.412 for wd p = 2147, 1.3e-3 off, 3.5e-5 of m)
+                weight_tol = tol[torch.float32 if master else dtype]
+                allowed = (tol[state_dtype]["atol"] + tol[state_dtype]["rtol"] * expected.abs()
+                           + ref.wd * weight_tol["rtol"] * (ref.peak[i] + ref.sensitivity[i]))
+                far = ~((actual - expected).abs() <= allowed)
+                assert not far.any(), (f"'{key}' of parameter {i}: {int(far.sum())} elements off, the worst "
+                                       f"{(actual - expected).abs().max().item()}")
+            else:
+                torch.testing.assert_close(actual, expected, **tol[state_dtype])
 
 
 def assert_weights_close(actual, expected, ref, i, rtol, atol):
@@ -123,6 +136,9 @@ hyperparameters = st.fixed_dictionaries(dict(
 # eps-dominated steps (beta1 = 0: s = 0) of ~1e5 whose sum cancels to -2.5e2 in one element (assert_weights_close)
 @example(hyper=dict(lr=1e-3, beta1=0.0, beta2=0.9, eps=1e-8, gamma=0.5, weight_decay=0.0, decoupled_weight_decay=False,
                     maximize=False), steps=2, seed=664, shapes=[(5, 4), (37,)])
+# coupled decay cancelling in g: exp_avg carries the weight's error times wd (assert_matches; hypothesis found it)
+@example(hyper=dict(lr=0.3, beta1=0.0, beta2=0.9, eps=1e-3, gamma=0.5, weight_decay=0.2, decoupled_weight_decay=False,
+                    maximize=True), steps=4, seed=6845, shapes=[(5, 4), (2, 3, 3)])
 def test_steps_match_the_reference(device, preconditioner, dtype, hyper, steps, seed, shapes):
     args, ref = run_against_reference(device, preconditioner, dtype, None, False, hyper, steps, shapes, seed)
     assert_matches(args, ref, dtype, None, False)
@@ -304,7 +320,7 @@ BAD = {
                                      "exp_avg_sqs|memory"),
     "exp_avg_sqs without their mode": (lambda a: a.update(preconditioner="variance"), RuntimeError,
                                        "only the 'second_moment'"),
-    # (the kernels took it: the variance mode's fast path applied no sign, the others a sign before dividing)
+    # (the kernels took it and returned sign(u / d), i.e. sign(u): the preconditioner did nothing but update its state)
     "sign with a preconditioner": (lambda a: a.update(sign=True), RuntimeError, "sign=True is SGDF's option"),
 }
 

@@ -440,6 +440,33 @@ def test_tensor_lr_of_any_one_element_shape_and_float_dtype(device, lr, path, ca
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("capturable", [False, True], ids=["", "capturable"])
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("lr_dtype", [torch.float32, torch.float64])
+def test_tensor_lr_with_float64_params_steps_as_the_kernel(device, lr_dtype, path, capturable, request):
+    """float64 params with a tensor lr and decoupled decay: every path steps as the kernel, which reads the lr as
+    float32 and forms 1 - lr * weight_decay in double. The capturable foreach / single-tensor paths formed that
+    factor in float32 (2.3e-7 of the weights off after 20 steps of lr 0.1, wd 0.01), and the others took a float64
+    lr unrounded (7e-9 off)."""
+    if path != "fused" and (capturable or lr_dtype == torch.float64):  # (review 6: the fix is the lead's to make)
+        request.applymarker(pytest.mark.xfail(strict=True, reason="foreach / single-tensor: the lr or the decay "
+                                              "factor is not the kernel's (review 6)"))
+    lr = torch.tensor(0.1, dtype=lr_dtype)
+    by_tensor = _make_params(torch.float64, seed=3, device=device)
+    by_float = copy.deepcopy(by_tensor)
+    options = dict(weight_decay=0.01, decoupled_weight_decay=True)
+    opts = (SGDF(by_tensor, lr=lr.to(device), capturable=capturable, **options, **PATHS[path]),
+            SGDF(by_float, lr=float(lr.float()), fused=True, **options))  # (the kernel: float32 lr, double arithmetic)
+    gen = torch.Generator().manual_seed(4)
+    for _ in range(20):
+        for p, q, g in zip(by_tensor, by_float, _grads(by_tensor, gen)):
+            p.grad, q.grad = g.to(device), g.to(device)
+        for opt in opts:
+            opt.step()
+    for p, q in zip(by_tensor, by_float):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)
+
+
 @pytest.mark.parametrize("eps", [1e-45, 1e-40, 1e-39])
 def test_subnormal_eps_with_zero_gradients_keeps_weights_on_every_path(device, eps):
     """With eps below float32's smallest normal and zero gradients the gain's denominator (eps) has no finite

@@ -81,6 +81,12 @@ NOT_FUSED = {"f64_params_f32_state"}
 @pytest.mark.parametrize("case", list(ARITHMETIC))
 def test_storage_options_match_reference(device, path, case):
     dtype, options, p_round, state_round, tol = ARITHMETIC[case]
+    if case == "bf16_master_bf16_state" and path in ("foreach", "single") and device.type == "cpu":
+        # torch's float32 ops round the bf16 state's exact ties (bf16 gradients make them common) as the float64
+        # reference does: 9e-6 off after 30 steps. The kernel's float32 m = beta1 m + (1 - beta1) g can land past a
+        # tie and store the other neighbour (e.g. -0.06299 for -0.0625 at step 2), 1.2e-3 off, which 3e-3 allows;
+        # this bound fails where the reference drops its state rounding (1.8e-3), which 3e-3 does not catch.
+        tol = 1e-4
     if path == "fused" and case in NOT_FUSED:
         pytest.skip("no fused kernel for this storage (test_bad_options_are_refused checks the error)")
     params = _params(dtype, device)
