@@ -443,14 +443,11 @@ def test_tensor_lr_of_any_one_element_shape_and_float_dtype(device, lr, path, ca
 @pytest.mark.parametrize("capturable", [False, True], ids=["", "capturable"])
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("lr_dtype", [torch.float32, torch.float64])
-def test_tensor_lr_with_float64_params_steps_as_the_kernel(device, lr_dtype, path, capturable, request):
+def test_tensor_lr_with_float64_params_steps_as_the_kernel(device, lr_dtype, path, capturable):
     """float64 params with a tensor lr and decoupled decay: every path steps as the kernel, which reads the lr as
     float32 and forms 1 - lr * weight_decay in double. The capturable foreach / single-tensor paths formed that
     factor in float32 (2.3e-7 of the weights off after 20 steps of lr 0.1, wd 0.01), and the others took a float64
     lr unrounded (7e-9 off)."""
-    if path != "fused" and (capturable or lr_dtype == torch.float64):  # (review 6: the fix is the lead's to make)
-        request.applymarker(pytest.mark.xfail(strict=True, reason="foreach / single-tensor: the lr or the decay "
-                                              "factor is not the kernel's (review 6)"))
     lr = torch.tensor(0.1, dtype=lr_dtype)
     by_tensor = _make_params(torch.float64, seed=3, device=device)
     by_float = copy.deepcopy(by_tensor)

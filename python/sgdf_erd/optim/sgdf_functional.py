@@ -136,7 +136,7 @@ def _foreach_sgdf(params, grads, exp_avgs, exp_vars, steps, master_params, round
     compiling = torch.compiler.is_compiling()
     if isinstance(lr, Tensor):  # (one element of any shape and float dtype: the foreach ops take a 0-dim tensor,
         # and 1 - lr * weight_decay in a 16-bit lr's dtype would round to 1; float32, as the kernel reads it)
-        lr = lr.to(params[0].device, torch.float32).reshape(()) if capturable or compiling else lr.item()
+        lr = lr.to(params[0].device, torch.float32).reshape(()) if capturable or compiling else lr.float().item()
 
     # Arithmetic in float32 (float64 for float64 params) on copies of the tensors stored narrower, which are
     # written back (rounded) at the end.
@@ -149,7 +149,10 @@ def _foreach_sgdf(params, grads, exp_avgs, exp_vars, steps, master_params, round
         g = torch._foreach_neg(g)
     if weight_decay != 0:
         if decoupled_weight_decay:
-            torch._foreach_mul_(p, 1 - lr * weight_decay)
+            if isinstance(lr, Tensor) and torch.float64 in dtypes:  # (float64 params: in double, as the kernel)
+                torch._foreach_mul_(p, [1 - (lr.double() if d == torch.float64 else lr) * weight_decay for d in dtypes])
+            else:
+                torch._foreach_mul_(p, 1 - lr * weight_decay)
         else:
             g = torch._foreach_add(g, p, alpha=weight_decay)
     # Two temporaries and in-place passes (each fresh buffer of the size of the params costs page faults on the
