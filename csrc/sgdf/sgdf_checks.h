@@ -36,7 +36,8 @@ inline void check_hyperparameters(double lr, const Hyper<double>& h, const char*
                  "; it must be finite and > 0 (0.5 is the release default)");
   SGDF_ERD_CHECK(h.weight_decay >= 0.0 && h.weight_decay <= kFloat32Max, op, ": invalid weight_decay=",
                  Exact{h.weight_decay}, "; it must be >= 0 and <= 3.4028234663852886e+38 (float32's largest value)");
-  // (AdaSGDF refuses it too: the kernels' preconditioned update has no sign step)
+  // (AdaSGDF refuses it too: with a preconditioner the kernels returned sign(u / d) = sign(u), the preconditioner
+  // doing nothing but update its state)
   SGDF_ERD_CHECK(!h.sign || h.preconditioner == Preconditioner::kNone, op,
                  ": sign=True is SGDF's option, not defined with a preconditioner; pass sign=False");
 }

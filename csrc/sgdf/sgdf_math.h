@@ -24,6 +24,14 @@ struct Hyper {
   acc_t one_minus_beta1 = acc_t(0), one_minus_beta2 = acc_t(0);
 };
 
+// m moved toward g by w = 1 - beta1, as torch's lerp (the foreach path's): m + w (g - m) for w < 0.5, else
+// g - (1 - w)(g - m). Its weights sum to 1 exactly, where beta1 m + (1 - beta1) g with beta1 rounded to float32 and
+// 1 - beta1 exact would bias m (1.7e-4 low for beta1 = 0.9999), and beta1 = 0 gives m = g exactly.
+template <typename V, typename acc_t>
+C10_HOST_DEVICE inline V lerp_toward(const V& m, const V& g, acc_t weight, acc_t one_minus_weight) {
+  return weight < acc_t(0.5) ? m + V(weight) * (g - m) : g - V(one_minus_weight) * (g - m);
+}
+
 template <typename acc_t>
 C10_HOST_DEVICE inline Hyper<acc_t> cast_hyper(const Hyper<double>& h) {
   return {static_cast<acc_t>(h.beta1), static_cast<acc_t>(h.beta2), static_cast<acc_t>(h.eps),
@@ -66,7 +74,7 @@ C10_HOST_DEVICE inline V filtered_update(V& p, V g, V& m, V& s, V* v, acc_t lr, 
       g = g + V(h.weight_decay) * p;
     }
   }
-  m = V(h.beta1) * m + V(h.one_minus_beta1) * g;
+  m = lerp_toward(m, g, h.one_minus_beta1, h.beta1);
   const V residual_new_mean = g - m;  // the variance is taken around the updated mean
   s = V(h.beta2) * s + V(h.one_minus_beta2) * residual_new_mean * residual_new_mean;
   const V m_hat = m * V(c.inv_bias_correction1);
