@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch.distributed.tensor import Replicate
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                                 reason="needs torch.distributed with gloo")
@@ -114,6 +115,104 @@ def full_params(model):
     return [p.full_tensor() if hasattr(p, "full_tensor") else p.detach().clone() for p in model.parameters()]
 
 
+def _local_snapshot(opt):
+    """Every rank's own values of a one-group optimizer's params, grads and state (DTensors by their shards)."""
+    local = lambda t: (t.to_local() if hasattr(t, "to_local") else t).detach().clone()  # noqa: E731
+    params = opt.param_groups[0]["params"]
+    return [[local(p), None if p.grad is None else local(p.grad)] +
+            [(k, local(v) if isinstance(v, torch.Tensor) else v) for k, v in sorted(opt.state.get(p, {}).items())]
+            for p in params]
+
+
+def _same(a, b):
+    if isinstance(a, list):
+        return isinstance(b, list) and len(a) == len(b) and all(map(_same, a, b))
+    if isinstance(a, tuple):
+        return isinstance(b, tuple) and a[0] == b[0] and _same(a[1], b[1])
+    return torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
+
+
+def _other_mesh(t):
+    """t on a mesh of the same ranks in reverse order (its values as placed there)."""
+    from torch.distributed.device_mesh import DeviceMesh
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(t.full_tensor(), DeviceMesh("cpu", list(range(WORLD_SIZE))[::-1]), t.placements)
+
+
+def _replaced_state(key, make):
+    def edit(opt, p):
+        opt.state[p][key] = make(opt.state[p][key])
+    return edit
+
+
+def _wrong_global_shape(t):
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(torch.zeros(t.shape[0] + 1, *t.shape[1:]), t.device_mesh, t.placements)
+
+
+# Bad DTensor inputs, each (edit after one step, words its message must hold): every rank must refuse the step
+# before anything changes (probe 8 D1-D6: a state entry placed otherwise lost its updates; a plain tensor for a
+# DTensor raised AttributeError or torch's error after the state was written; a state entry of another global shape
+# stepped on the ranks where its shard fit and raised on the others; other meshes raised midway)
+DTENSOR_EDITS = {
+    "exp_avg-replicated": (_replaced_state("exp_avg", lambda t: t.redistribute(t.device_mesh, [Replicate()])),
+                           "placed as"),
+    "exp_var-replicated": (_replaced_state("exp_var", lambda t: t.redistribute(t.device_mesh, [Replicate()])),
+                           "placed as"),
+    "exp_avg-plain": (_replaced_state("exp_avg", lambda t: t.full_tensor()), "plain tensor"),
+    "exp_avg-other-mesh": (_replaced_state("exp_avg", _other_mesh), "device mesh"),
+    "exp_avg-other-global-shape": (_replaced_state("exp_avg", _wrong_global_shape), "shape"),
+    "grad-plain": (lambda opt, p: setattr(p, "grad", p.grad.full_tensor()), "plain tensor"),
+    "grad-other-mesh": (lambda opt, p: setattr(p, "grad", _other_mesh(p.grad)), "device mesh"),
+}
+DTENSOR_EDIT_PATHS = ("default", "fused", "foreach", "single")
+
+
+def bad_dtensor_inputs(mesh, rank):
+    """{(edit, path): (exception type name or "stepped", message, whether anything changed)} on this rank, and the
+    refusals of a foreach group mixing DTensor and plain params and of two params sharing one shard."""
+    from torch.distributed.tensor import DTensor, Shard, distribute_tensor
+
+    from sgdf_erd import SGDF
+
+    out = {}
+    for name, (edit, _) in DTENSOR_EDITS.items():
+        for path in DTENSOR_EDIT_PATHS:
+            param = torch.nn.Parameter(distribute_tensor(torch.randn(5, 4, generator=torch.Generator().manual_seed(0)),
+                                                         mesh, [Shard(0)]))
+            opt = make_optimizer([param], PATHS[path])
+            for step in range(2):
+                param.grad = distribute_tensor(torch.randn(5, 4, generator=torch.Generator().manual_seed(step + 1)),
+                                               mesh, [Shard(0)])
+                if step:
+                    edit(opt, param)
+                    before = _local_snapshot(opt)
+                try:
+                    opt.step()
+                    result = ("stepped", "")
+                except Exception as exc:  # noqa: BLE001 (the test names what it expects)
+                    result = (type(exc).__name__, str(exc))
+            out[name, path] = (*result, not _same(before, _local_snapshot(opt)))
+    plain = torch.nn.Parameter(torch.randn(3))
+    sharded = torch.nn.Parameter(distribute_tensor(torch.randn(5, 4), mesh, [Shard(0)]))
+    plain.grad, sharded.grad = torch.randn(3), distribute_tensor(torch.randn(5, 4), mesh, [Shard(0)])
+    opt = SGDF([sharded, plain], foreach=True)
+    try:
+        opt.step()
+        out["mixed-foreach"] = ("stepped", "", bool(opt.state))
+    except Exception as exc:  # noqa: BLE001
+        out["mixed-foreach"] = (type(exc).__name__, str(exc), bool(opt.state))
+    twin = torch.nn.Parameter(DTensor.from_local(sharded.to_local(), mesh, sharded.placements, run_check=False))
+    try:
+        SGDF([sharded, twin])
+        out["shared-shard"] = ("accepted", "")
+    except Exception as exc:  # noqa: BLE001
+        out["shared-shard"] = (type(exc).__name__, str(exc))
+    return out
+
+
 def worker(rank, port, out_dir, tests_dir):
     sys.path.insert(0, tests_dir)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -131,6 +230,7 @@ def worker(rank, port, out_dir, tests_dir):
 
         torch.set_num_threads(1)
         results = {}
+        results["bad-dtensor-inputs"] = bad_dtensor_inputs(init_device_mesh("cpu", (WORLD_SIZE,)), rank)
         # a DTensor rounded stochastically, shard by shard, sharded unevenly along either dimension
         mesh = init_device_mesh("cpu", (WORLD_SIZE,))
         for dim in (0, 1):
@@ -250,6 +350,32 @@ def test_compiled_step_under_fsdp2_matches_eager(ranks, path):
     for rank in ranks:
         for got, want in zip(rank["fsdp-compiled", path], rank["fsdp", path]):
             torch.testing.assert_close(got, want, **tol)
+
+
+@pytest.mark.parametrize("path", DTENSOR_EDIT_PATHS)
+@pytest.mark.parametrize("edit", DTENSOR_EDITS)
+def test_bad_dtensor_inputs_are_refused_on_every_rank_before_any_write(ranks, edit, path):
+    words = DTENSOR_EDITS[edit][1]
+    for rank in ranks:
+        kind, message, changed = rank["bad-dtensor-inputs"][edit, path]
+        assert kind == "ValueError" and words in message and message.startswith("SGDF"), (kind, message)
+        assert not changed
+
+
+def test_foreach_group_mixing_dtensor_and_plain_params_is_refused_before_any_write(ranks):
+    """torch's foreach ops take no list mixing DTensors and plain tensors (AdamW(foreach=True) raises midway as
+    well); the default path and foreach=False step such a group."""
+    for rank in ranks:
+        kind, message, made_state = rank["bad-dtensor-inputs"]["mixed-foreach"]
+        assert kind == "ValueError" and "mixes DTensor and plain" in message and not made_state
+
+
+def test_dtensor_params_sharing_a_shard_are_refused_as_plain_ones(ranks):
+    """Two DTensor params whose shards are one tensor: the foreach and single-tensor paths stepped both (the
+    memory check skipped DTensors), as plain tensors are refused when the optimizer is built."""
+    for rank in ranks:
+        kind, message = rank["bad-dtensor-inputs"]["shared-shard"]
+        assert kind == "ValueError" and "share memory" in message
 
 
 @pytest.mark.parametrize("optimizer", ["SGDF", "AdaSGDF"])

@@ -37,13 +37,14 @@ def local_shard(t: Tensor, like: Tensor) -> Tensor:
 def local_shards(params: List[Tensor], grads: List[Tensor],
                  states: List[List[Tensor]]) -> Optional[Tuple[List[Tensor], List[Tensor], List[List[Tensor]]]]:
     """This rank's shards of DTensor `params`, of their gradients and of each list of their state tensors, for the
-    fused kernel; None unless every one is a DTensor on its parameter's mesh with its placements (others step on
-    the functional path, which redistributes them)."""
+    fused kernel; None unless every one is a DTensor on its parameter's mesh with its placements and (global)
+    shape: the Python checks then refuse the others, or the functional path redistributes a gradient placed
+    otherwise. (A shard's shape alone could fit on some ranks only.)"""
     dtensor = dtensor_type()
     shards = []
     for tensors in (params, grads, *states):
         if not all(isinstance(t, dtensor) and t.device_mesh is p.device_mesh and t.placements == p.placements
-                   for t, p in zip(tensors, params)):
+                   and t.shape == p.shape for t, p in zip(tensors, params)):
             return None
         shards.append([t.to_local() for t in tensors])
     return shards[0], shards[1], shards[2:]

@@ -403,6 +403,10 @@ class SGDF(Optimizer):
             stepping = [p for p in group["params"] if p.grad is not None and p.numel()]  # (the others are not read)
             if path == "fused":
                 checks.check_fused_support(stepping, group, f"param group {gi}", who=who)
+            elif path == "foreach" and len({_dtensor.is_dtensor(p) for p in stepping}) > 1:
+                raise ValueError(f"{who} (param group {gi}): the group mixes DTensor and plain parameters, which "
+                                 "torch's foreach ops take in no one list; put them in separate param groups, or "
+                                 "step this one with foreach=False or the default path")
             on_device = path == "fused" or group["capturable"]
             for i, p in enumerate(group["params"]):
                 grad = p.grad
