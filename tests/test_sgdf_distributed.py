@@ -213,6 +213,18 @@ def bad_dtensor_inputs(mesh, rank):
     return out
 
 
+def orthogonalized_steps(as_param, path):
+    """Two orthogonalised steps of a 1x4 parameter (a row on one rank, none on the other when sharded)."""
+    from sgdf_erd import SGDF
+
+    param = as_param(torch.randn(1, 4, generator=torch.Generator().manual_seed(0)))
+    opt = SGDF([param], lr=0.1, orthogonalize=True, **PATHS[path])
+    for step in range(2):
+        param.grad = as_param(torch.randn(1, 4, generator=torch.Generator().manual_seed(step + 1))).detach()
+        opt.step()
+    return param.full_tensor() if hasattr(param, "full_tensor") else param.detach()
+
+
 def worker(rank, port, out_dir, tests_dir):
     sys.path.insert(0, tests_dir)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -230,9 +242,15 @@ def worker(rank, port, out_dir, tests_dir):
 
         torch.set_num_threads(1)
         results = {}
-        results["bad-dtensor-inputs"] = bad_dtensor_inputs(init_device_mesh("cpu", (WORLD_SIZE,)), rank)
-        # a DTensor rounded stochastically, shard by shard, sharded unevenly along either dimension
         mesh = init_device_mesh("cpu", (WORLD_SIZE,))
+        results["bad-dtensor-inputs"] = bad_dtensor_inputs(mesh, rank)
+        for path in DTENSOR_EDIT_PATHS:
+            try:
+                results["orthogonalized", path] = orthogonalized_steps(
+                    lambda t: torch.nn.Parameter(distribute_tensor(t, mesh, [Shard(0)])), path)
+            except Exception as exc:  # noqa: BLE001
+                results["orthogonalized", path] = f"{type(exc).__name__}: {exc}"
+        # a DTensor rounded stochastically, shard by shard, sharded unevenly along either dimension
         for dim in (0, 1):
             rounded = distribute_tensor(torch.zeros(5, 7, dtype=torch.bfloat16), mesh, [Shard(dim)])
             round_into_(rounded, distribute_tensor(rounding_input(), mesh, [Shard(dim)]), ROUNDING_SEED,
@@ -360,6 +378,17 @@ def test_bad_dtensor_inputs_are_refused_on_every_rank_before_any_write(ranks, ed
         kind, message, changed = rank["bad-dtensor-inputs"][edit, path]
         assert kind == "ValueError" and words in message and message.startswith("SGDF"), (kind, message)
         assert not changed
+
+
+@pytest.mark.parametrize("path", DTENSOR_EDIT_PATHS)
+def test_orthogonalized_steps_of_a_matrix_with_an_empty_shard_match_one_process(ranks, path):
+    """DTensor's matmuls left the orthogonalised update of a 1x4 matrix sharded on rows replicated, and the foreach
+    and single-tensor paths' in-place update of the sharded parameter raised at every step (probe 8 D7)."""
+    want = orthogonalized_steps(torch.nn.Parameter, path)
+    for rank in ranks:
+        got = rank["orthogonalized", path]
+        assert isinstance(got, torch.Tensor), got
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
 def test_foreach_group_mixing_dtensor_and_plain_params_is_refused_before_any_write(ranks):

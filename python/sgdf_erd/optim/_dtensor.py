@@ -34,6 +34,14 @@ def local_shard(t: Tensor, like: Tensor) -> Tensor:
     return t.to_local()
 
 
+def placed_as(t: Tensor, like: Tensor) -> Tensor:
+    """`t`, a DTensor computed from DTensor `like` (or a plain tensor), placed as `like`: DTensor's matmuls may leave
+    a result of a sharded matrix replicated, which an in-place update of the sharded parameter refuses."""
+    if is_dtensor(t) and tuple(t.placements) != tuple(like.placements):
+        return t.redistribute(like.device_mesh, like.placements)
+    return t
+
+
 def local_shards(params: List[Tensor], grads: List[Tensor],
                  states: List[List[Tensor]]) -> Optional[Tuple[List[Tensor], List[Tensor], List[List[Tensor]]]]:
     """This rank's shards of DTensor `params`, of their gradients and of each list of their state tensors, for the

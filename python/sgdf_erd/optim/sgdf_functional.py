@@ -74,7 +74,7 @@ def _apply_update(params, updates, lr, sign, orthogonalize_matrices, ns_steps, m
     updates = list(updates)
     for i, u in enumerate(updates):
         if orthogonalize_matrices and matrix_mask[i]:
-            updates[i] = orthogonalize(u, ns_steps)
+            updates[i] = _dtensor.placed_as(orthogonalize(u, ns_steps), u)
         elif sign:
             updates[i] = u.sign_()
     if isinstance(lr, Tensor):
