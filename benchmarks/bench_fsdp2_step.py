@@ -6,7 +6,7 @@
 The model is a stack of `--layers` Linear(width, width) layers wrapped by `fully_shard` in a world of one process,
 so every parameter, gradient and state tensor is a DTensor; with small layers the step's time is the host's work
 per parameter (checks, DTensor dispatch, kernel calls), which is what sharding across GPUs leaves of it. Candidates
-are timed in interleaved rounds after two warm-up steps (state exists). Writes benchmarks/results/fsdp2_step_cpu.*
+are timed in interleaved rounds after a step that creates the state and two warm-up steps. Writes benchmarks/results/fsdp2_step_cpu.*
 """
 
 import argparse
