@@ -28,7 +28,8 @@ void step_range(const StepPlan<acc_t, ModeOperands<kMaster, kUpdate, kPre>::kDep
   const acc_t lr = plan.lr;
   const bool unscale = plan.unscale;
   const acc_t scale = plan.scale;
-  cpu::apply_elementwise<acc_t, Depth>(range, plan.first_indices[tensor] + begin, end - begin, [=](auto& v) {
+  cpu::apply_elementwise<acc_t, Depth>(range, plan.first_indices[tensor] + begin, end - begin,
+                                       [=](auto& v) SGDF_ERD_INLINE_LAMBDA {
     using V = std::decay_t<decltype(v[0])>;
     if (unscale) v[Ops::kGrad] = v[Ops::kGrad] / V(scale);
     V* exp_avg_sq = nullptr;  // (SGDF and the variance preconditioner keep none)

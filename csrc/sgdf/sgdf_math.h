@@ -28,7 +28,7 @@ struct Hyper {
 // g - (1 - w)(g - m). Its weights sum to 1 exactly, where beta1 m + (1 - beta1) g with beta1 rounded to float32 and
 // 1 - beta1 exact would bias m (1.7e-4 low for beta1 = 0.9999), and beta1 = 0 gives m = g exactly.
 template <typename V, typename acc_t>
-C10_HOST_DEVICE inline V lerp_toward(const V& m, const V& g, acc_t weight, acc_t one_minus_weight) {
+C10_HOST_DEVICE SGDF_ERD_INLINE V lerp_toward(const V& m, const V& g, acc_t weight, acc_t one_minus_weight) {
   return weight < acc_t(0.5) ? m + V(weight) * (g - m) : g - V(one_minus_weight) * (g - m);
 }
 
@@ -64,7 +64,7 @@ C10_HOST_DEVICE inline StepCoeffs<acc_t> step_coeffs(double beta1, double beta2,
 // (kPre != kNone); p is decayed in place when the decay is decoupled, and the caller applies p -= lr * u (or hands
 // u to the orthogonalisation). kPre is a template argument so that each mode's loop carries no branch on it.
 template <Preconditioner kPre, typename V, typename acc_t>
-C10_HOST_DEVICE inline V filtered_update(V& p, V g, V& m, V& s, V* v, acc_t lr, const Hyper<acc_t>& h,
+C10_HOST_DEVICE SGDF_ERD_INLINE V filtered_update(V& p, V g, V& m, V& s, V* v, acc_t lr, const Hyper<acc_t>& h,
                                          const StepCoeffs<acc_t>& c) {
   if (h.maximize) g = V(acc_t(0)) - g;
   if (h.weight_decay != acc_t(0)) {
