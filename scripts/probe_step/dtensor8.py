@@ -12,12 +12,14 @@ Outcomes (whole case, over the ranks): RAISE_CLEAN (every rank raised, nothing c
 rank raised and something changed on some rank: includes one rank stepping while another raised, RANK_SPLIT in
 the detail), OK_MATCH / OK_MISMATCH (every rank stepped; the gathered result against the reference), OK_NOREF
 (stepped; no reference for that edit), SETUP_ERROR (torch refused the edit itself), PRE_RAISED (a step before the
-edit raised: the setup itself is refused), HANG (> timeout), CRASH.
+edit raised: the setup itself is refused), CTOR_RAISED (the optimizer's constructor refused the setup), HANG
+(> timeout), CRASH.
 
 Run (probe 8, scripts/probe_step/REPORT.md): 447 cases, 201 of them at world 1 as well, 20 min on 2 shared cores;
-results in dtensor8_results.jsonl, standalone reproducers of the findings in dtensor8_repro/. Compile cases run with
-inductor's FX graph / AOTAutograd caches off: with them on, a second run hits rank 0's compiled graph on rank 1
-(pytorch#188390; dtensor8_repro/r7_compile_cache.py, torch.optim.AdamW alike).
+results in dtensor8_results.jsonl (the rerun after the fixes, main at d34fa82: dtensor8_rerun_results.jsonl),
+standalone reproducers of the findings in dtensor8_repro/. Compile cases run with inductor's FX graph / AOTAutograd
+caches off: with them on, a second run hits rank 0's compiled graph on rank 1 (pytorch#188390;
+dtensor8_repro/r7_compile_cache.py, torch.optim.AdamW alike).
 
 Usage: python scripts/probe_step/dtensor8.py [name-filter] [out.jsonl]   (DT8_WORLDS=1,2 by default; DT8_NAMES=file
 of 'world case-name' lines reruns exactly those)
@@ -512,7 +514,10 @@ def compare(after, ref, dtype):
 # ------------------------------------------------------------------ one rank's case
 def run_rank(case, rank, world):
     cls, dtype, _ = CONFIGS[case['config']]
-    opt, params, mesh = build(case, world)
+    try:
+        opt, params, mesh = build(case, world)
+    except Exception as e:  # noqa: BLE001  (the optimizer's constructor refused the setup: e.g. shared local memory)
+        return dict(status='CTOR_RAISED', msg=f'{type(e).__name__}: {e}'[:400])
     scaler = torch.amp.GradScaler('cpu', init_scale=SCALE) if case.get('scaler') else None
     if scaler:
         scaler.scale(torch.ones(()))  # (makes its scale: step() asserts scale() was called once)
@@ -664,7 +669,7 @@ def run_case(case, world, timeout):
 
 def classify(results):
     for r in results:
-        if r.get('status') in ('HANG', 'CRASH', 'HARNESS_ERROR', 'SETUP_ERROR', 'PRE_RAISED'):
+        if r.get('status') in ('HANG', 'CRASH', 'HARNESS_ERROR', 'SETUP_ERROR', 'PRE_RAISED', 'CTOR_RAISED'):
             return dict(status=r['status'], msg=r.get('msg'), tb=r.get('tb'))
     infos = results[0]['ranks']
     raised = [i['raised'] is not None for i in infos]
