@@ -356,7 +356,9 @@ def check_grad(p: Tensor, grad: Tensor, where: str, written: bool = False, fused
                          f"torch's ops itself (__torch_dispatch__), but the parameter is a {type(p).__name__}: each "
                          "in-place op of the step would run once per tensor the subclass holds; give the parameter a "
                          "plain tensor gradient (or make the parameter the same subclass)")
-    _check_distributed_layout(p, grad, f"the gradient of {where}", written, "set the gradient as autograd makes it: "
+    _check_distributed_layout(p, grad, f"the gradient of {where}",
+                              " (the fused kernel unscales it in place for the GradScaler)" if written else "",
+                              "set the gradient as autograd makes it: "
                               "a DTensor on the parameter's mesh (distribute_tensor(g, p.device_mesh, p.placements))",
                               who)
     _check_written(p, where, "give the parameter data of its own (p.data = p.data.clone())", who=who)
@@ -418,13 +420,14 @@ def check_state(p: Tensor, state: dict, group: dict, on_device: bool, where: str
                              f"{_describe(p)} and '{key}' must be {dtype} of its shape on its device; the state was "
                              "edited by hand: restore it from the optimizer's state_dict")
         _check_written(t, f"'{key}' of {where}", who=who)
-        _check_distributed_layout(p, t, f"'{key}' of {where}", True, "restore the state from the optimizer's "
-                                  "state_dict", who)
+        _check_distributed_layout(p, t, f"'{key}' of {where}", " (the step writes it in place)",
+                                  "restore the state from the optimizer's state_dict", who)
     step = state["step"]
     if not (isinstance(step, Tensor) and step.numel() == 1 and step.dtype is torch.float32 and
             (step.device == p.device or (not on_device and step.device.type == "cpu")) and
             step.device.type != "meta" and not is_dtensor(step)):
         found = _describe(step) if isinstance(step, Tensor) else type(step).__name__
+        found = f"a DTensor ({found})" if is_dtensor(step) else found
         places = p.device if on_device or p.device.type == "cpu" else f"the CPU or {p.device}"
         raise ValueError(f"{who}: the state of {where} holds 'step' as {found}; it must be a one-element float32 "
                          f"tensor on {places}: restore it from the optimizer's state_dict")
@@ -441,19 +444,20 @@ def check_state(p: Tensor, state: dict, group: dict, on_device: bool, where: str
                          "[0, 2**32): restore it from the optimizer's state_dict")
 
 
-def _check_distributed_layout(p: Tensor, t: Tensor, what: str, placed: bool, fix: str, who: str) -> None:
+def _check_distributed_layout(p: Tensor, t: Tensor, what: str, placed: str, fix: str, who: str) -> None:
     """A DTensor parameter's gradient or state tensor (`what`) is a DTensor on its mesh and, where the step writes
-    it (`placed`), with its placements: one placed otherwise would be updated as a redistributed copy, and torch's
+    it (`placed`: why, for the message; empty where it is only read), with its placements: one placed otherwise would be updated as a redistributed copy, and torch's
     ops refuse other meshes and a mix with plain tensors midway through a step. A plain parameter's is plain."""
     if is_dtensor(t) != is_dtensor(p):
         problem = "a DTensor, but the parameter is a plain tensor" if is_dtensor(t) else "a plain tensor, but the " \
             f"parameter is a DTensor (placements {tuple(p.placements)})"
     elif not is_dtensor(p):
         return
-    elif t.device_mesh != p.device_mesh:
-        problem = f"a DTensor on device mesh {t.device_mesh}, but the parameter is on {p.device_mesh}"
+    elif t.device_mesh != p.device_mesh:  # (by their ranks: meshes of the same shape print alike)
+        problem = (f"a DTensor on the device mesh of ranks {t.device_mesh.mesh.tolist()}, but the parameter is on "
+                   f"ranks {p.device_mesh.mesh.tolist()}")
     elif placed and tuple(t.placements) != tuple(p.placements):
-        problem = f"placed as {tuple(t.placements)}, but the parameter as {tuple(p.placements)}"
+        problem = f"placed as {tuple(t.placements)}, but the parameter as {tuple(p.placements)}{placed}"
     else:
         return
     raise ValueError(f"{who}: {what} is {problem}; {fix}")
