@@ -65,7 +65,7 @@ C10_HOST_DEVICE inline StepCoeffs<acc_t> step_coeffs(double beta1, double beta2,
 // u to the orthogonalisation). kPre is a template argument so that each mode's loop carries no branch on it.
 template <Preconditioner kPre, typename V, typename acc_t>
 C10_HOST_DEVICE SGDF_ERD_INLINE V filtered_update(V& p, V g, V& m, V& s, V* v, acc_t lr, const Hyper<acc_t>& h,
-                                         const StepCoeffs<acc_t>& c) {
+                                                  const StepCoeffs<acc_t>& c) {
   if (h.maximize) g = V(acc_t(0)) - g;
   if (h.weight_decay != acc_t(0)) {
     if (h.decoupled_weight_decay) {

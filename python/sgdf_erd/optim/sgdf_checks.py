@@ -446,8 +446,9 @@ def check_state(p: Tensor, state: dict, group: dict, on_device: bool, where: str
 
 def _check_distributed_layout(p: Tensor, t: Tensor, what: str, placed: str, fix: str, who: str) -> None:
     """A DTensor parameter's gradient or state tensor (`what`) is a DTensor on its mesh and, where the step writes
-    it (`placed`: why, for the message; empty where it is only read), with its placements: one placed otherwise would be updated as a redistributed copy, and torch's
-    ops refuse other meshes and a mix with plain tensors midway through a step. A plain parameter's is plain."""
+    it (`placed`: why, for the message; empty where it is only read), with its placements: one placed otherwise
+    would be updated as a redistributed copy, and torch's ops refuse other meshes and a mix with plain tensors
+    midway through a step. A plain parameter's is plain."""
     if is_dtensor(t) != is_dtensor(p):
         problem = "a DTensor, but the parameter is a plain tensor" if is_dtensor(t) else "a plain tensor, but the " \
             f"parameter is a DTensor (placements {tuple(p.placements)})"
