@@ -349,8 +349,9 @@ def test_matches_single_process(ranks, wrapper, path):
 def test_fsdp2_shards_are_checked_and_stepped_by_one_kernel_call(ranks, path):
     """Once their state exists, FSDP2's DTensor groups go to the one kernel call of a step as their shards, which
     checks them (and steps those on the kernel's path): the Python checks of every tensor cost ~50 us per parameter
-    (6.5x the step's host time for 600 DTensors: benchmarks/results/fsdp2_step_cpu*.md). Not with orthogonalisation or stochastic rounding, which the call
-    does not do (the functional path orthogonalises whole matrices and numbers shards' elements in the whole tensor)."""
+    (6.5x the step's host time for 600 DTensors: benchmarks/results/fsdp2_step_cpu*.md). Not with orthogonalisation
+    or stochastic rounding, which the call does not do (the functional path orthogonalises whole matrices and numbers
+    shards' elements in the whole tensor)."""
     options = PATHS[path]
     expected = not (options.get("orthogonalize") or options.get("stochastic_rounding"))
     for rank in ranks:
