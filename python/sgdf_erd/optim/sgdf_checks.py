@@ -401,10 +401,10 @@ def check_state(p: Tensor, state: dict, group: dict, on_device: bool, where: str
     if isinstance(first, Tensor) and (first.dtype is not expected or first.shape != p.shape or
                                       first.device != p.device):
         raise ValueError(f"{who}: the state of {where} is {_describe(first)} but the parameter is now "
-                         f"{_describe(p)} (state in {expected}); the parameter or the group's state_dtype changed "
-                         "after the optimizer stepped. Cast or move the model before building the optimizer, or "
-                         "save and load the optimizer's state_dict, which converts the state to the parameters and "
-                         "options")
+                         f"{_describe(p)} (state in {expected}): the parameter or the group's state_dtype changed "
+                         "after the optimizer stepped, or the state was edited by hand. Cast or move the model before "
+                         "building the optimizer, or save and load the optimizer's state_dict, which converts the "
+                         "state to the parameters and options")
     if group["master_weights"] != ("master_param" in state) or group["stochastic_rounding"] != ("rounding_seed" in
                                                                                                 state):
         raise ValueError(f"{who}: the state of {where} was made with other master_weights / stochastic_rounding "
