@@ -117,7 +117,7 @@ def _rnd(x, dt):
 
 
 def spec_run(sc):
-    """The update of /work/shared/spec/sgdf.md (and docs/adasgdf.md), float64, rounded to storage after each step."""
+    """The update of docs/sgdf.md (and docs/adasgdf.md), float64, rounded to storage after each step."""
     store, h = STORES[sc['store']], dict(lr=0.1, betas=(0.9, 0.999), eps=1e-8, gamma=0.5, weight_decay=0.0,
                                          decoupled_weight_decay=False, maximize=False, sign=False)
     pre = sc.get('pre')

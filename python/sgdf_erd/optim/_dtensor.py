@@ -29,9 +29,7 @@ def is_dtensor(t: Tensor) -> bool:
 def local_shard(t: Tensor, like: Tensor) -> Tensor:
     """The part of DTensor `t` held on this rank, laid out as `like`'s shard (a gradient may be placed otherwise
     than its parameter); the same tensor memory where the placements agree, so in-place updates reach `t`."""
-    if t.placements != like.placements:
-        t = t.redistribute(like.device_mesh, like.placements)
-    return t.to_local()
+    return placed_as(t, like).to_local()
 
 
 def placed_as(t: Tensor, like: Tensor) -> Tensor:

@@ -229,11 +229,11 @@ class SGDF(Optimizer):
         by any two of their tensors included), which steps the fused ones; the other groups are checked in Python
         with the same rules (and against the kernel's groups' tensors), before that call. Their missing state is
         made after it, then each group the kernel did not step steps on its path."""
-        compiling = torch.compiler.is_compiling()
+        compiling, who = torch.compiler.is_compiling(), type(self).__name__
         if not compiling and _is_capturing() and not any(g["capturable"] or self._path(g) == "fused"
                                                          for g in self.param_groups):
-            raise RuntimeError(f"{type(self).__name__}: a step is being captured in a CUDA graph but neither capturable=True nor "
-                               f"fused=True was set; construct {type(self).__name__}(..., capturable=True)")
+            raise RuntimeError(f"{who}: a step is being captured in a CUDA graph but neither capturable=True nor "
+                               f"fused=True was set; construct {who}(..., capturable=True)")
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -241,10 +241,10 @@ class SGDF(Optimizer):
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
         if not compiling:
-            checks.check_amp_scalars(grad_scale, found_inf, type(self).__name__)
+            checks.check_amp_scalars(grad_scale, found_inf, who)
         if compiling and (grad_scale is not None or found_inf is not None) and any(
                 self._path(g) == "fused" and _has_dtensor(g["params"]) for g in self.param_groups):
-            raise NotImplementedError(f"{type(self).__name__}: a torch.compile'd step with a GradScaler is not supported for DTensor "
+            raise NotImplementedError(f"{who}: a torch.compile'd step with a GradScaler is not supported for DTensor "
                                       "(FSDP2) parameters: torch miscompiles the fused kernel's op on their shards, "
                                       "so such steps take the foreach path, which does not unscale; step eagerly, "
                                       "or unscale with scaler.unscale_(opt) before the step")
@@ -604,8 +604,8 @@ def _unnamed(p, index: int, group_index: int, who: str):
     if len(p) == 2 and isinstance(p[0], str):
         return p[1]
     raise TypeError(f"{who} (param group {group_index}): entry {index} of 'params' is a tuple of "
-                    f"{', '.join(type(x).__name__ for x in p) or 'nothing'}; a named parameter is a (str, tensor) pair, "
-                    "as model.named_parameters() yields")
+                    f"{', '.join(type(x).__name__ for x in p) or 'nothing'}; a named parameter is a (str, tensor) "
+                    "pair, as model.named_parameters() yields")
 
 
 def _as_list(params, who: str) -> list:

@@ -16,7 +16,7 @@ from torch._subclasses.fake_tensor import FakeTensor
 from torch._subclasses.functional_tensor import FunctionalTensor
 
 from .. import _native
-from ._dtensor import is_dtensor, shard_first_index
+from ._dtensor import dtensor_type, is_dtensor, shard_first_index
 
 STATE_KEYS = ("step", "exp_avg", "exp_var")
 # AdaSGDF's preconditioners (its param groups' "preconditioner"; SGDF's groups have none)
@@ -449,10 +449,11 @@ def _check_distributed_layout(p: Tensor, t: Tensor, what: str, placed: str, fix:
     it (`placed`: why, for the message; empty where it is only read), with its placements: one placed otherwise
     would be updated as a redistributed copy, and torch's ops refuse other meshes and a mix with plain tensors
     midway through a step. A plain parameter's is plain."""
-    if is_dtensor(t) != is_dtensor(p):
-        problem = "a DTensor, but the parameter is a plain tensor" if is_dtensor(t) else "a plain tensor, but the " \
+    sharded, sharded_param = is_dtensor(t), is_dtensor(p)
+    if sharded != sharded_param:
+        problem = "a DTensor, but the parameter is a plain tensor" if sharded else "a plain tensor, but the " \
             f"parameter is a DTensor (placements {tuple(p.placements)})"
-    elif not is_dtensor(p):
+    elif not sharded_param:
         return
     elif t.device_mesh != p.device_mesh:  # (by their ranks: meshes of the same shape print alike)
         problem = (f"a DTensor on the device mesh of ranks {t.device_mesh.mesh.tolist()}, but the parameter is on "
@@ -522,9 +523,10 @@ def check_no_shared_memory(operands: Iterable[Tuple[Tensor, bool, str]], who: st
     are compared only within a storage that holds several operands (the common case, every tensor in a storage of
     its own, costs one address per tensor)."""
     by_storage = defaultdict(list)
+    dtensor = dtensor_type() or ()  # (isinstance(t, ()) is False)
     for operand in operands:
         t = operand[0]
-        if is_dtensor(t):  # (by this rank's shard, which the step writes)
+        if isinstance(t, dtensor):  # (by this rank's shard, which the step writes)
             t = t.to_local()
             operand = (t, *operand[1:])
         address = _storage_address(t)

@@ -150,7 +150,8 @@ def _foreach_sgdf(params, grads, exp_avgs, exp_vars, steps, master_params, round
     if weight_decay != 0:
         if decoupled_weight_decay:
             if isinstance(lr, Tensor) and torch.float64 in dtypes:  # (float64 params: in double, as the kernel)
-                torch._foreach_mul_(p, [1 - (lr.double() if d == torch.float64 else lr) * weight_decay for d in dtypes])
+                factors = {d: 1 - (lr.double() if d == torch.float64 else lr) * weight_decay for d in set(dtypes)}
+                torch._foreach_mul_(p, [factors[d] for d in dtypes])
             else:
                 torch._foreach_mul_(p, 1 - lr * weight_decay)
         else:
