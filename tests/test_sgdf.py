@@ -62,6 +62,18 @@ def _run_against_references(params, opt, refs, steps, seed=1):
             ref.step(grads[part])
 
 
+def _step_alike(opts, param_lists, steps, seed, device):
+    """`steps` steps of each optimizer of `opts`, whose params (`param_lists`, one list per optimizer, alike in
+    shapes and dtypes) get the same random gradients (drawn on the CPU, moved to `device`)."""
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        for g, *params in zip(_grads(param_lists[0], gen), *param_lists):
+            for p in params:
+                p.grad = g.to(device)
+        for opt in opts:
+            opt.step()
+
+
 def _run_against_reference(params, opt, ref, steps, seed=1):
     _run_against_references(params, opt, [(ref, slice(None))], steps, seed)
 
@@ -430,12 +442,7 @@ def test_tensor_lr_of_any_one_element_shape_and_float_dtype(device, lr, path, ca
     by_float = copy.deepcopy(by_tensor)
     options = dict(weight_decay=0.01, decoupled_weight_decay=True, capturable=capturable, **PATHS[path])
     opts = SGDF(by_tensor, lr=lr.to(device), **options), SGDF(by_float, lr=float(lr), **options)
-    gen = torch.Generator().manual_seed(4)
-    for _ in range(3):
-        for p, q, g in zip(by_tensor, by_float, _grads(by_tensor, gen)):
-            p.grad, q.grad = g.to(device), g.to(device)
-        for opt in opts:
-            opt.step()
+    _step_alike(opts, (by_tensor, by_float), 3, 4, device)
     for p, q in zip(by_tensor, by_float):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
 
@@ -454,12 +461,7 @@ def test_tensor_lr_with_float64_params_steps_as_the_kernel(device, lr_dtype, pat
     options = dict(weight_decay=0.01, decoupled_weight_decay=True)
     opts = (SGDF(by_tensor, lr=lr.to(device), capturable=capturable, **options, **PATHS[path]),
             SGDF(by_float, lr=float(lr.float()), fused=True, **options))  # (the kernel: float32 lr, double arithmetic)
-    gen = torch.Generator().manual_seed(4)
-    for _ in range(20):
-        for p, q, g in zip(by_tensor, by_float, _grads(by_tensor, gen)):
-            p.grad, q.grad = g.to(device), g.to(device)
-        for opt in opts:
-            opt.step()
+    _step_alike(opts, (by_tensor, by_float), 20, 4, device)
     for p, q in zip(by_tensor, by_float):
         torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)
 
@@ -490,12 +492,7 @@ def test_capturable_bias_corrections_match_the_hosts(device, betas, dtype, optim
     by_host = copy.deepcopy(by_device)
     opts = [cls(ps, lr=0.01, betas=betas, foreach=True, capturable=capturable)
             for ps, capturable in ((by_device, True), (by_host, False))]
-    gen = torch.Generator().manual_seed(6)
-    for _ in range(4):
-        for p, q, g in zip(by_device, by_host, _grads(by_device, gen)):
-            p.grad, q.grad = g.to(device), g.to(device)
-        for opt in opts:
-            opt.step()
+    _step_alike(opts, (by_device, by_host), 4, 6, device)
     # (float64: the host's 1 - beta**t in double is itself ~1e-11 off where beta^t is near 1)
     tol = dict(rtol=1e-6, atol=1e-7) if dtype == torch.float32 else dict(rtol=1e-9, atol=1e-11)
     for p, q in zip(by_device, by_host):
